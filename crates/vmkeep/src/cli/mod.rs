@@ -1,0 +1,1 @@
+//! Command-line verbs (to be written).

@@ -1,0 +1,3 @@
+//! Hypervisor drivers: a small trait and the QEMU implementation.
+
+pub mod qemu;

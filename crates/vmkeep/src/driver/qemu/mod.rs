@@ -1,0 +1,3 @@
+//! The QEMU driver: command line, accelerator choice, QMP.
+
+pub mod qmp;

@@ -1,0 +1,3 @@
+//! VM images: the built-in tiny image.
+
+pub mod tiny;

@@ -1,0 +1,1 @@
+//! The built-in tiny image (to be written).

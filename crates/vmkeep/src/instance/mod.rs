@@ -1,0 +1,1 @@
+//! Instances: names, directory layout, config, status.

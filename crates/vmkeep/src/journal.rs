@@ -1,0 +1,1 @@
+//! The per-instance event journal (to be written).

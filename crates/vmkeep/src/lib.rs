@@ -1,0 +1,18 @@
+//! vmkeep: run Linux VMs on QEMU and own their whole lifecycle.
+//!
+//! The binary is a thin CLI (`cli`) over this library. Side effects on
+//! processes, sockets and files go through [`os`]; instance status is a pure
+//! function in [`instance::status`]; the stop ladder's decisions are pure in
+//! [`stop_ladder`].
+
+pub mod cli;
+pub mod driver;
+pub mod guest_link;
+pub mod home;
+pub mod hostagent;
+pub mod image;
+pub mod instance;
+pub mod journal;
+pub mod line_rpc;
+pub mod os;
+pub mod stop_ladder;

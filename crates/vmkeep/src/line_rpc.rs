@@ -1,0 +1,1 @@
+//! JSON-lines request/response connections with interleaved events (to be written).

@@ -1,0 +1,1 @@
+//! Locks (to be written).

@@ -1,0 +1,9 @@
+//! The one place where vmkeep touches processes, locks, sockets and files.
+//!
+//! Everything else decides; this module acts. Keeping the side effects here
+//! keeps them few, reviewed together, and out of the pure logic's way.
+
+pub mod fs;
+pub mod lock;
+pub mod process;
+pub mod tool;

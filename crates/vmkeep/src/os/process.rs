@@ -1,0 +1,1 @@
+//! Processes (to be written).

@@ -1,0 +1,1 @@
+//! The stop ladder (to be written).
