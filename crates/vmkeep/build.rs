@@ -16,29 +16,62 @@ fn main() {
     let target = env("TARGET");
     let target_dir = workspace.join("target").join("guest-agent");
 
-    for watched in ["crates/guest/src", "crates/guest/Cargo.toml", "crates/protocol/src", "crates/protocol/Cargo.toml", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
+    for watched in [
+        "crates/guest/src",
+        "crates/guest/Cargo.toml",
+        "crates/protocol/src",
+        "crates/protocol/Cargo.toml",
+        "Cargo.lock",
+    ] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
     }
 
     let mut build = Command::new(env("CARGO"));
     build
         .current_dir(&workspace)
-        .args(["build", "--release", "--locked", "-p", "vmkeep-guest", "--target", &target])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "vmkeep-guest",
+            "--target",
+            &target,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
         .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static");
-    for inherited in ["RUSTFLAGS", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "CARGO_BUILD_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER"] {
+    for inherited in [
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+    ] {
         build.env_remove(inherited);
     }
     let status = build.status().expect("run cargo to build the guest agent");
-    assert!(status.success(), "building the static guest agent failed (see the output above)");
+    assert!(
+        status.success(),
+        "building the static guest agent failed (see the output above)"
+    );
 
-    let binary = target_dir.join(&target).join("release").join("vmkeep-guest");
+    let binary = target_dir
+        .join(&target)
+        .join("release")
+        .join("vmkeep-guest");
     let bytes = std::fs::read(&binary).unwrap_or_else(|e| panic!("read {}: {e}", binary.display()));
     let out = PathBuf::from(env("OUT_DIR")).join("vmkeep-guest");
     write_if_changed(&out, &bytes);
     println!("cargo:rustc-env=VMKEEP_GUEST_AGENT={}", out.display());
-    println!("cargo:rustc-env=VMKEEP_GUEST_AGENT_DIGEST={:016x}", fnv1a(&bytes));
+    println!(
+        "cargo:rustc-env=VMKEEP_GUEST_AGENT_DIGEST={:016x}",
+        fnv1a(&bytes)
+    );
 }
 
 fn env(key: &str) -> String {
@@ -53,5 +86,7 @@ fn write_if_changed(path: &Path, bytes: &[u8]) {
 
 /// A content fingerprint for cache keys (not a security digest).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }

@@ -70,7 +70,10 @@ pub struct ExecRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FromGuest {
-    Reply { id: u64, body: Reply },
+    Reply {
+        id: u64,
+        body: Reply,
+    },
     /// The guest is ready: the power button is watched and `/data` is mounted.
     Ready(GuestInfo),
 }
@@ -175,12 +178,27 @@ mod tests {
         };
         for message in [
             FromGuest::Ready(info.clone()),
-            FromGuest::Reply { id: 1, body: Reply::Hello { ready: false, info: info.clone() } },
+            FromGuest::Reply {
+                id: 1,
+                body: Reply::Hello {
+                    ready: false,
+                    info: info.clone(),
+                },
+            },
             FromGuest::Reply {
                 id: 2,
-                body: Reply::Exec(ExecResult { exit_code: 3, stdout: b"out".to_vec(), stderr: vec![] }),
+                body: Reply::Exec(ExecResult {
+                    exit_code: 3,
+                    stdout: b"out".to_vec(),
+                    stderr: vec![],
+                }),
             },
-            FromGuest::Reply { id: 3, body: Reply::Error { message: "no such file".into() } },
+            FromGuest::Reply {
+                id: 3,
+                body: Reply::Error {
+                    message: "no such file".into(),
+                },
+            },
         ] {
             let line = encode_line(&message);
             assert_eq!(decode_line::<FromGuest>(&line).unwrap(), message);
@@ -189,7 +207,10 @@ mod tests {
 
     #[test]
     fn simple_ops_have_readable_wire_form() {
-        let line = encode_line(&Request { id: 1, op: Op::Poweroff });
+        let line = encode_line(&Request {
+            id: 1,
+            op: Op::Poweroff,
+        });
         assert_eq!(line, b"{\"id\":1,\"op\":\"poweroff\"}\n");
     }
 }

@@ -9,7 +9,9 @@ pub const CACHE_ENV: &str = "VMKEEP_CACHE_DIR";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HomeError {
-    #[error("cannot tell where to keep instances: neither {HOME_ENV} nor HOME is set; set {HOME_ENV}=/some/dir")]
+    #[error(
+        "cannot tell where to keep instances: neither {HOME_ENV} nor HOME is set; set {HOME_ENV}=/some/dir"
+    )]
     NoHome,
     #[error("{HOME_ENV} must be an absolute path, got {0:?}; set it to an absolute directory")]
     Relative(PathBuf),
@@ -36,9 +38,16 @@ pub fn cache_root() -> Result<PathBuf, HomeError> {
 fn absolute_from_env(key: &str) -> Option<Result<PathBuf, HomeError>> {
     let value = std::env::var_os(key).filter(|v| !v.is_empty())?;
     let path = PathBuf::from(value);
-    Some(if path.is_absolute() { Ok(path) } else { Err(HomeError::Relative(path)) })
+    Some(if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(HomeError::Relative(path))
+    })
 }
 
 fn user_home() -> Result<PathBuf, HomeError> {
-    std::env::var_os("HOME").filter(|v| !v.is_empty()).map(PathBuf::from).ok_or(HomeError::NoHome)
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .ok_or(HomeError::NoHome)
 }

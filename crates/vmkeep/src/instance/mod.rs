@@ -1,1 +1,12 @@
-//! Instances: names, directory layout, config, status.
+//! Instances: names, directory layout, config, observation and status.
+
+pub mod config;
+pub mod layout;
+pub mod name;
+pub mod observe;
+pub mod status;
+
+pub use config::Config;
+pub use layout::InstanceDir;
+pub use name::InstanceName;
+pub use status::Status;

@@ -1,1 +1,195 @@
-//! Locks (to be written).
+//! Liveness locks: a POSIX record lock held for a process's whole life.
+//!
+//! A held lock proves its holder is alive, and the kernel names the holder
+//! (`F_GETLK`), so liveness never rests on a pid written in a file that may
+//! be stale or reused. QEMU locks its own `-pidfile` the same way, which is
+//! why vmkeep uses POSIX (`fcntl`) locks rather than `flock`.
+//!
+//! POSIX locks have one trap: closing *any* descriptor of the locked file in
+//! the holding process drops the lock. [`holder`] therefore never opens a
+//! file that this process holds a lock on; it answers from a registry of the
+//! locks this process holds.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rustix::fs::{FlockOperation, fcntl_lock};
+use rustix::process::{Flock, FlockOffsetType, FlockType, Pid, fcntl_getlk};
+
+/// (device, inode) of every lock this process holds.
+static HELD: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
+
+/// An exclusive lock on a file, held until dropped.
+#[derive(Debug)]
+pub struct HeldLock {
+    file: File,
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl HeldLock {
+    /// Take the lock on `path` (created 0600 if missing) without waiting.
+    /// `Ok(None)` means another live process holds it.
+    pub fn try_acquire(path: &Path) -> io::Result<Option<HeldLock>> {
+        // The file may be unlinked and re-created by a holder that is exiting:
+        // a lock on an inode that no longer has our path proves nothing, so
+        // retry on the new one.
+        for _ in 0..16 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(path)?;
+            match fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => {}
+                Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::ACCESS) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+            let held = file.metadata()?;
+            let id = (held.dev(), held.ino());
+            match std::fs::metadata(path) {
+                Ok(now) if (now.dev(), now.ino()) == id => {
+                    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+                    return Ok(Some(HeldLock {
+                        file,
+                        path: path.to_path_buf(),
+                        id,
+                    }));
+                }
+                Ok(_) | Err(_) => continue,
+            }
+        }
+        Err(io::Error::other(format!(
+            "{} keeps being replaced while locking it",
+            path.display()
+        )))
+    }
+
+    /// Record this process's pid in the lock file, for humans. Nothing trusts
+    /// it: the lock itself names its holder.
+    pub fn write_pid(&mut self) -> io::Result<()> {
+        self.file.set_len(0)?;
+        (&self.file).write_all(format!("{}\n", std::process::id()).as_bytes())?;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Remove the lock file while still holding the lock, then release it.
+    /// A process waiting for the lock re-checks the path and locks the new file.
+    pub fn remove(self) -> io::Result<()> {
+        super::fs::remove_file_if_exists(&self.path)?;
+        Ok(())
+    }
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = held.iter().position(|id| *id == self.id) {
+            held.swap_remove(index);
+        }
+        // Closing `file` (after this) releases the lock.
+    }
+}
+
+/// The pid of the process holding a write-conflicting lock on `path`, if any.
+/// A missing file has no holder. Never disturbs a lock this process holds.
+pub fn holder(path: &Path) -> io::Result<Option<Pid>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if HELD
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&(meta.dev(), meta.ino()))
+    {
+        return Ok(Some(rustix::process::getpid()));
+    }
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let probe = Flock {
+        start: 0,
+        length: 0,
+        pid: None,
+        typ: FlockType::WriteLock,
+        offset_type: FlockOffsetType::Set,
+    };
+    match fcntl_getlk(&file, &probe)? {
+        Some(lock) if lock.typ != FlockType::Unlocked => Ok(lock.pid),
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    #[test]
+    fn a_held_lock_names_its_holder_and_is_exclusive_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ha.pid");
+        assert_eq!(holder(&path).unwrap(), None, "no file, no holder");
+
+        // Another process takes the lock (flock(1) uses flock, so use a
+        // helper that takes a POSIX lock: python's fcntl.lockf).
+        let mut child = Command::new("python3")
+            .args(["-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)"])
+            .arg(&path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "locked");
+
+        let held_by = holder(&path)
+            .unwrap()
+            .map(|p| p.as_raw_nonzero().get() as u32);
+        assert_eq!(held_by, Some(child.id()));
+        assert!(HeldLock::try_acquire(&path).unwrap().is_none(), "exclusive");
+
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(holder(&path).unwrap(), None, "a dead process holds nothing");
+        let lock = HeldLock::try_acquire(&path)
+            .unwrap()
+            .expect("free after the holder died");
+        // Asking about our own lock must not release it (POSIX lock trap).
+        assert_eq!(holder(&path).unwrap(), Some(rustix::process::getpid()));
+        assert_eq!(holder(&path).unwrap(), Some(rustix::process::getpid()));
+        drop(lock);
+    }
+
+    #[test]
+    fn removing_the_lock_file_releases_it_for_the_next_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ha.pid");
+        let mut lock = HeldLock::try_acquire(&path).unwrap().unwrap();
+        lock.write_pid().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().trim(),
+            std::process::id().to_string()
+        );
+        lock.remove().unwrap();
+        assert!(!path.exists());
+        assert!(HeldLock::try_acquire(&path).unwrap().is_some());
+    }
+}

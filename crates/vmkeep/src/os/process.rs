@@ -1,1 +1,327 @@
-//! Processes (to be written).
+//! Processes: spawning, identity, signals and exit detection, all through
+//! pidfds.
+//!
+//! A [`ProcessHandle`] holds a pidfd, so a signal sent through it reaches the
+//! process it was opened for or nobody: a pid that was recycled in between
+//! cannot be hit. Handles to processes we did not spawn are only opened for
+//! the holder of a liveness lock ([`open_lock_holder`]), never from a pid
+//! written in a file. Signals go to one process, never to a group.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::process::{
+    Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, pidfd_open, pidfd_send_signal, waitid,
+};
+
+use super::lock;
+
+/// How a process ended, as far as we can know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitOutcome {
+    /// Exited by itself with this code.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+    /// Gone, but not our child, so its status went to its parent.
+    Unknown,
+}
+
+impl ExitOutcome {
+    pub fn success(self) -> bool {
+        self == ExitOutcome::Exited(0)
+    }
+}
+
+impl std::fmt::Display for ExitOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitOutcome::Exited(code) => write!(f, "exit code {code}"),
+            ExitOutcome::Signaled(signal) => write!(f, "killed by signal {signal}"),
+            ExitOutcome::Unknown => f.write_str("exit status unknown"),
+        }
+    }
+}
+
+/// One live (or just exited) process, held by pidfd.
+#[derive(Debug)]
+pub struct ProcessHandle {
+    pid: u32,
+    pidfd: OwnedFd,
+    is_child: bool,
+}
+
+impl ProcessHandle {
+    fn open(pid: u32, is_child: bool) -> io::Result<ProcessHandle> {
+        let raw = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
+        let pidfd = pidfd_open(raw, PidfdFlags::empty())?;
+        Ok(ProcessHandle {
+            pid,
+            pidfd,
+            is_child,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    pub fn is_child(&self) -> bool {
+        self.is_child
+    }
+
+    /// Send `signal` to this process only. A process that already exited is
+    /// not an error.
+    pub fn signal(&self, signal: Signal) -> io::Result<()> {
+        match pidfd_send_signal(&self.pidfd, signal) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn kill(&self) -> io::Result<()> {
+        self.signal(Signal::KILL)
+    }
+
+    pub fn terminate(&self) -> io::Result<()> {
+        self.signal(Signal::TERM)
+    }
+
+    /// Whether the process has exited (a pidfd becomes readable then).
+    pub fn has_exited(&self) -> bool {
+        self.wait_timeout(Duration::ZERO)
+    }
+
+    /// Block until the process exits or `timeout` passes; true if it exited.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let spec = Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: left.subsec_nanos() as _,
+            };
+            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            match poll(&mut fds, Some(&spec)) {
+                Ok(n) => return n > 0,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Wait for the exit without blocking the runtime, then reap it if it is
+    /// our child.
+    pub async fn exited(&self) -> ExitOutcome {
+        // SAFETY: the AsyncFd owns a fresh duplicate of the pidfd, which
+        // nothing else closes or replaces while it is registered.
+        let registered = self.pidfd.try_clone().ok().and_then(|fd| {
+            unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            }
+            .ok()
+        });
+        if let Some(async_fd) = registered {
+            let _ = async_fd.readable().await;
+        } else {
+            while !self.has_exited() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        self.reap()
+    }
+
+    /// Collect the exit status of an exited child; `Unknown` for others or
+    /// when it has not exited.
+    pub fn reap(&self) -> ExitOutcome {
+        if !self.is_child {
+            return ExitOutcome::Unknown;
+        }
+        match waitid(
+            WaitId::PidFd(self.pidfd.as_fd()),
+            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+        ) {
+            Ok(Some(status)) => {
+                if let Some(code) = status.exit_status() {
+                    ExitOutcome::Exited(code)
+                } else if let Some(signal) = status.terminating_signal() {
+                    ExitOutcome::Signaled(signal)
+                } else {
+                    ExitOutcome::Unknown
+                }
+            }
+            _ => ExitOutcome::Unknown,
+        }
+    }
+}
+
+/// A handle to the live process holding the lock on `lock_path`, or `None`
+/// if no live process holds it. The holder is re-checked after the pidfd is
+/// open, so the handle cannot refer to a process that merely reused the pid.
+pub fn open_lock_holder(lock_path: &Path) -> io::Result<Option<ProcessHandle>> {
+    for _ in 0..3 {
+        let Some(pid) = lock::holder(lock_path)? else {
+            return Ok(None);
+        };
+        let pid = pid.as_raw_nonzero().get() as u32;
+        let handle = match ProcessHandle::open(pid, false) {
+            Ok(handle) => handle,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+            Err(e) => return Err(e),
+        };
+        // While a process holds the lock it is alive, so its pid cannot have
+        // been reused: if it still holds it now, the pidfd is that process.
+        if lock::holder(lock_path)?.map(|p| p.as_raw_nonzero().get() as u32) == Some(pid) {
+            return Ok(Some(handle));
+        }
+    }
+    Ok(None)
+}
+
+/// The command line of a live process (for identity checks), or `None`.
+pub fn command_line(pid: u32) -> Option<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(
+        raw.split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect(),
+    )
+}
+
+/// Where a spawned process's standard output goes.
+pub enum Output {
+    Null,
+    File(File),
+    Pipe(OwnedFd),
+}
+
+impl From<Output> for Stdio {
+    fn from(output: Output) -> Stdio {
+        match output {
+            Output::Null => Stdio::null(),
+            Output::File(file) => file.into(),
+            Output::Pipe(fd) => fd.into(),
+        }
+    }
+}
+
+/// Spawn a hypervisor as our child in its own process group, so that a
+/// terminal's Ctrl-C or a service manager's SIGTERM meant for the host agent
+/// never reaches it. Its output goes to `log`.
+pub fn spawn_in_own_group<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    log: File,
+) -> io::Result<ProcessHandle> {
+    let stderr = log.try_clone()?;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()?;
+    // Our unreaped child cannot vanish or be replaced, so its pid is safe to
+    // open. The std handle is dropped without waiting: the pidfd reaps it.
+    ProcessHandle::open(child.id(), true)
+}
+
+/// Spawn `program` detached from our terminal: its own session, stdin from
+/// /dev/null, stdout to `stdout`, stderr appended to `log`. Returns its handle;
+/// it stays our child until we exit.
+pub fn spawn_detached<S: AsRef<OsStr>>(
+    program: &Path,
+    args: &[S],
+    stdout: Output,
+    log: File,
+) -> io::Result<ProcessHandle> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            rustix::process::setsid()
+                .map(|_| ())
+                .map_err(io::Error::from)
+        });
+    }
+    let child = command.spawn()?;
+    ProcessHandle::open(child.id(), true)
+}
+
+/// A pipe whose ends close on exec (the write end is handed to a child
+/// explicitly as its stdout).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+}
+
+/// Point our own stdout at /dev/null (after a detached agent has reported its
+/// start, so that the waiting CLI sees end-of-file).
+pub fn silence_stdout() -> io::Result<()> {
+    let null = File::options().write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdout(&null)?;
+    Ok(())
+}
+
+/// The path of the running executable (absolute), to re-run ourselves.
+pub fn current_exe() -> io::Result<std::path::PathBuf> {
+    std::env::current_exe()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_in_its_own_group_is_killed_and_reaped_through_its_pidfd() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = super::super::fs::open_append(&dir.path().join("log")).unwrap();
+        let child =
+            spawn_in_own_group(Path::new("/bin/sh"), &["-c", "echo hi; sleep 30"], log).unwrap();
+        assert!(!child.has_exited());
+        let pgid = rustix::process::getpgid(Pid::from_raw(child.pid() as i32)).unwrap();
+        assert_eq!(
+            pgid.as_raw_nonzero().get() as u32,
+            child.pid(),
+            "own process group"
+        );
+        child.kill().unwrap();
+        assert!(child.wait_timeout(Duration::from_secs(5)));
+        assert_eq!(child.reap(), ExitOutcome::Signaled(libc::SIGKILL));
+        // Signalling a reaped process through its pidfd is harmless.
+        child.kill().unwrap();
+    }
+
+    #[test]
+    fn exit_codes_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = super::super::fs::open_append(&dir.path().join("log")).unwrap();
+        let child = spawn_in_own_group(Path::new("/bin/sh"), &["-c", "exit 7"], log).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(child.exited()), ExitOutcome::Exited(7));
+    }
+
+    #[test]
+    fn no_handle_for_an_unlocked_pid_file_even_if_its_pid_is_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("qemu.pid");
+        // A stale pid file naming a live process that is not the holder.
+        std::fs::write(&pid_file, format!("{}\n", std::process::id())).unwrap();
+        assert!(open_lock_holder(&pid_file).unwrap().is_none());
+    }
+}

@@ -11,9 +11,16 @@ pub enum ToolError {
     #[error("`{program}` was not found; {hint}")]
     Missing { program: String, hint: String },
     #[error("could not run `{command}`: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("`{command}` failed ({status}): {stderr}")]
-    Failed { command: String, status: String, stderr: String },
+    Failed {
+        command: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 /// A host tool invocation. `hint` tells the user how to get the tool.
@@ -70,20 +77,31 @@ impl Tool {
             .stdin(Stdio::null())
             .output()
             .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => ToolError::Missing { program: self.program.clone(), hint: self.hint.clone() },
-                _ => ToolError::Spawn { command: command.clone(), source },
+                std::io::ErrorKind::NotFound => ToolError::Missing {
+                    program: self.program.clone(),
+                    hint: self.hint.clone(),
+                },
+                _ => ToolError::Spawn {
+                    command: command.clone(),
+                    source,
+                },
             })?;
         if output.status.success() {
             Ok(output.stdout)
         } else {
             let stderr = String::from_utf8_lossy(&output.stderr).trim().to_string();
-            Err(ToolError::Failed { command, status: output.status.to_string(), stderr })
+            Err(ToolError::Failed {
+                command,
+                status: output.status.to_string(),
+                stderr,
+            })
         }
     }
 
     /// Run to completion; stdout as text on success.
     pub fn output_text(self) -> Result<String, ToolError> {
-        self.output().map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        self.output()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
     }
 }
 
@@ -93,14 +111,22 @@ mod tests {
 
     #[test]
     fn missing_tool_names_the_program_and_the_hint() {
-        let err = Tool::new("vmkeep-no-such-tool", "install it with apt-get").output().unwrap_err();
+        let err = Tool::new("vmkeep-no-such-tool", "install it with apt-get")
+            .output()
+            .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("vmkeep-no-such-tool") && text.contains("apt-get"), "{text}");
+        assert!(
+            text.contains("vmkeep-no-such-tool") && text.contains("apt-get"),
+            "{text}"
+        );
     }
 
     #[test]
     fn failing_tool_reports_its_stderr() {
-        let err = Tool::new("sh", "").args(["-c", "echo boom >&2; exit 3"]).output().unwrap_err();
+        let err = Tool::new("sh", "")
+            .args(["-c", "echo boom >&2; exit 3"])
+            .output()
+            .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("boom") && text.contains('3'), "{text}");
     }

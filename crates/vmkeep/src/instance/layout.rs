@@ -1,0 +1,175 @@
+//! Where an instance keeps its files. One place names every file, so no path
+//! is spelled twice.
+//!
+//! ```text
+//! $VMKEEP_HOME/NAME/        mode 0700
+//!   vmkeep.yaml             config (user-editable)
+//!   disk.qcow2              data disk
+//!   events.jsonl            append-only event journal
+//!   ha.log                  host agent log
+//!   serial.log              guest serial console
+//!   ha.pid      runtime     host agent lock (POSIX lock held for the agent's life)
+//!   ha.sock     runtime     host agent API
+//!   qemu.pid    runtime     QEMU's own pid file (QEMU holds a lock on it)
+//!   qmp.sock    runtime     QMP
+//!   ga.sock     runtime     guest agent channel
+//! ```
+//! Runtime files are recognised by suffix (`.pid`, `.sock`) and by the
+//! `.tmp-` infix of unfinished atomic writes.
+
+use std::path::{Path, PathBuf};
+
+use super::name::InstanceName;
+
+/// Unix socket paths must fit `sun_path` (108 bytes on Linux, 104 on macOS,
+/// including the terminating NUL). We hold every platform to the smaller.
+pub const MAX_SOCKET_PATH: usize = 103;
+
+const CONFIG: &str = "vmkeep.yaml";
+const DISK: &str = "disk.qcow2";
+const JOURNAL: &str = "events.jsonl";
+const AGENT_LOG: &str = "ha.log";
+const SERIAL_LOG: &str = "serial.log";
+const AGENT_LOCK: &str = "ha.pid";
+const API_SOCKET: &str = "ha.sock";
+const QEMU_PID: &str = "qemu.pid";
+const QMP_SOCKET: &str = "qmp.sock";
+const GUEST_SOCKET: &str = "ga.sock";
+const SOCKETS: [&str; 3] = [API_SOCKET, QMP_SOCKET, GUEST_SOCKET];
+
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the socket path {path} is {len} bytes long, more than the {MAX_SOCKET_PATH} a unix socket allows; \
+     use a shorter instance name or a shorter VMKEEP_HOME"
+)]
+pub struct SocketPathTooLong {
+    pub path: PathBuf,
+    pub len: usize,
+}
+
+/// The directory of one instance and the names of its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceDir {
+    name: InstanceName,
+    dir: PathBuf,
+}
+
+impl InstanceDir {
+    /// The layout of `name` under `root`; refuses a layout whose socket paths
+    /// would not fit `sun_path`, so that no instance is created that could
+    /// never start.
+    pub fn new(root: &Path, name: InstanceName) -> Result<Self, SocketPathTooLong> {
+        let layout = InstanceDir {
+            dir: root.join(name.as_str()),
+            name,
+        };
+        for socket in SOCKETS {
+            let path = layout.dir.join(socket);
+            let len = path.as_os_str().len();
+            if len > MAX_SOCKET_PATH {
+                return Err(SocketPathTooLong { path, len });
+            }
+        }
+        Ok(layout)
+    }
+
+    pub fn name(&self) -> &InstanceName {
+        &self.name
+    }
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG)
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join(DISK)
+    }
+    pub fn journal(&self) -> PathBuf {
+        self.dir.join(JOURNAL)
+    }
+    pub fn agent_log(&self) -> PathBuf {
+        self.dir.join(AGENT_LOG)
+    }
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join(SERIAL_LOG)
+    }
+    pub fn agent_lock(&self) -> PathBuf {
+        self.dir.join(AGENT_LOCK)
+    }
+    pub fn api_socket(&self) -> PathBuf {
+        self.dir.join(API_SOCKET)
+    }
+    pub fn qemu_pid(&self) -> PathBuf {
+        self.dir.join(QEMU_PID)
+    }
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join(QMP_SOCKET)
+    }
+    pub fn guest_socket(&self) -> PathBuf {
+        self.dir.join(GUEST_SOCKET)
+    }
+}
+
+/// Whether a file name in an instance directory is a runtime file: something
+/// a running instance creates and a stopped one should not have.
+pub fn is_runtime_file(file_name: &str) -> bool {
+    file_name.ends_with(".pid") || file_name.ends_with(".sock") || file_name.contains(".tmp-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> InstanceName {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn files_live_in_the_instance_directory() {
+        let layout = InstanceDir::new(Path::new("/home/u/.vmkeep"), name("dev")).unwrap();
+        assert_eq!(
+            layout.qmp_socket(),
+            Path::new("/home/u/.vmkeep/dev/qmp.sock")
+        );
+        assert_eq!(
+            layout.config(),
+            Path::new("/home/u/.vmkeep/dev/vmkeep.yaml")
+        );
+    }
+
+    #[test]
+    fn refuses_socket_paths_longer_than_sun_path() {
+        let root = PathBuf::from("/").join("r".repeat(80));
+        let err = InstanceDir::new(&root, name(&"n".repeat(20))).unwrap_err();
+        assert!(err.len > MAX_SOCKET_PATH);
+        assert!(err.to_string().contains("shorter"), "{err}");
+        // One byte shorter fits: "/" + 80 + "/" + 12 + "/qmp.sock" = 103.
+        assert!(InstanceDir::new(&root, name(&"n".repeat(12))).is_ok());
+        assert!(InstanceDir::new(&root, name(&"n".repeat(13))).is_err());
+    }
+
+    #[test]
+    fn runtime_files_are_recognised_by_suffix() {
+        for runtime in [
+            "ha.pid",
+            "qemu.pid",
+            "qmp.sock",
+            "ha.sock",
+            "ga.sock",
+            ".events.jsonl.tmp-12-0",
+        ] {
+            assert!(is_runtime_file(runtime), "{runtime}");
+        }
+        for kept in [
+            "vmkeep.yaml",
+            "disk.qcow2",
+            "events.jsonl",
+            "ha.log",
+            "serial.log",
+            "pidfile-notes.txt",
+        ] {
+            assert!(!is_runtime_file(kept), "{kept}");
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! Instance status: derived, never stored. [`derive`] is a pure function of
+//! [`Observations`]; `instance::observe` gathers them.
+
+use serde::Serialize;
+
+use crate::journal::{Event, Record};
+
+/// What was seen when looking at an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observations {
+    pub config: ConfigState,
+    pub disk_present: bool,
+    /// The process holding the host agent's lock, if any.
+    pub agent_pid: Option<u32>,
+    /// The process holding QEMU's pid-file lock, if any.
+    pub qemu_pid: Option<u32>,
+    /// Runtime files present in the instance directory (names).
+    pub runtime_files: Vec<String>,
+    /// The journal's last record.
+    pub last_event: Option<Record>,
+    /// What the host agent's API said, if it was asked.
+    pub api: ApiState,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConfigState {
+    Valid,
+    Missing,
+    Invalid { message: String },
+}
+
+/// The answer of the host agent's API.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApiState {
+    NotAsked,
+    Answered(Phase),
+    NoAnswer { error: String },
+}
+
+/// The phase a live host agent is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    Starting,
+    Running,
+    Stopping,
+}
+
+/// The status of an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Stopped,
+    Starting,
+    Running,
+    Stopping,
+    Broken(Broken),
+}
+
+/// Why an instance is broken. Each reason knows its message, its hint and
+/// whether `start` may repair it by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Broken {
+    ConfigMissing,
+    ConfigInvalid {
+        message: String,
+    },
+    DiskMissing,
+    /// QEMU runs but no host agent supervises it (the agent died).
+    OrphanedQemu {
+        qemu_pid: u32,
+    },
+    /// Runtime files of a process that is gone.
+    StaleRuntimeFiles {
+        files: Vec<String>,
+    },
+    /// The host agent holds its lock but its API does not answer.
+    AgentUnresponsive {
+        agent_pid: u32,
+        error: String,
+    },
+    /// The host agent says running but QEMU is gone (it is about to notice).
+    QemuGone {
+        agent_pid: u32,
+    },
+}
+
+impl Broken {
+    /// A stable identifier, for `--json`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Broken::ConfigMissing => "config-missing",
+            Broken::ConfigInvalid { .. } => "config-invalid",
+            Broken::DiskMissing => "disk-missing",
+            Broken::OrphanedQemu { .. } => "orphaned-qemu",
+            Broken::StaleRuntimeFiles { .. } => "stale-runtime-files",
+            Broken::AgentUnresponsive { .. } => "agent-unresponsive",
+            Broken::QemuGone { .. } => "qemu-gone",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Broken::ConfigMissing => "the instance has no config file (vmkeep.yaml)".into(),
+            Broken::ConfigInvalid { message } => format!("the config is invalid: {message}"),
+            Broken::DiskMissing => "the data disk (disk.qcow2) is missing".into(),
+            Broken::OrphanedQemu { qemu_pid } => {
+                format!("QEMU (pid {qemu_pid}) runs without its host agent")
+            }
+            Broken::StaleRuntimeFiles { files } => {
+                format!("left over from an unclean exit: {}", files.join(", "))
+            }
+            Broken::AgentUnresponsive { agent_pid, error } => {
+                format!("the host agent (pid {agent_pid}) does not answer: {error}")
+            }
+            Broken::QemuGone { agent_pid } => {
+                format!("QEMU is gone while its host agent (pid {agent_pid}) still runs")
+            }
+        }
+    }
+
+    pub fn hint(&self) -> String {
+        match self {
+            Broken::ConfigMissing => {
+                "recreate it: `vmkeep delete NAME && vmkeep create NAME`".into()
+            }
+            Broken::ConfigInvalid { .. } => {
+                "fix the field named in the message in vmkeep.yaml".into()
+            }
+            Broken::DiskMissing => "restore disk.qcow2, or recreate the instance".into(),
+            Broken::OrphanedQemu { .. } => {
+                "`vmkeep start NAME` adopts it without rebooting the guest".into()
+            }
+            Broken::StaleRuntimeFiles { .. } => {
+                "`vmkeep start NAME` removes them and starts".into()
+            }
+            Broken::AgentUnresponsive { .. } => {
+                "`vmkeep stop NAME` stops it; `vmkeep start NAME` then starts afresh".into()
+            }
+            Broken::QemuGone { .. } => {
+                "the host agent cleans up within a moment; then start again".into()
+            }
+        }
+    }
+
+    /// Whether `start` repairs this by itself.
+    pub fn repairable(&self) -> bool {
+        match self {
+            Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing => false,
+            Broken::OrphanedQemu { .. }
+            | Broken::StaleRuntimeFiles { .. }
+            | Broken::AgentUnresponsive { .. }
+            | Broken::QemuGone { .. } => true,
+        }
+    }
+}
+
+impl Status {
+    /// The word `list` shows.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Status::Stopped => "Stopped",
+            Status::Starting => "Starting",
+            Status::Running => "Running",
+            Status::Stopping => "Stopping",
+            Status::Broken(_) => "Broken",
+        }
+    }
+}
+
+/// Derive the status from what was observed.
+pub fn derive(seen: &Observations) -> Status {
+    match (seen.agent_pid, seen.qemu_pid) {
+        (Some(agent_pid), qemu_pid) => {
+            let phase = match &seen.api {
+                ApiState::Answered(phase) => *phase,
+                ApiState::NoAnswer { error } => {
+                    return Status::Broken(Broken::AgentUnresponsive {
+                        agent_pid,
+                        error: error.clone(),
+                    });
+                }
+                ApiState::NotAsked => phase_from_journal(seen.last_event.as_ref(), agent_pid),
+            };
+            match phase {
+                Phase::Running if qemu_pid.is_none() => {
+                    Status::Broken(Broken::QemuGone { agent_pid })
+                }
+                Phase::Starting => Status::Starting,
+                Phase::Running => Status::Running,
+                Phase::Stopping => Status::Stopping,
+            }
+        }
+        (None, Some(qemu_pid)) => Status::Broken(Broken::OrphanedQemu { qemu_pid }),
+        (None, None) => match &seen.config {
+            ConfigState::Missing => Status::Broken(Broken::ConfigMissing),
+            ConfigState::Invalid { message } => Status::Broken(Broken::ConfigInvalid {
+                message: message.clone(),
+            }),
+            ConfigState::Valid if !seen.disk_present => Status::Broken(Broken::DiskMissing),
+            ConfigState::Valid if !seen.runtime_files.is_empty() => {
+                Status::Broken(Broken::StaleRuntimeFiles {
+                    files: seen.runtime_files.clone(),
+                })
+            }
+            ConfigState::Valid => Status::Stopped,
+        },
+    }
+}
+
+/// The phase of a live agent, from the last thing it wrote. An agent that has
+/// written nothing yet is starting.
+fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
+    let Some(record) = last.filter(|r| r.pid == agent_pid) else {
+        return Phase::Starting;
+    };
+    match record.event {
+        Event::Running { .. } => Phase::Running,
+        Event::Stopping { .. }
+        | Event::StopStep { .. }
+        | Event::Stopped { .. }
+        | Event::StartFailed { .. } => Phase::Stopping,
+        Event::Starting { .. }
+        | Event::Repaired { .. }
+        | Event::Adopted { .. }
+        | Event::Booting { .. }
+        | Event::Unknown => Phase::Starting,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{StopCause, StoppedReason};
+    use crate::stop_ladder::Step;
+
+    fn stopped_instance() -> Observations {
+        Observations {
+            config: ConfigState::Valid,
+            disk_present: true,
+            agent_pid: None,
+            qemu_pid: None,
+            runtime_files: vec![],
+            last_event: None,
+            api: ApiState::NotAsked,
+        }
+    }
+
+    fn record(pid: u32, event: Event) -> Option<Record> {
+        Some(Record {
+            ts: "t".into(),
+            pid,
+            event,
+        })
+    }
+
+    fn running_event() -> Event {
+        Event::Running {
+            qemu_pid: 20,
+            guest_boot_id: "b".into(),
+            boot_secs: 3.0,
+        }
+    }
+
+    #[test]
+    fn table() {
+        let base = stopped_instance;
+        let cases: Vec<(&str, Observations, Status)> = vec![
+            ("nothing running", base(), Status::Stopped),
+            (
+                "agent running, journal says running",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(10, running_event()),
+                    ..base()
+                },
+                Status::Running,
+            ),
+            (
+                "agent took the lock but wrote nothing yet",
+                Observations {
+                    agent_pid: Some(10),
+                    last_event: record(9, running_event()),
+                    ..base()
+                },
+                Status::Starting,
+            ),
+            (
+                "agent booting",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(
+                        10,
+                        Event::Booting {
+                            qemu_pid: 20,
+                            accel: "tcg".into(),
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Starting,
+            ),
+            (
+                "agent adopting before QEMU is verified",
+                Observations {
+                    agent_pid: Some(10),
+                    last_event: record(10, Event::Starting { foreground: true }),
+                    ..base()
+                },
+                Status::Starting,
+            ),
+            (
+                "agent stopping",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(
+                        10,
+                        Event::StopStep {
+                            step: Step::PowerButton,
+                            at_secs: 0.0,
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Stopping,
+            ),
+            (
+                "agent cleaning up after QEMU exited",
+                Observations {
+                    agent_pid: Some(10),
+                    last_event: record(
+                        10,
+                        Event::Stopped {
+                            reason: StoppedReason::Requested,
+                            by: None,
+                            after_secs: None,
+                            qemu_exit: "".into(),
+                        },
+                    ),
+                    runtime_files: vec!["ha.pid".into()],
+                    ..base()
+                },
+                Status::Stopping,
+            ),
+            (
+                "stop requested",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(
+                        10,
+                        Event::Stopping {
+                            cause: StopCause::Signal,
+                            deadline_secs: 30.0,
+                            force: false,
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Stopping,
+            ),
+            (
+                "the API's answer wins over the journal",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(10, running_event()),
+                    api: ApiState::Answered(Phase::Stopping),
+                    ..base()
+                },
+                Status::Stopping,
+            ),
+            (
+                "agent does not answer",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    api: ApiState::NoAnswer {
+                        error: "timed out".into(),
+                    },
+                    ..base()
+                },
+                Status::Broken(Broken::AgentUnresponsive {
+                    agent_pid: 10,
+                    error: "timed out".into(),
+                }),
+            ),
+            (
+                "agent says running, QEMU gone",
+                Observations {
+                    agent_pid: Some(10),
+                    last_event: record(10, running_event()),
+                    ..base()
+                },
+                Status::Broken(Broken::QemuGone { agent_pid: 10 }),
+            ),
+            (
+                "orphaned QEMU",
+                Observations {
+                    qemu_pid: Some(20),
+                    runtime_files: vec!["qemu.pid".into()],
+                    ..base()
+                },
+                Status::Broken(Broken::OrphanedQemu { qemu_pid: 20 }),
+            ),
+            (
+                "orphaned QEMU of an instance whose config vanished",
+                Observations {
+                    qemu_pid: Some(20),
+                    config: ConfigState::Missing,
+                    ..base()
+                },
+                Status::Broken(Broken::OrphanedQemu { qemu_pid: 20 }),
+            ),
+            (
+                "stale files after kill -9 of everything",
+                Observations {
+                    runtime_files: vec!["ha.pid".into(), "qmp.sock".into()],
+                    ..base()
+                },
+                Status::Broken(Broken::StaleRuntimeFiles {
+                    files: vec!["ha.pid".into(), "qmp.sock".into()],
+                }),
+            ),
+            (
+                "config missing",
+                Observations {
+                    config: ConfigState::Missing,
+                    ..base()
+                },
+                Status::Broken(Broken::ConfigMissing),
+            ),
+            (
+                "config invalid",
+                Observations {
+                    config: ConfigState::Invalid {
+                        message: "bad".into(),
+                    },
+                    runtime_files: vec!["x.pid".into()],
+                    ..base()
+                },
+                Status::Broken(Broken::ConfigInvalid {
+                    message: "bad".into(),
+                }),
+            ),
+            (
+                "disk missing",
+                Observations {
+                    disk_present: false,
+                    ..base()
+                },
+                Status::Broken(Broken::DiskMissing),
+            ),
+        ];
+        for (what, seen, expected) in cases {
+            assert_eq!(derive(&seen), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn only_problems_that_need_a_human_are_unrepairable() {
+        let all = [
+            Broken::ConfigMissing,
+            Broken::ConfigInvalid {
+                message: "m".into(),
+            },
+            Broken::DiskMissing,
+            Broken::OrphanedQemu { qemu_pid: 1 },
+            Broken::StaleRuntimeFiles {
+                files: vec!["a.pid".into()],
+            },
+            Broken::AgentUnresponsive {
+                agent_pid: 1,
+                error: "e".into(),
+            },
+            Broken::QemuGone { agent_pid: 1 },
+        ];
+        let unrepairable: Vec<_> = all
+            .iter()
+            .filter(|b| !b.repairable())
+            .map(Broken::code)
+            .collect();
+        assert_eq!(
+            unrepairable,
+            ["config-missing", "config-invalid", "disk-missing"]
+        );
+        for broken in &all {
+            assert!(
+                !broken.message().is_empty() && !broken.hint().is_empty(),
+                "{broken:?}"
+            );
+        }
+    }
+}
