@@ -1,1 +1,138 @@
-//! Command-line verbs (to be written).
+//! The command line: one file per verb; this file only defines the verbs and
+//! dispatches.
+
+mod create;
+mod delete;
+mod hostagent;
+mod list;
+mod progress;
+mod shell;
+mod start;
+mod stop;
+mod util;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::instance::InstanceName;
+use crate::instance::config::Timeout;
+
+/// Run Linux VMs on QEMU and own their whole lifecycle.
+///
+/// Instances live in $VMKEEP_HOME (default ~/.vmkeep); downloads and built
+/// images in $VMKEEP_CACHE_DIR (default ~/.cache/vmkeep).
+#[derive(Debug, Parser)]
+#[command(name = "vmkeep", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub verb: Verb,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Verb {
+    /// Create an instance (config and data disk) without starting it.
+    Create(CreateArgs),
+    /// Start an instance (creating "default" if it does not exist) and wait until it is ready.
+    Start(StartArgs),
+    /// Stop an instance: ACPI power-off, then the guest agent, then a hard stop at the deadline.
+    Stop(StopArgs),
+    /// List instances and their status.
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Run a command in a running instance; its exit code becomes vmkeep's.
+    Shell(ShellArgs),
+    /// Delete an instance and its disk.
+    #[command(alias = "rm")]
+    Delete(DeleteArgs),
+    /// Run the host agent of an instance (used by `start`; not for direct use).
+    #[command(hide = true)]
+    Hostagent(HostagentArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CreateArgs {
+    /// Instance name: ASCII letters, digits, '-' and '_'.
+    pub name: InstanceName,
+    /// YAML config to create it from (default: the built-in tiny image template).
+    #[arg(long, value_name = "FILE")]
+    pub template: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StartArgs {
+    /// Instance name (default: "default").
+    pub name: Option<InstanceName>,
+    /// Run the host agent in this process until the VM stops (what a service manager runs).
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StopArgs {
+    /// Instance name (default: "default").
+    pub name: Option<InstanceName>,
+    /// Skip the graceful steps: end the VM at once and clean its runtime files.
+    #[arg(long, short)]
+    pub force: bool,
+    /// Graceful-stop deadline, e.g. 10s or 2m (default: the instance's stopTimeout).
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// Print JSON for machines.
+    #[arg(long)]
+    pub json: bool,
+    /// Only these instances.
+    pub names: Vec<InstanceName>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ShellArgs {
+    /// Instance name.
+    pub name: InstanceName,
+    /// Command and arguments to run in the guest (after `--`).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(long)]
+    pub workdir: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeleteArgs {
+    /// Instance names.
+    #[arg(required = true)]
+    pub names: Vec<InstanceName>,
+    /// Stop a running instance forcibly first.
+    #[arg(long, short)]
+    pub force: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HostagentArgs {
+    pub name: InstanceName,
+    /// Report progress as text on stderr instead of JSON lines on stdout.
+    #[arg(long)]
+    pub foreground: bool,
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    Timeout::parse(text).map(|t| t.0)
+}
+
+/// Run a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    match cli.verb {
+        Verb::Create(args) => create::run(args),
+        Verb::Start(args) => start::run(args),
+        Verb::Stop(args) => stop::run(args),
+        Verb::List(args) => list::run(args),
+        Verb::Shell(args) => shell::run(args),
+        Verb::Delete(args) => delete::run(args),
+        Verb::Hostagent(args) => hostagent::run(args),
+    }
+}

@@ -1,1 +1,613 @@
-//! The host agent (to be written).
+//! The host agent: one process per running instance. It holds the instance's
+//! lock for its whole life, owns QEMU (as its child, or adopted after a
+//! predecessor died), serves the API on `ha.sock`, journals every lifecycle
+//! event, and on SIGTERM/SIGINT/SIGHUP or an API request runs the stop ladder
+//! and exits only once QEMU is gone.
+
+pub mod api;
+pub mod inbox;
+pub mod report;
+pub mod server;
+pub mod stopper;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use self::api::AgentInfo;
+use self::inbox::{Inbox, Incoming};
+use self::report::{Report, Reporter};
+use self::server::{Command, Shared};
+use crate::driver::Vm;
+use crate::driver::qemu::accel::{self, HostFacts};
+use crate::driver::qemu::args::LaunchSpec;
+use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
+use crate::driver::qemu::{self, QemuVm};
+use crate::guest_link::{self, GuestLink};
+use crate::image::tiny;
+use crate::instance::status::Phase;
+use crate::instance::{Config, InstanceDir, InstanceName};
+use crate::journal::{Event, Journal, Repair, StopCause, StoppedReason};
+use crate::os::lock::{self, HeldLock};
+use crate::os::process::ExitOutcome;
+use crate::stop_ladder::Step;
+use crate::{home, os};
+
+/// What the agent is for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Mode {
+    /// Boot (or adopt) the VM and supervise it until it stops.
+    Run,
+    /// Adopt a QEMU left without an agent and stop it; never boots.
+    StopOnly {
+        deadline: Option<Duration>,
+        force: bool,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub root: PathBuf,
+    pub name: InstanceName,
+    pub foreground: bool,
+    pub mode: Mode,
+}
+
+/// How the agent ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AgentOutcome {
+    /// Another agent holds the instance.
+    AlreadyRunning { agent_pid: Option<u32> },
+    /// The VM ran and is now stopped.
+    Stopped {
+        reason: StoppedReason,
+        by: Option<Step>,
+    },
+    /// The VM never became ready.
+    StartFailed { error: String },
+    /// `StopOnly` found no QEMU.
+    NothingToStop,
+}
+
+impl AgentOutcome {
+    /// The process exit code: 0 when the VM ended as asked or by the guest's
+    /// own power-off, so that a service manager's keep-alive restarts only
+    /// after a crash or a failed start.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentOutcome::AlreadyRunning { .. } | AgentOutcome::NothingToStop => 0,
+            AgentOutcome::Stopped {
+                reason: StoppedReason::Requested | StoppedReason::GuestPoweroff,
+                ..
+            } => 0,
+            AgentOutcome::Stopped {
+                reason: StoppedReason::Crashed | StoppedReason::StartFailed,
+                ..
+            } => 1,
+            AgentOutcome::StartFailed { .. } => 1,
+        }
+    }
+}
+
+/// Run a host agent to the end, on a runtime of its own.
+pub fn run(options: &AgentOptions, reporter: &mut Reporter) -> AgentOutcome {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            return fail(
+                reporter,
+                format!("cannot start the host agent's runtime: {e}"),
+            );
+        }
+    };
+    runtime.block_on(run_async(options, reporter))
+}
+
+fn fail(reporter: &mut Reporter, error: String) -> AgentOutcome {
+    tracing::error!("{error}");
+    reporter.send(Report::Failed {
+        error: error.clone(),
+    });
+    AgentOutcome::StartFailed { error }
+}
+
+async fn run_async(options: &AgentOptions, reporter: &mut Reporter) -> AgentOutcome {
+    let dir = match InstanceDir::new(&options.root, options.name.clone()) {
+        Ok(dir) => dir,
+        Err(e) => return fail(reporter, e.to_string()),
+    };
+    if !dir.dir().is_dir() {
+        let name = options.name.as_str();
+        return fail(
+            reporter,
+            format!("there is no instance {name}; create it with `vmkeep create {name}`"),
+        );
+    }
+    let config = match (Config::load(&dir.config()), options.mode) {
+        (Ok(config), _) => config,
+        // Stopping an orphan must not depend on a config that went bad meanwhile.
+        (Err(e), Mode::StopOnly { .. }) => {
+            tracing::warn!("{e}; stopping with default settings");
+            Config::default()
+        }
+        (Err(e), Mode::Run) => return fail(reporter, e.to_string()),
+    };
+    let mut lock = match HeldLock::try_acquire(&dir.agent_lock()) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            let agent_pid = lock::holder(&dir.agent_lock())
+                .ok()
+                .flatten()
+                .map(|p| p.as_raw_nonzero().get() as u32);
+            reporter.send(Report::AlreadyRunning { agent_pid });
+            return AgentOutcome::AlreadyRunning { agent_pid };
+        }
+        Err(e) => {
+            return fail(
+                reporter,
+                format!("cannot lock {}: {e}", dir.agent_lock().display()),
+            );
+        }
+    };
+    let _ = lock.write_pid();
+    let journal = match Journal::open(&dir.journal()) {
+        Ok(journal) => journal,
+        Err(e) => {
+            return fail(
+                reporter,
+                format!("cannot open the journal {}: {e}", dir.journal().display()),
+            );
+        }
+    };
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let inbox = match Inbox::new(commands_rx) {
+        Ok(inbox) => inbox,
+        Err(e) => return fail(reporter, format!("cannot install signal handlers: {e}")),
+    };
+    let (guest_tx, guest_rx) = watch::channel(None);
+    let shared = Arc::new(Shared {
+        info: Mutex::new(AgentInfo {
+            name: options.name.to_string(),
+            agent_pid: std::process::id(),
+            phase: Phase::Starting,
+            qemu_pid: None,
+            accel: None,
+            foreground: options.foreground,
+            started_at: now_rfc3339(),
+            ready_at: None,
+            guest: None,
+        }),
+        commands,
+        guest: guest_rx.clone(),
+        default_stop_timeout: config.stop_timeout.0,
+    });
+    let mut agent = Agent {
+        dir,
+        config,
+        journal,
+        inbox,
+        shared,
+        guest_tx,
+        guest_rx,
+        reporter,
+        foreground: options.foreground,
+        tasks: Vec::new(),
+        guest_shutdown: false,
+    };
+    let outcome = agent.run(options.mode).await;
+    agent.finish();
+    if let Err(e) = lock.remove() {
+        tracing::warn!("removing the agent lock: {e}");
+    }
+    outcome
+}
+
+struct Agent<'r> {
+    dir: InstanceDir,
+    config: Config,
+    journal: Journal,
+    inbox: Inbox,
+    shared: Arc<Shared>,
+    guest_tx: watch::Sender<Option<GuestLink>>,
+    guest_rx: watch::Receiver<Option<GuestLink>>,
+    reporter: &'r mut Reporter,
+    foreground: bool,
+    tasks: Vec<JoinHandle<()>>,
+    /// QEMU reported a shutdown the guest asked for.
+    guest_shutdown: bool,
+}
+
+impl Agent<'_> {
+    fn record(&mut self, event: Event) {
+        if let Err(e) = self.journal.record(event) {
+            tracing::warn!("cannot write the journal: {e}");
+        }
+    }
+
+    fn set_info(&self, update: impl FnOnce(&mut AgentInfo)) {
+        update(&mut self.shared.info.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn fail(&mut self, error: String) -> AgentOutcome {
+        self.record(Event::StartFailed {
+            error: error.clone(),
+        });
+        fail(self.reporter, error)
+    }
+
+    async fn run(&mut self, mode: Mode) -> AgentOutcome {
+        self.record(Event::Starting {
+            foreground: self.foreground,
+        });
+        let adopted = match self.adopt_or_clean().await {
+            Ok(adopted) => adopted,
+            Err(error) => return self.fail(error),
+        };
+        match os::socket::bind_private(&self.dir.api_socket()) {
+            Ok(listener) => self
+                .tasks
+                .push(tokio::spawn(server::serve(listener, self.shared.clone()))),
+            Err(e) => {
+                return self.fail(format!(
+                    "cannot serve the API on {}: {e}",
+                    self.dir.api_socket().display()
+                ));
+            }
+        }
+        let (vm, events, launched_at) = match (adopted, mode) {
+            (Some((vm, events)), _) => (vm, events, None),
+            (None, Mode::StopOnly { .. }) => return AgentOutcome::NothingToStop,
+            (None, Mode::Run) => match self.launch().await {
+                Ok((vm, events)) => (vm, events, Some(Instant::now())),
+                Err(error) => return self.fail(error),
+            },
+        };
+        match mode {
+            Mode::Run => self.bring_up_and_supervise(vm, events, launched_at).await,
+            Mode::StopOnly { deadline, force } => {
+                // Connect the guest agent if it answers, for the ladder's fallback.
+                let quick = Instant::now() + Duration::from_secs(2);
+                if let Ok((link, _)) = guest_link::wait_ready(&self.dir.guest_socket(), quick).await
+                {
+                    let _ = self.guest_tx.send(Some(link));
+                }
+                let deadline = deadline.unwrap_or(self.config.stop_timeout.0);
+                self.stop(&vm, StopCause::Request, deadline, force).await
+            }
+        }
+    }
+
+    /// Adopt a QEMU that outlived its agent, or clear what dead processes left.
+    async fn adopt_or_clean(&mut self) -> Result<Option<(QemuVm, QmpEvents)>, String> {
+        match qemu::adopt(&self.dir).await.map_err(|e| e.to_string())? {
+            Some(Ok((vm, events))) => {
+                self.reporter.progress(format!(
+                    "adopting QEMU pid {} left running by a previous host agent",
+                    vm.pid()
+                ));
+                self.record(Event::Adopted { qemu_pid: vm.pid() });
+                self.set_info(|info| info.qemu_pid = Some(vm.pid()));
+                return Ok(Some((vm, events)));
+            }
+            Some(Err(hung)) => {
+                let pid = hung.process.pid();
+                self.reporter.progress(format!(
+                    "QEMU pid {pid} does not answer QMP ({}); killing it",
+                    hung.error
+                ));
+                let _ = hung.process.kill();
+                if !hung.process.wait_timeout(Duration::from_secs(10)) {
+                    return Err(format!(
+                        "QEMU pid {pid} does not answer and did not die from SIGKILL"
+                    ));
+                }
+                self.record(Event::Repaired {
+                    action: Repair::KilledUnresponsiveQemu,
+                    detail: format!("pid {pid}: {}", hung.error),
+                });
+            }
+            None => {}
+        }
+        let stale = self
+            .remove_runtime_files()
+            .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?;
+        if !stale.is_empty() {
+            let detail = stale.join(", ");
+            self.reporter
+                .progress(format!("removed stale runtime files: {detail}"));
+            self.record(Event::Repaired {
+                action: Repair::RemovedStaleFiles,
+                detail,
+            });
+        }
+        Ok(None)
+    }
+
+    /// Remove runtime files other than our own lock; returns their names.
+    fn remove_runtime_files(&self) -> std::io::Result<Vec<String>> {
+        let lock_name = self.dir.agent_lock();
+        let mut removed = Vec::new();
+        for name in crate::instance::observe::runtime_files(&self.dir)? {
+            let path = self.dir.dir().join(&name);
+            if path != lock_name && os::fs::remove_file_if_exists(&path)? {
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), String> {
+        let cache = home::cache_root().map_err(|e| e.to_string())?;
+        let kernel_override = self
+            .config
+            .kernel
+            .path
+            .as_ref()
+            .map(|kernel| tiny::KernelOverride {
+                kernel: kernel.0.clone(),
+                modules_dir: self.config.kernel.modules.as_ref().map(|m| m.0.clone()),
+            });
+        let reporter = &mut *self.reporter;
+        let image = tiny::ensure(&cache, kernel_override.as_ref(), &mut |message| {
+            reporter.progress(message)
+        })
+        .map_err(|e| e.to_string())?;
+        let env_accel = accel::env_override()?;
+        let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
+            .map_err(|e| e.to_string())?;
+        let mut cmdline = image.base_cmdline();
+        if let Some(extra) = &self.config.kernel.cmdline {
+            cmdline.push(' ');
+            cmdline.push_str(extra);
+        }
+        let spec = LaunchSpec::for_instance(
+            &self.dir,
+            accel,
+            self.config.cpus.0,
+            self.config.memory.0.mib(),
+            image.kernel.clone(),
+            image.initrd.clone(),
+            cmdline,
+        );
+        self.reporter.progress(format!("booting QEMU with {why}"));
+        let log_path = self.dir.qemu_log();
+        let log = os::fs::open_append(&log_path)
+            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+        let (vm, events) = qemu::launch(self.config.arch.qemu_binary(), &spec, &log_path, log)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.record(Event::Booting {
+            qemu_pid: vm.pid(),
+            accel: accel.as_str().into(),
+        });
+        self.set_info(|info| {
+            info.qemu_pid = Some(vm.pid());
+            info.accel = Some(accel.as_str().into());
+        });
+        Ok((vm, events))
+    }
+
+    fn note_qmp_event(&mut self, event: &QmpEvent) {
+        tracing::info!(?event, "QMP event");
+        if let QmpEvent::Shutdown { guest: true, .. } = event {
+            self.guest_shutdown = true;
+        }
+    }
+
+    /// Why QEMU exited when nobody asked it to.
+    fn unasked_exit_reason(&self, exit: ExitOutcome) -> StoppedReason {
+        if self.guest_shutdown || exit == ExitOutcome::Exited(0) {
+            StoppedReason::GuestPoweroff
+        } else {
+            StoppedReason::Crashed
+        }
+    }
+
+    async fn bring_up_and_supervise(
+        &mut self,
+        vm: QemuVm,
+        mut events: QmpEvents,
+        launched_at: Option<Instant>,
+    ) -> AgentOutcome {
+        let began = launched_at.unwrap_or_else(Instant::now);
+        let guest_socket = self.dir.guest_socket();
+        let ready = guest_link::wait_ready(&guest_socket, began + self.config.boot_timeout.0);
+        tokio::pin!(ready);
+        let mut events_open = true;
+        let (link, guest) = loop {
+            tokio::select! {
+                result = &mut ready => match result {
+                    Ok(ready) => break ready,
+                    Err(e) => {
+                        let error = format!("the guest did not become ready: {e}; see {}", self.dir.serial_log().display());
+                        self.record(Event::StartFailed { error: error.clone() });
+                        let stopped = self.stop(&vm, StopCause::BootTimeout, Duration::from_secs(1), true).await;
+                        fail(self.reporter, error);
+                        return stopped_as_failed(stopped);
+                    }
+                },
+                exit = vm.exited() => {
+                    let why = match self.unasked_exit_reason(exit) {
+                        StoppedReason::GuestPoweroff => "the guest powered off during boot".to_string(),
+                        _ => format!("QEMU exited during boot ({exit})"),
+                    };
+                    let error = format!("{why}; see {} and {}", self.dir.serial_log().display(), self.dir.qemu_log().display());
+                    self.record(Event::StartFailed { error: error.clone() });
+                    self.record_stopped(StoppedReason::StartFailed, None, None, exit);
+                    return fail(self.reporter, error);
+                }
+                event = events.next(), if events_open => match event {
+                    Some(event) => self.note_qmp_event(&event),
+                    None => events_open = false,
+                },
+                incoming = self.inbox.next() => {
+                    let (cause, deadline, force) = self.stop_parameters(incoming);
+                    let outcome = self.stop(&vm, cause, deadline, force).await;
+                    self.reporter.send(Report::Failed { error: "stopped while starting".into() });
+                    return outcome;
+                }
+            }
+        };
+
+        let boot_secs = began.elapsed().as_secs_f64();
+        let _ = self.guest_tx.send(Some(link.clone()));
+        self.tasks.push(tokio::spawn(keep_guest_link(
+            self.dir.guest_socket(),
+            link,
+            self.guest_tx.clone(),
+        )));
+        self.record(Event::Running {
+            qemu_pid: vm.pid(),
+            guest_boot_id: guest.boot_id.clone(),
+            boot_secs,
+        });
+        self.set_info(|info| {
+            info.phase = Phase::Running;
+            info.ready_at = Some(now_rfc3339());
+            info.guest = Some(guest);
+        });
+        let info = self
+            .shared
+            .info
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.reporter.send(Report::Ready { info });
+
+        loop {
+            tokio::select! {
+                exit = vm.exited() => {
+                    let reason = self.unasked_exit_reason(exit);
+                    self.record_stopped(reason, None, None, exit);
+                    return AgentOutcome::Stopped { reason, by: None };
+                }
+                event = events.next(), if events_open => match event {
+                    Some(event) => self.note_qmp_event(&event),
+                    None => events_open = false,
+                },
+                incoming = self.inbox.next() => {
+                    let (cause, deadline, force) = self.stop_parameters(incoming);
+                    return self.stop(&vm, cause, deadline, force).await;
+                }
+            }
+        }
+    }
+
+    fn stop_parameters(&self, incoming: Incoming) -> (StopCause, Duration, bool) {
+        match incoming {
+            Incoming::Signal(name) => {
+                tracing::info!("{name}: stopping the VM");
+                (StopCause::Signal, self.config.stop_timeout.0, false)
+            }
+            Incoming::Command(Command::Stop { deadline, force }) => {
+                (StopCause::Request, deadline, force)
+            }
+        }
+    }
+
+    async fn stop(
+        &mut self,
+        vm: &QemuVm,
+        cause: StopCause,
+        deadline: Duration,
+        force: bool,
+    ) -> AgentOutcome {
+        self.set_info(|info| info.phase = Phase::Stopping);
+        self.record(Event::Stopping {
+            cause,
+            deadline_secs: deadline.as_secs_f64(),
+            force,
+        });
+        let guest = self.guest_rx.clone();
+        let stopped = stopper::stop(
+            vm,
+            &guest,
+            deadline,
+            force,
+            &mut self.journal,
+            &mut self.inbox,
+        )
+        .await;
+        let reason = if cause == StopCause::BootTimeout {
+            StoppedReason::StartFailed
+        } else {
+            StoppedReason::Requested
+        };
+        self.record_stopped(reason, stopped.by, Some(stopped.elapsed), stopped.exit);
+        AgentOutcome::Stopped {
+            reason,
+            by: stopped.by,
+        }
+    }
+
+    fn record_stopped(
+        &mut self,
+        reason: StoppedReason,
+        by: Option<Step>,
+        after: Option<Duration>,
+        exit: ExitOutcome,
+    ) {
+        let _ = self.guest_tx.send(None);
+        self.record(Event::Stopped {
+            reason,
+            by,
+            after_secs: after.map(|d| d.as_secs_f64()),
+            qemu_exit: exit.to_string(),
+        });
+    }
+
+    /// Stop serving and remove runtime files (the lock goes last, by the caller).
+    fn finish(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Err(e) = self.remove_runtime_files() {
+            tracing::warn!("cleaning runtime files: {e}");
+        }
+    }
+}
+
+fn stopped_as_failed(stopped: AgentOutcome) -> AgentOutcome {
+    match stopped {
+        AgentOutcome::Stopped { by, .. } => AgentOutcome::Stopped {
+            reason: StoppedReason::StartFailed,
+            by,
+        },
+        other => other,
+    }
+}
+
+/// Keep a guest-agent connection available: when it drops (guest reboot,
+/// channel reset), reconnect and publish the new one.
+async fn keep_guest_link(
+    socket: PathBuf,
+    mut link: GuestLink,
+    publish: watch::Sender<Option<GuestLink>>,
+) {
+    loop {
+        link.closed().await;
+        let _ = publish.send(None);
+        let far = Instant::now() + Duration::from_secs(24 * 3600);
+        match guest_link::wait_ready(&socket, far).await {
+            Ok((new_link, _)) => {
+                link = new_link;
+                let _ = publish.send(Some(link.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("guest agent: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

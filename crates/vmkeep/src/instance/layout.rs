@@ -7,6 +7,7 @@
 //!   disk.qcow2              data disk
 //!   events.jsonl            append-only event journal
 //!   ha.log                  host agent log
+//!   qemu.log                QEMU's own output
 //!   serial.log              guest serial console
 //!   ha.pid      runtime     host agent lock (POSIX lock held for the agent's life)
 //!   ha.sock     runtime     host agent API
@@ -30,6 +31,7 @@ const DISK: &str = "disk.qcow2";
 const JOURNAL: &str = "events.jsonl";
 const AGENT_LOG: &str = "ha.log";
 const SERIAL_LOG: &str = "serial.log";
+const QEMU_LOG: &str = "qemu.log";
 const AGENT_LOCK: &str = "ha.pid";
 const API_SOCKET: &str = "ha.sock";
 const QEMU_PID: &str = "qemu.pid";
@@ -93,6 +95,9 @@ impl InstanceDir {
     }
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join(SERIAL_LOG)
+    }
+    pub fn qemu_log(&self) -> PathBuf {
+        self.dir.join(QEMU_LOG)
     }
     pub fn agent_lock(&self) -> PathBuf {
         self.dir.join(AGENT_LOCK)

@@ -1,6 +1,7 @@
 //! Instances: names, directory layout, config, observation and status.
 
 pub mod config;
+pub mod create;
 pub mod layout;
 pub mod name;
 pub mod observe;

@@ -96,7 +96,8 @@ mod tests {
 
     #[test]
     fn rejects_names_that_could_escape_or_confuse() {
-        let cases: &[(&str, fn(&NameError) -> bool)] = &[
+        type Expect = fn(&NameError) -> bool;
+        let cases: &[(&str, Expect)] = &[
             ("", |e| matches!(e, NameError::Empty)),
             (".", |e| {
                 matches!(e, NameError::BadCharacter { found: '.', .. })

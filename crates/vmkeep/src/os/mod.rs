@@ -6,4 +6,5 @@
 pub mod fs;
 pub mod lock;
 pub mod process;
+pub mod socket;
 pub mod tool;

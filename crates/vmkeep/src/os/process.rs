@@ -56,6 +56,8 @@ pub struct ProcessHandle {
     pid: u32,
     pidfd: OwnedFd,
     is_child: bool,
+    /// The exit, once seen (a child can be reaped only once).
+    outcome: std::sync::OnceLock<ExitOutcome>,
 }
 
 impl ProcessHandle {
@@ -66,6 +68,7 @@ impl ProcessHandle {
             pid,
             pidfd,
             is_child,
+            outcome: std::sync::OnceLock::new(),
         })
     }
 
@@ -118,8 +121,11 @@ impl ProcessHandle {
     }
 
     /// Wait for the exit without blocking the runtime, then reap it if it is
-    /// our child.
+    /// our child. Can be awaited any number of times.
     pub async fn exited(&self) -> ExitOutcome {
+        if let Some(outcome) = self.outcome.get() {
+            return *outcome;
+        }
         // SAFETY: the AsyncFd owns a fresh duplicate of the pidfd, which
         // nothing else closes or replaces while it is registered.
         let registered = self.pidfd.try_clone().ok().and_then(|fd| {
@@ -141,10 +147,16 @@ impl ProcessHandle {
     /// Collect the exit status of an exited child; `Unknown` for others or
     /// when it has not exited.
     pub fn reap(&self) -> ExitOutcome {
+        if let Some(outcome) = self.outcome.get() {
+            return *outcome;
+        }
         if !self.is_child {
+            if self.has_exited() {
+                let _ = self.outcome.set(ExitOutcome::Unknown);
+            }
             return ExitOutcome::Unknown;
         }
-        match waitid(
+        let outcome = match waitid(
             WaitId::PidFd(self.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
@@ -157,8 +169,10 @@ impl ProcessHandle {
                     ExitOutcome::Unknown
                 }
             }
-            _ => ExitOutcome::Unknown,
-        }
+            _ => return ExitOutcome::Unknown,
+        };
+        let _ = self.outcome.set(outcome);
+        outcome
     }
 }
 

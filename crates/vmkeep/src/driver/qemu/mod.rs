@@ -1,3 +1,226 @@
-//! The QEMU driver: command line, accelerator choice, QMP.
+//! The QEMU driver: launch (command line, accelerator), adopt a running QEMU
+//! left by a dead host agent, and control it over QMP.
 
+pub mod accel;
+pub mod args;
 pub mod qmp;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use self::args::LaunchSpec;
+use self::qmp::{Qmp, QmpEvents};
+use super::{DriverError, Vm};
+use crate::instance::InstanceDir;
+use crate::os::process::{self, ExitOutcome, ProcessHandle};
+
+/// How long QMP commands of the stop ladder may take.
+const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a launched QEMU may take to open its QMP socket.
+const QMP_APPEAR_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an existing QEMU may take to answer QMP before it counts as hung.
+const QMP_ADOPT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error(
+        "{binary} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get install qemu-system-x86)"
+    )]
+    Missing { binary: String },
+    #[error("could not start {binary}: {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("QEMU exited right after launch ({outcome}); its log {log} says:\n{log_tail}")]
+    ExitedAtLaunch {
+        outcome: ExitOutcome,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error("QEMU did not open its QMP socket within {QMP_APPEAR_TIMEOUT:?}: {error}")]
+    NoQmp { error: String },
+    #[error(
+        "{path} is locked by pid {pid}, which is not this instance's QEMU (its command line does not name {qmp}); \
+         find out what it is before removing the file"
+    )]
+    ForeignLockHolder {
+        path: PathBuf,
+        pid: u32,
+        qmp: PathBuf,
+    },
+    #[error("cannot inspect {path}: {source}")]
+    Inspect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A QEMU that vmkeep launched or adopted.
+pub struct QemuVm {
+    process: ProcessHandle,
+    qmp: Qmp,
+    qmp_ok: AtomicBool,
+}
+
+/// A QEMU that holds its pid-file lock but does not answer QMP.
+pub struct Unresponsive {
+    pub process: ProcessHandle,
+    pub error: String,
+}
+
+impl QemuVm {
+    pub fn is_child(&self) -> bool {
+        self.process.is_child()
+    }
+
+    fn note<T>(&self, result: Result<T, qmp::QmpError>) -> Result<T, DriverError> {
+        if let Err(qmp::QmpError::Closed | qmp::QmpError::Timeout { .. }) = &result {
+            self.qmp_ok.store(false, Ordering::Relaxed);
+        }
+        result.map_err(DriverError::from)
+    }
+}
+
+impl Vm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    fn hypervisor_reachable(&self) -> bool {
+        self.qmp_ok.load(Ordering::Relaxed)
+    }
+
+    async fn request_stop(&self) -> Result<(), DriverError> {
+        self.note(self.qmp.system_powerdown(QMP_COMMAND_TIMEOUT).await)
+    }
+
+    async fn hard_stop(&self) -> Result<(), DriverError> {
+        self.note(self.qmp.quit(QMP_COMMAND_TIMEOUT).await)
+    }
+
+    fn kill(&self) -> std::io::Result<()> {
+        self.process.kill()
+    }
+
+    async fn exited(&self) -> ExitOutcome {
+        self.process.exited().await
+    }
+}
+
+/// Find a program in PATH.
+pub fn find_in_path(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|candidate| {
+            use std::os::unix::fs::PermissionsExt;
+            candidate
+                .metadata()
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// Launch QEMU as our child in its own process group and connect QMP.
+/// QEMU's own output goes to `log`.
+pub async fn launch(
+    binary: &str,
+    spec: &LaunchSpec,
+    log_path: &Path,
+    log: File,
+) -> Result<(QemuVm, QmpEvents), QemuError> {
+    let program = find_in_path(binary).ok_or_else(|| QemuError::Missing {
+        binary: binary.into(),
+    })?;
+    let process =
+        process::spawn_in_own_group(&program, &args::build(spec), log).map_err(|source| {
+            QemuError::Spawn {
+                binary: binary.into(),
+                source,
+            }
+        })?;
+    let started = Instant::now();
+    loop {
+        if process.has_exited() {
+            let outcome = process.reap();
+            return Err(QemuError::ExitedAtLaunch {
+                outcome,
+                log: log_path.into(),
+                log_tail: tail(log_path, 12),
+            });
+        }
+        match Qmp::connect(&spec.qmp_socket, QMP_COMMAND_TIMEOUT).await {
+            Ok((qmp, events)) => {
+                return Ok((
+                    QemuVm {
+                        process,
+                        qmp,
+                        qmp_ok: AtomicBool::new(true),
+                    },
+                    events,
+                ));
+            }
+            Err(error) if started.elapsed() > QMP_APPEAR_TIMEOUT => {
+                let _ = process.kill();
+                return Err(QemuError::NoQmp {
+                    error: error.to_string(),
+                });
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// Find this instance's QEMU if one runs without a host agent: the holder of
+/// the pid-file lock whose command line names this instance's QMP socket.
+/// `Ok(Err(..))` is a QEMU of ours that does not answer QMP.
+pub async fn adopt(
+    dir: &InstanceDir,
+) -> Result<Option<Result<(QemuVm, QmpEvents), Unresponsive>>, QemuError> {
+    let pid_file = dir.qemu_pid();
+    let process = process::open_lock_holder(&pid_file).map_err(|source| QemuError::Inspect {
+        path: pid_file.clone(),
+        source,
+    })?;
+    let Some(process) = process else {
+        return Ok(None);
+    };
+    let qmp_path = dir.qmp_socket();
+    let names_our_socket = process::command_line(process.pid())
+        .unwrap_or_default()
+        .iter()
+        .any(|arg| arg.contains(&*qmp_path.to_string_lossy()));
+    if !names_our_socket {
+        return Err(QemuError::ForeignLockHolder {
+            path: pid_file,
+            pid: process.pid(),
+            qmp: qmp_path,
+        });
+    }
+    Ok(Some(
+        match Qmp::connect(&qmp_path, QMP_ADOPT_TIMEOUT).await {
+            Ok((qmp, events)) => Ok((
+                QemuVm {
+                    process,
+                    qmp,
+                    qmp_ok: AtomicBool::new(true),
+                },
+                events,
+            )),
+            Err(error) => Err(Unresponsive {
+                process,
+                error: error.to_string(),
+            }),
+        },
+    ))
+}
+
+/// The last `lines` lines of a log file, for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

@@ -1,0 +1,49 @@
+//! `vmkeep delete NAME... [--force]`
+
+use anyhow::{Context, bail};
+
+use super::DeleteArgs;
+use super::util;
+use crate::instance::Status;
+use crate::instance::status::Broken;
+use crate::os;
+use crate::os::lock::HeldLock;
+
+pub fn run(args: DeleteArgs) -> anyhow::Result<i32> {
+    for name in &args.names {
+        let dir = util::existing(name)?;
+        let runs = |s: &Status| {
+            matches!(s, Status::Running | Status::Starting | Status::Stopping)
+                || matches!(
+                    s,
+                    Status::Broken(
+                        Broken::OrphanedQemu { .. }
+                            | Broken::AgentUnresponsive { .. }
+                            | Broken::QemuGone { .. }
+                    )
+                )
+        };
+        let status = util::status_of(&dir)?;
+        if runs(&status) {
+            if !args.force {
+                bail!(
+                    "{name} is {}; stop it first (`vmkeep stop {name}`) or use `vmkeep delete --force {name}`",
+                    status.word()
+                );
+            }
+            super::stop::force_stop(&dir)?;
+        }
+        // Hold the agent lock so no start can begin while the files go.
+        let Some(lock) = HeldLock::try_acquire(&dir.agent_lock())? else {
+            bail!("{name} was started meanwhile; stop it and delete again");
+        };
+        let doomed = os::fs::temp_sibling(dir.dir());
+        std::fs::rename(dir.dir(), &doomed)
+            .with_context(|| format!("cannot remove {}", dir.dir().display()))?;
+        drop(lock);
+        os::fs::remove_dir_all_if_exists(&doomed)
+            .with_context(|| format!("cannot remove {}", doomed.display()))?;
+        println!("deleted {name}");
+    }
+    Ok(0)
+}

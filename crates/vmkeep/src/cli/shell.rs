@@ -1,0 +1,42 @@
+//! `vmkeep shell NAME -- COMMAND...`: run a command in the guest through the
+//! guest agent; its output and exit code become vmkeep's.
+
+use std::io::{IsTerminal, Read, Write};
+use std::time::Duration;
+
+use anyhow::bail;
+
+use super::ShellArgs;
+use super::util;
+use crate::hostagent::api::{ApiClient, ExecRequest};
+use crate::instance::Status;
+
+pub fn run(args: ShellArgs) -> anyhow::Result<i32> {
+    let dir = util::existing(&args.name)?;
+    let status = util::status_of(&dir)?;
+    if status != Status::Running {
+        bail!(
+            "{} is {}, not Running; start it with `vmkeep start {}`",
+            args.name,
+            super::start::describe(&status),
+            args.name
+        );
+    }
+    let mut stdin = Vec::new();
+    if !std::io::stdin().is_terminal() {
+        std::io::stdin().read_to_end(&mut stdin)?;
+    }
+    let request = ExecRequest {
+        argv: args.command.clone(),
+        stdin,
+        env: Vec::new(),
+        cwd: args.workdir.clone(),
+    };
+    let result = util::runtime()?.block_on(
+        ApiClient::new(&dir.api_socket()).exec(&request, Duration::from_secs(24 * 3600)),
+    )?;
+    std::io::stdout().write_all(&result.stdout)?;
+    std::io::stderr().write_all(&result.stderr)?;
+    std::io::stdout().flush()?;
+    Ok(result.exit_code)
+}

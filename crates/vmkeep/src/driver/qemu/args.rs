@@ -1,0 +1,205 @@
+//! The QEMU command line, built from a launch description (pure).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use super::accel::Accel;
+use crate::instance::InstanceDir;
+
+/// Everything the command line depends on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaunchSpec {
+    pub name: String,
+    pub accel: Accel,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub cmdline: String,
+    pub disk: PathBuf,
+    pub qmp_socket: PathBuf,
+    pub guest_socket: PathBuf,
+    pub pid_file: PathBuf,
+    pub serial_log: PathBuf,
+}
+
+impl LaunchSpec {
+    /// Paths from the instance directory; the rest from the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_instance(
+        dir: &InstanceDir,
+        accel: Accel,
+        cpus: u32,
+        memory_mib: u64,
+        kernel: PathBuf,
+        initrd: PathBuf,
+        cmdline: String,
+    ) -> LaunchSpec {
+        LaunchSpec {
+            name: dir.name().to_string(),
+            accel,
+            cpus,
+            memory_mib,
+            kernel,
+            initrd,
+            cmdline,
+            disk: dir.disk(),
+            qmp_socket: dir.qmp_socket(),
+            guest_socket: dir.guest_socket(),
+            pid_file: dir.qemu_pid(),
+            serial_log: dir.serial_log(),
+        }
+    }
+}
+
+/// Escape a value for QEMU's `key=value,...` option syntax (commas double).
+fn opt(value: &std::path::Path) -> String {
+    value.to_string_lossy().replace(',', ",,")
+}
+
+/// The arguments after the program name.
+pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
+    let mut args: Vec<String> = vec![
+        "-name".into(),
+        format!("vmkeep-{},debug-threads=on", spec.name),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-machine".into(),
+        "q35".into(),
+        "-accel".into(),
+        spec.accel.as_str().into(),
+        "-smp".into(),
+        spec.cpus.to_string(),
+        "-m".into(),
+        format!("{}M", spec.memory_mib),
+        "-kernel".into(),
+        spec.kernel.to_string_lossy().into_owned(),
+        "-initrd".into(),
+        spec.initrd.to_string_lossy().into_owned(),
+        "-append".into(),
+        spec.cmdline.clone(),
+        "-chardev".into(),
+        format!("file,id=serial0,path={},append=on", opt(&spec.serial_log)),
+        "-serial".into(),
+        "chardev:serial0".into(),
+        "-drive".into(),
+        format!(
+            "if=none,id=data,file={},format=qcow2,discard=unmap",
+            opt(&spec.disk)
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=data".into(),
+        "-device".into(),
+        "virtio-serial-pci,id=vser0".into(),
+        "-chardev".into(),
+        format!(
+            "socket,id=guestagent,path={},server=on,wait=off",
+            opt(&spec.guest_socket)
+        ),
+        "-device".into(),
+        format!(
+            "virtserialport,bus=vser0.0,chardev=guestagent,name={}",
+            vmkeep_protocol::PORT_NAME
+        ),
+        "-chardev".into(),
+        format!(
+            "socket,id=qmp,path={},server=on,wait=off",
+            opt(&spec.qmp_socket)
+        ),
+        "-mon".into(),
+        "chardev=qmp,mode=control".into(),
+        "-pidfile".into(),
+        spec.pid_file.to_string_lossy().into_owned(),
+    ];
+    if spec.accel == Accel::Kvm {
+        // TCG keeps QEMU's default CPU model, the one measured here.
+        args.extend(["-cpu".into(), "host".into()]);
+    }
+    args.into_iter().map(OsString::from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn spec() -> LaunchSpec {
+        let dir = InstanceDir::new(Path::new("/h/v"), "dev".parse().unwrap()).unwrap();
+        LaunchSpec::for_instance(
+            &dir,
+            Accel::Tcg,
+            2,
+            512,
+            "/c/vmlinuz".into(),
+            "/c/initrd.img".into(),
+            "console=ttyS0".into(),
+        )
+    }
+
+    fn text(args: &[OsString]) -> Vec<String> {
+        args.iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn value_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn sockets_pidfile_and_disk_live_in_the_instance_directory() {
+        let args = text(&build(&spec()));
+        assert_eq!(value_after(&args, "-pidfile"), ["/h/v/dev/qemu.pid"]);
+        let chardevs = value_after(&args, "-chardev");
+        assert!(chardevs.contains(&"socket,id=qmp,path=/h/v/dev/qmp.sock,server=on,wait=off"));
+        assert!(
+            chardevs.contains(&"socket,id=guestagent,path=/h/v/dev/ga.sock,server=on,wait=off")
+        );
+        assert!(chardevs.contains(&"file,id=serial0,path=/h/v/dev/serial.log,append=on"));
+        assert_eq!(
+            value_after(&args, "-drive"),
+            ["if=none,id=data,file=/h/v/dev/disk.qcow2,format=qcow2,discard=unmap"]
+        );
+    }
+
+    #[test]
+    fn resources_and_accelerator_follow_the_spec() {
+        let args = text(&build(&spec()));
+        assert_eq!(value_after(&args, "-smp"), ["2"]);
+        assert_eq!(value_after(&args, "-m"), ["512M"]);
+        assert_eq!(value_after(&args, "-accel"), ["tcg"]);
+        assert_eq!(value_after(&args, "-append"), ["console=ttyS0"]);
+        let kvm = text(&build(&LaunchSpec {
+            accel: Accel::Kvm,
+            ..spec()
+        }));
+        assert_eq!(value_after(&kvm, "-accel"), ["kvm"]);
+        assert_eq!(value_after(&kvm, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn no_default_devices_and_no_user_config() {
+        let args = text(&build(&spec()));
+        assert!(
+            args.contains(&"-nodefaults".to_string())
+                && args.contains(&"-no-user-config".to_string())
+        );
+        assert_eq!(value_after(&args, "-display"), ["none"]);
+    }
+
+    #[test]
+    fn commas_in_paths_are_escaped() {
+        let mut s = spec();
+        s.disk = "/h/a,b/disk.qcow2".into();
+        let args = text(&build(&s));
+        assert_eq!(
+            value_after(&args, "-drive"),
+            ["if=none,id=data,file=/h/a,,b/disk.qcow2,format=qcow2,discard=unmap"]
+        );
+    }
+}

@@ -1,0 +1,194 @@
+//! The host agent's HTTP/JSON API on `ha.sock`: routes and message types,
+//! defined once for the server and the client, and the client.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::instance::status::Phase;
+pub use vmkeep_protocol::{ExecRequest, ExecResult, GuestInfo};
+
+/// One endpoint: method and path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+}
+
+/// `GET` -> [`AgentInfo`].
+pub const INFO: Route = Route {
+    method: "GET",
+    path: "/v1/info",
+};
+/// `POST` [`StopRequest`] -> [`StopAccepted`]; the agent exits when QEMU is gone.
+pub const STOP: Route = Route {
+    method: "POST",
+    path: "/v1/stop",
+};
+/// `POST` [`ExecRequest`] -> [`ExecResult`]: run a command in the guest.
+pub const EXEC: Route = Route {
+    method: "POST",
+    path: "/v1/exec",
+};
+
+pub const ROUTES: [Route; 3] = [INFO, STOP, EXEC];
+
+/// What the agent knows about its instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub name: String,
+    pub agent_pid: u32,
+    pub phase: Phase,
+    #[serde(default)]
+    pub qemu_pid: Option<u32>,
+    #[serde(default)]
+    pub accel: Option<String>,
+    pub foreground: bool,
+    pub started_at: String,
+    #[serde(default)]
+    pub ready_at: Option<String>,
+    #[serde(default)]
+    pub guest: Option<GuestInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StopRequest {
+    /// Graceful-stop deadline; the instance's `stopTimeout` when absent.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// Skip to the hard stop.
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StopAccepted {
+    pub deadline_secs: f64,
+}
+
+/// The body of every non-2xx answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("cannot connect to the host agent at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the host agent did not answer {path} within {timeout:?}")]
+    Timeout {
+        path: &'static str,
+        timeout: Duration,
+    },
+    #[error("HTTP error talking to the host agent: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("the host agent refused {path}: {message}")]
+    Refused { path: &'static str, message: String },
+    #[error("unexpected answer from the host agent on {path}: {message}")]
+    BadAnswer { path: &'static str, message: String },
+}
+
+/// A client for one instance's host agent.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    socket: PathBuf,
+}
+
+impl ApiClient {
+    pub fn new(socket: &Path) -> ApiClient {
+        ApiClient {
+            socket: socket.to_path_buf(),
+        }
+    }
+
+    pub async fn info(&self, timeout: Duration) -> Result<AgentInfo, ApiError> {
+        self.call(INFO, None::<&()>, timeout).await
+    }
+
+    pub async fn stop(
+        &self,
+        request: &StopRequest,
+        timeout: Duration,
+    ) -> Result<StopAccepted, ApiError> {
+        self.call(STOP, Some(request), timeout).await
+    }
+
+    pub async fn exec(
+        &self,
+        request: &ExecRequest,
+        timeout: Duration,
+    ) -> Result<ExecResult, ApiError> {
+        self.call(EXEC, Some(request), timeout).await
+    }
+
+    async fn call<B: Serialize, R: DeserializeOwned>(
+        &self,
+        route: Route,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<R, ApiError> {
+        tokio::time::timeout(timeout, self.call_inner(route, body))
+            .await
+            .map_err(|_| ApiError::Timeout {
+                path: route.path,
+                timeout,
+            })?
+    }
+
+    async fn call_inner<B: Serialize, R: DeserializeOwned>(
+        &self,
+        route: Route,
+        body: Option<&B>,
+    ) -> Result<R, ApiError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| ApiError::Connect {
+                path: self.socket.clone(),
+                source,
+            })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let bytes = match body {
+            Some(body) => serde_json::to_vec(body).map_err(|e| ApiError::BadAnswer {
+                path: route.path,
+                message: e.to_string(),
+            })?,
+            None => Vec::new(),
+        };
+        let request = hyper::Request::builder()
+            .method(route.method)
+            .uri(route.path)
+            .header(hyper::header::HOST, "vmkeep-hostagent")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| ApiError::BadAnswer {
+                path: route.path,
+                message: e.to_string(),
+            })?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            let message = serde_json::from_slice::<ApiErrorBody>(&body)
+                .map(|b| b.error)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(ApiError::Refused {
+                path: route.path,
+                message,
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadAnswer {
+            path: route.path,
+            message: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! How a starting host agent tells whoever started it how the start went.
+//!
+//! A detached agent writes [`Report`]s as JSON lines to its stdout, a pipe the
+//! `vmkeep start` that spawned it reads; after the final report it points
+//! stdout at /dev/null, so the reader sees end-of-file. An agent run in the
+//! foreground prints the same reports as text on stderr.
+
+use std::io::Write;
+
+use serde::{Deserialize, Serialize};
+
+use super::api::AgentInfo;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "report", rename_all = "kebab-case")]
+pub enum Report {
+    /// A step of the start, for the user to watch.
+    Progress { message: String },
+    /// The guest is ready. Final.
+    Ready { info: AgentInfo },
+    /// The start failed; the agent exits. Final.
+    Failed { error: String },
+    /// Another host agent holds the instance. Final.
+    AlreadyRunning { agent_pid: Option<u32> },
+}
+
+impl Report {
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Report::Progress { .. })
+    }
+}
+
+/// Where reports go.
+pub enum Reporter {
+    /// JSON lines on stdout (a pipe to the spawning CLI).
+    Pipe { done: bool },
+    /// Text on stderr.
+    Terminal,
+}
+
+impl Reporter {
+    pub fn send(&mut self, report: Report) {
+        match self {
+            Reporter::Pipe { done } => {
+                if *done {
+                    return;
+                }
+                let mut line = serde_json::to_vec(&report).unwrap_or_default();
+                line.push(b'\n');
+                let mut stdout = std::io::stdout().lock();
+                // The reader may be gone (killed CLI): nothing to do then.
+                let _ = stdout.write_all(&line).and_then(|_| stdout.flush());
+                if report.is_final() {
+                    *done = true;
+                    let _ = crate::os::process::silence_stdout();
+                }
+            }
+            Reporter::Terminal => match report {
+                Report::Progress { message } => eprintln!("{message}"),
+                Report::Ready { info } => eprintln!(
+                    "{} is running (host agent pid {}, QEMU pid {})",
+                    info.name,
+                    info.agent_pid,
+                    info.qemu_pid.map(|p| p.to_string()).unwrap_or_default()
+                ),
+                Report::Failed { error } => eprintln!("error: {error}"),
+                Report::AlreadyRunning { agent_pid } => eprintln!(
+                    "the instance is already run by host agent pid {}",
+                    agent_pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "?".into())
+                ),
+            },
+        }
+    }
+
+    pub fn progress(&mut self, message: impl Into<String>) {
+        self.send(Report::Progress {
+            message: message.into(),
+        });
+    }
+}

@@ -1,0 +1,177 @@
+//! The API server: parses requests into typed commands for the agent's main
+//! loop, answers queries from shared state, forwards `exec` to the guest.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+
+use super::api::{self, AgentInfo, ApiErrorBody, ExecRequest, StopAccepted, StopRequest};
+use crate::guest_link::GuestLink;
+
+/// What the API asks the agent's main loop to do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Command {
+    Stop { deadline: Duration, force: bool },
+}
+
+/// State the server reads and the agent writes.
+pub struct Shared {
+    pub info: Mutex<AgentInfo>,
+    pub commands: mpsc::UnboundedSender<Command>,
+    pub guest: watch::Receiver<Option<GuestLink>>,
+    pub default_stop_timeout: Duration,
+}
+
+/// Longest a single `exec` may run before the API gives up on it.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// Serve until the listener fails (the agent drops the task when it exits).
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |request| handle(shared.clone(), request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let Some(route) = api::ROUTES.iter().find(|r| r.path == path) else {
+        let known: Vec<_> = api::ROUTES
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        return Ok(error(
+            StatusCode::NOT_FOUND,
+            format!("no route {method} {path}; routes: {}", known.join(", ")),
+        ));
+    };
+    if route.method != method {
+        return Ok(error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{path} takes {}", route.method),
+        ));
+    }
+    let body = match request.into_body().collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return Ok(error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
+            ));
+        }
+    };
+    Ok(match *route {
+        api::INFO => {
+            let info = shared
+                .info
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            json(StatusCode::OK, &info)
+        }
+        api::STOP => {
+            let stop: StopRequest = match parse_or_default(&body) {
+                Ok(stop) => stop,
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+            };
+            let deadline = match stop.timeout_secs {
+                Some(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
+                Some(secs) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("timeout_secs must be positive, got {secs}"),
+                    ));
+                }
+                None => shared.default_stop_timeout,
+            };
+            if shared
+                .commands
+                .send(Command::Stop {
+                    deadline,
+                    force: stop.force,
+                })
+                .is_err()
+            {
+                return Ok(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the host agent is exiting".into(),
+                ));
+            }
+            json(
+                StatusCode::ACCEPTED,
+                &StopAccepted {
+                    deadline_secs: deadline.as_secs_f64(),
+                },
+            )
+        }
+        api::EXEC => {
+            let exec: ExecRequest = match serde_json::from_slice(&body) {
+                Ok(exec) => exec,
+                Err(e) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("invalid exec request: {e}"),
+                    ));
+                }
+            };
+            if exec.argv.is_empty() {
+                return Ok(error(
+                    StatusCode::BAD_REQUEST,
+                    "exec needs a command".into(),
+                ));
+            }
+            let link = shared.guest.borrow().clone();
+            match link {
+                None => error(
+                    StatusCode::CONFLICT,
+                    "the guest agent is not connected (the instance is starting, stopping or stopped)".into(),
+                ),
+                Some(link) => match link.exec(exec, EXEC_TIMEOUT).await {
+                    Ok(result) => json(StatusCode::OK, &result),
+                    Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+                },
+            }
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no handler for {path}")),
+    })
+}
+
+fn parse_or_default<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let body =
+        serde_json::to_vec(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes());
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    json(status, &ApiErrorBody { error: message })
+}

@@ -1,0 +1,101 @@
+//! Executes the stop ladder (decisions in [`crate::stop_ladder`]) against a
+//! running VM, journaling every step, until the hypervisor process is gone.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::inbox::{Inbox, Incoming};
+use super::server::Command;
+use crate::driver::Vm;
+use crate::guest_link::GuestLink;
+use crate::journal::{Event, Journal};
+use crate::os::process::ExitOutcome;
+use crate::stop_ladder::{self, Channels, Decision, Plan, Progress, Step};
+
+/// How long the guest agent's power-off request may take to be accepted.
+const GUEST_AGENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct Stopped {
+    pub exit: ExitOutcome,
+    /// The last step taken before the VM went away.
+    pub by: Option<Step>,
+    pub elapsed: Duration,
+}
+
+/// Run the ladder to the end. Returns only once the VM process has exited.
+/// A further signal, or a forced stop request, skips to the hard stop.
+pub async fn stop<V: Vm>(
+    vm: &V,
+    guest: &watch::Receiver<Option<GuestLink>>,
+    deadline: Duration,
+    force: bool,
+    journal: &mut Journal,
+    inbox: &mut Inbox,
+) -> Stopped {
+    let plan = Plan::new(deadline);
+    let mut progress = Progress::default();
+    if force {
+        progress.force();
+    }
+    let started = Instant::now();
+    loop {
+        let link = guest.borrow().clone();
+        let channels = Channels {
+            hypervisor: vm.hypervisor_reachable(),
+            guest_agent: link.is_some(),
+        };
+        let wake = match stop_ladder::decide(&plan, &progress, channels, started.elapsed()) {
+            Decision::Take(step) => {
+                let at = started.elapsed();
+                if let Err(e) = journal.record(Event::StopStep {
+                    step,
+                    at_secs: at.as_secs_f64(),
+                }) {
+                    tracing::warn!("journal: {e}");
+                }
+                tracing::info!(?step, at = ?at, "stop ladder");
+                progress.taken(step, at);
+                let result = match step {
+                    Step::PowerButton => vm.request_stop().await.map_err(|e| e.to_string()),
+                    Step::GuestAgentPoweroff => match link {
+                        Some(link) => link
+                            .poweroff(GUEST_AGENT_TIMEOUT)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err("guest agent not connected".into()),
+                    },
+                    Step::Quit => vm.hard_stop().await.map_err(|e| e.to_string()),
+                    Step::Kill => vm.kill().map_err(|e| e.to_string()),
+                };
+                if let Err(error) = result {
+                    tracing::warn!(?step, %error, "stop ladder step failed");
+                }
+                continue;
+            }
+            Decision::WaitUntil(at) => Some(started + at),
+            Decision::WaitForExit => None,
+        };
+        let sleep = async {
+            match wake {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            exit = vm.exited() => {
+                return Stopped { exit, by: progress.last_step(), elapsed: started.elapsed() };
+            }
+            () = sleep => {}
+            incoming = inbox.next() => match incoming {
+                Incoming::Signal(name) => {
+                    tracing::info!("{name} while stopping: forcing the stop");
+                    progress.force();
+                }
+                Incoming::Command(Command::Stop { force: true, .. }) => progress.force(),
+                Incoming::Command(Command::Stop { force: false, .. }) => {}
+            },
+        }
+    }
+}
