@@ -1,6 +1,6 @@
 //! The QMP client against a real QEMU started with `-S` (no guest needed).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -60,7 +60,7 @@ impl Drop for QemuGuard {
 }
 
 /// Connect once the socket exists, retrying until `deadline`.
-async fn connect_when_listening(path: &PathBuf, guard: &mut QemuGuard, deadline: Instant) -> Qmp {
+async fn connect_when_listening(path: &Path, guard: &mut QemuGuard, deadline: Instant) -> Qmp {
     loop {
         match Qmp::connect(path, STEP).await {
             Ok((qmp, _events)) => return qmp,
