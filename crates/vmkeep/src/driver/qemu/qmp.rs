@@ -235,6 +235,10 @@ impl QmpEvents {
 impl Qmp {
     /// Connect, read the greeting (events may arrive before it), negotiate
     /// `qmp_capabilities`. `timeout` bounds the whole exchange.
+    ///
+    /// QEMU serves one client per QMP socket at a time: while another client
+    /// is connected, a new one is accepted but not greeted, and this returns
+    /// [`QmpError::NoGreeting`].
     pub async fn connect(path: &Path, timeout: Duration) -> Result<(Qmp, QmpEvents), QmpError> {
         let deadline = Instant::now() + timeout;
         let stream = match tokio::time::timeout_at(deadline, UnixStream::connect(path)).await {
