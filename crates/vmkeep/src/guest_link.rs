@@ -1,1 +1,670 @@
-//! Host side of the guest-agent channel (to be written).
+//! Host side of the guest-agent channel.
+//!
+//! QEMU exposes the guest's virtio-serial port as a unix socket (`ga.sock`,
+//! a listening `-chardev socket`); the host connects as a client and speaks
+//! [`vmkeep_protocol`] over it. The guest answers only while a host is
+//! connected, and the host may reconnect any number of times. While nothing
+//! in the guest has the port open, QEMU may accept the connection and simply
+//! not answer: [`wait_ready`] copes with that by re-sending `Hello` on a new
+//! connection.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use vmkeep_protocol::{
+    ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES, Op, Reply, Request,
+};
+
+use crate::line_rpc::{CloseReason, Connection, Incoming, LineRpcError, MalformedLine};
+
+/// How long [`wait_ready`] waits for a `Hello` reply (or a `Ready` event)
+/// before it tries a fresh connection.
+pub const HELLO_RETRY: Duration = Duration::from_secs(1);
+
+/// Pause between attempts while the socket is missing, refuses, or closes.
+const RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// The request kinds, for error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestOp {
+    Hello,
+    Ping,
+    Info,
+    Exec,
+    Poweroff,
+}
+
+impl GuestOp {
+    fn of(op: &Op) -> GuestOp {
+        match op {
+            Op::Hello => GuestOp::Hello,
+            Op::Ping => GuestOp::Ping,
+            Op::Info => GuestOp::Info,
+            Op::Exec(_) => GuestOp::Exec,
+            Op::Poweroff => GuestOp::Poweroff,
+        }
+    }
+}
+
+impl fmt::Display for GuestOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GuestOp::Hello => "hello",
+            GuestOp::Ping => "ping",
+            GuestOp::Info => "info",
+            GuestOp::Exec => "exec",
+            GuestOp::Poweroff => "poweroff",
+        })
+    }
+}
+
+/// Errors of the guest link.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestLinkError {
+    /// The guest-agent socket could not be connected.
+    #[error("cannot connect to guest-agent socket {}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The guest did not answer in time.
+    #[error("the guest agent did not answer {op} within {after:?}")]
+    Timeout { op: GuestOp, after: Duration },
+    /// The connection ended before the guest answered.
+    #[error("the guest-agent connection closed before {op} was answered")]
+    Closed {
+        op: GuestOp,
+        #[source]
+        reason: Arc<CloseReason>,
+    },
+    /// The guest answered with an error.
+    #[error("the guest agent refused {op}: {message}")]
+    Refused { op: GuestOp, message: String },
+    /// The guest answered with a reply of the wrong kind.
+    #[error("the guest agent answered {op} with an unexpected reply: {reply:?}")]
+    UnexpectedReply { op: GuestOp, reply: Box<Reply> },
+    /// The guest's reply could not be parsed.
+    #[error("the guest agent's reply to {op} is malformed")]
+    Malformed {
+        op: GuestOp,
+        #[source]
+        source: MalformedLine,
+    },
+    /// [`wait_ready`] reached its deadline.
+    #[error("the guest on {} was not ready by the deadline", path.display())]
+    NotReady {
+        path: PathBuf,
+        /// The last thing that went wrong, if anything did.
+        #[source]
+        last: Option<Box<GuestLinkError>>,
+    },
+}
+
+/// The guest's answer to `Hello`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hello {
+    /// Whether the guest is ready already (its `Ready` was sent before).
+    pub ready: bool,
+    pub info: GuestInfo,
+}
+
+/// A connection to the guest agent: a cheap handle; clones share it.
+#[derive(Debug, Clone)]
+pub struct GuestLink {
+    conn: Connection<Reply>,
+}
+
+/// `Ready` announcements the guest sends on this connection. Ends when the
+/// connection ends.
+#[derive(Debug)]
+pub struct GuestEvents {
+    rx: mpsc::UnboundedReceiver<GuestInfo>,
+}
+
+impl GuestEvents {
+    /// The info of the next `Ready` announcement, or `None` once the
+    /// connection has ended.
+    pub async fn next(&mut self) -> Option<GuestInfo> {
+        self.rx.recv().await
+    }
+}
+
+impl GuestLink {
+    /// Connect and send `Hello`. `timeout` bounds connecting and the reply.
+    /// Returns the link, the guest's answer (ready already, and its info),
+    /// and the stream of later `Ready` announcements.
+    pub async fn connect(
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(GuestLink, Hello, GuestEvents), GuestLinkError> {
+        let deadline = Instant::now() + timeout;
+        let stream = match tokio::time::timeout_at(deadline, UnixStream::connect(path)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(source)) => {
+                return Err(GuestLinkError::Connect {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+            Err(_elapsed) => {
+                return Err(GuestLinkError::Connect {
+                    path: path.to_owned(),
+                    source: io::ErrorKind::TimedOut.into(),
+                });
+            }
+        };
+        let (conn, rx) = Connection::new(stream, MAX_LINE_BYTES, classify);
+        let link = GuestLink { conn };
+        let hello = link
+            .hello(deadline.saturating_duration_since(Instant::now()))
+            .await?;
+        Ok((link, hello, GuestEvents { rx }))
+    }
+
+    /// Ask whether the guest is ready (every connection starts with this).
+    pub async fn hello(&self, timeout: Duration) -> Result<Hello, GuestLinkError> {
+        match self.call(Op::Hello, timeout).await? {
+            Reply::Hello { ready, info } => Ok(Hello { ready, info }),
+            other => Err(unexpected(GuestOp::Hello, other)),
+        }
+    }
+
+    /// Check that the guest agent answers.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), GuestLinkError> {
+        match self.call(Op::Ping, timeout).await? {
+            Reply::Pong => Ok(()),
+            other => Err(unexpected(GuestOp::Ping, other)),
+        }
+    }
+
+    /// Facts about the running guest.
+    pub async fn info(&self, timeout: Duration) -> Result<GuestInfo, GuestLinkError> {
+        match self.call(Op::Info, timeout).await? {
+            Reply::Info(info) => Ok(info),
+            other => Err(unexpected(GuestOp::Info, other)),
+        }
+    }
+
+    /// Run a command in the guest and collect its output. `timeout` covers
+    /// the whole run.
+    pub async fn exec(
+        &self,
+        request: ExecRequest,
+        timeout: Duration,
+    ) -> Result<ExecResult, GuestLinkError> {
+        match self.call(Op::Exec(request), timeout).await? {
+            Reply::Exec(result) => Ok(result),
+            other => Err(unexpected(GuestOp::Exec, other)),
+        }
+    }
+
+    /// Ask the guest to sync, unmount and power off. Returns once the guest
+    /// accepted; it goes down afterwards.
+    pub async fn poweroff(&self, timeout: Duration) -> Result<(), GuestLinkError> {
+        match self.call(Op::Poweroff, timeout).await? {
+            Reply::PoweroffAccepted => Ok(()),
+            other => Err(unexpected(GuestOp::Poweroff, other)),
+        }
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+
+    async fn call(&self, op: Op, timeout: Duration) -> Result<Reply, GuestLinkError> {
+        let kind = GuestOp::of(&op);
+        let encode = |id| vmkeep_protocol::encode_line(&Request { id, op });
+        match self.conn.request(encode, timeout).await {
+            Ok(Reply::Error { message }) => Err(GuestLinkError::Refused { op: kind, message }),
+            Ok(reply) => Ok(reply),
+            Err(LineRpcError::Timeout { after, .. }) => {
+                Err(GuestLinkError::Timeout { op: kind, after })
+            }
+            Err(LineRpcError::Closed { reason, .. }) => {
+                Err(GuestLinkError::Closed { op: kind, reason })
+            }
+            Err(LineRpcError::Malformed { source, .. }) => {
+                Err(GuestLinkError::Malformed { op: kind, source })
+            }
+        }
+    }
+}
+
+fn unexpected(op: GuestOp, reply: Reply) -> GuestLinkError {
+    GuestLinkError::UnexpectedReply {
+        op,
+        reply: Box::new(reply),
+    }
+}
+
+/// Connect (retrying while the socket is missing or refuses) and wait until
+/// the guest says it is ready.
+///
+/// A connection that drops, or a `Hello` that goes unanswered for
+/// [`HELLO_RETRY`] (the guest may not have opened its port yet), is replaced
+/// by a new connection with a new `Hello`. While the guest answers but is not
+/// ready yet, the link waits for its `Ready` and re-asks with `Hello` every
+/// [`HELLO_RETRY`]. Returns the connected link and the guest's info.
+pub async fn wait_ready(
+    path: &Path,
+    deadline: Instant,
+) -> Result<(GuestLink, GuestInfo), GuestLinkError> {
+    let mut last: Option<GuestLinkError> = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(GuestLinkError::NotReady {
+                path: path.to_owned(),
+                last: last.map(Box::new),
+            });
+        }
+        let attempt = deadline.saturating_duration_since(now).min(HELLO_RETRY);
+        let error = match GuestLink::connect(path, attempt).await {
+            Ok((link, hello, mut events)) => {
+                if hello.ready {
+                    return Ok((link, hello.info));
+                }
+                match wait_on_link(&link, &mut events, deadline).await {
+                    Ok(info) => return Ok((link, info)),
+                    Err(error) => error,
+                }
+            }
+            Err(error) => error,
+        };
+        tracing::debug!(path = %path.display(), %error, "guest agent not ready yet");
+        let pause = match &error {
+            GuestLinkError::Connect { source, .. } if !retryable_connect(source) => {
+                return Err(error);
+            }
+            // Waited long enough already.
+            GuestLinkError::Timeout { .. } => Duration::ZERO,
+            _ => RECONNECT_DELAY,
+        };
+        last = Some(error);
+        tokio::time::sleep_until((Instant::now() + pause).min(deadline)).await;
+    }
+}
+
+/// On a link whose guest answered "not ready": wait for `Ready`, re-asking
+/// with `Hello` every [`HELLO_RETRY`], until the deadline or an error.
+async fn wait_on_link(
+    link: &GuestLink,
+    events: &mut GuestEvents,
+    deadline: Instant,
+) -> Result<GuestInfo, GuestLinkError> {
+    loop {
+        let wake = (Instant::now() + HELLO_RETRY).min(deadline);
+        // Otherwise the connection ended, or it is time to ask again: a
+        // Hello reports which.
+        if let Ok(Some(info)) = tokio::time::timeout_at(wake, events.next()).await {
+            return Ok(info);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(GuestLinkError::Timeout {
+                op: GuestOp::Hello,
+                after: HELLO_RETRY,
+            });
+        }
+        let hello = link.hello(remaining.min(HELLO_RETRY)).await?;
+        if hello.ready {
+            return Ok(hello.info);
+        }
+    }
+}
+
+/// Whether a connect error means "QEMU is not listening yet".
+fn retryable_connect(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::NotFound
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::TimedOut
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+/// Sort one line from the guest into reply or `Ready` event.
+fn classify(line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
+    match vmkeep_protocol::decode_line::<FromGuest>(line) {
+        Ok(FromGuest::Reply { id, body }) => Ok(Incoming::Response { id, payload: body }),
+        Ok(FromGuest::Ready(info)) => Ok(Incoming::Event(info)),
+        Err(error) => {
+            // Fail the request the line answers, if its id can be read.
+            let id = serde_json::from_slice::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.pointer("/reply/id").and_then(serde_json::Value::as_u64));
+            Err(MalformedLine {
+                id,
+                message: format!("not a guest-agent message: {error}"),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+    use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+    use vmkeep_protocol::{decode_line, encode_line};
+
+    const T: Duration = Duration::from_secs(5);
+
+    fn info() -> GuestInfo {
+        GuestInfo {
+            kernel: "6.1.0-test".into(),
+            boot_id: "b00t".into(),
+            uptime_secs: 2.5,
+            agent_version: "0.1.0".into(),
+            data_mount: None,
+        }
+    }
+
+    /// The guest end of the socket.
+    struct FakeGuest {
+        reader: BufReader<OwnedReadHalf>,
+        writer: OwnedWriteHalf,
+    }
+
+    impl FakeGuest {
+        fn new(stream: UnixStream) -> FakeGuest {
+            let (r, w) = stream.into_split();
+            FakeGuest {
+                reader: BufReader::new(r),
+                writer: w,
+            }
+        }
+
+        /// The next request, or `None` at end of stream.
+        async fn recv(&mut self) -> Option<Request> {
+            let mut line = Vec::new();
+            let n = self.reader.read_until(b'\n', &mut line).await.unwrap();
+            (n > 0).then(|| decode_line(&line).unwrap())
+        }
+
+        async fn send(&mut self, message: &FromGuest) {
+            self.writer.write_all(&encode_line(message)).await.unwrap();
+        }
+
+        async fn answer(&mut self, request: &Request, body: Reply) {
+            self.send(&FromGuest::Reply {
+                id: request.id,
+                body,
+            })
+            .await;
+        }
+    }
+
+    fn socket_in(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("ga.sock")
+    }
+
+    #[tokio::test]
+    async fn connect_says_hello_and_reports_later_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_in(&dir);
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move {
+            let mut guest = FakeGuest::new(listener.accept().await.unwrap().0);
+            let hello = guest.recv().await.unwrap();
+            assert_eq!(hello.op, Op::Hello);
+            guest
+                .answer(
+                    &hello,
+                    Reply::Hello {
+                        ready: false,
+                        info: info(),
+                    },
+                )
+                .await;
+            let ping = guest.recv().await.unwrap();
+            assert_eq!(ping.op, Op::Ping);
+            assert_ne!(ping.id, hello.id);
+            guest.send(&FromGuest::Ready(info())).await;
+            guest.answer(&ping, Reply::Pong).await;
+            let request = guest.recv().await.unwrap();
+            assert_eq!(request.op, Op::Info);
+            guest.answer(&request, Reply::Info(info())).await;
+            // Stays until the host hangs up.
+            assert!(guest.recv().await.is_none());
+        });
+
+        let (link, hello, mut events) = GuestLink::connect(&path, T).await.unwrap();
+        assert_eq!(
+            hello,
+            Hello {
+                ready: false,
+                info: info()
+            }
+        );
+        link.ping(T).await.unwrap();
+        assert_eq!(events.next().await, Some(info()));
+        assert_eq!(link.info(T).await.unwrap(), info());
+        drop(link);
+        guest.await.unwrap();
+        assert_eq!(events.next().await, None);
+    }
+
+    #[tokio::test]
+    async fn exec_round_trips_binary_output_and_guest_errors() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let all_bytes: Vec<u8> = (0..=255).collect();
+        let expected_stdout = all_bytes.clone();
+        let guest = tokio::spawn(async move {
+            let mut guest = FakeGuest::new(theirs);
+            let request = guest.recv().await.unwrap();
+            let Op::Exec(exec) = &request.op else {
+                panic!("expected exec, got {request:?}")
+            };
+            assert_eq!(exec.argv, ["cat"]);
+            assert_eq!(exec.stdin, all_bytes);
+            let result = ExecResult {
+                exit_code: 3,
+                stdout: exec.stdin.clone(),
+                stderr: b"warn\n".to_vec(),
+            };
+            guest.answer(&request, Reply::Exec(result)).await;
+            let request = guest.recv().await.unwrap();
+            guest
+                .answer(
+                    &request,
+                    Reply::Error {
+                        message: "no such file: nope".into(),
+                    },
+                )
+                .await;
+            let request = guest.recv().await.unwrap();
+            assert_eq!(request.op, Op::Poweroff);
+            guest.answer(&request, Reply::Pong).await;
+            let request = guest.recv().await.unwrap();
+            guest.answer(&request, Reply::PoweroffAccepted).await;
+        });
+        let (conn, _rx) = Connection::new(ours, MAX_LINE_BYTES, classify);
+        let link = GuestLink { conn };
+
+        let request = ExecRequest {
+            argv: vec!["cat".into()],
+            stdin: (0..=255).collect(),
+            env: vec![],
+            cwd: None,
+        };
+        let result = link.exec(request, T).await.unwrap();
+        assert_eq!(result.exit_code, 3);
+        assert_eq!(result.stdout, expected_stdout);
+        assert_eq!(result.stderr, b"warn\n");
+
+        let nope = ExecRequest {
+            argv: vec!["nope".into()],
+            stdin: vec![],
+            env: vec![],
+            cwd: None,
+        };
+        match link.exec(nope, T).await {
+            Err(GuestLinkError::Refused {
+                op: GuestOp::Exec,
+                message,
+            }) => {
+                assert_eq!(message, "no such file: nope")
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        match link.poweroff(T).await {
+            Err(GuestLinkError::UnexpectedReply {
+                op: GuestOp::Poweroff,
+                reply,
+            }) => {
+                assert_eq!(*reply, Reply::Pong)
+            }
+            other => panic!("expected UnexpectedReply, got {other:?}"),
+        }
+        link.poweroff(T).await.unwrap();
+        guest.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wait_ready_survives_missing_socket_silent_port_and_reconnect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_in(&dir);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&connections);
+        let server_path = path.clone();
+        let server = tokio::spawn(async move {
+            // QEMU has not created the socket yet.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let listener = UnixListener::bind(&server_path).unwrap();
+
+            // 1st connection: the guest has not opened its port; QEMU
+            // accepts and never answers. Hold it until the host gives up.
+            let mut silent = FakeGuest::new(listener.accept().await.unwrap().0);
+            counter.fetch_add(1, Ordering::SeqCst);
+            let mut unanswered = 0;
+            while silent.recv().await.is_some() {
+                unanswered += 1;
+            }
+            assert_eq!(unanswered, 1, "one Hello per connection");
+
+            // 2nd connection: answered, not ready, then dropped.
+            let mut guest = FakeGuest::new(listener.accept().await.unwrap().0);
+            counter.fetch_add(1, Ordering::SeqCst);
+            let hello = guest.recv().await.unwrap();
+            guest
+                .answer(
+                    &hello,
+                    Reply::Hello {
+                        ready: false,
+                        info: info(),
+                    },
+                )
+                .await;
+            drop(guest);
+
+            // 3rd connection: not ready, then Ready.
+            let mut guest = FakeGuest::new(listener.accept().await.unwrap().0);
+            counter.fetch_add(1, Ordering::SeqCst);
+            let hello = guest.recv().await.unwrap();
+            assert_eq!(hello.op, Op::Hello);
+            guest
+                .answer(
+                    &hello,
+                    Reply::Hello {
+                        ready: false,
+                        info: info(),
+                    },
+                )
+                .await;
+            let ready = GuestInfo {
+                uptime_secs: 9.0,
+                ..info()
+            };
+            guest.send(&FromGuest::Ready(ready)).await;
+            // The host keeps using this connection.
+            let ping = guest.recv().await.unwrap();
+            guest.answer(&ping, Reply::Pong).await;
+            assert!(guest.recv().await.is_none());
+        });
+
+        let started = Instant::now();
+        let (link, ready_info) = wait_ready(&path, started + Duration::from_secs(20))
+            .await
+            .unwrap();
+        assert_eq!(ready_info.uptime_secs, 9.0);
+        assert!(
+            started.elapsed() >= HELLO_RETRY,
+            "the silent connection was given its second"
+        );
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+        link.ping(T).await.unwrap();
+        drop(link);
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wait_ready_returns_at_once_when_the_guest_is_ready() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_in(&dir);
+        let listener = UnixListener::bind(&path).unwrap();
+        let guest = tokio::spawn(async move {
+            let mut guest = FakeGuest::new(listener.accept().await.unwrap().0);
+            let hello = guest.recv().await.unwrap();
+            guest
+                .answer(
+                    &hello,
+                    Reply::Hello {
+                        ready: true,
+                        info: info(),
+                    },
+                )
+                .await;
+            assert!(guest.recv().await.is_none());
+        });
+        let (link, got) = wait_ready(&path, Instant::now() + T).await.unwrap();
+        assert_eq!(got, info());
+        drop(link);
+        guest.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn wait_ready_gives_up_at_the_deadline_with_the_last_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = socket_in(&dir);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(400);
+        match wait_ready(&path, deadline).await {
+            Err(GuestLinkError::NotReady { path: p, last }) => {
+                assert_eq!(p, path);
+                match last.as_deref() {
+                    Some(GuestLinkError::Connect { source, .. }) => {
+                        assert_eq!(source.kind(), io::ErrorKind::NotFound)
+                    }
+                    other => panic!("expected a Connect error, got {other:?}"),
+                }
+            }
+            other => panic!("expected NotReady, got {other:?}"),
+        }
+        let elapsed = started.elapsed();
+        assert!(
+            elapsed >= Duration::from_millis(400) && elapsed < Duration::from_secs(3),
+            "{elapsed:?}"
+        );
+    }
+
+    #[test]
+    fn malformed_replies_name_their_request_when_possible() {
+        let bad = classify(br#"{"reply": {"id": 9, "body": "no-such-reply"}}"#).unwrap_err();
+        assert_eq!(bad.id, Some(9));
+        let worse = classify(b"garbage").unwrap_err();
+        assert_eq!(worse.id, None);
+    }
+}
