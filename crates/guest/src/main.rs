@@ -92,9 +92,8 @@ fn run_init() -> ! {
     boot::ensure_std_fds();
     let flags = Flags::from_proc();
     let reaper = start_reaper(Mode::Init);
-    let mut base_env: Vec<(String, String)> = std::env::vars().collect();
-    base_env = exec::merge_env(
-        &base_env,
+    let base_env = exec::merge_env(
+        &inherited_env(),
         &[
             ("PATH".into(), exec::DEFAULT_PATH.into()),
             ("HOME".into(), "/root".into()),
@@ -136,7 +135,7 @@ fn run_service() -> ! {
         env!("CARGO_PKG_VERSION")
     );
     let reaper = start_reaper(Mode::Service);
-    let mut base_env: Vec<(String, String)> = std::env::vars().collect();
+    let mut base_env = inherited_env();
     if !base_env.iter().any(|(key, _)| key == "PATH") {
         base_env.push(("PATH".into(), exec::DEFAULT_PATH.into()));
     }
@@ -159,6 +158,20 @@ fn run_service() -> ! {
         |line| agent.handle_line(line),
         || log!("dropped a request line over the size limit"),
     )
+}
+
+/// The agent's own environment, lossily as text (the kernel hands unknown
+/// command-line words to init as environment variables; `std::env::vars`
+/// would panic on one that is not UTF-8).
+fn inherited_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .map(|(key, value)| {
+            (
+                key.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// Find and open the agent's port; `None` for `timeout` waits for it forever.
