@@ -524,3 +524,88 @@ fn poweroff_at_boot_flag_powers_off_before_ready() {
     );
     assert!(!serial.contains(kernel_flags::READY_MARKER), "{serial}");
 }
+
+#[test]
+fn a_cached_image_costs_no_work() {
+    let built = image();
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-image-cache");
+    let mut messages = Vec::new();
+    let started = Instant::now();
+    let again = tiny::ensure(&cache, None, &mut |message| {
+        messages.push(message.to_string())
+    })
+    .expect("cached image");
+    let took = started.elapsed();
+    eprintln!("timings: cached ensure {took:?}");
+    assert_eq!(&again, built);
+    assert!(
+        messages.is_empty(),
+        "a cached image reports no work: {messages:?}"
+    );
+}
+
+#[test]
+fn concurrent_builds_from_a_kernel_override_agree_and_leave_no_temporaries() {
+    let built = image();
+    // The Debian kernel unpacked in the shared cache, used as an override.
+    let release_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-image-cache/kernels");
+    let package = std::fs::read_dir(&release_dir)
+        .expect("the shared cache has kernels")
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            !path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .expect("an unpacked kernel");
+    let over = tiny::KernelOverride {
+        kernel: package
+            .join("boot")
+            .join(format!("vmlinuz-{}", built.kernel_release)),
+        modules_dir: Some(package.join("lib/modules").join(&built.kernel_release)),
+    };
+    let cache = tempfile::tempdir().expect("temp dir");
+    let images: Vec<TinyImage> = std::thread::scope(|scope| {
+        let builders: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| tiny::ensure(cache.path(), Some(&over), &mut |_| {}).expect("build"))
+            })
+            .collect();
+        builders
+            .into_iter()
+            .map(|b| b.join().expect("builder thread"))
+            .collect()
+    });
+    assert_eq!(images[0], images[1]);
+    assert_eq!(
+        images[0].kernel_release, built.kernel_release,
+        "release read from the bzImage header"
+    );
+    let entries: Vec<String> = std::fs::read_dir(cache.path().join("tiny"))
+        .expect("tiny dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(entries.len(), 1, "one image, no temporaries: {entries:?}");
+    let members = tiny::list_initramfs(&std::fs::read(&images[0].initrd).expect("read initrd"))
+        .expect("list initrd");
+    let order = members
+        .iter()
+        .find(|m| m.name == "lib/modules/vmkeep/order")
+        .expect("order file");
+    assert!(order.size > 0);
+    for module in [
+        "virtio_console.ko",
+        "virtio_blk.ko",
+        "evdev.ko",
+        "button.ko",
+    ] {
+        assert!(
+            members
+                .iter()
+                .any(|m| m.name == format!("lib/modules/vmkeep/{module}")),
+            "{module} missing"
+        );
+    }
+}

@@ -1114,4 +1114,40 @@ mod tests {
             "build.rs must build the guest agent with +crt-static"
         );
     }
+
+    #[test]
+    fn errors_name_the_problem_and_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let over = KernelOverride {
+            kernel: dir.path().join("no-vmlinuz"),
+            modules_dir: None,
+        };
+        let err = ensure(dir.path(), Some(&over), &mut |_| {}).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("no-vmlinuz") && text.contains("`kernel:`"),
+            "{text}"
+        );
+
+        let not_a_kernel = dir.path().join("vmlinuz");
+        fs::write(&not_a_kernel, b"plain text").unwrap();
+        let over = KernelOverride {
+            kernel: not_a_kernel,
+            modules_dir: None,
+        };
+        let text = ensure(dir.path(), Some(&over), &mut |_| {})
+            .unwrap_err()
+            .to_string();
+        assert!(text.contains("not a Linux bzImage"), "{text}");
+
+        let text = kernel_tool_err("apt-get download")(ToolError::Missing {
+            program: "apt-get".into(),
+            hint: String::new(),
+        })
+        .to_string();
+        assert!(
+            text.contains("apt-get") && text.contains("`kernel:`"),
+            "{text}"
+        );
+    }
 }
