@@ -42,9 +42,9 @@ pub fn find_port(sys_ports: &Path, name: &str) -> Option<String> {
     found.into_iter().next()
 }
 
-/// Wait until the port called `name` is listed and its device node exists.
-/// `None` for `timeout` waits forever.
-pub fn wait_for_port(name: &str, timeout: Option<Duration>) -> Option<PathBuf> {
+/// Wait up to `timeout` until the port called `name` is listed and its
+/// device node exists.
+pub fn wait_for_port(name: &str, timeout: Duration) -> Option<PathBuf> {
     let started = Instant::now();
     loop {
         if let Some(device) = find_port(Path::new(SYS_PORTS), name) {
@@ -53,7 +53,7 @@ pub fn wait_for_port(name: &str, timeout: Option<Duration>) -> Option<PathBuf> {
                 return Some(path);
             }
         }
-        if timeout.is_some_and(|limit| started.elapsed() >= limit) {
+        if started.elapsed() >= timeout {
             return None;
         }
         std::thread::sleep(Duration::from_millis(20));

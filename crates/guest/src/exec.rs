@@ -88,8 +88,10 @@ pub fn resolve_program(program: &str, path_var: &str) -> Option<PathBuf> {
         return None;
     }
     if program.contains('/') {
-        let path = PathBuf::from(program);
-        return path.exists().then_some(path);
+        // Used as is: a relative path is relative to the command's own
+        // directory, which only exists after the fork. A missing file shows
+        // up as ENOENT from execve.
+        return Some(PathBuf::from(program));
     }
     path_var
         .split(':')
@@ -275,6 +277,7 @@ pub fn run(reaper: &Reaper, spec: &Spec<'_>) -> Result<ExecResult, SpawnError> {
                 dir: spec.cwd.unwrap_or_default().to_string(),
                 source,
             },
+            STAGE_EXEC if errno == libc::ENOENT => SpawnError::NoSuchCommand(program.clone()),
             STAGE_EXEC => SpawnError::Exec {
                 program: resolved.display().to_string(),
                 source,
@@ -460,7 +463,11 @@ mod tests {
             resolve_program("/bin/sh", ""),
             Some(PathBuf::from("/bin/sh"))
         );
-        assert_eq!(resolve_program("/nonexistent/sh", "/bin"), None);
+        assert_eq!(
+            resolve_program("./run", ""),
+            Some(PathBuf::from("./run")),
+            "checked by execve, after chdir"
+        );
         assert_eq!(resolve_program("", "/bin"), None);
     }
 
@@ -522,6 +529,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "no such command: vmkeep-no-such-command");
+
+        let argv = vec!["/nonexistent/vmkeep-cmd".to_string()];
+        let err = run(
+            reaper,
+            &Spec {
+                argv: &argv,
+                env: env.clone(),
+                cwd: None,
+                stdin: b"",
+            },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "no such command: /nonexistent/vmkeep-cmd");
 
         let argv = vec!["true".to_string()];
         let err = run(

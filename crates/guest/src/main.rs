@@ -113,7 +113,7 @@ fn run_init() -> ! {
         std::path::Path::new(disk::SYS_VIRTIO_DEVICES),
         VIRTIO_ID_CONSOLE,
     ) {
-        open_channel(Some(Duration::from_secs(5)))
+        open_channel(Duration::from_secs(5))
     } else {
         log!("no virtio-serial device; the host agent cannot reach this guest");
         None
@@ -140,18 +140,28 @@ fn run_service() -> ! {
         base_env.push(("PATH".into(), exec::DEFAULT_PATH.into()));
     }
     let agent = Agent::new(Mode::Service, Flags::from_proc(), reaper, base_env);
-    let channel = match open_channel(Some(Duration::from_secs(5))) {
-        Some(channel) => channel,
-        None => {
-            log!("still waiting for the {} port", vmkeep_protocol::PORT_NAME);
-            loop {
-                if let Some(channel) = open_channel(None) {
-                    break channel;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
+    // In a full distribution the virtio modules may load late, and the port
+    // may be held by another opener: keep trying, logging each new problem once.
+    let mut last_problem = String::new();
+    let channel = loop {
+        let problem =
+            match channel::wait_for_port(vmkeep_protocol::PORT_NAME, Duration::from_secs(5)) {
+                None => format!(
+                    "no virtio-serial port named {} yet; still waiting",
+                    vmkeep_protocol::PORT_NAME
+                ),
+                Some(path) => match Channel::open(&path) {
+                    Ok(channel) => break channel,
+                    Err(e) => format!("cannot open {}: {e}; retrying", path.display()),
+                },
+            };
+        if problem != last_problem {
+            log!("{problem}");
+            last_problem = problem;
         }
+        std::thread::sleep(Duration::from_secs(1));
     };
+    log!("listening on {}", channel.path().display());
     let channel = agent.set_channel(channel);
     agent.announce_ready();
     channel.serve(
@@ -174,8 +184,8 @@ fn inherited_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Find and open the agent's port; `None` for `timeout` waits for it forever.
-fn open_channel(timeout: Option<Duration>) -> Option<Channel> {
+/// Find and open the agent's port, waiting up to `timeout` for it.
+fn open_channel(timeout: Duration) -> Option<Channel> {
     let Some(path) = channel::wait_for_port(vmkeep_protocol::PORT_NAME, timeout) else {
         log!(
             "no virtio-serial port named {} appeared",
