@@ -750,7 +750,10 @@ fn build(
 
     let staging = TempDir::create(temp_sibling(dir))?;
     let vmlinuz = staging.path().join("vmlinuz");
-    fs::copy(&kernel.vmlinuz, &vmlinuz).map_err(cache_err("copy the kernel to", &vmlinuz))?;
+    // A hard link saves a copy of the kernel per image; across file systems, copy.
+    fs::hard_link(&kernel.vmlinuz, &vmlinuz)
+        .or_else(|_| fs::copy(&kernel.vmlinuz, &vmlinuz).map(drop))
+        .map_err(cache_err("copy the kernel to", &vmlinuz))?;
     fs::File::open(&vmlinuz)
         .and_then(|f| f.sync_all())
         .map_err(cache_err("sync", &vmlinuz))?;
