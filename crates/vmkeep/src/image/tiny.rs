@@ -53,8 +53,8 @@ pub const MODULES: &[&str] = &[
 pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 
 /// How a user gets a kernel without apt; part of several error messages.
-pub const KERNEL_OVERRIDE_HINT: &str = "set `kernel:` (a bzImage/vmlinuz) and, if its virtio drivers are modules, `kernelModules:` \
-     (its lib/modules/<release> directory) in the config";
+pub const KERNEL_OVERRIDE_HINT: &str = "set `kernel.path` (a bzImage/vmlinuz) in the instance config and, if its virtio drivers \
+     are modules, `kernel.modules` (its lib/modules/<release> directory)";
 
 /// The guest agent, built static by build.rs.
 static GUEST_AGENT: &[u8] = include_bytes!(env!("VMKEEP_GUEST_AGENT"));
@@ -109,14 +109,16 @@ pub enum TinyImageError {
         "the kernel package unpacked in {dir} has no boot/vmlinuz-*: delete {dir} and try again"
     )]
     NoKernelInPackage { dir: PathBuf },
-    #[error("cannot read the kernel override {path}: {source}; fix `kernel:` in the config")]
+    #[error(
+        "cannot read the kernel override {path}: {source}; fix `kernel.path` in the instance config"
+    )]
     KernelOverrideUnreadable { path: PathBuf, source: io::Error },
     #[error(
-        "{path} is not a Linux bzImage (no kernel version in its boot header): point `kernel:` in the config at a vmlinuz file"
+        "{path} is not a Linux bzImage (no kernel version in its boot header): point `kernel.path` in the instance config at a vmlinuz file"
     )]
     NotAKernel { path: PathBuf },
     #[error(
-        "cannot read the kernel modules directory {path}: {source}; fix `kernelModules:` in the config"
+        "cannot read the kernel modules directory {path}: {source}; fix `kernel.modules` in the instance config"
     )]
     ModulesDirUnreadable { path: PathBuf, source: io::Error },
     #[error(
@@ -1128,7 +1130,7 @@ mod tests {
         let err = ensure(dir.path(), Some(&over), &mut |_| {}).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains("no-vmlinuz") && text.contains("`kernel:`"),
+            text.contains("no-vmlinuz") && text.contains("`kernel.path`"),
             "{text}"
         );
 
@@ -1149,7 +1151,7 @@ mod tests {
         })
         .to_string();
         assert!(
-            text.contains("apt-get") && text.contains("`kernel:`"),
+            text.contains("apt-get") && text.contains("`kernel.path`"),
             "{text}"
         );
     }
