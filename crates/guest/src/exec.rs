@@ -562,6 +562,32 @@ mod tests {
     }
 
     #[test]
+    fn output_beyond_the_cap_is_drained_and_dropped() {
+        let reaper = Reaper::global().unwrap();
+        let script = format!("head -c {} /dev/zero; echo done >&2", OUTPUT_CAP + 12345);
+        let argv: Vec<String> = vec!["sh".into(), "-c".into(), script];
+        let env = vec![("PATH".to_string(), DEFAULT_PATH.to_string())];
+        let result = run(
+            reaper,
+            &Spec {
+                argv: &argv,
+                env,
+                cwd: None,
+                stdin: b"",
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                result.exit_code,
+                result.stdout.len(),
+                result.stderr.as_slice()
+            ),
+            (0, OUTPUT_CAP, &b"done\n"[..])
+        );
+    }
+
+    #[test]
     fn a_background_child_holding_the_pipes_does_not_hang_exec() {
         let reaper = Reaper::global().unwrap();
         let argv: Vec<String> = ["sh", "-c", "sleep 5 & echo started"]

@@ -398,6 +398,13 @@ fn tiny_image_boots_runs_commands_keeps_data_and_powers_off() {
         agent.request(Op::Ping, Duration::from_secs(10)),
         Some(Reply::Pong)
     );
+    // A reply far larger than the port's buffers (the guest waits for room).
+    let sent = Instant::now();
+    let big = agent
+        .exec(&["head", "-c", "4000000", "/dev/zero"], b"")
+        .expect("exec head");
+    assert_eq!(big.stdout.len(), 4_000_000);
+    let big_reply = sent.elapsed();
     let written = agent
         .exec(&["sh", "-c", "echo kept > /data/file && sync"], b"")
         .expect("write to /data");
@@ -458,12 +465,14 @@ fn tiny_image_boots_runs_commands_keeps_data_and_powers_off() {
         .unwrap_or(0);
     eprintln!(
         "timings: launch -> ready marker {:.2?} (fresh disk, formats it) / {:.2?} (second boot); \
-         system_powerdown -> exit {:.3?}; poweroff request -> exit {:.3?}; initramfs {} KiB",
+         system_powerdown -> exit {:.3?}; poweroff request -> exit {:.3?}; initramfs {} KiB; \
+         4 MB exec reply {:.2?}",
         ready_after,
         second_ready_after,
         powerdown_exit,
         request_exit,
-        initramfs / 1024
+        initramfs / 1024,
+        big_reply
     );
 }
 
