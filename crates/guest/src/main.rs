@@ -1,1 +1,206 @@
-fn main() {}
+//! vmkeep's guest agent.
+//!
+//! As PID 1 of the built-in tiny image ("init mode") it mounts the basics,
+//! loads the virtio modules, watches the power button, mounts the data disk,
+//! reaps every process and answers the host over virtio-serial. Started any
+//! other way ("service mode", a systemd service in a cloud image) it only
+//! answers the host, and powers off through systemd.
+//!
+//! PID 1 must never exit: every error is logged and the agent carries on;
+//! a panic (the release build aborts) powers the machine off first.
+
+mod agent;
+mod boot;
+mod channel;
+mod disk;
+mod exec;
+mod flags;
+mod handler;
+mod input;
+mod log;
+mod reaper;
+mod sys;
+
+use std::time::Duration;
+
+use agent::{Agent, Mode};
+use channel::Channel;
+use flags::Flags;
+use log::log;
+use reaper::Reaper;
+
+/// virtio device id of a console (virtio-serial) device.
+const VIRTIO_ID_CONSOLE: u32 = 3;
+
+fn main() {
+    let mode = if sys::getpid() == 1 {
+        Mode::Init
+    } else {
+        Mode::Service
+    };
+    if mode == Mode::Init {
+        boot::ensure_std_fds();
+    }
+    install_panic_hook(mode);
+    match mode {
+        Mode::Init => run_init(),
+        Mode::Service => run_service(),
+    }
+}
+
+fn install_panic_hook(mode: Mode) {
+    std::panic::set_hook(Box::new(move |info| {
+        log!("fatal: {info}");
+        if mode == Mode::Init {
+            log!("powering off (fatal error)");
+            sys::sync();
+            let err = sys::power_off_now();
+            log!("reboot(RB_POWER_OFF) failed: {err}");
+        }
+    }));
+}
+
+/// The reaper is essential; without it, as PID 1, power off.
+fn start_reaper(mode: Mode) -> &'static Reaper {
+    match Reaper::global() {
+        Ok(reaper) => reaper,
+        Err(e) => {
+            log!("fatal: cannot start the reaper thread: {e}");
+            if mode == Mode::Init {
+                sys::sync();
+                let err = sys::power_off_now();
+                log!("reboot(RB_POWER_OFF) failed: {err}");
+            }
+            halt_forever()
+        }
+    }
+}
+
+fn halt_forever() -> ! {
+    loop {
+        std::thread::park();
+    }
+}
+
+fn run_init() -> ! {
+    log!(
+        "starting (init mode, version {})",
+        env!("CARGO_PKG_VERSION")
+    );
+    boot::mount_early();
+    // Now that devtmpfs is mounted, a missing console can be opened.
+    boot::ensure_std_fds();
+    let flags = Flags::from_proc();
+    let reaper = start_reaper(Mode::Init);
+    let base_env = exec::merge_env(
+        &inherited_env(),
+        &[
+            ("PATH".into(), exec::DEFAULT_PATH.into()),
+            ("HOME".into(), "/root".into()),
+        ],
+    );
+    let agent = Agent::new(Mode::Init, flags, reaper, base_env);
+
+    boot::install_busybox(agent);
+    boot::load_modules();
+    boot::watch_power_button(agent);
+    boot::mount_data_disk(agent);
+    if flags.poweroff_at_boot {
+        agent.power_off("poweroff-at-boot");
+    }
+
+    let channel = if disk::virtio_device_present(
+        std::path::Path::new(disk::SYS_VIRTIO_DEVICES),
+        VIRTIO_ID_CONSOLE,
+    ) {
+        open_channel(Duration::from_secs(5))
+    } else {
+        log!("no virtio-serial device; the host agent cannot reach this guest");
+        None
+    };
+    let channel = channel.map(|channel| agent.set_channel(channel));
+    agent.announce_ready();
+    match channel {
+        Some(channel) => channel.serve(
+            |line| agent.handle_line(line),
+            || log!("dropped a request line over the size limit"),
+        ),
+        None => halt_forever(),
+    }
+}
+
+fn run_service() -> ! {
+    log!(
+        "starting (service mode, version {})",
+        env!("CARGO_PKG_VERSION")
+    );
+    let reaper = start_reaper(Mode::Service);
+    let mut base_env = inherited_env();
+    if !base_env.iter().any(|(key, _)| key == "PATH") {
+        base_env.push(("PATH".into(), exec::DEFAULT_PATH.into()));
+    }
+    let agent = Agent::new(Mode::Service, Flags::from_proc(), reaper, base_env);
+    // In a full distribution the virtio modules may load late, and the port
+    // may be held by another opener: keep trying, logging each new problem once.
+    let mut last_problem = String::new();
+    let channel = loop {
+        let problem =
+            match channel::wait_for_port(vmkeep_protocol::PORT_NAME, Duration::from_secs(5)) {
+                None => format!(
+                    "no virtio-serial port named {} yet; still waiting",
+                    vmkeep_protocol::PORT_NAME
+                ),
+                Some(path) => match Channel::open(&path) {
+                    Ok(channel) => break channel,
+                    Err(e) => format!("cannot open {}: {e}; retrying", path.display()),
+                },
+            };
+        if problem != last_problem {
+            log!("{problem}");
+            last_problem = problem;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    log!("listening on {}", channel.path().display());
+    let channel = agent.set_channel(channel);
+    agent.announce_ready();
+    channel.serve(
+        |line| agent.handle_line(line),
+        || log!("dropped a request line over the size limit"),
+    )
+}
+
+/// The agent's own environment, lossily as text (the kernel hands unknown
+/// command-line words to init as environment variables; `std::env::vars`
+/// would panic on one that is not UTF-8).
+fn inherited_env() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .map(|(key, value)| {
+            (
+                key.to_string_lossy().into_owned(),
+                value.to_string_lossy().into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Find and open the agent's port, waiting up to `timeout` for it.
+fn open_channel(timeout: Duration) -> Option<Channel> {
+    let Some(path) = channel::wait_for_port(vmkeep_protocol::PORT_NAME, timeout) else {
+        log!(
+            "no virtio-serial port named {} appeared",
+            vmkeep_protocol::PORT_NAME
+        );
+        return None;
+    };
+    match Channel::open(&path) {
+        Ok(channel) => {
+            log!("listening on {}", channel.path().display());
+            Some(channel)
+        }
+        Err(e) => {
+            log!("cannot open {}: {e}", path.display());
+            None
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The agent's shared state and the actions both modes use: answering
+//! requests, announcing readiness, powering off.
+
+use std::path::Path;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use vmkeep_protocol::{ExecResult, FromGuest, GuestInfo, Reply};
+
+use crate::channel::Channel;
+use crate::exec::{self, SpawnError};
+use crate::flags::Flags;
+use crate::handler::{self, Action};
+use crate::log::log;
+use crate::reaper::Reaper;
+use crate::sys;
+
+/// Where the data disk is mounted in init mode.
+pub const DATA_MOUNT: &str = "/data";
+
+/// How the agent runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// PID 1 of the tiny image: owns mounts, modules, reaping, power.
+    Init,
+    /// A service in a full distribution: channel and exec only; powers off
+    /// through systemd.
+    Service,
+}
+
+pub struct Agent {
+    pub mode: Mode,
+    pub flags: Flags,
+    pub reaper: &'static Reaper,
+    /// Environment of every command the agent runs, before request extras.
+    pub base_env: Vec<(String, String)>,
+    ready: AtomicBool,
+    data_mounted: AtomicBool,
+    powering_off: AtomicBool,
+    channel: OnceLock<Channel>,
+}
+
+impl Agent {
+    pub fn new(
+        mode: Mode,
+        flags: Flags,
+        reaper: &'static Reaper,
+        base_env: Vec<(String, String)>,
+    ) -> &'static Agent {
+        Box::leak(Box::new(Agent {
+            mode,
+            flags,
+            reaper,
+            base_env,
+            ready: AtomicBool::new(false),
+            data_mounted: AtomicBool::new(false),
+            powering_off: AtomicBool::new(false),
+            channel: OnceLock::new(),
+        }))
+    }
+
+    pub fn set_data_mounted(&self) {
+        self.data_mounted.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_channel(&self, channel: Channel) -> &Channel {
+        self.channel.get_or_init(|| channel)
+    }
+
+    /// Run a helper program (busybox, systemctl, ...) with the base environment.
+    pub fn run_tool(&self, argv: &[&str]) -> Result<ExecResult, SpawnError> {
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        exec::run(
+            self.reaper,
+            &exec::Spec {
+                argv: &argv,
+                env: self.base_env.clone(),
+                cwd: None,
+                stdin: b"",
+            },
+        )
+    }
+
+    pub fn info(&self) -> GuestInfo {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let uptime_secs = std::fs::read_to_string("/proc/uptime")
+            .ok()
+            .and_then(|s| parse_uptime(&s))
+            .unwrap_or(0.0);
+        GuestInfo {
+            kernel: sys::kernel_release(),
+            boot_id,
+            uptime_secs,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            data_mount: self
+                .data_mounted
+                .load(Ordering::SeqCst)
+                .then(|| DATA_MOUNT.to_string()),
+        }
+    }
+
+    /// Print the ready marker, remember readiness, tell a connected host.
+    pub fn announce_ready(&self) {
+        crate::log::raw(vmkeep_protocol::kernel_flags::READY_MARKER);
+        self.ready.store(true, Ordering::SeqCst);
+        if let Some(channel) = self
+            .channel
+            .get()
+            .filter(|channel| channel.host_connected())
+        {
+            channel.send(&FromGuest::Ready(self.info()));
+        }
+    }
+
+    fn reply(&self, id: u64, body: Reply) {
+        if let Some(channel) = self.channel.get() {
+            channel.send(&FromGuest::Reply { id, body });
+        }
+    }
+
+    /// Handle one line from the host.
+    pub fn handle_line(&'static self, line: &[u8]) {
+        let request = match handler::parse(line) {
+            Ok(request) => request,
+            Err(bad) => {
+                log!("{}", bad.message);
+                if let Some(id) = bad.id {
+                    self.reply(
+                        id,
+                        Reply::Error {
+                            message: bad.message,
+                        },
+                    );
+                }
+                return;
+            }
+        };
+        let id = request.id;
+        match handler::plan(
+            request.op,
+            self.ready.load(Ordering::SeqCst),
+            self.flags,
+            || self.info(),
+        ) {
+            Action::Reply(body) => self.reply(id, body),
+            Action::Exec(exec_request) => {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("exec-{id}"))
+                    .spawn(move || {
+                        let env = exec::merge_env(&self.base_env, &exec_request.env);
+                        let spec = exec::Spec {
+                            argv: &exec_request.argv,
+                            env,
+                            cwd: exec_request.cwd.as_deref(),
+                            stdin: &exec_request.stdin,
+                        };
+                        let body = match exec::run(self.reaper, &spec) {
+                            Ok(result) => Reply::Exec(result),
+                            Err(e) => Reply::Error {
+                                message: e.to_string(),
+                            },
+                        };
+                        self.reply(id, body);
+                    });
+                if let Err(e) = spawned {
+                    self.reply(
+                        id,
+                        Reply::Error {
+                            message: format!("cannot start a thread for the command: {e}"),
+                        },
+                    );
+                }
+            }
+            Action::Poweroff { honoured } => {
+                self.reply(id, Reply::PoweroffAccepted);
+                if honoured {
+                    let spawned = std::thread::Builder::new()
+                        .name("poweroff".into())
+                        .spawn(move || self.power_off("host-request"));
+                    if let Err(e) = spawned {
+                        log!(
+                            "cannot start the power-off thread ({e}); powering off from the reader"
+                        );
+                        self.power_off("host-request");
+                    }
+                } else {
+                    log!(
+                        "power-off request ignored ({})",
+                        vmkeep_protocol::kernel_flags::IGNORE_POWEROFF_REQUEST
+                    );
+                }
+            }
+        }
+    }
+
+    /// A press of the power button.
+    pub fn power_button_pressed(&self) {
+        if self.flags.ignore_power_button {
+            log!(
+                "power button pressed; ignored ({})",
+                vmkeep_protocol::kernel_flags::IGNORE_POWER_BUTTON
+            );
+        } else {
+            self.power_off("power-button");
+        }
+    }
+
+    /// Power the machine off. Only the first call acts; later calls return.
+    /// In init mode this never returns to the first caller.
+    pub fn power_off(&self, reason: &str) {
+        if self.powering_off.swap(true, Ordering::SeqCst) {
+            log!("already powering off; ignoring {reason}");
+            return;
+        }
+        log!("powering off ({reason})");
+        match self.mode {
+            Mode::Init => self.power_off_as_init(),
+            Mode::Service => self.power_off_through_systemd(),
+        }
+    }
+
+    fn power_off_as_init(&self) {
+        stop_all_processes();
+        sys::sync();
+        if self.data_mounted.load(Ordering::SeqCst) {
+            let target = Path::new(DATA_MOUNT);
+            if let Err(e) = sys::umount(target, 0) {
+                log!("cannot unmount {DATA_MOUNT} ({e}); detaching it");
+                if let Err(e) = sys::umount(target, libc::MNT_DETACH) {
+                    log!("cannot detach {DATA_MOUNT}: {e}");
+                }
+            }
+        }
+        sys::sync();
+        let err = sys::power_off_now();
+        log!("reboot(RB_POWER_OFF) failed: {err}; halting here");
+        loop {
+            std::thread::park();
+        }
+    }
+
+    fn power_off_through_systemd(&self) {
+        for argv in [&["systemctl", "poweroff"][..], &["poweroff"][..]] {
+            match self.run_tool(argv) {
+                Ok(result) if result.exit_code == 0 => return,
+                Ok(result) => log!(
+                    "`{}` exited with {}: {}",
+                    argv.join(" "),
+                    result.exit_code,
+                    String::from_utf8_lossy(&result.stderr).trim()
+                ),
+                Err(e) => log!("cannot run `{}`: {e}", argv.join(" ")),
+            }
+        }
+        log!("could not power off; the host will have to stop this machine");
+        // Let a later request try again.
+        self.powering_off.store(false, Ordering::SeqCst);
+    }
+}
+
+/// SIGTERM every other process, give them a second to exit (the reaper
+/// collects them), then SIGKILL what is left.
+fn stop_all_processes() {
+    let _ = sys::kill(-1, libc::SIGTERM);
+    if !wait_for_no_processes(Duration::from_secs(1)) {
+        log!(
+            "{} processes ignored SIGTERM; killing them",
+            user_processes().len()
+        );
+        let _ = sys::kill(-1, libc::SIGKILL);
+        wait_for_no_processes(Duration::from_millis(500));
+    }
+}
+
+fn wait_for_no_processes(timeout: Duration) -> bool {
+    let started = Instant::now();
+    loop {
+        if user_processes().is_empty() {
+            return true;
+        }
+        if started.elapsed() >= timeout {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Pids of user-space processes other than this one (zombies included).
+fn user_processes() -> Vec<i32> {
+    let me = sys::getpid();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<i32>().ok())
+        })
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| is_user_process(&stat))
+        })
+        .collect()
+}
+
+/// PF_KTHREAD in the `flags` field of /proc/PID/stat.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Whether a /proc/PID/stat line describes a user-space process (not a
+/// kernel thread). The command name may contain spaces and parentheses, so
+/// fields are counted from the last `)`.
+pub fn is_user_process(stat: &str) -> bool {
+    let Some(close) = stat.rfind(')') else {
+        return false;
+    };
+    // After the name: state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8) flags(9).
+    let flags = stat[close + 1..]
+        .split_ascii_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse::<u64>().ok());
+    matches!(flags, Some(flags) if flags & PF_KTHREAD == 0)
+}
+
+/// The first number in /proc/uptime.
+pub fn parse_uptime(text: &str) -> Option<f64> {
+    text.split_ascii_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_threads_are_told_from_user_processes() {
+        let kthread = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 2 0 0";
+        let user = "57 (sh) S 1 57 57 0 -1 4194560 120 0 0 0 0 0 0 0 20 0 1 0 300 1 2";
+        let tricky = "58 (a) b (c) Z 1 58 58 0 -1 4194564 0 0";
+        assert!(!is_user_process(kthread));
+        assert!(is_user_process(user));
+        assert!(is_user_process(tricky));
+        assert!(!is_user_process("garbage"));
+    }
+
+    #[test]
+    fn uptime_is_the_first_field() {
+        assert_eq!(parse_uptime("12.34 20.00\n"), Some(12.34));
+        assert_eq!(parse_uptime(""), None);
+    }
+}

@@ -1,0 +1,152 @@
+//! What to do with one request line: pure decisions, acted on by the agent.
+
+use vmkeep_protocol::{ExecRequest, GuestInfo, Op, Reply, Request};
+
+use crate::flags::Flags;
+
+/// The agent's response to a request.
+#[derive(Debug, PartialEq)]
+pub enum Action {
+    /// Answer at once.
+    Reply(Reply),
+    /// Run a command (in its own thread) and answer with its result.
+    Exec(ExecRequest),
+    /// Answer `PoweroffAccepted`, then power off unless `honoured` is false.
+    Poweroff { honoured: bool },
+}
+
+/// Decide how to answer `op`. `info` is only called when the answer needs it.
+pub fn plan(op: Op, ready: bool, flags: Flags, info: impl FnOnce() -> GuestInfo) -> Action {
+    match op {
+        Op::Hello => Action::Reply(Reply::Hello {
+            ready,
+            info: info(),
+        }),
+        Op::Ping => Action::Reply(Reply::Pong),
+        Op::Info => Action::Reply(Reply::Info(info())),
+        Op::Exec(request) if request.argv.is_empty() => Action::Reply(Reply::Error {
+            message: "exec: argv is empty".into(),
+        }),
+        Op::Exec(request) => Action::Exec(request),
+        Op::Poweroff => Action::Poweroff {
+            honoured: !flags.ignore_poweroff_request,
+        },
+    }
+}
+
+/// A line that is not a valid request; `id` is known when the line had one.
+#[derive(Debug, PartialEq)]
+pub struct BadRequest {
+    pub id: Option<u64>,
+    pub message: String,
+}
+
+/// Parse one request line. For an invalid request that still carries an
+/// id, the id is recovered so that the host gets an error reply.
+pub fn parse(line: &[u8]) -> Result<Request, BadRequest> {
+    vmkeep_protocol::decode_line::<Request>(line).map_err(|e| {
+        let id = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|value| value.get("id").and_then(serde_json::Value::as_u64));
+        BadRequest {
+            id,
+            message: format!("invalid request: {e}"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> GuestInfo {
+        GuestInfo {
+            kernel: "6.1".into(),
+            agent_version: "0.1.0".into(),
+            ..GuestInfo::default()
+        }
+    }
+
+    #[test]
+    fn hello_reports_readiness_and_info() {
+        assert_eq!(
+            plan(Op::Hello, false, Flags::default(), info),
+            Action::Reply(Reply::Hello {
+                ready: false,
+                info: info()
+            })
+        );
+        assert_eq!(
+            plan(Op::Hello, true, Flags::default(), info),
+            Action::Reply(Reply::Hello {
+                ready: true,
+                info: info()
+            })
+        );
+        assert_eq!(
+            plan(Op::Info, true, Flags::default(), info),
+            Action::Reply(Reply::Info(info()))
+        );
+    }
+
+    #[test]
+    fn ping_does_not_gather_info() {
+        let action = plan(Op::Ping, true, Flags::default(), || {
+            panic!("info not needed")
+        });
+        assert_eq!(action, Action::Reply(Reply::Pong));
+    }
+
+    #[test]
+    fn exec_is_run_unless_argv_is_empty() {
+        let request = ExecRequest {
+            argv: vec!["true".into()],
+            stdin: vec![],
+            env: vec![],
+            cwd: None,
+        };
+        assert_eq!(
+            plan(Op::Exec(request.clone()), true, Flags::default(), info),
+            Action::Exec(request)
+        );
+        let empty = ExecRequest {
+            argv: vec![],
+            stdin: vec![],
+            env: vec![],
+            cwd: None,
+        };
+        assert!(matches!(
+            plan(Op::Exec(empty), true, Flags::default(), info),
+            Action::Reply(Reply::Error { .. })
+        ));
+    }
+
+    #[test]
+    fn poweroff_is_accepted_and_honoured_unless_the_flag_says_otherwise() {
+        assert_eq!(
+            plan(Op::Poweroff, true, Flags::default(), info),
+            Action::Poweroff { honoured: true }
+        );
+        let flags = Flags {
+            ignore_poweroff_request: true,
+            ..Flags::default()
+        };
+        assert_eq!(
+            plan(Op::Poweroff, true, flags, info),
+            Action::Poweroff { honoured: false }
+        );
+    }
+
+    #[test]
+    fn invalid_requests_keep_their_id_when_they_have_one() {
+        assert_eq!(parse(b"{\"id\":5,\"op\":\"ping\"}\n").map(|r| r.id), Ok(5));
+        let bad = parse(b"{\"id\":9,\"op\":\"dance\"}").unwrap_err();
+        assert_eq!(bad.id, Some(9));
+        assert!(
+            bad.message.starts_with("invalid request"),
+            "{}",
+            bad.message
+        );
+        assert_eq!(parse(b"not json").unwrap_err().id, None);
+    }
+}
