@@ -219,6 +219,11 @@ impl GuestLink {
         self.conn.is_closed()
     }
 
+    /// Resolves once the connection has ended.
+    pub async fn closed(&self) {
+        self.conn.closed().await
+    }
+
     async fn call(&self, op: Op, timeout: Duration) -> Result<Reply, GuestLinkError> {
         let kind = GuestOp::of(&op);
         let encode = |id| vmkeep_protocol::encode_line(&Request { id, op });

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 /// What the classifier made of one incoming line.
@@ -131,6 +131,8 @@ enum State<R> {
 struct Shared<R> {
     state: Mutex<State<R>>,
     next_id: AtomicU64,
+    /// Turns true once, when the connection closes.
+    closed: watch::Sender<bool>,
 }
 
 impl<R> Shared<R> {
@@ -161,6 +163,7 @@ impl<R> Shared<R> {
         for (waiter, reason) in waiters {
             let _ = waiter.send(Err(Failure::Closed(reason)));
         }
+        self.closed.send_replace(true);
     }
 
     fn take_waiter(&self, id: u64) -> Option<Waiter<R>> {
@@ -236,6 +239,7 @@ impl<R: Send + 'static> Connection<R> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Open(HashMap::new())),
             next_id: AtomicU64::new(1),
+            closed: watch::Sender::new(false),
         });
         let (read_half, write_half) = stream.into_split();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -322,6 +326,13 @@ impl<R: Send + 'static> Connection<R> {
     /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.inner.shared.close_reason().is_some()
+    }
+
+    /// Resolves once the connection has ended (at once if it has already).
+    pub async fn closed(&self) {
+        let mut closed = self.inner.shared.closed.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = closed.wait_for(|closed| *closed).await;
     }
 
     /// Why the connection ended, if it has.

@@ -77,7 +77,7 @@ impl QemuVm {
     }
 
     fn note<T>(&self, result: Result<T, qmp::QmpError>) -> Result<T, DriverError> {
-        if let Err(qmp::QmpError::Closed | qmp::QmpError::Timeout { .. }) = &result {
+        if let Err(qmp::QmpError::Closed { .. } | qmp::QmpError::Timeout { .. }) = &result {
             self.qmp_ok.store(false, Ordering::Relaxed);
         }
         result.map_err(DriverError::from)
