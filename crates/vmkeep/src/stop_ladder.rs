@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// A rung of the ladder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A rung of the ladder, in order of escalation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Step {
     /// ACPI power button through the hypervisor.
@@ -81,6 +81,7 @@ pub struct Progress {
     killed: bool,
     force: bool,
     last_step: Option<Step>,
+    strongest_delivered: Option<Step>,
 }
 
 impl Progress {
@@ -103,9 +104,16 @@ impl Progress {
         self.last_step = Some(step);
     }
 
-    /// The last step taken: when the VM goes away, this is what ended it.
-    pub fn last_step(&self) -> Option<Step> {
-        self.last_step
+    /// Record that `step` reached its target (the request was accepted).
+    pub fn delivered(&mut self, step: Step) {
+        self.strongest_delivered = self.strongest_delivered.max(Some(step));
+    }
+
+    /// What ended the VM when it went away: the most escalated step that was
+    /// delivered (a later power-button press does not take the credit from an
+    /// accepted guest-agent power-off), else the last step attempted.
+    pub fn ended_by(&self) -> Option<Step> {
+        self.strongest_delivered.or(self.last_step)
     }
 
     pub fn power_button_presses(&self) -> u32 {
@@ -144,13 +152,8 @@ pub fn decide(plan: &Plan, progress: &Progress, channels: Channels, now: Duratio
         });
     }
 
-    let next_press = match progress.last_power_button {
-        None => Duration::ZERO,
-        Some(last) => last + plan.resend_every,
-    };
-    if channels.hypervisor && now >= next_press {
-        return Decision::Take(Step::PowerButton);
-    }
+    // Escalation first: when the fallback and a re-press fall due together,
+    // the guest agent is asked before the button is pressed again.
     let ask_agent_at = if channels.hypervisor {
         plan.fallback_after
     } else {
@@ -159,6 +162,13 @@ pub fn decide(plan: &Plan, progress: &Progress, channels: Channels, now: Duratio
     let agent_pending = channels.guest_agent && !progress.guest_agent_asked;
     if agent_pending && now >= ask_agent_at {
         return Decision::Take(Step::GuestAgentPoweroff);
+    }
+    let next_press = match progress.last_power_button {
+        None => Duration::ZERO,
+        Some(last) => last + plan.resend_every,
+    };
+    if channels.hypervisor && now >= next_press {
+        return Decision::Take(Step::PowerButton);
     }
     if !channels.hypervisor
         && !channels.guest_agent
@@ -330,14 +340,42 @@ mod tests {
     }
 
     #[test]
-    fn the_last_step_is_what_ended_the_vm() {
+    fn the_strongest_delivered_step_is_what_ended_the_vm() {
         let mut progress = Progress::default();
         progress.taken(Step::PowerButton, Duration::ZERO);
-        progress.taken(Step::PowerButton, 2 * S);
-        assert_eq!(progress.last_step(), Some(Step::PowerButton));
-        assert_eq!(progress.power_button_presses(), 2);
+        progress.delivered(Step::PowerButton);
+        assert_eq!(progress.ended_by(), Some(Step::PowerButton));
+        assert_eq!(progress.power_button_presses(), 1);
         progress.taken(Step::GuestAgentPoweroff, 15 * S);
-        assert_eq!(progress.last_step(), Some(Step::GuestAgentPoweroff));
+        progress.delivered(Step::GuestAgentPoweroff);
+        // A press after the accepted power-off does not take the credit.
+        progress.taken(Step::PowerButton, 16 * S);
+        progress.delivered(Step::PowerButton);
+        assert_eq!(progress.ended_by(), Some(Step::GuestAgentPoweroff));
+    }
+
+    #[test]
+    fn an_undelivered_step_gets_credit_only_when_nothing_was_delivered() {
+        let mut progress = Progress::default();
+        progress.taken(Step::PowerButton, Duration::ZERO);
+        progress.delivered(Step::PowerButton);
+        progress.taken(Step::GuestAgentPoweroff, 15 * S);
+        assert_eq!(progress.ended_by(), Some(Step::PowerButton));
+        let mut nothing_delivered = Progress::default();
+        nothing_delivered.taken(Step::Kill, Duration::ZERO);
+        assert_eq!(nothing_delivered.ended_by(), Some(Step::Kill));
+    }
+
+    #[test]
+    fn the_fallback_goes_before_a_press_due_at_the_same_time() {
+        // 6 s: presses every 1.5 s, so one falls due at 3 s with the fallback.
+        let steps = run(Plan::new(6 * S), BOTH, None);
+        let at_3s: Vec<Step> = steps
+            .iter()
+            .filter(|(_, t)| *t == 3000)
+            .map(|(s, _)| *s)
+            .collect();
+        assert_eq!(at_3s, vec![Step::GuestAgentPoweroff, Step::PowerButton]);
     }
 
     #[test]

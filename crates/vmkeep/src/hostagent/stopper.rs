@@ -69,8 +69,9 @@ pub async fn stop<V: Vm>(
                     Step::Quit => vm.hard_stop().await.map_err(|e| e.to_string()),
                     Step::Kill => vm.kill().map_err(|e| e.to_string()),
                 };
-                if let Err(error) = result {
-                    tracing::warn!(?step, %error, "stop ladder step failed");
+                match result {
+                    Ok(()) => progress.delivered(step),
+                    Err(error) => tracing::warn!(?step, %error, "stop ladder step failed"),
                 }
                 continue;
             }
@@ -85,7 +86,7 @@ pub async fn stop<V: Vm>(
         };
         tokio::select! {
             exit = vm.exited() => {
-                return Stopped { exit, by: progress.last_step(), elapsed: started.elapsed() };
+                return Stopped { exit, by: progress.ended_by(), elapsed: started.elapsed() };
             }
             () = sleep => {}
             incoming = inbox.next() => match incoming {
