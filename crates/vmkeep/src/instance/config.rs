@@ -118,7 +118,7 @@ impl Config {
         {
             return serde_yaml_ng::from_str("{}").map_err(|e| e.to_string());
         }
-        serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+        serde_yaml_ng::from_str(text).map_err(|e| without_repeated_field(&e.to_string()))
     }
 
     /// Read and parse a config file.
@@ -231,6 +231,17 @@ impl fmt::Display for ByteSize {
 
 /// Deserialize a value from a string or number and check it; the error
 /// message becomes serde's, which carries the YAML location.
+/// The YAML parser prefixes an error with the field's path; the value
+/// checks below name their field themselves. Say it once.
+fn without_repeated_field(message: &str) -> String {
+    if let Some((field, rest)) = message.split_once(": ")
+        && rest.starts_with(&format!("{field}: "))
+    {
+        return rest.to_string();
+    }
+    message.to_string()
+}
+
 fn parse_checked<'de, D, T>(
     d: D,
     parse: impl FnOnce(&str) -> Result<T, String>,
@@ -238,17 +249,36 @@ fn parse_checked<'de, D, T>(
 where
     D: Deserializer<'de>,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Scalar {
-        Text(String),
-        Int(u64),
+    /// Takes the scalar as text. Visiting (rather than buffering through an
+    /// untagged enum) keeps the parser at the value, so an error carries the
+    /// value's own line.
+    struct ScalarText<F>(F);
+
+    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> de::Visitor<'de> for ScalarText<F> {
+        type Value = T;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number or a string")
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
+            (self.0)(text).map_err(E::custom)
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
+            self.visit_str(&n.to_string())
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
+            self.visit_str(&n.to_string())
+        }
+
+        fn visit_f64<E: de::Error>(self, n: f64) -> Result<T, E> {
+            self.visit_str(&n.to_string())
+        }
     }
-    let text = match Scalar::deserialize(d)? {
-        Scalar::Text(text) => text,
-        Scalar::Int(n) => n.to_string(),
-    };
-    parse(&text).map_err(de::Error::custom)
+
+    d.deserialize_any(ScalarText(parse))
 }
 
 /// Number of virtual CPUs, 1 to 64.
@@ -408,6 +438,13 @@ mod tests {
         ];
         for (yaml, names, fix, line) in cases {
             let err = Config::parse(&format!("# header\n{yaml}")).unwrap_err();
+            // Without the header, the same field is one line up.
+            let first = Config::parse(yaml).unwrap_err();
+            assert!(
+                first.contains(&format!("line {}", line - 1)),
+                "{yaml:?} gave {first}"
+            );
+            assert!(!first.contains(&format!("{names}: {names}:")), "{first}");
             let at_line = format!("line {line}");
             assert!(
                 err.contains(names) && err.contains(fix) && err.contains(&at_line),

@@ -1,4 +1,4 @@
-//! Instance status: derived, never stored. [`derive`] is a pure function of
+//! Instance status: derived, never stored. [`derive()`] is a pure function of
 //! [`Observations`]; `instance::observe` gathers them.
 
 use serde::Serialize;
