@@ -1,0 +1,133 @@
+//! Integration: the real binary rejects bad input clearly and changes nothing.
+
+mod common;
+
+use common::TestEnv;
+
+#[test]
+fn invalid_names_are_rejected_before_anything_is_written() {
+    let env = TestEnv::new();
+    for bad in ["a/b", "..", "-x", "x y", "ünï", &"n".repeat(60)] {
+        // `--` so that "-x" reaches the name check instead of clap's flags.
+        let run = env.run(&["create", "--", bad]);
+        assert_eq!(run.code(), Some(2), "{bad:?}: {}", run.describe());
+        assert!(
+            run.stderr().contains("instance name"),
+            "{bad:?}: {}",
+            run.stderr()
+        );
+    }
+    let entries: Vec<_> = std::fs::read_dir(env.home()).unwrap().collect();
+    assert!(entries.is_empty(), "nothing written");
+}
+
+#[test]
+fn a_name_too_long_for_a_socket_path_is_rejected() {
+    let env = TestEnv::new();
+    let deep = env.home().join("d".repeat(70));
+    let run = env
+        .command(&["create", &"n".repeat(40)])
+        .env("VMKEEP_HOME", &deep)
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains("socket") && stderr.contains("shorter"),
+        "{stderr}"
+    );
+    assert!(!deep.exists(), "nothing written");
+}
+
+#[test]
+fn invalid_yaml_names_the_field_and_line_and_creates_nothing() {
+    let env = TestEnv::new();
+    let template = env.home().join("bad.yaml");
+    for (yaml, expected) in [
+        ("cpus: 2\nmemroy: 1GiB\n", ["memroy", "line 2"]),
+        ("cpus: 2\nmemory: 12 parsecs\n", ["memory", "line 2"]),
+        ("cpus: [\n", ["line", "bad.yaml"]),
+    ] {
+        std::fs::write(&template, yaml).unwrap();
+        let run = env.run(&["create", "x", "--template", template.to_str().unwrap()]);
+        assert_eq!(run.code(), Some(1), "{}", run.describe());
+        for word in expected {
+            assert!(
+                run.stderr().contains(word),
+                "{yaml:?}: missing {word:?} in {}",
+                run.stderr()
+            );
+        }
+        assert!(!env.instance_dir("x").exists());
+    }
+}
+
+#[test]
+fn commands_on_a_missing_instance_say_how_to_create_it() {
+    let env = TestEnv::new();
+    for verb in [
+        &["stop", "ghost"][..],
+        &["start", "ghost"],
+        &["shell", "ghost", "--", "true"],
+        &["delete", "ghost"],
+    ] {
+        let run = env.run(verb);
+        assert_eq!(run.code(), Some(1), "{verb:?}: {}", run.describe());
+        assert!(
+            run.stderr().contains("vmkeep create ghost"),
+            "{verb:?}: {}",
+            run.stderr()
+        );
+    }
+}
+
+#[test]
+fn stop_of_a_stopped_instance_is_a_no_op() {
+    let env = TestEnv::new();
+    env.create("idle", "");
+    let run = env.ok(&["stop", "idle"]);
+    assert!(run.stdout().contains("not running"), "{}", run.describe());
+    assert_eq!(env.status("idle"), "Stopped");
+}
+
+#[test]
+fn an_instance_without_config_is_listed_broken_with_a_reason() {
+    let env = TestEnv::new();
+    env.create("noconf", "");
+    std::fs::remove_file(env.instance_dir("noconf").join("vmkeep.yaml")).unwrap();
+    let rows = env.list();
+    let row = rows.iter().find(|r| r["name"] == "noconf").unwrap();
+    assert_eq!(row["status"], "Broken");
+    assert_eq!(row["reason"]["code"], "config-missing");
+    let table = env.ok(&["list"]);
+    assert!(
+        table.stdout().contains("no config file"),
+        "{}",
+        table.describe()
+    );
+    let start = env.run(&["start", "noconf"]);
+    assert_eq!(start.code(), Some(1));
+    assert!(
+        start.stderr().contains("vmkeep.yaml"),
+        "{}",
+        start.describe()
+    );
+}
+
+#[test]
+fn every_verb_has_help() {
+    let env = TestEnv::new();
+    for verb in ["create", "start", "stop", "list", "shell", "delete"] {
+        let run = env.ok(&[verb, "--help"]);
+        assert!(
+            run.stdout().contains("Usage: vmkeep"),
+            "{verb}: {}",
+            run.describe()
+        );
+    }
+    let top = env.ok(&["--help"]);
+    assert!(
+        !top.stdout().contains("hostagent"),
+        "the host agent verb is hidden"
+    );
+}

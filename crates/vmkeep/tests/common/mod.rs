@@ -1,0 +1,253 @@
+//! Test harness for driving the real `vmkeep` binary against real QEMU.
+//!
+//! Every test gets its own `VMKEEP_HOME` (a short temporary directory, so
+//! socket paths fit `sun_path`). The kernel and built images are cached in
+//! one directory under `target/` shared by all tests and runs, so the kernel
+//! is downloaded once per machine. When a [`TestEnv`] is dropped, every
+//! instance is force-stopped and any process still running for this home
+//! (found by its command line or its `VMKEEP_HOME`) is killed by pid: a
+//! failing test never leaves QEMU or a host agent behind.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VMKEEP: &str = env!("CARGO_BIN_EXE_vmkeep");
+
+pub struct TestEnv {
+    home: tempfile::TempDir,
+}
+
+impl TestEnv {
+    pub fn new() -> TestEnv {
+        let home = tempfile::Builder::new()
+            .prefix("vk")
+            .tempdir_in("/tmp")
+            .expect("temp home");
+        TestEnv { home }
+    }
+
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+
+    pub fn instance_dir(&self, name: &str) -> PathBuf {
+        self.home().join(name)
+    }
+
+    /// A `vmkeep` command with this environment.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(VMKEEP);
+        command
+            .args(args)
+            .env("VMKEEP_HOME", self.home())
+            .env("VMKEEP_CACHE_DIR", shared_cache())
+            .env_remove("VMKEEP_ACCEL")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Run `vmkeep` to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().expect("run vmkeep");
+        Run {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output,
+        }
+    }
+
+    /// Run and require success.
+    pub fn ok(&self, args: &[&str]) -> Run {
+        let run = self.run(args);
+        assert!(
+            run.output.status.success(),
+            "vmkeep {:?} failed:\n{}",
+            args,
+            run.describe()
+        );
+        run
+    }
+
+    /// `vmkeep list --json`, as (name, status) pairs.
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        let run = self.ok(&["list", "--json"]);
+        serde_json::from_slice(&run.output.stdout).expect("list --json is JSON")
+    }
+
+    pub fn status(&self, name: &str) -> String {
+        self.list()
+            .into_iter()
+            .find(|row| row["name"] == name)
+            .map(|row| row["status"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_else(|| "Absent".to_string())
+    }
+
+    /// Create an instance from YAML.
+    pub fn create(&self, name: &str, yaml: &str) {
+        let template = self.home().join(format!("{name}.template.yaml"));
+        std::fs::write(&template, yaml).unwrap();
+        self.ok(&["create", name, "--template", template.to_str().unwrap()]);
+        std::fs::remove_file(template).unwrap();
+    }
+
+    /// The journal's events of an instance.
+    pub fn events(&self, name: &str) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.instance_dir(name).join("events.jsonl"))
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The last `stopped` event.
+    pub fn last_stopped(&self, name: &str) -> serde_json::Value {
+        self.events(name)
+            .into_iter()
+            .rev()
+            .find(|e| e["event"] == "stopped")
+            .expect("a stopped event")
+    }
+
+    /// Live processes started for this home: QEMU (its command line names the
+    /// home) and host agents (their environment names it).
+    pub fn processes(&self) -> Vec<(u32, String)> {
+        processes_for(self.home())
+    }
+
+    /// Runtime files (`*.pid`, `*.sock`, temporaries) left in an instance dir.
+    pub fn runtime_files(&self, name: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.instance_dir(name)) else {
+            return vec![];
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".pid") || n.ends_with(".sock") || n.contains(".tmp-"))
+            .collect()
+    }
+
+    /// Wait until no process of this home is left; return what is left.
+    pub fn wait_no_processes(&self, limit: Duration) -> Vec<(u32, String)> {
+        let until = Instant::now() + limit;
+        loop {
+            let left = self.processes();
+            if left.is_empty() || Instant::now() > until {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.home()) {
+            for entry in entries.flatten() {
+                if entry.path().is_dir() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let _ = self.command(&["stop", "--force", &name]).output();
+                }
+            }
+        }
+        for (pid, what) in self.processes() {
+            eprintln!("test cleanup: killing leftover pid {pid}: {what}");
+            // SAFETY: plain kill(2) of a process this test started (it names our temp home).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// What one `vmkeep` run did.
+pub struct Run {
+    pub args: Vec<String>,
+    pub output: Output,
+}
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+    pub fn code(&self) -> Option<i32> {
+        self.output.status.code()
+    }
+    pub fn describe(&self) -> String {
+        format!(
+            "status: {}\nstdout:\n{}\nstderr:\n{}",
+            self.output.status,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+/// The cache shared by every test, the image tests included (the kernel is
+/// downloaded once).
+pub fn shared_cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-image-cache");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.canonicalize().unwrap()
+}
+
+/// Processes whose command line or `VMKEEP_HOME` names `home`.
+pub fn processes_for(home: &Path) -> Vec<(u32, String)> {
+    let home_text = home.to_string_lossy().into_owned();
+    let env_entry = format!("VMKEEP_HOME={home_text}");
+    let me = std::process::id();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let cmd_text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let in_cmd = cmd_text.contains(&home_text);
+        let in_env = environ
+            .split(|b| *b == 0)
+            .any(|e| e == env_entry.as_bytes());
+        let is_zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if (in_cmd || in_env) && !is_zombie && !cmd_text.trim().is_empty() {
+            found.push((pid, cmd_text.trim().to_string()));
+        }
+    }
+    found
+}
+
+/// Poll `check` until it returns `Some` or the time is up.
+pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A pid field of a `list --json` row.
+pub fn pid_of(row: &serde_json::Value, key: &str) -> Option<u32> {
+    row[key].as_u64().map(|p| p as u32)
+}
