@@ -21,62 +21,78 @@ use crate::stop_ladder::Step;
 const AGENT_MARGIN: Duration = Duration::from_secs(15);
 
 pub fn run(args: StopArgs) -> anyhow::Result<i32> {
-    let name = args.name.unwrap_or_else(InstanceName::default_instance);
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(InstanceName::default_instance);
     let dir = util::existing(&name)?;
     let started = Instant::now();
-    match util::status_of(&dir)? {
-        Status::Stopped => {
-            println!("{name} is not running");
-            return Ok(0);
-        }
-        Status::Broken(Broken::StaleRuntimeFiles { files }) => {
-            clean_runtime_files(&dir, None)?;
-            println!(
-                "{name} was not running; removed stale runtime files: {}",
-                files.join(", ")
-            );
-            return Ok(0);
-        }
-        Status::Broken(
-            Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing,
-        ) => {
-            println!("{name} is not running");
-            return Ok(0);
-        }
-        _ if args.force => {
-            force_stop(&dir)?;
-        }
-        Status::Broken(Broken::OrphanedQemu { qemu_pid }) => {
-            eprintln!(
-                "{name}: QEMU pid {qemu_pid} runs without a host agent; adopting it to stop it"
-            );
-            let options = AgentOptions {
-                root: home::instances_root()?,
-                name: name.clone(),
-                foreground: true,
-                mode: Mode::StopOnly {
-                    deadline: args.timeout,
-                    force: false,
-                },
-            };
-            match hostagent::run(&options, &mut Reporter::Terminal) {
-                AgentOutcome::StartFailed { error } => bail!("could not stop {name}: {error}"),
-                AgentOutcome::AlreadyRunning { .. } => {
-                    return run(StopArgs {
-                        name: Some(name),
-                        ..args
-                    });
+    // Each round acts on what it sees; a process that dies mid-way (say the
+    // host agent, leaving QEMU orphaned) is dealt with in the next round.
+    let mut rounds = 0;
+    loop {
+        let status = util::status_of(&dir)?;
+        match status {
+            Status::Stopped
+            | Status::Broken(
+                Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing,
+            ) => {
+                if rounds == 0 {
+                    println!("{name} is not running");
+                    return Ok(0);
                 }
-                _ => {}
+                break;
+            }
+            Status::Broken(Broken::StaleRuntimeFiles { files }) => {
+                clean_runtime_files(&dir, None)?;
+                if rounds == 0 {
+                    println!(
+                        "{name} was not running; removed stale runtime files: {}",
+                        files.join(", ")
+                    );
+                    return Ok(0);
+                }
+                break;
+            }
+            _ if rounds >= MAX_ROUNDS => bail!(
+                "{name} is still {} after {MAX_ROUNDS} attempts to stop it; try `vmkeep stop --force {name}`",
+                super::start::describe(&status)
+            ),
+            _ if args.force => force_stop(&dir)?,
+            Status::Broken(Broken::OrphanedQemu { qemu_pid }) => {
+                eprintln!(
+                    "{name}: QEMU pid {qemu_pid} runs without a host agent; adopting it to stop it"
+                );
+                let options = AgentOptions {
+                    root: home::instances_root()?,
+                    name: name.clone(),
+                    foreground: true,
+                    mode: Mode::StopOnly {
+                        deadline: args.timeout,
+                        force: false,
+                    },
+                };
+                match hostagent::run(&options, &mut Reporter::Terminal) {
+                    AgentOutcome::StartFailed { error } => {
+                        bail!("could not stop {name}: {error}")
+                    }
+                    // Another agent took it meanwhile: the next round asks it.
+                    AgentOutcome::AlreadyRunning { .. } => {}
+                    _ => {}
+                }
+            }
+            Status::Running | Status::Starting | Status::Stopping | Status::Broken(_) => {
+                stop_through_agent(&dir, args.timeout)?;
             }
         }
-        Status::Running | Status::Starting | Status::Stopping | Status::Broken(_) => {
-            stop_through_agent(&dir, args.timeout)?;
-        }
+        rounds += 1;
     }
     println!("{}", summary(&dir, started.elapsed()));
     Ok(0)
 }
+
+/// How many times `stop` acts before it gives up and says so.
+const MAX_ROUNDS: usize = 3;
 
 /// Ask the host agent to stop (API, else SIGTERM) and wait for it to exit;
 /// force the stop if it overruns its deadline.

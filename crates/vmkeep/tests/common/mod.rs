@@ -251,3 +251,133 @@ pub fn wait_until<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> O
 pub fn pid_of(row: &serde_json::Value, key: &str) -> Option<u32> {
     row[key].as_u64().map(|p| p as u32)
 }
+
+/// A `vmkeep` process started in the background; killed (by its pid, which
+/// this test owns) if still running when dropped.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub args: Vec<String>,
+}
+
+impl Spawned {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL it now and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Wait for it to exit; panics (naming the command) if it overruns.
+    pub fn wait_within(mut self, limit: Duration) -> Run {
+        let until = Instant::now() + limit;
+        loop {
+            if self.child.try_wait().expect("try_wait").is_some() {
+                let child = std::mem::replace(
+                    &mut self.child,
+                    Command::new("true").spawn().expect("spawn true"),
+                );
+                let output = child.wait_with_output().expect("collect output");
+                return Run {
+                    args: self.args.clone(),
+                    output,
+                };
+            }
+            if Instant::now() > until {
+                self.kill9();
+                panic!("vmkeep {:?} hung: still running after {limit:?}", self.args);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.kill9();
+        } else {
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl TestEnv {
+    /// Start `vmkeep` in the background, output captured.
+    pub fn spawn(&self, args: &[&str]) -> Spawned {
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn vmkeep");
+        Spawned {
+            child,
+            args: args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// Run `vmkeep`, failing the test if it does not return within `limit`.
+    pub fn run_within(&self, args: &[&str], limit: Duration) -> Run {
+        self.spawn(args).wait_within(limit)
+    }
+
+    /// The process holding the instance's host-agent lock (pidfd handle).
+    pub fn agent(&self, name: &str) -> Option<vmkeep::os::process::ProcessHandle> {
+        vmkeep::os::process::open_lock_holder(&self.instance_dir(name).join("ha.pid"))
+            .expect("inspect ha.pid")
+    }
+
+    /// The process holding the instance's QEMU pid-file lock (pidfd handle).
+    pub fn qemu(&self, name: &str) -> Option<vmkeep::os::process::ProcessHandle> {
+        vmkeep::os::process::open_lock_holder(&self.instance_dir(name).join("qemu.pid"))
+            .expect("inspect qemu.pid")
+    }
+
+    /// Number of journal events of this kind so far.
+    pub fn count_events(&self, name: &str, event: &str) -> usize {
+        self.events(name)
+            .iter()
+            .filter(|e| e["event"] == event)
+            .count()
+    }
+
+    /// Wait until the journal holds more than `before` events of this kind.
+    pub fn wait_event(&self, name: &str, event: &str, before: usize, limit: Duration) {
+        wait_until(limit, || {
+            (self.count_events(name, event) > before).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no new {event:?} event within {limit:?}: {:?}",
+                self.events(name)
+            )
+        });
+    }
+
+    /// Wait until `vmkeep list` shows this status.
+    pub fn wait_status(&self, name: &str, status: &str, limit: Duration) {
+        let mut last = String::new();
+        wait_until(limit, || {
+            last = self.status(name);
+            (last == status).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{name} is {last}, not {status}, after {limit:?}"));
+    }
+
+    /// The guest's boot id (changes on every boot).
+    pub fn boot_id(&self, name: &str) -> String {
+        self.ok(&[
+            "shell",
+            name,
+            "--",
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ])
+        .stdout()
+        .trim()
+        .to_string()
+    }
+}

@@ -1,0 +1,552 @@
+//! The fault matrix: each vmkeep process (CLI, host agent, QEMU) is killed
+//! with SIGKILL in each phase (creating, booting, running, stopping), then
+//! `vmkeep start` and `vmkeep stop` must recover by themselves. Every case
+//! checks what a user would see: no command hangs (each runs under a
+//! deadline), the final status, no QEMU or agent left, no stale runtime file,
+//! and /data intact.
+//!
+//! The host agent and QEMU do not exist while an instance is being created,
+//! so those two cells of the matrix have no case. One test per cell; nextest
+//! prints a line per case and the total.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+
+const BOOT: Duration = Duration::from_secs(120);
+const SHORT: Duration = Duration::from_secs(30);
+/// A guest that ignores the ACPI button: its graceful stop takes until the
+/// guest-agent fallback at half of this deadline, a window to kill in.
+const SLOW_STOPPER: &str = "stopTimeout: 6s\nkernel:\n  cmdline: vmkeep.ignore_power_button=1\n";
+const PLAIN: &str = "stopTimeout: 20s\n";
+
+/// Boot `name`, leave a synced marker in /data, return the guest's boot id.
+fn boot_with_marker(env: &TestEnv, name: &str) -> String {
+    env.run_within(&["start", name], BOOT);
+    assert_eq!(env.status(name), "Running");
+    env.ok(&[
+        "shell",
+        name,
+        "--",
+        "sh",
+        "-c",
+        "echo intact > /data/marker && sync",
+    ]);
+    env.boot_id(name)
+}
+
+/// The second half of every case: `start` brings the instance up (with
+/// /data intact), `stop` stops it gracefully, and nothing is left behind.
+fn recovers(env: &TestEnv, name: &str, graceful_by: &str) {
+    let start = env.run_within(&["start", name], BOOT);
+    assert_eq!(
+        start.code(),
+        Some(0),
+        "start after the fault: {}",
+        start.describe()
+    );
+    assert_eq!(env.status(name), "Running");
+    let marker = env.ok(&["shell", name, "--", "cat", "/data/marker"]);
+    assert_eq!(marker.stdout(), "intact\n", "/data after the fault");
+
+    let stop = env.run_within(&["stop", name], SHORT);
+    assert_eq!(
+        stop.code(),
+        Some(0),
+        "stop after the fault: {}",
+        stop.describe()
+    );
+    assert_eq!(env.last_stopped(name)["by"], graceful_by);
+    settled_stopped(env, name);
+}
+
+/// Stopped, with no process and no runtime file left.
+fn settled_stopped(env: &TestEnv, name: &str) {
+    assert_eq!(env.status(name), "Stopped");
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
+    assert_eq!(env.runtime_files(name), Vec::<String>::new());
+}
+
+// ---- CLI ---------------------------------------------------------------
+
+#[test]
+fn vm_fault_cli_killed_while_creating() {
+    let env = TestEnv::new();
+    // Creation takes a few milliseconds: watch for its staging directory and
+    // kill the CLI the moment it appears. Retry if the CLI was faster.
+    let mut caught = false;
+    for _ in 0..40 {
+        let mut cli = env.spawn(&["create", "c"]);
+        loop {
+            let staging = std::fs::read_dir(env.home())
+                .unwrap()
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
+            if staging {
+                cli.kill9();
+                caught = true;
+                break;
+            }
+            if cli.child.try_wait().unwrap().is_some() {
+                break;
+            }
+        }
+        if caught && !env.instance_dir("c").exists() {
+            break;
+        }
+        caught = false;
+        env.ok(&["delete", "c"]);
+    }
+    assert!(caught, "never caught the CLI while it was creating");
+    // Half-made: invisible to list, not an instance.
+    assert!(
+        env.list().iter().all(|row| row["name"] != "c"),
+        "{:?}",
+        env.list()
+    );
+    let absent = env.run(&["start", "c"]);
+    assert_eq!(absent.code(), Some(1), "{}", absent.describe());
+    assert!(
+        absent.stderr().contains("vmkeep create c"),
+        "{}",
+        absent.describe()
+    );
+    // Creating again works and sweeps the abandoned staging directory.
+    env.ok(&["create", "c"]);
+    let leftovers: Vec<_> = std::fs::read_dir(env.home())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new());
+    boot_with_marker(&env, "c");
+    env.run_within(&["stop", "c"], SHORT);
+    recovers(&env, "c", "power-button");
+}
+
+#[test]
+fn vm_fault_cli_killed_while_booting() {
+    let env = TestEnv::new();
+    env.create("b", PLAIN);
+    let mut cli = env.spawn(&["start", "b"]);
+    env.wait_event("b", "booting", 0, BOOT);
+    cli.kill9();
+    // The detached host agent carries on without its CLI.
+    env.wait_status("b", "Running", BOOT);
+    env.ok(&[
+        "shell",
+        "b",
+        "--",
+        "sh",
+        "-c",
+        "echo intact > /data/marker && sync",
+    ]);
+    let again = env.run_within(&["start", "b"], SHORT);
+    assert!(
+        again.stderr().contains("already running"),
+        "{}",
+        again.describe()
+    );
+    env.run_within(&["stop", "b"], SHORT);
+    recovers(&env, "b", "power-button");
+}
+
+#[test]
+fn vm_fault_cli_killed_while_running() {
+    let env = TestEnv::new();
+    env.create("r", PLAIN);
+    boot_with_marker(&env, "r");
+    let mut shell = env.spawn(&["shell", "r", "--", "sleep", "30"]);
+    std::thread::sleep(Duration::from_millis(500));
+    shell.kill9();
+    assert_eq!(env.status("r"), "Running");
+    env.ok(&["shell", "r", "--", "true"]);
+    env.run_within(&["stop", "r"], SHORT);
+    assert_eq!(env.last_stopped("r")["by"], "power-button");
+    recovers(&env, "r", "power-button");
+}
+
+#[test]
+fn vm_fault_cli_killed_while_stopping() {
+    let env = TestEnv::new();
+    env.create("s", SLOW_STOPPER);
+    boot_with_marker(&env, "s");
+    let before = env.count_events("s", "stop-step");
+    let mut stop = env.spawn(&["stop", "s"]);
+    env.wait_event("s", "stop-step", before, SHORT);
+    stop.kill9();
+    // The host agent finishes the ladder on its own.
+    env.wait_status("s", "Stopped", SHORT);
+    assert_eq!(env.last_stopped("s")["by"], "guest-agent-poweroff");
+    settled_stopped(&env, "s");
+    recovers(&env, "s", "guest-agent-poweroff");
+}
+
+// ---- host agent --------------------------------------------------------
+
+#[test]
+fn vm_fault_agent_killed_while_booting() {
+    let env = TestEnv::new();
+    env.create("b", PLAIN);
+    let cli = env.spawn(&["start", "b"]);
+    env.wait_event("b", "booting", 0, BOOT);
+    let agent = env.agent("b").expect("a host agent");
+    agent.kill().unwrap();
+    // The CLI that was following it reports the failure instead of hanging.
+    let failed = cli.wait_within(SHORT);
+    assert_eq!(failed.code(), Some(1), "{}", failed.describe());
+    assert!(
+        failed.stderr().contains("host agent"),
+        "{}",
+        failed.describe()
+    );
+    // QEMU was left booting without an agent: `start` adopts it.
+    let qemu = env.qemu("b").expect("QEMU kept running").pid();
+    env.run_within(&["start", "b"], BOOT);
+    assert_eq!(
+        env.qemu("b").map(|q| q.pid()),
+        Some(qemu),
+        "adopted, not rebooted"
+    );
+    assert!(env.count_events("b", "adopted") >= 1);
+    env.ok(&[
+        "shell",
+        "b",
+        "--",
+        "sh",
+        "-c",
+        "echo intact > /data/marker && sync",
+    ]);
+    env.run_within(&["stop", "b"], SHORT);
+    recovers(&env, "b", "power-button");
+}
+
+#[test]
+fn vm_fault_agent_killed_while_running_is_adopted_without_reboot() {
+    let env = TestEnv::new();
+    env.create("r", PLAIN);
+    let boot_id = boot_with_marker(&env, "r");
+    let qemu = env.qemu("r").unwrap().pid();
+    env.agent("r").unwrap().kill().unwrap();
+    env.wait_status("r", "Broken", SHORT);
+    let row = env.list().into_iter().find(|r| r["name"] == "r").unwrap();
+    assert_eq!(row["reason"]["code"], "orphaned-qemu", "{row}");
+
+    let start = env.run_within(&["start", "r"], SHORT);
+    assert!(
+        start.stderr().contains("adopting QEMU"),
+        "{}",
+        start.describe()
+    );
+    assert_eq!(env.status("r"), "Running");
+    assert_eq!(env.qemu("r").unwrap().pid(), qemu);
+    assert_eq!(env.boot_id("r"), boot_id, "the guest did not reboot");
+    // The adopted QEMU is not the new agent's child: exit detection by pidfd.
+    env.run_within(&["stop", "r"], SHORT);
+    assert_eq!(env.last_stopped("r")["by"], "power-button");
+    settled_stopped(&env, "r");
+    recovers(&env, "r", "power-button");
+}
+
+#[test]
+fn vm_fault_agent_killed_while_stopping() {
+    let env = TestEnv::new();
+    env.create("s", SLOW_STOPPER);
+    boot_with_marker(&env, "s");
+    let before = env.count_events("s", "stop-step");
+    let stop = env.spawn(&["stop", "s"]);
+    env.wait_event("s", "stop-step", before, SHORT);
+    env.agent("s").unwrap().kill().unwrap();
+    // `stop` notices its agent died and stops the orphaned QEMU itself.
+    let stopped = stop.wait_within(SHORT);
+    assert_eq!(stopped.code(), Some(0), "{}", stopped.describe());
+    settled_stopped(&env, "s");
+    recovers(&env, "s", "guest-agent-poweroff");
+}
+
+// ---- QEMU --------------------------------------------------------------
+
+#[test]
+fn vm_fault_qemu_killed_while_booting() {
+    let env = TestEnv::new();
+    env.create("b", PLAIN);
+    let cli = env.spawn(&["start", "b"]);
+    env.wait_event("b", "booting", 0, BOOT);
+    env.qemu("b").expect("QEMU").kill().unwrap();
+    let failed = cli.wait_within(SHORT);
+    assert_eq!(failed.code(), Some(1), "{}", failed.describe());
+    assert!(
+        failed.stderr().contains("QEMU exited during boot"),
+        "{}",
+        failed.describe()
+    );
+    assert_eq!(env.last_stopped("b")["reason"], "start-failed");
+    settled_stopped(&env, "b");
+    boot_with_marker(&env, "b");
+    env.run_within(&["stop", "b"], SHORT);
+    recovers(&env, "b", "power-button");
+}
+
+#[test]
+fn vm_fault_qemu_killed_while_running_is_recorded_as_a_crash() {
+    let env = TestEnv::new();
+    env.create("r", PLAIN);
+    boot_with_marker(&env, "r");
+    env.qemu("r").unwrap().kill().unwrap();
+    env.wait_status("r", "Stopped", SHORT);
+    assert_eq!(env.last_stopped("r")["reason"], "crashed");
+    settled_stopped(&env, "r");
+    recovers(&env, "r", "power-button");
+}
+
+#[test]
+fn vm_fault_qemu_killed_while_stopping() {
+    let env = TestEnv::new();
+    env.create("s", SLOW_STOPPER);
+    boot_with_marker(&env, "s");
+    let before = env.count_events("s", "stop-step");
+    let stop = env.spawn(&["stop", "s"]);
+    env.wait_event("s", "stop-step", before, SHORT);
+    env.qemu("s").unwrap().kill().unwrap();
+    let stopped = stop.wait_within(SHORT);
+    assert_eq!(stopped.code(), Some(0), "{}", stopped.describe());
+    settled_stopped(&env, "s");
+    recovers(&env, "s", "guest-agent-poweroff");
+}
+
+// ---- stale and garbage state --------------------------------------------
+
+/// A `sleep` this test owns, killed on drop.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn start() -> Bystander {
+        Bystander(
+            std::process::Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn vm_pid_files_naming_an_unrelated_live_process_never_touch_it() {
+    let env = TestEnv::new();
+    env.create("p", PLAIN);
+    let mut bystander = Bystander::start();
+    let pid = bystander.0.id().to_string();
+    let dir = env.instance_dir("p");
+    // As after PID reuse: the files name a live process that is not ours.
+    std::fs::write(dir.join("ha.pid"), &pid).unwrap();
+    std::fs::write(dir.join("qemu.pid"), &pid).unwrap();
+    assert_eq!(env.status("p"), "Broken");
+    env.run_within(&["stop", "p"], SHORT);
+    env.run_within(&["stop", "--force", "p"], SHORT);
+    assert!(bystander.alive(), "stop signalled a stranger");
+    boot_with_marker(&env, "p");
+    assert!(bystander.alive(), "start signalled a stranger");
+    env.run_within(&["stop", "p"], SHORT);
+    settled_stopped(&env, "p");
+    assert!(bystander.alive());
+}
+
+#[test]
+fn vm_stale_socket_and_garbage_pid_files_and_journal_are_repaired_by_start() {
+    let env = TestEnv::new();
+    env.create("g", PLAIN);
+    let dir = env.instance_dir("g");
+    // A socket file nobody listens on, as a crash leaves it.
+    drop(std::os::unix::net::UnixListener::bind(dir.join("ha.sock")).unwrap());
+    std::fs::write(dir.join("qemu.pid"), "\0\0garbage").unwrap();
+    std::fs::write(dir.join("ha.pid"), "").unwrap();
+    std::fs::write(
+        dir.join("events.jsonl"),
+        "not json at all\n{\"ts\":\"2026-01-01T00:00:00Z\",\"pid\":1,\"event\":\"runn",
+    )
+    .unwrap();
+    let row = env.list().into_iter().find(|r| r["name"] == "g").unwrap();
+    assert_eq!(row["status"], "Broken", "{row}");
+    assert_eq!(row["reason"]["code"], "stale-runtime-files", "{row}");
+
+    let start = env.run_within(&["start", "g"], BOOT);
+    assert!(
+        start.stderr().contains("removed stale runtime files"),
+        "{}",
+        start.describe()
+    );
+    assert!(env.count_events("g", "repaired") >= 1);
+    env.ok(&[
+        "shell",
+        "g",
+        "--",
+        "sh",
+        "-c",
+        "echo intact > /data/marker && sync",
+    ]);
+    env.run_within(&["stop", "g"], SHORT);
+    recovers(&env, "g", "power-button");
+}
+
+#[test]
+fn vm_guest_powering_itself_off_is_stopped_not_broken() {
+    let env = TestEnv::new();
+    env.create("o", PLAIN);
+    // In the foreground, as a service manager runs it: its exit code counts.
+    let agent = env.spawn(&["start", "o", "--foreground"]);
+    env.wait_status("o", "Running", BOOT);
+    env.ok(&[
+        "shell",
+        "o",
+        "--",
+        "sh",
+        "-c",
+        "echo intact > /data/marker && sync",
+    ]);
+    // The shell's connection dies with the guest: its exit code is not the point.
+    let _ = env.run_within(&["shell", "o", "--", "poweroff", "-f"], SHORT);
+    let exited = agent.wait_within(SHORT);
+    assert_eq!(exited.code(), Some(0), "{}", exited.describe());
+    assert_eq!(env.last_stopped("o")["reason"], "guest-poweroff");
+    settled_stopped(&env, "o");
+    recovers(&env, "o", "power-button");
+}
+
+// ---- concurrency and locks ----------------------------------------------
+
+#[test]
+fn vm_two_starts_at_once_boot_one_vm() {
+    let env = TestEnv::new();
+    env.create("t", PLAIN);
+    let first = env.spawn(&["start", "t"]);
+    let second = env.spawn(&["start", "t"]);
+    let (a, b) = (first.wait_within(BOOT), second.wait_within(BOOT));
+    assert_eq!(a.code(), Some(0), "{}", a.describe());
+    assert_eq!(b.code(), Some(0), "{}", b.describe());
+    assert_eq!(env.count_events("t", "booting"), 1, "exactly one boot");
+    let qemus = env
+        .processes()
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains("qemu-system"))
+        .count();
+    assert_eq!(qemus, 1);
+    env.ok(&[
+        "shell",
+        "t",
+        "--",
+        "sh",
+        "-c",
+        "echo intact > /data/marker && sync",
+    ]);
+    env.run_within(&["stop", "t"], SHORT);
+    recovers(&env, "t", "power-button");
+}
+
+#[test]
+fn vm_stop_during_start_stops_it() {
+    let env = TestEnv::new();
+    env.create("d", PLAIN);
+    let start = env.spawn(&["start", "d"]);
+    env.wait_event("d", "booting", 0, BOOT);
+    let stop = env.run_within(&["stop", "d"], SHORT);
+    assert_eq!(stop.code(), Some(0), "{}", stop.describe());
+    let start = start.wait_within(SHORT);
+    assert_ne!(
+        start.code(),
+        Some(0),
+        "start reports it did not come up: {}",
+        start.describe()
+    );
+    settled_stopped(&env, "d");
+}
+
+#[test]
+fn vm_a_running_disk_is_locked_and_the_lock_dies_with_qemu() {
+    let env = TestEnv::new();
+    env.create("l", PLAIN);
+    boot_with_marker(&env, "l");
+    let disk = env.instance_dir("l").join("disk.qcow2");
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", disk.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        !info.status.success(),
+        "a second user could open the running disk"
+    );
+    assert!(
+        String::from_utf8_lossy(&info.stderr).contains("lock"),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let delete = env.run(&["delete", "l"]);
+    assert_ne!(
+        delete.code(),
+        Some(0),
+        "delete of a running instance refuses"
+    );
+    assert!(delete.stderr().contains("--force"), "{}", delete.describe());
+    // A lock is tied to its process: after a hard kill nothing blocks a start.
+    env.qemu("l").unwrap().kill().unwrap();
+    env.wait_status("l", "Stopped", SHORT);
+    recovers(&env, "l", "power-button");
+}
+
+// ---- endurance -----------------------------------------------------------
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Unix sockets bound anywhere under this test's home.
+fn bound_sockets(env: &TestEnv) -> usize {
+    let home = env.home().to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&home))
+        .count()
+}
+
+#[test]
+fn vm_fifty_start_stop_cycles_leave_nothing_behind() {
+    let env = TestEnv::new();
+    env.create("cycle", PLAIN);
+    let fds_before = open_fds();
+    let started = Instant::now();
+    for round in 0..50 {
+        let start = env.run_within(&["start", "cycle"], BOOT);
+        assert_eq!(start.code(), Some(0), "round {round}: {}", start.describe());
+        let stop = env.run_within(&["stop", "cycle"], SHORT);
+        assert_eq!(stop.code(), Some(0), "round {round}: {}", stop.describe());
+        assert_eq!(
+            env.wait_no_processes(Duration::from_secs(5)),
+            vec![],
+            "round {round}"
+        );
+    }
+    eprintln!("50 cycles in {:.0?}", started.elapsed());
+    assert_eq!(env.status("cycle"), "Stopped");
+    assert_eq!(env.runtime_files("cycle"), Vec::<String>::new());
+    assert_eq!(bound_sockets(&env), 0, "sockets left bound");
+    assert_eq!(open_fds(), fds_before, "file descriptors leaked");
+    let graceful = env
+        .events("cycle")
+        .iter()
+        .filter(|e| e["event"] == "stopped" && e["by"] == "power-button")
+        .count();
+    assert_eq!(graceful, 50);
+}
