@@ -550,3 +550,22 @@ fn vm_fifty_start_stop_cycles_leave_nothing_behind() {
         .count();
     assert_eq!(graceful, 50);
 }
+
+#[test]
+fn vm_an_orphaned_qemu_that_does_not_answer_is_hard_stopped_then_started_afresh() {
+    let env = TestEnv::new();
+    env.create("h", PLAIN);
+    let boot_id = boot_with_marker(&env, "h");
+    let qemu = env.qemu("h").unwrap();
+    env.agent("h").unwrap().kill().unwrap();
+    env.wait_status("h", "Broken", SHORT);
+    // Frozen: QMP accepts nothing.
+    qemu.signal(rustix::process::Signal::STOP).unwrap();
+    let start = env.run_within(&["start", "h"], BOOT);
+    assert!(start.stderr().contains("does not answer QMP"), "{}", start.describe());
+    assert!(qemu.has_exited(), "the frozen QEMU was hard-stopped");
+    assert!(env.count_events("h", "repaired") >= 1);
+    assert_ne!(env.boot_id("h"), boot_id, "a fresh boot");
+    env.run_within(&["stop", "h"], SHORT);
+    recovers(&env, "h", "power-button");
+}
