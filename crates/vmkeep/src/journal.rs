@@ -77,6 +77,19 @@ pub enum Event {
         after_secs: Option<f64>,
         qemu_exit: String,
     },
+    /// `vmkeep daemon` is about to start the instance again (its policy says so).
+    Restarting {
+        attempt: u32,
+        /// What ended the previous run.
+        after: String,
+        backoff_secs: f64,
+    },
+    /// `vmkeep daemon` stopped restarting: too many failed starts in a row.
+    GaveUp {
+        failures: u32,
+        within_secs: f64,
+        last_error: String,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -158,14 +171,18 @@ pub fn read_all(path: &Path) -> io::Result<Vec<Record>> {
 
 /// The last readable record, reading only the end of the file.
 pub fn last(path: &Path) -> io::Result<Option<Record>> {
-    const TAIL: u64 = 16 * 1024;
+    Ok(tail(path, 16 * 1024)?.pop())
+}
+
+/// The readable records in the last `max_bytes` of the file, oldest first.
+pub fn tail(path: &Path, max_bytes: u64) -> io::Result<Vec<Record>> {
     let mut file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
     let len = file.metadata()?.len();
-    let start = len.saturating_sub(TAIL);
+    let start = len.saturating_sub(max_bytes);
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::with_capacity((len - start) as usize);
     file.read_to_end(&mut bytes)?;
@@ -175,7 +192,7 @@ pub fn last(path: &Path) -> io::Result<Option<Record>> {
     } else {
         &bytes[..]
     };
-    Ok(parse_lines(body).pop())
+    Ok(parse_lines(body))
 }
 
 fn parse_lines(bytes: &[u8]) -> Vec<Record> {

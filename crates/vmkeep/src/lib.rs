@@ -6,6 +6,7 @@
 //! [`stop_ladder`].
 
 pub mod cli;
+pub mod daemon;
 pub mod driver;
 pub mod guest_link;
 pub mod home;

@@ -9,7 +9,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = vmkeep::cli::Cli::parse();
-    let agent = matches!(cli.verb, vmkeep::cli::Verb::Hostagent(_));
+    // Long-running processes log what they do; commands only warnings.
+    let agent = matches!(
+        cli.verb,
+        vmkeep::cli::Verb::Hostagent(_) | vmkeep::cli::Verb::Daemon(_)
+    );
     let default_level = if agent { "info" } else { "warn" };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -562,7 +562,11 @@ fn vm_an_orphaned_qemu_that_does_not_answer_is_hard_stopped_then_started_afresh(
     // Frozen: QMP accepts nothing.
     qemu.signal(rustix::process::Signal::STOP).unwrap();
     let start = env.run_within(&["start", "h"], BOOT);
-    assert!(start.stderr().contains("does not answer QMP"), "{}", start.describe());
+    assert!(
+        start.stderr().contains("does not answer QMP"),
+        "{}",
+        start.describe()
+    );
     assert!(qemu.has_exited(), "the frozen QEMU was hard-stopped");
     assert!(env.count_events("h", "repaired") >= 1);
     assert_ne!(env.boot_id("h"), boot_id, "a fresh boot");

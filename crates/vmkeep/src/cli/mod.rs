@@ -2,7 +2,9 @@
 //! dispatches.
 
 mod create;
+mod daemon;
 mod delete;
+mod events;
 mod hostagent;
 mod list;
 mod progress;
@@ -46,6 +48,10 @@ pub enum Verb {
     /// Delete an instance and its disk.
     #[command(alias = "rm")]
     Delete(DeleteArgs),
+    /// Supervise every instance whose config sets `runStrategy` (runs in the foreground).
+    Daemon(DaemonArgs),
+    /// Show lifecycle events (started, running, stopped with reason, adopted, repaired, ...).
+    Events(EventsArgs),
     /// Run the host agent of an instance (used by `start`; not for direct use).
     #[command(hide = true)]
     Hostagent(HostagentArgs),
@@ -120,6 +126,38 @@ pub struct HostagentArgs {
     pub foreground: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// Starts allowed within --start-limit-interval before the daemon gives up on an instance.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub start_limit_burst: u32,
+    /// Window for --start-limit-burst.
+    #[arg(long, default_value = "10m", value_name = "DURATION", value_parser = parse_duration)]
+    pub start_limit_interval: Duration,
+    /// Delay before a second restart; doubles with each further one.
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_duration)]
+    pub restart_delay: Duration,
+    /// Longest delay between restarts.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
+    pub restart_delay_max: Duration,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only this instance.
+    pub name: Option<InstanceName>,
+    /// Keep printing new events as they happen.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// One JSON object per line (with an "instance" field).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e}; write it like 500ms, 10s or 5m"))
+}
+
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     Timeout::parse(text).map(|t| t.0)
 }
@@ -133,6 +171,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Verb::List(args) => list::run(args),
         Verb::Shell(args) => shell::run(args),
         Verb::Delete(args) => delete::run(args),
+        Verb::Daemon(args) => daemon::run(args),
+        Verb::Events(args) => events::run(args),
         Verb::Hostagent(args) => hostagent::run(args),
     }
 }

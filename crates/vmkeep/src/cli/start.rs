@@ -11,7 +11,8 @@ use super::util;
 use crate::home;
 use crate::hostagent::report::{Report, Reporter};
 use crate::hostagent::{self, AgentOptions, AgentOutcome, Mode};
-use crate::instance::config::DEFAULT_TEMPLATE;
+use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
+use crate::instance::desired::{self, Desired};
 use crate::instance::status::Broken;
 use crate::instance::{Config, InstanceDir, InstanceName, Status};
 use crate::os;
@@ -32,6 +33,14 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
         eprintln!("created instance {name} from the built-in template");
     }
     let config = Config::load(&dir.config()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if config.run_strategy == Some(RunStrategy::Halted) {
+        bail!(
+            "{name} has runStrategy: halted, so it is kept stopped; change runStrategy in {} to start it",
+            dir.config().display()
+        );
+    }
+    desired::write(&dir, Desired::Running)
+        .with_context(|| format!("cannot record the desired state in {}", dir.dir().display()))?;
 
     match util::status_of(&dir)? {
         Status::Running => {

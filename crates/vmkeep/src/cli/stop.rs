@@ -10,6 +10,7 @@ use crate::home;
 use crate::hostagent::api::{ApiClient, StopRequest};
 use crate::hostagent::report::Reporter;
 use crate::hostagent::{self, AgentOptions, AgentOutcome, Mode};
+use crate::instance::desired::{self, Desired};
 use crate::instance::status::Broken;
 use crate::instance::{Config, InstanceDir, InstanceName, Status};
 use crate::journal::{self, Event, Journal, StoppedReason};
@@ -26,6 +27,9 @@ pub fn run(args: StopArgs) -> anyhow::Result<i32> {
         .clone()
         .unwrap_or_else(InstanceName::default_instance);
     let dir = util::existing(&name)?;
+    // First, so that a supervising daemon does not restart it meanwhile.
+    desired::write(&dir, Desired::Stopped)
+        .with_context(|| format!("cannot record the desired state in {}", dir.dir().display()))?;
     let started = Instant::now();
     // Each round acts on what it sees; a process that dies mid-way (say the
     // host agent, leaving QEMU orphaned) is dealt with in the next round.

@@ -57,6 +57,35 @@ pub struct Config {
     /// Settings for the kernel of the built-in tiny image.
     #[serde(default)]
     pub kernel: KernelSettings,
+    /// What `vmkeep daemon` does when the VM exits (KubeVirt's runStrategy).
+    /// Absent: the daemon leaves the instance alone.
+    #[serde(default)]
+    pub run_strategy: Option<RunStrategy>,
+}
+
+/// When the daemon (re)starts an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunStrategy {
+    /// Restart after any exit, the guest's own power-off included.
+    Always,
+    /// Restart only after a crash (QEMU or host agent died, start failed).
+    OnFailure,
+    /// Never restart; start and stop only when asked.
+    Manual,
+    /// Keep it stopped: the daemon stops it if it runs.
+    Halted,
+}
+
+impl RunStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStrategy::Always => "always",
+            RunStrategy::OnFailure => "on-failure",
+            RunStrategy::Manual => "manual",
+            RunStrategy::Halted => "halted",
+        }
+    }
 }
 
 fn default_memory() -> Memory {

@@ -99,6 +99,11 @@ impl InstanceDir {
     pub fn qemu_log(&self) -> PathBuf {
         self.dir.join(QEMU_LOG)
     }
+    /// Whether the user last asked for the instance to run (`start`) or not
+    /// (`stop`): what the daemon reconciles towards.
+    pub fn desired_state(&self) -> PathBuf {
+        self.dir.join("desired-state")
+    }
     pub fn agent_lock(&self) -> PathBuf {
         self.dir.join(AGENT_LOCK)
     }

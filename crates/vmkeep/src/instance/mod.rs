@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod create;
+pub mod desired;
 pub mod layout;
 pub mod name;
 pub mod observe;

@@ -82,6 +82,11 @@ pub enum Broken {
     QemuGone {
         agent_pid: u32,
     },
+    /// `vmkeep daemon` gave up restarting it after repeated failures.
+    GaveUp {
+        failures: u32,
+        last_error: String,
+    },
 }
 
 impl Broken {
@@ -95,6 +100,7 @@ impl Broken {
             Broken::StaleRuntimeFiles { .. } => "stale-runtime-files",
             Broken::AgentUnresponsive { .. } => "agent-unresponsive",
             Broken::QemuGone { .. } => "qemu-gone",
+            Broken::GaveUp { .. } => "gave-up",
         }
     }
 
@@ -115,6 +121,12 @@ impl Broken {
             Broken::QemuGone { agent_pid } => {
                 format!("QEMU is gone while its host agent (pid {agent_pid}) still runs")
             }
+            Broken::GaveUp {
+                failures,
+                last_error,
+            } => format!(
+                "the daemon stopped restarting it after {failures} failed starts; last: {last_error}"
+            ),
         }
     }
 
@@ -136,6 +148,9 @@ impl Broken {
             Broken::AgentUnresponsive { .. } => {
                 "`vmkeep stop NAME` stops it; `vmkeep start NAME` then starts afresh".into()
             }
+            Broken::GaveUp { .. } => {
+                "see `vmkeep events NAME`, fix the cause, then `vmkeep start NAME`".into()
+            }
             Broken::QemuGone { .. } => {
                 "the host agent cleans up within a moment; then start again".into()
             }
@@ -149,7 +164,8 @@ impl Broken {
             Broken::OrphanedQemu { .. }
             | Broken::StaleRuntimeFiles { .. }
             | Broken::AgentUnresponsive { .. }
-            | Broken::QemuGone { .. } => true,
+            | Broken::QemuGone { .. }
+            | Broken::GaveUp { .. } => true,
         }
     }
 }
@@ -202,7 +218,17 @@ pub fn derive(seen: &Observations) -> Status {
                     files: seen.runtime_files.clone(),
                 })
             }
-            ConfigState::Valid => Status::Stopped,
+            ConfigState::Valid => match seen.last_event.as_ref().map(|r| &r.event) {
+                Some(Event::GaveUp {
+                    failures,
+                    last_error,
+                    ..
+                }) => Status::Broken(Broken::GaveUp {
+                    failures: *failures,
+                    last_error: last_error.clone(),
+                }),
+                _ => Status::Stopped,
+            },
         },
     }
 }
@@ -223,6 +249,8 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         | Event::Repaired { .. }
         | Event::Adopted { .. }
         | Event::Booting { .. }
+        | Event::Restarting { .. }
+        | Event::GaveUp { .. }
         | Event::Unknown => Phase::Starting,
     }
 }
