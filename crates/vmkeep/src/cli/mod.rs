@@ -1,6 +1,7 @@
 //! The command line: one file per verb; this file only defines the verbs and
 //! dispatches.
 
+mod autostart;
 mod create;
 mod delete;
 mod hostagent;
@@ -46,6 +47,8 @@ pub enum Verb {
     /// Delete an instance and its disk.
     #[command(alias = "rm")]
     Delete(DeleteArgs),
+    /// Have systemd or launchd start an instance at login or boot.
+    Autostart(autostart::AutostartArgs),
     /// Run the host agent of an instance (used by `start`; not for direct use).
     #[command(hide = true)]
     Hostagent(HostagentArgs),
@@ -133,6 +136,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Verb::List(args) => list::run(args),
         Verb::Shell(args) => shell::run(args),
         Verb::Delete(args) => delete::run(args),
+        Verb::Autostart(args) => autostart::run(args),
         Verb::Hostagent(args) => hostagent::run(args),
     }
 }

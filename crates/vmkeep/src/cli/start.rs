@@ -32,6 +32,11 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
         eprintln!("created instance {name} from the built-in template");
     }
     let config = Config::load(&dir.config()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !args.foreground
+        && let Some(code) = super::autostart::start_hook(&dir)?
+    {
+        return Ok(code);
+    }
 
     match util::status_of(&dir)? {
         Status::Running => {

@@ -45,7 +45,9 @@ pub fn run(args: StopArgs) -> anyhow::Result<i32> {
         }
         _ if args.force => {
             force_stop(&dir)?;
+            super::autostart::after_forced_stop(&dir);
         }
+        _ if args.timeout.is_none() && super::autostart::stop_hook(&dir)? => {}
         Status::Broken(Broken::OrphanedQemu { qemu_pid }) => {
             eprintln!(
                 "{name}: QEMU pid {qemu_pid} runs without a host agent; adopting it to stop it"
