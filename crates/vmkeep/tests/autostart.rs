@@ -521,9 +521,10 @@ fn vm_service_sigterm_with_kill_mode_mixed_powers_the_guest_off_and_exits_0() {
     assert_eq!(stopped["qemu_exit"], "exit code 0", "{stopped}");
     assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
     assert_eq!(env.status("svc"), "Stopped");
+    let log = log_of(&env, "svc");
     assert!(
-        log_of(&env, "svc").contains("svc"),
-        "the service's output went to autostart.log"
+        log.contains(&format!("svc is running (host agent pid {}", running.pid())),
+        "the service's output goes to autostart.log:\n{log}"
     );
 }
 
@@ -693,4 +694,177 @@ fn unit_words_are_split_as_systemd_does() {
     );
     assert_eq!(words("\"PATH=/a:/b\""), ["PATH=/a:/b"]);
     assert_eq!(words("\"X=100%%\\\"q\\\"\""), ["X=100%\"q\""]);
+}
+
+// ------------------- start and stop through a (fake) running systemd
+
+/// A fake systemd: a runtime directory that says it runs and a fake
+/// `systemctl` (tests/fake/systemctl) first in PATH, with its state and
+/// call log in a directory of the test's own.
+struct FakeSystemd {
+    state: tempfile::TempDir,
+    runtime: tempfile::TempDir,
+}
+
+impl FakeSystemd {
+    fn new() -> FakeSystemd {
+        FakeSystemd {
+            state: tempfile::tempdir().unwrap(),
+            runtime: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn run(&self, env: &TestEnv, args: &[&str]) -> common::Run {
+        let fake_bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake");
+        let path = format!("{}:{}", fake_bin.display(), std::env::var("PATH").unwrap());
+        let output = env
+            .command(args)
+            .env("XDG_CONFIG_HOME", config_home(env))
+            .env("PATH", path)
+            .env("FAKE_SYSTEMD_STATE", self.state.path())
+            .env("VMKEEP_TEST_SYSTEMD_RUNTIME_DIR", self.runtime.path())
+            .output()
+            .unwrap();
+        common::Run {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output,
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state.path().join("calls"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn main_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.state.path().join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn set_not_found(&self, not_found: bool) {
+        let flag = self.state.path().join("not-found");
+        if not_found {
+            std::fs::write(flag, "").unwrap();
+        } else {
+            std::fs::remove_file(flag).unwrap();
+        }
+    }
+}
+
+fn last_stopping_cause(env: &TestEnv, name: &str) -> String {
+    env.events(name)
+        .into_iter()
+        .rev()
+        .find(|e| e["event"] == "stopping")
+        .map(|e| e["cause"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+#[test]
+fn vm_start_and_stop_go_through_systemd_when_it_runs_the_unit_and_around_it_when_not() {
+    let env = TestEnv::new();
+    env.create("managed", "");
+    let systemd = FakeSystemd::new();
+
+    let enable = systemd.run(&env, &["autostart", "enable", "managed"]);
+    assert_eq!(enable.code(), Some(0), "{}", enable.describe());
+    assert_eq!(
+        systemd.calls(),
+        [
+            "--user daemon-reload",
+            "--user enable vmkeep-managed.service"
+        ]
+    );
+    let status = systemd.run(&env, &["autostart", "status", "managed"]);
+    assert!(
+        status.stdout().contains("loaded (enabled), inactive/dead"),
+        "{}",
+        status.describe()
+    );
+
+    // start: systemd starts the unit; the service's process is the agent.
+    let start = systemd.run(&env, &["start", "managed"]);
+    assert_eq!(start.code(), Some(0), "{}", start.describe());
+    assert!(
+        start.stderr().contains("starting managed through systemd"),
+        "{}",
+        start.describe()
+    );
+    assert!(
+        systemd
+            .calls()
+            .contains(&"--user start vmkeep-managed.service".to_string())
+    );
+    assert_eq!(env.status("managed"), "Running");
+    let agent = common::pid_of(&row(&env, "managed"), "agent_pid");
+    assert_eq!(
+        agent,
+        systemd.main_pid(),
+        "the unit's main process is the agent"
+    );
+    // A second start changes nothing.
+    let again = systemd.run(&env, &["start", "managed"]);
+    assert!(
+        again.stderr().contains("already running"),
+        "{}",
+        again.describe()
+    );
+
+    // stop: systemd stops the unit (SIGTERM to the agent, which runs the ladder).
+    let stop = systemd.run(&env, &["stop", "managed"]);
+    assert_eq!(stop.code(), Some(0), "{}", stop.describe());
+    assert!(
+        stop.stderr().contains("stopping managed through systemd"),
+        "{}",
+        stop.describe()
+    );
+    assert!(
+        stop.stdout().contains("ACPI power button"),
+        "{}",
+        stop.describe()
+    );
+    assert!(
+        systemd
+            .calls()
+            .contains(&"--user stop vmkeep-managed.service".to_string())
+    );
+    assert_eq!(last_stopping_cause(&env, "managed"), "signal");
+    assert_eq!(env.status("managed"), "Stopped");
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
+
+    // The unit not loaded (say, removed behind vmkeep's back): start and stop
+    // work as without autostart.
+    systemd.set_not_found(true);
+    let start = systemd.run(&env, &["start", "managed"]);
+    assert_eq!(start.code(), Some(0), "{}", start.describe());
+    assert!(
+        !start.stderr().contains("through systemd"),
+        "{}",
+        start.describe()
+    );
+    let agent = common::pid_of(&row(&env, "managed"), "agent_pid");
+    assert_ne!(agent, systemd.main_pid());
+    let stop = systemd.run(&env, &["stop", "managed"]);
+    assert_eq!(stop.code(), Some(0), "{}", stop.describe());
+    assert_eq!(last_stopping_cause(&env, "managed"), "request");
+    systemd.set_not_found(false);
+
+    let disable = systemd.run(&env, &["autostart", "disable", "managed"]);
+    assert_eq!(disable.code(), Some(0), "{}", disable.describe());
+    let calls = systemd.calls();
+    assert_eq!(
+        &calls[calls.len() - 2..],
+        [
+            "--user disable vmkeep-managed.service",
+            "--user daemon-reload"
+        ]
+    );
+    assert!(!user_unit_path(&env, "managed").exists());
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
 }

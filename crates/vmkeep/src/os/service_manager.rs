@@ -12,9 +12,18 @@ use super::tool::{Tool, ToolError};
 /// (what `sd_booted()` checks).
 pub const SYSTEMD_RUNTIME_DIR: &str = "/run/systemd/system";
 
+/// A directory that stands in for [`SYSTEMD_RUNTIME_DIR`]: tests set it,
+/// with a fake `systemctl` first in PATH, to exercise the paths that need a
+/// running systemd on machines without one.
+pub const SYSTEMD_RUNTIME_DIR_ENV: &str = "VMKEEP_TEST_SYSTEMD_RUNTIME_DIR";
+
 /// Whether systemd runs as the init system (PID 1).
 pub fn systemd_running() -> bool {
-    Path::new(SYSTEMD_RUNTIME_DIR).is_dir()
+    std::env::var_os(SYSTEMD_RUNTIME_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SYSTEMD_RUNTIME_DIR))
+        .is_dir()
 }
 
 /// Whether launchd is the service manager (macOS).
