@@ -320,6 +320,18 @@ fn delete_disables_autostart_first() {
     assert!(delete.status.success(), "{delete:?}");
     assert!(!path.exists(), "the unit went with the instance");
     assert!(!env.instance_dir("gone").exists());
+
+    // An unreadable record does not block the delete; it is named.
+    env.create("garbled", "");
+    std::fs::write(env.instance_dir("garbled").join("autostart.json"), "{oops").unwrap();
+    let delete = env.run(&["delete", "garbled"]);
+    assert_eq!(delete.code(), Some(0), "{}", delete.describe());
+    assert!(
+        delete.stderr().contains("autostart.json"),
+        "{}",
+        delete.describe()
+    );
+    assert!(!env.instance_dir("garbled").exists());
 }
 
 // ------------------------------------------- the service manager, simulated

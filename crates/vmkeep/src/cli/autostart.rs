@@ -668,8 +668,12 @@ pub(super) fn start_hook(dir: &InstanceDir) -> anyhow::Result<Option<i32>> {
     let Some((record, handle)) = managed(dir) else {
         return Ok(None);
     };
-    if !matches!(util::status_of(dir)?, Status::Stopped | Status::Broken(_)) {
-        return Ok(None);
+    match util::status_of(dir)? {
+        Status::Stopped => {}
+        Status::Broken(broken) if broken.repairable() => {}
+        // Running, starting, stopping, or broken beyond what a start repairs:
+        // the usual path says what is going on.
+        _ => return Ok(None),
     }
     let name = dir.name();
     match &handle {
@@ -798,6 +802,14 @@ impl Unregistered {
 /// `delete` disables autostart first, so that no service manager starts
 /// the instance while (or after) it is deleted.
 pub(super) fn disable_for_delete(dir: &InstanceDir) -> anyhow::Result<Unregistered> {
+    if let Err(e) = record::load(dir) {
+        // The record is unreadable: nothing says where a definition is.
+        eprintln!(
+            "warning: {e}; if a service definition for {} exists, remove it by hand",
+            dir.name()
+        );
+        return Ok(Unregistered(None));
+    }
     match disable_registration(dir)? {
         Some((record, handle)) => {
             eprintln!(
