@@ -5,6 +5,7 @@
 //! function in [`instance::status`]; the stop ladder's decisions are pure in
 //! [`stop_ladder`].
 
+pub mod autostart;
 pub mod cli;
 pub mod daemon;
 pub mod driver;

@@ -24,15 +24,17 @@ pub fn run(args: DeleteArgs) -> anyhow::Result<i32> {
                 )
         };
         let status = util::status_of(&dir)?;
+        if runs(&status) && !args.force {
+            bail!(
+                "{name} is {}; stop it first (`vmkeep stop {name}`) or use `vmkeep delete --force {name}`",
+                status.word()
+            );
+        }
+        let autostart = super::autostart::disable_for_delete(&dir)?;
         if runs(&status) {
-            if !args.force {
-                bail!(
-                    "{name} is {}; stop it first (`vmkeep stop {name}`) or use `vmkeep delete --force {name}`",
-                    status.word()
-                );
-            }
             super::stop::force_stop(&dir)?;
         }
+        autostart.settle();
         // Hold the agent lock so no start can begin while the files go.
         let Some(lock) = HeldLock::try_acquire(&dir.agent_lock())? else {
             bail!("{name} was started meanwhile; stop it and delete again");

@@ -1,6 +1,7 @@
 //! The command line: one file per verb; this file only defines the verbs and
 //! dispatches.
 
+mod autostart;
 mod create;
 mod daemon;
 mod delete;
@@ -52,6 +53,8 @@ pub enum Verb {
     Daemon(DaemonArgs),
     /// Show lifecycle events (started, running, stopped with reason, adopted, repaired, ...).
     Events(EventsArgs),
+    /// Have systemd or launchd start an instance at login or boot.
+    Autostart(autostart::AutostartArgs),
     /// Run the host agent of an instance (used by `start`; not for direct use).
     #[command(hide = true)]
     Hostagent(HostagentArgs),
@@ -173,6 +176,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Verb::Delete(args) => delete::run(args),
         Verb::Daemon(args) => daemon::run(args),
         Verb::Events(args) => events::run(args),
+        Verb::Autostart(args) => autostart::run(args),
         Verb::Hostagent(args) => hostagent::run(args),
     }
 }

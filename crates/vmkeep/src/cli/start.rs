@@ -41,6 +41,11 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
     }
     desired::write(&dir, Desired::Running)
         .with_context(|| format!("cannot record the desired state in {}", dir.dir().display()))?;
+    if !args.foreground
+        && let Some(code) = super::autostart::start_hook(&dir)?
+    {
+        return Ok(code);
+    }
 
     match util::status_of(&dir)? {
         Status::Running => {

@@ -62,7 +62,13 @@ pub fn run(args: StopArgs) -> anyhow::Result<i32> {
                 "{name} is still {} after {MAX_ROUNDS} attempts to stop it; try `vmkeep stop --force {name}`",
                 super::start::describe(&status)
             ),
-            _ if args.force => force_stop(&dir)?,
+            _ if args.force => {
+                force_stop(&dir)?;
+                super::autostart::after_forced_stop(&dir);
+            }
+            // Run by a service manager: stop it there, so keep-alive does not
+            // restart it (a deadline of one's own cannot be passed that way).
+            _ if args.timeout.is_none() && super::autostart::stop_hook(&dir)? => {}
             Status::Broken(Broken::OrphanedQemu { qemu_pid }) => {
                 eprintln!(
                     "{name}: QEMU pid {qemu_pid} runs without a host agent; adopting it to stop it"

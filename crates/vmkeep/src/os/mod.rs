@@ -6,5 +6,6 @@
 pub mod fs;
 pub mod lock;
 pub mod process;
+pub mod service_manager;
 pub mod socket;
 pub mod tool;

@@ -1,0 +1,566 @@
+//! Autostart: have the platform's service manager run an instance's host
+//! agent (`vmkeep start NAME --foreground`) at login or at boot.
+//!
+//! Everything here is pure: [`ServiceSpec`] is built from the instance and
+//! the options, and rendered as a systemd unit ([`systemd`]) or a launchd
+//! property list ([`launchd`]). Both renderers build on every platform, so
+//! both are unit-tested everywhere. Installing, loading and asking the
+//! service manager are side effects in `os::service_manager`; the verbs are
+//! in `cli::autostart`; what was enabled is recorded in the instance
+//! directory ([`record`]).
+//!
+//! Names (one per condition, so that a login and a boot registration of the
+//! same instance never share a file):
+//!
+//! | manager | condition | name                          | directory                    |
+//! |---------|-----------|-------------------------------|------------------------------|
+//! | systemd | login     | `vmkeep-NAME.service`         | `~/.config/systemd/user`     |
+//! | systemd | boot      | `vmkeep-USER-NAME.service`    | `/etc/systemd/system`        |
+//! | launchd | login     | `io.vmkeep.NAME.plist`        | `~/Library/LaunchAgents`     |
+//! | launchd | boot      | `io.vmkeep.USER.NAME.plist`   | `/Library/LaunchDaemons`     |
+//!
+//! The boot names carry the user because the system directories are shared
+//! by every user of the machine.
+
+pub mod launchd;
+pub mod record;
+pub mod systemd;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::instance::{InstanceDir, InstanceName};
+use crate::stop_ladder::Plan;
+
+/// The file, in the instance directory, that the service's output is appended to.
+pub const LOG_FILE: &str = "autostart.log";
+
+/// Time the service manager grants beyond the stop ladder's own end (deadline
+/// plus the grace between QMP `quit` and SIGKILL) before it kills the host
+/// agent: the agent waits for QEMU to be reaped, removes its runtime files
+/// and writes the journal.
+pub const STOP_MARGIN: Duration = Duration::from_secs(15);
+/// Time granted beyond the instance's boot timeout before the service
+/// manager gives up on a start (image preparation happens before booting).
+pub const START_MARGIN: Duration = Duration::from_secs(60);
+/// Pause before a keep-alive restart.
+pub const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Starts allowed within the start-limit interval before systemd gives up.
+pub const START_LIMIT_BURST: u32 = 5;
+/// launchd's minimum time between two launches of a kept-alive job.
+pub const THROTTLE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Which service manager a definition is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    Systemd,
+    Launchd,
+}
+
+impl Manager {
+    /// The manager of the platform vmkeep runs on.
+    pub fn native() -> Manager {
+        if cfg!(target_os = "macos") {
+            Manager::Launchd
+        } else {
+            Manager::Systemd
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Manager::Systemd => "systemd",
+            Manager::Launchd => "launchd",
+        }
+    }
+}
+
+impl std::str::FromStr for Manager {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "systemd" => Ok(Manager::Systemd),
+            "launchd" => Ok(Manager::Launchd),
+            other => Err(format!(
+                "unknown service manager {other:?}; use systemd or launchd"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When the service manager starts the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Condition {
+    /// When the user logs in (per-user manager: systemd --user, LaunchAgent).
+    #[default]
+    Login,
+    /// When the machine boots (system manager, running as the user).
+    Boot,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Login => "login",
+            Condition::Boot => "boot",
+        }
+    }
+}
+
+impl std::str::FromStr for Condition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "login" => Ok(Condition::Login),
+            "boot" => Ok(Condition::Boot),
+            other => Err(format!(
+                "unknown condition {other:?}; use login (start when you log in) or boot (start when the machine boots)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the user asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    pub condition: Condition,
+    /// Restart the host agent when it fails (crash, failed start), never
+    /// after a clean stop or a guest power-off.
+    pub keep_alive: bool,
+}
+
+/// What is known about the host and the instance when the definition is made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inputs {
+    pub instance: InstanceDir,
+    /// `$VMKEEP_HOME` as the service must see it.
+    pub instances_root: PathBuf,
+    /// `$VMKEEP_CACHE_DIR` as the service must see it.
+    pub cache_root: PathBuf,
+    /// The `vmkeep` binary (absolute, symlinks resolved).
+    pub exe: PathBuf,
+    /// Directory holding the QEMU binary, if it was found.
+    pub qemu_dir: Option<PathBuf>,
+    /// The user the VM runs as.
+    pub user: String,
+    /// The instance's graceful-stop deadline (`stopTimeout`).
+    pub stop_timeout: Duration,
+    /// The instance's `bootTimeout`.
+    pub boot_timeout: Duration,
+}
+
+/// Why a service definition cannot be made.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum SpecError {
+    #[error("{what} {path} is not an absolute path; a service manager needs absolute paths")]
+    Relative { what: &'static str, path: PathBuf },
+    #[error(
+        "{what} {path:?} contains a newline or a non-UTF-8 byte, which a service definition cannot carry; \
+         use a path without them"
+    )]
+    Unrepresentable { what: &'static str, path: PathBuf },
+    #[error("the user name {0:?} cannot be named in a service; run as a user with a plain name")]
+    BadUser(String),
+}
+
+/// A service definition, independent of the service manager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceSpec {
+    pub name: InstanceName,
+    pub options: Options,
+    pub user: String,
+    /// The command line, program first (absolute).
+    pub program_arguments: Vec<String>,
+    /// The whole environment the service gets from us.
+    pub environment: Vec<(String, String)>,
+    pub working_directory: String,
+    /// stdout and stderr are appended here.
+    pub log: String,
+    /// How long the service manager waits after SIGTERM before SIGKILL.
+    pub stop_timeout: Duration,
+    /// How long a start may take.
+    pub start_timeout: Duration,
+    pub restart_delay: Duration,
+    pub start_limit_interval: Duration,
+    pub start_limit_burst: u32,
+    pub throttle_interval: Duration,
+    /// The first line of every definition vmkeep writes; `disable` removes
+    /// only files that carry it, and `enable` overwrites only its own.
+    pub marker: String,
+}
+
+/// The service manager's stop timeout for an instance whose graceful-stop
+/// deadline is `stop_timeout`: the whole ladder (deadline, then QMP `quit`
+/// and its grace before SIGKILL) plus [`STOP_MARGIN`], in whole seconds,
+/// never shorter than the ladder.
+pub fn service_stop_timeout(stop_timeout: Duration) -> Duration {
+    let plan = Plan::new(stop_timeout);
+    ceil_secs(plan.deadline + plan.quit_grace + STOP_MARGIN)
+}
+
+/// The service manager's start timeout: the boot timeout plus [`START_MARGIN`].
+pub fn service_start_timeout(boot_timeout: Duration) -> Duration {
+    ceil_secs(boot_timeout + START_MARGIN)
+}
+
+fn ceil_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+/// The text that marks a definition as vmkeep's, naming the instance it runs.
+pub fn marker(instance: &InstanceDir) -> String {
+    format!(
+        "managed by vmkeep: instance {} in {}",
+        instance.name(),
+        instance.dir().display()
+    )
+}
+
+/// Whether `text` (a unit or plist) was written by vmkeep: it carries the
+/// marker prefix. Returns the marker line's instance part when it does.
+pub fn managed_marker(text: &str) -> Option<&str> {
+    text.lines()
+        .take(5)
+        .find_map(|line| line.split_once("managed by vmkeep: ").map(|(_, rest)| rest))
+        .map(|rest| rest.trim_end_matches("-->").trim())
+}
+
+/// A PATH for the service: the QEMU directory first, then the usual system
+/// directories (service managers start with a minimal PATH; launchd's lacks
+/// Homebrew's).
+pub fn service_path(qemu_dir: Option<&Path>) -> String {
+    let mut dirs: Vec<String> = Vec::new();
+    if let Some(dir) = qemu_dir {
+        dirs.push(dir.to_string_lossy().into_owned());
+    }
+    for dir in [
+        "/usr/local/sbin",
+        "/usr/local/bin",
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+    ] {
+        if !dirs.iter().any(|d| d == dir) {
+            dirs.push(dir.to_string());
+        }
+    }
+    dirs.join(":")
+}
+
+/// A user name a service may carry: what POSIX portable names allow.
+fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn text_of(what: &'static str, path: &Path) -> Result<String, SpecError> {
+    if !path.is_absolute() {
+        return Err(SpecError::Relative {
+            what,
+            path: path.into(),
+        });
+    }
+    match path.to_str() {
+        Some(text) if !text.contains(['\n', '\r']) => Ok(text.to_string()),
+        _ => Err(SpecError::Unrepresentable {
+            what,
+            path: path.into(),
+        }),
+    }
+}
+
+impl ServiceSpec {
+    pub fn new(inputs: &Inputs, options: Options) -> Result<ServiceSpec, SpecError> {
+        if !valid_user(&inputs.user) {
+            return Err(SpecError::BadUser(inputs.user.clone()));
+        }
+        let exe = text_of("the vmkeep binary", &inputs.exe)?;
+        let home = text_of("VMKEEP_HOME", &inputs.instances_root)?;
+        let cache = text_of("VMKEEP_CACHE_DIR", &inputs.cache_root)?;
+        let dir = text_of("the instance directory", inputs.instance.dir())?;
+        let path = service_path(inputs.qemu_dir.as_deref());
+        if path.contains(['\n', '\r']) {
+            return Err(SpecError::Unrepresentable {
+                what: "the QEMU directory",
+                path: inputs.qemu_dir.clone().unwrap_or_default(),
+            });
+        }
+        let start_timeout = service_start_timeout(inputs.boot_timeout);
+        Ok(ServiceSpec {
+            name: inputs.instance.name().clone(),
+            options,
+            user: inputs.user.clone(),
+            program_arguments: vec![
+                exe,
+                "start".into(),
+                inputs.instance.name().to_string(),
+                "--foreground".into(),
+            ],
+            environment: vec![
+                ("VMKEEP_HOME".into(), home),
+                ("VMKEEP_CACHE_DIR".into(), cache),
+                ("PATH".into(), path),
+            ],
+            log: format!("{dir}/{LOG_FILE}"),
+            working_directory: dir,
+            stop_timeout: service_stop_timeout(inputs.stop_timeout),
+            start_timeout,
+            restart_delay: RESTART_DELAY,
+            // A start that fails only at its timeout every time still trips
+            // the limit: the window holds `burst` whole attempts.
+            start_limit_interval: (start_timeout + RESTART_DELAY) * START_LIMIT_BURST,
+            start_limit_burst: START_LIMIT_BURST,
+            throttle_interval: THROTTLE_INTERVAL,
+            marker: marker(&inputs.instance),
+        })
+    }
+}
+
+/// The service's name (unit name without `.service`, or launchd label).
+pub fn service_name(manager: Manager, condition: Condition, user: &str, name: &str) -> String {
+    match (manager, condition) {
+        (Manager::Systemd, Condition::Login) => format!("vmkeep-{name}"),
+        (Manager::Systemd, Condition::Boot) => format!("vmkeep-{user}-{name}"),
+        (Manager::Launchd, Condition::Login) => format!("io.vmkeep.{name}"),
+        (Manager::Launchd, Condition::Boot) => format!("io.vmkeep.{user}.{name}"),
+    }
+}
+
+/// The file name of the definition: `NAME.service` or `LABEL.plist`.
+pub fn file_name(manager: Manager, condition: Condition, user: &str, name: &str) -> String {
+    let base = service_name(manager, condition, user, name);
+    match manager {
+        Manager::Systemd => format!("{base}.service"),
+        Manager::Launchd => format!("{base}.plist"),
+    }
+}
+
+/// The directory a definition goes to. `home` is the user's home directory;
+/// `xdg_config_home` is `$XDG_CONFIG_HOME` if set (systemd's user units).
+pub fn definition_dir(
+    manager: Manager,
+    condition: Condition,
+    home: &Path,
+    xdg_config_home: Option<&Path>,
+) -> PathBuf {
+    match (manager, condition) {
+        (Manager::Systemd, Condition::Login) => xdg_config_home
+            .filter(|p| p.is_absolute())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| home.join(".config"))
+            .join("systemd/user"),
+        (Manager::Systemd, Condition::Boot) => PathBuf::from("/etc/systemd/system"),
+        (Manager::Launchd, Condition::Login) => home.join("Library/LaunchAgents"),
+        (Manager::Launchd, Condition::Boot) => PathBuf::from("/Library/LaunchDaemons"),
+    }
+}
+
+/// Render `spec` for `manager`.
+pub fn render(manager: Manager, spec: &ServiceSpec) -> String {
+    match manager {
+        Manager::Systemd => systemd::render(spec),
+        Manager::Launchd => launchd::render(spec),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn inputs(stop: u64) -> Inputs {
+        Inputs {
+            instance: InstanceDir::new(Path::new("/home/ann/.vmkeep"), "dev".parse().unwrap())
+                .unwrap(),
+            instances_root: "/home/ann/.vmkeep".into(),
+            cache_root: "/home/ann/.cache/vmkeep".into(),
+            exe: "/opt/vmkeep/bin/vmkeep".into(),
+            qemu_dir: Some("/opt/homebrew/bin".into()),
+            user: "ann".into(),
+            stop_timeout: Duration::from_secs(stop),
+            boot_timeout: Duration::from_secs(180),
+        }
+    }
+
+    pub fn spec(condition: Condition, keep_alive: bool, stop: u64) -> ServiceSpec {
+        ServiceSpec::new(
+            &inputs(stop),
+            Options {
+                condition,
+                keep_alive,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_stop_timeout_covers_the_whole_ladder_plus_a_margin() {
+        for secs in [1, 6, 30, 90, 3600] {
+            let deadline = Duration::from_secs(secs);
+            let plan = Plan::new(deadline);
+            let service = service_stop_timeout(deadline);
+            assert!(
+                service >= plan.deadline + plan.quit_grace + STOP_MARGIN,
+                "{secs}s -> {service:?}"
+            );
+            assert_eq!(service.subsec_nanos(), 0);
+        }
+        assert_eq!(
+            service_stop_timeout(Duration::from_secs(30)),
+            Duration::from_secs(47)
+        );
+        // Fractions round up, never down.
+        assert_eq!(
+            service_stop_timeout(Duration::from_millis(1500)),
+            Duration::from_secs(19)
+        );
+    }
+
+    #[test]
+    fn the_spec_runs_the_foreground_agent_by_absolute_path_with_its_environment() {
+        let spec = spec(Condition::Login, true, 30);
+        assert_eq!(
+            spec.program_arguments,
+            ["/opt/vmkeep/bin/vmkeep", "start", "dev", "--foreground"]
+        );
+        let env: std::collections::HashMap<_, _> = spec.environment.iter().cloned().collect();
+        assert_eq!(env["VMKEEP_HOME"], "/home/ann/.vmkeep");
+        assert_eq!(env["VMKEEP_CACHE_DIR"], "/home/ann/.cache/vmkeep");
+        assert!(
+            env["PATH"].starts_with("/opt/homebrew/bin:"),
+            "{}",
+            env["PATH"]
+        );
+        assert!(env["PATH"].contains("/usr/bin"));
+        assert_eq!(spec.log, "/home/ann/.vmkeep/dev/autostart.log");
+        assert_eq!(spec.working_directory, "/home/ann/.vmkeep/dev");
+        assert_eq!(spec.start_timeout, Duration::from_secs(240));
+        assert!(spec.start_limit_interval >= spec.start_timeout * spec.start_limit_burst);
+    }
+
+    #[test]
+    fn relative_or_unwritable_paths_and_odd_users_are_refused() {
+        let options = Options {
+            condition: Condition::Login,
+            keep_alive: true,
+        };
+        let mut bad = inputs(30);
+        bad.exe = "target/debug/vmkeep".into();
+        let err = ServiceSpec::new(&bad, options).unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+        let mut bad = inputs(30);
+        bad.cache_root = "/tmp/a\nb".into();
+        assert!(matches!(
+            ServiceSpec::new(&bad, options),
+            Err(SpecError::Unrepresentable { .. })
+        ));
+        for user in ["", "-x", "a b", "a/b", "a\nb"] {
+            let mut bad = inputs(30);
+            bad.user = user.into();
+            assert!(
+                matches!(ServiceSpec::new(&bad, options), Err(SpecError::BadUser(_))),
+                "{user:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_and_directories_per_manager_and_condition() {
+        use Condition::*;
+        use Manager::*;
+        let home = Path::new("/home/ann");
+        let cases = [
+            (
+                Systemd,
+                Login,
+                "vmkeep-dev.service",
+                "/home/ann/.config/systemd/user",
+            ),
+            (
+                Systemd,
+                Boot,
+                "vmkeep-ann-dev.service",
+                "/etc/systemd/system",
+            ),
+            (
+                Launchd,
+                Login,
+                "io.vmkeep.dev.plist",
+                "/home/ann/Library/LaunchAgents",
+            ),
+            (
+                Launchd,
+                Boot,
+                "io.vmkeep.ann.dev.plist",
+                "/Library/LaunchDaemons",
+            ),
+        ];
+        for (manager, condition, file, dir) in cases {
+            assert_eq!(file_name(manager, condition, "ann", "dev"), file);
+            assert_eq!(
+                definition_dir(manager, condition, home, None),
+                Path::new(dir)
+            );
+        }
+        assert_eq!(
+            definition_dir(Systemd, Login, home, Some(Path::new("/x/cfg"))),
+            Path::new("/x/cfg/systemd/user")
+        );
+        // A relative XDG_CONFIG_HOME is ignored, as the XDG spec says.
+        assert_eq!(
+            definition_dir(Systemd, Login, home, Some(Path::new("cfg"))),
+            Path::new("/home/ann/.config/systemd/user")
+        );
+    }
+
+    #[test]
+    fn bad_conditions_and_managers_name_the_choices() {
+        let err = "foo".parse::<Condition>().unwrap_err();
+        assert!(err.contains("login") && err.contains("boot"), "{err}");
+        assert_eq!("boot".parse::<Condition>(), Ok(Condition::Boot));
+        let err = "upstart".parse::<Manager>().unwrap_err();
+        assert!(err.contains("systemd") && err.contains("launchd"), "{err}");
+    }
+
+    #[test]
+    fn the_marker_is_found_in_both_renderings() {
+        for manager in [Manager::Systemd, Manager::Launchd] {
+            let text = render(manager, &spec(Condition::Login, true, 30));
+            assert_eq!(
+                managed_marker(&text),
+                Some("instance dev in /home/ann/.vmkeep/dev"),
+                "{manager}:\n{text}"
+            );
+        }
+        assert_eq!(managed_marker("[Unit]\nDescription=mine\n"), None);
+    }
+
+    #[test]
+    fn the_path_puts_qemu_first_without_duplicates() {
+        assert_eq!(
+            service_path(Some(Path::new("/usr/bin"))),
+            "/usr/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/sbin:/bin"
+        );
+        assert!(service_path(None).starts_with("/usr/local/sbin:"));
+    }
+}

@@ -1,0 +1,95 @@
+//! `autostart.json` in the instance directory: what `enable` registered, so
+//! that `status`, `start`, `stop` and `delete` know without asking the
+//! service manager. Written atomically; unknown fields are tolerated.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, Manager};
+use crate::instance::InstanceDir;
+
+pub const FILE: &str = "autostart.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub manager: Manager,
+    pub condition: Condition,
+    pub keep_alive: bool,
+    /// systemd unit name (`vmkeep-dev.service`) or launchd label.
+    pub service: String,
+    /// Where the definition was written.
+    pub path: PathBuf,
+    /// The user the service runs as.
+    pub user: String,
+    /// Whether the service manager was asked to enable (load) it; false for
+    /// `--write-only`.
+    pub loaded: bool,
+    /// RFC 3339.
+    pub enabled_at: String,
+}
+
+pub fn path(dir: &InstanceDir) -> PathBuf {
+    dir.dir().join(FILE)
+}
+
+/// The record, if autostart is enabled for this instance.
+pub fn load(dir: &InstanceDir) -> io::Result<Option<Record>> {
+    load_from(&path(dir))
+}
+
+fn load_from(path: &Path) -> io::Result<Option<Record>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a valid autostart record: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn save(dir: &InstanceDir, record: &Record) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    crate::os::fs::write_atomic(&path(dir), &bytes, 0o600)
+}
+
+pub fn remove(dir: &InstanceDir) -> io::Result<()> {
+    crate::os::fs::remove_file_if_exists(&path(dir)).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_and_tolerates_unknown_fields() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = InstanceDir::new(tmp.path(), "dev".parse().unwrap()).unwrap();
+        std::fs::create_dir(dir.dir()).unwrap();
+        assert_eq!(load(&dir).unwrap(), None);
+        let record = Record {
+            manager: Manager::Systemd,
+            condition: Condition::Boot,
+            keep_alive: false,
+            service: "vmkeep-ann-dev.service".into(),
+            path: "/etc/systemd/system/vmkeep-ann-dev.service".into(),
+            user: "ann".into(),
+            loaded: true,
+            enabled_at: "2025-01-01T00:00:00Z".into(),
+        };
+        save(&dir, &record).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(record.clone()));
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path(&dir)).unwrap()).unwrap();
+        json["added_later"] = 1.into();
+        std::fs::write(path(&dir), json.to_string()).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(record));
+        remove(&dir).unwrap();
+        assert_eq!(load(&dir).unwrap(), None);
+    }
+}

@@ -1,0 +1,330 @@
+//! The platform service manager (systemd, launchd) and the user database:
+//! detection, `systemctl` / `launchctl` calls through [`Tool`], and writing
+//! service definitions. What to write is decided in `crate::autostart`.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::tool::{Tool, ToolError};
+
+/// Where systemd, when it runs as the init system, marks its presence
+/// (what `sd_booted()` checks).
+pub const SYSTEMD_RUNTIME_DIR: &str = "/run/systemd/system";
+
+/// A directory that stands in for [`SYSTEMD_RUNTIME_DIR`]: tests set it,
+/// with a fake `systemctl` first in PATH, to exercise the paths that need a
+/// running systemd on machines without one.
+pub const SYSTEMD_RUNTIME_DIR_ENV: &str = "VMKEEP_TEST_SYSTEMD_RUNTIME_DIR";
+
+/// Whether systemd runs as the init system (PID 1).
+pub fn systemd_running() -> bool {
+    std::env::var_os(SYSTEMD_RUNTIME_DIR_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(SYSTEMD_RUNTIME_DIR))
+        .is_dir()
+}
+
+/// Whether launchd is the service manager (macOS).
+pub fn launchd_running() -> bool {
+    cfg!(target_os = "macos") && Path::new("/bin/launchctl").exists()
+}
+
+/// The load and activity state of a systemd unit (`systemctl show`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnitState {
+    /// `loaded`, `not-found`, `masked`, ...
+    pub load: String,
+    /// `active`, `inactive`, `activating`, `deactivating`, `failed`, ...
+    pub active: String,
+    /// `running`, `dead`, `auto-restart`, ...
+    pub sub: String,
+    /// `enabled`, `disabled`, ...
+    pub unit_file: String,
+}
+
+impl UnitState {
+    /// Parse `systemctl show --property=LoadState,ActiveState,SubState,UnitFileState`.
+    pub fn parse(text: &str) -> UnitState {
+        let mut state = UnitState::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().to_string();
+            match key.trim() {
+                "LoadState" => state.load = value,
+                "ActiveState" => state.active = value,
+                "SubState" => state.sub = value,
+                "UnitFileState" => state.unit_file = value,
+                _ => {}
+            }
+        }
+        state
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.load == "loaded"
+    }
+
+    /// The service has a process, or is about to (a pending restart counts:
+    /// stopping the unit cancels it).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.active.as_str(),
+            "active" | "activating" | "deactivating" | "reloading"
+        )
+    }
+}
+
+/// `systemctl`, for the user's manager (`--user`) or the system's.
+#[derive(Debug, Clone, Copy)]
+pub struct Systemctl {
+    pub user: bool,
+}
+
+impl Systemctl {
+    fn tool(&self) -> Tool {
+        let tool = Tool::new(
+            "systemctl",
+            "install systemd (Debian: apt-get install systemd), or use --dry-run",
+        );
+        if self.user { tool.arg("--user") } else { tool }
+    }
+
+    pub fn daemon_reload(&self) -> Result<(), ToolError> {
+        self.tool().arg("daemon-reload").output().map(drop)
+    }
+
+    pub fn enable(&self, unit: &str) -> Result<(), ToolError> {
+        self.tool().args(["enable", unit]).output().map(drop)
+    }
+
+    pub fn disable(&self, unit: &str) -> Result<(), ToolError> {
+        self.tool().args(["disable", unit]).output().map(drop)
+    }
+
+    /// Start the unit (returns once systemd has started its main process).
+    pub fn start(&self, unit: &str) -> Result<(), ToolError> {
+        self.tool().args(["start", unit]).output().map(drop)
+    }
+
+    /// Stop the unit and wait until it is stopped (up to its TimeoutStopSec);
+    /// also cancels a pending keep-alive restart.
+    pub fn stop(&self, unit: &str) -> Result<(), ToolError> {
+        self.tool().args(["stop", unit]).output().map(drop)
+    }
+
+    pub fn show(&self, unit: &str) -> Result<UnitState, ToolError> {
+        self.tool()
+            .args([
+                "show",
+                "--property=LoadState,ActiveState,SubState,UnitFileState",
+                unit,
+            ])
+            .output_text()
+            .map(|text| UnitState::parse(&text))
+    }
+}
+
+/// `launchctl` in one domain: `gui/UID` (LaunchAgents) or `system` (LaunchDaemons).
+#[derive(Debug, Clone)]
+pub struct Launchctl {
+    pub domain: String,
+}
+
+impl Launchctl {
+    fn tool(&self) -> Tool {
+        Tool::new("launchctl", "launchctl is part of macOS")
+    }
+
+    fn target(&self, label: &str) -> String {
+        format!("{}/{label}", self.domain)
+    }
+
+    /// Load a plist into the domain (with RunAtLoad, this starts the job).
+    pub fn bootstrap(&self, plist: &Path) -> Result<(), ToolError> {
+        self.tool()
+            .arg("bootstrap")
+            .arg(&self.domain)
+            .arg(plist)
+            .output()
+            .map(drop)
+    }
+
+    /// Unload the job (launchd sends it SIGTERM, SIGKILL after ExitTimeOut).
+    pub fn bootout(&self, label: &str) -> Result<(), ToolError> {
+        self.tool()
+            .args(["bootout", &self.target(label)])
+            .output()
+            .map(drop)
+    }
+
+    /// Start a loaded job now.
+    pub fn kickstart(&self, label: &str) -> Result<(), ToolError> {
+        self.tool()
+            .args(["kickstart", &self.target(label)])
+            .output()
+            .map(drop)
+    }
+
+    /// Send SIGTERM to the job's process (the host agent runs its stop
+    /// ladder and exits 0, so `SuccessfulExit: false` does not relaunch it).
+    pub fn terminate(&self, label: &str) -> Result<(), ToolError> {
+        self.tool()
+            .args(["kill", "SIGTERM", &self.target(label)])
+            .output()
+            .map(drop)
+    }
+
+    /// Whether the job is loaded in the domain.
+    pub fn is_loaded(&self, label: &str) -> bool {
+        self.tool()
+            .args(["print", &self.target(label)])
+            .output()
+            .is_ok()
+    }
+}
+
+/// A user from the user database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: u32,
+    pub home: PathBuf,
+}
+
+/// The user this process runs as (effective uid).
+pub fn current_user() -> io::Result<User> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    lookup_user(|pwd, buf, result| {
+        // SAFETY: pwd, buf and result point to live storage of the given sizes.
+        unsafe { libc::getpwuid_r(uid, pwd, buf.as_mut_ptr(), buf.len(), result) }
+    })?
+    .ok_or_else(|| io::Error::other(format!("uid {uid} is not in the user database")))
+}
+
+/// The user named `name`, if there is one.
+pub fn user_by_name(name: &str) -> io::Result<Option<User>> {
+    let Ok(c_name) = CString::new(name) else {
+        return Ok(None);
+    };
+    lookup_user(|pwd, buf, result| {
+        // SAFETY: c_name is NUL-terminated; the other pointers are live storage.
+        unsafe { libc::getpwnam_r(c_name.as_ptr(), pwd, buf.as_mut_ptr(), buf.len(), result) }
+    })
+}
+
+fn lookup_user(
+    call: impl Fn(&mut libc::passwd, &mut Vec<libc::c_char>, &mut *mut libc::passwd) -> libc::c_int,
+) -> io::Result<Option<User>> {
+    let mut buf: Vec<libc::c_char> = vec![0; 4096];
+    loop {
+        // SAFETY: passwd is plain data; an all-zero value is valid to pass as output.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = call(&mut pwd, &mut buf, &mut result);
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        if result.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: on success pw_name and pw_dir point to NUL-terminated strings in buf.
+        let (name, home) = unsafe {
+            (
+                CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
+                PathBuf::from(CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned()),
+            )
+        };
+        return Ok(Some(User {
+            name,
+            uid: pwd.pw_uid,
+            home,
+        }));
+    }
+}
+
+/// The first directory of `$PATH` holding an executable `program`.
+pub fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
+        .find(|dir| is_executable(&dir.join(program)))
+}
+
+fn is_executable(path: &Path) -> bool {
+    rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_ok() && path.is_file()
+}
+
+/// Whether this process may create or replace files in `dir` (or, if it does
+/// not exist yet, in its nearest existing ancestor).
+pub fn may_write_in(dir: &Path) -> bool {
+    let mut probe = Some(dir);
+    while let Some(p) = probe {
+        if p.exists() {
+            return rustix::fs::access(p, rustix::fs::Access::WRITE_OK).is_ok();
+        }
+        probe = p.parent();
+    }
+    false
+}
+
+/// Write a service definition (mode 0644: service managers read it as
+/// another user), creating its directory if needed.
+pub fn write_definition(path: &Path, text: &str) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    super::fs::write_atomic(path, text.as_bytes(), 0o644)
+}
+
+/// Remove a service definition; one that is already gone is not an error.
+pub fn remove_definition(path: &Path) -> io::Result<bool> {
+    super::fs::remove_file_if_exists(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_state_parses_systemctl_show() {
+        let state = UnitState::parse(
+            "LoadState=loaded\nActiveState=activating\nSubState=auto-restart\nUnitFileState=enabled\n",
+        );
+        assert!(state.is_loaded());
+        assert!(state.is_active(), "a pending restart counts as active");
+        assert_eq!(state.unit_file, "enabled");
+        let gone = UnitState::parse("LoadState=not-found\nActiveState=inactive\nSubState=dead\n");
+        assert!(!gone.is_loaded() && !gone.is_active());
+        assert_eq!(UnitState::parse("garbage"), UnitState::default());
+    }
+
+    #[test]
+    fn the_current_user_is_in_the_user_database() {
+        let me = current_user().unwrap();
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(me.uid, unsafe { libc::geteuid() });
+        assert_eq!(user_by_name(&me.name).unwrap(), Some(me));
+        assert_eq!(user_by_name("vmkeep-no-such-user").unwrap(), None);
+    }
+
+    #[test]
+    fn programs_are_found_in_path() {
+        assert!(find_in_path("sh").is_some());
+        assert_eq!(find_in_path("vmkeep-no-such-program"), None);
+    }
+
+    #[test]
+    fn writability_is_judged_by_the_nearest_existing_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(may_write_in(&tmp.path().join("a/b/c")));
+    }
+}
