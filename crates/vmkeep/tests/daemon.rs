@@ -73,6 +73,9 @@ fn vm_daemon_policies_after_qemu_is_killed() {
     for policy in POLICIES {
         env.qemu(policy).unwrap().kill().unwrap();
     }
+    for policy in POLICIES {
+        env.wait_event(policy, "stopped", 0, SETTLE);
+    }
     settle(
         &env,
         &[
@@ -95,6 +98,9 @@ fn vm_daemon_policies_after_the_host_agent_is_killed() {
     let before = boot_ids(&env);
     for policy in POLICIES {
         env.agent(policy).unwrap().kill().unwrap();
+    }
+    for policy in POLICIES {
+        env.wait_event(policy, "adopted", 0, SETTLE);
     }
     // Every policy keeps a VM that is still running: adopted, not rebooted.
     settle(
@@ -122,6 +128,9 @@ fn vm_daemon_policies_after_the_guest_powers_off() {
             &["shell", policy, "--", "poweroff", "-f"],
             Duration::from_secs(30),
         );
+    }
+    for policy in POLICIES {
+        env.wait_event(policy, "stopped", 0, SETTLE);
     }
     settle(
         &env,
@@ -157,7 +166,9 @@ fn vm_daemon_policies_after_vmkeep_stop() {
     }
     // `start` is the other half of the desired state: the daemon keeps it up.
     env.ok(&["start", "always"]);
+    let restarts = env.count_events("always", "restarting");
     env.qemu("always").unwrap().kill().unwrap();
+    env.wait_event("always", "restarting", restarts, SETTLE);
     settle(&env, &[("always", "Running")]);
     stop_daemon(&env, daemon);
 }
@@ -217,7 +228,7 @@ fn vm_daemon_gives_up_on_a_crash_loop_and_stays_healthy() {
     // The daemon is still supervising the healthy one.
     env.wait_status("fine", "Running", BOOT);
     env.qemu("fine").unwrap().kill().unwrap();
-    env.wait_status("fine", "Starting", SETTLE);
+    env.wait_event("fine", "restarting", 0, SETTLE);
     env.wait_status("fine", "Running", BOOT);
     assert_eq!(
         env.count_events("loop", "starting"),
@@ -248,6 +259,7 @@ fn vm_daemon_killed_and_restarted_supervises_again_without_reboots() {
     );
     // Supervised again: a crash is restarted.
     env.qemu("one").unwrap().kill().unwrap();
+    env.wait_event("one", "restarting", 0, SETTLE);
     settle(&env, &[("one", "Running"), ("two", "Running")]);
     assert_ne!(env.boot_id("one"), ids.0);
     assert_eq!(env.boot_id("two"), ids.1);
@@ -274,4 +286,66 @@ fn vm_daemon_sigterm_stops_all_vms_in_parallel() {
         assert_eq!(env.last_stopped(name)["reason"], "requested", "{name}");
     }
     eprintln!("4 VMs stopped in {took:?}");
+}
+
+#[test]
+fn daemon_install_dry_run_prints_a_unit_that_systemd_accepts() {
+    let env = TestEnv::new();
+    env.create("slow", "runStrategy: always\nstopTimeout: 100s\n");
+    env.create("other", "stopTimeout: 500s\n"); // not supervised: not counted
+    let before: Vec<_> = std::fs::read_dir(env.home())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let run = env
+        .command(&["daemon", "install", "--dry-run"])
+        .env("HOME", env.home())
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(
+        text.contains(".config/systemd/user/vmkeep-daemon.service"),
+        "{text}"
+    );
+    // 100 s deadline + 2 s quit grace + 15 s margin.
+    assert!(text.contains("TimeoutStopSec=117s\n"), "{text}");
+    let exe = std::path::Path::new(common::VMKEEP).canonicalize().unwrap();
+    assert!(
+        text.contains(&format!("ExecStart={} daemon\n", exe.display())),
+        "{text}"
+    );
+    let after: Vec<_> = std::fs::read_dir(env.home())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(before, after, "--dry-run changes nothing");
+
+    let units = tempfile::tempdir().unwrap();
+    let unit: String = text
+        .lines()
+        .filter(|l| !l.starts_with("# would write") && !l.starts_with("# then"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = units.path().join("vmkeep-daemon.service");
+    std::fs::write(&path, unit).unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["--user", "verify", "--man=no"])
+        .arg(&path)
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .output()
+        .expect("systemd-analyze (scripts/setup-host installs systemd)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(verify.status.success() && said.trim().is_empty(), "{said}");
 }

@@ -83,24 +83,24 @@ pub fn render(spec: &ServiceSpec) -> String {
     unit
 }
 
-fn secs(d: Duration) -> String {
+pub(crate) fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs())
 }
 
 /// `%` starts a specifier in almost every setting; `%%` is a literal `%`.
-fn specifiers(text: &str) -> String {
+pub(crate) fn specifiers(text: &str) -> String {
     text.replace('%', "%%")
 }
 
 /// A double-quoted value with C-style escapes (Environment=, ExecStart=).
-fn quoted(text: &str) -> String {
+pub(crate) fn quoted(text: &str) -> String {
     let escaped = specifiers(text).replace('\\', "\\\\").replace('"', "\\\"");
     format!("\"{escaped}\"")
 }
 
 /// One word of ExecStart=: `$` would expand a variable, so it is doubled;
 /// words with blanks, quotes or backslashes are quoted.
-fn exec_word(word: &str) -> String {
+pub(crate) fn exec_word(word: &str) -> String {
     let word = word.replace('$', "$$");
     if word.is_empty() || word.contains([' ', '\t', '"', '\'', '\\', ';']) {
         quoted(&word)

@@ -131,6 +131,8 @@ pub struct HostagentArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
+    #[command(subcommand)]
+    pub action: Option<DaemonAction>,
     /// Starts allowed within --start-limit-interval before the daemon gives up on an instance.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub start_limit_burst: u32,
@@ -143,6 +145,16 @@ pub struct DaemonArgs {
     /// Longest delay between restarts.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub restart_delay_max: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonAction {
+    /// Install and start the daemon as a systemd user unit (stop timeout from the longest stopTimeout).
+    Install {
+        /// Print the unit and where it would go; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]

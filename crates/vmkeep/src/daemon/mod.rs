@@ -14,6 +14,7 @@
 //!   for them together, under one deadline: the slowest stop, not the sum.
 
 pub mod policy;
+pub mod unit;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

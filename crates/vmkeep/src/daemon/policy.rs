@@ -99,6 +99,8 @@ pub fn should_run(
         RunStrategy::Always => true,
         RunStrategy::OnFailure => match last {
             _ if last.is_failure() => true,
+            // KubeVirt's RerunOnFailure: started at first, rerun on failure.
+            LastRun::Never => true,
             // A stop nobody asked for through vmkeep (a host shutdown, or the
             // daemon's own stop at its exit) while the user wanted it running:
             // bring it back when the daemon comes up again, as a service
@@ -273,7 +275,8 @@ mod tests {
             (OnFailure, GuestPoweroff, true, false),
             (OnFailure, Requested, true, false),
             (OnFailure, Requested, false, true),
-            (OnFailure, Never, false, false),
+            (OnFailure, Never, false, true),
+            (Manual, Never, false, false),
             (Manual, Crashed, true, false),
             (Manual, Unclean, false, false),
             (Halted, Crashed, true, false),

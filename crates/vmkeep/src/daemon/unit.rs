@@ -1,0 +1,106 @@
+//! The daemon's own systemd unit, rendered purely. Same rules as the
+//! autostart units: absolute paths, the environment it needs, SIGTERM only
+//! to the daemon (`KillMode=mixed`; it stops every VM in parallel), and a
+//! stop timeout derived from the longest instance deadline.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::autostart::systemd::{exec_word, quoted, secs, specifiers};
+use crate::autostart::{service_path, service_stop_timeout};
+
+/// The unit's file name.
+pub const UNIT_NAME: &str = "vmkeep-daemon.service";
+
+/// What the unit is made from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonUnit {
+    /// The `vmkeep` binary (absolute).
+    pub exe: PathBuf,
+    pub instances_root: PathBuf,
+    pub cache_root: PathBuf,
+    pub qemu_dir: Option<PathBuf>,
+    /// The longest `stopTimeout` among supervised instances.
+    pub longest_stop_timeout: Duration,
+}
+
+/// Render the unit text.
+pub fn render(unit: &DaemonUnit) -> String {
+    let home = unit.instances_root.display().to_string();
+    let mut text = String::new();
+    let w = &mut text;
+    let _ = writeln!(w, "# managed by vmkeep: daemon for {home}");
+    let _ = writeln!(
+        w,
+        "# Written by `vmkeep daemon install`; re-run it after raising an instance's stopTimeout."
+    );
+    let _ = writeln!(w, "[Unit]");
+    let _ = writeln!(w, "Description=vmkeep daemon for {}", specifiers(&home));
+    let _ = writeln!(w, "StartLimitIntervalSec=300");
+    let _ = writeln!(w, "StartLimitBurst=5");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "[Service]");
+    let _ = writeln!(w, "Type=simple");
+    let exe = exec_word(&unit.exe.display().to_string());
+    let _ = writeln!(w, "ExecStart={exe} daemon");
+    for (key, value) in [
+        ("VMKEEP_HOME", home.clone()),
+        ("VMKEEP_CACHE_DIR", unit.cache_root.display().to_string()),
+        ("PATH", service_path(unit.qemu_dir.as_deref())),
+    ] {
+        let _ = writeln!(w, "Environment={}", quoted(&format!("{key}={value}")));
+    }
+    let log = specifiers(&format!("{home}/daemon.log"));
+    let _ = writeln!(w, "StandardOutput=append:{log}");
+    let _ = writeln!(w, "StandardError=append:{log}");
+    let _ = writeln!(w, "KillMode=mixed");
+    let _ = writeln!(w, "KillSignal=SIGTERM");
+    let _ = writeln!(
+        w,
+        "TimeoutStopSec={}",
+        secs(service_stop_timeout(unit.longest_stop_timeout))
+    );
+    let _ = writeln!(w, "Restart=on-failure");
+    let _ = writeln!(w, "RestartSec=5s");
+    let _ = writeln!(w);
+    let _ = writeln!(w, "[Install]");
+    let _ = writeln!(w, "WantedBy=default.target");
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(longest: u64) -> DaemonUnit {
+        DaemonUnit {
+            exe: "/opt/vm keep/vmkeep".into(),
+            instances_root: "/home/u/.vmkeep".into(),
+            cache_root: "/home/u/.cache/vmkeep".into(),
+            qemu_dir: Some("/usr/bin".into()),
+            longest_stop_timeout: Duration::from_secs(longest),
+        }
+    }
+
+    #[test]
+    fn the_unit_runs_the_daemon_by_absolute_path_with_its_environment() {
+        let text = render(&unit(30));
+        assert!(text.starts_with("# managed by vmkeep: daemon for /home/u/.vmkeep\n"));
+        assert!(
+            text.contains("ExecStart=\"/opt/vm keep/vmkeep\" daemon\n"),
+            "{text}"
+        );
+        assert!(text.contains("Environment=\"VMKEEP_HOME=/home/u/.vmkeep\"\n"));
+        assert!(text.contains("Environment=\"PATH=/usr/bin:"));
+        assert!(text.contains("KillMode=mixed\n"));
+        assert!(text.contains("Restart=on-failure\n"));
+    }
+
+    #[test]
+    fn the_stop_timeout_covers_the_longest_instance_ladder() {
+        // 30 s deadline + 2 s quit grace + 15 s margin.
+        assert!(render(&unit(30)).contains("TimeoutStopSec=47s\n"));
+        assert!(render(&unit(300)).contains("TimeoutStopSec=317s\n"));
+    }
+}
