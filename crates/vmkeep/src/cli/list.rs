@@ -5,9 +5,9 @@ use serde::Serialize;
 
 use super::ListArgs;
 use crate::home;
-use crate::instance::observe::observe;
+use crate::instance::observe::observe_with_config;
 use crate::instance::status::{self, Status};
-use crate::instance::{Config, InstanceDir, InstanceName};
+use crate::instance::{InstanceDir, InstanceName};
 
 #[derive(Debug, Serialize)]
 struct Row {
@@ -109,7 +109,7 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Row {
     if !dir.dir().is_dir() {
         return row;
     }
-    let seen = match observe(&dir) {
+    let (seen, config) = match observe_with_config(&dir) {
         Ok(seen) => seen,
         Err(e) => {
             row.status = "Broken";
@@ -134,7 +134,7 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Row {
             repairable: broken.repairable(),
         });
     }
-    if let Ok(config) = Config::load(&dir.config()) {
+    if let Some(config) = config {
         row.cpus = Some(config.cpus.0);
         row.memory = Some(config.memory.0.to_string());
         row.disk = Some(config.disk.0.to_string());

@@ -11,11 +11,20 @@ use crate::os;
 
 /// Look at an instance without talking to its host agent.
 pub fn observe(dir: &InstanceDir) -> io::Result<Observations> {
+    observe_with_config(dir).map(|(seen, _)| seen)
+}
+
+/// [`observe`], also returning the config when it is valid (parsed once).
+pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Option<Config>)> {
     let pid_of = |path: &std::path::Path| -> io::Result<Option<u32>> {
         Ok(os::lock::holder(path)?.map(|pid| pid.as_raw_nonzero().get() as u32))
     };
+    let mut loaded = None;
     let config = match Config::load(&dir.config()) {
-        Ok(_) => ConfigState::Valid,
+        Ok(config) => {
+            loaded = Some(config);
+            ConfigState::Valid
+        }
         Err(crate::instance::config::ConfigError::Read { source, .. })
             if source.kind() == io::ErrorKind::NotFound =>
         {
@@ -25,7 +34,7 @@ pub fn observe(dir: &InstanceDir) -> io::Result<Observations> {
             message: e.to_string(),
         },
     };
-    Ok(Observations {
+    let seen = Observations {
         config,
         disk_present: dir.disk().exists(),
         agent_pid: pid_of(&dir.agent_lock())?,
@@ -33,7 +42,8 @@ pub fn observe(dir: &InstanceDir) -> io::Result<Observations> {
         runtime_files: runtime_files(dir)?,
         last_event: journal::last(&dir.journal()).unwrap_or(None),
         api: ApiState::NotAsked,
-    })
+    };
+    Ok((seen, loaded))
 }
 
 /// Names of the runtime files present, sorted (read_dir + suffix match).
