@@ -6,6 +6,7 @@
 //! [`stop_ladder`].
 
 pub mod cli;
+pub mod cloudinit;
 pub mod driver;
 pub mod guest_link;
 pub mod home;
@@ -15,4 +16,5 @@ pub mod instance;
 pub mod journal;
 pub mod line_rpc;
 pub mod os;
+pub mod sshkeys;
 pub mod stop_ladder;
