@@ -5,7 +5,10 @@
 //! Cache layout under `cache_root`:
 //! ```text
 //! images/<key>/data           the complete, verified file (never partial)
-//! images/<key>/data.partial   an interrupted fetch, resumed by the next one
+//! images/<key>/data.partial-<source>
+//!                             an interrupted fetch from one source (a hash
+//!                             of its location), resumed by the next fetch
+//!                             from that same source only
 //! images/<key>/location       where it came from (for humans)
 //! images/<key>/lock           held while one process fetches
 //! ```
@@ -134,7 +137,9 @@ pub fn fetch(
         format!("{location}\n").as_bytes(),
         0o644,
     );
-    let partial = dir.join("data.partial");
+    // A partial file only ever continues with bytes of the same source.
+    let source_id = &hex::encode(Sha256::digest(location.to_string().as_bytes()))[..16];
+    let partial = dir.join(format!("data.partial-{source_id}"));
     let stall = stall_timeout();
     let mut last_error = None;
     for attempt in 0..ATTEMPTS {
@@ -545,8 +550,11 @@ mod tests {
             .join("images")
             .join(cache_key(&location, Some(&digest)));
         std::fs::create_dir_all(&entry).unwrap();
-        // Written by an interrupted fetch (content differs, to see it was kept).
-        std::fs::write(entry.join("data.partial"), "01234").unwrap();
+        // Written by an interrupted fetch from the same source.
+        let source_id = &hex::encode(Sha256::digest(location.to_string().as_bytes()))[..16];
+        std::fs::write(entry.join(format!("data.partial-{source_id}")), "01234").unwrap();
+        // One from another source with the same digest is not mixed in.
+        std::fs::write(entry.join("data.partial-0000000000000000"), "xxxxxxx").unwrap();
         struct Start(u64);
         impl Progress for Start {
             fn begin(&mut self, _: &str, _: Option<u64>, resumed_at: u64) {
