@@ -163,11 +163,53 @@ fn run_service() -> ! {
     };
     log!("listening on {}", channel.path().display());
     let channel = agent.set_channel(channel);
-    agent.announce_ready();
+    // "Ready" means usable: in a cloud image, only once cloud-init finished
+    // (users, keys, provision scripts). Serve meanwhile, so the host's
+    // `hello` learns "not ready yet" instead of hearing nothing.
+    let waiter = std::thread::Builder::new()
+        .name("cloud-init-wait".into())
+        .spawn(move || {
+            wait_for_cloud_init(agent);
+            agent.announce_ready();
+        });
+    if let Err(e) = waiter {
+        log!("cannot start the cloud-init waiter ({e}); ready now");
+        agent.announce_ready();
+    }
     channel.serve(
         |line| agent.handle_line(line),
         || log!("dropped a request line over the size limit"),
     )
+}
+
+/// Wait until cloud-init (if the guest has it) has finished this boot.
+/// Its verdict is logged; an error in a user's provision script still ends
+/// the wait (the guest is usable, and the host agent's log says what failed).
+fn wait_for_cloud_init(agent: &Agent) {
+    let Some(cloud_init) = ["/usr/bin/cloud-init", "/usr/local/bin/cloud-init"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+    else {
+        return;
+    };
+    log!("waiting for cloud-init to finish");
+    loop {
+        match agent.run_tool(&[cloud_init, "status", "--wait"]) {
+            Ok(result) => {
+                let said = String::from_utf8_lossy(&result.stdout);
+                log!(
+                    "cloud-init finished (exit {}): {}",
+                    result.exit_code,
+                    said.trim().replace('\n', "; ")
+                );
+                return;
+            }
+            Err(e) => {
+                log!("cannot run `cloud-init status --wait`: {e}; retrying");
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// The agent's own environment, lossily as text (the kernel hands unknown

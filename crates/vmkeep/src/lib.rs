@@ -7,6 +7,7 @@
 
 pub mod autostart;
 pub mod cli;
+pub mod cloudinit;
 pub mod daemon;
 pub mod driver;
 pub mod guest_link;
@@ -17,4 +18,5 @@ pub mod instance;
 pub mod journal;
 pub mod line_rpc;
 pub mod os;
+pub mod sshkeys;
 pub mod stop_ladder;

@@ -20,6 +20,8 @@ struct Row {
     cpus: Option<u32>,
     memory: Option<String>,
     disk: Option<String>,
+    /// Loopback port forwarded to the guest's ssh (running cloud images).
+    ssh_port: Option<u16>,
     dir: String,
 }
 
@@ -90,6 +92,7 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Row {
         cpus: None,
         memory: None,
         disk: None,
+        ssh_port: None,
         dir: String::new(),
     };
     let dir = match InstanceDir::new(root, name.clone()) {
@@ -126,6 +129,9 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Row {
     row.status = status.word();
     row.agent_pid = seen.agent_pid;
     row.qemu_pid = seen.qemu_pid;
+    if status == Status::Running {
+        row.ssh_port = crate::image::cloud::ssh_port(&dir);
+    }
     if let Status::Broken(broken) = &status {
         row.reason = Some(Reason {
             code: broken.code(),
@@ -145,13 +151,13 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Row {
 fn print_table(rows: &[Row]) {
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     println!(
-        "{:width$}  {:9} {:>4}  {:>7}  {:>7}  {:>8}",
-        "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "PID"
+        "{:width$}  {:9} {:>4}  {:>7}  {:>7}  {:>8}  {:>5}",
+        "NAME", "STATUS", "CPUS", "MEMORY", "DISK", "PID", "SSH"
     );
     for row in rows {
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
         println!(
-            "{:width$}  {:9} {:>4}  {:>7}  {:>7}  {:>8}",
+            "{:width$}  {:9} {:>4}  {:>7}  {:>7}  {:>8}  {:>5}",
             row.name,
             row.status,
             row.cpus
@@ -161,6 +167,9 @@ fn print_table(rows: &[Row]) {
             opt(&row.disk),
             row.agent_pid
                 .or(row.qemu_pid)
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            row.ssh_port
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
         );

@@ -10,6 +10,7 @@ mod hostagent;
 mod list;
 mod progress;
 mod shell;
+mod ssh;
 mod start;
 mod stop;
 mod util;
@@ -45,7 +46,10 @@ pub enum Verb {
     #[command(alias = "ls")]
     List(ListArgs),
     /// Run a command in a running instance; its exit code becomes vmkeep's.
+    /// Cloud images: an ssh session as the instance's user (interactive without a command).
     Shell(ShellArgs),
+    /// Print an ssh config block for a running cloud-image instance.
+    SshConfig(SshConfigArgs),
     /// Delete an instance and its disk.
     #[command(alias = "rm")]
     Delete(DeleteArgs),
@@ -64,8 +68,9 @@ pub enum Verb {
 pub struct CreateArgs {
     /// Instance name: ASCII letters, digits, '-' and '_'.
     pub name: InstanceName,
-    /// YAML config to create it from (default: the built-in tiny image template).
-    #[arg(long, value_name = "FILE")]
+    /// YAML config to create it from, or a built-in template: tiny (the
+    /// default, offline), debian-12, ubuntu-24.04, fedora-42.
+    #[arg(long, value_name = "FILE|NAME")]
     pub template: Option<PathBuf>,
 }
 
@@ -103,12 +108,19 @@ pub struct ListArgs {
 pub struct ShellArgs {
     /// Instance name.
     pub name: InstanceName,
-    /// Command and arguments to run in the guest (after `--`).
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// Command and arguments to run in the guest (after `--`). Required for
+    /// the tiny image; cloud images open an interactive ssh session without one.
+    #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
     /// Working directory in the guest.
     #[arg(long)]
     pub workdir: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SshConfigArgs {
+    /// Instance name.
+    pub name: InstanceName,
 }
 
 #[derive(Debug, clap::Args)]
@@ -185,6 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Verb::Stop(args) => stop::run(args),
         Verb::List(args) => list::run(args),
         Verb::Shell(args) => shell::run(args),
+        Verb::SshConfig(args) => ssh::print_config(&args.name),
         Verb::Delete(args) => delete::run(args),
         Verb::Daemon(args) => daemon::run(args),
         Verb::Events(args) => events::run(args),

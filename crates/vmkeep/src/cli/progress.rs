@@ -43,3 +43,65 @@ impl Drop for Progress {
         self.finish();
     }
 }
+
+/// Download progress: a bar with bytes, rate and ETA on a terminal; on
+/// anything else one line when a fetch begins and one when it ends.
+pub struct DownloadProgress {
+    terminal: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl DownloadProgress {
+    pub fn new() -> DownloadProgress {
+        DownloadProgress {
+            terminal: std::io::stderr().is_terminal(),
+            bar: None,
+        }
+    }
+}
+
+impl crate::image::download::Progress for DownloadProgress {
+    fn begin(&mut self, what: &str, total: Option<u64>, resumed_at: u64) {
+        let resumed = if resumed_at > 0 {
+            format!(", resuming at {}", indicatif::HumanBytes(resumed_at))
+        } else {
+            String::new()
+        };
+        if !self.terminal {
+            let size = total
+                .map(|t| format!(" ({})", indicatif::HumanBytes(t)))
+                .unwrap_or_default();
+            eprintln!("fetching {what}{size}{resumed}");
+            return;
+        }
+        let bar = match total {
+            Some(total) => ProgressBar::new(total),
+            None => ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg}\n{wide_bar} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(format!("fetching {what}{resumed}"));
+        bar.set_position(resumed_at);
+        bar.reset_eta();
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    fn end(&mut self, message: &str) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if !self.terminal {
+            eprintln!("{message}");
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! `vmkeep shell NAME -- COMMAND...`: run a command in the guest through the
-//! guest agent; its output and exit code become vmkeep's.
+//! guest agent; its output and exit code become vmkeep's. Cloud images go
+//! through ssh instead (see `ssh.rs`).
 
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use anyhow::bail;
 use super::ShellArgs;
 use super::util;
 use crate::hostagent::api::{ApiClient, ExecRequest};
-use crate::instance::Status;
+use crate::instance::{Config, Status};
 
 pub fn run(args: ShellArgs) -> anyhow::Result<i32> {
     let dir = util::existing(&args.name)?;
@@ -19,6 +20,15 @@ pub fn run(args: ShellArgs) -> anyhow::Result<i32> {
             "{} is {}, not Running; start it with `vmkeep start {}`",
             args.name,
             super::start::describe(&status),
+            args.name
+        );
+    }
+    if Config::load(&dir.config()).is_ok_and(|c| c.is_cloud()) {
+        return super::ssh::exec_shell(&dir, &args.command, args.workdir.as_deref());
+    }
+    if args.command.is_empty() {
+        bail!(
+            "the tiny image has no interactive shell; give a command: `vmkeep shell {} -- COMMAND`",
             args.name
         );
     }

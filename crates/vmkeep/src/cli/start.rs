@@ -93,11 +93,14 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
                 kernel: kernel.0.clone(),
                 modules_dir: config.kernel.modules.as_ref().map(|m| m.0.clone()),
             });
-    crate::image::tiny::ensure(
-        &home::cache_root()?,
-        kernel_override.as_ref(),
-        &mut |message| progress.step(message),
-    )?;
+    // Cloud images were fetched by `create`; only the tiny image is built here.
+    if !config.is_cloud() {
+        crate::image::tiny::ensure(
+            &home::cache_root()?,
+            kernel_override.as_ref(),
+            &mut |message| progress.step(message),
+        )?;
+    }
 
     if args.foreground {
         progress.finish();

@@ -344,6 +344,15 @@ impl Agent<'_> {
     }
 
     async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), String> {
+        if self.config.is_cloud() {
+            // Cloud image: seed, ssh port and boot method come from image::cloud.
+            let env_accel = accel::env_override()?;
+            let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
+                .map_err(|e| e.to_string())?;
+            let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
+                .map_err(|e| e.to_string())?;
+            return self.boot(spec, accel, why).await;
+        }
         let cache = home::cache_root().map_err(|e| e.to_string())?;
         let kernel_override = self
             .config
@@ -376,6 +385,15 @@ impl Agent<'_> {
             image.initrd.clone(),
             cmdline,
         );
+        self.boot(spec, accel, why).await
+    }
+
+    async fn boot(
+        &mut self,
+        spec: LaunchSpec,
+        accel: accel::Accel,
+        why: String,
+    ) -> Result<(QemuVm, QmpEvents), String> {
         self.reporter.progress(format!("booting QEMU with {why}"));
         let log_path = self.dir.qemu_log();
         let log = os::fs::open_append(&log_path)

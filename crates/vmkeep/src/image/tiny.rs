@@ -57,7 +57,7 @@ pub const KERNEL_OVERRIDE_HINT: &str = "set `kernel.path` (a bzImage/vmlinuz) in
      are modules, `kernel.modules` (its lib/modules/<release> directory)";
 
 /// The guest agent, built static by build.rs.
-static GUEST_AGENT: &[u8] = include_bytes!(env!("VMKEEP_GUEST_AGENT"));
+pub(crate) static GUEST_AGENT: &[u8] = include_bytes!(env!("VMKEEP_GUEST_AGENT"));
 const GUEST_AGENT_DIGEST: &str = env!("VMKEEP_GUEST_AGENT_DIGEST");
 
 /// A built tiny image, ready to boot with `-kernel`/`-initrd`.

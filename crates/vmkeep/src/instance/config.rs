@@ -61,6 +61,216 @@ pub struct Config {
     /// Absent: the daemon leaves the instance alone.
     #[serde(default)]
     pub run_strategy: Option<RunStrategy>,
+    /// Cloud images to boot instead of the tiny image (Lima's `images:`);
+    /// the first one for the host's architecture that can be fetched wins.
+    #[serde(default)]
+    pub images: Vec<ImageEntry>,
+    /// Scripts cloud-init runs once, at the first boot of a cloud image.
+    #[serde(default)]
+    pub provision: Vec<Provision>,
+}
+
+/// One entry of `images:` (Lima's shape).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ImageEntry {
+    /// An http(s) URL or an absolute local path.
+    pub location: Location,
+    #[serde(default)]
+    pub arch: ImageArch,
+    /// `sha256:HEX` or `sha512:HEX`; checked before the file is used.
+    #[serde(default)]
+    pub digest: Option<Digest>,
+    /// A kernel for direct boot (else the image boots through its firmware).
+    #[serde(default)]
+    pub kernel: Option<KernelFile>,
+    /// An initrd for direct boot; needs `kernel`.
+    #[serde(default)]
+    pub initrd: Option<FileRef>,
+}
+
+/// A kernel file of an image entry, with its command line.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct KernelFile {
+    pub location: Location,
+    #[serde(default)]
+    pub digest: Option<Digest>,
+    /// The kernel command line (default: `root=/dev/vda console=ttyS0`).
+    #[serde(default)]
+    pub cmdline: Option<String>,
+}
+
+/// A file other than the image itself (an initrd).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileRef {
+    pub location: Location,
+    #[serde(default)]
+    pub digest: Option<Digest>,
+}
+
+/// The architecture an image is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub enum ImageArch {
+    #[default]
+    #[serde(rename = "x86_64")]
+    X86_64,
+    #[serde(rename = "aarch64")]
+    Aarch64,
+}
+
+impl ImageArch {
+    /// The architecture an instance of `arch` boots.
+    pub fn of(arch: Arch) -> ImageArch {
+        match arch {
+            Arch::X86_64 => ImageArch::X86_64,
+        }
+    }
+}
+
+/// Where a file comes from: an http(s) URL or an absolute local path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Location {
+    Url(String),
+    Path(PathBuf),
+}
+
+impl Location {
+    pub fn parse(text: &str) -> Result<Location, String> {
+        let text = text.trim();
+        let lower = text.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            if text
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.is_empty())
+            {
+                return Err(format!("location: {text:?} has no host"));
+            }
+            return Ok(Location::Url(text.to_string()));
+        }
+        if let Some(path) = text.strip_prefix("file://") {
+            return Location::parse(path);
+        }
+        if text.contains("://") {
+            return Err(format!(
+                "location: {text:?} has an unsupported scheme; use http://, https:// or an absolute path"
+            ));
+        }
+        let path = PathBuf::from(text);
+        if path.is_absolute() {
+            Ok(Location::Path(path))
+        } else {
+            Err(format!(
+                "location: {text:?} is neither an http(s) URL nor an absolute path"
+            ))
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Url(url) => f.write_str(url),
+            Location::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Location {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_checked(d, Location::parse)
+    }
+}
+
+/// The digest algorithms `digest:` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DigestAlgorithm {
+    Sha256,
+    Sha512,
+}
+
+impl DigestAlgorithm {
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestAlgorithm::Sha256 => "sha256",
+            DigestAlgorithm::Sha512 => "sha512",
+        }
+    }
+    fn hex_len(self) -> usize {
+        match self {
+            DigestAlgorithm::Sha256 => 64,
+            DigestAlgorithm::Sha512 => 128,
+        }
+    }
+}
+
+/// An expected file digest: `sha256:HEX` or `sha512:HEX` (hex in lower case).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Digest {
+    pub algorithm: DigestAlgorithm,
+    pub hex: String,
+}
+
+impl Digest {
+    pub fn parse(text: &str) -> Result<Digest, String> {
+        let text = text.trim();
+        let (name, hex) = text.split_once(':').ok_or_else(|| {
+            format!("digest: {text:?} has no algorithm; write it as sha256:HEX or sha512:HEX")
+        })?;
+        let algorithm = match name.to_ascii_lowercase().as_str() {
+            "sha256" => DigestAlgorithm::Sha256,
+            "sha512" => DigestAlgorithm::Sha512,
+            other => {
+                return Err(format!(
+                    "digest: unsupported algorithm {other:?}; use sha256 or sha512"
+                ));
+            }
+        };
+        let hex = hex.to_ascii_lowercase();
+        if hex.len() != algorithm.hex_len() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "digest: a {} digest is {} hex digits, got {:?}",
+                algorithm.name(),
+                algorithm.hex_len(),
+                hex
+            ));
+        }
+        Ok(Digest { algorithm, hex })
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.algorithm.name(), self.hex)
+    }
+}
+
+impl<'de> Deserialize<'de> for Digest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_checked(d, Digest::parse)
+    }
+}
+
+/// One `provision:` script (Lima's shape).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Provision {
+    #[serde(default)]
+    pub mode: ProvisionMode,
+    /// The script; starts with `#!` or runs with /bin/sh.
+    pub script: String,
+}
+
+/// Who runs a provision script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProvisionMode {
+    /// root
+    #[default]
+    System,
+    /// the instance's user, in a login shell
+    User,
 }
 
 /// When the daemon (re)starts an instance.
@@ -160,6 +370,11 @@ impl Config {
             path: path.into(),
             message,
         })
+    }
+
+    /// Whether the instance boots a cloud image (else the tiny image).
+    pub fn is_cloud(&self) -> bool {
+        !self.images.is_empty()
     }
 }
 
@@ -477,6 +692,83 @@ mod tests {
             let at_line = format!("line {line}");
             assert!(
                 err.contains(names) && err.contains(fix) && err.contains(&at_line),
+                "{yaml:?} gave {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn images_and_provision_parse_in_limas_shape() {
+        let sha = "a".repeat(64);
+        let config = Config::parse(&format!(
+            "images:\n- location: https://example.org/d.qcow2\n  arch: x86_64\n  digest: sha256:{sha}\n\
+             - location: /srv/img.qcow2\n  kernel:\n    location: /srv/vmlinuz\n    cmdline: root=/dev/vda\n  initrd:\n    location: file:///srv/initrd.img\n\
+             provision:\n- mode: user\n  script: echo hi\n- script: |\n    #!/bin/sh\n    true\n"
+        ))
+        .unwrap();
+        assert!(config.is_cloud());
+        assert_eq!(
+            config.images[0].location,
+            Location::Url("https://example.org/d.qcow2".into())
+        );
+        assert_eq!(
+            config.images[0].digest.as_ref().unwrap().to_string(),
+            format!("sha256:{sha}")
+        );
+        let second = &config.images[1];
+        assert_eq!(second.location, Location::Path("/srv/img.qcow2".into()));
+        assert_eq!(
+            second.kernel.as_ref().unwrap().cmdline.as_deref(),
+            Some("root=/dev/vda")
+        );
+        assert_eq!(
+            second.initrd.as_ref().unwrap().location,
+            Location::Path("/srv/initrd.img".into())
+        );
+        assert_eq!(config.provision[0].mode, ProvisionMode::User);
+        assert_eq!(config.provision[1].mode, ProvisionMode::System);
+        assert!(!Config::default().is_cloud());
+    }
+
+    #[test]
+    fn digests_parse_and_reject_bad_input() {
+        let d = Digest::parse(&format!("SHA512:{}", "AB".repeat(64))).unwrap();
+        assert_eq!(d.algorithm, DigestAlgorithm::Sha512);
+        assert_eq!(d.hex, "ab".repeat(64));
+        for (bad, says) in [
+            ("abc", "no algorithm"),
+            ("md5:abc", "unsupported algorithm"),
+            ("sha256:abc", "64 hex digits"),
+            (&format!("sha256:{}", "g".repeat(64)), "64 hex digits"),
+        ] {
+            let err = Digest::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn bad_image_fields_name_the_field_and_line() {
+        let cases = [
+            ("images:\n- location: img.qcow2\n", "absolute path", 2),
+            ("images:\n- location: ftp://x/y\n", "unsupported scheme", 2),
+            (
+                "images:\n- location: /x\n  digest: sha1:00\n",
+                "unsupported algorithm",
+                3,
+            ),
+            ("images:\n- location: /x\n  arch: sparc\n", "sparc", 3),
+            (
+                "images:\n- location: /x\n  url: /y\n",
+                "unknown field `url`",
+                3,
+            ),
+            ("images:\n- arch: x86_64\n", "missing field `location`", 2),
+            ("provision:\n- mode: root\n  script: x\n", "root", 2),
+        ];
+        for (yaml, says, line) in cases {
+            let err = Config::parse(yaml).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains(&format!("line {line}")),
                 "{yaml:?} gave {err}"
             );
         }

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use super::config::Config;
 use super::layout::{InstanceDir, SocketPathTooLong};
 use super::name::InstanceName;
+use crate::image::cloud::{self, CloudError};
+use crate::image::download::{self, Progress};
 use crate::os;
 use crate::os::lock::HeldLock;
 use crate::os::tool::{Tool, ToolError};
@@ -32,6 +34,10 @@ pub enum CreateError {
     },
     #[error("cannot create the data disk: {0}")]
     Disk(#[from] ToolError),
+    #[error("cannot create the instance from its cloud image: {0}\n  nothing was created")]
+    Cloud(#[from] CloudError),
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -53,6 +59,17 @@ pub fn create(
     name: &InstanceName,
     template: &str,
     source_name: &str,
+) -> Result<InstanceDir, CreateError> {
+    create_with_progress(root, name, template, source_name, &mut download::Silent)
+}
+
+/// [`create`], reporting the progress of image downloads.
+pub fn create_with_progress(
+    root: &Path,
+    name: &InstanceName,
+    template: &str,
+    source_name: &str,
+    progress: &mut dyn Progress,
 ) -> Result<InstanceDir, CreateError> {
     let dir = InstanceDir::new(root, name.clone())?;
     let config = Config::parse(template).map_err(|message| CreateError::InvalidTemplate {
@@ -78,11 +95,17 @@ pub fn create(
         os::fs::write_atomic(&config_path, template.as_bytes(), 0o600)
             .map_err(io_error(&config_path))?;
         let disk = staging.join(staged.disk().file_name().unwrap_or_default());
-        Tool::new("qemu-img", "install it: sudo apt-get install qemu-utils")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&disk)
-            .arg(config.disk.0.0.to_string())
-            .output()?;
+        if config.is_cloud() {
+            let record = staging.join(staged.image_record().file_name().unwrap_or_default());
+            let cache = crate::home::cache_root()?;
+            cloud::prepare(&cache, &config, &disk, &record, progress)?;
+        } else {
+            Tool::new("qemu-img", "install it: sudo apt-get install qemu-utils")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&disk)
+                .arg(config.disk.0.0.to_string())
+                .output()?;
+        }
         match std::fs::rename(&staging, dir.dir()) {
             Ok(()) => {}
             Err(_) if dir.dir().exists() => {

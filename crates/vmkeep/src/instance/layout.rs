@@ -14,8 +14,12 @@
 //!   qemu.pid    runtime     QEMU's own pid file (QEMU holds a lock on it)
 //!   qmp.sock    runtime     QMP
 //!   ga.sock     runtime     guest agent channel
+//!   image.json              cloud images: the base image and boot files used
+//!   cidata.img              cloud images: the cloud-init seed (rewritten at start)
+//!   ssh.config              cloud images: the ssh config `shell` uses
+//!   ssh.port    runtime     cloud images: the loopback port forwarded to ssh
 //! ```
-//! Runtime files are recognised by suffix (`.pid`, `.sock`) and by the
+//! Runtime files are recognised by suffix (`.pid`, `.sock`, `.port`) and by the
 //! `.tmp-` infix of unfinished atomic writes.
 
 use std::path::{Path, PathBuf};
@@ -37,6 +41,10 @@ const API_SOCKET: &str = "ha.sock";
 const QEMU_PID: &str = "qemu.pid";
 const QMP_SOCKET: &str = "qmp.sock";
 const GUEST_SOCKET: &str = "ga.sock";
+const IMAGE_RECORD: &str = "image.json";
+const SEED: &str = "cidata.img";
+const SSH_CONFIG: &str = "ssh.config";
+const SSH_PORT: &str = "ssh.port";
 const SOCKETS: [&str; 3] = [API_SOCKET, QMP_SOCKET, GUEST_SOCKET];
 
 #[derive(Debug, thiserror::Error)]
@@ -119,12 +127,27 @@ impl InstanceDir {
     pub fn guest_socket(&self) -> PathBuf {
         self.dir.join(GUEST_SOCKET)
     }
+    pub fn image_record(&self) -> PathBuf {
+        self.dir.join(IMAGE_RECORD)
+    }
+    pub fn seed(&self) -> PathBuf {
+        self.dir.join(SEED)
+    }
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dir.join(SSH_CONFIG)
+    }
+    pub fn ssh_port(&self) -> PathBuf {
+        self.dir.join(SSH_PORT)
+    }
 }
 
 /// Whether a file name in an instance directory is a runtime file: something
 /// a running instance creates and a stopped one should not have.
 pub fn is_runtime_file(file_name: &str) -> bool {
-    file_name.ends_with(".pid") || file_name.ends_with(".sock") || file_name.contains(".tmp-")
+    file_name.ends_with(".pid")
+        || file_name.ends_with(".sock")
+        || file_name.ends_with(".port")
+        || file_name.contains(".tmp-")
 }
 
 #[cfg(test)]
@@ -167,6 +190,7 @@ mod tests {
             "qmp.sock",
             "ha.sock",
             "ga.sock",
+            "ssh.port",
             ".events.jsonl.tmp-12-0",
         ] {
             assert!(is_runtime_file(runtime), "{runtime}");
@@ -177,6 +201,8 @@ mod tests {
             "events.jsonl",
             "ha.log",
             "serial.log",
+            "image.json",
+            "cidata.img",
             "pidfile-notes.txt",
         ] {
             assert!(!is_runtime_file(kept), "{kept}");

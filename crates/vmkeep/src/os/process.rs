@@ -289,6 +289,14 @@ pub fn silence_stdout() -> io::Result<()> {
     Ok(())
 }
 
+/// Replace this process with `program` (an interactive tool such as ssh,
+/// which then owns the terminal and whose exit code becomes ours). Returns
+/// only on failure.
+pub fn exec_replace<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> io::Error {
+    use std::os::unix::process::CommandExt;
+    Command::new(program).args(args).exec()
+}
+
 /// The path of the running executable (absolute), to re-run ourselves.
 pub fn current_exe() -> io::Result<std::path::PathBuf> {
     std::env::current_exe()

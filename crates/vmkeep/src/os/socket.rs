@@ -13,3 +13,10 @@ pub fn bind_private(path: &Path) -> io::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
 }
+
+/// A TCP port on 127.0.0.1 that is free now (the kernel picks it). Another
+/// process may take it before it is used; the caller reports that clearly.
+pub fn free_loopback_port() -> io::Result<u16> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+    Ok(listener.local_addr()?.port())
+}

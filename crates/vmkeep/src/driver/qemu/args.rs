@@ -13,14 +13,30 @@ pub struct LaunchSpec {
     pub accel: Accel,
     pub cpus: u32,
     pub memory_mib: u64,
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub cmdline: String,
+    pub boot: Boot,
     pub disk: PathBuf,
+    /// A read-only raw volume after the disk (the cloud-init seed).
+    pub seed: Option<PathBuf>,
+    /// User-mode networking with the guest's port 22 forwarded to this
+    /// loopback port; no network device when `None`.
+    pub ssh_port: Option<u16>,
     pub qmp_socket: PathBuf,
     pub guest_socket: PathBuf,
     pub pid_file: PathBuf,
     pub serial_log: PathBuf,
+}
+
+/// How the guest boots.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Boot {
+    /// Direct kernel boot (`-kernel`, `-initrd`, `-append`).
+    Kernel {
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        cmdline: String,
+    },
+    /// The firmware (SeaBIOS) boots the disk.
+    Firmware,
 }
 
 impl LaunchSpec {
@@ -40,10 +56,14 @@ impl LaunchSpec {
             accel,
             cpus,
             memory_mib,
-            kernel,
-            initrd,
-            cmdline,
+            boot: Boot::Kernel {
+                kernel,
+                initrd: Some(initrd),
+                cmdline,
+            },
             disk: dir.disk(),
+            seed: None,
+            ssh_port: None,
             qmp_socket: dir.qmp_socket(),
             guest_socket: dir.guest_socket(),
             pid_file: dir.qemu_pid(),
@@ -74,12 +94,6 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         spec.cpus.to_string(),
         "-m".into(),
         format!("{}M", spec.memory_mib),
-        "-kernel".into(),
-        spec.kernel.to_string_lossy().into_owned(),
-        "-initrd".into(),
-        spec.initrd.to_string_lossy().into_owned(),
-        "-append".into(),
-        spec.cmdline.clone(),
         "-chardev".into(),
         format!("file,id=serial0,path={},append=on", opt(&spec.serial_log)),
         "-serial".into(),
@@ -90,7 +104,10 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
             opt(&spec.disk)
         ),
         "-device".into(),
-        "virtio-blk-pci,drive=data".into(),
+        match spec.boot {
+            Boot::Kernel { .. } => "virtio-blk-pci,drive=data".into(),
+            Boot::Firmware => "virtio-blk-pci,drive=data,bootindex=0".into(),
+        },
         "-device".into(),
         "virtio-serial-pci,id=vser0".into(),
         "-chardev".into(),
@@ -113,6 +130,34 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         "-pidfile".into(),
         spec.pid_file.to_string_lossy().into_owned(),
     ];
+    if let Boot::Kernel {
+        kernel,
+        initrd,
+        cmdline,
+    } = &spec.boot
+    {
+        args.extend(["-kernel".into(), kernel.to_string_lossy().into_owned()]);
+        if let Some(initrd) = initrd {
+            args.extend(["-initrd".into(), initrd.to_string_lossy().into_owned()]);
+        }
+        args.extend(["-append".into(), cmdline.clone()]);
+    }
+    if let Some(seed) = &spec.seed {
+        args.extend([
+            "-drive".into(),
+            format!("if=none,id=seed,file={},format=raw,readonly=on", opt(seed)),
+            "-device".into(),
+            "virtio-blk-pci,drive=seed".into(),
+        ]);
+    }
+    if let Some(port) = spec.ssh_port {
+        args.extend([
+            "-netdev".into(),
+            format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+            "-device".into(),
+            "virtio-net-pci,netdev=net0".into(),
+        ]);
+    }
     if spec.accel == Accel::Kvm {
         // TCG keeps QEMU's default CPU model, the one measured here.
         args.extend(["-cpu".into(), "host".into()]);
@@ -190,6 +235,44 @@ mod tests {
                 && args.contains(&"-no-user-config".to_string())
         );
         assert_eq!(value_after(&args, "-display"), ["none"]);
+    }
+
+    #[test]
+    fn cloud_images_get_a_seed_drive_ssh_forwarding_and_may_boot_firmware() {
+        let mut s = spec();
+        s.seed = Some("/h/v/dev/cidata.img".into());
+        s.ssh_port = Some(40022);
+        s.boot = Boot::Firmware;
+        let args = text(&build(&s));
+        assert_eq!(
+            value_after(&args, "-drive")[1],
+            "if=none,id=seed,file=/h/v/dev/cidata.img,format=raw,readonly=on"
+        );
+        assert_eq!(
+            value_after(&args, "-netdev"),
+            ["user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22"]
+        );
+        let devices = value_after(&args, "-device");
+        assert!(
+            devices.contains(&"virtio-net-pci,netdev=net0"),
+            "{devices:?}"
+        );
+        assert!(
+            devices.contains(&"virtio-blk-pci,drive=data,bootindex=0"),
+            "{devices:?}"
+        );
+        assert!(value_after(&args, "-kernel").is_empty());
+        s.boot = Boot::Kernel {
+            kernel: "/c/vmlinuz".into(),
+            initrd: None,
+            cmdline: "root=/dev/vda".into(),
+        };
+        let args = text(&build(&s));
+        assert_eq!(value_after(&args, "-kernel"), ["/c/vmlinuz"]);
+        assert!(value_after(&args, "-initrd").is_empty());
+        assert_eq!(value_after(&args, "-append"), ["root=/dev/vda"]);
+        // The tiny image has no network.
+        assert!(value_after(&text(&build(&spec())), "-netdev").is_empty());
     }
 
     #[test]

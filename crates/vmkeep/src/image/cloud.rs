@@ -1,0 +1,388 @@
+//! Cloud images: at `create`, pick the `images:` entry for the host's
+//! architecture, fetch it (and its kernel/initrd) into the cache, and make
+//! the instance disk a qcow2 overlay on it; at `start`, turn that into a
+//! launch: seed volume, ssh port, boot method.
+//!
+//! What `create` chose is recorded in the instance's `image.json`, so a
+//! start never downloads and never re-resolves.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::download::{self, DownloadError, Progress};
+use crate::cloudinit::{self, SeedInputs};
+use crate::driver::qemu::accel::Accel;
+use crate::driver::qemu::args::{Boot, LaunchSpec};
+use crate::instance::InstanceDir;
+use crate::instance::config::{Config, ImageArch, ImageEntry};
+use crate::os;
+use crate::os::tool::{Tool, ToolError};
+use crate::sshkeys::{self, SshKeyError};
+
+/// Kernel command line of a direct boot when the image entry gives none.
+pub const DEFAULT_CMDLINE: &str = "root=/dev/vda console=ttyS0";
+
+const QEMU_IMG_HINT: &str = "install it: sudo apt-get install qemu-utils";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error(
+        "images: no entry is for {arch:?}, the architecture of this instance; add one with `arch: {arch_name}`"
+    )]
+    NoImageForArch { arch: ImageArch, arch_name: String },
+    #[error("{0}")]
+    Download(#[from] DownloadError),
+    #[error("no image could be fetched:\n  {}", .0.join("\n  "))]
+    AllFailed(Vec<String>),
+    #[error("{0}")]
+    Tool(#[from] ToolError),
+    #[error("`qemu-img info` on {path} said something unexpected: {message}")]
+    ImageInfo { path: PathBuf, message: String },
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the base image {path} of this instance is gone from the cache; delete the instance and create it again"
+    )]
+    BaseMissing { path: PathBuf },
+    #[error("{0}")]
+    Keys(#[from] SshKeyError),
+}
+
+/// What `create` chose for a cloud-image instance (`image.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// Where the base image came from.
+    pub location: String,
+    /// The cached base image, the backing file of the instance disk.
+    pub base: PathBuf,
+    pub base_format: String,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    /// The user created in the guest.
+    pub user: String,
+}
+
+impl ImageRecord {
+    pub fn load(dir: &InstanceDir) -> Result<ImageRecord, CloudError> {
+        let path = dir.image_record();
+        let text = std::fs::read(&path).map_err(|source| CloudError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|e| CloudError::Io {
+            action: "parse",
+            path,
+            source: e.into(),
+        })
+    }
+}
+
+/// The entries usable on this instance's architecture, in order.
+pub fn candidates(config: &Config) -> Result<Vec<&ImageEntry>, CloudError> {
+    let arch = ImageArch::of(config.arch);
+    let found: Vec<_> = config.images.iter().filter(|e| e.arch == arch).collect();
+    if found.is_empty() {
+        return Err(CloudError::NoImageForArch {
+            arch,
+            arch_name: serde_json::to_value(arch)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+        });
+    }
+    Ok(found)
+}
+
+/// Fetch the image of `config` and create the overlay `disk` on it; write
+/// the record to `record_path`. Tries the entries for this architecture in
+/// order (as Lima does) and reports every failure if none works.
+pub fn prepare(
+    cache_root: &Path,
+    config: &Config,
+    disk: &Path,
+    record_path: &Path,
+    progress: &mut dyn Progress,
+) -> Result<ImageRecord, CloudError> {
+    let mut failures = Vec::new();
+    let mut fetched = None;
+    for entry in candidates(config)? {
+        match fetch_entry(cache_root, entry, progress) {
+            Ok(files) => {
+                fetched = Some((entry, files));
+                break;
+            }
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    let Some((entry, (base, kernel, initrd))) = fetched else {
+        return Err(CloudError::AllFailed(failures));
+    };
+    let (base_format, virtual_size) = image_info(&base)?;
+    let size = config.disk.0.0.max(virtual_size);
+    if size > config.disk.0.0 {
+        tracing::info!(
+            "disk: the image is {virtual_size} bytes, more than the configured {}; using the image's size",
+            config.disk.0
+        );
+    }
+    Tool::new("qemu-img", QEMU_IMG_HINT)
+        .args(["create", "-q", "-f", "qcow2", "-F", &base_format, "-b"])
+        .arg(&base)
+        .arg(disk)
+        .arg(size.to_string())
+        .output()?;
+    let record = ImageRecord {
+        location: entry.location.to_string(),
+        base,
+        base_format,
+        kernel,
+        initrd,
+        cmdline: entry.kernel.as_ref().and_then(|k| k.cmdline.clone()),
+        user: cloudinit::guest_user(cloudinit::host_user().as_deref()),
+    };
+    let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
+    os::fs::write_atomic(record_path, &json, 0o600).map_err(|source| CloudError::Io {
+        action: "write",
+        path: record_path.to_path_buf(),
+        source,
+    })?;
+    Ok(record)
+}
+
+type Fetched = (PathBuf, Option<PathBuf>, Option<PathBuf>);
+
+fn fetch_entry(
+    cache_root: &Path,
+    entry: &ImageEntry,
+    progress: &mut dyn Progress,
+) -> Result<Fetched, DownloadError> {
+    let base = download::fetch(cache_root, &entry.location, entry.digest.as_ref(), progress)?;
+    let kernel = entry
+        .kernel
+        .as_ref()
+        .map(|k| download::fetch(cache_root, &k.location, k.digest.as_ref(), progress))
+        .transpose()?;
+    let initrd = entry
+        .initrd
+        .as_ref()
+        .map(|i| download::fetch(cache_root, &i.location, i.digest.as_ref(), progress))
+        .transpose()?;
+    Ok((base, kernel, initrd))
+}
+
+/// The format and virtual size of an image file.
+fn image_info(path: &Path) -> Result<(String, u64), CloudError> {
+    let text = Tool::new("qemu-img", QEMU_IMG_HINT)
+        .args(["info", "--output=json"])
+        .arg(path)
+        .output()?;
+    parse_image_info(&text).map_err(|message| CloudError::ImageInfo {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// `qemu-img info --output=json` -> (format, virtual size).
+pub fn parse_image_info(json: &[u8]) -> Result<(String, u64), String> {
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let format = value["format"].as_str().ok_or("no \"format\"")?.to_string();
+    if !matches!(
+        format.as_str(),
+        "qcow2" | "raw" | "vmdk" | "vdi" | "vhdx" | "vpc"
+    ) {
+        return Err(format!(
+            "{format:?} is not a disk image format vmkeep can use"
+        ));
+    }
+    let size = value["virtual-size"]
+        .as_u64()
+        .ok_or("no \"virtual-size\"")?;
+    Ok((format, size))
+}
+
+/// The launch of a cloud-image instance: writes the seed and the ssh port
+/// file, then describes the QEMU command line.
+pub fn launch_spec(
+    dir: &InstanceDir,
+    config: &Config,
+    accel: Accel,
+) -> Result<LaunchSpec, CloudError> {
+    let record = ImageRecord::load(dir)?;
+    if !record.base.is_file() {
+        return Err(CloudError::BaseMissing { path: record.base });
+    }
+    let root = dir.dir().parent().unwrap_or(dir.dir());
+    let keys = sshkeys::ensure(root)?;
+    let seed = dir.seed();
+    let inputs = SeedInputs {
+        instance: dir.name().as_str(),
+        user: &record.user,
+        ssh_public_key: &keys.public_key,
+        provision: &config.provision,
+    };
+    cloudinit::write_seed(&seed, &inputs, super::tiny::GUEST_AGENT).map_err(|source| {
+        CloudError::Io {
+            action: "write the cloud-init seed",
+            path: seed.clone(),
+            source,
+        }
+    })?;
+    let port_err = |source| CloudError::Io {
+        action: "pick a free loopback port for ssh and record it in",
+        path: dir.ssh_port(),
+        source,
+    };
+    let port = os::socket::free_loopback_port().map_err(port_err)?;
+    os::fs::write_atomic(&dir.ssh_port(), format!("{port}\n").as_bytes(), 0o600)
+        .map_err(port_err)?;
+    let boot = match &record.kernel {
+        Some(kernel) => Boot::Kernel {
+            kernel: kernel.clone(),
+            initrd: record.initrd.clone(),
+            cmdline: record
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+        },
+        None => Boot::Firmware,
+    };
+    let mut spec = LaunchSpec::for_instance(
+        dir,
+        accel,
+        config.cpus.0,
+        config.memory.0.mib(),
+        PathBuf::new(),
+        PathBuf::new(),
+        String::new(),
+    );
+    spec.boot = boot;
+    spec.seed = Some(seed);
+    spec.ssh_port = Some(port);
+    Ok(spec)
+}
+
+/// The ssh port of a running cloud-image instance, if recorded.
+pub fn ssh_port(dir: &InstanceDir) -> Option<u16> {
+    std::fs::read_to_string(dir.ssh_port())
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+}
+
+/// An ssh config block for a running instance.
+pub fn ssh_config(host: &str, port: u16, user: &str, key: &Path) -> String {
+    format!(
+        "Host {host}\n\
+         \x20 HostName 127.0.0.1\n\
+         \x20 Port {port}\n\
+         \x20 User {user}\n\
+         \x20 IdentityFile \"{}\"\n\
+         \x20 IdentitiesOnly yes\n\
+         \x20 PasswordAuthentication no\n\
+         \x20 # Host keys change with every new instance on the same port.\n\
+         \x20 StrictHostKeyChecking no\n\
+         \x20 UserKnownHostsFile /dev/null\n\
+         \x20 LogLevel ERROR\n\
+         \x20 ConnectTimeout 10\n",
+        key.display()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_info_gives_format_and_size() {
+        let json = br#"{"virtual-size": 2147483648, "filename": "d", "format": "qcow2"}"#;
+        assert_eq!(parse_image_info(json).unwrap(), ("qcow2".into(), 2 << 30));
+        let err = parse_image_info(br#"{"format": "luks", "virtual-size": 1}"#).unwrap_err();
+        assert!(err.contains("luks"), "{err}");
+        assert!(parse_image_info(b"not json").is_err());
+    }
+
+    #[test]
+    fn entries_for_other_architectures_are_skipped() {
+        let config = Config::parse(
+            "images:\n- location: /a\n  arch: aarch64\n- location: /b\n  arch: x86_64\n",
+        )
+        .unwrap();
+        let found = candidates(&config).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].location.to_string(), "/b");
+        let only_arm = Config::parse("images:\n- location: /a\n  arch: aarch64\n").unwrap();
+        let err = candidates(&only_arm).unwrap_err().to_string();
+        assert!(err.contains("arch: x86_64"), "{err}");
+    }
+
+    #[test]
+    fn ssh_config_is_a_usable_host_block() {
+        let text = ssh_config(
+            "vmkeep-dev",
+            40022,
+            "alice",
+            Path::new("/h/.ssh/id_ed25519"),
+        );
+        assert!(text.starts_with("Host vmkeep-dev\n"));
+        for line in [
+            "  HostName 127.0.0.1",
+            "  Port 40022",
+            "  User alice",
+            "  IdentityFile \"/h/.ssh/id_ed25519\"",
+            "  StrictHostKeyChecking no",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn overlay_on_a_local_image_with_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("base.qcow2");
+        let made = Tool::new("qemu-img", "")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&base)
+            .arg("64M")
+            .output();
+        if made.is_err() {
+            eprintln!("qemu-img missing; skipping");
+            return;
+        }
+        let digest =
+            download::digest_of(&base, crate::instance::config::DigestAlgorithm::Sha256).unwrap();
+        let config = Config::parse(&format!(
+            "disk: 128MiB\nimages:\n- location: {}\n  digest: {digest}\n",
+            base.display()
+        ))
+        .unwrap();
+        let disk = dir.path().join("disk.qcow2");
+        let record_path = dir.path().join("image.json");
+        let record = prepare(
+            &dir.path().join("cache"),
+            &config,
+            &disk,
+            &record_path,
+            &mut download::Silent,
+        )
+        .unwrap();
+        assert_eq!(record.base_format, "qcow2");
+        assert!(record.base.starts_with(dir.path().join("cache/images")));
+        let (format, size) = image_info(&disk).unwrap();
+        assert_eq!((format.as_str(), size), ("qcow2", 128 << 20));
+        let info = Tool::new("qemu-img", "")
+            .args(["info", "--output=json"])
+            .arg(&disk)
+            .output_text()
+            .unwrap();
+        assert!(info.contains(&*record.base.to_string_lossy()), "{info}");
+        let saved: ImageRecord =
+            serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+        assert_eq!(saved, record);
+    }
+}

@@ -1,0 +1,610 @@
+//! Cloud-image tier: a Debian bookworm cloud image built offline-from-internet
+//! with debootstrap (scripts/build-test-cloud-image, cached under target/tmp
+//! keyed by the script's content), driven through the real `vmkeep` binary.
+//!
+//! Needs root (debootstrap, chroot) the first time the image is built; run
+//! scripts/setup-host first.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+
+/// The built test image: disk.qcow2, vmlinuz, initrd.img and their sha256.
+struct TestImage {
+    dir: PathBuf,
+    disk_sha256: String,
+    initrd_sha256: String,
+}
+
+impl TestImage {
+    fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Build the image once per machine (per recipe); later runs reuse it.
+fn test_image() -> TestImage {
+    let script = workspace().join("scripts/build-test-cloud-image");
+    let recipe = std::fs::read(&script).expect("the build script");
+    let key = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(&recipe)[..8])
+    };
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cloud-image-{key}"));
+    let lock_path = dir.with_extension("lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    // SAFETY: flock on a file we own; released when `lock` is dropped.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) },
+        0
+    );
+    if !dir.join("SHA256SUMS").exists() {
+        let began = Instant::now();
+        let output = std::process::Command::new(&script)
+            .arg(&dir)
+            .output()
+            .expect("run build-test-cloud-image");
+        assert!(
+            output.status.success(),
+            "building the test image failed (root and debootstrap needed; run scripts/setup-host):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        eprintln!(
+            "built the test cloud image in {:.0}s",
+            began.elapsed().as_secs_f64()
+        );
+    }
+    drop(lock);
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    let sum_of = |name: &str| {
+        sums.lines()
+            .find(|l| l.ends_with(&format!(" {name}")))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap()
+            .to_string()
+    };
+    TestImage {
+        disk_sha256: sum_of("disk.qcow2"),
+        initrd_sha256: sum_of("initrd.img"),
+        dir,
+    }
+}
+
+/// How the test server misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Normal,
+    /// Close the connection after this many body bytes, on the first request only.
+    TruncateOnce(u64),
+    /// Close after this many body bytes, every time.
+    TruncateAlways(u64),
+    /// Send this many body bytes, then nothing until shut down.
+    Stall(u64),
+}
+
+/// (path, first byte of its Range header) of each request served.
+type RequestLog = Mutex<Vec<(String, Option<u64>)>>;
+
+/// A small HTTP/1.1 file server with Range support, for download tests.
+struct Server {
+    port: u16,
+    mode: Arc<Mutex<Mode>>,
+    stop: Arc<AtomicBool>,
+    requests: Arc<RequestLog>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(root: &Path, mode: Mode) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = Arc::new(Mutex::new(mode));
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let root = root.to_path_buf();
+        let (m, s, r) = (mode.clone(), stop.clone(), requests.clone());
+        let thread = std::thread::spawn(move || {
+            let mut handlers = Vec::new();
+            for stream in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let (root, m, s, r) = (root.clone(), m.clone(), s.clone(), r.clone());
+                handlers.push(std::thread::spawn(move || {
+                    let _ = serve(stream, &root, &m, &s, &r);
+                }));
+            }
+            for handler in handlers {
+                let _ = handler.join();
+            }
+        });
+        Server {
+            port,
+            mode,
+            stop,
+            requests,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    /// (path, first byte of the Range) of every request so far.
+    fn requests(&self) -> Vec<(String, Option<u64>)> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    root: &Path,
+    mode: &Mutex<Mode>,
+    stop: &AtomicBool,
+    requests: &RequestLog,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut stream = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let mut range = None;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+        if let Some(value) = header.to_ascii_lowercase().strip_prefix("range:") {
+            range = value
+                .trim()
+                .strip_prefix("bytes=")
+                .and_then(|r| r.split('-').next())
+                .and_then(|n| n.parse::<u64>().ok());
+        }
+    }
+    let first_request = {
+        let mut all = requests.lock().unwrap();
+        all.push((path.clone(), range));
+        all.len() == 1
+    };
+    let file_path = root.join(path.trim_start_matches('/'));
+    let Ok(mut file) = std::fs::File::open(&file_path) else {
+        stream.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )?;
+        return Ok(());
+    };
+    let len = file.metadata()?.len();
+    if range.is_some_and(|from| from >= len) {
+        let head = format!(
+            "HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */{len}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes())?;
+        return Ok(());
+    }
+    let start = range.unwrap_or(0);
+    let head = if range.is_some() {
+        format!(
+            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{len}\r\nConnection: close\r\n\r\n",
+            len - start,
+            len.saturating_sub(1)
+        )
+    } else {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+    stream.write_all(head.as_bytes())?;
+    file.seek(SeekFrom::Start(start))?;
+    let limit = match *mode.lock().unwrap() {
+        Mode::Normal => None,
+        Mode::TruncateOnce(n) if first_request => Some((n, false)),
+        Mode::TruncateOnce(_) => None,
+        Mode::TruncateAlways(n) => Some((n, false)),
+        Mode::Stall(n) => Some((n, true)),
+    };
+    let mut sent = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let want = match limit {
+            Some((n, _)) => (n.saturating_sub(sent)).min(buf.len() as u64) as usize,
+            None => buf.len(),
+        };
+        if want == 0 {
+            break;
+        }
+        let got = file.read(&mut buf[..want])?;
+        if got == 0 {
+            break;
+        }
+        stream.write_all(&buf[..got])?;
+        sent += got as u64;
+    }
+    if let Some((_, true)) = limit {
+        stream.flush()?;
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+fn template(disk_location: &str, digest: &str, image: &TestImage) -> String {
+    format!(
+        "cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
+         images:\n- location: {disk_location}\n  arch: x86_64\n  digest: {digest}\n\
+         \x20 kernel:\n    location: {}\n    cmdline: root=/dev/vda console=ttyS0\n\
+         \x20 initrd:\n    location: {}\n\
+         provision:\n- mode: system\n  script: |\n    echo \"system $(id -un)\" > /var/tmp/provisioned-system\n\
+         - mode: user\n  script: |\n    echo \"user $(id -un)\" > \"$HOME/provisioned-user\"\n",
+        image.file("vmlinuz").display(),
+        image.file("initrd.img").display(),
+    )
+}
+
+/// Write a template file and run `create` with our own cache.
+fn create(env: &TestEnv, cache: &Path, name: &str, yaml: &str) -> common::Run {
+    let path = env.home().join(format!("{name}.template.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let args = ["create", name, "--template", path.to_str().unwrap()];
+    let output = env
+        .command(&args)
+        .env("VMKEEP_CACHE_DIR", cache)
+        .env("VMKEEP_DOWNLOAD_STALL_TIMEOUT", "1")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&path).unwrap();
+    common::Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        output,
+    }
+}
+
+fn cached_images(cache: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(cache.join("images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for file in std::fs::read_dir(entry.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            found.push(file.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found.sort();
+    found
+}
+
+fn command_in(env: &TestEnv, cache: &Path, args: &[&str]) -> common::Run {
+    let output = env
+        .command(args)
+        .env("VMKEEP_CACHE_DIR", cache)
+        .output()
+        .unwrap();
+    common::Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        output,
+    }
+}
+
+fn ok_in(env: &TestEnv, cache: &Path, args: &[&str]) -> common::Run {
+    let run = command_in(env, cache, args);
+    assert!(
+        run.output.status.success(),
+        "vmkeep {args:?} failed:\n{}",
+        run.describe()
+    );
+    run
+}
+
+#[test]
+fn vm_cloud_http_image_start_shell_provision_stop_restart_delete() {
+    let image = test_image();
+    let env = TestEnv::new();
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let server = Server::start(&image.dir, Mode::TruncateOnce(64 << 20));
+    let digest = format!("sha256:{}", image.disk_sha256);
+    let yaml = template(&server.url("disk.qcow2"), &digest, &image);
+
+    // Download through http: the first response is cut at 64 MiB and the
+    // download resumes with a Range request.
+    let began = Instant::now();
+    let created = create(&env, cache.path(), "deb", &yaml);
+    assert!(created.output.status.success(), "{}", created.describe());
+    eprintln!(
+        "create (download + overlay): {:.1}s",
+        began.elapsed().as_secs_f64()
+    );
+    let requests = server.requests();
+    assert_eq!(
+        requests[0],
+        ("/disk.qcow2".to_string(), None),
+        "{requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|(p, r)| p == "/disk.qcow2" && *r == Some(64 << 20)),
+        "resumed with a Range request: {requests:?}"
+    );
+    let stderr = created.stderr();
+    assert!(
+        stderr.contains("fetching http://") && stderr.contains("resuming at"),
+        "{stderr}"
+    );
+
+    // A second instance of the same image does not download again.
+    let before = server.requests().len();
+    let second = create(&env, cache.path(), "deb2", &yaml);
+    assert!(second.output.status.success(), "{}", second.describe());
+    assert_eq!(server.requests().len(), before, "served from the cache");
+    ok_in(&env, cache.path(), &["delete", "deb2"]);
+    drop(server);
+
+    // Start: Running only once cloud-init has finished.
+    let began = Instant::now();
+    let start = ok_in(&env, cache.path(), &["start", "deb"]);
+    let first_boot = began.elapsed();
+    eprintln!("first start -> ready: {:.1}s", first_boot.as_secs_f64());
+    assert!(
+        start.stdout().contains("deb is running"),
+        "{}",
+        start.describe()
+    );
+    let status = ok_in(
+        &env,
+        cache.path(),
+        &["shell", "deb", "--", "cloud-init", "status"],
+    );
+    assert!(
+        status.stdout().contains("status: done"),
+        "{}",
+        status.describe()
+    );
+
+    // The shell runs as the user, through ssh; exit codes come back.
+    let whoami = ok_in(&env, cache.path(), &["shell", "deb", "--", "id", "-un"]);
+    assert_eq!(whoami.stdout().trim(), "vmkeep", "{}", whoami.describe());
+    let quoted = command_in(
+        &env,
+        cache.path(),
+        &["shell", "deb", "--", "sh", "-c", "echo 'a b'; exit 7"],
+    );
+    assert_eq!(quoted.code(), Some(7), "{}", quoted.describe());
+    assert_eq!(quoted.stdout(), "a b\n");
+    let provisioned = ok_in(
+        &env,
+        cache.path(),
+        &[
+            "shell",
+            "deb",
+            "--",
+            "sh",
+            "-c",
+            "cat /var/tmp/provisioned-system ~/provisioned-user",
+        ],
+    );
+    assert_eq!(
+        provisioned.stdout(),
+        "system root\nuser vmkeep\n",
+        "{}",
+        provisioned.describe()
+    );
+
+    // list shows the ssh port; ssh-config is usable by plain ssh.
+    let row = env.list().into_iter().find(|r| r["name"] == "deb").unwrap();
+    let port = row["ssh_port"].as_u64().expect("an ssh port while running");
+    let config = ok_in(&env, cache.path(), &["ssh-config", "deb"]).stdout();
+    assert!(config.contains(&format!("Port {port}")), "{config}");
+    let config_file = env.home().join("ssh_config");
+    std::fs::write(&config_file, &config).unwrap();
+    let ssh = std::process::Command::new("ssh")
+        .args([
+            "-F",
+            config_file.to_str().unwrap(),
+            "vmkeep-deb",
+            "hostname",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ssh.stdout).trim(),
+        "deb",
+        "{ssh:?}"
+    );
+
+    // Graceful stop: the ACPI power button, a clean systemd shutdown.
+    let stop = ok_in(&env, cache.path(), &["stop", "deb"]);
+    assert!(
+        stop.stdout().contains("ACPI power button"),
+        "{}",
+        stop.describe()
+    );
+    let stopped = env.last_stopped("deb");
+    assert_eq!(stopped["by"], "power-button", "{stopped}");
+    let serial = std::fs::read_to_string(env.instance_dir("deb").join("serial.log")).unwrap();
+    assert!(
+        serial.contains("System Power Off") && serial.contains("reboot: Power down"),
+        "clean shutdown"
+    );
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
+    assert_eq!(env.runtime_files("deb"), Vec::<String>::new());
+    assert!(!env.instance_dir("deb").join("ssh.port").exists());
+
+    // Start again: the same disk, provisioning not repeated.
+    let began = Instant::now();
+    ok_in(&env, cache.path(), &["start", "deb"]);
+    eprintln!(
+        "second start -> ready: {:.1}s",
+        began.elapsed().as_secs_f64()
+    );
+    let again = ok_in(
+        &env,
+        cache.path(),
+        &[
+            "shell",
+            "deb",
+            "--",
+            "sh",
+            "-c",
+            "cat ~/provisioned-user; cloud-init status",
+        ],
+    );
+    assert!(
+        again.stdout().starts_with("user vmkeep\n") && again.stdout().contains("done"),
+        "{}",
+        again.describe()
+    );
+
+    ok_in(&env, cache.path(), &["delete", "--force", "deb"]);
+    assert!(!env.instance_dir("deb").exists());
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
+}
+
+#[test]
+fn vm_cloud_download_failures_leave_no_instance_and_no_cached_image() {
+    let image = test_image();
+    let env = TestEnv::new();
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let server = Server::start(&image.dir, Mode::Normal);
+    let good = format!("sha256:{}", image.disk_sha256);
+
+    // Bad digest: both digests named; nothing created, nothing cached.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let bad = create(
+        &env,
+        cache.path(),
+        "bad",
+        &template(&server.url("vmlinuz"), &wrong, &image),
+    );
+    assert!(!bad.output.status.success());
+    let err = bad.stderr();
+    assert!(
+        err.contains("digest mismatch") && err.contains(&wrong),
+        "{err}"
+    );
+    let actual = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(image.file("vmlinuz")).unwrap(),
+        ))
+    };
+    assert!(err.contains(&actual), "names the actual digest: {err}");
+    assert!(!env.instance_dir("bad").exists());
+    assert!(!cached_images(cache.path()).contains(&"data".to_string()));
+
+    // Truncated every time: a clear error after the retries; no instance.
+    server.set_mode(Mode::TruncateAlways(8 << 20));
+    let cut = create(
+        &env,
+        cache.path(),
+        "cut",
+        &template(&server.url("disk.qcow2"), &good, &image),
+    );
+    assert!(!cut.output.status.success());
+    assert!(cut.stderr().contains("truncated"), "{}", cut.describe());
+    assert!(!env.instance_dir("cut").exists());
+    let cached = cached_images(cache.path());
+    assert!(!cached.contains(&"data".to_string()), "{cached:?}");
+    assert!(
+        cached.iter().any(|n| n.starts_with("data.partial-")),
+        "kept for resuming: {cached:?}"
+    );
+
+    // A server that stalls: an error within the stall timeout (1 s here).
+    server.set_mode(Mode::Stall(1 << 20));
+    let began = Instant::now();
+    let stalled = create(
+        &env,
+        cache.path(),
+        "stall",
+        &template(
+            &server.url("initrd.img"),
+            &format!("sha256:{}", image.initrd_sha256),
+            &image,
+        ),
+    );
+    assert!(!stalled.output.status.success());
+    assert!(
+        stalled.stderr().contains("stalled"),
+        "{}",
+        stalled.describe()
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(!env.instance_dir("stall").exists());
+
+    // The server recovers: the next create resumes the partial download.
+    server.set_mode(Mode::Normal);
+    let before = server.requests().len();
+    let fine = create(
+        &env,
+        cache.path(),
+        "fine",
+        &template(&server.url("disk.qcow2"), &good, &image),
+    );
+    assert!(fine.output.status.success(), "{}", fine.describe());
+    let resumed: Vec<_> = server.requests()[before..].to_vec();
+    assert!(
+        matches!(resumed.first(), Some((p, Some(from))) if p == "/disk.qcow2" && *from > 0),
+        "resumed from the partial file: {resumed:?}"
+    );
+
+    // A local file: cached by digest, overlay on the cached copy.
+    let local = create(
+        &env,
+        cache.path(),
+        "local",
+        &template(
+            &image.file("disk.qcow2").display().to_string(),
+            &good,
+            &image,
+        ),
+    );
+    assert!(local.output.status.success(), "{}", local.describe());
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(env.instance_dir("local").join("image.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        record["base"]
+            .as_str()
+            .unwrap()
+            .starts_with(cache.path().to_str().unwrap())
+    );
+    assert_eq!(env.processes(), vec![]);
+}
