@@ -53,20 +53,15 @@ impl LastRun {
 /// How the last run ended, and the timestamp of the record that says so
 /// (the key under which the daemon remembers it has decided on that ending).
 pub fn last_run(records: &[Record]) -> (LastRun, Option<String>) {
-    let mut last_error = None;
-    for record in records.iter().rev() {
+    for (at, record) in records.iter().enumerate().rev() {
         let ended = match &record.event {
             Event::GaveUp { .. } => LastRun::GaveUp,
-            Event::StartFailed { error } => {
-                last_error.get_or_insert_with(|| error.clone());
-                continue;
-            }
             Event::Stopped { reason, .. } => match reason {
                 StoppedReason::Requested => LastRun::Requested,
                 StoppedReason::GuestPoweroff => LastRun::GuestPoweroff,
                 StoppedReason::Crashed => LastRun::Crashed,
                 StoppedReason::StartFailed => LastRun::StartFailed {
-                    error: last_error.take().unwrap_or_else(|| "unknown".into()),
+                    error: start_error(&records[..at]),
                 },
             },
             Event::Starting { .. }
@@ -75,11 +70,26 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<String>) {
             | Event::Adopted { .. }
             | Event::Stopping { .. }
             | Event::StopStep { .. } => LastRun::Unclean,
-            Event::Repaired { .. } | Event::Restarting { .. } | Event::Unknown => continue,
+            Event::StartFailed { .. }
+            | Event::Repaired { .. }
+            | Event::Restarting { .. }
+            | Event::Unknown => continue,
         };
         return (ended, Some(record.ts.clone()));
     }
     (LastRun::Never, None)
+}
+
+/// The error of the failed start that `records` end with.
+fn start_error(records: &[Record]) -> String {
+    for record in records.iter().rev() {
+        match &record.event {
+            Event::StartFailed { error } => return error.clone(),
+            Event::Starting { .. } => break,
+            _ => {}
+        }
+    }
+    "unknown".into()
 }
 
 /// Whether the instance should be running now that its last run ended so.
