@@ -486,10 +486,15 @@ impl Drop for Running {
 
 fn wait_running(env: &TestEnv, name: &str, service: &mut Running) {
     let ran = wait_until(BOOT, || {
-        assert!(
-            service.is_running(),
-            "the service exited while starting {name}"
-        );
+        if !service.is_running() {
+            panic!(
+                "the service exited while starting {name}: {:?}\nautostart.log:\n{}\nha.log:\n{}\nevents: {:?}",
+                service.child.try_wait(),
+                log_of(env, name),
+                std::fs::read_to_string(env.instance_dir(name).join("ha.log")).unwrap_or_default(),
+                env.events(name)
+            );
+        }
         (env.status(name) == "Running").then_some(())
     });
     assert!(ran.is_some(), "{name} never ran: {}", env.status(name));

@@ -175,8 +175,10 @@ fn our_qemu(dir: &InstanceDir) -> anyhow::Result<Option<ProcessHandle>> {
         return Ok(None);
     };
     let qmp = dir.qmp_socket();
-    let ours = process::command_line(qemu.pid())
-        .unwrap_or_default()
+    let Some(command_line) = process::command_line_of_live(&qemu) else {
+        return Ok(None); // it was exiting, and now it is gone
+    };
+    let ours = command_line
         .iter()
         .any(|a| a.contains(&*qmp.to_string_lossy()));
     if !ours {

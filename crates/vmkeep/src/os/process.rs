@@ -210,6 +210,22 @@ pub fn command_line(pid: u32) -> Option<Vec<String>> {
     )
 }
 
+/// The command line of `process`, or `None` once it has exited. A process
+/// that is exiting has already lost its memory (so its command line reads
+/// empty) while it still holds its files and locks for a moment: wait for
+/// it to finish exiting rather than mistake it for a stranger.
+pub fn command_line_of_live(process: &ProcessHandle) -> Option<Vec<String>> {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match command_line(process.pid()) {
+            Some(args) if !args.is_empty() && !process.has_exited() => return Some(args),
+            _ if process.has_exited() => return None,
+            _ if std::time::Instant::now() >= until => return Some(Vec::new()),
+            _ => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
 /// Where a spawned process's standard output goes.
 pub enum Output {
     Null,
@@ -324,6 +340,22 @@ mod tests {
         assert_eq!(child.reap(), ExitOutcome::Signaled(libc::SIGKILL));
         // Signalling a reaped process through its pidfd is harmless.
         child.kill().unwrap();
+    }
+
+    #[test]
+    fn a_live_process_has_a_command_line_and_an_exited_one_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = super::super::fs::open_append(&dir.path().join("log")).unwrap();
+        let child = spawn_in_own_group(Path::new("/bin/sleep"), &["30"], log).unwrap();
+        assert_eq!(
+            command_line_of_live(&child),
+            Some(vec!["/bin/sleep".to_string(), "30".to_string()])
+        );
+        child.kill().unwrap();
+        // Unreaped (a zombie: no memory, no command line): not alive.
+        assert!(child.wait_timeout(Duration::from_secs(5)));
+        assert_eq!(command_line_of_live(&child), None);
+        child.reap();
     }
 
     #[test]

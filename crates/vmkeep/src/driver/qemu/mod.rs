@@ -189,8 +189,12 @@ pub async fn adopt(
         return Ok(None);
     };
     let qmp_path = dir.qmp_socket();
-    let names_our_socket = process::command_line(process.pid())
-        .unwrap_or_default()
+    let Some(command_line) = process::command_line_of_live(&process) else {
+        // It was exiting (its memory, command line included, goes before its
+        // files and locks): nothing to adopt once it is gone.
+        return Ok(None);
+    };
+    let names_our_socket = command_line
         .iter()
         .any(|arg| arg.contains(&*qmp_path.to_string_lossy()));
     if !names_our_socket {
