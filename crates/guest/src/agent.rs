@@ -2,8 +2,8 @@
 //! requests, announcing readiness, powering off.
 
 use std::path::Path;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use vmkeep_protocol::{ExecResult, FromGuest, GuestInfo, Reply};
@@ -29,15 +29,37 @@ pub enum Mode {
     Service,
 }
 
+/// How the machine ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    PowerOff,
+    /// Restart the guest inside the same QEMU.
+    Reboot,
+}
+
+impl Ending {
+    fn verb(self) -> &'static str {
+        match self {
+            Ending::PowerOff => "powering off",
+            Ending::Reboot => "rebooting",
+        }
+    }
+}
+
 pub struct Agent {
     pub mode: Mode,
     pub flags: Flags,
     pub reaper: &'static Reaper,
     /// Environment of every command the agent runs, before request extras.
     pub base_env: Vec<(String, String)>,
-    ready: AtomicBool,
+    /// Whether ready was announced. Held while announcing and while
+    /// answering a request, so that a host hears "ready" in a `Hello` reply
+    /// only after the `Ready` announcement (if it heard that at all): a
+    /// second `Ready` on one connection then always means a new boot.
+    ready: Mutex<bool>,
     data_mounted: AtomicBool,
-    powering_off: AtomicBool,
+    /// Set by the first request to end the machine.
+    ending: AtomicBool,
     channel: OnceLock<Channel>,
 }
 
@@ -53,9 +75,9 @@ impl Agent {
             flags,
             reaper,
             base_env,
-            ready: AtomicBool::new(false),
+            ready: Mutex::new(false),
             data_mounted: AtomicBool::new(false),
-            powering_off: AtomicBool::new(false),
+            ending: AtomicBool::new(false),
             channel: OnceLock::new(),
         }))
     }
@@ -105,7 +127,8 @@ impl Agent {
     /// Print the ready marker, remember readiness, tell a connected host.
     pub fn announce_ready(&self) {
         crate::log::raw(vmkeep_protocol::kernel_flags::READY_MARKER);
-        self.ready.store(true, Ordering::SeqCst);
+        let mut ready = self.lock_ready();
+        *ready = true;
         if let Some(channel) = self
             .channel
             .get()
@@ -113,6 +136,13 @@ impl Agent {
         {
             channel.send(&FromGuest::Ready(self.info()));
         }
+    }
+
+    fn lock_ready(&self) -> MutexGuard<'_, bool> {
+        // The release build aborts on panic: never poisoned in practice.
+        self.ready
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn reply(&self, id: u64, body: Reply) {
@@ -139,12 +169,10 @@ impl Agent {
             }
         };
         let id = request.id;
-        match handler::plan(
-            request.op,
-            self.ready.load(Ordering::SeqCst),
-            self.flags,
-            || self.info(),
-        ) {
+        // Held until the reply is sent (see `ready`); the other actions
+        // only start a thread while holding it.
+        let ready = self.lock_ready();
+        match handler::plan(request.op, *ready, self.flags, || self.info()) {
             Action::Reply(body) => self.reply(id, body),
             Action::Exec(exec_request) => {
                 let spawned = std::thread::Builder::new()
@@ -208,21 +236,27 @@ impl Agent {
         }
     }
 
-    /// Power the machine off. Only the first call acts; later calls return.
-    /// In init mode this never returns to the first caller.
+    /// Power the machine off. Only the first request to end the machine
+    /// acts; later ones return. In init mode this never returns to the
+    /// first caller.
     pub fn power_off(&self, reason: &str) {
-        if self.powering_off.swap(true, Ordering::SeqCst) {
-            log!("already powering off; ignoring {reason}");
+        self.end(Ending::PowerOff, reason);
+    }
+
+    /// End the machine the way `ending` says (see `power_off`).
+    pub fn end(&self, ending: Ending, reason: &str) {
+        if self.ending.swap(true, Ordering::SeqCst) {
+            log!("already ending the machine; ignoring {reason}");
             return;
         }
-        log!("powering off ({reason})");
+        log!("{} ({reason})", ending.verb());
         match self.mode {
-            Mode::Init => self.power_off_as_init(),
-            Mode::Service => self.power_off_through_systemd(),
+            Mode::Init => self.end_as_init(ending),
+            Mode::Service => self.end_through_systemd(ending),
         }
     }
 
-    fn power_off_as_init(&self) {
+    fn end_as_init(&self, ending: Ending) {
         stop_all_processes();
         sys::sync();
         if self.data_mounted.load(Ordering::SeqCst) {
@@ -235,15 +269,22 @@ impl Agent {
             }
         }
         sys::sync();
-        let err = sys::power_off_now();
-        log!("reboot(RB_POWER_OFF) failed: {err}; halting here");
+        let err = match ending {
+            Ending::PowerOff => sys::power_off_now(),
+            Ending::Reboot => sys::reboot_now(),
+        };
+        log!("reboot(2) failed: {err}; halting here");
         loop {
             std::thread::park();
         }
     }
 
-    fn power_off_through_systemd(&self) {
-        for argv in [&["systemctl", "poweroff"][..], &["poweroff"][..]] {
+    fn end_through_systemd(&self, ending: Ending) {
+        let commands: [&[&str]; 2] = match ending {
+            Ending::PowerOff => [&["systemctl", "poweroff"], &["poweroff"]],
+            Ending::Reboot => [&["systemctl", "reboot"], &["reboot"]],
+        };
+        for argv in commands {
             match self.run_tool(argv) {
                 Ok(result) if result.exit_code == 0 => return,
                 Ok(result) => log!(
@@ -255,9 +296,9 @@ impl Agent {
                 Err(e) => log!("cannot run `{}`: {e}", argv.join(" ")),
             }
         }
-        log!("could not power off; the host will have to stop this machine");
+        log!("could not end the machine; the host will have to stop it");
         // Let a later request try again.
-        self.powering_off.store(false, Ordering::SeqCst);
+        self.ending.store(false, Ordering::SeqCst);
     }
 }
 

@@ -16,6 +16,7 @@ mod disk;
 mod exec;
 mod flags;
 mod handler;
+mod init_signals;
 mod input;
 mod log;
 mod reaper;
@@ -91,6 +92,10 @@ fn run_init() -> ! {
     // Now that devtmpfs is mounted, a missing console can be opened.
     boot::ensure_std_fds();
     let flags = Flags::from_proc();
+    // Before the first thread, so that every thread inherits the mask.
+    if let Err(e) = init_signals::block() {
+        log!("cannot block the halt/poweroff/reboot signals: {e}");
+    }
     let reaper = start_reaper(Mode::Init);
     let base_env = exec::merge_env(
         &inherited_env(),
@@ -100,6 +105,11 @@ fn run_init() -> ! {
         ],
     );
     let agent = Agent::new(Mode::Init, flags, reaper, base_env);
+    if let Err(e) =
+        init_signals::watch(move |ending| agent.end(ending, "asked from inside the guest"))
+    {
+        log!("cannot watch for halt/poweroff/reboot: {e}; use their -f option");
+    }
 
     boot::install_busybox(agent);
     boot::load_modules();

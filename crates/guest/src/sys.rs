@@ -97,6 +97,13 @@ pub fn power_off_now() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// reboot(RB_AUTOBOOT): only returns on failure.
+pub fn reboot_now() -> io::Error {
+    // SAFETY: reboot has no memory-safety preconditions.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    io::Error::last_os_error()
+}
+
 /// The running kernel's release (`uname -r`).
 pub fn kernel_release() -> String {
     // SAFETY: utsname is plain old data; uname fills it.
