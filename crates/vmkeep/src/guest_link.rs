@@ -160,7 +160,10 @@ impl GuestLink {
                 });
             }
         };
-        let (conn, rx) = Connection::new(stream, MAX_LINE_BYTES, classify);
+        let mut readiness = Readiness::default();
+        let (conn, rx) = Connection::new(stream, MAX_LINE_BYTES, move |line: &[u8]| {
+            readiness.classify(line)
+        });
         let link = GuestLink { conn };
         let hello = link
             .hello(deadline.saturating_duration_since(Instant::now()))
@@ -212,6 +215,13 @@ impl GuestLink {
             Reply::PoweroffAccepted => Ok(()),
             other => Err(unexpected(GuestOp::Poweroff, other)),
         }
+    }
+
+    /// Give the connection up because the guest restarted (QEMU reported a
+    /// reset): requests in flight fail now instead of waiting for answers
+    /// that will never come.
+    pub fn abandon_after_guest_reset(&self) {
+        self.conn.close(CloseReason::PeerRestarted);
     }
 
     /// Whether the connection has ended.
@@ -338,8 +348,38 @@ fn retryable_connect(error: &io::Error) -> bool {
     )
 }
 
+/// What one connection has heard of the guest's readiness.
+///
+/// The guest agent announces `Ready` once per start, and answers `Hello`
+/// with its readiness in the same order it announces (see the guest's
+/// `announce_ready`). So a `Ready` on a connection that already heard the
+/// guest was ready comes from a new guest agent: the guest rebooted under
+/// this socket (QEMU's chardev stays connected across it), and requests sent
+/// before will never be answered.
+#[derive(Debug, Default)]
+struct Readiness {
+    heard_ready: bool,
+}
+
+impl Readiness {
+    /// Sort one line from the guest into reply, `Ready` event, or restart.
+    fn classify(&mut self, line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
+        let incoming = sort_line(line)?;
+        match &incoming {
+            Incoming::Event(_) if self.heard_ready => return Ok(Incoming::PeerRestarted),
+            Incoming::Event(_)
+            | Incoming::Response {
+                payload: Reply::Hello { ready: true, .. },
+                ..
+            } => self.heard_ready = true,
+            _ => {}
+        }
+        Ok(incoming)
+    }
+}
+
 /// Sort one line from the guest into reply or `Ready` event.
-fn classify(line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
+fn sort_line(line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
     match vmkeep_protocol::decode_line::<FromGuest>(line) {
         Ok(FromGuest::Reply { id, body }) => Ok(Incoming::Response { id, payload: body }),
         Ok(FromGuest::Ready(info)) => Ok(Incoming::Event(info)),
@@ -496,7 +536,7 @@ mod tests {
             let request = guest.recv().await.unwrap();
             guest.answer(&request, Reply::PoweroffAccepted).await;
         });
-        let (conn, _rx) = Connection::new(ours, MAX_LINE_BYTES, classify);
+        let (conn, _rx) = Connection::new(ours, MAX_LINE_BYTES, sort_line);
         let link = GuestLink { conn };
 
         let request = ExecRequest {
@@ -666,10 +706,47 @@ mod tests {
     }
 
     #[test]
+    fn a_second_readiness_on_one_connection_means_the_guest_started_afresh() {
+        let line = |message: &FromGuest| {
+            let mut line = encode_line(message);
+            line.pop();
+            line
+        };
+        let ready = line(&FromGuest::Ready(info()));
+        let hello = |ready| {
+            line(&FromGuest::Reply {
+                id: 1,
+                body: Reply::Hello {
+                    ready,
+                    info: info(),
+                },
+            })
+        };
+        let is_restart =
+            |incoming: Incoming<Reply, GuestInfo>| matches!(incoming, Incoming::PeerRestarted);
+
+        // Booting: "not ready", then the announcement, then a reboot.
+        let mut booting = Readiness::default();
+        assert!(!is_restart(booting.classify(&hello(false)).unwrap()));
+        assert!(matches!(
+            booting.classify(&ready).unwrap(),
+            Incoming::Event(_)
+        ));
+        assert!(!is_restart(booting.classify(&hello(true)).unwrap()));
+        assert!(is_restart(booting.classify(&ready).unwrap()));
+
+        // Connected to a guest that was ready already: its next
+        // announcement is a new boot's.
+        let mut connected_late = Readiness::default();
+        assert!(!is_restart(connected_late.classify(&hello(true)).unwrap()));
+        assert!(is_restart(connected_late.classify(&ready).unwrap()));
+    }
+
+    #[test]
     fn malformed_replies_name_their_request_when_possible() {
-        let bad = classify(br#"{"reply": {"id": 9, "body": "no-such-reply"}}"#).unwrap_err();
+        let bad = sort_line(br#"{"reply": {"id": 9, "body": "no-such-reply"}}"#).unwrap_err();
         assert_eq!(bad.id, Some(9));
-        let worse = classify(b"garbage").unwrap_err();
+        let worse = sort_line(b"garbage").unwrap_err();
         assert_eq!(worse.id, None);
     }
 }

@@ -54,6 +54,11 @@ pub enum Event {
         guest_boot_id: String,
         boot_secs: f64,
     },
+    /// The guest restarted inside the same QEMU (a `reboot` inside it) and
+    /// its agent is ready again.
+    GuestRebooted {
+        guest_boot_id: String,
+    },
     StartFailed {
         error: String,
     },

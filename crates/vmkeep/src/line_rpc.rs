@@ -38,6 +38,11 @@ pub enum Incoming<R, E> {
     Event(E),
     /// A line the owner does not care about.
     Ignore,
+    /// The peer announced that it started afresh on this same socket (the
+    /// socket outlives the peer: a guest agent behind QEMU's chardev, across
+    /// a guest reboot). Requests it had not answered never will be: the
+    /// connection closes with [`CloseReason::PeerRestarted`].
+    PeerRestarted,
 }
 
 /// A line that breaks the protocol.
@@ -83,6 +88,11 @@ pub enum CloseReason {
     /// Writing to the socket failed.
     #[error("writing to the socket failed")]
     Write(#[source] io::Error),
+    /// The peer started afresh; see [`Incoming::PeerRestarted`].
+    #[error(
+        "the other end started afresh (for the guest agent: the guest rebooted), so what it had not answered is lost"
+    )]
+    PeerRestarted,
     /// The peer sent a line longer than the connection accepts.
     #[error("the peer sent a line longer than {max} bytes")]
     LineTooLong { max: usize },
@@ -335,6 +345,14 @@ impl<R: Send + 'static> Connection<R> {
         let _ = closed.wait_for(|closed| *closed).await;
     }
 
+    /// End the connection now: pending requests fail with `reason`, and the
+    /// socket is let go (so that a new connection can take its place).
+    pub fn close(&self, reason: CloseReason) {
+        self.inner.shared.close(reason);
+        // The writer stops on its own once it sees the connection closed.
+        self.inner.reader.abort();
+    }
+
     /// Why the connection ended, if it has.
     pub fn close_reason(&self) -> Option<Arc<CloseReason>> {
         self.inner.shared.close_reason()
@@ -414,6 +432,7 @@ async fn read_loop<R, E, F>(
                 let _ = events.send(event);
             }
             Ok(Incoming::Ignore) => {}
+            Ok(Incoming::PeerRestarted) => break CloseReason::PeerRestarted,
             Err(malformed) => match malformed.id.and_then(|id| shared.take_waiter(id)) {
                 Some(waiter) => {
                     let _ = waiter.send(Err(Failure::Malformed(malformed)));
@@ -440,7 +459,16 @@ async fn write_loop<R>(
     mut lines: mpsc::UnboundedReceiver<Vec<u8>>,
     shared: Arc<Shared<R>>,
 ) {
-    while let Some(line) = lines.recv().await {
+    // Once the connection is closed (by the reader too), stop writing and
+    // let go of the socket, so that its peer sees the end and a new
+    // connection can take its place.
+    let mut closed = shared.closed.subscribe();
+    loop {
+        let line = tokio::select! {
+            line = lines.recv() => line,
+            _ = closed.wait_for(|closed| *closed) => None,
+        };
+        let Some(line) = line else { break };
         if let Err(error) = write_half.write_all(&line).await {
             tracing::debug!(%error, "connection writer stopped");
             shared.close(CloseReason::Write(error));
@@ -470,6 +498,9 @@ mod tests {
         }
         if value.get("noise").is_some() {
             return Ok(Incoming::Ignore);
+        }
+        if value.get("restarted").is_some() {
+            return Ok(Incoming::PeerRestarted);
         }
         match (id, value.get("r")) {
             (Some(id), Some(r)) => Ok(Incoming::Response {
@@ -612,6 +643,59 @@ mod tests {
         );
         assert_eq!(events.recv().await, None, "events end with the connection");
         assert!(conn.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_restarted_peer_fails_pending_requests_and_the_socket_is_let_go() {
+        let (conn, mut events, mut peer) = setup(1024);
+        let peer_task = async {
+            peer.recv().await;
+            peer.send(r#"{"restarted": true}"#).await;
+        };
+        let (reply, ()) = tokio::join!(ask(&conn, "lost", SECOND), peer_task);
+        match reply {
+            Err(LineRpcError::Closed { reason, .. }) => {
+                assert!(matches!(*reason, CloseReason::PeerRestarted), "{reason:?}")
+            }
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        assert!(conn.is_closed());
+        assert_eq!(events.recv().await, None, "events end with the connection");
+        // The handle is still alive, yet the peer sees the end of the stream:
+        // a new connection can take this one's place.
+        let mut rest = String::new();
+        let n = tokio::time::timeout(SECOND, peer.reader.read_line(&mut rest))
+            .await
+            .expect("the socket was let go")
+            .unwrap();
+        assert_eq!(n, 0, "{rest:?}");
+        drop(conn);
+    }
+
+    #[tokio::test]
+    async fn closing_fails_pending_requests_and_lets_the_socket_go() {
+        let (conn, _events, mut peer) = setup(1024);
+        let closer = async {
+            peer.recv().await;
+            conn.close(CloseReason::PeerRestarted);
+        };
+        let (pending, ()) = tokio::join!(ask(&conn, "never answered", SECOND), closer);
+        match pending {
+            Err(LineRpcError::Closed { reason, .. }) => {
+                assert!(matches!(*reason, CloseReason::PeerRestarted), "{reason:?}")
+            }
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        let mut rest = String::new();
+        let n = tokio::time::timeout(SECOND, peer.reader.read_line(&mut rest))
+            .await
+            .expect("the socket was let go")
+            .unwrap();
+        assert_eq!(n, 0, "{rest:?}");
+        assert!(matches!(
+            ask(&conn, "after", SECOND).await,
+            Err(LineRpcError::Closed { .. })
+        ));
     }
 
     #[tokio::test]

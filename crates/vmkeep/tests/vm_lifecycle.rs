@@ -236,3 +236,55 @@ fn vm_a_guest_that_ignores_everything_is_hard_stopped_at_the_deadline() {
     assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
     assert_eq!(env.status("stubborn"), "Stopped");
 }
+
+#[test]
+fn vm_reboot_inside_the_guest_reboots_in_place_and_halt_stops_it() {
+    let env = TestEnv::new();
+    env.create("rb", "");
+    env.ok(&["start", "rb"]);
+    env.ok(&["shell", "rb", "--", "sh", "-c", "echo kept > /data/proof"]);
+    let first_boot = env.boot_id("rb");
+    let qemu_pid = |env: &TestEnv| {
+        env.list()
+            .into_iter()
+            .find(|r| r["name"] == "rb")
+            .and_then(|r| r["qemu_pid"].as_u64())
+    };
+    let qemu_before = qemu_pid(&env);
+    assert!(qemu_before.is_some());
+
+    // Plain `reboot`, as a user types it: busybox signals init (the agent).
+    let _ = env.run(&["shell", "rb", "--", "reboot"]);
+    let second_boot = wait_until(BOOT, || {
+        let run = env.run(&[
+            "shell",
+            "rb",
+            "--",
+            "cat",
+            "/proc/sys/kernel/random/boot_id",
+        ]);
+        let id = run.stdout().trim().to_string();
+        (run.code() == Some(0) && !id.is_empty() && id != first_boot).then_some(id)
+    })
+    .expect("the guest booted again and answers");
+    assert_ne!(second_boot, first_boot);
+    assert_eq!(qemu_pid(&env), qemu_before, "same QEMU: rebooted in place");
+    assert_eq!(env.status("rb"), "Running");
+    assert_eq!(env.count_events("rb", "stopped"), 0, "a reboot is no stop");
+    let rebooted: Vec<_> = env
+        .events("rb")
+        .into_iter()
+        .filter(|e| e["event"] == "guest-rebooted")
+        .collect();
+    assert_eq!(rebooted.len(), 1, "{rebooted:?}");
+    assert_eq!(rebooted[0]["guest_boot_id"], second_boot.as_str());
+    let proof = env.ok(&["shell", "rb", "--", "cat", "/data/proof"]);
+    assert_eq!(proof.stdout(), "kept\n");
+
+    // Plain `halt` ends the machine: nobody can see a halted VM.
+    let _ = env.run(&["shell", "rb", "--", "halt"]);
+    env.wait_status("rb", "Stopped", Duration::from_secs(30));
+    assert_eq!(env.last_stopped("rb")["reason"], "guest-poweroff");
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
+    assert_eq!(env.runtime_files("rb"), Vec::<String>::new());
+}

@@ -67,6 +67,7 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<String>) {
             Event::Starting { .. }
             | Event::Booting { .. }
             | Event::Running { .. }
+            | Event::GuestRebooted { .. }
             | Event::Adopted { .. }
             | Event::Stopping { .. }
             | Event::StopStep { .. } => LastRun::Unclean,

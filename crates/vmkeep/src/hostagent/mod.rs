@@ -28,6 +28,7 @@ use crate::driver::qemu::args::LaunchSpec;
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
 use crate::driver::qemu::{self, QemuVm};
 use crate::guest_link::{self, GuestLink};
+use crate::hostagent::api::GuestInfo;
 use crate::image::tiny;
 use crate::instance::status::Phase;
 use crate::instance::{Config, InstanceDir, InstanceName};
@@ -414,8 +415,16 @@ impl Agent<'_> {
 
     fn note_qmp_event(&mut self, event: &QmpEvent) {
         tracing::info!(?event, "QMP event");
-        if let QmpEvent::Shutdown { guest: true, .. } = event {
-            self.guest_shutdown = true;
+        match event {
+            QmpEvent::Shutdown { guest: true, .. } => self.guest_shutdown = true,
+            // The guest restarts in the same QEMU (a `reboot` inside it):
+            // its agent's answers to requests in flight are lost.
+            QmpEvent::Reset { .. } => {
+                if let Some(link) = self.guest_rx.borrow().as_ref() {
+                    link.abandon_after_guest_reset();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -476,10 +485,27 @@ impl Agent<'_> {
 
         let boot_secs = began.elapsed().as_secs_f64();
         let _ = self.guest_tx.send(Some(link.clone()));
+        let shared = Arc::clone(&self.shared);
+        let journal_path = self.dir.journal();
+        let first_boot_id = guest.boot_id.clone();
+        let on_reboot = move |guest: GuestInfo| {
+            let recorded = Journal::open(&journal_path).and_then(|mut journal| {
+                journal.record(Event::GuestRebooted {
+                    guest_boot_id: guest.boot_id.clone(),
+                })
+            });
+            if let Err(e) = recorded {
+                tracing::warn!("cannot write the journal: {e}");
+            }
+            let mut info = shared.info.lock().unwrap_or_else(|e| e.into_inner());
+            info.guest = Some(guest);
+        };
         self.tasks.push(tokio::spawn(keep_guest_link(
             self.dir.guest_socket(),
             link,
+            first_boot_id,
             self.guest_tx.clone(),
+            on_reboot,
         )));
         self.record(Event::Running {
             qemu_pid: vm.pid(),
@@ -603,19 +629,27 @@ fn stopped_as_failed(stopped: AgentOutcome) -> AgentOutcome {
 }
 
 /// Keep a guest-agent connection available: when it drops (guest reboot,
-/// channel reset), reconnect and publish the new one.
+/// channel reset), reconnect and publish the new one. `on_reboot` hears of
+/// each new boot of the guest (a new boot id).
 async fn keep_guest_link(
     socket: PathBuf,
     mut link: GuestLink,
+    mut boot_id: String,
     publish: watch::Sender<Option<GuestLink>>,
+    mut on_reboot: impl FnMut(GuestInfo),
 ) {
     loop {
         link.closed().await;
         let _ = publish.send(None);
         let far = Instant::now() + Duration::from_secs(24 * 3600);
         match guest_link::wait_ready(&socket, far).await {
-            Ok((new_link, _)) => {
+            Ok((new_link, guest)) => {
                 link = new_link;
+                if guest.boot_id != boot_id {
+                    tracing::info!(boot_id = %guest.boot_id, "the guest rebooted");
+                    boot_id = guest.boot_id.clone();
+                    on_reboot(guest);
+                }
                 let _ = publish.send(Some(link.clone()));
             }
             Err(e) => {

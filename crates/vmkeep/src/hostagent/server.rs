@@ -31,6 +31,33 @@ pub struct Shared {
 /// Longest a single `exec` may run before the API gives up on it.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a command waits for the guest agent of a running instance to
+/// come back (its guest is rebooting) before it is refused.
+const GUEST_RETURN_WAIT: Duration = Duration::from_secs(120);
+
+/// The guest agent's link for a command: at once when connected; while the
+/// instance is Running but the guest is away (rebooting), once it is back.
+async fn connected_guest(shared: &Shared) -> Option<GuestLink> {
+    let usable = |link: &Option<GuestLink>| link.as_ref().is_some_and(|l| !l.is_closed());
+    let mut guest = shared.guest.clone();
+    if let Some(link) = guest.borrow().as_ref().filter(|l| !l.is_closed()) {
+        return Some(link.clone());
+    }
+    let running = shared
+        .info
+        .lock()
+        .map(|info| info.phase == crate::instance::status::Phase::Running)
+        .unwrap_or(false);
+    if !running {
+        return None;
+    }
+    let back = tokio::time::timeout(GUEST_RETURN_WAIT, guest.wait_for(usable)).await;
+    match back {
+        Ok(Ok(link)) => link.clone(),
+        _ => None,
+    }
+}
+
 /// Serve until the listener fails (the agent drops the task when it exits).
 pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
     loop {
@@ -139,15 +166,14 @@ async fn handle(
                     "exec needs a command".into(),
                 ));
             }
-            let link = shared.guest.borrow().clone();
-            match link {
+            match connected_guest(&shared).await {
                 None => error(
                     StatusCode::CONFLICT,
                     "the guest agent is not connected (the instance is starting, stopping or stopped)".into(),
                 ),
                 Some(link) => match link.exec(exec, EXEC_TIMEOUT).await {
                     Ok(result) => json(StatusCode::OK, &result),
-                    Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+                    Err(e) => error(StatusCode::BAD_GATEWAY, format!("{:#}", anyhow::Error::new(e))),
                 },
             }
         }

@@ -240,7 +240,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         return Phase::Starting;
     };
     match record.event {
-        Event::Running { .. } => Phase::Running,
+        Event::Running { .. } | Event::GuestRebooted { .. } => Phase::Running,
         Event::Stopping { .. }
         | Event::StopStep { .. }
         | Event::Stopped { .. }
