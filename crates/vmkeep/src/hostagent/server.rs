@@ -169,7 +169,7 @@ async fn handle(
             match connected_guest(&shared).await {
                 None => error(
                     StatusCode::CONFLICT,
-                    "the guest agent is not connected (the instance is starting, stopping or stopped)".into(),
+                    "the guest agent is not connected (the instance is starting, stopping or stopped, or its guest did not come back from a reboot)".into(),
                 ),
                 Some(link) => match link.exec(exec, EXEC_TIMEOUT).await {
                     Ok(result) => json(StatusCode::OK, &result),
