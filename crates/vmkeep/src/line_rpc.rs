@@ -527,6 +527,16 @@ mod tests {
             serde_json::from_str(&line).unwrap()
         }
 
+        /// Assert that our side let the socket go: the peer reads its end.
+        async fn sees_the_end(&mut self) {
+            let mut rest = String::new();
+            let n = tokio::time::timeout(SECOND, self.reader.read_line(&mut rest))
+                .await
+                .expect("the socket was let go")
+                .unwrap();
+            assert_eq!(n, 0, "{rest:?}");
+        }
+
         async fn send(&mut self, line: &str) {
             self.writer.write_all(line.as_bytes()).await.unwrap();
             self.writer.write_all(b"\n").await.unwrap();
@@ -663,12 +673,7 @@ mod tests {
         assert_eq!(events.recv().await, None, "events end with the connection");
         // The handle is still alive, yet the peer sees the end of the stream:
         // a new connection can take this one's place.
-        let mut rest = String::new();
-        let n = tokio::time::timeout(SECOND, peer.reader.read_line(&mut rest))
-            .await
-            .expect("the socket was let go")
-            .unwrap();
-        assert_eq!(n, 0, "{rest:?}");
+        peer.sees_the_end().await;
         drop(conn);
     }
 
@@ -686,12 +691,7 @@ mod tests {
             }
             other => panic!("expected Closed, got {other:?}"),
         }
-        let mut rest = String::new();
-        let n = tokio::time::timeout(SECOND, peer.reader.read_line(&mut rest))
-            .await
-            .expect("the socket was let go")
-            .unwrap();
-        assert_eq!(n, 0, "{rest:?}");
+        peer.sees_the_end().await;
         assert!(matches!(
             ask(&conn, "after", SECOND).await,
             Err(LineRpcError::Closed { .. })

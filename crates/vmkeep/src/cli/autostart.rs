@@ -542,20 +542,7 @@ struct StatusRow {
 fn status(args: StatusArgs) -> anyhow::Result<i32> {
     let names = match args.name {
         Some(name) => vec![name],
-        None => {
-            let root = home::instances_root()?;
-            let mut names: Vec<InstanceName> = std::fs::read_dir(&root)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .filter(|e| e.path().is_dir())
-                        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            names.sort();
-            names
-        }
+        None => crate::instance::layout::instance_names(&home::instances_root()?),
     };
     let mut rows = Vec::new();
     for name in &names {

@@ -12,7 +12,7 @@ use crate::daemon::policy::RestartLimits;
 use crate::daemon::unit::{self, DaemonUnit, UNIT_NAME};
 use crate::daemon::{self, DaemonOptions};
 use crate::home;
-use crate::instance::{Config, InstanceDir, InstanceName};
+use crate::instance::{Config, InstanceDir};
 use crate::os::service_manager as sm;
 
 pub fn run(args: DaemonArgs) -> anyhow::Result<i32> {
@@ -84,14 +84,7 @@ fn install(dry_run: bool) -> anyhow::Result<i32> {
 /// The longest graceful-stop deadline among supervised instances (30 s if none).
 fn longest_stop_timeout(root: &std::path::Path) -> Duration {
     let mut longest = Duration::from_secs(30);
-    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-        let Some(name) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<InstanceName>().ok())
-        else {
-            continue;
-        };
+    for name in crate::instance::layout::instance_names(root) {
         if let Ok(dir) = InstanceDir::new(root, name)
             && let Ok(config) = Config::load(&dir.config())
             && config.run_strategy.is_some()

@@ -49,17 +49,7 @@ fn names(root: &Path, only: Option<&InstanceName>) -> Vec<InstanceName> {
     if let Some(name) = only {
         return vec![name.clone()];
     }
-    let mut names: Vec<InstanceName> = std::fs::read_dir(root)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
+    crate::instance::layout::instance_names(root)
 }
 
 /// Complete lines from `offset` on; returns the records and the bytes

@@ -36,7 +36,7 @@ struct Reason {
 pub fn run(args: ListArgs) -> anyhow::Result<i32> {
     let root = home::instances_root()?;
     let names = if args.names.is_empty() {
-        all_names(&root)
+        crate::instance::layout::instance_names(&root)
     } else {
         args.names.clone()
     };
@@ -66,20 +66,6 @@ pub fn run(args: ListArgs) -> anyhow::Result<i32> {
         anyhow::bail!("no such instance: {}", missing.join(", "));
     }
     Ok(0)
-}
-
-fn all_names(root: &std::path::Path) -> Vec<InstanceName> {
-    let mut names: Vec<InstanceName> = std::fs::read_dir(root)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter(|e| e.path().is_dir())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 fn row(root: &std::path::Path, name: &InstanceName) -> Row {

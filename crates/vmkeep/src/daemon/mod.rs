@@ -134,20 +134,7 @@ impl Daemon {
 
     fn supervised(&self) -> Vec<(InstanceDir, Config, RunStrategy)> {
         let mut found = Vec::new();
-        let Ok(entries) = std::fs::read_dir(&self.options.root) else {
-            return found;
-        };
-        for entry in entries.flatten() {
-            let Some(name) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<InstanceName>().ok())
-            else {
-                continue;
-            };
-            if !entry.path().is_dir() {
-                continue;
-            }
+        for name in crate::instance::layout::instance_names(&self.options.root) {
             let Ok(dir) = InstanceDir::new(&self.options.root, name) else {
                 continue;
             };

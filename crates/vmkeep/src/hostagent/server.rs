@@ -40,8 +40,9 @@ const GUEST_RETURN_WAIT: Duration = Duration::from_secs(120);
 async fn connected_guest(shared: &Shared) -> Option<GuestLink> {
     let usable = |link: &Option<GuestLink>| link.as_ref().is_some_and(|l| !l.is_closed());
     let mut guest = shared.guest.clone();
-    if let Some(link) = guest.borrow().as_ref().filter(|l| !l.is_closed()) {
-        return Some(link.clone());
+    let current = guest.borrow().clone();
+    if usable(&current) {
+        return current;
     }
     let running = shared
         .info

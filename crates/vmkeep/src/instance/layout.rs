@@ -141,6 +141,23 @@ impl InstanceDir {
     }
 }
 
+/// The instances under `root`: its directories named like an instance,
+/// sorted. Staging directories of unfinished creates (`.NAME.tmp-*`) are not
+/// valid names, so they are left out. A missing root has none.
+pub fn instance_names(root: &Path) -> Vec<InstanceName> {
+    let mut names: Vec<InstanceName> = std::fs::read_dir(root)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Whether a file name in an instance directory is a runtime file: something
 /// a running instance creates and a stopped one should not have.
 pub fn is_runtime_file(file_name: &str) -> bool {
