@@ -34,16 +34,49 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
             message: e.to_string(),
         },
     };
-    let seen = Observations {
-        config,
-        disk_present: dir.disk().exists(),
-        agent_pid: pid_of(&dir.agent_lock())?,
-        qemu_pid: pid_of(&dir.qemu_pid())?,
-        runtime_files: runtime_files(dir)?,
-        last_event: journal::last(&dir.journal()).unwrap_or(None),
-        api: ApiState::NotAsked,
-    };
+    let disk_present = dir.disk().exists();
+    let seen = consistent_snapshot(
+        || pid_of(&dir.agent_lock()),
+        |agent_pid| {
+            Ok(Observations {
+                config: config.clone(),
+                disk_present,
+                agent_pid,
+                qemu_pid: pid_of(&dir.qemu_pid())?,
+                runtime_files: runtime_files(dir)?,
+                last_event: journal::last(&dir.journal()).unwrap_or(None),
+                api: ApiState::NotAsked,
+            })
+        },
+    )?;
     Ok((seen, loaded))
+}
+
+/// How many times a snapshot is retaken when a host agent came or went
+/// while it was being taken.
+const SNAPSHOT_ATTEMPTS: usize = 20;
+
+/// Read the agent's lock holder, then the rest, then the holder again, and
+/// retake the snapshot when the holder changed in between. Without this a
+/// host agent starting mid-read looks like "no agent, but a QEMU pid and
+/// runtime files": an orphaned QEMU or stale files, i.e. a Broken instance
+/// that never was. (An agent takes its lock before making any runtime file
+/// and removes them all before letting the lock go.)
+fn consistent_snapshot<T>(
+    mut agent_pid: impl FnMut() -> io::Result<Option<u32>>,
+    mut rest: impl FnMut(Option<u32>) -> io::Result<T>,
+) -> io::Result<T> {
+    let mut before = agent_pid()?;
+    for _ in 1..SNAPSHOT_ATTEMPTS {
+        let seen = rest(before)?;
+        let after = agent_pid()?;
+        if after == before {
+            return Ok(seen);
+        }
+        before = after;
+        std::thread::yield_now();
+    }
+    rest(before)
 }
 
 /// Names of the runtime files present, sorted (read_dir + suffix match).
@@ -57,4 +90,56 @@ pub fn runtime_files(dir: &InstanceDir) -> io::Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// Replays a sequence of lock holders, one per read.
+    fn holders(seq: &[Option<u32>]) -> impl FnMut() -> io::Result<Option<u32>> + '_ {
+        let mut next = seq.iter();
+        move || Ok(*next.next().expect("read more often than expected"))
+    }
+
+    #[test]
+    fn a_steady_holder_is_read_once_around_the_rest() {
+        let reads = RefCell::new(Vec::new());
+        let seen = consistent_snapshot(holders(&[Some(7), Some(7)]), |pid| {
+            reads.borrow_mut().push(pid);
+            Ok(pid)
+        })
+        .unwrap();
+        assert_eq!(seen, Some(7));
+        assert_eq!(*reads.borrow(), vec![Some(7)]);
+    }
+
+    #[test]
+    fn an_agent_arriving_mid_read_makes_the_snapshot_retaken() {
+        let reads = RefCell::new(Vec::new());
+        let seen = consistent_snapshot(holders(&[None, Some(42), Some(42)]), |pid| {
+            reads.borrow_mut().push(pid);
+            Ok(pid)
+        })
+        .unwrap();
+        assert_eq!(seen, Some(42), "the snapshot names the agent that came");
+        assert_eq!(*reads.borrow(), vec![None, Some(42)]);
+    }
+
+    #[test]
+    fn a_holder_that_never_settles_still_gives_an_answer() {
+        let flapping: Vec<Option<u32>> = (0..SNAPSHOT_ATTEMPTS as u32 + 1).map(Some).collect();
+        let seen = consistent_snapshot(holders(&flapping), Ok).unwrap();
+        assert_eq!(seen, Some(SNAPSHOT_ATTEMPTS as u32 - 1));
+    }
+
+    #[test]
+    fn a_read_error_is_passed_on() {
+        let err = consistent_snapshot(holders(&[None]), |_| -> io::Result<()> {
+            Err(io::Error::other("unreadable"))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "unreadable");
+    }
 }

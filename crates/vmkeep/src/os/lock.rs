@@ -12,11 +12,12 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rustix::fs::{FlockOperation, fcntl_lock};
+use rustix::fs::{AtFlags, CWD, FlockOperation, Mode, OFlags, fcntl_lock};
 use rustix::process::{Flock, FlockOffsetType, FlockType, Pid, fcntl_getlk};
 
 /// (device, inode) of every lock this process holds.
@@ -33,18 +34,33 @@ pub struct HeldLock {
 impl HeldLock {
     /// Take the lock on `path` (created 0600 if missing) without waiting.
     /// `Ok(None)` means another live process holds it.
+    ///
+    /// A missing file is created already locked (an unnamed file, locked,
+    /// then linked in), so the path never names an unlocked file while its
+    /// creator lives: an observer cannot mistake a host agent that is just
+    /// starting for a stale file left by a dead one.
     pub fn try_acquire(path: &Path) -> io::Result<Option<HeldLock>> {
         // The file may be unlinked and re-created by a holder that is exiting:
         // a lock on an inode that no longer has our path proves nothing, so
         // retry on the new one.
         for _ in 0..16 {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o600)
-                .open(path)?;
+            let file = match OpenOptions::new().read(true).write(true).open(path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => match create_locked(path) {
+                    Ok(Some(held)) => return Ok(Some(held)),
+                    // Another process linked its file first: contend for that one.
+                    Ok(None) => continue,
+                    Err(e) if cannot_create_unnamed(&e) => OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .mode(0o600)
+                        .open(path)?,
+                    Err(e) => return Err(e),
+                },
+                Err(e) => return Err(e),
+            };
             match fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::ACCESS) => return Ok(None),
@@ -54,12 +70,7 @@ impl HeldLock {
             let id = (held.dev(), held.ino());
             match std::fs::metadata(path) {
                 Ok(now) if (now.dev(), now.ino()) == id => {
-                    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(id);
-                    return Ok(Some(HeldLock {
-                        file,
-                        path: path.to_path_buf(),
-                        id,
-                    }));
+                    return Ok(Some(HeldLock::register(file, path, id)));
                 }
                 Ok(_) | Err(_) => continue,
             }
@@ -68,6 +79,15 @@ impl HeldLock {
             "{} keeps being replaced while locking it",
             path.display()
         )))
+    }
+
+    fn register(file: File, path: &Path, id: (u64, u64)) -> HeldLock {
+        HELD.lock().unwrap_or_else(|e| e.into_inner()).push(id);
+        HeldLock {
+            file,
+            path: path.to_path_buf(),
+            id,
+        }
     }
 
     /// Record this process's pid in the lock file, for humans. Nothing trusts
@@ -98,6 +118,51 @@ impl Drop for HeldLock {
         }
         // Closing `file` (after this) releases the lock.
     }
+}
+
+/// Create `path` as a file that is locked before it has a name: an
+/// `O_TMPFILE` file in the same directory, locked, then linked to `path`.
+/// `Ok(None)` when `path` appeared meanwhile.
+fn create_locked(path: &Path) -> io::Result<Option<HeldLock>> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let fd = rustix::fs::open(
+        parent,
+        OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let file = File::from(fd);
+    // Nobody else can reach an unnamed file, so this cannot be contended.
+    fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive)?;
+    let unnamed = format!("/proc/self/fd/{}", file.as_raw_fd());
+    match rustix::fs::linkat(CWD, unnamed.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => {
+            let meta = file.metadata()?;
+            Ok(Some(HeldLock::register(
+                file,
+                path,
+                (meta.dev(), meta.ino()),
+            )))
+        }
+        Err(rustix::io::Errno::EXIST) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether [`create_locked`] failed because this system cannot make or link
+/// unnamed files (a filesystem without `O_TMPFILE`, no `/proc`), so the file
+/// has to be created by name and locked after.
+fn cannot_create_unnamed(error: &io::Error) -> bool {
+    [
+        rustix::io::Errno::OPNOTSUPP,
+        rustix::io::Errno::ISDIR,
+        rustix::io::Errno::INVAL,
+        rustix::io::Errno::NOENT,
+    ]
+    .iter()
+    .any(|errno| error.raw_os_error() == Some(errno.raw_os_error()))
 }
 
 /// The pid of the process holding a write-conflicting lock on `path`, if any.
@@ -176,6 +241,33 @@ mod tests {
         assert_eq!(holder(&path).unwrap(), Some(rustix::process::getpid()));
         assert_eq!(holder(&path).unwrap(), Some(rustix::process::getpid()));
         drop(lock);
+    }
+
+    /// Whether another process finds `path` locked (python's lockf, a POSIX lock).
+    fn locked_for_others(path: &Path) -> bool {
+        let probe = Command::new("python3")
+            .args(["-c", "import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        !probe.success()
+    }
+
+    #[test]
+    fn a_new_lock_file_is_linked_in_already_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ha.pid");
+        let lock = create_locked(&path).unwrap().expect("nothing was there");
+        assert!(path.exists());
+        assert!(locked_for_others(&path), "locked under its name");
+        assert_eq!(holder(&path).unwrap(), Some(rustix::process::getpid()));
+        assert!(
+            create_locked(&path).unwrap().is_none(),
+            "an existing file is never replaced"
+        );
+        drop(lock);
+        assert!(!locked_for_others(&path), "released on drop");
     }
 
     #[test]
