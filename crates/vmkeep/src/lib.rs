@@ -1,9 +1,10 @@
 //! vmkeep: run Linux VMs on QEMU and own their whole lifecycle.
 //!
-//! The binary is a thin CLI (`cli`) over this library. Side effects on
-//! processes, sockets and files go through [`os`]; instance status is a pure
-//! function in [`instance::status`]; the stop ladder's decisions are pure in
-//! [`stop_ladder`].
+//! The `vmkeep` binary is a thin CLI (`cli`) over this library; the host
+//! agent runs as its own lean binary, `vmkeep-hostagent` ([`hostagent`]).
+//! Side effects on processes, sockets and files go through [`os`]; instance
+//! status is a pure function in [`instance::status`]; the stop ladder's
+//! decisions are pure in [`stop_ladder`].
 
 pub mod autostart;
 pub mod cli;
@@ -17,6 +18,7 @@ pub mod image;
 pub mod instance;
 pub mod journal;
 pub mod line_rpc;
+pub mod logging;
 pub mod os;
 pub mod sshkeys;
 pub mod stop_ladder;

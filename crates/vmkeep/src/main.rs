@@ -5,23 +5,10 @@
 //! code through.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = vmkeep::cli::Cli::parse();
-    // Long-running processes log what they do; commands only warnings.
-    let agent = matches!(
-        cli.verb,
-        vmkeep::cli::Verb::Hostagent(_) | vmkeep::cli::Verb::Daemon(_)
-    );
-    let default_level = if agent { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("VMKEEP_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(!agent && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    vmkeep::logging::init(matches!(cli.verb, vmkeep::cli::Verb::Daemon(_)));
     let code = match vmkeep::cli::run(cli) {
         Ok(code) => code,
         Err(error) => {

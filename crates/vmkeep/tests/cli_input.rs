@@ -125,9 +125,37 @@ fn every_verb_has_help() {
             run.describe()
         );
     }
-    let top = env.ok(&["--help"]);
+    env.ok(&["--help"]);
+}
+
+#[test]
+fn the_host_agent_binary_rejects_bad_command_lines_and_creates_nothing() {
+    let env = TestEnv::new();
+    let agent = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_vmkeep-hostagent"));
+        command.args(args).env("VMKEEP_HOME", env.home());
+        command.output().expect("run vmkeep-hostagent")
+    };
+    let help = agent(&["--help"]);
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("usage: vmkeep-hostagent NAME"));
+    for (args, says) in [
+        (&[][..], "missing the instance name"),
+        (&["../x"][..], "invalid instance name"),
+        (&["a", "--bogus"][..], "unknown option --bogus"),
+    ] {
+        let run = agent(args);
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(stderr.contains("usage:"), "{args:?}: {stderr}");
+    }
+    let ghost = agent(&["ghost"]);
+    assert_eq!(ghost.status.code(), Some(1));
     assert!(
-        !top.stdout().contains("hostagent"),
-        "the host agent verb is hidden"
+        String::from_utf8_lossy(&ghost.stderr).contains("create it with `vmkeep create ghost`"),
+        "{}",
+        String::from_utf8_lossy(&ghost.stderr)
     );
+    assert!(env.list().is_empty(), "nothing was created");
 }

@@ -6,7 +6,6 @@ mod create;
 mod daemon;
 mod delete;
 mod events;
-mod hostagent;
 mod list;
 mod progress;
 mod shell;
@@ -59,9 +58,6 @@ pub enum Verb {
     Events(EventsArgs),
     /// Have systemd or launchd start an instance at login or boot.
     Autostart(autostart::AutostartArgs),
-    /// Run the host agent of an instance (used by `start`; not for direct use).
-    #[command(hide = true)]
-    Hostagent(HostagentArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -134,14 +130,6 @@ pub struct DeleteArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct HostagentArgs {
-    pub name: InstanceName,
-    /// Report progress as text on stderr instead of JSON lines on stdout.
-    #[arg(long)]
-    pub foreground: bool,
-}
-
-#[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
     #[command(subcommand)]
     pub action: Option<DaemonAction>,
@@ -202,6 +190,5 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Verb::Daemon(args) => daemon::run(args),
         Verb::Events(args) => events::run(args),
         Verb::Autostart(args) => autostart::run(args),
-        Verb::Hostagent(args) => hostagent::run(args),
     }
 }

@@ -9,8 +9,8 @@ use super::StartArgs;
 use super::progress::Progress;
 use super::util;
 use crate::home;
-use crate::hostagent::report::{Report, Reporter};
-use crate::hostagent::{self, AgentOptions, AgentOutcome, Mode};
+use crate::hostagent;
+use crate::hostagent::report::Report;
 use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
 use crate::instance::desired::{self, Desired};
 use crate::instance::status::Broken;
@@ -104,17 +104,11 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
 
     if args.foreground {
         progress.finish();
-        let options = AgentOptions {
-            root: home::instances_root()?,
-            name,
-            foreground: true,
-            mode: Mode::Run,
-        };
-        let outcome = hostagent::run(&options, &mut Reporter::Terminal);
-        if let AgentOutcome::AlreadyRunning { .. } = outcome {
-            eprintln!("(nothing to do: another host agent runs {})", options.name);
-        }
-        return Ok(outcome.exit_code());
+        // Become the host agent: the same pid, so a service manager that
+        // started `vmkeep start NAME --foreground` supervises the agent itself.
+        let agent = hostagent::binary::path()?;
+        let error = os::process::exec_replace(&agent, &hostagent::binary::args(&name, true));
+        bail!("cannot run the host agent {}: {error}", agent.display());
     }
     start_detached(&dir, &config, &progress)
 }
@@ -125,10 +119,9 @@ fn start_detached(dir: &InstanceDir, config: &Config, progress: &Progress) -> an
     let (read_end, write_end) = os::process::pipe()?;
     let log = os::fs::open_append(&dir.agent_log())
         .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
-    let exe = os::process::current_exe()?;
     let agent = os::process::spawn_detached(
-        &exe,
-        &["hostagent", name.as_str()],
+        &hostagent::binary::path()?,
+        &hostagent::binary::args(name, false),
         os::process::Output::Pipe(write_end),
         log,
     )

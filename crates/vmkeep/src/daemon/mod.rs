@@ -1,6 +1,6 @@
 //! `vmkeep daemon`: one supervisor for every instance whose config sets a
 //! `runStrategy`. It does not replace the host agents: it runs one per VM
-//! (`vmkeep hostagent NAME --foreground`, in its own session, so it outlives
+//! (`vmkeep-hostagent NAME --foreground`, in its own session, so it outlives
 //! a daemon that is killed) and watches each by pidfd. Decisions are pure in
 //! [`policy`]; this module only observes, spawns and signals.
 //!
@@ -95,7 +95,10 @@ pub fn run(options: &DaemonOptions) -> anyhow::Result<i32> {
 
 struct Daemon {
     options: DaemonOptions,
+    /// `vmkeep`, for `vmkeep stop` helpers.
     exe: PathBuf,
+    /// `vmkeep-hostagent`.
+    agent_exe: PathBuf,
     began: Instant,
     watches: BTreeMap<InstanceName, Watch>,
 }
@@ -105,6 +108,7 @@ impl Daemon {
         Ok(Daemon {
             options,
             exe: os::process::current_exe()?,
+            agent_exe: crate::hostagent::binary::path()?,
             began: Instant::now(),
             watches: BTreeMap::new(),
         })
@@ -223,7 +227,7 @@ impl Daemon {
                     && watch.helper.is_none()
                 {
                     tracing::warn!(instance = %name, "the host agent overran its stop deadline: forcing");
-                    watch.helper = Some(spawn_vmkeep(
+                    watch.helper = Some(spawn_logged(
                         &self.exe,
                         dir,
                         &["stop", "--force", name.as_str()],
@@ -235,10 +239,10 @@ impl Daemon {
                     if unwanted {
                         tracing::info!(instance = %name, qemu_pid, "orphaned QEMU that should not run: stopping it gracefully");
                         watch.helper =
-                            Some(spawn_vmkeep(&self.exe, dir, &["stop", name.as_str()])?);
+                            Some(spawn_logged(&self.exe, dir, &["stop", name.as_str()])?);
                     } else {
                         tracing::info!(instance = %name, qemu_pid, "orphaned QEMU: adopting it");
-                        watch.agent = Some(spawn_agent(&self.exe, dir)?);
+                        watch.agent = Some(spawn_agent(&self.agent_exe, dir)?);
                     }
                 }
             }
@@ -291,7 +295,7 @@ impl Daemon {
                     tracing::info!(instance = %name, attempt, "starting ({})", after.describe());
                     watch.restarts.record_start(now);
                     watch.start_at = None;
-                    watch.agent = Some(spawn_agent(&self.exe, dir)?);
+                    watch.agent = Some(spawn_agent(&self.agent_exe, dir)?);
                 }
             }
             Status::Broken(other) => {
@@ -326,7 +330,7 @@ impl Daemon {
                 }
                 agent
             } else if os::lock::holder(&dir.qemu_pid()).ok().flatten().is_some() {
-                match spawn_vmkeep(&self.exe, &dir, &["stop", name.as_str()]) {
+                match spawn_logged(&self.exe, &dir, &["stop", name.as_str()]) {
                     Ok(helper) => helper,
                     Err(e) => {
                         tracing::warn!(instance = %name, "cannot stop the orphaned QEMU: {e}");
@@ -365,7 +369,7 @@ impl Daemon {
             let dir = InstanceDir::new(&self.options.root, name.clone());
             if let Ok(dir) = dir
                 && let Ok(force) =
-                    spawn_vmkeep(&self.exe, &dir, &["stop", "--force", name.as_str()])
+                    spawn_logged(&self.exe, &dir, &["stop", "--force", name.as_str()])
             {
                 force.wait_timeout(Duration::from_secs(30));
                 force.reap();
@@ -385,18 +389,24 @@ fn why_unwanted(strategy: RunStrategy) -> &'static str {
 }
 
 /// A host agent for `dir`, in its own session, logging to the instance's log.
-fn spawn_agent(exe: &Path, dir: &InstanceDir) -> anyhow::Result<ProcessHandle> {
-    spawn_vmkeep(
-        exe,
+fn spawn_agent(agent_exe: &Path, dir: &InstanceDir) -> anyhow::Result<ProcessHandle> {
+    spawn_logged(
+        agent_exe,
         dir,
-        &["hostagent", dir.name().as_str(), "--foreground"],
+        &crate::hostagent::binary::args(dir.name(), true),
     )
 }
 
-fn spawn_vmkeep(exe: &Path, dir: &InstanceDir, args: &[&str]) -> anyhow::Result<ProcessHandle> {
+/// `program args`, detached, its output appended to the instance's agent log.
+fn spawn_logged<S: AsRef<std::ffi::OsStr>>(
+    program: &Path,
+    dir: &InstanceDir,
+    args: &[S],
+) -> anyhow::Result<ProcessHandle> {
     let log = os::fs::open_append(&dir.agent_log())
         .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
     let stdout = log.try_clone()?;
-    os::process::spawn_detached(exe, args, Output::File(stdout), log)
-        .with_context(|| format!("cannot run vmkeep {}", args.join(" ")))
+    let words: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+    os::process::spawn_detached(program, args, Output::File(stdout), log)
+        .with_context(|| format!("cannot run {} {}", program.display(), words.join(" ")))
 }

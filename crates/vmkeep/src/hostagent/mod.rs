@@ -5,6 +5,7 @@
 //! and exits only once QEMU is gone.
 
 pub mod api;
+pub mod binary;
 pub mod inbox;
 pub mod report;
 pub mod server;

@@ -305,9 +305,9 @@ pub fn silence_stdout() -> io::Result<()> {
     Ok(())
 }
 
-/// Replace this process with `program` (an interactive tool such as ssh,
-/// which then owns the terminal and whose exit code becomes ours). Returns
-/// only on failure.
+/// Replace this process with `program`, keeping our pid, terminal and
+/// descriptors: its exit code becomes ours (ssh for `vmkeep ssh`, the host
+/// agent for `vmkeep start --foreground`). Returns only on failure.
 pub fn exec_replace<S: AsRef<OsStr>>(program: &Path, args: &[S]) -> io::Error {
     use std::os::unix::process::CommandExt;
     Command::new(program).args(args).exec()

@@ -1,0 +1,188 @@
+//! The `vmkeep-hostagent` binary: where it is, how it is invoked, and its
+//! entry point.
+//!
+//! The host agent lives as long as its VM, so it is a binary of its own,
+//! holding only what an agent needs (no command-line parser, no download
+//! client, no TLS): a smaller program maps fewer pages, and `ps` names what
+//! runs. `vmkeep start` and `vmkeep daemon` spawn it;
+//! `vmkeep start --foreground` (what service units run) becomes it by exec,
+//! keeping its pid.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::PathBuf;
+
+use super::report::Reporter;
+use super::{AgentOptions, Mode};
+use crate::instance::InstanceName;
+use crate::{home, os};
+
+/// The file name; it sits next to the `vmkeep` binary.
+pub const FILE_NAME: &str = "vmkeep-hostagent";
+
+const USAGE: &str = "usage: vmkeep-hostagent NAME [--foreground]
+Runs the host agent of instance NAME until its VM stops. Started by
+`vmkeep start` and `vmkeep daemon`; not meant to be run by hand.
+  --foreground   report progress as text on stderr (default: JSON lines on stdout)";
+
+/// The agent binary beside the running executable, or an error saying how to
+/// put it there.
+pub fn path() -> io::Result<PathBuf> {
+    let exe = os::process::current_exe()?;
+    let agent = exe.with_file_name(FILE_NAME);
+    if agent.is_file() {
+        Ok(agent)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "the host agent binary {} is missing; install both binaries side by side \
+                 (`cargo install --path crates/vmkeep` does, as does `cargo build`)",
+                agent.display()
+            ),
+        ))
+    }
+}
+
+/// The arguments that run the agent of `name`.
+pub fn args(name: &InstanceName, foreground: bool) -> Vec<String> {
+    let mut args = vec![name.as_str().to_owned()];
+    if foreground {
+        args.push("--foreground".into());
+    }
+    args
+}
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq)]
+pub enum Invocation {
+    Run {
+        name: InstanceName,
+        foreground: bool,
+    },
+    Help,
+}
+
+/// Parse `NAME [--foreground]` (the arguments after the program name).
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, String> {
+    let mut name = None;
+    let mut foreground = false;
+    for arg in args {
+        let arg = arg
+            .into_string()
+            .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))?;
+        match arg.as_str() {
+            "--foreground" => foreground = true,
+            "-h" | "--help" => return Ok(Invocation::Help),
+            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
+            word if name.is_none() => {
+                name = Some(
+                    word.parse::<InstanceName>()
+                        .map_err(|e| format!("invalid instance name: {e}"))?,
+                );
+            }
+            extra => return Err(format!("unexpected argument {extra}")),
+        }
+    }
+    match name {
+        Some(name) => Ok(Invocation::Run { name, foreground }),
+        None => Err("missing the instance name".into()),
+    }
+}
+
+/// The binary's `main`: run the agent and return the process exit code (2
+/// for a bad command line, as for `vmkeep`).
+pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let (name, foreground) = match parse(args) {
+        Ok(Invocation::Run { name, foreground }) => (name, foreground),
+        Ok(Invocation::Help) => {
+            println!("{USAGE}");
+            return 0;
+        }
+        Err(problem) => {
+            eprintln!("error: {problem}\n{USAGE}");
+            return 2;
+        }
+    };
+    crate::logging::init(true);
+    let root = match home::instances_root() {
+        Ok(root) => root,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    let options = AgentOptions {
+        root,
+        name,
+        foreground,
+        mode: Mode::Run,
+    };
+    let mut reporter = if foreground {
+        Reporter::Terminal
+    } else {
+        Reporter::Pipe { done: false }
+    };
+    let outcome = super::run(&options, &mut reporter);
+    if let super::AgentOutcome::AlreadyRunning { .. } = outcome
+        && foreground
+    {
+        eprintln!("(nothing to do: another host agent runs {})", options.name);
+    }
+    outcome.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(args: &[&str]) -> Result<Invocation, String> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    fn name(text: &str) -> InstanceName {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_name_and_an_optional_foreground_flag() {
+        assert_eq!(
+            parsed(&["dev"]),
+            Ok(Invocation::Run {
+                name: name("dev"),
+                foreground: false
+            })
+        );
+        assert_eq!(
+            parsed(&["--foreground", "dev"]),
+            Ok(Invocation::Run {
+                name: name("dev"),
+                foreground: true
+            })
+        );
+        assert_eq!(parsed(&["dev", "--help"]), Ok(Invocation::Help));
+    }
+
+    #[test]
+    fn args_round_trip_through_parse() {
+        for foreground in [false, true] {
+            let args = args(&name("web-1"), foreground);
+            assert_eq!(
+                parse(args.into_iter().map(OsString::from)),
+                Ok(Invocation::Run {
+                    name: name("web-1"),
+                    foreground
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn bad_command_lines_say_what_is_wrong() {
+        assert_eq!(parsed(&[]), Err("missing the instance name".into()));
+        assert_eq!(parsed(&["a", "b"]), Err("unexpected argument b".into()));
+        assert_eq!(parsed(&["a", "--fg"]), Err("unknown option --fg".into()));
+        let bad = parsed(&["../x"]).unwrap_err();
+        assert!(bad.starts_with("invalid instance name: "), "{bad}");
+    }
+}
