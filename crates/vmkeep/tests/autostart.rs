@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -421,6 +423,11 @@ impl Service {
 
     /// Start the ExecStart command as systemd would: nothing inherited.
     fn spawn(&self) -> Running {
+        self.spawn_with(&[])
+    }
+
+    /// [`Service::spawn`] with settings systemd adds (`NOTIFY_SOCKET`).
+    fn spawn_with(&self, extra: &[(&str, &Path)]) -> Running {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -430,6 +437,7 @@ impl Service {
             .args(&self.argv[1..])
             .env_clear()
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(extra.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.cwd)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -543,6 +551,149 @@ fn vm_service_sigterm_with_kill_mode_mixed_powers_the_guest_off_and_exits_0() {
         log.contains(&format!("svc is running (host agent pid {}", running.pid())),
         "the service's output goes to autostart.log:\n{log}"
     );
+}
+
+/// systemd's end of sd_notify(3): a datagram socket, named to the service by
+/// `NOTIFY_SOCKET`, that learns each sender's pid from the kernel
+/// (`SO_PASSCRED`), as systemd does to enforce `NotifyAccess=main`.
+struct NotifySocket {
+    socket: UnixDatagram,
+    path: PathBuf,
+}
+
+/// One notification: its sender and its `KEY=value` lines.
+#[derive(Debug)]
+struct Notification {
+    pid: i32,
+    lines: Vec<String>,
+}
+
+impl Notification {
+    fn says(&self, line: &str) -> bool {
+        self.lines.iter().any(|l| l == line)
+    }
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path, name: &str) -> NotifySocket {
+        let path = dir.join(format!("{name}.notify"));
+        let socket = UnixDatagram::bind(&path).unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: setsockopt on a socket we own, with a c_int option value.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PASSCRED,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_PASSCRED");
+        NotifySocket { socket, path }
+    }
+
+    /// The next notification, or None after `limit`.
+    fn next(&self, limit: Duration) -> Option<Notification> {
+        self.socket.set_read_timeout(Some(limit)).unwrap();
+        let mut data = [0u8; 4096];
+        let mut control = [0u8; 256];
+        let mut iov = libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: data.len(),
+        };
+        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_iov = &mut iov;
+        header.msg_iovlen = 1;
+        header.msg_control = control.as_mut_ptr().cast();
+        header.msg_controllen = control.len();
+        // SAFETY: the header points at buffers that outlive the call.
+        let length = unsafe { libc::recvmsg(self.socket.as_raw_fd(), &mut header, 0) };
+        if length < 0 {
+            return None;
+        }
+        let mut pid = 0;
+        // SAFETY: walking the control messages the kernel just wrote into
+        // `control`, with the libc macros made for it.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&header);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_CREDENTIALS
+                {
+                    let creds = libc::CMSG_DATA(cmsg).cast::<libc::ucred>().read_unaligned();
+                    pid = creds.pid;
+                }
+                cmsg = libc::CMSG_NXTHDR(&header, cmsg);
+            }
+        }
+        let text = String::from_utf8_lossy(&data[..length as usize]).into_owned();
+        Some(Notification {
+            pid,
+            lines: text.lines().map(str::to_string).collect(),
+        })
+    }
+}
+
+#[test]
+fn vm_service_type_notify_hears_ready_once_the_guest_is_ready_and_stopping_at_sigterm() {
+    let env = TestEnv::new();
+    env.create("ntf", "");
+    let unit = autostart(&env, &["show", "ntf"]).stdout();
+    assert!(unit.contains("\nType=notify\n"), "{unit}");
+    let service = Service::of(&env, "ntf");
+    let manager = NotifySocket::bind(env.home(), "ntf");
+    let mut running = service.spawn_with(&[("NOTIFY_SOCKET", manager.path.as_path())]);
+
+    // Start steps as status lines until READY=1, which must come from the
+    // service's own pid (the agent was exec'd, not spawned) and only once
+    // the guest is ready.
+    let mut steps = Vec::new();
+    let ready = loop {
+        let heard = manager.next(BOOT).unwrap_or_else(|| {
+            panic!("no READY=1; heard {steps:?}; log:\n{}", log_of(&env, "ntf"))
+        });
+        assert_eq!(heard.pid, running.pid(), "NotifyAccess=main: {heard:?}");
+        if heard.says("READY=1") {
+            break heard;
+        }
+        steps.extend(heard.lines);
+    };
+    assert_eq!(env.status("ntf"), "Running", "READY=1 means a usable VM");
+    assert!(
+        steps.iter().any(|l| l.starts_with("STATUS=booting QEMU")),
+        "start steps reach `systemctl status`: {steps:?}"
+    );
+    assert!(
+        ready.lines.iter().any(|l| l.starts_with("STATUS=running")),
+        "{ready:?}"
+    );
+    let qemu = env.qemu("ntf").unwrap().pid();
+    let environ = std::fs::read(format!("/proc/{qemu}/environ")).unwrap();
+    assert!(
+        !environ
+            .split(|b| *b == 0)
+            .any(|e| e.starts_with(b"NOTIFY_SOCKET=")),
+        "QEMU cannot speak for the service"
+    );
+
+    // A second start of the unit while another agent runs the VM: ready at
+    // once, nothing to supervise, a clean exit (no `protocol` failure).
+    let other = NotifySocket::bind(env.home(), "other");
+    let mut second = service.spawn_with(&[("NOTIFY_SOCKET", other.path.as_path())]);
+    let heard = other
+        .next(Duration::from_secs(30))
+        .expect("READY=1 from the second start");
+    assert!(heard.says("READY=1"), "{heard:?}");
+    assert_eq!(second.wait(Duration::from_secs(30)).code(), Some(0));
+
+    running.signal(libc::SIGTERM);
+    let heard = manager.next(Duration::from_secs(30)).expect("STOPPING=1");
+    assert!(heard.says("STOPPING=1"), "{heard:?}");
+    assert_eq!(running.wait(Duration::from_secs(60)).code(), Some(0));
+    assert_eq!(env.last_stopped("ntf")["by"], "power-button");
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
 }
 
 #[test]

@@ -1,6 +1,10 @@
 //! A [`ServiceSpec`] as a systemd unit.
 //!
-//! - `Type=simple`: the foreground host agent is the service's main process.
+//! - `Type=notify`: the foreground host agent is the service's main process
+//!   (`vmkeep start --foreground` execs it, keeping its pid) and says
+//!   `READY=1` once the guest is ready, so `systemctl start` and units
+//!   ordered `After=` it wait for a usable VM; `TimeoutStartSec` covers the
+//!   boot timeout. `NotifyAccess=main`: QEMU and helpers cannot speak for it.
 //! - `KillMode=mixed`: at stop, SIGTERM reaches only the host agent, which
 //!   runs the stop ladder; QEMU (in its own process group, but in the same
 //!   cgroup) is never SIGTERMed directly and is SIGKILLed only if it is still
@@ -43,7 +47,8 @@ pub fn render(spec: &ServiceSpec) -> String {
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "[Service]");
-    let _ = writeln!(w, "Type=simple");
+    let _ = writeln!(w, "Type=notify");
+    let _ = writeln!(w, "NotifyAccess=main");
     if spec.options.condition == Condition::Boot {
         let _ = writeln!(w, "User={}", spec.user);
     }
@@ -144,7 +149,8 @@ mod tests {
         assert_eq!(
             section(&unit, "Service"),
             [
-                "Type=simple",
+                "Type=notify",
+                "NotifyAccess=main",
                 "ExecStart=/opt/vmkeep/bin/vmkeep start dev --foreground",
                 "Environment=\"VMKEEP_HOME=/home/ann/.vmkeep\"",
                 "Environment=\"VMKEEP_CACHE_DIR=/home/ann/.cache/vmkeep\"",

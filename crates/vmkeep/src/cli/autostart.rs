@@ -669,9 +669,12 @@ pub(super) fn start_hook(dir: &InstanceDir) -> anyhow::Result<Option<i32>> {
             if !state.is_loaded() || state.is_active() {
                 return Ok(None);
             }
+            // Type=notify: this returns once the guest is ready.
+            eprintln!("starting {name} through {}", handle.describe());
             s.start(unit)?;
         }
         Handle::Launchd(l, label) => {
+            eprintln!("starting {name} through {}", handle.describe());
             if l.is_loaded(label) {
                 l.kickstart(label)?;
             } else {
@@ -679,7 +682,6 @@ pub(super) fn start_hook(dir: &InstanceDir) -> anyhow::Result<Option<i32>> {
             }
         }
     }
-    eprintln!("starting {name} through {}", handle.describe());
     let boot = Config::load(&dir.config())
         .map(|c| c.boot_timeout.0)
         .unwrap_or(Duration::from_secs(180));

@@ -47,14 +47,26 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
         return Ok(code);
     }
 
+    // Run by another host agent: this process has nothing to supervise. A
+    // service manager waiting for readiness hears so, and sees a clean exit.
+    let run_elsewhere = || {
+        if args.foreground {
+            os::service_notify::ready(&format!(
+                "{name} is run by another host agent; nothing to supervise"
+            ));
+        }
+    };
     match util::status_of(&dir)? {
         Status::Running => {
             eprintln!("{name} is already running");
+            run_elsewhere();
             return Ok(0);
         }
         Status::Starting => {
             eprintln!("{name} is already starting; waiting until it runs");
-            return wait_until_running(&dir, config.boot_timeout.0);
+            let code = wait_until_running(&dir, config.boot_timeout.0)?;
+            run_elsewhere();
+            return Ok(code);
         }
         Status::Stopping => {
             eprintln!("{name} is stopping; waiting to start it again");

@@ -565,6 +565,10 @@ impl Agent<'_> {
         force: bool,
     ) -> AgentOutcome {
         self.set_info(|info| info.phase = Phase::Stopping);
+        os::service_notify::stopping(&format!(
+            "stopping the VM (deadline {:.0}s)",
+            deadline.as_secs_f64()
+        ));
         self.record(Event::Stopping {
             cause,
             deadline_secs: deadline.as_secs_f64(),

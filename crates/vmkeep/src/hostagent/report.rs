@@ -3,7 +3,8 @@
 //! A detached agent writes [`Report`]s as JSON lines to its stdout, a pipe the
 //! `vmkeep start` that spawned it reads; after the final report it points
 //! stdout at /dev/null, so the reader sees end-of-file. An agent run in the
-//! foreground prints the same reports as text on stderr.
+//! foreground prints the same reports as text on stderr. Either way, a
+//! service manager that started the agent is notified too.
 
 use std::io::Write;
 
@@ -30,6 +31,28 @@ impl Report {
     }
 }
 
+/// A service manager that started the agent (systemd `Type=notify`) hears
+/// the same story: each step as its status line, and readiness only once
+/// the guest is ready, so `systemctl start` returns when the VM is usable.
+fn tell_the_service_manager(report: &Report) {
+    use crate::os::service_notify;
+    match report {
+        Report::Progress { message } => service_notify::status(message),
+        Report::Ready { info } => service_notify::ready(&format!(
+            "running (QEMU pid {})",
+            info.qemu_pid.map(|p| p.to_string()).unwrap_or_default()
+        )),
+        Report::Failed { error } => service_notify::status(&format!("failed: {error}")),
+        // Another agent runs the VM: nothing to supervise, a clean exit.
+        Report::AlreadyRunning { agent_pid } => service_notify::ready(&format!(
+            "run by host agent pid {}; nothing to supervise",
+            agent_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "?".into())
+        )),
+    }
+}
+
 /// Where reports go.
 pub enum Reporter {
     /// JSON lines on stdout (a pipe to the spawning CLI).
@@ -40,6 +63,7 @@ pub enum Reporter {
 
 impl Reporter {
     pub fn send(&mut self, report: Report) {
+        tell_the_service_manager(&report);
         match self {
             Reporter::Pipe { done } => {
                 if *done {

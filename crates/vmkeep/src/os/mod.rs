@@ -7,5 +7,6 @@ pub mod fs;
 pub mod lock;
 pub mod process;
 pub mod service_manager;
+pub mod service_notify;
 pub mod socket;
 pub mod tool;

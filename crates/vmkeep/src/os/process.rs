@@ -254,6 +254,7 @@ pub fn spawn_in_own_group<S: AsRef<OsStr>>(
     let stderr = log.try_clone()?;
     let child = Command::new(program)
         .args(args)
+        .env_remove(super::service_notify::FOR_CHILDREN)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr)
@@ -276,6 +277,7 @@ pub fn spawn_detached<S: AsRef<OsStr>>(
     let mut command = Command::new(program);
     command
         .args(args)
+        .env_remove(super::service_notify::FOR_CHILDREN)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(log);

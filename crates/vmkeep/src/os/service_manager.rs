@@ -105,7 +105,7 @@ impl Systemctl {
         self.tool().args(["disable", unit]).output().map(drop)
     }
 
-    /// Start the unit (returns once systemd has started its main process).
+    /// Start the unit (returns once it is up: for a Type=notify unit, once it said READY=1).
     pub fn start(&self, unit: &str) -> Result<(), ToolError> {
         self.tool().args(["start", unit]).output().map(drop)
     }
