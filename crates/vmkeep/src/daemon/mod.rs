@@ -406,7 +406,8 @@ fn spawn_logged<S: AsRef<std::ffi::OsStr>>(
     let log = os::fs::open_append(&dir.agent_log())
         .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
     let stdout = log.try_clone()?;
-    let words: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-    os::process::spawn_detached(program, args, Output::File(stdout), log)
-        .with_context(|| format!("cannot run {} {}", program.display(), words.join(" ")))
+    os::process::spawn_detached(program, args, Output::File(stdout), log).with_context(|| {
+        let words: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        format!("cannot run {} {}", program.display(), words.join(" "))
+    })
 }
