@@ -39,6 +39,18 @@ pub enum Event {
         action: Repair,
         detail: String,
     },
+    /// The previous run ended without a `stopped` record: its host agent
+    /// died (killed, or the host lost power). Written by the next host agent
+    /// when it notices.
+    UncleanEnd {
+        /// The host agent of that run.
+        previous_pid: u32,
+        /// The last thing that run journaled, and when.
+        last_event: String,
+        last_at: String,
+        /// Its QEMU was still running (and is adopted); else it died too.
+        qemu_survived: bool,
+    },
     /// A QEMU left running by a dead host agent is supervised again.
     Adopted {
         qemu_pid: u32,
@@ -97,6 +109,28 @@ pub enum Event {
     },
     #[serde(other)]
     Unknown,
+}
+
+impl Event {
+    /// The event's name as written in the journal (`"running"`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Starting { .. } => "starting",
+            Event::Repaired { .. } => "repaired",
+            Event::UncleanEnd { .. } => "unclean-end",
+            Event::Adopted { .. } => "adopted",
+            Event::Booting { .. } => "booting",
+            Event::Running { .. } => "running",
+            Event::GuestRebooted { .. } => "guest-rebooted",
+            Event::StartFailed { .. } => "start-failed",
+            Event::Stopping { .. } => "stopping",
+            Event::StopStep { .. } => "stop-step",
+            Event::Stopped { .. } => "stopped",
+            Event::Restarting { .. } => "restarting",
+            Event::GaveUp { .. } => "gave-up",
+            Event::Unknown => "unknown",
+        }
+    }
 }
 
 /// Repairs that `start` (or `stop`) makes by itself.
@@ -179,6 +213,9 @@ pub fn last(path: &Path) -> io::Result<Option<Record>> {
     Ok(tail(path, 16 * 1024)?.pop())
 }
 
+/// How much of a journal's end tells how its last run ended.
+pub const LAST_RUN_BYTES: u64 = 64 * 1024;
+
 /// The readable records in the last `max_bytes` of the file, oldest first.
 pub fn tail(path: &Path, max_bytes: u64) -> io::Result<Vec<Record>> {
     let mut file = match File::open(path) {
@@ -208,9 +245,159 @@ fn parse_lines(bytes: &[u8]) -> Vec<Record> {
         .collect()
 }
 
+/// How an instance's last run ended, read from its journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LastRun {
+    /// It has never run.
+    Never,
+    /// Stopped because someone asked (a command, a signal, a shutdown).
+    Requested,
+    /// The guest powered itself off.
+    GuestPoweroff,
+    /// QEMU died unasked.
+    Crashed,
+    /// The start failed.
+    StartFailed { error: String },
+    /// The run left no `stopped` record: its host agent died with it.
+    Unclean,
+    /// The daemon gave up restarting it.
+    GaveUp,
+}
+
+impl LastRun {
+    /// Whether this ending counts as a failure (for `on-failure` and the
+    /// start limit).
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            LastRun::Crashed | LastRun::StartFailed { .. } | LastRun::Unclean
+        )
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            LastRun::Never => "never ran".into(),
+            LastRun::Requested => "stopped on request".into(),
+            LastRun::GuestPoweroff => "guest powered off".into(),
+            LastRun::Crashed => "QEMU crashed".into(),
+            LastRun::StartFailed { error } => format!("start failed: {error}"),
+            LastRun::Unclean => "host agent and QEMU died".into(),
+            LastRun::GaveUp => "daemon gave up".into(),
+        }
+    }
+}
+
+/// How the last run ended, and the timestamp of the record that says so
+/// (the key under which the daemon remembers it has decided on that ending).
+pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
+    for (at, record) in records.iter().enumerate().rev() {
+        let ended = match &record.event {
+            Event::GaveUp { .. } => LastRun::GaveUp,
+            Event::Stopped { reason, .. } => match reason {
+                StoppedReason::Requested => LastRun::Requested,
+                StoppedReason::GuestPoweroff => LastRun::GuestPoweroff,
+                StoppedReason::Crashed => LastRun::Crashed,
+                StoppedReason::StartFailed => LastRun::StartFailed {
+                    error: start_error(&records[..at]),
+                },
+            },
+            Event::Starting { .. }
+            | Event::Booting { .. }
+            | Event::Running { .. }
+            | Event::GuestRebooted { .. }
+            | Event::Adopted { .. }
+            | Event::Stopping { .. }
+            | Event::StopStep { .. } => LastRun::Unclean,
+            Event::StartFailed { .. }
+            | Event::UncleanEnd { .. }
+            | Event::Repaired { .. }
+            | Event::Restarting { .. }
+            | Event::Unknown => continue,
+        };
+        return (ended, Some(record));
+    }
+    (LastRun::Never, None)
+}
+
+/// The error of the failed start that `records` end with.
+fn start_error(records: &[Record]) -> String {
+    for record in records.iter().rev() {
+        match &record.event {
+            Event::StartFailed { error } => return error.clone(),
+            Event::Starting { .. } => break,
+            _ => {}
+        }
+    }
+    "unknown".into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rec(ts: &str, event: Event) -> Record {
+        Record {
+            ts: ts.into(),
+            pid: 1,
+            event,
+        }
+    }
+
+    fn stopped(reason: StoppedReason) -> Event {
+        Event::Stopped {
+            reason,
+            by: Some(Step::PowerButton),
+            after_secs: None,
+            qemu_exit: "exit code 0".into(),
+        }
+    }
+
+    #[test]
+    fn the_last_ending_is_read_from_the_journal() {
+        assert_eq!(last_run(&[]), (LastRun::Never, None));
+        let running = rec(
+            "1",
+            Event::Running {
+                qemu_pid: 2,
+                guest_boot_id: "b".into(),
+                boot_secs: 1.0,
+            },
+        );
+        assert_eq!(
+            last_run(std::slice::from_ref(&running)),
+            (LastRun::Unclean, Some(&running))
+        );
+        let crash = rec("2", stopped(StoppedReason::Crashed));
+        assert_eq!(
+            last_run(&[running.clone(), crash.clone()]),
+            (LastRun::Crashed, Some(&crash))
+        );
+        let failed = [
+            rec(
+                "3",
+                Event::StartFailed {
+                    error: "boom".into(),
+                },
+            ),
+            rec("4", stopped(StoppedReason::StartFailed)),
+            rec(
+                "5",
+                Event::Repaired {
+                    action: Repair::RemovedStaleFiles,
+                    detail: String::new(),
+                },
+            ),
+        ];
+        assert_eq!(
+            last_run(&failed),
+            (
+                LastRun::StartFailed {
+                    error: "boom".into()
+                },
+                Some(&failed[1])
+            )
+        );
+    }
 
     #[test]
     fn records_round_trip_and_the_last_one_is_found_from_the_tail() {
@@ -256,6 +443,27 @@ mod tests {
         assert_eq!(all[0].event, Event::Unknown);
         assert_eq!(last(&path).unwrap().unwrap().pid, 2);
         assert!(last(&dir.path().join("missing")).unwrap().is_none());
+    }
+
+    #[test]
+    fn kind_is_the_wire_name() {
+        let events = [
+            Event::Starting { foreground: true },
+            Event::UncleanEnd {
+                previous_pid: 1,
+                last_event: "running".into(),
+                last_at: "t".into(),
+                qemu_survived: true,
+            },
+            Event::GuestRebooted {
+                guest_boot_id: "b".into(),
+            },
+            stopped(StoppedReason::Crashed),
+        ];
+        for event in events {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["event"], event.kind(), "{event:?}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 use plist::{Dictionary, Value};
 
-use super::{Condition, ServiceSpec, service_name};
+use super::{Domain, ServiceSpec, service_name};
 
 /// Render the plist as XML, with the vmkeep marker as a comment after the
 /// XML header.
@@ -31,12 +31,7 @@ pub fn render(spec: &ServiceSpec) -> String {
 /// The plist's top-level dictionary.
 pub fn dictionary(spec: &ServiceSpec) -> Dictionary {
     let mut d = Dictionary::new();
-    let label = service_name(
-        super::Manager::Launchd,
-        spec.options.condition,
-        &spec.user,
-        spec.name.as_str(),
-    );
+    let label = service_name(spec.domain, &spec.user, spec.name.as_str());
     d.insert("Label".into(), label.into());
     d.insert(
         "ProgramArguments".into(),
@@ -74,7 +69,7 @@ pub fn dictionary(spec: &ServiceSpec) -> Dictionary {
         "ExitTimeOut".into(),
         Value::Integer(spec.stop_timeout.as_secs().into()),
     );
-    if spec.options.condition == Condition::Boot {
+    if spec.domain == Domain::LaunchDaemon {
         d.insert("UserName".into(), spec.user.as_str().into());
     }
     d
@@ -82,8 +77,13 @@ pub fn dictionary(spec: &ServiceSpec) -> Dictionary {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::spec;
+    use super::super::tests::spec_for;
+    use super::super::{Condition, Manager};
     use super::*;
+
+    fn spec(condition: Condition, keep_alive: bool, stop: u64) -> ServiceSpec {
+        spec_for(Manager::Launchd, condition, keep_alive, stop, "ann")
+    }
 
     fn parsed(text: &str) -> Dictionary {
         Value::from_reader_xml(text.as_bytes())

@@ -9,18 +9,23 @@
 //! in `cli::autostart`; what was enabled is recorded in the instance
 //! directory ([`record`]).
 //!
-//! Names (one per condition, so that a login and a boot registration of the
-//! same instance never share a file):
+//! Where a definition goes ([`Domain`]):
 //!
-//! | manager | condition | name                          | directory                    |
-//! |---------|-----------|-------------------------------|------------------------------|
-//! | systemd | login     | `vmkeep-NAME.service`         | `~/.config/systemd/user`     |
-//! | systemd | boot      | `vmkeep-USER-NAME.service`    | `/etc/systemd/system`        |
-//! | launchd | login     | `io.vmkeep.NAME.plist`        | `~/Library/LaunchAgents`     |
-//! | launchd | boot      | `io.vmkeep.USER.NAME.plist`   | `/Library/LaunchDaemons`     |
+//! | manager | condition | user     | domain          | name                        | directory                |
+//! |---------|-----------|----------|-----------------|-----------------------------|--------------------------|
+//! | systemd | login     | any      | user manager    | `vmkeep-NAME.service`       | `~/.config/systemd/user` |
+//! | systemd | boot      | not root | user manager, lingering | `vmkeep-NAME.service` | `~/.config/systemd/user` |
+//! | systemd | boot      | root     | system manager  | `vmkeep-root-NAME.service`  | `/etc/systemd/system`    |
+//! | launchd | login     | any      | LaunchAgent     | `io.vmkeep.NAME.plist`      | `~/Library/LaunchAgents` |
+//! | launchd | boot      | any      | LaunchDaemon    | `io.vmkeep.USER.NAME.plist` | `/Library/LaunchDaemons` |
 //!
-//! The boot names carry the user because the system directories are shared
-//! by every user of the machine.
+//! Under systemd, a VM of a user other than root starts at boot through that
+//! user's own manager, which runs from boot when the user is *lingering*
+//! (`loginctl enable-linger`): a system unit with `User=` could not give QEMU
+//! a cgroup of its own (systemd creates units for a non-root process only
+//! with polkit's consent), so QEMU would die with its host agent (see
+//! `os::cgroup`). The user's manager can. The launchd boot labels carry the
+//! user because `/Library/LaunchDaemons` is shared by every user.
 
 pub mod launchd;
 pub mod record;
@@ -46,8 +51,9 @@ pub const STOP_MARGIN: Duration = Duration::from_secs(15);
 /// Time granted beyond the instance's boot timeout before the service
 /// manager gives up on a start (image preparation happens before booting).
 pub const START_MARGIN: Duration = Duration::from_secs(60);
-/// Pause before a keep-alive restart.
-pub const RESTART_DELAY: Duration = Duration::from_secs(5);
+/// Pause before a keep-alive restart: short, since the VM runs unsupervised
+/// until the restarted agent adopts it.
+pub const RESTART_DELAY: Duration = Duration::from_secs(1);
 /// Starts allowed within the start-limit interval before systemd gives up.
 pub const START_LIMIT_BURST: u32 = 5;
 /// launchd's minimum time between two launches of a kept-alive job.
@@ -137,6 +143,50 @@ impl fmt::Display for Condition {
     }
 }
 
+/// Which service manager (instance) runs a definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Domain {
+    /// systemd's system manager: root's VMs at boot.
+    SystemdSystem,
+    /// The user's systemd manager: at login, or at boot when lingering.
+    SystemdUser,
+    /// launchd per-user agent (login).
+    LaunchAgent,
+    /// launchd system daemon running as the user (boot).
+    LaunchDaemon,
+}
+
+impl Domain {
+    /// The domain for `manager` and `condition`, for a VM run by `user`.
+    pub fn of(manager: Manager, condition: Condition, user: &str) -> Domain {
+        match (manager, condition) {
+            (Manager::Systemd, Condition::Boot) if user == "root" => Domain::SystemdSystem,
+            (Manager::Systemd, _) => Domain::SystemdUser,
+            (Manager::Launchd, Condition::Login) => Domain::LaunchAgent,
+            (Manager::Launchd, Condition::Boot) => Domain::LaunchDaemon,
+        }
+    }
+
+    pub fn manager(self) -> Manager {
+        match self {
+            Domain::SystemdSystem | Domain::SystemdUser => Manager::Systemd,
+            Domain::LaunchAgent | Domain::LaunchDaemon => Manager::Launchd,
+        }
+    }
+
+    /// Whether the definition is shared by all users (a system directory).
+    pub fn is_system(self) -> bool {
+        matches!(self, Domain::SystemdSystem | Domain::LaunchDaemon)
+    }
+
+    /// Whether starting at `condition` needs the user's manager to run from
+    /// boot (systemd's lingering).
+    pub fn needs_linger(self, condition: Condition) -> bool {
+        self == Domain::SystemdUser && condition == Condition::Boot
+    }
+}
+
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Options {
@@ -185,6 +235,7 @@ pub enum SpecError {
 pub struct ServiceSpec {
     pub name: InstanceName,
     pub options: Options,
+    pub domain: Domain,
     pub user: String,
     /// The command line, program first (absolute).
     pub program_arguments: Vec<String>,
@@ -291,7 +342,11 @@ fn text_of(what: &'static str, path: &Path) -> Result<String, SpecError> {
 }
 
 impl ServiceSpec {
-    pub fn new(inputs: &Inputs, options: Options) -> Result<ServiceSpec, SpecError> {
+    pub fn new(
+        inputs: &Inputs,
+        options: Options,
+        manager: Manager,
+    ) -> Result<ServiceSpec, SpecError> {
         if !valid_user(&inputs.user) {
             return Err(SpecError::BadUser(inputs.user.clone()));
         }
@@ -310,6 +365,7 @@ impl ServiceSpec {
         Ok(ServiceSpec {
             name: inputs.instance.name().clone(),
             options,
+            domain: Domain::of(manager, options.condition, &inputs.user),
             user: inputs.user.clone(),
             program_arguments: vec![
                 exe,
@@ -338,41 +394,37 @@ impl ServiceSpec {
 }
 
 /// The service's name (unit name without `.service`, or launchd label).
-pub fn service_name(manager: Manager, condition: Condition, user: &str, name: &str) -> String {
-    match (manager, condition) {
-        (Manager::Systemd, Condition::Login) => format!("vmkeep-{name}"),
-        (Manager::Systemd, Condition::Boot) => format!("vmkeep-{user}-{name}"),
-        (Manager::Launchd, Condition::Login) => format!("io.vmkeep.{name}"),
-        (Manager::Launchd, Condition::Boot) => format!("io.vmkeep.{user}.{name}"),
+pub fn service_name(domain: Domain, user: &str, name: &str) -> String {
+    match domain {
+        Domain::SystemdUser => format!("vmkeep-{name}"),
+        Domain::SystemdSystem => format!("vmkeep-{user}-{name}"),
+        Domain::LaunchAgent => format!("io.vmkeep.{name}"),
+        Domain::LaunchDaemon => format!("io.vmkeep.{user}.{name}"),
     }
 }
 
 /// The file name of the definition: `NAME.service` or `LABEL.plist`.
-pub fn file_name(manager: Manager, condition: Condition, user: &str, name: &str) -> String {
-    let base = service_name(manager, condition, user, name);
-    match manager {
+pub fn file_name(domain: Domain, user: &str, name: &str) -> String {
+    let base = service_name(domain, user, name);
+    match domain.manager() {
         Manager::Systemd => format!("{base}.service"),
         Manager::Launchd => format!("{base}.plist"),
     }
 }
 
-/// The directory a definition goes to. `home` is the user's home directory;
-/// `xdg_config_home` is `$XDG_CONFIG_HOME` if set (systemd's user units).
-pub fn definition_dir(
-    manager: Manager,
-    condition: Condition,
-    home: &Path,
-    xdg_config_home: Option<&Path>,
-) -> PathBuf {
-    match (manager, condition) {
-        (Manager::Systemd, Condition::Login) => xdg_config_home
+/// The directory a definition goes to. `home` is the home directory of the
+/// user the VM runs as; `xdg_config_home` is their `$XDG_CONFIG_HOME` if
+/// known (systemd's user units).
+pub fn definition_dir(domain: Domain, home: &Path, xdg_config_home: Option<&Path>) -> PathBuf {
+    match domain {
+        Domain::SystemdUser => xdg_config_home
             .filter(|p| p.is_absolute())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| home.join(".config"))
             .join("systemd/user"),
-        (Manager::Systemd, Condition::Boot) => PathBuf::from("/etc/systemd/system"),
-        (Manager::Launchd, Condition::Login) => home.join("Library/LaunchAgents"),
-        (Manager::Launchd, Condition::Boot) => PathBuf::from("/Library/LaunchDaemons"),
+        Domain::SystemdSystem => PathBuf::from("/etc/systemd/system"),
+        Domain::LaunchAgent => home.join("Library/LaunchAgents"),
+        Domain::LaunchDaemon => PathBuf::from("/Library/LaunchDaemons"),
     }
 }
 
@@ -403,12 +455,25 @@ pub(crate) mod tests {
     }
 
     pub fn spec(condition: Condition, keep_alive: bool, stop: u64) -> ServiceSpec {
+        spec_for(Manager::Systemd, condition, keep_alive, stop, "ann")
+    }
+
+    pub fn spec_for(
+        manager: Manager,
+        condition: Condition,
+        keep_alive: bool,
+        stop: u64,
+        user: &str,
+    ) -> ServiceSpec {
+        let mut inputs = inputs(stop);
+        inputs.user = user.into();
         ServiceSpec::new(
-            &inputs(stop),
+            &inputs,
             Options {
                 condition,
                 keep_alive,
             },
+            manager,
         )
         .unwrap()
     }
@@ -466,26 +531,29 @@ pub(crate) mod tests {
         };
         let mut bad = inputs(30);
         bad.exe = "target/debug/vmkeep".into();
-        let err = ServiceSpec::new(&bad, options).unwrap_err();
+        let err = ServiceSpec::new(&bad, options, Manager::Systemd).unwrap_err();
         assert!(err.to_string().contains("absolute"), "{err}");
         let mut bad = inputs(30);
         bad.cache_root = "/tmp/a\nb".into();
         assert!(matches!(
-            ServiceSpec::new(&bad, options),
+            ServiceSpec::new(&bad, options, Manager::Systemd),
             Err(SpecError::Unrepresentable { .. })
         ));
         for user in ["", "-x", "a b", "a/b", "a\nb"] {
             let mut bad = inputs(30);
             bad.user = user.into();
             assert!(
-                matches!(ServiceSpec::new(&bad, options), Err(SpecError::BadUser(_))),
+                matches!(
+                    ServiceSpec::new(&bad, options, Manager::Systemd),
+                    Err(SpecError::BadUser(_))
+                ),
                 "{user:?}"
             );
         }
     }
 
     #[test]
-    fn names_and_directories_per_manager_and_condition() {
+    fn names_and_directories_per_domain() {
         use Condition::*;
         use Manager::*;
         let home = Path::new("/home/ann");
@@ -493,42 +561,67 @@ pub(crate) mod tests {
             (
                 Systemd,
                 Login,
+                "ann",
+                Domain::SystemdUser,
                 "vmkeep-dev.service",
                 "/home/ann/.config/systemd/user",
             ),
             (
                 Systemd,
                 Boot,
-                "vmkeep-ann-dev.service",
+                "ann",
+                Domain::SystemdUser,
+                "vmkeep-dev.service",
+                "/home/ann/.config/systemd/user",
+            ),
+            (
+                Systemd,
+                Boot,
+                "root",
+                Domain::SystemdSystem,
+                "vmkeep-root-dev.service",
                 "/etc/systemd/system",
+            ),
+            (
+                Systemd,
+                Login,
+                "root",
+                Domain::SystemdUser,
+                "vmkeep-dev.service",
+                "/home/ann/.config/systemd/user",
             ),
             (
                 Launchd,
                 Login,
+                "ann",
+                Domain::LaunchAgent,
                 "io.vmkeep.dev.plist",
                 "/home/ann/Library/LaunchAgents",
             ),
             (
                 Launchd,
                 Boot,
+                "ann",
+                Domain::LaunchDaemon,
                 "io.vmkeep.ann.dev.plist",
                 "/Library/LaunchDaemons",
             ),
         ];
-        for (manager, condition, file, dir) in cases {
-            assert_eq!(file_name(manager, condition, "ann", "dev"), file);
-            assert_eq!(
-                definition_dir(manager, condition, home, None),
-                Path::new(dir)
-            );
+        for (manager, condition, user, domain, file, dir) in cases {
+            assert_eq!(Domain::of(manager, condition, user), domain);
+            assert_eq!(file_name(domain, user, "dev"), file);
+            assert_eq!(definition_dir(domain, home, None), Path::new(dir));
         }
+        assert!(Domain::SystemdUser.needs_linger(Boot));
+        assert!(!Domain::SystemdUser.needs_linger(Login));
+        assert!(!Domain::SystemdSystem.needs_linger(Boot));
         assert_eq!(
-            definition_dir(Systemd, Login, home, Some(Path::new("/x/cfg"))),
+            definition_dir(Domain::SystemdUser, home, Some(Path::new("/x/cfg"))),
             Path::new("/x/cfg/systemd/user")
         );
         // A relative XDG_CONFIG_HOME is ignored, as the XDG spec says.
         assert_eq!(
-            definition_dir(Systemd, Login, home, Some(Path::new("cfg"))),
+            definition_dir(Domain::SystemdUser, home, Some(Path::new("cfg"))),
             Path::new("/home/ann/.config/systemd/user")
         );
     }
@@ -545,7 +638,10 @@ pub(crate) mod tests {
     #[test]
     fn the_marker_is_found_in_both_renderings() {
         for manager in [Manager::Systemd, Manager::Launchd] {
-            let text = render(manager, &spec(Condition::Login, true, 30));
+            let text = render(
+                manager,
+                &spec_for(manager, Condition::Login, true, 30, "ann"),
+            );
             assert_eq!(
                 managed_marker(&text),
                 Some("instance dev in /home/ann/.vmkeep/dev"),

@@ -7,13 +7,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Condition, Manager};
+use super::{Condition, Domain, Manager};
 use crate::instance::InstanceDir;
 
 pub const FILE: &str = "autostart.json";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// Which manager runs it (absent in records of vmkeep 0.1 before domains).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<Domain>,
     pub manager: Manager,
     pub condition: Condition,
     pub keep_alive: bool,
@@ -28,6 +31,18 @@ pub struct Record {
     pub loaded: bool,
     /// RFC 3339.
     pub enabled_at: String,
+}
+
+impl Record {
+    /// The domain; for older records, told by where the definition is.
+    pub fn domain(&self) -> Domain {
+        self.domain.unwrap_or(match (self.manager, self.condition) {
+            (Manager::Systemd, _) if self.path.starts_with("/etc/") => Domain::SystemdSystem,
+            (Manager::Systemd, _) => Domain::SystemdUser,
+            (Manager::Launchd, Condition::Login) => Domain::LaunchAgent,
+            (Manager::Launchd, Condition::Boot) => Domain::LaunchDaemon,
+        })
+    }
 }
 
 pub fn path(dir: &InstanceDir) -> PathBuf {
@@ -73,6 +88,7 @@ mod tests {
         std::fs::create_dir(dir.dir()).unwrap();
         assert_eq!(load(&dir).unwrap(), None);
         let record = Record {
+            domain: Some(Domain::SystemdSystem),
             manager: Manager::Systemd,
             condition: Condition::Boot,
             keep_alive: false,

@@ -5,17 +5,24 @@
 //!   `READY=1` once the guest is ready, so `systemctl start` and units
 //!   ordered `After=` it wait for a usable VM; `TimeoutStartSec` covers the
 //!   boot timeout. `NotifyAccess=main`: QEMU and helpers cannot speak for it.
+//! - QEMU is not in this unit's cgroup: the agent starts it in a scope of its
+//!   own (`vmkeep-NAME-qemu-PID.scope`, see `os::cgroup`), ordered
+//!   `Before=` this unit. So when the agent dies (crash, `kill -9`), systemd
+//!   cleans up this unit without touching QEMU, and the restarted agent
+//!   adopts the running VM; and at a stop or a host shutdown this unit is
+//!   stopped first (the agent's stop ladder runs) and QEMU's scope only after.
 //! - `KillMode=mixed`: at stop, SIGTERM reaches only the host agent, which
-//!   runs the stop ladder; QEMU (in its own process group, but in the same
-//!   cgroup) is never SIGTERMed directly and is SIGKILLed only if it is still
-//!   there at `TimeoutStopSec`, which is longer than the whole ladder.
+//!   runs the stop ladder; anything else left in the unit is SIGKILLed at
+//!   `TimeoutStopSec`, which is longer than the whole ladder. (systemd
+//!   considers `mixed` safe; `process` and `none` leave strays behind.)
 //! - Keep-alive: `Restart=on-failure`; the agent exits 0 after a requested
 //!   stop or a guest power-off, so only crashes and failed starts restart.
+//!   `RestartSec` is short: while no agent runs, the VM is unsupervised.
 
 use std::fmt::Write;
 use std::time::Duration;
 
-use super::{Condition, ServiceSpec};
+use super::{Domain, ServiceSpec};
 
 /// Render the unit file.
 pub fn render(spec: &ServiceSpec) -> String {
@@ -34,7 +41,7 @@ pub fn render(spec: &ServiceSpec) -> String {
     );
     let _ = writeln!(w, "[Unit]");
     let _ = writeln!(w, "Description=vmkeep VM {}", spec.name);
-    if spec.options.condition == Condition::Boot {
+    if spec.domain == Domain::SystemdSystem {
         let _ = writeln!(w, "After=network.target");
     }
     if spec.options.keep_alive {
@@ -49,9 +56,6 @@ pub fn render(spec: &ServiceSpec) -> String {
     let _ = writeln!(w, "[Service]");
     let _ = writeln!(w, "Type=notify");
     let _ = writeln!(w, "NotifyAccess=main");
-    if spec.options.condition == Condition::Boot {
-        let _ = writeln!(w, "User={}", spec.user);
-    }
     let exec: Vec<String> = spec
         .program_arguments
         .iter()
@@ -80,9 +84,9 @@ pub fn render(spec: &ServiceSpec) -> String {
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "[Install]");
-    let target = match spec.options.condition {
-        Condition::Login => "default.target",
-        Condition::Boot => "multi-user.target",
+    let target = match spec.domain {
+        Domain::SystemdSystem => "multi-user.target",
+        _ => "default.target",
     };
     let _ = writeln!(w, "WantedBy={target}");
     unit
@@ -116,7 +120,8 @@ pub(crate) fn exec_word(word: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::spec;
+    use super::super::tests::{spec, spec_for};
+    use super::super::{Condition, Manager};
     use super::*;
 
     fn lines(unit: &str) -> Vec<&str> {
@@ -142,7 +147,7 @@ mod tests {
             section(&unit, "Unit"),
             [
                 "Description=vmkeep VM dev",
-                "StartLimitIntervalSec=1225s",
+                "StartLimitIntervalSec=1205s",
                 "StartLimitBurst=5",
             ]
         );
@@ -163,7 +168,7 @@ mod tests {
                 "TimeoutStartSec=240s",
                 "TimeoutStopSec=47s",
                 "Restart=on-failure",
-                "RestartSec=5s",
+                "RestartSec=1s",
             ]
         );
         assert_eq!(section(&unit, "Install"), ["WantedBy=default.target"]);
@@ -186,22 +191,34 @@ mod tests {
     }
 
     #[test]
-    fn boot_runs_as_the_user_after_the_network() {
+    fn boot_for_a_user_is_a_user_unit_and_for_root_a_system_unit() {
         for keep_alive in [true, false] {
+            // A user's VM at boot: the same user unit, started by the
+            // lingering user manager; no User= (it runs as its user).
             let unit = render(&spec(Condition::Boot, keep_alive, 30));
+            assert!(!unit.contains("User="), "{unit}");
+            assert!(!unit.contains("network.target"), "{unit}");
+            assert_eq!(section(&unit, "Install"), ["WantedBy=default.target"]);
+            let root = render(&spec_for(
+                Manager::Systemd,
+                Condition::Boot,
+                keep_alive,
+                30,
+                "root",
+            ));
             assert!(
-                section(&unit, "Unit").contains(&"After=network.target"),
-                "{unit}"
+                section(&root, "Unit").contains(&"After=network.target"),
+                "{root}"
             );
-            let service = section(&unit, "Service");
-            assert!(service.contains(&"User=ann"), "{unit}");
-            assert!(service.contains(&"KillMode=mixed"), "{unit}");
+            let service = section(&root, "Service");
+            assert!(!root.contains("User="), "{root}");
+            assert!(service.contains(&"KillMode=mixed"), "{root}");
             assert_eq!(
                 service.contains(&"Restart=on-failure"),
                 keep_alive,
-                "{unit}"
+                "{root}"
             );
-            assert_eq!(section(&unit, "Install"), ["WantedBy=multi-user.target"]);
+            assert_eq!(section(&root, "Install"), ["WantedBy=multi-user.target"]);
         }
     }
 

@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use super::util;
 use crate::autostart::record::{self, Record};
-use crate::autostart::{self, Condition, Inputs, Manager, Options, ServiceSpec};
+use crate::autostart::{self, Condition, Domain, Inputs, Manager, Options, ServiceSpec};
 use crate::home;
 use crate::instance::{Config, InstanceDir, InstanceName, Status};
-use crate::os::service_manager::{self as sm, Launchctl, Systemctl, User};
+use crate::os::service_manager::{self as sm, Launchctl, Systemctl, SystemdManager, User};
 
 #[derive(Debug, clap::Args)]
 pub struct AutostartArgs {
@@ -99,10 +99,23 @@ pub fn run(args: AutostartArgs) -> anyhow::Result<i32> {
 struct Plan {
     dir: InstanceDir,
     options: Options,
+    domain: Domain,
+    /// The user the VM runs as.
     user: User,
+    /// The user running this command (root under sudo).
+    me: User,
     service: String,
     path: PathBuf,
     text: String,
+    /// The service manager's stop timeout for the unit.
+    stop_timeout: Duration,
+}
+
+impl Plan {
+    /// Root writing into another user's home: files must become theirs.
+    fn owner(&self) -> Option<&User> {
+        (!self.domain.is_system() && self.user.uid != self.me.uid).then_some(&self.user)
+    }
 }
 
 fn plan(name: &InstanceName, service: &ServiceOptions, manager: Manager) -> anyhow::Result<Plan> {
@@ -165,27 +178,37 @@ fn plan(name: &InstanceName, service: &ServiceOptions, manager: Manager) -> anyh
         condition: service.condition,
         keep_alive: service.keep_alive,
     };
-    let spec = ServiceSpec::new(&inputs, options)?;
+    let spec = ServiceSpec::new(&inputs, options, manager)?;
+    let domain = spec.domain;
     let text = autostart::render(manager, &spec);
-    // Login definitions go to the home of the user running this command.
-    let home_dir = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| me.home.clone());
-    let xdg = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from);
-    let def_dir = autostart::definition_dir(manager, service.condition, &home_dir, xdg.as_deref());
-    let file = autostart::file_name(manager, service.condition, &user.name, name.as_str());
+    // Per-user definitions go to the home of the user the VM runs as.
+    let (home_dir, xdg) = if other_user {
+        (user.home.clone(), None)
+    } else {
+        (
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| me.home.clone()),
+            std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from),
+        )
+    };
+    let def_dir = autostart::definition_dir(domain, &home_dir, xdg.as_deref());
+    let file = autostart::file_name(domain, &user.name, name.as_str());
     Ok(Plan {
         dir,
         options,
-        service: autostart::service_name(manager, service.condition, &user.name, name.as_str())
+        domain,
+        service: autostart::service_name(domain, &user.name, name.as_str())
             + if manager == Manager::Systemd {
                 ".service"
             } else {
                 ""
             },
         path: def_dir.join(file),
+        stop_timeout: spec.stop_timeout,
         user,
+        me,
         text,
     })
 }
@@ -197,41 +220,67 @@ enum Handle {
 }
 
 impl Handle {
-    fn new(manager: Manager, condition: Condition, service: &str, uid: u32) -> Handle {
-        match manager {
-            Manager::Systemd => Handle::Systemd(
+    /// The handle for a `domain` registration of a VM run by `user`, as seen
+    /// by `me` (the user running this command).
+    fn new(domain: Domain, service: &str, user: &User, me: &User) -> Handle {
+        let service = service.to_string();
+        match domain {
+            Domain::SystemdSystem => Handle::Systemd(Systemctl::system(), service),
+            Domain::SystemdUser if user.uid == me.uid => {
+                Handle::Systemd(Systemctl::user(), service)
+            }
+            Domain::SystemdUser => Handle::Systemd(
                 Systemctl {
-                    user: condition == Condition::Login,
-                },
-                service.to_string(),
-            ),
-            Manager::Launchd => Handle::Launchd(
-                Launchctl {
-                    domain: match condition {
-                        Condition::Login => format!("gui/{uid}"),
-                        Condition::Boot => "system".into(),
+                    manager: SystemdManager::UserOf {
+                        name: user.name.clone(),
+                        uid: user.uid,
                     },
                 },
-                service.to_string(),
+                service,
+            ),
+            Domain::LaunchAgent => Handle::Launchd(
+                Launchctl {
+                    domain: format!("gui/{}", user.uid),
+                },
+                service,
+            ),
+            Domain::LaunchDaemon => Handle::Launchd(
+                Launchctl {
+                    domain: "system".into(),
+                },
+                service,
             ),
         }
     }
 
+    /// The handle for a recorded registration, if its service manager runs
+    /// and this user may talk to it.
     fn of(record: &Record) -> Option<Handle> {
-        running(record.manager).then(|| {
-            let uid = sm::current_user().map(|u| u.uid).unwrap_or(0);
-            Handle::new(record.manager, record.condition, &record.service, uid)
-        })
+        if !running(record.manager) {
+            return None;
+        }
+        let me = sm::current_user().ok()?;
+        let user = if record.user == me.name {
+            me.clone()
+        } else {
+            sm::user_by_name(&record.user).ok().flatten()?
+        };
+        let domain = record.domain();
+        // Another user's own manager is reachable only for root.
+        if domain == Domain::SystemdUser && user.uid != me.uid && me.uid != 0 {
+            return None;
+        }
+        Some(Handle::new(domain, &record.service, &user, &me))
     }
 
     /// The commands `enable` runs, as text (for --dry-run).
     fn enable_commands(&self, path: &Path) -> Vec<String> {
         match self {
             Handle::Systemd(s, unit) => {
-                let user = if s.user { " --user" } else { "" };
+                let systemctl = s.describe_command();
                 vec![
-                    format!("systemctl{user} daemon-reload"),
-                    format!("systemctl{user} enable {unit}"),
+                    format!("{systemctl} daemon-reload"),
+                    format!("{systemctl} enable {unit}"),
                 ]
             }
             Handle::Launchd(l, _) => {
@@ -282,8 +331,13 @@ impl Handle {
 
     fn describe(&self) -> String {
         match self {
-            Handle::Systemd(s, unit) if s.user => format!("systemd (user unit {unit})"),
-            Handle::Systemd(_, unit) => format!("systemd (system unit {unit})"),
+            Handle::Systemd(s, unit) => match &s.manager {
+                SystemdManager::System => format!("systemd (system unit {unit})"),
+                SystemdManager::User => format!("systemd (user unit {unit})"),
+                SystemdManager::UserOf { name, .. } => {
+                    format!("systemd ({name}'s user unit {unit})")
+                }
+            },
             Handle::Launchd(l, label) => format!("launchd ({}/{label})", l.domain),
         }
     }
@@ -310,12 +364,9 @@ fn enable(args: EnableArgs) -> anyhow::Result<i32> {
     let manager = Manager::native();
     let plan = plan(&args.name, &args.service, manager)?;
     let name = &args.name;
-    let handle = Handle::new(
-        manager,
-        plan.options.condition,
-        &plan.service,
-        plan.user.uid,
-    );
+    let handle = Handle::new(plan.domain, &plan.service, &plan.user, &plan.me);
+    let linger =
+        plan.domain.needs_linger(plan.options.condition) && !sm::is_lingering(&plan.user.name);
 
     if let Some(existing) = record::load(&plan.dir)?
         && existing.path != plan.path
@@ -351,6 +402,9 @@ fn enable(args: EnableArgs) -> anyhow::Result<i32> {
             "# would record the registration in {}",
             record::path(&plan.dir).display()
         );
+        if linger {
+            println!("# would run: loginctl enable-linger {}", plan.user.name);
+        }
         for command in handle.enable_commands(&plan.path) {
             println!("# would run: {command}");
         }
@@ -393,9 +447,35 @@ fn enable(args: EnableArgs) -> anyhow::Result<i32> {
         );
     }
 
-    sm::write_definition(&plan.path, &plan.text)
+    if linger && !args.write_only && plan.me.uid != 0 {
+        bail!(
+            "starting {name} at boot needs {user}'s systemd manager to run from boot (lingering), \
+             which only root can switch on here; nothing was written.\n  \
+             run `sudo loginctl enable-linger {user}`, then this command again \
+             (or `sudo vmkeep autostart enable {name} --condition boot`)",
+            user = plan.user.name
+        );
+    }
+    if linger && !args.write_only {
+        sm::enable_linger(&plan.user.name)
+            .with_context(|| format!("cannot make {}'s manager run from boot", plan.user.name))?;
+        println!(
+            "enabled lingering for {} (their systemd manager now runs from boot)",
+            plan.user.name
+        );
+    }
+    if plan.domain == Domain::SystemdUser && !args.write_only {
+        if plan.user.uid != plan.me.uid {
+            // `systemctl --user` as that user needs their manager up.
+            sm::start_user_manager(plan.user.uid)?;
+        }
+        allow_user_manager_stop(&plan)?;
+    }
+
+    sm::write_definition(&plan.path, &plan.text, plan.owner())
         .with_context(|| format!("cannot write {}", plan.path.display()))?;
     let record = Record {
+        domain: Some(plan.domain),
         manager,
         condition: plan.options.condition,
         keep_alive: plan.options.keep_alive,
@@ -411,7 +491,7 @@ fn enable(args: EnableArgs) -> anyhow::Result<i32> {
         // Leave things as they were.
         match &replacing {
             Some(old) => {
-                let _ = sm::write_definition(&plan.path, old);
+                let _ = sm::write_definition(&plan.path, old, plan.owner());
             }
             None => {
                 let _ = sm::remove_definition(&plan.path);
@@ -452,6 +532,47 @@ fn enable(args: EnableArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// At a host shutdown (or the user's last logout) the system manager stops
+/// the user's manager, and kills it after that unit's `TimeoutStopSec` (120 s
+/// as Debian ships it): the VM's unit must be done well before. When it
+/// would not be, root lengthens it with a drop-in; others are told how.
+fn allow_user_manager_stop(plan: &Plan) -> anyhow::Result<()> {
+    let needed = plan.stop_timeout + autostart::STOP_MARGIN;
+    let granted = sm::user_manager_stop_timeout(plan.user.uid)?;
+    if granted.is_none_or(|granted| granted >= needed) {
+        return Ok(());
+    }
+    let drop_in = sm::user_manager_drop_in(plan.user.uid);
+    let text = format!(
+        "# managed by vmkeep: {}'s VMs need {}s to stop at a host shutdown\n[Service]\nTimeoutStopSec={}s\n",
+        plan.user.name,
+        needed.as_secs(),
+        needed.as_secs()
+    );
+    if plan.me.uid != 0 {
+        eprintln!(
+            "warning: at a host shutdown systemd gives {}'s manager {}, less than the {}s this VM's stop may take; \
+             as root, write {} with:\n{text}and run `systemctl daemon-reload`",
+            plan.user.name,
+            granted
+                .map(|g| format!("{}s", g.as_secs()))
+                .unwrap_or_default(),
+            needed.as_secs(),
+            drop_in.display()
+        );
+        return Ok(());
+    }
+    sm::write_definition(&drop_in, &text, None)
+        .with_context(|| format!("cannot write {}", drop_in.display()))?;
+    Systemctl::system().daemon_reload()?;
+    println!(
+        "wrote {} (the user manager may take {}s to stop its VMs)",
+        drop_in.display(),
+        needed.as_secs()
+    );
+    Ok(())
 }
 
 fn disable(name: &InstanceName) -> anyhow::Result<i32> {
@@ -701,7 +822,7 @@ pub(super) fn start_hook(dir: &InstanceDir) -> anyhow::Result<Option<i32>> {
                 bail!(
                     "{unit} stopped before {name} ran; see {} and `journalctl{} -u {unit}`",
                     dir.dir().join(autostart::LOG_FILE).display(),
-                    if s.user { " --user" } else { "" }
+                    s.journal_flag()
                 );
             }
         }

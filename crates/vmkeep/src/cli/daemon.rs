@@ -51,8 +51,7 @@ fn install(dry_run: bool) -> anyhow::Result<i32> {
         .context("HOME is not set; set it to your home directory")?;
     let xdg = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from);
     let dir = crate::autostart::definition_dir(
-        crate::autostart::Manager::Systemd,
-        crate::autostart::Condition::Login,
+        crate::autostart::Domain::SystemdUser,
         &home_dir,
         xdg.as_deref(),
     );
@@ -71,9 +70,9 @@ fn install(dry_run: bool) -> anyhow::Result<i32> {
              `vmkeep daemon install --dry-run` prints the unit, or run `vmkeep daemon` under your own supervisor"
         );
     }
-    sm::write_definition(&path, &text)
+    sm::write_definition(&path, &text, None)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    let systemctl = sm::Systemctl { user: true };
+    let systemctl = sm::Systemctl::user();
     systemctl.daemon_reload()?;
     systemctl.enable(UNIT_NAME)?;
     systemctl.start(UNIT_NAME)?;

@@ -127,13 +127,41 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
 
 /// Spawn a detached host agent and follow its reports until it is ready.
 fn start_detached(dir: &InstanceDir, config: &Config, progress: &Progress) -> anyhow::Result<i32> {
+    let placement = os::cgroup::placement().ok();
+    match follow_agent(dir, config, progress, placement.as_ref())? {
+        Followed::Done(code) => Ok(code),
+        // systemd refused the agent a scope of its own: it never ran.
+        Followed::NoScope(message) => {
+            eprintln!(
+                "warning: {message}; the host agent of {} runs in this command's cgroup",
+                dir.name()
+            );
+            match follow_agent(dir, config, progress, None)? {
+                Followed::Done(code) => Ok(code),
+                Followed::NoScope(message) => bail!("{message}"),
+            }
+        }
+    }
+}
+
+enum Followed {
+    Done(i32),
+    NoScope(String),
+}
+
+fn follow_agent(
+    dir: &InstanceDir,
+    config: &Config,
+    progress: &Progress,
+    placement: Option<&os::cgroup::Placement>,
+) -> anyhow::Result<Followed> {
     let name = dir.name();
     let (read_end, write_end) = os::process::pipe()?;
+    let log_start = os::fs::len_of(&dir.agent_log());
     let log = os::fs::open_append(&dir.agent_log())
         .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
     let agent = os::process::spawn_detached(
-        &hostagent::binary::path()?,
-        &hostagent::binary::args(name, false),
+        &hostagent::binary::detached(name, false, placement)?,
         os::process::Output::Pipe(write_end),
         log,
     )
@@ -155,7 +183,7 @@ fn start_detached(dir: &InstanceDir, config: &Config, progress: &Progress) -> an
                     "{name} is running (host agent pid {}{qemu}{accel})",
                     info.agent_pid
                 );
-                return Ok(0);
+                return Ok(Followed::Done(0));
             }
             Ok(Report::Failed { error }) => {
                 progress.finish();
@@ -169,7 +197,7 @@ fn start_detached(dir: &InstanceDir, config: &Config, progress: &Progress) -> an
                 eprintln!(
                     "{name} is already being started by another host agent; waiting until it runs"
                 );
-                return wait_until_running(dir, config.boot_timeout.0);
+                return wait_until_running(dir, config.boot_timeout.0).map(Followed::Done);
             }
             Err(_) => tracing::debug!("host agent said: {line}"),
         }
@@ -178,13 +206,20 @@ fn start_detached(dir: &InstanceDir, config: &Config, progress: &Progress) -> an
     let outcome = agent
         .wait_timeout(Duration::from_secs(5))
         .then(|| agent.reap());
+    let log_tail = crate::driver::qemu::tail(&dir.agent_log(), 10);
+    if placement.is_some()
+        && let Some(message) =
+            os::cgroup::scope_failure(&os::fs::appended_since(&dir.agent_log(), log_start, 4096))
+    {
+        return Ok(Followed::NoScope(message));
+    }
     bail!(
         "the host agent of {name} exited without reporting ({}); its log {} ends with:\n{}",
         outcome
             .map(|o| o.to_string())
             .unwrap_or_else(|| "still running".into()),
         dir.agent_log().display(),
-        crate::driver::qemu::tail(&dir.agent_log(), 10)
+        log_tail
     )
 }
 

@@ -24,23 +24,21 @@ use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
-use self::policy::{LastRun, RestartLimits, Restarts, Verdict};
+use self::policy::{RestartLimits, Restarts, Verdict};
 use crate::instance::config::RunStrategy;
 use crate::instance::desired::{self, Desired};
 use crate::instance::observe::observe;
 use crate::instance::status::{self, Broken};
 use crate::instance::{Config, InstanceDir, InstanceName, Status};
-use crate::journal::{self, Event, Journal};
+use crate::journal::{self, Event, Journal, LastRun};
 use crate::os;
 use crate::os::lock::HeldLock;
-use crate::os::process::{Output, ProcessHandle};
+use crate::os::process::{Output, ProcessHandle, Program};
 
 /// The daemon's lock (and pid) file, in the instances root.
 pub const DAEMON_LOCK: &str = "daemon.pid";
 /// Extra time an agent gets beyond its stop deadline before a forced stop.
 const STOP_MARGIN: Duration = Duration::from_secs(15);
-/// How much of a journal the daemon reads to learn how a run ended.
-const JOURNAL_TAIL: u64 = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -55,6 +53,8 @@ pub struct DaemonOptions {
 struct Watch {
     /// The host agent of the current run, if any (ours or adopted).
     agent: Option<ProcessHandle>,
+    /// Where the agent log ended when the daemon spawned the current agent.
+    log_start: Option<u64>,
     /// The daemon saw the current run's agent exit.
     witnessed_end: bool,
     /// Key of the run ending already decided on (`Some(None)`: "never ran"
@@ -97,8 +97,8 @@ struct Daemon {
     options: DaemonOptions,
     /// `vmkeep`, for `vmkeep stop` helpers.
     exe: PathBuf,
-    /// `vmkeep-hostagent`.
-    agent_exe: PathBuf,
+    /// Where agents go under systemd (a scope each), if systemd can be asked.
+    placement: Option<os::cgroup::Placement>,
     began: Instant,
     watches: BTreeMap<InstanceName, Watch>,
 }
@@ -108,7 +108,17 @@ impl Daemon {
         Ok(Daemon {
             options,
             exe: os::process::current_exe()?,
-            agent_exe: crate::hostagent::binary::path()?,
+            placement: {
+                // Fail now, not at the first spawn, if the agent binary is missing.
+                crate::hostagent::binary::path()?;
+                match os::cgroup::placement() {
+                    Ok(placement) => Some(placement),
+                    Err(why) => {
+                        tracing::info!("host agents stay in the daemon's cgroup: {why}");
+                        None
+                    }
+                }
+            },
             began: Instant::now(),
             watches: BTreeMap::new(),
         })
@@ -192,7 +202,21 @@ impl Daemon {
                 tracing::info!(instance = %name, pid = agent.pid(), %outcome, "host agent exited");
             }
             watch.witnessed_end = true;
+            // systemd refused the agent its scope, so it never ran: spawn
+            // agents where the daemon is from now on.
+            if self.placement.is_some()
+                && let Some(start) = watch.log_start.take()
+                && let Some(message) = os::cgroup::scope_failure(&os::fs::appended_since(
+                    &dir.agent_log(),
+                    start,
+                    4096,
+                ))
+            {
+                tracing::warn!("{message}; host agents now stay in the daemon's cgroup");
+                self.placement = None;
+            }
         }
+        let watch = self.watches.entry(name.clone()).or_default();
 
         let status = status::derive(&observe(dir)?);
         let desired = desired::read(dir);
@@ -242,7 +266,8 @@ impl Daemon {
                             Some(spawn_logged(&self.exe, dir, &["stop", name.as_str()])?);
                     } else {
                         tracing::info!(instance = %name, qemu_pid, "orphaned QEMU: adopting it");
-                        watch.agent = Some(spawn_agent(&self.agent_exe, dir)?);
+                        watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
+                        watch.agent = Some(spawn_agent(self.placement.as_ref(), dir)?);
                     }
                 }
             }
@@ -252,8 +277,9 @@ impl Daemon {
                 if watch.agent.is_some() {
                     return Ok(()); // ours, still taking its lock
                 }
-                let records = journal::tail(&dir.journal(), JOURNAL_TAIL)?;
-                let (last, key) = policy::last_run(&records);
+                let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)?;
+                let (last, decided_by) = journal::last_run(&records);
+                let key = decided_by.map(|r| r.ts.clone());
                 if watch.decided.as_ref() != Some(&key) {
                     watch.decided = Some(key);
                     let witnessed = std::mem::take(&mut watch.witnessed_end);
@@ -295,7 +321,8 @@ impl Daemon {
                     tracing::info!(instance = %name, attempt, "starting ({})", after.describe());
                     watch.restarts.record_start(now);
                     watch.start_at = None;
-                    watch.agent = Some(spawn_agent(&self.agent_exe, dir)?);
+                    watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
+                    watch.agent = Some(spawn_agent(self.placement.as_ref(), dir)?);
                 }
             }
             Status::Broken(other) => {
@@ -388,13 +415,14 @@ fn why_unwanted(strategy: RunStrategy) -> &'static str {
     }
 }
 
-/// A host agent for `dir`, in its own session, logging to the instance's log.
-fn spawn_agent(agent_exe: &Path, dir: &InstanceDir) -> anyhow::Result<ProcessHandle> {
-    spawn_logged(
-        agent_exe,
-        dir,
-        &crate::hostagent::binary::args(dir.name(), true),
-    )
+/// A host agent for `dir`, in its own session (and, under systemd, its own
+/// scope: it outlives the daemon's unit), logging to the instance's log.
+fn spawn_agent(
+    placement: Option<&os::cgroup::Placement>,
+    dir: &InstanceDir,
+) -> anyhow::Result<ProcessHandle> {
+    let program = crate::hostagent::binary::detached(dir.name(), true, placement)?;
+    spawn_program(&program, dir)
 }
 
 /// `program args`, detached, its output appended to the instance's agent log.
@@ -403,11 +431,13 @@ fn spawn_logged<S: AsRef<std::ffi::OsStr>>(
     dir: &InstanceDir,
     args: &[S],
 ) -> anyhow::Result<ProcessHandle> {
+    spawn_program(&Program::new(program, args), dir)
+}
+
+fn spawn_program(program: &Program, dir: &InstanceDir) -> anyhow::Result<ProcessHandle> {
     let log = os::fs::open_append(&dir.agent_log())
         .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
     let stdout = log.try_clone()?;
-    os::process::spawn_detached(program, args, Output::File(stdout), log).with_context(|| {
-        let words: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
-        format!("cannot run {} {}", program.display(), words.join(" "))
-    })
+    os::process::spawn_detached(program, Output::File(stdout), log)
+        .with_context(|| format!("cannot run {}", program.display()))
 }

@@ -1,97 +1,13 @@
 //! The daemon's decisions, pure: whether an instance should run after its
-//! last run ended, and when (or whether) to restart it after failures.
+//! last run ended (read by `journal::last_run`), and when (or whether) to
+//! restart it after failures.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::instance::config::RunStrategy;
 use crate::instance::desired::Desired;
-use crate::journal::{Event, Record, StoppedReason};
-
-/// How an instance's last run ended, read from its journal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LastRun {
-    /// It has never run.
-    Never,
-    /// Stopped because someone asked (a command, a signal, a shutdown).
-    Requested,
-    /// The guest powered itself off.
-    GuestPoweroff,
-    /// QEMU died unasked.
-    Crashed,
-    /// The start failed.
-    StartFailed { error: String },
-    /// The run left no `stopped` record: its host agent died with it.
-    Unclean,
-    /// The daemon gave up restarting it.
-    GaveUp,
-}
-
-impl LastRun {
-    /// Whether this ending counts as a failure (for `on-failure` and the
-    /// start limit).
-    pub fn is_failure(&self) -> bool {
-        matches!(
-            self,
-            LastRun::Crashed | LastRun::StartFailed { .. } | LastRun::Unclean
-        )
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            LastRun::Never => "never ran".into(),
-            LastRun::Requested => "stopped on request".into(),
-            LastRun::GuestPoweroff => "guest powered off".into(),
-            LastRun::Crashed => "QEMU crashed".into(),
-            LastRun::StartFailed { error } => format!("start failed: {error}"),
-            LastRun::Unclean => "host agent and QEMU died".into(),
-            LastRun::GaveUp => "daemon gave up".into(),
-        }
-    }
-}
-
-/// How the last run ended, and the timestamp of the record that says so
-/// (the key under which the daemon remembers it has decided on that ending).
-pub fn last_run(records: &[Record]) -> (LastRun, Option<String>) {
-    for (at, record) in records.iter().enumerate().rev() {
-        let ended = match &record.event {
-            Event::GaveUp { .. } => LastRun::GaveUp,
-            Event::Stopped { reason, .. } => match reason {
-                StoppedReason::Requested => LastRun::Requested,
-                StoppedReason::GuestPoweroff => LastRun::GuestPoweroff,
-                StoppedReason::Crashed => LastRun::Crashed,
-                StoppedReason::StartFailed => LastRun::StartFailed {
-                    error: start_error(&records[..at]),
-                },
-            },
-            Event::Starting { .. }
-            | Event::Booting { .. }
-            | Event::Running { .. }
-            | Event::GuestRebooted { .. }
-            | Event::Adopted { .. }
-            | Event::Stopping { .. }
-            | Event::StopStep { .. } => LastRun::Unclean,
-            Event::StartFailed { .. }
-            | Event::Repaired { .. }
-            | Event::Restarting { .. }
-            | Event::Unknown => continue,
-        };
-        return (ended, Some(record.ts.clone()));
-    }
-    (LastRun::Never, None)
-}
-
-/// The error of the failed start that `records` end with.
-fn start_error(records: &[Record]) -> String {
-    for record in records.iter().rev() {
-        match &record.event {
-            Event::StartFailed { error } => return error.clone(),
-            Event::Starting { .. } => break,
-            _ => {}
-        }
-    }
-    "unknown".into()
-}
+use crate::journal::LastRun;
 
 /// Whether the instance should be running now that its last run ended so.
 /// `witnessed`: the daemon saw the run end (else it is looking at an ending
@@ -201,73 +117,8 @@ impl Restarts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stop_ladder::Step;
 
     const S: Duration = Duration::from_secs(1);
-
-    fn rec(ts: &str, event: Event) -> Record {
-        Record {
-            ts: ts.into(),
-            pid: 1,
-            event,
-        }
-    }
-
-    fn stopped(reason: StoppedReason) -> Event {
-        Event::Stopped {
-            reason,
-            by: Some(Step::PowerButton),
-            after_secs: None,
-            qemu_exit: "exit code 0".into(),
-        }
-    }
-
-    #[test]
-    fn the_last_ending_is_read_from_the_journal() {
-        assert_eq!(last_run(&[]), (LastRun::Never, None));
-        let running = rec(
-            "1",
-            Event::Running {
-                qemu_pid: 2,
-                guest_boot_id: "b".into(),
-                boot_secs: 1.0,
-            },
-        );
-        assert_eq!(
-            last_run(std::slice::from_ref(&running)),
-            (LastRun::Unclean, Some("1".into()))
-        );
-        let crash = rec("2", stopped(StoppedReason::Crashed));
-        assert_eq!(
-            last_run(&[running.clone(), crash]),
-            (LastRun::Crashed, Some("2".into()))
-        );
-        let failed = [
-            rec(
-                "3",
-                Event::StartFailed {
-                    error: "boom".into(),
-                },
-            ),
-            rec("4", stopped(StoppedReason::StartFailed)),
-            rec(
-                "5",
-                Event::Repaired {
-                    action: crate::journal::Repair::RemovedStaleFiles,
-                    detail: String::new(),
-                },
-            ),
-        ];
-        assert_eq!(
-            last_run(&failed),
-            (
-                LastRun::StartFailed {
-                    error: "boom".into()
-                },
-                Some("4".into())
-            )
-        );
-    }
 
     #[test]
     fn policy_table() {

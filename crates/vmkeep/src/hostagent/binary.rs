@@ -15,6 +15,8 @@ use std::path::PathBuf;
 use super::report::Reporter;
 use super::{AgentOptions, Mode};
 use crate::instance::InstanceName;
+use crate::os::cgroup;
+use crate::os::process::Program;
 use crate::{home, os};
 
 /// The file name; it sits next to the `vmkeep` binary.
@@ -51,6 +53,33 @@ pub fn args(name: &InstanceName, foreground: bool) -> Vec<String> {
         args.push("--foreground".into());
     }
     args
+}
+
+/// The agent of `name` as a detached process (spawned by `vmkeep start` or
+/// the daemon, not the main process of a service): under systemd it goes
+/// into a scope of its own, so that it outlives the spawner's unit (a daemon
+/// killed with SIGKILL, a oneshot unit that ran `vmkeep start`). `placement`
+/// is `None` where systemd cannot be asked (see `os::cgroup`).
+pub fn detached(
+    name: &InstanceName,
+    text_reports: bool,
+    placement: Option<&cgroup::Placement>,
+) -> io::Result<Program> {
+    let program = Program::new(&path()?, &args(name, text_reports));
+    Ok(match placement {
+        Some(placement) => {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static SPAWNED: AtomicU32 = AtomicU32::new(0);
+            let n = SPAWNED.fetch_add(1, Ordering::Relaxed).to_string();
+            let spawner = std::process::id().to_string();
+            let scope = cgroup::Scope::named(
+                &["vmkeep", name.as_str(), "agent", &spawner, &n],
+                format!("vmkeep host agent of {name}"),
+            );
+            cgroup::wrap(placement, &scope, &program)
+        }
+        None => program,
+    })
 }
 
 /// What the command line asked for.

@@ -27,13 +27,14 @@ use crate::driver::Vm;
 use crate::driver::qemu::accel::{self, HostFacts};
 use crate::driver::qemu::args::LaunchSpec;
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
-use crate::driver::qemu::{self, QemuVm};
+use crate::driver::qemu::{self, QemuError, QemuVm};
 use crate::guest_link::{self, GuestLink};
 use crate::hostagent::api::GuestInfo;
 use crate::image::tiny;
 use crate::instance::status::Phase;
 use crate::instance::{Config, InstanceDir, InstanceName};
-use crate::journal::{Event, Journal, Repair, StopCause, StoppedReason};
+use crate::journal::{self, Event, Journal, Repair, StopCause, StoppedReason};
+use crate::os::cgroup;
 use crate::os::lock::{self, HeldLock};
 use crate::os::process::ExitOutcome;
 use crate::stop_ladder::Step;
@@ -245,6 +246,7 @@ impl Agent<'_> {
     }
 
     async fn run(&mut self, mode: Mode) -> AgentOutcome {
+        let unfinished = self.unfinished_previous_run();
         self.record(Event::Starting {
             foreground: self.foreground,
         });
@@ -252,6 +254,26 @@ impl Agent<'_> {
             Ok(adopted) => adopted,
             Err(error) => return self.fail(error),
         };
+        if let Some(previous) = unfinished {
+            let qemu_survived = adopted.is_some();
+            tracing::warn!(
+                "the previous run (host agent pid {}) ended without a stop record; its last event was {} at {}; QEMU {}",
+                previous.pid,
+                previous.event.kind(),
+                previous.ts,
+                if qemu_survived {
+                    "kept running"
+                } else {
+                    "is gone"
+                }
+            );
+            self.record(Event::UncleanEnd {
+                previous_pid: previous.pid,
+                last_event: previous.event.kind().into(),
+                last_at: previous.ts,
+                qemu_survived,
+            });
+        }
         match os::socket::bind_private(&self.dir.api_socket()) {
             Ok(listener) => self
                 .tasks
@@ -283,6 +305,17 @@ impl Agent<'_> {
                 let deadline = deadline.unwrap_or(self.config.stop_timeout.0);
                 self.stop(&vm, StopCause::Request, deadline, force).await
             }
+        }
+    }
+
+    /// The last record of the previous run if that run never ended (its
+    /// agent died without writing `stopped`).
+    fn unfinished_previous_run(&self) -> Option<journal::Record> {
+        let records =
+            journal::tail(&self.dir.journal(), journal::LAST_RUN_BYTES).unwrap_or_default();
+        match journal::last_run(&records) {
+            (journal::LastRun::Unclean, Some(record)) => Some(record.clone()),
+            _ => None,
         }
     }
 
@@ -397,12 +430,37 @@ impl Agent<'_> {
         why: String,
     ) -> Result<(QemuVm, QmpEvents), String> {
         self.reporter.progress(format!("booting QEMU with {why}"));
+        let binary = self.config.arch.qemu_binary();
         let log_path = self.dir.qemu_log();
-        let log = os::fs::open_append(&log_path)
-            .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
-        let (vm, events) = qemu::launch(self.config.arch.qemu_binary(), &spec, &log_path, log)
-            .await
-            .map_err(|e| e.to_string())?;
+        let scope = self.qemu_scope();
+        let launched = match &scope {
+            Some((placement, scope)) => {
+                match qemu::launch(binary, &spec, &log_path, Some((placement, scope))).await {
+                    Err(QemuError::NoScope { message }) => {
+                        tracing::warn!(
+                            "{message}; QEMU runs in the host agent's cgroup and will not outlive it"
+                        );
+                        qemu::launch(binary, &spec, &log_path, None).await
+                    }
+                    other => other,
+                }
+            }
+            None => qemu::launch(binary, &spec, &log_path, None).await,
+        };
+        let (vm, events) = launched.map_err(|e| e.to_string())?;
+        if let Some((placement, scope)) = &scope {
+            tracing::info!(
+                "QEMU pid {} runs in {} of {}{}",
+                vm.pid(),
+                scope.unit,
+                placement.manager.describe(),
+                placement
+                    .before
+                    .as_ref()
+                    .map(|b| format!(", stopped after {b}"))
+                    .unwrap_or_default()
+            );
+        }
         self.record(Event::Booting {
             qemu_pid: vm.pid(),
             accel: accel.as_str().into(),
@@ -412,6 +470,30 @@ impl Agent<'_> {
             info.accel = Some(accel.as_str().into());
         });
         Ok((vm, events))
+    }
+
+    /// The cgroup QEMU gets under systemd: a scope of its own, so that it
+    /// outlives this agent's unit (see `os::cgroup`). `None` without
+    /// systemd, or where systemd cannot be asked.
+    fn qemu_scope(&self) -> Option<(cgroup::Placement, cgroup::Scope)> {
+        match cgroup::placement() {
+            Ok(placement) => {
+                let name = self.dir.name().as_str();
+                let pid = std::process::id().to_string();
+                let scope = cgroup::Scope::named(
+                    &["vmkeep", name, "qemu", &pid],
+                    format!(
+                        "QEMU of vmkeep instance {name} ({})",
+                        self.dir.dir().display()
+                    ),
+                );
+                Some((placement, scope))
+            }
+            Err(why) => {
+                tracing::debug!("QEMU stays in the host agent's cgroup: {why}");
+                None
+            }
+        }
     }
 
     fn note_qmp_event(&mut self, event: &QmpEvent) {

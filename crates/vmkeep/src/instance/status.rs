@@ -248,6 +248,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         Event::Starting { .. }
         | Event::Repaired { .. }
         | Event::Adopted { .. }
+        | Event::UncleanEnd { .. }
         | Event::Booting { .. }
         | Event::Restarting { .. }
         | Event::GaveUp { .. }

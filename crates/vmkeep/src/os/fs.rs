@@ -62,6 +62,28 @@ pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
     }
 }
 
+/// The length of a file now (0 if it does not exist): where a process that
+/// is about to write to it will start.
+pub fn len_of(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// What was appended to `path` after byte `offset`, at most its last
+/// `max_bytes`, as text (for error messages about a process that just ran).
+pub fn appended_since(path: &Path, offset: u64, max_bytes: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let end = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = offset.max(end.saturating_sub(max_bytes)).min(end);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_ok() {
+        let _ = file.take(end - start).read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// Remove a file; a file that is already gone is not an error.
 /// Returns whether something was removed.
 pub fn remove_file_if_exists(path: &Path) -> io::Result<bool> {

@@ -3,6 +3,7 @@
 //! Everything else decides; this module acts. Keeping the side effects here
 //! keeps them few, reviewed together, and out of the pure logic's way.
 
+pub mod cgroup;
 pub mod fs;
 pub mod lock;
 pub mod process;

@@ -7,7 +7,7 @@
 //! the holder of a liveness lock ([`open_lock_holder`]), never from a pid
 //! written in a file. Signals go to one process, never to a group.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -243,19 +243,51 @@ impl From<Output> for Stdio {
     }
 }
 
+/// A program to run: its path, arguments and extra environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub path: std::path::PathBuf,
+    pub args: Vec<OsString>,
+    /// Variables set on top of the inherited environment.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl Program {
+    pub fn new<S: AsRef<OsStr>>(path: &Path, args: &[S]) -> Program {
+        Program {
+            path: path.to_path_buf(),
+            args: args.iter().map(|a| a.as_ref().to_owned()).collect(),
+            env: Vec::new(),
+        }
+    }
+
+    /// The command line, for messages.
+    pub fn display(&self) -> String {
+        std::iter::once(self.path.as_os_str())
+            .chain(self.args.iter().map(OsString::as_os_str))
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.path);
+        command
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env_remove(super::service_notify::FOR_CHILDREN)
+            .stdin(Stdio::null());
+        command
+    }
+}
+
 /// Spawn a hypervisor as our child in its own process group, so that a
 /// terminal's Ctrl-C or a service manager's SIGTERM meant for the host agent
 /// never reaches it. Its output goes to `log`.
-pub fn spawn_in_own_group<S: AsRef<OsStr>>(
-    program: &Path,
-    args: &[S],
-    log: File,
-) -> io::Result<ProcessHandle> {
+pub fn spawn_in_own_group(program: &Program, log: File) -> io::Result<ProcessHandle> {
     let stderr = log.try_clone()?;
-    let child = Command::new(program)
-        .args(args)
-        .env_remove(super::service_notify::FOR_CHILDREN)
-        .stdin(Stdio::null())
+    let child = program
+        .command()
         .stdout(log)
         .stderr(stderr)
         .process_group(0)
@@ -268,19 +300,9 @@ pub fn spawn_in_own_group<S: AsRef<OsStr>>(
 /// Spawn `program` detached from our terminal: its own session, stdin from
 /// /dev/null, stdout to `stdout`, stderr appended to `log`. Returns its handle;
 /// it stays our child until we exit.
-pub fn spawn_detached<S: AsRef<OsStr>>(
-    program: &Path,
-    args: &[S],
-    stdout: Output,
-    log: File,
-) -> io::Result<ProcessHandle> {
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .env_remove(super::service_notify::FOR_CHILDREN)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(log);
+pub fn spawn_detached(program: &Program, stdout: Output, log: File) -> io::Result<ProcessHandle> {
+    let mut command = program.command();
+    command.stdout(stdout).stderr(log);
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.
     unsafe {
         command.pre_exec(|| {
@@ -328,8 +350,11 @@ mod tests {
     fn a_child_in_its_own_group_is_killed_and_reaped_through_its_pidfd() {
         let dir = tempfile::tempdir().unwrap();
         let log = super::super::fs::open_append(&dir.path().join("log")).unwrap();
-        let child =
-            spawn_in_own_group(Path::new("/bin/sh"), &["-c", "echo hi; sleep 30"], log).unwrap();
+        let child = spawn_in_own_group(
+            &Program::new(Path::new("/bin/sh"), &["-c", "echo hi; sleep 30"]),
+            log,
+        )
+        .unwrap();
         assert!(!child.has_exited());
         let pgid = rustix::process::getpgid(Pid::from_raw(child.pid() as i32)).unwrap();
         assert_eq!(
@@ -348,7 +373,8 @@ mod tests {
     fn a_live_process_has_a_command_line_and_an_exited_one_has_none() {
         let dir = tempfile::tempdir().unwrap();
         let log = super::super::fs::open_append(&dir.path().join("log")).unwrap();
-        let child = spawn_in_own_group(Path::new("/bin/sleep"), &["30"], log).unwrap();
+        let child =
+            spawn_in_own_group(&Program::new(Path::new("/bin/sleep"), &["30"]), log).unwrap();
         assert_eq!(
             command_line_of_live(&child),
             Some(vec!["/bin/sleep".to_string(), "30".to_string()])
@@ -364,7 +390,8 @@ mod tests {
     fn exit_codes_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         let log = super::super::fs::open_append(&dir.path().join("log")).unwrap();
-        let child = spawn_in_own_group(Path::new("/bin/sh"), &["-c", "exit 7"], log).unwrap();
+        let child = spawn_in_own_group(&Program::new(Path::new("/bin/sh"), &["-c", "exit 7"]), log)
+            .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

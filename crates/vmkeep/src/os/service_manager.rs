@@ -12,18 +12,9 @@ use super::tool::{Tool, ToolError};
 /// (what `sd_booted()` checks).
 pub const SYSTEMD_RUNTIME_DIR: &str = "/run/systemd/system";
 
-/// A directory that stands in for [`SYSTEMD_RUNTIME_DIR`]: tests set it,
-/// with a fake `systemctl` first in PATH, to exercise the paths that need a
-/// running systemd on machines without one.
-pub const SYSTEMD_RUNTIME_DIR_ENV: &str = "VMKEEP_TEST_SYSTEMD_RUNTIME_DIR";
-
 /// Whether systemd runs as the init system (PID 1).
 pub fn systemd_running() -> bool {
-    std::env::var_os(SYSTEMD_RUNTIME_DIR_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(SYSTEMD_RUNTIME_DIR))
-        .is_dir()
+    Path::new(SYSTEMD_RUNTIME_DIR).is_dir()
 }
 
 /// Whether launchd is the service manager (macOS).
@@ -78,19 +69,68 @@ impl UnitState {
     }
 }
 
-/// `systemctl`, for the user's manager (`--user`) or the system's.
-#[derive(Debug, Clone, Copy)]
+/// Which systemd manager `systemctl` talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemdManager {
+    /// PID 1.
+    System,
+    /// The calling user's own manager (`systemctl --user`).
+    User,
+    /// Another user's manager, reached as root by running `systemctl --user`
+    /// as that user (`runuser`), with their runtime directory.
+    UserOf { name: String, uid: u32 },
+}
+
+/// `systemctl` for one manager.
+#[derive(Debug, Clone)]
 pub struct Systemctl {
-    pub user: bool,
+    pub manager: SystemdManager,
 }
 
 impl Systemctl {
+    pub fn system() -> Systemctl {
+        Systemctl {
+            manager: SystemdManager::System,
+        }
+    }
+
+    pub fn user() -> Systemctl {
+        Systemctl {
+            manager: SystemdManager::User,
+        }
+    }
+
+    /// The command line, for messages and dry runs.
+    pub fn describe_command(&self) -> String {
+        match &self.manager {
+            SystemdManager::System => "systemctl".into(),
+            SystemdManager::User => "systemctl --user".into(),
+            SystemdManager::UserOf { name, uid } => {
+                format!("runuser -u {name} -- env XDG_RUNTIME_DIR=/run/user/{uid} systemctl --user")
+            }
+        }
+    }
+
+    /// The flag `journalctl` needs for this manager's units.
+    pub fn journal_flag(&self) -> &'static str {
+        match self.manager {
+            SystemdManager::System => "",
+            SystemdManager::User | SystemdManager::UserOf { .. } => " --user",
+        }
+    }
+
     fn tool(&self) -> Tool {
-        let tool = Tool::new(
-            "systemctl",
-            "install systemd (Debian: apt-get install systemd), or use --dry-run",
-        );
-        if self.user { tool.arg("--user") } else { tool }
+        const HINT: &str = "install systemd (Debian: apt-get install systemd), or use --dry-run";
+        match &self.manager {
+            SystemdManager::System => Tool::new("systemctl", HINT),
+            SystemdManager::User => Tool::new("systemctl", HINT).arg("--user"),
+            SystemdManager::UserOf { name, uid } => {
+                Tool::new("runuser", "runuser is part of util-linux")
+                    .args(["-u", name, "--", "env"])
+                    .arg(format!("XDG_RUNTIME_DIR=/run/user/{uid}"))
+                    .args(["systemctl", "--user"])
+            }
+        }
     }
 
     pub fn daemon_reload(&self) -> Result<(), ToolError> {
@@ -126,6 +166,50 @@ impl Systemctl {
             .output_text()
             .map(|text| UnitState::parse(&text))
     }
+}
+
+/// Where logind marks lingering users (their manager runs from boot).
+const LINGER_DIR: &str = "/var/lib/systemd/linger";
+
+/// Whether `user`'s systemd manager runs from boot, without a login.
+pub fn is_lingering(user: &str) -> bool {
+    Path::new(LINGER_DIR).join(user).exists()
+}
+
+/// Make `user`'s manager run from boot (`loginctl enable-linger`); root may
+/// do it for anyone, others need polkit's consent.
+pub fn enable_linger(user: &str) -> Result<(), ToolError> {
+    Tool::new("loginctl", "loginctl is part of systemd")
+        .args(["enable-linger", user])
+        .output()
+        .map(drop)
+}
+
+/// Start `uid`'s manager now and wait until it runs (as root).
+pub fn start_user_manager(uid: u32) -> Result<(), ToolError> {
+    Systemctl::system().start(&format!("user@{uid}.service"))
+}
+
+/// How long the system manager lets `uid`'s manager take to stop (its
+/// `TimeoutStopSec`; at a host shutdown every user unit must be done by then).
+/// `None` when it cannot be told (infinity, or an unreadable answer).
+pub fn user_manager_stop_timeout(uid: u32) -> Result<Option<std::time::Duration>, ToolError> {
+    let text = Tool::new("systemctl", "install systemd")
+        .args([
+            "show",
+            "--value",
+            "--property=TimeoutStopUSec",
+            &format!("user@{uid}.service"),
+        ])
+        .output_text()?;
+    Ok(humantime::parse_duration(text.trim()).ok())
+}
+
+/// The drop-in that lengthens `uid`'s manager's stop timeout.
+pub fn user_manager_drop_in(uid: u32) -> PathBuf {
+    PathBuf::from(format!(
+        "/etc/systemd/system/user@{uid}.service.d/50-vmkeep-stop-timeout.conf"
+    ))
 }
 
 /// `launchctl` in one domain: `gui/UID` (LaunchAgents) or `system` (LaunchDaemons).
@@ -192,6 +276,7 @@ impl Launchctl {
 pub struct User {
     pub name: String,
     pub uid: u32,
+    pub gid: u32,
     pub home: PathBuf,
 }
 
@@ -246,6 +331,7 @@ fn lookup_user(
         return Ok(Some(User {
             name,
             uid: pwd.pw_uid,
+            gid: pwd.pw_gid,
             home,
         }));
     }
@@ -277,12 +363,38 @@ pub fn may_write_in(dir: &Path) -> bool {
 }
 
 /// Write a service definition (mode 0644: service managers read it as
-/// another user), creating its directory if needed.
-pub fn write_definition(path: &Path, text: &str) -> io::Result<()> {
+/// another user), creating its directory if needed. With an `owner` (root
+/// writing into another user's home), the file and the directories it
+/// created belong to that user, so that they can manage them later.
+pub fn write_definition(path: &Path, text: &str, owner: Option<&User>) -> io::Result<()> {
     if let Some(dir) = path.parent() {
+        let mut missing = Vec::new();
+        let mut probe = Some(dir);
+        while let Some(d) = probe.filter(|d| !d.exists()) {
+            missing.push(d.to_path_buf());
+            probe = d.parent();
+        }
         std::fs::create_dir_all(dir)?;
+        if let Some(user) = owner {
+            for d in &missing {
+                chown(d, user)?;
+            }
+        }
     }
-    super::fs::write_atomic(path, text.as_bytes(), 0o644)
+    super::fs::write_atomic(path, text.as_bytes(), 0o644)?;
+    if let Some(user) = owner {
+        chown(path, user)?;
+    }
+    Ok(())
+}
+
+fn chown(path: &Path, user: &User) -> io::Result<()> {
+    rustix::fs::chown(
+        path,
+        Some(rustix::fs::Uid::from_raw(user.uid)),
+        Some(rustix::fs::Gid::from_raw(user.gid)),
+    )
+    .map_err(io::Error::from)
 }
 
 /// Remove a service definition; one that is already gone is not an error.

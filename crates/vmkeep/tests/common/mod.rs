@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod container;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

@@ -5,7 +5,6 @@ pub mod accel;
 pub mod args;
 pub mod qmp;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,7 +13,8 @@ use self::args::LaunchSpec;
 use self::qmp::{Qmp, QmpEvents};
 use super::{DriverError, Vm};
 use crate::instance::InstanceDir;
-use crate::os::process::{self, ExitOutcome, ProcessHandle};
+use crate::os::cgroup::{self, Placement, Scope};
+use crate::os::process::{self, ExitOutcome, ProcessHandle, Program};
 
 /// How long QMP commands of the stop ladder may take.
 const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,6 +40,14 @@ pub enum QemuError {
         log: PathBuf,
         log_tail: String,
     },
+    #[error("cannot open QEMU's log {path}: {source}")]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// systemd-run could not give QEMU its own scope; QEMU never ran.
+    #[error("systemd could not give QEMU a cgroup of its own: {message}")]
+    NoScope { message: String },
     #[error("QEMU did not open its QMP socket within {QMP_APPEAR_TIMEOUT:?}: {error}")]
     NoQmp { error: String },
     #[error(
@@ -125,31 +133,47 @@ pub fn find_in_path(binary: &str) -> Option<PathBuf> {
 }
 
 /// Launch QEMU as our child in its own process group and connect QMP.
-/// QEMU's own output goes to `log`.
+/// QEMU's own output is appended to `log_path`. With a `scope`, QEMU runs in
+/// a cgroup of its own (see [`crate::os::cgroup`]), so that it outlives the
+/// unit of the host agent.
 pub async fn launch(
     binary: &str,
     spec: &LaunchSpec,
     log_path: &Path,
-    log: File,
+    scope: Option<(&Placement, &Scope)>,
 ) -> Result<(QemuVm, QmpEvents), QemuError> {
-    let program = find_in_path(binary).ok_or_else(|| QemuError::Missing {
+    let path = find_in_path(binary).ok_or_else(|| QemuError::Missing {
         binary: binary.into(),
     })?;
+    let log = crate::os::fs::open_append(log_path).map_err(|source| QemuError::Log {
+        path: log_path.into(),
+        source,
+    })?;
+    let log_start = crate::os::fs::len_of(log_path);
+    let mut program = Program::new(&path, &args::build(spec));
+    if let Some((placement, scope)) = scope {
+        program = cgroup::wrap(placement, scope, &program);
+    }
     let process =
-        process::spawn_in_own_group(&program, &args::build(spec), log).map_err(|source| {
-            QemuError::Spawn {
-                binary: binary.into(),
-                source,
-            }
+        process::spawn_in_own_group(&program, log).map_err(|source| QemuError::Spawn {
+            binary: program.path.to_string_lossy().into_owned(),
+            source,
         })?;
     let started = Instant::now();
     loop {
         if process.has_exited() {
             let outcome = process.reap();
+            let log_tail = tail(log_path, 12);
+            if scope.is_some()
+                && let Some(message) =
+                    cgroup::scope_failure(&crate::os::fs::appended_since(log_path, log_start, 4096))
+            {
+                return Err(QemuError::NoScope { message });
+            }
             return Err(QemuError::ExitedAtLaunch {
                 outcome,
                 log: log_path.into(),
-                log_tail: tail(log_path, 12),
+                log_tail,
             });
         }
         match Qmp::connect(&spec.qmp_socket, QMP_COMMAND_TIMEOUT).await {

@@ -1,0 +1,367 @@
+//! The real-systemd tier: vmkeep under systemd 252 running as PID 1 of a
+//! `systemd-nspawn` container (tests/common/container.rs), with real VMs
+//! (QEMU under TCG) inside. Each test boots its own container.
+//!
+//! What a user relies on and these tests check: a host agent or daemon that
+//! dies does not take its VMs with it (same guest boot id, uptime goes on);
+//! the restarted agent adopts and journals it; a host power-off stops every
+//! VM by its own ladder, in parallel, nothing killed before its deadline;
+//! the next boot autostarts them with their data; a guest's own power-off
+//! leaves the unit inactive; a QEMU crash restarts it; `vmkeep stop` and
+//! `start` go through systemctl.
+//!
+//! The tests skip (loudly) only when not run as root; CI runs as root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::container::{Container, USER};
+use common::wait_until;
+
+const CMD: Duration = Duration::from_secs(60);
+const BOOT: Duration = Duration::from_secs(240);
+
+/// The guest's boot id and uptime (seconds), read through the guest agent.
+fn boot_id_and_uptime(ct: &Container, user: &str, name: &str) -> (String, f64) {
+    let ran = ct.ok_as(
+        user,
+        &format!("vmkeep shell {name} -- cat /proc/sys/kernel/random/boot_id /proc/uptime"),
+        CMD,
+    );
+    let mut lines = ran.stdout.lines();
+    let boot_id = lines.next().unwrap_or_default().trim().to_string();
+    let uptime = lines
+        .next()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no uptime in {}", ran.describe()));
+    (boot_id, uptime)
+}
+
+/// `systemctl [--user] show -p PROP --value UNIT` for `user`.
+fn unit_property(ct: &Container, user: &str, unit: &str, property: &str) -> String {
+    let systemctl = if user == "root" {
+        "systemctl"
+    } else {
+        "systemctl --user"
+    };
+    ct.ok_as(
+        user,
+        &format!("{systemctl} show -p {property} --value {unit}"),
+        CMD,
+    )
+    .stdout
+    .trim()
+    .to_string()
+}
+
+fn main_pid(ct: &Container, user: &str, unit: &str) -> u32 {
+    unit_property(ct, user, unit, "MainPID").parse().unwrap()
+}
+
+fn pid_field(row: &serde_json::Value, key: &str) -> Option<u32> {
+    row[key].as_u64().map(|p| p as u32)
+}
+
+/// Wait until `name` is Running under an agent other than `old_agent`.
+fn wait_running_under_new_agent(ct: &Container, user: &str, name: &str, old_agent: u32) -> u32 {
+    let mut last = serde_json::Value::Null;
+    wait_until(BOOT, || {
+        last = ct.row(user, name);
+        let agent = pid_field(&last, "agent_pid")?;
+        (last["status"] == "Running" && agent != old_agent).then_some(agent)
+    })
+    .unwrap_or_else(|| panic!("{name} did not come back under a new agent: {last}"))
+}
+
+fn events_named<'a>(
+    events: &'a [serde_json::Value],
+    kind: &str,
+) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+    let kind = kind.to_string();
+    events.iter().filter(move |e| e["event"] == kind)
+}
+
+/// kill -9 of the unit's main process (the host agent), then the checks a
+/// user cares about: QEMU kept running, same boot, the new agent adopted it
+/// and said so, the unit is active again.
+fn agent_kill9_keeps_the_guest(ct: &Container, user: &str, name: &str, unit: &str) {
+    let (boot_before, uptime_before) = boot_id_and_uptime(ct, user, name);
+    let row = ct.row(user, name);
+    let qemu = pid_field(&row, "qemu_pid").expect("QEMU pid");
+    let agent = main_pid(ct, user, unit);
+    assert_eq!(
+        pid_field(&row, "agent_pid"),
+        Some(agent),
+        "the unit runs the agent"
+    );
+    // QEMU is in a scope of its own, not in the agent's unit.
+    let cgroup = ct
+        .ok_as(user, &format!("cat /proc/{qemu}/cgroup"), CMD)
+        .stdout;
+    assert!(
+        cgroup.contains(&format!("vmkeep-{name}-qemu-")) && !cgroup.contains(unit),
+        "QEMU's cgroup: {cgroup}"
+    );
+
+    ct.ok_as(user, &format!("kill -9 {agent}"), CMD);
+    let new_agent = wait_running_under_new_agent(ct, user, name, agent);
+    assert_eq!(
+        main_pid(ct, user, unit),
+        new_agent,
+        "systemd restarted the unit"
+    );
+    assert_eq!(unit_property(ct, user, unit, "ActiveState"), "active");
+    let row = ct.row(user, name);
+    assert_eq!(pid_field(&row, "qemu_pid"), Some(qemu), "the same QEMU");
+    let (boot_after, uptime_after) = boot_id_and_uptime(ct, user, name);
+    assert_eq!(boot_after, boot_before, "the guest was not rebooted");
+    assert!(
+        uptime_after > uptime_before,
+        "uptime went on: {uptime_before} -> {uptime_after}"
+    );
+    let events = ct.events(user, name);
+    let unclean: Vec<_> = events_named(&events, "unclean-end")
+        .filter(|e| e["previous_pid"] == agent)
+        .collect();
+    assert_eq!(
+        unclean.len(),
+        1,
+        "the unclean end is journaled: {events:#?}"
+    );
+    assert_eq!(unclean[0]["qemu_survived"], true);
+    assert!(
+        events_named(&events, "adopted").any(|e| e["pid"] == new_agent && e["qemu_pid"] == qemu),
+        "the new agent journaled the adoption: {events:#?}"
+    );
+}
+
+#[test]
+fn vm_systemd_user_unit_survives_agent_kill9_and_obeys_systemctl() {
+    let Some(ct) = Container::boot() else { return };
+    ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
+    ct.ok_as(
+        USER,
+        "vmkeep create web && vmkeep autostart enable web",
+        CMD,
+    );
+    let unit = "vmkeep-web.service";
+    let started = ct.ok_as(USER, "vmkeep start web", BOOT);
+    assert!(
+        started.stderr.contains("through systemd"),
+        "start goes through systemd: {}",
+        started.describe()
+    );
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "active");
+    assert_eq!(
+        ct.row(USER, "web")["status"],
+        "Running",
+        "Type=notify: ready when started"
+    );
+
+    agent_kill9_keeps_the_guest(&ct, USER, "web", unit);
+
+    // `vmkeep stop` goes through systemctl: the unit ends inactive (not
+    // failed, not restarted), the VM by its power button.
+    let stopped = ct.ok_as(USER, "vmkeep stop web", BOOT);
+    assert!(
+        stopped.stderr.contains("through systemd"),
+        "{}",
+        stopped.describe()
+    );
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "inactive");
+    assert_eq!(ct.row(USER, "web")["status"], "Stopped");
+    let events = ct.events(USER, "web");
+    let last = events_named(&events, "stopped").last().unwrap();
+    assert_eq!(last["by"], "power-button", "{last}");
+    assert_eq!(last["reason"], "requested", "{last}");
+
+    // And `vmkeep start` starts the unit again.
+    ct.ok_as(USER, "vmkeep start web", BOOT);
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "active");
+
+    // A deadline of one's own cannot be passed through systemctl: `stop
+    // --timeout` asks the agent directly, which exits 0, so the unit ends
+    // inactive without a restart all the same.
+    let direct = ct.ok_as(USER, "vmkeep stop --timeout 20s web", BOOT);
+    assert!(
+        !direct.stderr.contains("through systemd"),
+        "{}",
+        direct.describe()
+    );
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "inactive");
+    assert_eq!(ct.row(USER, "web")["status"], "Stopped");
+    ct.ok_as(USER, "vmkeep start web", BOOT);
+
+    // A power-off from inside the guest: the unit ends inactive and stays so.
+    let _ = ct.sh_as(USER, "vmkeep shell web -- poweroff", CMD);
+    wait_until(BOOT, || {
+        (unit_property(&ct, USER, unit, "ActiveState") == "inactive").then_some(())
+    })
+    .expect("the unit ends after the guest powered off");
+    // Past RestartSec (1 s) with a margin: nothing restarted it.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "inactive");
+    assert_eq!(ct.row(USER, "web")["status"], "Stopped");
+    let events = ct.events(USER, "web");
+    let last = events_named(&events, "stopped").last().unwrap();
+    assert_eq!(last["reason"], "guest-poweroff", "{last}");
+}
+
+#[test]
+fn vm_systemd_system_unit_for_root_survives_agent_kill9_and_restarts_after_a_qemu_crash() {
+    let Some(ct) = Container::boot() else { return };
+    ct.ok_as(
+        "root",
+        "vmkeep create web && vmkeep autostart enable web --condition boot",
+        CMD,
+    );
+    let unit = "vmkeep-root-web.service";
+    assert!(
+        ct.host_path("/etc/systemd/system/vmkeep-root-web.service")
+            .exists(),
+        "root's boot unit is a system unit"
+    );
+    ct.ok_as("root", "vmkeep start web", BOOT);
+    assert_eq!(unit_property(&ct, "root", unit, "ActiveState"), "active");
+
+    agent_kill9_keeps_the_guest(&ct, "root", "web", unit);
+
+    // A QEMU crash is a failure: systemd restarts the unit, which boots anew.
+    let (boot_before, _) = boot_id_and_uptime(&ct, "root", "web");
+    let agent = main_pid(&ct, "root", unit);
+    let qemu = pid_field(&ct.row("root", "web"), "qemu_pid").unwrap();
+    ct.ok_as("root", &format!("kill -9 {qemu}"), CMD);
+    let new_agent = wait_running_under_new_agent(&ct, "root", "web", agent);
+    assert_eq!(main_pid(&ct, "root", unit), new_agent);
+    let (boot_after, _) = boot_id_and_uptime(&ct, "root", "web");
+    assert_ne!(boot_after, boot_before, "a fresh boot after the crash");
+    let events = ct.events("root", "web");
+    assert!(
+        events_named(&events, "stopped").any(|e| e["reason"] == "crashed"),
+        "{events:#?}"
+    );
+}
+
+#[test]
+fn vm_systemd_daemon_kill9_leaves_its_vms_running() {
+    let Some(ct) = Container::boot() else { return };
+    ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
+    ct.ok_as(
+        USER,
+        "printf 'runStrategy: always\\n' >/tmp/always.yaml && \
+         vmkeep create d1 --template /tmp/always.yaml && vmkeep create d2 --template /tmp/always.yaml && \
+         vmkeep daemon install",
+        CMD,
+    );
+    for name in ["d1", "d2"] {
+        wait_until(BOOT, || {
+            (ct.row(USER, name)["status"] == "Running").then_some(())
+        })
+        .unwrap_or_else(|| panic!("the daemon did not start {name}"));
+    }
+    let before: Vec<_> = ["d1", "d2"]
+        .iter()
+        .map(|n| (boot_id_and_uptime(&ct, USER, n), ct.row(USER, n)))
+        .collect();
+    let daemon = main_pid(&ct, USER, "vmkeep-daemon.service");
+    ct.ok_as(USER, &format!("kill -9 {daemon}"), CMD);
+    // systemd restarts the daemon (RestartSec); it watches the same agents.
+    wait_until(BOOT, || {
+        let pid = main_pid(&ct, USER, "vmkeep-daemon.service");
+        (pid != 0 && pid != daemon).then_some(())
+    })
+    .expect("systemd restarted the daemon");
+    for (name, ((boot, uptime), row)) in ["d1", "d2"].iter().zip(before) {
+        let now = ct.row(USER, name);
+        assert_eq!(now["status"], "Running", "{now}");
+        assert_eq!(now["agent_pid"], row["agent_pid"], "the same agent: {now}");
+        assert_eq!(now["qemu_pid"], row["qemu_pid"], "the same QEMU: {now}");
+        let (boot_now, uptime_now) = boot_id_and_uptime(&ct, USER, name);
+        assert_eq!(boot_now, boot, "{name} was not rebooted");
+        assert!(uptime_now > uptime);
+    }
+}
+
+#[test]
+fn vm_systemd_poweroff_stops_each_vm_by_its_ladder_and_boot_brings_them_back() {
+    let Some(mut ct) = Container::boot() else {
+        return;
+    };
+    ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
+    // plain: obeys the power button; deaf: ignores it, so its guest agent is
+    // asked at half the deadline; numb: ignores both, so it is hard-stopped
+    // at its deadline.
+    let deaf = "stopTimeout: 8s\\nkernel:\\n  cmdline: vmkeep.ignore_power_button=1\\n";
+    let numb = "stopTimeout: 8s\\nkernel:\\n  cmdline: vmkeep.ignore_power_button=1 vmkeep.ignore_poweroff_request=1\\n";
+    ct.ok_as(
+        USER,
+        &format!(
+            "vmkeep create plain && printf '{deaf}' >/tmp/deaf.yaml && vmkeep create deaf --template /tmp/deaf.yaml && \
+             printf '{numb}' >/tmp/numb.yaml && vmkeep create numb --template /tmp/numb.yaml && \
+             for v in plain deaf numb; do vmkeep autostart enable $v --condition boot || exit 1; done"
+        ),
+        CMD,
+    );
+    ct.ok_as(
+        USER,
+        "vmkeep start plain & vmkeep start deaf & vmkeep start numb & wait",
+        BOOT,
+    );
+    for name in ["plain", "deaf", "numb"] {
+        assert_eq!(ct.row(USER, name)["status"], "Running", "{name}");
+    }
+    ct.ok_as(
+        USER,
+        "vmkeep shell plain -- sh -c 'echo kept >/data/marker && sync'",
+        CMD,
+    );
+
+    let took = ct.poweroff(Duration::from_secs(120));
+    eprintln!("container down {took:?} after `systemctl poweroff`");
+    let last_stop = |name: &str| {
+        let events = ct.events(USER, name);
+        let stopping = events_named(&events, "stopping").last().cloned();
+        let stopped = events_named(&events, "stopped").last().cloned();
+        (events, stopping, stopped)
+    };
+    let (events, stopping, stopped) = last_stop("plain");
+    let stopped = stopped.unwrap_or_else(|| panic!("plain: {events:#?}"));
+    assert_eq!(stopping.unwrap()["cause"], "signal");
+    assert_eq!(stopped["by"], "power-button", "{stopped}");
+    let (events, _, stopped) = last_stop("deaf");
+    let stopped = stopped.unwrap_or_else(|| panic!("deaf: {events:#?}"));
+    assert_eq!(stopped["by"], "guest-agent-poweroff", "{stopped}");
+    let step = events_named(&events, "stop-step")
+        .filter(|e| e["step"] == "guest-agent-poweroff")
+        .last()
+        .unwrap();
+    assert!(
+        step["at_secs"].as_f64().unwrap() >= 4.0,
+        "at half the deadline: {step}"
+    );
+    let (events, _, stopped) = last_stop("numb");
+    let stopped = stopped.unwrap_or_else(|| panic!("numb: {events:#?}"));
+    assert_eq!(stopped["by"], "quit", "hard-stopped: {stopped}");
+    let quit = events_named(&events, "stop-step")
+        .filter(|e| e["step"] == "quit")
+        .last()
+        .unwrap();
+    assert!(
+        quit["at_secs"].as_f64().unwrap() >= 8.0,
+        "not before its deadline: {quit}"
+    );
+
+    // The next boot starts all three again (the user manager lingers), and
+    // the data written before the shutdown is there.
+    ct.boot_again();
+    for name in ["plain", "deaf", "numb"] {
+        wait_until(BOOT, || {
+            (ct.row(USER, name)["status"] == "Running").then_some(())
+        })
+        .unwrap_or_else(|| panic!("{name} was not autostarted at boot"));
+    }
+    let marker = ct.ok_as(USER, "vmkeep shell plain -- cat /data/marker", CMD);
+    assert_eq!(marker.stdout.trim(), "kept");
+}
