@@ -72,6 +72,7 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<String>) {
             | Event::Stopping { .. }
             | Event::StopStep { .. } => LastRun::Unclean,
             Event::StartFailed { .. }
+            | Event::DataDisk { .. }
             | Event::Repaired { .. }
             | Event::Restarting { .. }
             | Event::Unknown => continue,

@@ -20,10 +20,14 @@ use crate::{home, os};
 /// The file name; it sits next to the `vmkeep` binary.
 pub const FILE_NAME: &str = "vmkeep-hostagent";
 
-const USAGE: &str = "usage: vmkeep-hostagent NAME [--foreground]
+const USAGE: &str = "usage: vmkeep-hostagent NAME [--foreground] [--repair-data]
 Runs the host agent of instance NAME until its VM stops. Started by
 `vmkeep start` and `vmkeep daemon`; not meant to be run by hand.
-  --foreground   report progress as text on stderr (default: JSON lines on stdout)";
+  --foreground   report progress as text on stderr (default: JSON lines on stdout)
+  --repair-data  have the guest run `e2fsck -f -y` on the data disk before mounting it";
+
+/// The option of `vmkeep start --repair-data`, passed on to the agent.
+pub const REPAIR_DATA: &str = "--repair-data";
 
 /// The agent binary beside the running executable, or an error saying how to
 /// put it there.
@@ -53,12 +57,22 @@ pub fn args(name: &InstanceName, foreground: bool) -> Vec<String> {
     args
 }
 
+/// [`args`], asking for a repair of the data disk when `repair_data`.
+pub fn args_repairing(name: &InstanceName, foreground: bool, repair_data: bool) -> Vec<String> {
+    let mut args = args(name, foreground);
+    if repair_data {
+        args.push(REPAIR_DATA.into());
+    }
+    args
+}
+
 /// What the command line asked for.
 #[derive(Debug, PartialEq)]
 pub enum Invocation {
     Run {
         name: InstanceName,
         foreground: bool,
+        repair_data: bool,
     },
     Help,
 }
@@ -67,12 +81,14 @@ pub enum Invocation {
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, String> {
     let mut name = None;
     let mut foreground = false;
+    let mut repair_data = false;
     for arg in args {
         let arg = arg
             .into_string()
             .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))?;
         match arg.as_str() {
             "--foreground" => foreground = true,
+            REPAIR_DATA => repair_data = true,
             "-h" | "--help" => return Ok(Invocation::Help),
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             word if name.is_none() => {
@@ -85,7 +101,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
         }
     }
     match name {
-        Some(name) => Ok(Invocation::Run { name, foreground }),
+        Some(name) => Ok(Invocation::Run {
+            name,
+            foreground,
+            repair_data,
+        }),
         None => Err("missing the instance name".into()),
     }
 }
@@ -93,8 +113,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
 /// The binary's `main`: run the agent and return the process exit code (2
 /// for a bad command line, as for `vmkeep`).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
-    let (name, foreground) = match parse(args) {
-        Ok(Invocation::Run { name, foreground }) => (name, foreground),
+    let (name, foreground, repair_data) = match parse(args) {
+        Ok(Invocation::Run {
+            name,
+            foreground,
+            repair_data,
+        }) => (name, foreground, repair_data),
         Ok(Invocation::Help) => {
             println!("{USAGE}");
             return 0;
@@ -117,6 +141,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
         name,
         foreground,
         mode: Mode::Run,
+        repair_data,
     };
     let mut reporter = if foreground {
         Reporter::Terminal
@@ -150,14 +175,24 @@ mod tests {
             parsed(&["dev"]),
             Ok(Invocation::Run {
                 name: name("dev"),
-                foreground: false
+                foreground: false,
+                repair_data: false,
             })
         );
         assert_eq!(
             parsed(&["--foreground", "dev"]),
             Ok(Invocation::Run {
                 name: name("dev"),
-                foreground: true
+                foreground: true,
+                repair_data: false,
+            })
+        );
+        assert_eq!(
+            parsed(&["dev", "--repair-data"]),
+            Ok(Invocation::Run {
+                name: name("dev"),
+                foreground: false,
+                repair_data: true,
             })
         );
         assert_eq!(parsed(&["dev", "--help"]), Ok(Invocation::Help));
@@ -166,14 +201,17 @@ mod tests {
     #[test]
     fn args_round_trip_through_parse() {
         for foreground in [false, true] {
-            let args = args(&name("web-1"), foreground);
-            assert_eq!(
-                parse(args.into_iter().map(OsString::from)),
-                Ok(Invocation::Run {
-                    name: name("web-1"),
-                    foreground
-                })
-            );
+            for repair_data in [false, true] {
+                let args = args_repairing(&name("web-1"), foreground, repair_data);
+                assert_eq!(
+                    parse(args.into_iter().map(OsString::from)),
+                    Ok(Invocation::Run {
+                        name: name("web-1"),
+                        foreground,
+                        repair_data,
+                    })
+                );
+            }
         }
     }
 
