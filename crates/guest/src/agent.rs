@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use vmkeep_protocol::{ExecResult, FromGuest, GuestInfo, Reply};
+use vmkeep_protocol::{DataDisk, ExecResult, FromGuest, GuestInfo, Reply};
 
 use crate::channel::Channel;
 use crate::exec::{self, SpawnError};
@@ -58,6 +58,8 @@ pub struct Agent {
     /// second `Ready` on one connection then always means a new boot.
     ready: Mutex<bool>,
     data_mounted: AtomicBool,
+    /// What became of the data disk at boot (init mode only).
+    data_disk: OnceLock<DataDisk>,
     /// Set by the first request to end the machine.
     ending: AtomicBool,
     channel: OnceLock<Channel>,
@@ -77,13 +79,18 @@ impl Agent {
             base_env,
             ready: Mutex::new(false),
             data_mounted: AtomicBool::new(false),
+            data_disk: OnceLock::new(),
             ending: AtomicBool::new(false),
             channel: OnceLock::new(),
         }))
     }
 
-    pub fn set_data_mounted(&self) {
-        self.data_mounted.store(true, Ordering::SeqCst);
+    /// Remember what became of the data disk, for the host.
+    pub fn set_data_disk(&self, state: DataDisk) {
+        if state.is_mounted() {
+            self.data_mounted.store(true, Ordering::SeqCst);
+        }
+        let _ = self.data_disk.set(state);
     }
 
     pub fn set_channel(&self, channel: Channel) -> &Channel {
@@ -121,6 +128,7 @@ impl Agent {
                 .data_mounted
                 .load(Ordering::SeqCst)
                 .then(|| DATA_MOUNT.to_string()),
+            data_disk: self.data_disk.get().cloned(),
         }
     }
 

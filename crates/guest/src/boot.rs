@@ -1,12 +1,18 @@
 //! Init mode's boot steps: mounts, busybox applets, kernel modules, the
-//! power button and the data disk. Every failure is logged and boot goes on.
+//! power button and the data disk. Every failure is logged and boot goes on
+//! (a data disk that cannot be mounted is reported to the host, which fails
+//! the start).
 
 use std::fs::File;
+use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, DATA_MOUNT};
+use vmkeep_protocol::{DataDisk, FsckRun};
+
 use crate::disk;
+use crate::flags::FormatToken;
 use crate::input;
 use crate::log::log;
 use crate::sys;
@@ -126,68 +132,167 @@ pub fn watch_power_button(agent: &'static Agent) {
     }
 }
 
-/// Find, format on first use and mount the data disk. Returns whether
-/// `/data` is mounted.
-pub fn mount_data_disk(agent: &Agent) -> bool {
+/// Find the data disk and mount it, formatting it only when the host said
+/// it is new and checking it only when the host asked (see `disk::plan`).
+/// Returns what became of it, for the host.
+pub fn mount_data_disk(agent: &Agent) -> DataDisk {
+    let found = find_data_disk();
+    let told = disk::Told {
+        format: agent.flags.format_data,
+        repair: agent.flags.repair_data,
+        have_e2fsck: Path::new(disk::E2FSCK).exists(),
+    };
+    let device = disk::DEVICE;
+    let state = match disk::plan(&found, told) {
+        disk::Plan::Report(state) => state,
+        disk::Plan::Mount => mount_rw(device, false, None),
+        disk::Plan::RepairThenMount => {
+            log!("checking {device} with e2fsck -f -y (asked by the host)");
+            let fsck = run_e2fsck(agent, device);
+            log!(
+                "e2fsck exited with {}: {}",
+                fsck.exit_code,
+                fsck.output
+                    .lines()
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            );
+            if disk::fsck_repaired(fsck.exit_code) {
+                mount_rw(device, false, Some(fsck))
+            } else {
+                DataDisk::RepairFailed {
+                    device: device.into(),
+                    fsck,
+                }
+            }
+        }
+        disk::Plan::Format { token, may_be_done } => {
+            if may_be_done && formatted_under(device, token) {
+                log!("{device} was formatted for this instance in an earlier boot; mounting it");
+                mount_rw(device, false, None)
+            } else {
+                format_and_mount(agent, device, token)
+            }
+        }
+    };
+    match &state {
+        DataDisk::Mounted { .. } => {}
+        DataDisk::NotAttached => log!("no data disk attached"),
+        problem => log!("{DATA_MOUNT} is not mounted: {problem:?}"),
+    }
+    state
+}
+
+fn find_data_disk() -> disk::Found {
     // Wait for /dev/vda only when a virtio disk exists at all, so that a
     // machine without one does not spend the whole timeout.
     if !disk::virtio_device_present(Path::new(disk::SYS_VIRTIO_DEVICES), disk::VIRTIO_ID_BLOCK) {
-        log!("no data disk attached");
-        return false;
+        return disk::Found::NotAttached;
     }
-    let device = Path::new("/dev/vda");
+    let device = Path::new(disk::DEVICE);
     if !disk::wait_for(device, Duration::from_secs(5)) {
-        log!(
-            "a virtio disk exists but {} did not appear; continuing without {DATA_MOUNT}",
-            device.display()
-        );
-        return false;
+        return disk::Found::DeviceMissing {
+            error: "a virtio disk is attached but its device did not appear within 5 s".into(),
+        };
     }
-    let head = match disk::read_head(device) {
-        Ok(head) => head,
-        Err(e) => {
-            log!(
-                "cannot read {}: {e}; continuing without {DATA_MOUNT}",
-                device.display()
-            );
-            return false;
-        }
-    };
-    if !disk::has_ext_superblock(&head) {
-        // busybox's mke2fs makes ext2; the ext4 driver mounts it.
-        log!(
-            "{} has no file system; formatting it (ext2)",
-            device.display()
-        );
-        match agent.run_tool(&["/bin/busybox", "mke2fs", "-L", "vmkeep-data", "/dev/vda"]) {
-            Ok(result) if result.exit_code == 0 => {}
-            Ok(result) => {
-                log!(
-                    "mke2fs exited with {}: {}",
-                    result.exit_code,
-                    String::from_utf8_lossy(&result.stderr).trim()
-                );
-                return false;
-            }
-            Err(e) => {
-                log!("cannot run mke2fs: {e}");
-                return false;
-            }
-        }
+    match disk::read_head(device) {
+        Ok(head) => disk::Found::Head {
+            ext_superblock: disk::has_ext_superblock(&head),
+        },
+        Err(e) => disk::Found::DeviceMissing {
+            error: format!("cannot read it: {e}"),
+        },
     }
+}
+
+fn mount_rw(device: &str, formatted: bool, repaired: Option<FsckRun>) -> DataDisk {
     let target = Path::new(DATA_MOUNT);
     if let Err(e) = std::fs::create_dir_all(target) {
         log!("cannot create {DATA_MOUNT}: {e}");
     }
-    match sys::mount("/dev/vda", target, "ext4", libc::MS_NOATIME, "") {
-        Ok(()) => {
-            agent.set_data_mounted();
-            true
+    match sys::mount(device, target, "ext4", libc::MS_NOATIME, "") {
+        Ok(()) => DataDisk::Mounted {
+            mount: DATA_MOUNT.into(),
+            formatted,
+            repaired,
+        },
+        Err(e) => DataDisk::MountFailed {
+            device: device.into(),
+            error: e.to_string(),
+        },
+    }
+}
+
+/// Whether `device` holds a completed format made under `token`: mounted
+/// read-only (nothing is written), its token file read, unmounted.
+fn formatted_under(device: &str, token: FormatToken) -> bool {
+    let target = Path::new(DATA_MOUNT);
+    let _ = std::fs::create_dir_all(target);
+    if sys::mount(device, target, "ext4", libc::MS_RDONLY, "").is_err() {
+        return false;
+    }
+    let found = std::fs::read_to_string(target.join(disk::FORMAT_TOKEN_FILE))
+        .is_ok_and(|text| text.trim() == token.as_str());
+    if let Err(e) = sys::umount(target, 0) {
+        log!("cannot unmount the read-only {DATA_MOUNT}: {e}");
+        let _ = sys::umount(target, libc::MNT_DETACH);
+    }
+    found
+}
+
+/// Make a file system on a disk the host says is new, mount it, and record
+/// the token once everything is on the disk.
+fn format_and_mount(agent: &Agent, device: &str, token: FormatToken) -> DataDisk {
+    // busybox's mke2fs makes ext2; the ext4 driver mounts it.
+    log!("{device} is new (the host says so); formatting it (ext2)");
+    let failed = |error: String| DataDisk::FormatFailed {
+        device: device.into(),
+        error,
+    };
+    match agent.run_tool(&["/bin/busybox", "mke2fs", "-L", "vmkeep-data", device]) {
+        Ok(result) if result.exit_code == 0 => {}
+        Ok(result) => {
+            return failed(format!(
+                "mke2fs exited with {}: {}",
+                result.exit_code,
+                String::from_utf8_lossy(&result.stderr).trim()
+            ));
         }
-        Err(e) => {
-            log!("cannot mount /dev/vda on {DATA_MOUNT}: {e}");
-            false
+        Err(e) => return failed(format!("cannot run mke2fs: {e}")),
+    }
+    sys::sync();
+    let state = mount_rw(device, true, None);
+    if state.is_mounted() {
+        let path = Path::new(DATA_MOUNT).join(disk::FORMAT_TOKEN_FILE);
+        let written = File::create(&path).and_then(|mut file| {
+            file.write_all(format!("{}\n", token.as_str()).as_bytes())?;
+            file.sync_all()
+        });
+        if let Err(e) = written {
+            // Harmless: a reboot in this QEMU would format the (empty) disk again.
+            log!("cannot write {}: {e}", path.display());
         }
+        sys::sync();
+    }
+    state
+}
+
+fn run_e2fsck(agent: &Agent, device: &str) -> FsckRun {
+    match agent.run_tool(&[disk::E2FSCK, "-f", "-y", device]) {
+        Ok(result) => {
+            let mut text = String::from_utf8_lossy(&result.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&result.stderr));
+            FsckRun {
+                exit_code: result.exit_code,
+                output: disk::output_tail(&text, 2000),
+            }
+        }
+        Err(e) => FsckRun {
+            exit_code: -1,
+            output: format!("cannot run {}: {e}", disk::E2FSCK),
+        },
     }
 }
 

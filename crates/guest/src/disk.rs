@@ -1,9 +1,28 @@
-//! The data disk: `/dev/vda`, formatted on first use, mounted at `/data`.
+//! The data disk: `/dev/vda`, mounted at `/data`; formatted only when the
+//! host says it is new, repaired only when the host asks.
+//!
+//! The guest never guesses "blank" from what it reads: a disk without a
+//! recognisable file system may be a damaged one full of the user's files.
+//! [`plan`] is the decision, a pure function; `boot::mount_data_disk` acts.
 
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+use vmkeep_protocol::DataDisk;
+
+use crate::flags::FormatToken;
+
+/// The data disk's device in the tiny image (the first virtio disk).
+pub const DEVICE: &str = "/dev/vda";
+/// Where the image builder puts the static e2fsck.
+pub const E2FSCK: &str = "/sbin/e2fsck";
+/// Written in a freshly made file system once the format completed: it
+/// holds the token of the host's "this disk is new" decision, so that a
+/// reboot in the same QEMU (same kernel command line) mounts the disk
+/// instead of formatting it again.
+pub const FORMAT_TOKEN_FILE: &str = ".vmkeep-formatted";
 
 /// Offset of `s_magic` in an ext2/3/4 file system: the superblock starts at
 /// byte 1024 and the magic is at offset 56 in it.
@@ -53,9 +72,200 @@ pub fn read_head(device: &Path) -> std::io::Result<Vec<u8>> {
     Ok(head)
 }
 
+/// What the guest found before deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// No virtio block device exists.
+    NotAttached,
+    /// A virtio block device exists but its node did not appear or cannot be read.
+    DeviceMissing { error: String },
+    /// The start of the disk was read.
+    Head { ext_superblock: bool },
+}
+
+/// What the host told the guest (kernel flags) and what the image has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Told {
+    pub format: Option<FormatToken>,
+    pub repair: bool,
+    pub have_e2fsck: bool,
+}
+
+/// What to do with the data disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Nothing can be done: report this state.
+    Report(DataDisk),
+    /// Mount the file system that is there.
+    Mount,
+    /// `e2fsck -f -y`, then mount.
+    RepairThenMount,
+    /// The host says the disk is new: format it and mount it. When
+    /// `may_be_done`, a file system is there already: first check (read-only)
+    /// whether a format under `token` completed, and mount that instead.
+    Format {
+        token: FormatToken,
+        may_be_done: bool,
+    },
+}
+
+/// The decision table. Only the host's word makes a format; a repair needs
+/// the host's word and an e2fsck; anything else not mountable is reported
+/// and left as it is.
+pub fn plan(found: &Found, told: Told) -> Plan {
+    let device = DEVICE.to_string();
+    match (found, told.format, told.repair) {
+        (Found::NotAttached, _, _) => Plan::Report(DataDisk::NotAttached),
+        (Found::DeviceMissing { error }, _, _) => Plan::Report(DataDisk::DeviceMissing {
+            device,
+            error: error.clone(),
+        }),
+        (Found::Head { ext_superblock }, Some(token), _) => Plan::Format {
+            token,
+            may_be_done: *ext_superblock,
+        },
+        (Found::Head { .. }, None, true) if !told.have_e2fsck => {
+            Plan::Report(DataDisk::NoRepairTool { device })
+        }
+        (Found::Head { .. }, None, true) => Plan::RepairThenMount,
+        (
+            Found::Head {
+                ext_superblock: true,
+            },
+            None,
+            false,
+        ) => Plan::Mount,
+        (
+            Found::Head {
+                ext_superblock: false,
+            },
+            None,
+            false,
+        ) => Plan::Report(DataDisk::NoFileSystem { device }),
+    }
+}
+
+/// Whether an e2fsck exit code means the file system is now consistent
+/// (0: clean, 1: errors fixed, 2: fixed, reboot advised; higher codes are
+/// bit flags of failures).
+pub fn fsck_repaired(exit_code: i32) -> bool {
+    (0..=2).contains(&exit_code)
+}
+
+/// The last `max` bytes of a tool's output, at a character boundary.
+pub fn output_tail(text: &str, max: usize) -> String {
+    let text = text.trim();
+    let mut start = text.len().saturating_sub(max);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    text[start..].to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token() -> FormatToken {
+        FormatToken::parse("00112233445566aa").unwrap()
+    }
+
+    #[test]
+    fn the_decision_table() {
+        let head = |ext_superblock| Found::Head { ext_superblock };
+        let told = |format: Option<FormatToken>, repair, have_e2fsck| Told {
+            format,
+            repair,
+            have_e2fsck,
+        };
+        let dev = || DEVICE.to_string();
+        let missing = Found::DeviceMissing {
+            error: "timed out".into(),
+        };
+        let cases: Vec<(&str, Found, Told, Plan)> = vec![
+            (
+                "no disk",
+                Found::NotAttached,
+                told(Some(token()), true, true),
+                Plan::Report(DataDisk::NotAttached),
+            ),
+            (
+                "device never appeared, even for a new disk",
+                missing.clone(),
+                told(Some(token()), false, true),
+                Plan::Report(DataDisk::DeviceMissing {
+                    device: dev(),
+                    error: "timed out".into(),
+                }),
+            ),
+            (
+                "a file system, nothing said: mount it",
+                head(true),
+                told(None, false, true),
+                Plan::Mount,
+            ),
+            (
+                "no file system, nothing said: never format",
+                head(false),
+                told(None, false, true),
+                Plan::Report(DataDisk::NoFileSystem { device: dev() }),
+            ),
+            (
+                "new disk, blank",
+                head(false),
+                told(Some(token()), false, true),
+                Plan::Format {
+                    token: token(),
+                    may_be_done: false,
+                },
+            ),
+            (
+                "new disk with a file system: an interrupted format or a reboot after one",
+                head(true),
+                told(Some(token()), false, true),
+                Plan::Format {
+                    token: token(),
+                    may_be_done: true,
+                },
+            ),
+            (
+                "repair of a damaged superblock (e2fsck finds the backups)",
+                head(false),
+                told(None, true, true),
+                Plan::RepairThenMount,
+            ),
+            (
+                "repair of a file system the kernel refuses",
+                head(true),
+                told(None, true, true),
+                Plan::RepairThenMount,
+            ),
+            (
+                "repair without an e2fsck in the image",
+                head(false),
+                told(None, true, false),
+                Plan::Report(DataDisk::NoRepairTool { device: dev() }),
+            ),
+        ];
+        for (what, found, told, expected) in cases {
+            assert_eq!(plan(&found, told), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn only_exit_codes_up_to_two_are_a_repaired_file_system() {
+        let repaired: Vec<i32> = (0..=16).filter(|c| fsck_repaired(*c)).collect();
+        assert_eq!(repaired, [0, 1, 2]);
+        assert!(!fsck_repaired(-1));
+    }
+
+    #[test]
+    fn output_tail_keeps_the_end_on_a_character_boundary() {
+        assert_eq!(output_tail("  abc\n", 10), "abc");
+        assert_eq!(output_tail("abcdef", 3), "def");
+        assert_eq!(output_tail("aé", 1), "");
+        assert_eq!(output_tail("aéb", 2), "b");
+    }
 
     #[test]
     fn recognises_the_ext_magic_at_its_offset() {

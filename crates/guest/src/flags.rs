@@ -12,6 +12,31 @@ pub struct Flags {
     pub ignore_poweroff_request: bool,
     /// Power off right after the mounts, before announcing ready.
     pub poweroff_at_boot: bool,
+    /// The host says the data disk is new: format it (see
+    /// [`kernel_flags::FORMAT_DATA_PREFIX`]).
+    pub format_data: Option<FormatToken>,
+    /// The host asks for `e2fsck` on the data disk before mounting it.
+    pub repair_data: bool,
+}
+
+/// The token of one "this disk is new" decision of the host: 16 lowercase
+/// hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FormatToken([u8; kernel_flags::FORMAT_TOKEN_LEN]);
+
+impl FormatToken {
+    pub fn parse(text: &str) -> Option<FormatToken> {
+        let bytes: [u8; kernel_flags::FORMAT_TOKEN_LEN] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            .then_some(FormatToken(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits get in (see `parse`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 impl Flags {
@@ -23,7 +48,13 @@ impl Flags {
                 kernel_flags::IGNORE_POWER_BUTTON => flags.ignore_power_button = true,
                 kernel_flags::IGNORE_POWEROFF_REQUEST => flags.ignore_poweroff_request = true,
                 kernel_flags::POWEROFF_AT_BOOT => flags.poweroff_at_boot = true,
-                _ => {}
+                kernel_flags::REPAIR_DATA => flags.repair_data = true,
+                word => {
+                    if let Some(token) = word.strip_prefix(kernel_flags::FORMAT_DATA_PREFIX) {
+                        // A malformed token is no permission to format.
+                        flags.format_data = FormatToken::parse(token);
+                    }
+                }
             }
         }
         flags
@@ -75,5 +106,30 @@ mod tests {
             kernel_flags::POWEROFF_AT_BOOT
         );
         assert_eq!(Flags::parse(&line), Flags::default());
+    }
+
+    #[test]
+    fn the_data_disk_flags_carry_a_well_formed_token_or_nothing() {
+        let flags = Flags::parse(&format!(
+            "console=ttyS0 {}0123456789abcdef {}",
+            kernel_flags::FORMAT_DATA_PREFIX,
+            kernel_flags::REPAIR_DATA
+        ));
+        assert_eq!(
+            flags.format_data.map(|t| t.as_str().to_string()).as_deref(),
+            Some("0123456789abcdef")
+        );
+        assert!(flags.repair_data);
+        for bad in [
+            "",
+            "0123",
+            "0123456789abcdeg",
+            "0123456789ABCDEF",
+            "0123456789abcdef0",
+        ] {
+            let flags = Flags::parse(&format!("{}{bad}", kernel_flags::FORMAT_DATA_PREFIX));
+            assert_eq!(flags.format_data, None, "{bad:?}");
+        }
+        assert_eq!(Flags::parse("vmkeep.repair_data=0"), Flags::default());
     }
 }

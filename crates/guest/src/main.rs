@@ -114,7 +114,7 @@ fn run_init() -> ! {
     boot::install_busybox(agent);
     boot::load_modules();
     boot::watch_power_button(agent);
-    boot::mount_data_disk(agent);
+    agent.set_data_disk(boot::mount_data_disk(agent));
     if flags.poweroff_at_boot {
         agent.power_off("poweroff-at-boot");
     }

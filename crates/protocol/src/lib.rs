@@ -26,6 +26,17 @@ pub mod kernel_flags {
     pub const IGNORE_POWEROFF_REQUEST: &str = "vmkeep.ignore_poweroff_request=1";
     /// The guest powers itself off right after boot, before announcing ready.
     pub const POWEROFF_AT_BOOT: &str = "vmkeep.poweroff_at_boot=1";
+    /// `vmkeep.format_data=TOKEN`: the host knows the data disk is new
+    /// (vmkeep created it and nothing of the user's was ever on it), so the
+    /// guest formats it, unless it holds a file system that a format under
+    /// this same TOKEN completed (a reboot inside the same QEMU keeps the
+    /// command line). Without this flag the guest never formats.
+    pub const FORMAT_DATA_PREFIX: &str = "vmkeep.format_data=";
+    /// Length of a format token: hex digits.
+    pub const FORMAT_TOKEN_LEN: usize = 16;
+    /// The user asked to repair the data disk: the guest runs
+    /// `e2fsck -f -y` on it before mounting.
+    pub const REPAIR_DATA: &str = "vmkeep.repair_data=1";
     /// Kernel message printed on the serial console when the guest is ready.
     pub const READY_MARKER: &str = "vmkeep-guest: ready";
 }
@@ -74,7 +85,8 @@ pub enum FromGuest {
         id: u64,
         body: Reply,
     },
-    /// The guest is ready: the power button is watched and `/data` is mounted.
+    /// The guest is ready: the power button is watched and the data disk
+    /// was dealt with ([`GuestInfo::data_disk`] says how).
     Ready(GuestInfo),
 }
 
@@ -105,6 +117,65 @@ pub struct GuestInfo {
     /// Where the instance's data disk is mounted, if it is.
     #[serde(default)]
     pub data_mount: Option<String>,
+    /// What became of the data disk at boot. `None` from a guest agent that
+    /// has no data disk to look after (service mode in a cloud image) or
+    /// that predates this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_disk: Option<DataDisk>,
+}
+
+/// The data disk (`/dev/vda` of the tiny image) as the guest found it at boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "kebab-case")]
+pub enum DataDisk {
+    /// Mounted read-write at `mount`.
+    Mounted {
+        mount: String,
+        /// The guest made the file system in this boot (the host said the
+        /// disk was new).
+        #[serde(default)]
+        formatted: bool,
+        /// `e2fsck -f -y` ran first (the host asked for a repair).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repaired: Option<FsckRun>,
+    },
+    /// No virtio disk is attached.
+    NotAttached,
+    /// A virtio disk is attached but its device did not appear or cannot be read.
+    DeviceMissing { device: String, error: String },
+    /// The disk holds no ext2/3/4 superblock (damaged, or another file
+    /// system), and the host did not say it was new: left untouched.
+    NoFileSystem { device: String },
+    /// Formatting a new disk failed.
+    FormatFailed { device: String, error: String },
+    /// The kernel refused to mount the file system (`error` is its reason,
+    /// such as "Structure needs cleaning").
+    MountFailed { device: String, error: String },
+    /// A repair was asked for, but the image has no `e2fsck`.
+    NoRepairTool { device: String },
+    /// `e2fsck` ran and could not repair the file system.
+    RepairFailed { device: String, fsck: FsckRun },
+    /// A state this version does not know (from a newer guest agent).
+    #[serde(other)]
+    Unknown,
+}
+
+impl DataDisk {
+    /// Whether `/data` is usable.
+    pub fn is_mounted(&self) -> bool {
+        matches!(self, DataDisk::Mounted { .. })
+    }
+}
+
+/// One run of `e2fsck`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsckRun {
+    /// e2fsck's exit code: 0 nothing to fix, 1 fixed, 2 fixed (reboot
+    /// advised), 4 left uncorrected, 8 operational error, ...; -1 if it
+    /// could not be run.
+    pub exit_code: i32,
+    /// The end of what it printed.
+    pub output: String,
 }
 
 /// How a command ended, and what it wrote.
@@ -175,6 +246,14 @@ mod tests {
             uptime_secs: 1.5,
             agent_version: "0.1.0".into(),
             data_mount: Some("/data".into()),
+            data_disk: Some(DataDisk::Mounted {
+                mount: "/data".into(),
+                formatted: false,
+                repaired: Some(FsckRun {
+                    exit_code: 1,
+                    output: "FILE SYSTEM WAS MODIFIED".into(),
+                }),
+            }),
         };
         for message in [
             FromGuest::Ready(info.clone()),
@@ -212,5 +291,46 @@ mod tests {
             op: Op::Poweroff,
         });
         assert_eq!(line, b"{\"id\":1,\"op\":\"poweroff\"}\n");
+    }
+
+    #[test]
+    fn guest_info_without_data_disk_state_still_parses() {
+        // What a guest agent before the data-disk state sent.
+        let old = br#"{"kernel":"6.1","boot_id":"b","uptime_secs":1.0,"agent_version":"0.1.0","data_mount":"/data"}"#;
+        let info: GuestInfo = decode_line(old).unwrap();
+        assert_eq!(info.data_disk, None);
+        assert_eq!(info.data_mount.as_deref(), Some("/data"));
+        let line = encode_line(&info);
+        assert!(
+            !String::from_utf8_lossy(&line).contains("data_disk"),
+            "omitted when absent"
+        );
+    }
+
+    #[test]
+    fn data_disk_states_have_a_tagged_wire_form_and_unknown_ones_parse() {
+        let state = DataDisk::MountFailed {
+            device: "/dev/vda".into(),
+            error: "Structure needs cleaning".into(),
+        };
+        let text = serde_json::to_string(&state).unwrap();
+        assert_eq!(
+            text,
+            r#"{"state":"mount-failed","device":"/dev/vda","error":"Structure needs cleaning"}"#
+        );
+        assert_eq!(serde_json::from_str::<DataDisk>(&text).unwrap(), state);
+        let newer: DataDisk = serde_json::from_str(r#"{"state":"encrypted","x":1}"#).unwrap();
+        assert_eq!(newer, DataDisk::Unknown);
+        assert!(!newer.is_mounted());
+        let mounted: DataDisk =
+            serde_json::from_str(r#"{"state":"mounted","mount":"/data"}"#).unwrap();
+        assert_eq!(
+            mounted,
+            DataDisk::Mounted {
+                mount: "/data".into(),
+                formatted: false,
+                repaired: None
+            }
+        );
     }
 }

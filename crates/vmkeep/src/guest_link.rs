@@ -414,6 +414,7 @@ mod tests {
             uptime_secs: 2.5,
             agent_version: "0.1.0".into(),
             data_mount: None,
+            data_disk: None,
         }
     }
 

@@ -12,6 +12,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::instance::data_disk::DataDisk;
 use crate::os;
 use crate::stop_ladder::Step;
 
@@ -74,6 +75,15 @@ pub enum Event {
     StartFailed {
         error: String,
     },
+    /// What the guest made of the data disk at a boot (tiny image): mounted
+    /// (formatted or repaired first, if so), or why not. A start refused
+    /// for its data disk ends with this event, after `stopped`, so that
+    /// `list` shows the reason until the next start.
+    DataDisk {
+        /// `None`: the guest said nothing of it and did not mount /data.
+        #[serde(default)]
+        disk: Option<DataDisk>,
+    },
     Stopping {
         cause: StopCause,
         deadline_secs: f64,
@@ -123,6 +133,7 @@ impl Event {
             Event::Running { .. } => "running",
             Event::GuestRebooted { .. } => "guest-rebooted",
             Event::StartFailed { .. } => "start-failed",
+            Event::DataDisk { .. } => "data-disk",
             Event::Stopping { .. } => "stopping",
             Event::StopStep { .. } => "stop-step",
             Event::Stopped { .. } => "stopped",
@@ -155,6 +166,8 @@ pub enum StopCause {
     Signal,
     /// The guest did not become ready in time.
     BootTimeout,
+    /// The guest came up without its data disk mounted at /data.
+    DataDisk,
 }
 
 /// Why the VM is no longer running.
@@ -310,6 +323,7 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::StopStep { .. } => LastRun::Unclean,
             Event::StartFailed { .. }
             | Event::UncleanEnd { .. }
+            | Event::DataDisk { .. }
             | Event::Repaired { .. }
             | Event::Restarting { .. }
             | Event::Unknown => continue,
@@ -477,5 +491,27 @@ mod tests {
             serde_json::to_string(&record).unwrap(),
             r#"{"ts":"t","pid":1,"event":"adopted","qemu_pid":9}"#
         );
+    }
+
+    #[test]
+    fn data_disk_events_nest_the_guest_report() {
+        let record = Record {
+            ts: "t".into(),
+            pid: 1,
+            event: Event::DataDisk {
+                disk: Some(DataDisk::NoFileSystem {
+                    device: "/dev/vda".into(),
+                }),
+            },
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            text,
+            r#"{"ts":"t","pid":1,"event":"data-disk","disk":{"state":"no-file-system","device":"/dev/vda"}}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&text).unwrap(), record);
+        let silent: Record =
+            serde_json::from_str(r#"{"ts":"t","pid":1,"event":"data-disk"}"#).unwrap();
+        assert_eq!(silent.event, Event::DataDisk { disk: None });
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use vmkeep::image::tiny::{self, TinyImage};
 use vmkeep_protocol::{
-    ExecRequest, ExecResult, FromGuest, GuestInfo, Op, Reply, Request, kernel_flags,
+    DataDisk, ExecRequest, ExecResult, FromGuest, GuestInfo, Op, Reply, Request, kernel_flags,
 };
 
 fn one_qemu_at_a_time() -> MutexGuard<'static, ()> {
@@ -361,13 +361,22 @@ fn tiny_image_boots_runs_commands_keeps_data_and_powers_off() {
     let dir = tempfile::tempdir().expect("temp dir");
     create_disk(dir.path());
 
-    // First boot: the data disk is blank and gets formatted.
-    let mut vm = Vm::boot(dir.path(), image, "");
+    // First boot: the host says the data disk is new, so it gets formatted.
+    let new_disk = format!("{}0123456789abcdef", kernel_flags::FORMAT_DATA_PREFIX);
+    let mut vm = Vm::boot(dir.path(), image, &new_disk);
     let ready_after = vm.wait_serial(kernel_flags::READY_MARKER, Duration::from_secs(60));
     let mut agent = vm.agent();
     let info = agent.wait_ready(Duration::from_secs(30));
     assert_eq!(info.kernel, image.kernel_release);
     assert_eq!(info.data_mount.as_deref(), Some("/data"));
+    assert_eq!(
+        info.data_disk,
+        Some(DataDisk::Mounted {
+            mount: "/data".into(),
+            formatted: true,
+            repaired: None
+        })
+    );
     assert!(
         !info.boot_id.is_empty() && info.uptime_secs > 0.0,
         "{info:?}"
@@ -434,6 +443,16 @@ fn tiny_image_boots_runs_commands_keeps_data_and_powers_off() {
     let mut agent = vm.agent();
     let second = agent.wait_ready(Duration::from_secs(30));
     assert_ne!(second.boot_id, info.boot_id, "a new boot has a new boot id");
+    assert!(
+        matches!(
+            second.data_disk,
+            Some(DataDisk::Mounted {
+                formatted: false,
+                ..
+            })
+        ),
+        "mounted, not formatted: {second:?}"
+    );
     let cat = agent
         .exec(&["cat", "/data/file"], b"")
         .expect("read /data/file");
@@ -604,6 +623,12 @@ fn concurrent_builds_from_a_kernel_override_agree_and_leave_no_temporaries() {
         .find(|m| m.name == "lib/modules/vmkeep/order")
         .expect("order file");
     assert!(order.size > 0);
+    assert!(
+        members
+            .iter()
+            .any(|m| m.name == "sbin/e2fsck" && m.size > 1_000_000),
+        "the static e2fsck (for --repair-data) is in the image"
+    );
     for module in [
         "virtio_console.ko",
         "virtio_blk.ko",

@@ -77,6 +77,11 @@ pub struct StartArgs {
     /// Run the host agent in this process until the VM stops (what a service manager runs).
     #[arg(long)]
     pub foreground: bool,
+    /// Check and repair the data disk (/data) with `e2fsck -f -y` in the guest before
+    /// mounting it: every fix is accepted, a damaged superblock is restored from a backup
+    /// copy, and what e2fsck cannot place goes to /data/lost+found.
+    #[arg(long)]
+    pub repair_data: bool,
 }
 
 #[derive(Debug, clap::Args)]

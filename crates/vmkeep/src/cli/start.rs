@@ -33,6 +33,9 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
         eprintln!("created instance {name} from the built-in template");
     }
     let config = Config::load(&dir.config()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if args.repair_data {
+        refuse_repair_unless_stopped(&dir, &config)?;
+    }
     if config.run_strategy == Some(RunStrategy::Halted) {
         bail!(
             "{name} has runStrategy: halted, so it is kept stopped; change runStrategy in {} to start it",
@@ -79,6 +82,9 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
                 );
             }
         }
+        // The guest looks at the disk again (and changes nothing on it
+        // unless --repair-data): a disk restored meanwhile just works.
+        Status::Broken(Broken::DataDisk { .. }) => {}
         Status::Broken(broken) if !broken.repairable() => {
             bail!(
                 "{name} is broken: {}\n  {}",
@@ -119,16 +125,50 @@ pub fn run(args: StartArgs) -> anyhow::Result<i32> {
         // Become the host agent: the same pid, so a service manager that
         // started `vmkeep start NAME --foreground` supervises the agent itself.
         let agent = hostagent::binary::path()?;
-        let error = os::process::exec_replace(&agent, &hostagent::binary::args(&name, true));
+        let agent_args = hostagent::binary::args_repairing(&name, true, args.repair_data);
+        let error = os::process::exec_replace(&agent, &agent_args);
         bail!("cannot run the host agent {}: {error}", agent.display());
     }
-    start_detached(&dir, &config, &progress)
+    start_detached(&dir, &config, &progress, args.repair_data)
+}
+
+/// `--repair-data` runs e2fsck at boot: it makes sense only for a tiny-image
+/// instance that is not running (a running one's disk is mounted).
+fn refuse_repair_unless_stopped(dir: &InstanceDir, config: &Config) -> anyhow::Result<()> {
+    let name = dir.name();
+    if config.is_cloud() {
+        bail!(
+            "--repair-data checks the data disk of the built-in tiny image; {name} boots a cloud \
+             image, whose disk is its root file system (its own boot checks it)"
+        );
+    }
+    match util::status_of(dir)? {
+        status @ (Status::Running | Status::Starting | Status::Stopping) => bail!(
+            "{name} is {}: its data disk is in use, so it cannot be checked now; \
+             `vmkeep stop {name}`, then `vmkeep start {name} --repair-data`",
+            status.word().to_lowercase()
+        ),
+        Status::Broken(
+            Broken::OrphanedQemu { .. }
+            | Broken::AgentUnresponsive { .. }
+            | Broken::QemuGone { .. },
+        ) => bail!(
+            "{name} still has a QEMU or host agent running, so its data disk is in use; \
+             `vmkeep stop {name}` (or `vmkeep stop --force {name}`), then `vmkeep start {name} --repair-data`"
+        ),
+        Status::Stopped | Status::Broken(_) => Ok(()),
+    }
 }
 
 /// Spawn a detached host agent and follow its reports until it is ready.
-fn start_detached(dir: &InstanceDir, config: &Config, progress: &Progress) -> anyhow::Result<i32> {
+fn start_detached(
+    dir: &InstanceDir,
+    config: &Config,
+    progress: &Progress,
+    repair_data: bool,
+) -> anyhow::Result<i32> {
     let placement = os::cgroup::placement().ok();
-    match follow_agent(dir, config, progress, placement.as_ref())? {
+    match follow_agent(dir, config, progress, repair_data, placement.as_ref())? {
         Followed::Done(code) => Ok(code),
         // systemd refused the agent a scope of its own: it never ran.
         Followed::NoScope(message) => {
@@ -136,7 +176,7 @@ fn start_detached(dir: &InstanceDir, config: &Config, progress: &Progress) -> an
                 "warning: {message}; the host agent of {} runs in this command's cgroup",
                 dir.name()
             );
-            match follow_agent(dir, config, progress, None)? {
+            match follow_agent(dir, config, progress, repair_data, None)? {
                 Followed::Done(code) => Ok(code),
                 Followed::NoScope(message) => bail!("{message}"),
             }
@@ -153,6 +193,7 @@ fn follow_agent(
     dir: &InstanceDir,
     config: &Config,
     progress: &Progress,
+    repair_data: bool,
     placement: Option<&os::cgroup::Placement>,
 ) -> anyhow::Result<Followed> {
     let name = dir.name();
@@ -161,7 +202,7 @@ fn follow_agent(
     let log = os::fs::open_append(&dir.agent_log())
         .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
     let agent = os::process::spawn_detached(
-        &hostagent::binary::detached(name, false, placement)?,
+        &hostagent::binary::detached(name, false, repair_data, placement)?,
         os::process::Output::Pipe(write_end),
         log,
     )

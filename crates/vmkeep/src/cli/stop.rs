@@ -81,6 +81,7 @@ pub fn run(args: StopArgs) -> anyhow::Result<i32> {
                         deadline: args.timeout,
                         force: false,
                     },
+                    repair_data: false,
                 };
                 match hostagent::run(&options, &mut Reporter::Terminal) {
                     AgentOutcome::StartFailed { error } => {

@@ -421,7 +421,7 @@ fn spawn_agent(
     placement: Option<&os::cgroup::Placement>,
     dir: &InstanceDir,
 ) -> anyhow::Result<ProcessHandle> {
-    let program = crate::hostagent::binary::detached(dir.name(), true, placement)?;
+    let program = crate::hostagent::binary::detached(dir.name(), true, false, placement)?;
     spawn_program(&program, dir)
 }
 

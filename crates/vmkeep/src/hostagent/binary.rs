@@ -22,10 +22,14 @@ use crate::{home, os};
 /// The file name; it sits next to the `vmkeep` binary.
 pub const FILE_NAME: &str = "vmkeep-hostagent";
 
-const USAGE: &str = "usage: vmkeep-hostagent NAME [--foreground]
+const USAGE: &str = "usage: vmkeep-hostagent NAME [--foreground] [--repair-data]
 Runs the host agent of instance NAME until its VM stops. Started by
 `vmkeep start` and `vmkeep daemon`; not meant to be run by hand.
-  --foreground   report progress as text on stderr (default: JSON lines on stdout)";
+  --foreground   report progress as text on stderr (default: JSON lines on stdout)
+  --repair-data  have the guest run `e2fsck -f -y` on the data disk before mounting it";
+
+/// The option of `vmkeep start --repair-data`, passed on to the agent.
+pub const REPAIR_DATA: &str = "--repair-data";
 
 /// The agent binary beside the running executable, or an error saying how to
 /// put it there.
@@ -55,6 +59,15 @@ pub fn args(name: &InstanceName, foreground: bool) -> Vec<String> {
     args
 }
 
+/// [`args`], asking for a repair of the data disk when `repair_data`.
+pub fn args_repairing(name: &InstanceName, foreground: bool, repair_data: bool) -> Vec<String> {
+    let mut args = args(name, foreground);
+    if repair_data {
+        args.push(REPAIR_DATA.into());
+    }
+    args
+}
+
 /// The agent of `name` as a detached process (spawned by `vmkeep start` or
 /// the daemon, not the main process of a service): under systemd it goes
 /// into a scope of its own, so that it outlives the spawner's unit (a daemon
@@ -63,9 +76,10 @@ pub fn args(name: &InstanceName, foreground: bool) -> Vec<String> {
 pub fn detached(
     name: &InstanceName,
     text_reports: bool,
+    repair_data: bool,
     placement: Option<&cgroup::Placement>,
 ) -> io::Result<Program> {
-    let program = Program::new(&path()?, &args(name, text_reports));
+    let program = Program::new(&path()?, &args_repairing(name, text_reports, repair_data));
     Ok(match placement {
         Some(placement) => {
             use std::sync::atomic::{AtomicU32, Ordering};
@@ -88,6 +102,7 @@ pub enum Invocation {
     Run {
         name: InstanceName,
         foreground: bool,
+        repair_data: bool,
     },
     Help,
 }
@@ -96,12 +111,14 @@ pub enum Invocation {
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, String> {
     let mut name = None;
     let mut foreground = false;
+    let mut repair_data = false;
     for arg in args {
         let arg = arg
             .into_string()
             .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))?;
         match arg.as_str() {
             "--foreground" => foreground = true,
+            REPAIR_DATA => repair_data = true,
             "-h" | "--help" => return Ok(Invocation::Help),
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             word if name.is_none() => {
@@ -114,7 +131,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
         }
     }
     match name {
-        Some(name) => Ok(Invocation::Run { name, foreground }),
+        Some(name) => Ok(Invocation::Run {
+            name,
+            foreground,
+            repair_data,
+        }),
         None => Err("missing the instance name".into()),
     }
 }
@@ -122,8 +143,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
 /// The binary's `main`: run the agent and return the process exit code (2
 /// for a bad command line, as for `vmkeep`).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
-    let (name, foreground) = match parse(args) {
-        Ok(Invocation::Run { name, foreground }) => (name, foreground),
+    let (name, foreground, repair_data) = match parse(args) {
+        Ok(Invocation::Run {
+            name,
+            foreground,
+            repair_data,
+        }) => (name, foreground, repair_data),
         Ok(Invocation::Help) => {
             println!("{USAGE}");
             return 0;
@@ -146,6 +171,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
         name,
         foreground,
         mode: Mode::Run,
+        repair_data,
     };
     let mut reporter = if foreground {
         Reporter::Terminal
@@ -179,14 +205,24 @@ mod tests {
             parsed(&["dev"]),
             Ok(Invocation::Run {
                 name: name("dev"),
-                foreground: false
+                foreground: false,
+                repair_data: false,
             })
         );
         assert_eq!(
             parsed(&["--foreground", "dev"]),
             Ok(Invocation::Run {
                 name: name("dev"),
-                foreground: true
+                foreground: true,
+                repair_data: false,
+            })
+        );
+        assert_eq!(
+            parsed(&["dev", "--repair-data"]),
+            Ok(Invocation::Run {
+                name: name("dev"),
+                foreground: false,
+                repair_data: true,
             })
         );
         assert_eq!(parsed(&["dev", "--help"]), Ok(Invocation::Help));
@@ -195,14 +231,17 @@ mod tests {
     #[test]
     fn args_round_trip_through_parse() {
         for foreground in [false, true] {
-            let args = args(&name("web-1"), foreground);
-            assert_eq!(
-                parse(args.into_iter().map(OsString::from)),
-                Ok(Invocation::Run {
-                    name: name("web-1"),
-                    foreground
-                })
-            );
+            for repair_data in [false, true] {
+                let args = args_repairing(&name("web-1"), foreground, repair_data);
+                assert_eq!(
+                    parse(args.into_iter().map(OsString::from)),
+                    Ok(Invocation::Run {
+                        name: name("web-1"),
+                        foreground,
+                        repair_data,
+                    })
+                );
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod binary;
+mod data_disk;
 pub mod inbox;
 pub mod report;
 pub mod server;
@@ -58,6 +59,8 @@ pub struct AgentOptions {
     pub name: InstanceName,
     pub foreground: bool,
     pub mode: Mode,
+    /// `start --repair-data`: the guest runs e2fsck on the data disk first.
+    pub repair_data: bool,
 }
 
 /// How the agent ended.
@@ -201,6 +204,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter) -> AgentOutc
         guest_rx,
         reporter,
         foreground: options.foreground,
+        repair_data: options.repair_data,
         tasks: Vec::new(),
         guest_shutdown: false,
     };
@@ -222,6 +226,7 @@ struct Agent<'r> {
     guest_rx: watch::Receiver<Option<GuestLink>>,
     reporter: &'r mut Reporter,
     foreground: bool,
+    repair_data: bool,
     tasks: Vec<JoinHandle<()>>,
     /// QEMU reported a shutdown the guest asked for.
     guest_shutdown: bool,
@@ -411,6 +416,7 @@ impl Agent<'_> {
             cmdline.push(' ');
             cmdline.push_str(extra);
         }
+        cmdline.push_str(&self.data_disk_kernel_flags()?);
         let spec = LaunchSpec::for_instance(
             &self.dir,
             accel,
@@ -568,6 +574,9 @@ impl Agent<'_> {
 
         let boot_secs = began.elapsed().as_secs_f64();
         let _ = self.guest_tx.send(Some(link.clone()));
+        if let Err(outcome) = self.accept_data_disk(&vm, &guest).await {
+            return outcome;
+        }
         let shared = Arc::clone(&self.shared);
         let journal_path = self.dir.journal();
         let first_boot_id = guest.boot_id.clone();
@@ -606,7 +615,9 @@ impl Agent<'_> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        self.reporter.send(Report::Ready { info });
+        self.reporter.send(Report::Ready {
+            info: Box::new(info),
+        });
 
         loop {
             tokio::select! {
@@ -666,10 +677,9 @@ impl Agent<'_> {
             &mut self.inbox,
         )
         .await;
-        let reason = if cause == StopCause::BootTimeout {
-            StoppedReason::StartFailed
-        } else {
-            StoppedReason::Requested
+        let reason = match cause {
+            StopCause::BootTimeout | StopCause::DataDisk => StoppedReason::StartFailed,
+            StopCause::Request | StopCause::Signal => StoppedReason::Requested,
         };
         self.record_stopped(reason, stopped.by, Some(stopped.elapsed), stopped.exit);
         AgentOutcome::Stopped {

@@ -17,8 +17,8 @@ use super::api::AgentInfo;
 pub enum Report {
     /// A step of the start, for the user to watch.
     Progress { message: String },
-    /// The guest is ready. Final.
-    Ready { info: AgentInfo },
+    /// The guest is ready. Final. (Boxed: far larger than the others.)
+    Ready { info: Box<AgentInfo> },
     /// The start failed; the agent exits. Final.
     Failed { error: String },
     /// Another host agent holds the instance. Final.

@@ -12,7 +12,11 @@
 //! tiny/<key>/vmlinuz             the kernel, copied
 //! tiny/<key>/initrd.img          the initramfs (uncompressed newc cpio)
 //! tiny/<key>/release             the kernel release (`uname -r` in the guest)
+//! tools/e2fsck-static_<version>/ Debian's static e2fsck, unpacked (sbin/e2fsck.static)
 //! ```
+//! The static e2fsck (from Debian's `e2fsck-static`, fetched the same way as
+//! the kernel) lets `vmkeep start NAME --repair-data` check the data disk in
+//! the guest; busybox has none. Without apt the image is built without it.
 //! `<key>` digests every input of the image, so a changed input builds a new
 //! image. Everything is built in a temporary sibling and renamed into place
 //! when complete: concurrent builds and crashes never leave a half image.
@@ -30,7 +34,14 @@ use crate::os::fs::{sync_dir, temp_sibling, write_atomic};
 use crate::os::tool::{Tool, ToolError};
 
 /// Bump when the image layout or the build recipe changes.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Debian's package holding a statically linked e2fsck.
+pub const E2FSCK_PACKAGE: &str = "e2fsck-static";
+/// The program in that package.
+const E2FSCK_IN_PACKAGE: &str = "sbin/e2fsck.static";
+/// Where the guest agent looks for it (`disk::E2FSCK` in the guest crate).
+const E2FSCK_IN_IMAGE: &str = "sbin/e2fsck";
 
 /// Kernel modules the guest needs, in load order (dependencies first).
 /// Modules that the kernel builds in are simply absent and skipped.
@@ -122,6 +133,18 @@ pub enum TinyImageError {
     )]
     ModulesDirUnreadable { path: PathBuf, source: io::Error },
     #[error(
+        "{step} failed: {source}; check the apt sources and the network (`apt-get update`): \
+         the tiny image needs Debian's {E2FSCK_PACKAGE} to check data disks"
+    )]
+    E2fsckFetch {
+        step: &'static str,
+        source: ToolError,
+    },
+    #[error(
+        "{path} is not a statically linked executable: delete its directory in the cache and try again"
+    )]
+    E2fsckNotStatic { path: PathBuf },
+    #[error(
         "busybox was not found (looked in PATH and /bin/busybox): install it with `apt-get install busybox-static`"
     )]
     BusyboxMissing,
@@ -163,6 +186,11 @@ pub fn ensure(
     };
     let busybox = find_busybox()?;
     let busybox_meta = fs::metadata(&busybox).map_err(cache_err("read", &busybox))?;
+    let e2fsck = find_or_fetch_e2fsck(cache_root, progress)?;
+    let e2fsck_identity = e2fsck
+        .as_ref()
+        .map(|(_, identity)| identity.clone())
+        .unwrap_or_else(|| "none".into());
     let key = cache_key(&KeyInputs {
         format_version: FORMAT_VERSION,
         agent_digest: GUEST_AGENT_DIGEST,
@@ -172,13 +200,15 @@ pub fn ensure(
             + i128::from(busybox_meta.mtime_nsec()),
         kernel_identity: &kernel.identity,
         modules: MODULES,
+        e2fsck_identity: &e2fsck_identity,
     });
     let tiny_dir = cache_root.join("tiny");
     let dir = tiny_dir.join(&key);
     if let Some(image) = read_cached(&dir) {
         return Ok(image);
     }
-    build(&tiny_dir, &dir, &kernel, &busybox, progress)
+    let e2fsck = e2fsck.as_ref().map(|(path, _)| path.as_path());
+    build(&tiny_dir, &dir, &kernel, &busybox, e2fsck, progress)
 }
 
 fn read_cached(dir: &Path) -> Option<TinyImage> {
@@ -235,12 +265,16 @@ impl KernelSource {
                 .map(|d| d.display().to_string())
                 .unwrap_or_default()
         );
-        Ok(KernelSource {
+        let mut source = KernelSource {
             vmlinuz: over.kernel.clone(),
             modules_root,
             identity,
             release: None,
-        })
+        };
+        // Read now (64 KiB), so that a file that is no kernel is refused
+        // before anything is fetched for the image.
+        source.release = Some(source.release()?);
+        Ok(source)
     }
 
     fn from_debian(
@@ -429,6 +463,97 @@ fn fetch_debian_kernel(
     Ok(target)
 }
 
+/// The static e2fsck for the image and its identity (the unpacked package's
+/// name): the newest in the cache, else fetched with apt into it. `None`,
+/// with a note, when this host has no apt.
+fn find_or_fetch_e2fsck(
+    cache_root: &Path,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Option<(PathBuf, String)>, TinyImageError> {
+    let tools = cache_root.join("tools");
+    let prefix = format!("{E2FSCK_PACKAGE}_");
+    let cached = fs::read_dir(&tools).ok().and_then(|entries| {
+        entries
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&prefix))
+            .max_by(|a, b| natural_cmp(a, b))
+    });
+    let name = match cached {
+        Some(name) => name,
+        None => match fetch_e2fsck(&tools, progress) {
+            Ok(name) => name,
+            Err(TinyImageError::AptUnavailable { program }) => {
+                progress(&format!(
+                    "note: `{program}` is not available, so the tiny image has no e2fsck; \
+                     `vmkeep start --repair-data` will not be able to check a data disk"
+                ));
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        },
+    };
+    Ok(Some((tools.join(&name).join(E2FSCK_IN_PACKAGE), name)))
+}
+
+/// Download and unpack Debian's e2fsck-static into `tools`; returns the
+/// name of its directory there.
+fn fetch_e2fsck(tools: &Path, progress: &mut dyn FnMut(&str)) -> Result<String, TinyImageError> {
+    let step_err = |step: &'static str| {
+        move |source| match source {
+            ToolError::Missing { program, .. } => TinyImageError::AptUnavailable { program },
+            source => TinyImageError::E2fsckFetch { step, source },
+        }
+    };
+    fs::create_dir_all(tools).map_err(cache_err("create", tools))?;
+    sweep_stale_temporaries(tools);
+    progress(&format!(
+        "downloading {E2FSCK_PACKAGE} (e2fsck for the data disk)"
+    ));
+    let download = TempDir::create(temp_sibling(&tools.join("download")))?;
+    Tool::new("apt-get", "install apt")
+        .args(["download", E2FSCK_PACKAGE])
+        .current_dir(download.path())
+        .output()
+        .map_err(step_err("apt-get download"))?;
+    let deb = fs::read_dir(download.path())
+        .map_err(cache_err("read", download.path()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .ok_or_else(|| TinyImageError::E2fsckFetch {
+            step: "apt-get download",
+            source: ToolError::Failed {
+                command: format!("apt-get download {E2FSCK_PACKAGE}"),
+                status: "success".into(),
+                stderr: "no .deb file was written".into(),
+            },
+        })?;
+    let version = Tool::new("dpkg-deb", "install dpkg")
+        .arg("-f")
+        .arg(&deb)
+        .arg("Version")
+        .output_text()
+        .map_err(step_err("dpkg-deb -f"))?;
+    let name = format!("{E2FSCK_PACKAGE}_{}", version.trim()).replace(['/', ':'], "_");
+    let target = tools.join(&name);
+    let unpacked = TempDir::create(temp_sibling(&target))?;
+    Tool::new("dpkg-deb", "install dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(unpacked.path())
+        .output()
+        .map_err(step_err("dpkg-deb -x"))?;
+    let program = unpacked.path().join(E2FSCK_IN_PACKAGE);
+    let bytes = fs::read(&program).map_err(cache_err("read", &program))?;
+    if elf_is_static(&bytes) != Some(true) {
+        return Err(TinyImageError::E2fsckNotStatic { path: program });
+    }
+    sync_filesystem(unpacked.path());
+    unpacked.rename_into_place(&target)?;
+    Ok(name)
+}
+
 /// Flush the file system holding `path`, so that a tree renamed into place
 /// is complete on disk even after a crash. Best effort.
 fn sync_filesystem(path: &Path) {
@@ -457,19 +582,22 @@ pub struct KeyInputs<'a> {
     pub busybox_mtime_ns: i128,
     pub kernel_identity: &'a str,
     pub modules: &'a [&'a str],
+    /// The unpacked e2fsck package's name, or "none".
+    pub e2fsck_identity: &'a str,
 }
 
 /// A short hex digest of every input of the image.
 pub fn cache_key(inputs: &KeyInputs<'_>) -> String {
     let text = format!(
-        "format={}\nagent={}\nbusybox={}\nbusybox-size={}\nbusybox-mtime={}\nkernel={}\nmodules={}\n",
+        "format={}\nagent={}\nbusybox={}\nbusybox-size={}\nbusybox-mtime={}\nkernel={}\nmodules={}\ne2fsck={}\n",
         inputs.format_version,
         inputs.agent_digest,
         inputs.busybox_path.display(),
         inputs.busybox_size,
         inputs.busybox_mtime_ns,
         inputs.kernel_identity,
-        inputs.modules.join(",")
+        inputs.modules.join(","),
+        inputs.e2fsck_identity
     );
     let digest = Sha256::digest(text.as_bytes());
     hex::encode(&digest[..10])
@@ -569,6 +697,8 @@ pub fn elf_is_static(bytes: &[u8]) -> Option<bool> {
 pub struct InitramfsContents<'a> {
     pub agent: &'a [u8],
     pub busybox: &'a [u8],
+    /// A static e2fsck, installed as `/sbin/e2fsck`.
+    pub e2fsck: Option<&'a [u8]>,
     /// (file name, bytes), in load order.
     pub modules: Vec<(String, Vec<u8>)>,
 }
@@ -638,6 +768,9 @@ pub fn build_initramfs(contents: &InitramfsContents<'_>) -> io::Result<Vec<u8>> 
         contents.busybox,
         None,
     )?;
+    if let Some(e2fsck) = contents.e2fsck {
+        entry(&mut out, E2FSCK_IN_IMAGE, S_IFREG | 0o755, e2fsck, None)?;
+    }
     let mut order = String::new();
     for (name, bytes) in &contents.modules {
         entry(
@@ -696,6 +829,7 @@ fn build(
     dir: &Path,
     kernel: &KernelSource,
     busybox: &Path,
+    e2fsck: Option<&Path>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<TinyImage, TinyImageError> {
     fs::create_dir_all(tiny_dir).map_err(cache_err("create", tiny_dir))?;
@@ -739,9 +873,14 @@ fn build(
             "note: no kernel modules directory; assuming the virtio, evdev and button drivers are built in",
         ),
     }
+    let e2fsck_bytes = match e2fsck {
+        Some(path) => Some(fs::read(path).map_err(cache_err("read", path))?),
+        None => None,
+    };
     let initramfs = build_initramfs(&InitramfsContents {
         agent: GUEST_AGENT,
         busybox: &busybox_bytes,
+        e2fsck: e2fsck_bytes.as_deref(),
         modules,
     })
     .map_err(|source| TinyImageError::Cache {
@@ -873,6 +1012,7 @@ mod tests {
             busybox_mtime_ns: 5,
             kernel_identity: "debian:linux-image-6.1.0-56-cloud-amd64_6.1.192-2",
             modules: MODULES,
+            e2fsck_identity: "e2fsck-static_1.47.0-2+b2",
         }
     }
 
@@ -912,6 +1052,10 @@ mod tests {
             },
             KeyInputs {
                 modules: fewer_modules,
+                ..base.clone()
+            },
+            KeyInputs {
+                e2fsck_identity: "none",
                 ..base.clone()
             },
         ];
@@ -1060,6 +1204,7 @@ mod tests {
         let contents = InitramfsContents {
             agent: b"agent-bytes",
             busybox: b"busybox-bytes!",
+            e2fsck: Some(b"e2fsck"),
             modules: vec![
                 ("virtio_ring.ko".into(), b"ring".to_vec()),
                 ("virtio.ko".into(), b"virtio".to_vec()),
@@ -1080,6 +1225,10 @@ mod tests {
         assert_eq!(
             (find("bin/busybox").mode, find("bin/busybox").size),
             (S_IFREG | 0o755, 14)
+        );
+        assert_eq!(
+            (find("sbin/e2fsck").mode, find("sbin/e2fsck").size),
+            (S_IFREG | 0o755, 6)
         );
         assert_eq!(
             (find("dev/console").mode, find("dev/console").rdev),

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::config::Config;
+use super::data_disk;
 use super::layout::{InstanceDir, SocketPathTooLong};
 use super::name::InstanceName;
 use crate::image::cloud::{self, CloudError};
@@ -14,8 +15,11 @@ use crate::os;
 use crate::os::lock::HeldLock;
 use crate::os::tool::{Tool, ToolError};
 
-/// Held by a creator inside its temporary directory.
-const CREATE_LOCK: &str = "create.lock";
+/// Appended to a staging directory's name to name its creator's lock.
+const STAGING_LOCK_SUFFIX: &str = ".lock";
+/// Where older versions kept the creator's lock: inside the staging
+/// directory (still honoured, so that a mixed-version home stays clean).
+const OLD_CREATE_LOCK: &str = "create.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
@@ -85,11 +89,20 @@ pub fn create_with_progress(
     os::fs::create_private_dir_all(root).map_err(io_error(root))?;
     remove_abandoned_temporaries(root);
 
+    // The lock comes first and goes last (see `remove_abandoned_temporaries`).
     let staging = os::fs::temp_sibling(dir.dir());
-    os::fs::create_private_dir_all(&staging).map_err(io_error(&staging))?;
+    let lock_path = staging_lock(&staging);
+    let lock = match HeldLock::try_acquire(&lock_path).map_err(io_error(&lock_path))? {
+        Some(lock) => lock,
+        None => {
+            return Err(CreateError::Io {
+                path: lock_path,
+                source: std::io::Error::other("a fresh staging lock is held by someone else"),
+            });
+        }
+    };
     let result = (|| {
-        let lock_path = staging.join(CREATE_LOCK);
-        let lock = HeldLock::try_acquire(&lock_path).map_err(io_error(&lock_path))?;
+        os::fs::create_private_dir_all(&staging).map_err(io_error(&staging))?;
         let staged = InstanceDir::new(root, name.clone())?;
         let config_path = staging.join(staged.config().file_name().unwrap_or_default());
         os::fs::write_atomic(&config_path, template.as_bytes(), 0o600)
@@ -105,8 +118,12 @@ pub fn create_with_progress(
                 .arg(&disk)
                 .arg(config.disk.0.0.to_string())
                 .output()?;
+            // Written after the disk: a marker never names a disk that
+            // could hold anything of the user's.
+            let marker = staging.join(staged.data_disk_new().file_name().unwrap_or_default());
+            data_disk::write_new_marker(&marker).map_err(io_error(&marker))?;
         }
-        match std::fs::rename(&staging, dir.dir()) {
+        match os::fs::rename(&staging, dir.dir()) {
             Ok(()) => {}
             Err(_) if dir.dir().exists() => {
                 return Err(CreateError::Exists {
@@ -121,32 +138,58 @@ pub fn create_with_progress(
                 });
             }
         }
-        os::fs::sync_dir(root).map_err(io_error(root))?;
-        let _ = os::fs::remove_file_if_exists(&dir.dir().join(CREATE_LOCK));
-        drop(lock);
-        Ok(())
+        os::fs::sync_dir(root).map_err(io_error(root))
     })();
     if result.is_err() {
         let _ = os::fs::remove_dir_all_if_exists(&staging);
     }
+    if let Err(e) = lock.remove() {
+        tracing::warn!("cannot remove {}: {e}", lock_path.display());
+    }
     result.map(|()| dir)
 }
 
-/// Remove staging directories whose creator is gone (its lock is free).
+/// The lock of a staging directory: a sibling file, `.NAME.tmp-PID-N.lock`.
+fn staging_lock(staging: &Path) -> PathBuf {
+    let mut name = staging.file_name().unwrap_or_default().to_os_string();
+    name.push(STAGING_LOCK_SUFFIX);
+    staging.with_file_name(name)
+}
+
+/// Remove staging directories whose creator is gone.
+///
+/// A creator links its lock in (already locked) *before* it makes the
+/// staging directory, and removes the lock only *after* the directory is
+/// gone (renamed into place or removed). So a free lock means the creator
+/// died, and a staging directory without its lock was abandoned: neither
+/// can belong to a creator that still runs. (When the lock lived inside the
+/// directory, a creator killed between `mkdir` and taking the lock left a
+/// directory that no sweep ever removed.)
 pub fn remove_abandoned_temporaries(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else {
+    let Ok(names) = os::fs::entry_names(root) else {
         return;
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if name.starts_with('.') && name.contains(".tmp-") && path.is_dir() {
-            let lock = path.join(CREATE_LOCK);
-            if lock.exists() && matches!(os::lock::holder(&lock), Ok(None)) {
-                let _ = os::fs::remove_dir_all_if_exists(&path);
+    for name in names {
+        if !(name.starts_with('.') && name.contains(".tmp-")) {
+            continue;
+        }
+        let path = root.join(&name);
+        if let Some(staging) = name.strip_suffix(STAGING_LOCK_SUFFIX) {
+            if matches!(os::lock::holder(&path), Ok(None)) {
+                let _ = os::fs::remove_dir_all_if_exists(&root.join(staging));
+                let _ = os::fs::remove_file_if_exists(&path);
             }
+        } else if path.is_dir() && abandoned_staging(&path) {
+            let _ = os::fs::remove_dir_all_if_exists(&path);
         }
     }
+}
+
+/// Whether the creator of staging directory `path` is gone: no live holder
+/// of its lock, nor of the lock inside it that older versions took.
+fn abandoned_staging(path: &Path) -> bool {
+    let free = |lock: &Path| matches!(os::lock::holder(lock), Ok(None));
+    free(&staging_lock(path)) && free(&path.join(OLD_CREATE_LOCK))
 }
 
 #[cfg(test)]
@@ -172,7 +215,7 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         files.sort();
-        assert_eq!(files, ["disk.qcow2", "vmkeep.yaml"]);
+        assert_eq!(files, ["data-disk.new", "disk.qcow2", "vmkeep.yaml"]);
         let roots: Vec<_> = std::fs::read_dir(root.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -210,19 +253,56 @@ mod tests {
     #[test]
     fn abandoned_staging_directories_are_removed_but_live_ones_kept() {
         let root = tempfile::tempdir().unwrap();
-        let abandoned = root.path().join(".x.tmp-1-0");
-        std::fs::create_dir(&abandoned).unwrap();
-        std::fs::write(abandoned.join(CREATE_LOCK), "").unwrap();
-        let live = root.path().join(".y.tmp-2-0");
-        std::fs::create_dir(&live).unwrap();
-        let _held = HeldLock::try_acquire(&live.join(CREATE_LOCK))
+        let at = |name: &str| root.path().join(name);
+        // Killed between its lock and its mkdir, or mid-way: a free lock.
+        std::fs::write(at(".a.tmp-1-0.lock"), "").unwrap();
+        std::fs::create_dir(at(".b.tmp-1-1")).unwrap();
+        std::fs::write(at(".b.tmp-1-1.lock"), "").unwrap();
+        // A directory without its lock: the lock is taken before the
+        // directory exists and removed after it is gone, so its creator died.
+        std::fs::create_dir(at(".c.tmp-1-2")).unwrap();
+        // The older layout: a free lock inside.
+        std::fs::create_dir(at(".d.tmp-1-3")).unwrap();
+        std::fs::write(at(".d.tmp-1-3").join(OLD_CREATE_LOCK), "").unwrap();
+        // Live creators, both layouts.
+        std::fs::create_dir(at(".y.tmp-2-0")).unwrap();
+        let _live = HeldLock::try_acquire(&at(".y.tmp-2-0.lock"))
             .unwrap()
             .unwrap();
+        let _live_lock_only = HeldLock::try_acquire(&at(".w.tmp-2-1.lock"))
+            .unwrap()
+            .unwrap();
+        std::fs::create_dir(at(".z.tmp-3-0")).unwrap();
+        let _old_live = HeldLock::try_acquire(&at(".z.tmp-3-0").join(OLD_CREATE_LOCK))
+            .unwrap()
+            .unwrap();
+        // Not ours: an instance and an unrelated dot file.
+        std::fs::create_dir(at("dev")).unwrap();
+        std::fs::write(at(".notes"), "").unwrap();
+
         remove_abandoned_temporaries(root.path());
-        assert!(!abandoned.exists());
-        assert!(
-            live.exists(),
-            "a creator that still runs keeps its directory"
+        let mut left = os::fs::entry_names(root.path()).unwrap();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".notes",
+                ".w.tmp-2-1.lock",
+                ".y.tmp-2-0",
+                ".y.tmp-2-0.lock",
+                ".z.tmp-3-0",
+                "dev"
+            ],
+            "only what live creators hold, and what is not a staging directory, is kept"
         );
+    }
+
+    #[test]
+    fn a_finished_create_leaves_neither_staging_nor_lock() {
+        let root = tempfile::tempdir().unwrap();
+        create(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap();
+        let err = create(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap_err();
+        assert!(matches!(err, CreateError::Exists { .. }), "{err}");
+        assert_eq!(os::fs::entry_names(root.path()).unwrap(), ["dev"]);
     }
 }

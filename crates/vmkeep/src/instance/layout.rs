@@ -5,6 +5,8 @@
 //! $VMKEEP_HOME/NAME/        mode 0700
 //!   vmkeep.yaml             config (user-editable)
 //!   disk.qcow2              data disk
+//!   data-disk.new           the data disk is new: made by vmkeep, never formatted
+//!                           (holds the format token; see instance::data_disk)
 //!   events.jsonl            append-only event journal
 //!   ha.log                  host agent log
 //!   qemu.log                QEMU's own output
@@ -32,6 +34,7 @@ pub const MAX_SOCKET_PATH: usize = 103;
 
 const CONFIG: &str = "vmkeep.yaml";
 const DISK: &str = "disk.qcow2";
+const DATA_DISK_NEW: &str = "data-disk.new";
 const JOURNAL: &str = "events.jsonl";
 const AGENT_LOG: &str = "ha.log";
 const SERIAL_LOG: &str = "serial.log";
@@ -94,6 +97,10 @@ impl InstanceDir {
     }
     pub fn disk(&self) -> PathBuf {
         self.dir.join(DISK)
+    }
+    /// Present while the data disk is new (see `instance::data_disk`).
+    pub fn data_disk_new(&self) -> PathBuf {
+        self.dir.join(DATA_DISK_NEW)
     }
     pub fn journal(&self) -> PathBuf {
         self.dir.join(JOURNAL)
@@ -215,6 +222,7 @@ mod tests {
         for kept in [
             "vmkeep.yaml",
             "disk.qcow2",
+            "data-disk.new",
             "events.jsonl",
             "ha.log",
             "serial.log",

@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod create;
+pub mod data_disk;
 pub mod desired;
 pub mod layout;
 pub mod name;

@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::instance::data_disk::DataDiskProblem;
 use crate::journal::{Event, Record};
 
 /// What was seen when looking at an instance.
@@ -87,6 +88,11 @@ pub enum Broken {
         failures: u32,
         last_error: String,
     },
+    /// The last start failed because the guest could not mount /data (the
+    /// disk is damaged, unmountable, missing, ...); nothing was changed on it.
+    DataDisk {
+        problem: DataDiskProblem,
+    },
 }
 
 impl Broken {
@@ -101,6 +107,7 @@ impl Broken {
             Broken::AgentUnresponsive { .. } => "agent-unresponsive",
             Broken::QemuGone { .. } => "qemu-gone",
             Broken::GaveUp { .. } => "gave-up",
+            Broken::DataDisk { .. } => "data-disk",
         }
     }
 
@@ -127,6 +134,7 @@ impl Broken {
             } => format!(
                 "the daemon stopped restarting it after {failures} failed starts; last: {last_error}"
             ),
+            Broken::DataDisk { problem } => problem.message(),
         }
     }
 
@@ -154,13 +162,19 @@ impl Broken {
             Broken::QemuGone { .. } => {
                 "the host agent cleans up within a moment; then start again".into()
             }
+            Broken::DataDisk { problem } => problem.hint(),
         }
     }
 
-    /// Whether `start` repairs this by itself.
+    /// Whether `start` repairs this by itself. (A data-disk problem needs
+    /// the user's choice; a plain `start` still boots and the guest looks at
+    /// the disk again, changing nothing on it.)
     pub fn repairable(&self) -> bool {
         match self {
-            Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing => false,
+            Broken::ConfigMissing
+            | Broken::ConfigInvalid { .. }
+            | Broken::DiskMissing
+            | Broken::DataDisk { .. } => false,
             Broken::OrphanedQemu { .. }
             | Broken::StaleRuntimeFiles { .. }
             | Broken::AgentUnresponsive { .. }
@@ -227,6 +241,12 @@ pub fn derive(seen: &Observations) -> Status {
                     failures: *failures,
                     last_error: last_error.clone(),
                 }),
+                Some(Event::DataDisk { disk }) => {
+                    match DataDiskProblem::in_report(disk.as_ref(), None) {
+                        Some(problem) => Status::Broken(Broken::DataDisk { problem }),
+                        None => Status::Stopped,
+                    }
+                }
                 _ => Status::Stopped,
             },
         },
@@ -239,8 +259,12 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
     let Some(record) = last.filter(|r| r.pid == agent_pid) else {
         return Phase::Starting;
     };
-    match record.event {
+    match &record.event {
         Event::Running { .. } | Event::GuestRebooted { .. } => Phase::Running,
+        // A refused data disk is journaled after the VM stopped.
+        Event::DataDisk { disk } if DataDiskProblem::in_report(disk.as_ref(), None).is_some() => {
+            Phase::Stopping
+        }
         Event::Stopping { .. }
         | Event::StopStep { .. }
         | Event::Stopped { .. }
@@ -252,6 +276,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         | Event::Booting { .. }
         | Event::Restarting { .. }
         | Event::GaveUp { .. }
+        | Event::DataDisk { .. }
         | Event::Unknown => Phase::Starting,
     }
 }
@@ -259,6 +284,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instance::data_disk::DataDisk;
     use crate::journal::{StopCause, StoppedReason};
     use crate::stop_ladder::Step;
 
@@ -280,6 +306,27 @@ mod tests {
             pid,
             event,
         })
+    }
+
+    fn no_fs() -> DataDisk {
+        DataDisk::NoFileSystem {
+            device: "/dev/vda".into(),
+        }
+    }
+
+    fn unmountable() -> DataDisk {
+        DataDisk::MountFailed {
+            device: "/dev/vda".into(),
+            error: "Structure needs cleaning (os error 117)".into(),
+        }
+    }
+
+    fn mounted() -> DataDisk {
+        DataDisk::Mounted {
+            mount: "/data".into(),
+            formatted: false,
+            repaired: None,
+        }
     }
 
     fn running_event() -> Event {
@@ -482,6 +529,117 @@ mod tests {
                 },
                 Status::Broken(Broken::DiskMissing),
             ),
+            (
+                "the last start was refused for a damaged data disk",
+                Observations {
+                    last_event: record(
+                        10,
+                        Event::DataDisk {
+                            disk: Some(no_fs()),
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Broken(Broken::DataDisk {
+                    problem: DataDiskProblem {
+                        state: Some(no_fs()),
+                    },
+                }),
+            ),
+            (
+                "the last start was refused: /data would not mount",
+                Observations {
+                    last_event: record(
+                        10,
+                        Event::DataDisk {
+                            disk: Some(unmountable()),
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Broken(Broken::DataDisk {
+                    problem: DataDiskProblem {
+                        state: Some(unmountable()),
+                    },
+                }),
+            ),
+            (
+                "the last start was refused: the guest said nothing of /data",
+                Observations {
+                    last_event: record(10, Event::DataDisk { disk: None }),
+                    ..base()
+                },
+                Status::Broken(Broken::DataDisk {
+                    problem: DataDiskProblem { state: None },
+                }),
+            ),
+            (
+                "a data disk reported mounted is no problem",
+                Observations {
+                    last_event: record(
+                        10,
+                        Event::DataDisk {
+                            disk: Some(mounted()),
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Stopped,
+            ),
+            (
+                "the agent that refused the data disk is finishing",
+                Observations {
+                    agent_pid: Some(10),
+                    last_event: record(
+                        10,
+                        Event::DataDisk {
+                            disk: Some(no_fs()),
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Stopping,
+            ),
+            (
+                "the agent heard the data disk mounted and is about to say running",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(
+                        10,
+                        Event::DataDisk {
+                            disk: Some(mounted()),
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Starting,
+            ),
+            (
+                "a new start after a refused data disk",
+                Observations {
+                    agent_pid: Some(11),
+                    last_event: record(11, Event::Starting { foreground: false }),
+                    ..base()
+                },
+                Status::Starting,
+            ),
+            (
+                "stale files outrank an old data-disk refusal (start removes them)",
+                Observations {
+                    runtime_files: vec!["ha.pid".into()],
+                    last_event: record(
+                        10,
+                        Event::DataDisk {
+                            disk: Some(no_fs()),
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Broken(Broken::StaleRuntimeFiles {
+                    files: vec!["ha.pid".into()],
+                }),
+            ),
         ];
         for (what, seen, expected) in cases {
             assert_eq!(derive(&seen), expected, "{what}");
@@ -505,6 +663,15 @@ mod tests {
                 error: "e".into(),
             },
             Broken::QemuGone { agent_pid: 1 },
+            Broken::GaveUp {
+                failures: 5,
+                last_error: "e".into(),
+            },
+            Broken::DataDisk {
+                problem: DataDiskProblem {
+                    state: Some(no_fs()),
+                },
+            },
         ];
         let unrepairable: Vec<_> = all
             .iter()
@@ -513,7 +680,12 @@ mod tests {
             .collect();
         assert_eq!(
             unrepairable,
-            ["config-missing", "config-invalid", "disk-missing"]
+            [
+                "config-missing",
+                "config-invalid",
+                "disk-missing",
+                "data-disk"
+            ]
         );
         for broken in &all {
             assert!(
