@@ -365,3 +365,52 @@ fn vm_systemd_poweroff_stops_each_vm_by_its_ladder_and_boot_brings_them_back() {
     let marker = ct.ok_as(USER, "vmkeep shell plain -- cat /data/marker", CMD);
     assert_eq!(marker.stdout.trim(), "kept");
 }
+
+#[test]
+fn vm_systemd_crash_loop_hits_the_start_limit_and_list_says_so() {
+    let Some(ct) = Container::boot() else { return };
+    ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
+    // A guest that powers itself off during every boot: each start fails.
+    ct.ok_as(
+        USER,
+        "printf 'kernel:\\n  cmdline: vmkeep.poweroff_at_boot=1\\n' >/tmp/loop.yaml && \
+         vmkeep create loop --template /tmp/loop.yaml && vmkeep autostart enable loop",
+        CMD,
+    );
+    let unit = "vmkeep-loop.service";
+    let first = ct.sh_as(USER, "vmkeep start loop", BOOT);
+    assert!(
+        !first.ok(),
+        "a start that fails says so: {}",
+        first.describe()
+    );
+    let mut last = serde_json::Value::Null;
+    wait_until(Duration::from_secs(300), || {
+        last = ct.row(USER, "loop");
+        (last["reason"]["code"] == "service-gave-up").then_some(())
+    })
+    .unwrap_or_else(|| panic!("list does not say systemd gave up: {last}"));
+    assert_eq!(last["status"], "Broken");
+    // systemd 252 keeps the last run's result (exit-code) when the start
+    // limit ends the restarts; the unit is failed and counted its restarts.
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "failed");
+    let restarts = unit_property(&ct, USER, unit, "NRestarts");
+    assert!(restarts.parse::<u32>().unwrap() >= 4, "{restarts}");
+    assert!(
+        last["reason"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "gave up on its unit {unit} after {restarts} restarts"
+            )),
+        "{last}"
+    );
+    let failures = events_named(&ct.events(USER, "loop"), "start-failed").count();
+    assert!(failures >= 5, "every attempt was journaled: {failures}");
+
+    // Once the cause is fixed, `vmkeep start` clears the failure and starts it.
+    ct.ok_as(USER, ": >~/.vmkeep/loop/vmkeep.yaml", CMD);
+    ct.ok_as(USER, "vmkeep start loop", BOOT);
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "active");
+    assert_eq!(ct.row(USER, "loop")["status"], "Running");
+}

@@ -28,6 +28,7 @@
 //! user because `/Library/LaunchDaemons` is shared by every user.
 
 pub mod launchd;
+pub mod manager;
 pub mod record;
 pub mod systemd;
 

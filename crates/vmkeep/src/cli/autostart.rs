@@ -10,11 +10,12 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::util;
+use crate::autostart::manager::{Handle, not_running_reason, running};
 use crate::autostart::record::{self, Record};
 use crate::autostart::{self, Condition, Domain, Inputs, Manager, Options, ServiceSpec};
 use crate::home;
 use crate::instance::{Config, InstanceDir, InstanceName, Status};
-use crate::os::service_manager::{self as sm, Launchctl, Systemctl, SystemdManager, User};
+use crate::os::service_manager::{self as sm, Systemctl, User};
 
 #[derive(Debug, clap::Args)]
 pub struct AutostartArgs {
@@ -211,153 +212,6 @@ fn plan(name: &InstanceName, service: &ServiceOptions, manager: Manager) -> anyh
         me,
         text,
     })
-}
-
-/// The service manager's commands for a registration.
-enum Handle {
-    Systemd(Systemctl, String),
-    Launchd(Launchctl, String),
-}
-
-impl Handle {
-    /// The handle for a `domain` registration of a VM run by `user`, as seen
-    /// by `me` (the user running this command).
-    fn new(domain: Domain, service: &str, user: &User, me: &User) -> Handle {
-        let service = service.to_string();
-        match domain {
-            Domain::SystemdSystem => Handle::Systemd(Systemctl::system(), service),
-            Domain::SystemdUser if user.uid == me.uid => {
-                Handle::Systemd(Systemctl::user(), service)
-            }
-            Domain::SystemdUser => Handle::Systemd(
-                Systemctl {
-                    manager: SystemdManager::UserOf {
-                        name: user.name.clone(),
-                        uid: user.uid,
-                    },
-                },
-                service,
-            ),
-            Domain::LaunchAgent => Handle::Launchd(
-                Launchctl {
-                    domain: format!("gui/{}", user.uid),
-                },
-                service,
-            ),
-            Domain::LaunchDaemon => Handle::Launchd(
-                Launchctl {
-                    domain: "system".into(),
-                },
-                service,
-            ),
-        }
-    }
-
-    /// The handle for a recorded registration, if its service manager runs
-    /// and this user may talk to it.
-    fn of(record: &Record) -> Option<Handle> {
-        if !running(record.manager) {
-            return None;
-        }
-        let me = sm::current_user().ok()?;
-        let user = if record.user == me.name {
-            me.clone()
-        } else {
-            sm::user_by_name(&record.user).ok().flatten()?
-        };
-        let domain = record.domain();
-        // Another user's own manager is reachable only for root.
-        if domain == Domain::SystemdUser && user.uid != me.uid && me.uid != 0 {
-            return None;
-        }
-        Some(Handle::new(domain, &record.service, &user, &me))
-    }
-
-    /// The commands `enable` runs, as text (for --dry-run).
-    fn enable_commands(&self, path: &Path) -> Vec<String> {
-        match self {
-            Handle::Systemd(s, unit) => {
-                let systemctl = s.describe_command();
-                vec![
-                    format!("{systemctl} daemon-reload"),
-                    format!("{systemctl} enable {unit}"),
-                ]
-            }
-            Handle::Launchd(l, _) => {
-                vec![format!(
-                    "launchctl bootstrap {} {}",
-                    l.domain,
-                    path.display()
-                )]
-            }
-        }
-    }
-
-    fn load(&self, path: &Path) -> anyhow::Result<()> {
-        match self {
-            Handle::Systemd(s, unit) => {
-                s.daemon_reload()?;
-                s.enable(unit)?;
-            }
-            Handle::Launchd(l, _) => l.bootstrap(path)?,
-        }
-        Ok(())
-    }
-
-    fn unload(&self) -> anyhow::Result<()> {
-        match self {
-            Handle::Systemd(s, unit) => {
-                if s.show(unit)?.is_loaded() {
-                    s.disable(unit)?;
-                }
-            }
-            // bootout also stops a running job: SIGTERM, so the host agent
-            // runs the stop ladder (see docs/autostart.md).
-            Handle::Launchd(l, label) => {
-                if l.is_loaded(label) {
-                    l.bootout(label)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn after_removal(&self) -> anyhow::Result<()> {
-        if let Handle::Systemd(s, _) = self {
-            s.daemon_reload()?;
-        }
-        Ok(())
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Handle::Systemd(s, unit) => match &s.manager {
-                SystemdManager::System => format!("systemd (system unit {unit})"),
-                SystemdManager::User => format!("systemd (user unit {unit})"),
-                SystemdManager::UserOf { name, .. } => {
-                    format!("systemd ({name}'s user unit {unit})")
-                }
-            },
-            Handle::Launchd(l, label) => format!("launchd ({}/{label})", l.domain),
-        }
-    }
-}
-
-fn running(manager: Manager) -> bool {
-    match manager {
-        Manager::Systemd => sm::systemd_running(),
-        Manager::Launchd => sm::launchd_running(),
-    }
-}
-
-fn not_running_reason(manager: Manager) -> String {
-    match manager {
-        Manager::Systemd => format!(
-            "systemd is not running as the init system here (there is no {})",
-            sm::SYSTEMD_RUNTIME_DIR
-        ),
-        Manager::Launchd => "launchd is only on macOS".into(),
-    }
 }
 
 fn enable(args: EnableArgs) -> anyhow::Result<i32> {
@@ -789,6 +643,10 @@ pub(super) fn start_hook(dir: &InstanceDir) -> anyhow::Result<Option<i32>> {
             let state = s.show(unit)?;
             if !state.is_loaded() || state.is_active() {
                 return Ok(None);
+            }
+            if state.is_failed() {
+                // Given up on (start limit): a start by hand begins afresh.
+                s.reset_failed(unit)?;
             }
             // Type=notify: this returns once the guest is ready.
             eprintln!("starting {name} through {}", handle.describe());

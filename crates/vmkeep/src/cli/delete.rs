@@ -4,34 +4,22 @@ use anyhow::{Context, bail};
 
 use super::DeleteArgs;
 use super::util;
-use crate::instance::Status;
-use crate::instance::status::Broken;
 use crate::os;
 use crate::os::lock::HeldLock;
 
 pub fn run(args: DeleteArgs) -> anyhow::Result<i32> {
     for name in &args.names {
         let dir = util::existing(name)?;
-        let runs = |s: &Status| {
-            matches!(s, Status::Running | Status::Starting | Status::Stopping)
-                || matches!(
-                    s,
-                    Status::Broken(
-                        Broken::OrphanedQemu { .. }
-                            | Broken::AgentUnresponsive { .. }
-                            | Broken::QemuGone { .. }
-                    )
-                )
-        };
         let status = util::status_of(&dir)?;
-        if runs(&status) && !args.force {
+        let runs = status.has_live_processes();
+        if runs && !args.force {
             bail!(
                 "{name} is {}; stop it first (`vmkeep stop {name}`) or use `vmkeep delete --force {name}`",
                 status.word()
             );
         }
         let autostart = super::autostart::disable_for_delete(&dir)?;
-        if runs(&status) {
+        if runs {
             super::stop::force_stop(&dir)?;
         }
         autostart.settle();

@@ -202,7 +202,7 @@ fn follow_agent(
     let log = os::fs::open_append(&dir.agent_log())
         .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
     let agent = os::process::spawn_detached(
-        &hostagent::binary::detached(name, false, repair_data, placement)?,
+        &hostagent::binary::detached(name, false, repair_data, placement, config.stop_timeout.0)?,
         os::process::Output::Pipe(write_end),
         log,
     )

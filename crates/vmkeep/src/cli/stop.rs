@@ -37,16 +37,6 @@ pub fn run(args: StopArgs) -> anyhow::Result<i32> {
     loop {
         let status = util::status_of(&dir)?;
         match status {
-            Status::Stopped
-            | Status::Broken(
-                Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing,
-            ) => {
-                if rounds == 0 {
-                    println!("{name} is not running");
-                    return Ok(0);
-                }
-                break;
-            }
             Status::Broken(Broken::StaleRuntimeFiles { files }) => {
                 clean_runtime_files(&dir, None)?;
                 if rounds == 0 {
@@ -54,6 +44,13 @@ pub fn run(args: StopArgs) -> anyhow::Result<i32> {
                         "{name} was not running; removed stale runtime files: {}",
                         files.join(", ")
                     );
+                    return Ok(0);
+                }
+                break;
+            }
+            ref nothing_runs if !nothing_runs.has_live_processes() => {
+                if rounds == 0 {
+                    println!("{name} is not running");
                     return Ok(0);
                 }
                 break;
@@ -92,7 +89,11 @@ pub fn run(args: StopArgs) -> anyhow::Result<i32> {
                     _ => {}
                 }
             }
-            Status::Running | Status::Starting | Status::Stopping | Status::Broken(_) => {
+            Status::Stopped
+            | Status::Running
+            | Status::Starting
+            | Status::Stopping
+            | Status::Broken(_) => {
                 stop_through_agent(&dir, args.timeout)?;
             }
         }

@@ -267,7 +267,7 @@ impl Daemon {
                     } else {
                         tracing::info!(instance = %name, qemu_pid, "orphaned QEMU: adopting it");
                         watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
-                        watch.agent = Some(spawn_agent(self.placement.as_ref(), dir)?);
+                        watch.agent = Some(spawn_agent(self.placement.as_ref(), dir, config)?);
                     }
                 }
             }
@@ -322,7 +322,7 @@ impl Daemon {
                     watch.restarts.record_start(now);
                     watch.start_at = None;
                     watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
-                    watch.agent = Some(spawn_agent(self.placement.as_ref(), dir)?);
+                    watch.agent = Some(spawn_agent(self.placement.as_ref(), dir, config)?);
                 }
             }
             Status::Broken(other) => {
@@ -420,8 +420,15 @@ fn why_unwanted(strategy: RunStrategy) -> &'static str {
 fn spawn_agent(
     placement: Option<&os::cgroup::Placement>,
     dir: &InstanceDir,
+    config: &Config,
 ) -> anyhow::Result<ProcessHandle> {
-    let program = crate::hostagent::binary::detached(dir.name(), true, false, placement)?;
+    let program = crate::hostagent::binary::detached(
+        dir.name(),
+        true,
+        false,
+        placement,
+        config.stop_timeout.0,
+    )?;
     spawn_program(&program, dir)
 }
 

@@ -1,14 +1,16 @@
 //! The daemon's own systemd unit, rendered purely. Same rules as the
 //! autostart units: absolute paths, the environment it needs, SIGTERM only
 //! to the daemon (`KillMode=mixed`; it stops every VM in parallel), and a
-//! stop timeout derived from the longest instance deadline.
+//! stop timeout derived from the longest instance deadline. The host agents
+//! it spawns are not in its cgroup (each gets a scope ordered `Before=` this
+//! unit, see `os::cgroup`), so a daemon that dies leaves them running.
 
 use std::fmt::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::autostart::systemd::{exec_word, quoted, secs, specifiers};
-use crate::autostart::{service_path, service_stop_timeout};
+use crate::autostart::{RESTART_DELAY, service_path, service_stop_timeout};
 
 /// The unit's file name.
 pub const UNIT_NAME: &str = "vmkeep-daemon.service";
@@ -62,7 +64,7 @@ pub fn render(unit: &DaemonUnit) -> String {
         secs(service_stop_timeout(unit.longest_stop_timeout))
     );
     let _ = writeln!(w, "Restart=on-failure");
-    let _ = writeln!(w, "RestartSec=5s");
+    let _ = writeln!(w, "RestartSec={}", secs(RESTART_DELAY));
     let _ = writeln!(w);
     let _ = writeln!(w, "[Install]");
     let _ = writeln!(w, "WantedBy=default.target");

@@ -78,6 +78,7 @@ pub fn detached(
     text_reports: bool,
     repair_data: bool,
     placement: Option<&cgroup::Placement>,
+    stop_timeout: std::time::Duration,
 ) -> io::Result<Program> {
     let program = Program::new(&path()?, &args_repairing(name, text_reports, repair_data));
     Ok(match placement {
@@ -86,10 +87,13 @@ pub fn detached(
             static SPAWNED: AtomicU32 = AtomicU32::new(0);
             let n = SPAWNED.fetch_add(1, Ordering::Relaxed).to_string();
             let spawner = std::process::id().to_string();
-            let scope = cgroup::Scope::named(
+            let mut scope = cgroup::Scope::named(
                 &["vmkeep", name.as_str(), "agent", &spawner, &n],
                 format!("vmkeep host agent of {name}"),
             );
+            // At a host shutdown systemd stops the scope with SIGTERM: the
+            // agent runs its ladder, which must not be cut short.
+            scope.stop_timeout = Some(crate::autostart::service_stop_timeout(stop_timeout));
             cgroup::wrap(placement, &scope, &program)
         }
         None => program,

@@ -255,19 +255,16 @@ impl Agent<'_> {
         self.record(Event::Starting {
             foreground: self.foreground,
         });
-        let adopted = match self.adopt_or_clean().await {
-            Ok(adopted) => adopted,
-            Err(error) => return self.fail(error),
-        };
         if let Some(previous) = unfinished {
-            let qemu_survived = adopted.is_some();
+            // Its QEMU holds its pid-file lock while it lives.
+            let qemu_survived = lock::holder(&self.dir.qemu_pid()).ok().flatten().is_some();
             tracing::warn!(
                 "the previous run (host agent pid {}) ended without a stop record; its last event was {} at {}; QEMU {}",
                 previous.pid,
                 previous.event.kind(),
                 previous.ts,
                 if qemu_survived {
-                    "kept running"
+                    "still runs"
                 } else {
                     "is gone"
                 }
@@ -279,6 +276,10 @@ impl Agent<'_> {
                 qemu_survived,
             });
         }
+        let adopted = match self.adopt_or_clean().await {
+            Ok(adopted) => adopted,
+            Err(error) => return self.fail(error),
+        };
         match os::socket::bind_private(&self.dir.api_socket()) {
             Ok(listener) => self
                 .tasks

@@ -46,13 +46,37 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
                 runtime_files: runtime_files(dir)?,
                 last_event: journal::last(&dir.journal()).unwrap_or(None),
                 api: ApiState::NotAsked,
+                service_failure: None,
             })
         },
         // No agent and no trace of one: a stopped instance as of the first
         // read, whatever started since. Most instances in a long list.
         |seen| seen.agent_pid.is_none() && seen.qemu_pid.is_none() && seen.runtime_files.is_empty(),
     )?;
+    let seen = Observations {
+        service_failure: ask_service_manager(&seen)
+            .then(|| crate::autostart::manager::failed_unit(dir))
+            .flatten(),
+        ..seen
+    };
     Ok((seen, loaded))
+}
+
+/// Whether the service manager is worth asking (a subprocess): nothing runs
+/// and the last run failed, so a registered unit may have been given up on.
+fn ask_service_manager(seen: &Observations) -> bool {
+    use crate::journal::{Event, StoppedReason};
+    let failed = matches!(
+        seen.last_event.as_ref().map(|r| &r.event),
+        Some(
+            Event::StartFailed { .. }
+                | Event::Stopped {
+                    reason: StoppedReason::Crashed | StoppedReason::StartFailed,
+                    ..
+                }
+        )
+    );
+    failed && seen.agent_pid.is_none() && seen.qemu_pid.is_none()
 }
 
 /// How many times a snapshot is retaken when a host agent came or went

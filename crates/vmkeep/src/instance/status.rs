@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use crate::autostart::manager::UnitFailure;
 use crate::instance::data_disk::DataDiskProblem;
 use crate::journal::{Event, Record};
 
@@ -21,6 +22,9 @@ pub struct Observations {
     pub last_event: Option<Record>,
     /// What the host agent's API said, if it was asked.
     pub api: ApiState,
+    /// The service manager gave up on the unit that runs it (asked only when
+    /// nothing runs and the last run failed).
+    pub service_failure: Option<UnitFailure>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,6 +87,10 @@ pub enum Broken {
     QemuGone {
         agent_pid: u32,
     },
+    /// systemd stopped restarting its unit (keep-alive hit the start limit).
+    ServiceGaveUp {
+        failure: UnitFailure,
+    },
     /// `vmkeep daemon` gave up restarting it after repeated failures.
     GaveUp {
         failures: u32,
@@ -106,6 +114,7 @@ impl Broken {
             Broken::StaleRuntimeFiles { .. } => "stale-runtime-files",
             Broken::AgentUnresponsive { .. } => "agent-unresponsive",
             Broken::QemuGone { .. } => "qemu-gone",
+            Broken::ServiceGaveUp { .. } => "service-gave-up",
             Broken::GaveUp { .. } => "gave-up",
             Broken::DataDisk { .. } => "data-disk",
         }
@@ -128,6 +137,10 @@ impl Broken {
             Broken::QemuGone { agent_pid } => {
                 format!("QEMU is gone while its host agent (pid {agent_pid}) still runs")
             }
+            Broken::ServiceGaveUp { failure } => format!(
+                "systemd gave up on its unit {} after {} restarts (last result: {})",
+                failure.unit, failure.restarts, failure.result
+            ),
             Broken::GaveUp {
                 failures,
                 last_error,
@@ -156,6 +169,10 @@ impl Broken {
             Broken::AgentUnresponsive { .. } => {
                 "`vmkeep stop NAME` stops it; `vmkeep start NAME` then starts afresh".into()
             }
+            Broken::ServiceGaveUp { failure } => format!(
+                "see `vmkeep events NAME` and `journalctl{} -u {}`, fix the cause, then `vmkeep start NAME` (it clears the failure)",
+                failure.journal_flag, failure.unit
+            ),
             Broken::GaveUp { .. } => {
                 "see `vmkeep events NAME`, fix the cause, then `vmkeep start NAME`".into()
             }
@@ -163,6 +180,22 @@ impl Broken {
                 "the host agent cleans up within a moment; then start again".into()
             }
             Broken::DataDisk { problem } => problem.hint(),
+        }
+    }
+
+    /// Whether a process of the instance may be alive in this state.
+    pub fn has_live_processes(&self) -> bool {
+        match self {
+            Broken::OrphanedQemu { .. }
+            | Broken::AgentUnresponsive { .. }
+            | Broken::QemuGone { .. } => true,
+            Broken::ConfigMissing
+            | Broken::ConfigInvalid { .. }
+            | Broken::DiskMissing
+            | Broken::StaleRuntimeFiles { .. }
+            | Broken::ServiceGaveUp { .. }
+            | Broken::GaveUp { .. }
+            | Broken::DataDisk { .. } => false,
         }
     }
 
@@ -179,12 +212,23 @@ impl Broken {
             | Broken::StaleRuntimeFiles { .. }
             | Broken::AgentUnresponsive { .. }
             | Broken::QemuGone { .. }
+            | Broken::ServiceGaveUp { .. }
             | Broken::GaveUp { .. } => true,
         }
     }
 }
 
 impl Status {
+    /// Whether a process of the instance (its host agent or QEMU) may be
+    /// alive: what `stop` must end and `delete` must not leave behind.
+    pub fn has_live_processes(&self) -> bool {
+        match self {
+            Status::Stopped => false,
+            Status::Starting | Status::Running | Status::Stopping => true,
+            Status::Broken(broken) => broken.has_live_processes(),
+        }
+    }
+
     /// The word `list` shows.
     pub fn word(&self) -> &'static str {
         match self {
@@ -230,6 +274,11 @@ pub fn derive(seen: &Observations) -> Status {
             ConfigState::Valid if !seen.runtime_files.is_empty() => {
                 Status::Broken(Broken::StaleRuntimeFiles {
                     files: seen.runtime_files.clone(),
+                })
+            }
+            ConfigState::Valid if seen.service_failure.is_some() => {
+                Status::Broken(Broken::ServiceGaveUp {
+                    failure: seen.service_failure.clone().expect("checked"),
                 })
             }
             ConfigState::Valid => match seen.last_event.as_ref().map(|r| &r.event) {
@@ -297,6 +346,7 @@ mod tests {
             runtime_files: vec![],
             last_event: None,
             api: ApiState::NotAsked,
+            service_failure: None,
         }
     }
 

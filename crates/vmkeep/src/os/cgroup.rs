@@ -220,6 +220,9 @@ pub struct Scope {
     /// The unit name, ending in `.scope`.
     pub unit: String,
     pub description: String,
+    /// How long systemd lets the scope's processes take to exit after its
+    /// SIGTERM (a host agent's whole stop ladder); systemd's default if `None`.
+    pub stop_timeout: Option<std::time::Duration>,
 }
 
 impl Scope {
@@ -229,6 +232,7 @@ impl Scope {
         Scope {
             unit: format!("{}.scope", parts.join("-")),
             description,
+            stop_timeout: None,
         }
     }
 }
@@ -257,6 +261,9 @@ pub fn wrap(placement: &Placement, scope: &Scope, program: &Program) -> Program 
     }
     if let Some(before) = &placement.before {
         args.push(format!("--property=Before={before}").into());
+    }
+    if let Some(timeout) = scope.stop_timeout {
+        args.push(format!("--property=TimeoutStopSec={}", timeout.as_secs().max(1)).into());
     }
     args.push("--".into());
     args.push(program.path.as_os_str().to_owned());
@@ -380,7 +387,8 @@ mod tests {
     #[test]
     fn the_wrapped_command_runs_the_program_in_the_scope() {
         let placement = decide(&facts(HYBRID_USER_SERVICE, 1000)).unwrap();
-        let scope = Scope::named(&["vmkeep", "web", "qemu", "42"], "QEMU of web".into());
+        let mut scope = Scope::named(&["vmkeep", "web", "qemu", "42"], "QEMU of web".into());
+        scope.stop_timeout = Some(std::time::Duration::from_secs(47));
         let qemu = Program::new(Path::new("/usr/bin/qemu-system-x86_64"), &["-m", "256"]);
         let wrapped = wrap(&placement, &scope, &qemu);
         assert_eq!(wrapped.path, Path::new("systemd-run"));
@@ -400,6 +408,7 @@ mod tests {
                 "--description=QEMU of web",
                 "--slice=app.slice",
                 "--property=Before=vmkeep-web.service",
+                "--property=TimeoutStopSec=47",
                 "--",
                 "/usr/bin/qemu-system-x86_64",
                 "-m",

@@ -33,10 +33,15 @@ pub struct UnitState {
     pub sub: String,
     /// `enabled`, `disabled`, ...
     pub unit_file: String,
+    /// How the last run ended: `success`, `exit-code`, `signal`,
+    /// `start-limit-hit`, ...
+    pub result: String,
+    /// Keep-alive restarts since the unit was last started by hand.
+    pub restarts: u32,
 }
 
 impl UnitState {
-    /// Parse `systemctl show --property=LoadState,ActiveState,SubState,UnitFileState`.
+    /// Parse `systemctl show --property=LoadState,ActiveState,SubState,UnitFileState,Result,NRestarts`.
     pub fn parse(text: &str) -> UnitState {
         let mut state = UnitState::default();
         for line in text.lines() {
@@ -49,6 +54,8 @@ impl UnitState {
                 "ActiveState" => state.active = value,
                 "SubState" => state.sub = value,
                 "UnitFileState" => state.unit_file = value,
+                "Result" => state.result = value,
+                "NRestarts" => state.restarts = value.parse().unwrap_or(0),
                 _ => {}
             }
         }
@@ -57,6 +64,12 @@ impl UnitState {
 
     pub fn is_loaded(&self) -> bool {
         self.load == "loaded"
+    }
+
+    /// systemd gave up on it (keep-alive hit the start limit, or a failure
+    /// without keep-alive); it stays so until `reset-failed` or a start.
+    pub fn is_failed(&self) -> bool {
+        self.active == "failed"
     }
 
     /// The service has a process, or is about to (a pending restart counts:
@@ -150,6 +163,12 @@ impl Systemctl {
         self.tool().args(["start", unit]).output().map(drop)
     }
 
+    /// Forget the unit's failure (and its start-limit count), so that it can
+    /// be started again.
+    pub fn reset_failed(&self, unit: &str) -> Result<(), ToolError> {
+        self.tool().args(["reset-failed", unit]).output().map(drop)
+    }
+
     /// Stop the unit and wait until it is stopped (up to its TimeoutStopSec);
     /// also cancels a pending keep-alive restart.
     pub fn stop(&self, unit: &str) -> Result<(), ToolError> {
@@ -160,7 +179,7 @@ impl Systemctl {
         self.tool()
             .args([
                 "show",
-                "--property=LoadState,ActiveState,SubState,UnitFileState",
+                "--property=LoadState,ActiveState,SubState,UnitFileState,Result,NRestarts",
                 unit,
             ])
             .output_text()
@@ -411,11 +430,18 @@ mod tests {
         let state = UnitState::parse(
             "LoadState=loaded\nActiveState=activating\nSubState=auto-restart\nUnitFileState=enabled\n",
         );
+        assert!(!state.is_failed());
         assert!(state.is_loaded());
         assert!(state.is_active(), "a pending restart counts as active");
         assert_eq!(state.unit_file, "enabled");
         let gone = UnitState::parse("LoadState=not-found\nActiveState=inactive\nSubState=dead\n");
         assert!(!gone.is_loaded() && !gone.is_active());
+        let given_up = UnitState::parse("ActiveState=failed\nResult=exit-code\nNRestarts=5\n");
+        assert!(given_up.is_failed() && !given_up.is_active());
+        assert_eq!(
+            (given_up.result.as_str(), given_up.restarts),
+            ("exit-code", 5)
+        );
         assert_eq!(UnitState::parse("garbage"), UnitState::default());
     }
 
