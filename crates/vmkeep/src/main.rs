@@ -1,8 +1,8 @@
-//! The `vmkeep` binary: parse, run, map the outcome to an exit code.
-//!
-//! Exit codes: 0 success; 1 failure (the message says what and how to fix
-//! it); 2 invalid command line; `vmkeep shell` passes the guest command's
-//! code through.
+//! The `vmkeep` binary: parse, run, map the outcome to an exit code (the
+//! codes are documented in `cli::error`: 0 success, 1 failure, 2 invalid
+//! command line, 3 no such instance, 4 invalid config, 5 wrong state, 6 the
+//! start failed, 7 the stop failed; `vmkeep shell` passes the guest
+//! command's code through).
 
 use clap::Parser;
 
@@ -12,8 +12,8 @@ fn main() {
     let code = match vmkeep::cli::run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
-            1
+            eprintln!("error: {error}");
+            error.exit_code() as i32
         }
     };
     std::process::exit(code);

@@ -50,7 +50,7 @@ fn invalid_yaml_names_the_field_and_line_and_creates_nothing() {
     ] {
         std::fs::write(&template, yaml).unwrap();
         let run = env.run(&["create", "x", "--template", template.to_str().unwrap()]);
-        assert_eq!(run.code(), Some(1), "{}", run.describe());
+        assert_eq!(run.code(), Some(4), "invalid config: {}", run.describe());
         for word in expected {
             assert!(
                 run.stderr().contains(word),
@@ -72,7 +72,12 @@ fn commands_on_a_missing_instance_say_how_to_create_it() {
         &["delete", "ghost"],
     ] {
         let run = env.run(verb);
-        assert_eq!(run.code(), Some(1), "{verb:?}: {}", run.describe());
+        assert_eq!(
+            run.code(),
+            Some(3),
+            "no such instance: {verb:?}: {}",
+            run.describe()
+        );
         assert!(
             run.stderr().contains("vmkeep create ghost"),
             "{verb:?}: {}",
@@ -106,7 +111,12 @@ fn an_instance_without_config_is_listed_broken_with_a_reason() {
         table.describe()
     );
     let start = env.run(&["start", "noconf"]);
-    assert_eq!(start.code(), Some(1));
+    assert_eq!(
+        start.code(),
+        Some(4),
+        "no valid config: {}",
+        start.describe()
+    );
     assert!(
         start.stderr().contains("vmkeep.yaml"),
         "{}",

@@ -189,7 +189,7 @@ fn vm_daemon_stops_a_halted_instance_gracefully_and_start_refuses_it() {
         "stopped gracefully"
     );
     let start = env.run(&["start", "h"]);
-    assert_eq!(start.code(), Some(1), "{}", start.describe());
+    assert_eq!(start.code(), Some(5), "wrong state: {}", start.describe());
     assert!(
         start.stderr().contains("runStrategy: halted"),
         "{}",

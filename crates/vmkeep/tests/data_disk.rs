@@ -78,11 +78,16 @@ fn formatted_with_marker(env: &TestEnv, name: &str) {
     assert_eq!(stop.code(), Some(0), "{}", stop.describe());
 }
 
-/// A refused start: exit 1, the message, nothing running, the disk untouched,
+/// A refused start: exit 6 (the start failed), the message, nothing running, the disk untouched,
 /// `list` Broken with the data-disk reason. Returns the list row's reason.
 fn refused(env: &TestEnv, name: &str, disk_sum: &str, says: &str) -> serde_json::Value {
     let start = env.run_within(&["start", name], BOOT);
-    assert_eq!(start.code(), Some(1), "{}", start.describe());
+    assert_eq!(
+        start.code(),
+        Some(6),
+        "the start failed: {}",
+        start.describe()
+    );
     let stderr = start.stderr();
     for expected in [
         says,
@@ -210,7 +215,7 @@ fn vm_data_repair_is_refused_while_running_and_for_a_running_disk_nothing_change
     env.run_within(&["start", "r"], BOOT);
     let boot = env.boot_id("r");
     let repair = env.run(&["start", "r", "--repair-data"]);
-    assert_eq!(repair.code(), Some(1), "{}", repair.describe());
+    assert_eq!(repair.code(), Some(5), "wrong state: {}", repair.describe());
     assert!(
         repair.stderr().contains("vmkeep stop r"),
         "{}",
@@ -243,7 +248,12 @@ fn vm_data_interrupted_first_format_formats_again_and_a_reboot_never_does() {
     // A power cut in the middle of the format.
     env.qemu("f").expect("QEMU runs").kill().unwrap();
     let failed = start.wait_within(SHORT);
-    assert_eq!(failed.code(), Some(1), "{}", failed.describe());
+    assert_eq!(
+        failed.code(),
+        Some(6),
+        "the start failed: {}",
+        failed.describe()
+    );
     assert!(marker_file.exists(), "no format completed: still new");
     // Whatever the cut format left (here: a garbled superblock, so the
     // case does not depend on how far mke2fs got), the disk is new.

@@ -107,7 +107,12 @@ fn vm_fault_cli_killed_while_creating() {
         env.list()
     );
     let absent = env.run(&["start", "c"]);
-    assert_eq!(absent.code(), Some(1), "{}", absent.describe());
+    assert_eq!(
+        absent.code(),
+        Some(3),
+        "no such instance: {}",
+        absent.describe()
+    );
     assert!(
         absent.stderr().contains("vmkeep create c"),
         "{}",
@@ -197,7 +202,12 @@ fn vm_fault_agent_killed_while_booting() {
     agent.kill().unwrap();
     // The CLI that was following it reports the failure instead of hanging.
     let failed = cli.wait_within(SHORT);
-    assert_eq!(failed.code(), Some(1), "{}", failed.describe());
+    assert_eq!(
+        failed.code(),
+        Some(6),
+        "the start failed: {}",
+        failed.describe()
+    );
     assert!(
         failed.stderr().contains("host agent"),
         "{}",
@@ -277,7 +287,12 @@ fn vm_fault_qemu_killed_while_booting() {
     env.wait_event("b", "booting", 0, BOOT);
     env.qemu("b").expect("QEMU").kill().unwrap();
     let failed = cli.wait_within(SHORT);
-    assert_eq!(failed.code(), Some(1), "{}", failed.describe());
+    assert_eq!(
+        failed.code(),
+        Some(6),
+        "the start failed: {}",
+        failed.describe()
+    );
     assert!(
         failed.stderr().contains("QEMU exited during boot"),
         "{}",

@@ -27,9 +27,12 @@
 //! `os::cgroup`). The user's manager can. The launchd boot labels carry the
 //! user because `/Library/LaunchDaemons` is shared by every user.
 
+pub mod error;
+pub mod hooks;
 pub mod launchd;
 pub mod manager;
 pub mod record;
+pub mod registration;
 pub mod systemd;
 
 use std::fmt;
@@ -40,18 +43,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::instance::{InstanceDir, InstanceName};
 use crate::stop_ladder::Plan;
+use crate::timeouts;
 
 /// The file, in the instance directory, that the service's output is appended to.
 pub const LOG_FILE: &str = "autostart.log";
 
-/// Time the service manager grants beyond the stop ladder's own end (deadline
-/// plus the grace between QMP `quit` and SIGKILL) before it kills the host
-/// agent: the agent waits for QEMU to be reaped, removes its runtime files
-/// and writes the journal.
-pub const STOP_MARGIN: Duration = Duration::from_secs(15);
-/// Time granted beyond the instance's boot timeout before the service
-/// manager gives up on a start (image preparation happens before booting).
-pub const START_MARGIN: Duration = Duration::from_secs(60);
 /// Pause before a keep-alive restart: short, since the VM runs unsupervised
 /// until the restarted agent adopts it.
 pub const RESTART_DELAY: Duration = Duration::from_secs(1);
@@ -260,16 +256,16 @@ pub struct ServiceSpec {
 
 /// The service manager's stop timeout for an instance whose graceful-stop
 /// deadline is `stop_timeout`: the whole ladder (deadline, then QMP `quit`
-/// and its grace before SIGKILL) plus [`STOP_MARGIN`], in whole seconds,
+/// and its grace before SIGKILL) plus [`timeouts::STOP_MARGIN`], in whole seconds,
 /// never shorter than the ladder.
 pub fn service_stop_timeout(stop_timeout: Duration) -> Duration {
     let plan = Plan::new(stop_timeout);
-    ceil_secs(plan.deadline + plan.quit_grace + STOP_MARGIN)
+    ceil_secs(plan.deadline + plan.quit_grace + timeouts::STOP_MARGIN)
 }
 
-/// The service manager's start timeout: the boot timeout plus [`START_MARGIN`].
+/// The service manager's start timeout: the boot timeout plus [`timeouts::START_MARGIN`].
 pub fn service_start_timeout(boot_timeout: Duration) -> Duration {
-    ceil_secs(boot_timeout + START_MARGIN)
+    ceil_secs(boot_timeout + timeouts::START_MARGIN)
 }
 
 fn ceil_secs(d: Duration) -> Duration {
@@ -486,7 +482,7 @@ pub(crate) mod tests {
             let plan = Plan::new(deadline);
             let service = service_stop_timeout(deadline);
             assert!(
-                service >= plan.deadline + plan.quit_grace + STOP_MARGIN,
+                service >= plan.deadline + plan.quit_grace + timeouts::STOP_MARGIN,
                 "{secs}s -> {service:?}"
             );
             assert_eq!(service.subsec_nanos(), 0);

@@ -1,39 +1,28 @@
-//! `vmkeep delete NAME... [--force]`
+//! `vmkeep delete NAME... [--force]`: arguments and printing; the work is
+//! `engine::delete`.
 
-use anyhow::{Context, bail};
+use super::progress::Lines;
+use super::{CliError, DeleteArgs, ExitCode};
+use crate::engine::Home;
+use crate::engine::delete::{Deleted, delete};
 
-use super::DeleteArgs;
-use super::util;
-use crate::os;
-use crate::os::lock::HeldLock;
-
-pub fn run(args: DeleteArgs) -> anyhow::Result<i32> {
+pub fn run(args: DeleteArgs) -> Result<i32, CliError> {
+    let home = Home::from_env()?;
     for name in &args.names {
-        let dir = util::existing(name)?;
-        let status = util::status_of(&dir)?;
-        let runs = status.has_live_processes();
-        if runs && !args.force {
-            bail!(
-                "{name} is {}; stop it first (`vmkeep stop {name}`) or use `vmkeep delete --force {name}`",
-                status.word()
-            );
-        }
-        let autostart = super::autostart::disable_for_delete(&dir)?;
-        if runs {
-            super::stop::force_stop(&dir)?;
-        }
-        autostart.settle();
-        // Hold the agent lock so no start can begin while the files go.
-        let Some(lock) = HeldLock::try_acquire(&dir.agent_lock())? else {
-            bail!("{name} was started meanwhile; stop it and delete again");
+        let notice = Lines {
+            name: name.as_str(),
         };
-        let doomed = os::fs::temp_sibling(dir.dir());
-        std::fs::rename(dir.dir(), &doomed)
-            .with_context(|| format!("cannot remove {}", dir.dir().display()))?;
-        drop(lock);
-        os::fs::remove_dir_all_if_exists(&doomed)
-            .with_context(|| format!("cannot remove {}", doomed.display()))?;
-        println!("deleted {name}");
+        match delete(&home, name, args.force, &notice)? {
+            Deleted::Removed { through_link: None } => println!("deleted {name}"),
+            Deleted::Removed {
+                through_link: Some(target),
+            } => println!(
+                "deleted {name} (its files in {}, and the link to them in {})",
+                target.display(),
+                home.root.display()
+            ),
+            Deleted::WasMissing => eprintln!("{name} does not exist; nothing to delete"),
+        }
     }
-    Ok(0)
+    Ok(ExitCode::Success as i32)
 }

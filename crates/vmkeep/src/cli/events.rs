@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::EventsArgs;
-use super::util;
 use crate::home;
 use crate::instance::{InstanceDir, InstanceName};
 use crate::journal::Record;
@@ -16,7 +15,7 @@ use crate::journal::Record;
 pub fn run(args: EventsArgs) -> anyhow::Result<i32> {
     let root = home::instances_root()?;
     if let Some(name) = &args.name {
-        util::existing(name)?;
+        crate::engine::Home::from_env()?.existing(name)?;
     }
     // Bytes of each journal already shown.
     let mut shown: BTreeMap<InstanceName, u64> = BTreeMap::new();

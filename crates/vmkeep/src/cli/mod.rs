@@ -5,6 +5,7 @@ mod autostart;
 mod create;
 mod daemon;
 mod delete;
+mod error;
 mod events;
 mod list;
 mod progress;
@@ -72,8 +73,8 @@ pub struct CreateArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
-    /// Instance name (default: "default").
-    pub name: Option<InstanceName>,
+    /// Instance names (default: "default"); several start in parallel.
+    pub names: Vec<InstanceName>,
     /// Run the host agent in this process until the VM stops (what a service manager runs).
     #[arg(long)]
     pub foreground: bool,
@@ -86,8 +87,9 @@ pub struct StartArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct StopArgs {
-    /// Instance name (default: "default").
-    pub name: Option<InstanceName>,
+    /// Instance names (default: "default"); several stop in parallel, each
+    /// under its own deadline.
+    pub names: Vec<InstanceName>,
     /// Skip the graceful steps: end the VM at once and clean its runtime files.
     #[arg(long, short)]
     pub force: bool,
@@ -182,18 +184,20 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Timeout::parse(text).map(|t| t.0)
 }
 
+pub use self::error::{CliError, ExitCode};
+
 /// Run a parsed command line; returns the process exit code.
-pub fn run(cli: Cli) -> anyhow::Result<i32> {
+pub fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.verb {
-        Verb::Create(args) => create::run(args),
+        Verb::Create(args) => Ok(create::run(args)?),
         Verb::Start(args) => start::run(args),
         Verb::Stop(args) => stop::run(args),
-        Verb::List(args) => list::run(args),
-        Verb::Shell(args) => shell::run(args),
-        Verb::SshConfig(args) => ssh::print_config(&args.name),
+        Verb::List(args) => Ok(list::run(args)?),
+        Verb::Shell(args) => Ok(shell::run(args)?),
+        Verb::SshConfig(args) => Ok(ssh::print_config(&args.name)?),
         Verb::Delete(args) => delete::run(args),
-        Verb::Daemon(args) => daemon::run(args),
-        Verb::Events(args) => events::run(args),
+        Verb::Daemon(args) => Ok(daemon::run(args)?),
+        Verb::Events(args) => Ok(events::run(args)?),
         Verb::Autostart(args) => autostart::run(args),
     }
 }

@@ -38,6 +38,35 @@ impl Progress {
     }
 }
 
+impl crate::notice::Notice for Progress {
+    fn step(&self, message: &str) {
+        Progress::step(self, message);
+    }
+
+    fn warn(&self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| eprintln!("warning: {message}")),
+            None => eprintln!("warning: {message}"),
+        }
+    }
+}
+
+/// Plain lines on stderr, each naming its instance: for several verbs run
+/// at once, whose spinners would fight over one line.
+pub struct Lines<'a> {
+    pub name: &'a str,
+}
+
+impl crate::notice::Notice for Lines<'_> {
+    fn step(&self, message: &str) {
+        eprintln!("{}: {message}", self.name);
+    }
+
+    fn warn(&self, message: &str) {
+        eprintln!("{}: warning: {message}", self.name);
+    }
+}
+
 impl Drop for Progress {
     fn drop(&mut self) {
         self.finish();

@@ -10,16 +10,16 @@ use anyhow::bail;
 use super::ShellArgs;
 use super::util;
 use crate::hostagent::api::{ApiClient, ExecRequest};
-use crate::instance::{Config, Status};
+use crate::instance::Config;
 
 pub fn run(args: ShellArgs) -> anyhow::Result<i32> {
-    let dir = util::existing(&args.name)?;
-    let status = util::status_of(&dir)?;
-    if status != Status::Running {
+    let dir = crate::engine::Home::from_env()?.existing(&args.name)?;
+    let status = crate::engine::status_of(&dir)?;
+    if !status.can_exec() {
         bail!(
             "{} is {}, not Running; start it with `vmkeep start {}`",
             args.name,
-            super::start::describe(&status),
+            crate::engine::describe(&status),
             args.name
         );
     }

@@ -9,7 +9,6 @@
 
 use anyhow::{Context, bail};
 
-use super::util;
 use crate::image::cloud::{self, ImageRecord};
 use crate::instance::{InstanceDir, InstanceName, Status};
 use crate::os;
@@ -23,11 +22,11 @@ pub fn host_alias(name: &InstanceName) -> String {
 /// The ssh config block of a running cloud-image instance.
 pub fn config_block(dir: &InstanceDir) -> anyhow::Result<String> {
     let name = dir.name();
-    let status = util::status_of(dir)?;
+    let status = crate::engine::status_of(dir)?;
     if status != Status::Running {
         bail!(
             "{name} is {}, not Running; start it with `vmkeep start {name}`",
-            super::start::describe(&status)
+            crate::engine::describe(&status)
         );
     }
     let record = ImageRecord::load(dir)
@@ -45,7 +44,7 @@ pub fn config_block(dir: &InstanceDir) -> anyhow::Result<String> {
 
 /// `vmkeep ssh-config NAME`
 pub fn print_config(name: &InstanceName) -> anyhow::Result<i32> {
-    let dir = util::existing(name)?;
+    let dir = crate::engine::Home::from_env()?.existing(name)?;
     print!("{}", config_block(&dir)?);
     Ok(0)
 }

@@ -1,283 +1,76 @@
-//! `vmkeep start [NAME] [--foreground]`
+//! `vmkeep start [NAME...] [--foreground] [--repair-data]`: arguments and
+//! printing; the work is `engine::start`.
 
-use std::io::BufRead;
-use std::time::Duration;
-
-use anyhow::{Context, bail};
-
-use super::StartArgs;
-use super::progress::Progress;
-use super::util;
-use crate::home;
-use crate::hostagent;
-use crate::hostagent::report::Report;
-use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
-use crate::instance::desired::{self, Desired};
-use crate::instance::status::Broken;
-use crate::instance::{Config, InstanceDir, InstanceName, Status};
+use super::progress::{Lines, Progress};
+use super::{CliError, ExitCode, StartArgs};
+use crate::engine::start::{StartOptions, Started, start};
+use crate::engine::{self, Home};
+use crate::instance::InstanceName;
 use crate::os;
 
-pub fn run(args: StartArgs) -> anyhow::Result<i32> {
-    let name = args.name.unwrap_or_else(InstanceName::default_instance);
-    let dir = util::layout(&name)?;
-    if !dir.dir().is_dir() {
-        if name != InstanceName::default_instance() {
-            bail!("there is no instance {name}; create it with `vmkeep create {name}`");
-        }
-        crate::instance::create::create(
-            &home::instances_root()?,
-            &name,
-            DEFAULT_TEMPLATE,
-            "the built-in template",
-        )?;
+pub fn run(args: StartArgs) -> Result<i32, CliError> {
+    let home = Home::from_env()?;
+    let mut names = args.names.clone();
+    if names.is_empty() {
+        names.push(InstanceName::default_instance());
+    }
+    let options = StartOptions {
+        repair_data: args.repair_data,
+        foreground: args.foreground,
+        through_service_manager: true,
+    };
+    if args.foreground && names.len() > 1 {
+        return Err(anyhow::anyhow!(
+            "--foreground runs one host agent in this process: name one instance"
+        )
+        .into());
+    }
+    if let [name] = names.as_slice() {
+        let progress = Progress::new();
+        let outcome = start(&home, name, &options, &progress);
+        progress.finish();
+        return finish_one(name, outcome?);
+    }
+    super::util::for_each_in_parallel(&names, "start", |name| {
+        let notice = Lines {
+            name: name.as_str(),
+        };
+        let outcome = start(&home, name, &options, &notice)?;
+        finish_one(name, outcome).map(drop)
+    })
+}
+
+fn finish_one(name: &InstanceName, outcome: engine::start::StartOutcome) -> Result<i32, CliError> {
+    if outcome.created {
         eprintln!("created instance {name} from the built-in template");
     }
-    let config = Config::load(&dir.config()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if args.repair_data {
-        refuse_repair_unless_stopped(&dir, &config)?;
-    }
-    if config.run_strategy == Some(RunStrategy::Halted) {
-        bail!(
-            "{name} has runStrategy: halted, so it is kept stopped; change runStrategy in {} to start it",
-            dir.config().display()
-        );
-    }
-    desired::write(&dir, Desired::Running)
-        .with_context(|| format!("cannot record the desired state in {}", dir.dir().display()))?;
-    if !args.foreground
-        && let Some(code) = super::autostart::start_hook(&dir)?
-    {
-        return Ok(code);
-    }
-
-    // Run by another host agent: this process has nothing to supervise. A
-    // service manager waiting for readiness hears so, and sees a clean exit.
-    let run_elsewhere = || {
-        if args.foreground {
-            os::service_notify::ready(&format!(
-                "{name} is run by another host agent; nothing to supervise"
-            ));
+    match outcome.started {
+        Started::Running {
+            agent_pid,
+            qemu_pid,
+            accel,
+        } => {
+            let qemu = qemu_pid
+                .map(|p| format!(", QEMU pid {p}"))
+                .unwrap_or_default();
+            let accel = accel.map(|a| format!(", {a}")).unwrap_or_default();
+            println!("{name} is running (host agent pid {agent_pid}{qemu}{accel})");
         }
-    };
-    match util::status_of(&dir)? {
-        Status::Running => {
-            eprintln!("{name} is already running");
-            run_elsewhere();
-            return Ok(0);
+        Started::AlreadyRunning => eprintln!("{name} is already running"),
+        Started::CameUp => println!("{name} is running"),
+        Started::ThroughServiceManager { service } => {
+            println!("{name} is running (under {service})");
         }
-        Status::Starting => {
-            eprintln!("{name} is already starting; waiting until it runs");
-            let code = wait_until_running(&dir, config.boot_timeout.0)?;
-            run_elsewhere();
-            return Ok(code);
-        }
-        Status::Stopping => {
-            eprintln!("{name} is stopping; waiting to start it again");
-            let limit = config.stop_timeout.0 + Duration::from_secs(15);
-            let status = util::wait_for_status(&dir, limit, |s| !matches!(s, Status::Stopping))?;
-            if matches!(status, Status::Stopping) {
-                bail!(
-                    "{name} is still stopping after {}; try `vmkeep stop --force {name}`",
-                    util::seconds(limit)
-                );
-            }
-        }
-        // The guest looks at the disk again (and changes nothing on it
-        // unless --repair-data): a disk restored meanwhile just works.
-        Status::Broken(Broken::DataDisk { .. }) => {}
-        Status::Broken(broken) if !broken.repairable() => {
-            bail!(
-                "{name} is broken: {}\n  {}",
-                broken.message(),
-                broken.hint().replace("NAME", name.as_str())
-            );
-        }
-        Status::Broken(Broken::QemuGone { .. }) => {
-            util::wait_for_status(&dir, Duration::from_secs(10), |s| {
-                !matches!(s, Status::Broken(Broken::QemuGone { .. }))
-            })?;
-        }
-        Status::Broken(_) | Status::Stopped => {}
-    }
-
-    // Build or find the image here, where the user sees the progress.
-    let progress = Progress::new();
-    let kernel_override =
-        config
-            .kernel
-            .path
-            .as_ref()
-            .map(|kernel| crate::image::tiny::KernelOverride {
-                kernel: kernel.0.clone(),
-                modules_dir: config.kernel.modules.as_ref().map(|m| m.0.clone()),
-            });
-    // Cloud images were fetched by `create`; only the tiny image is built here.
-    if !config.is_cloud() {
-        crate::image::tiny::ensure(
-            &home::cache_root()?,
-            kernel_override.as_ref(),
-            &mut |message| progress.step(message),
-        )?;
-    }
-
-    if args.foreground {
-        progress.finish();
-        // Become the host agent: the same pid, so a service manager that
-        // started `vmkeep start NAME --foreground` supervises the agent itself.
-        let agent = hostagent::binary::path()?;
-        let agent_args = hostagent::binary::args_repairing(&name, true, args.repair_data);
-        let error = os::process::exec_replace(&agent, &agent_args);
-        bail!("cannot run the host agent {}: {error}", agent.display());
-    }
-    start_detached(&dir, &config, &progress, args.repair_data)
-}
-
-/// `--repair-data` runs e2fsck at boot: it makes sense only for a tiny-image
-/// instance that is not running (a running one's disk is mounted).
-fn refuse_repair_unless_stopped(dir: &InstanceDir, config: &Config) -> anyhow::Result<()> {
-    let name = dir.name();
-    if config.is_cloud() {
-        bail!(
-            "--repair-data checks the data disk of the built-in tiny image; {name} boots a cloud \
-             image, whose disk is its root file system (its own boot checks it)"
-        );
-    }
-    match util::status_of(dir)? {
-        status @ (Status::Running | Status::Starting | Status::Stopping) => bail!(
-            "{name} is {}: its data disk is in use, so it cannot be checked now; \
-             `vmkeep stop {name}`, then `vmkeep start {name} --repair-data`",
-            status.word().to_lowercase()
-        ),
-        Status::Broken(
-            Broken::OrphanedQemu { .. }
-            | Broken::AgentUnresponsive { .. }
-            | Broken::QemuGone { .. },
-        ) => bail!(
-            "{name} still has a QEMU or host agent running, so its data disk is in use; \
-             `vmkeep stop {name}` (or `vmkeep stop --force {name}`), then `vmkeep start {name} --repair-data`"
-        ),
-        Status::Stopped | Status::Broken(_) => Ok(()),
-    }
-}
-
-/// Spawn a detached host agent and follow its reports until it is ready.
-fn start_detached(
-    dir: &InstanceDir,
-    config: &Config,
-    progress: &Progress,
-    repair_data: bool,
-) -> anyhow::Result<i32> {
-    let placement = os::cgroup::placement().ok();
-    match follow_agent(dir, config, progress, repair_data, placement.as_ref())? {
-        Followed::Done(code) => Ok(code),
-        // systemd refused the agent a scope of its own: it never ran.
-        Followed::NoScope(message) => {
-            eprintln!(
-                "warning: {message}; the host agent of {} runs in this command's cgroup",
-                dir.name()
-            );
-            match follow_agent(dir, config, progress, repair_data, None)? {
-                Followed::Done(code) => Ok(code),
-                Followed::NoScope(message) => bail!("{message}"),
-            }
+        Started::BecomeAgent(program) => {
+            // Become the host agent: the same pid, so a service manager that
+            // started `vmkeep start NAME --foreground` supervises the agent.
+            let error = os::process::exec_replace(&program.path, &program.args);
+            return Err(anyhow::anyhow!(
+                "cannot run the host agent {}: {error}",
+                program.path.display()
+            )
+            .into());
         }
     }
-}
-
-enum Followed {
-    Done(i32),
-    NoScope(String),
-}
-
-fn follow_agent(
-    dir: &InstanceDir,
-    config: &Config,
-    progress: &Progress,
-    repair_data: bool,
-    placement: Option<&os::cgroup::Placement>,
-) -> anyhow::Result<Followed> {
-    let name = dir.name();
-    let (read_end, write_end) = os::process::pipe()?;
-    let log_start = os::fs::len_of(&dir.agent_log());
-    let log = os::fs::open_append(&dir.agent_log())
-        .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
-    let agent = os::process::spawn_detached(
-        &hostagent::binary::detached(name, false, repair_data, placement, config.stop_timeout.0)?,
-        os::process::Output::Pipe(write_end),
-        log,
-    )
-    .context("cannot spawn the host agent")?;
-    progress.step(&format!("starting {name} (host agent pid {})", agent.pid()));
-    let reader = std::io::BufReader::new(std::fs::File::from(read_end));
-    for line in reader.lines() {
-        let Ok(line) = line else { break };
-        match serde_json::from_str::<Report>(&line) {
-            Ok(Report::Progress { message }) => progress.step(&message),
-            Ok(Report::Ready { info }) => {
-                progress.finish();
-                let qemu = info
-                    .qemu_pid
-                    .map(|p| format!(", QEMU pid {p}"))
-                    .unwrap_or_default();
-                let accel = info.accel.map(|a| format!(", {a}")).unwrap_or_default();
-                println!(
-                    "{name} is running (host agent pid {}{qemu}{accel})",
-                    info.agent_pid
-                );
-                return Ok(Followed::Done(0));
-            }
-            Ok(Report::Failed { error }) => {
-                progress.finish();
-                bail!(
-                    "{name} did not start: {error}\n  host agent log: {}",
-                    dir.agent_log().display()
-                );
-            }
-            Ok(Report::AlreadyRunning { .. }) => {
-                progress.finish();
-                eprintln!(
-                    "{name} is already being started by another host agent; waiting until it runs"
-                );
-                return wait_until_running(dir, config.boot_timeout.0).map(Followed::Done);
-            }
-            Err(_) => tracing::debug!("host agent said: {line}"),
-        }
-    }
-    progress.finish();
-    let outcome = agent
-        .wait_timeout(Duration::from_secs(5))
-        .then(|| agent.reap());
-    let log_tail = crate::driver::qemu::tail(&dir.agent_log(), 10);
-    if placement.is_some()
-        && let Some(message) =
-            os::cgroup::scope_failure(&os::fs::appended_since(&dir.agent_log(), log_start, 4096))
-    {
-        return Ok(Followed::NoScope(message));
-    }
-    bail!(
-        "the host agent of {name} exited without reporting ({}); its log {} ends with:\n{}",
-        outcome
-            .map(|o| o.to_string())
-            .unwrap_or_else(|| "still running".into()),
-        dir.agent_log().display(),
-        log_tail
-    )
-}
-
-fn wait_until_running(dir: &InstanceDir, limit: Duration) -> anyhow::Result<i32> {
-    let status = util::wait_for_status(dir, limit, |s| !matches!(s, Status::Starting))?;
-    match status {
-        Status::Running => {
-            println!("{} is running", dir.name());
-            Ok(0)
-        }
-        other => bail!("{} did not come up: it is {}", dir.name(), describe(&other)),
-    }
-}
-
-pub fn describe(status: &Status) -> String {
-    match status {
-        Status::Broken(broken) => format!("Broken: {}", broken.message()),
-        other => other.word().to_string(),
-    }
+    Ok(ExitCode::Success as i32)
 }

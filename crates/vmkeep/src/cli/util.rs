@@ -1,34 +1,51 @@
 //! Small things several verbs share.
 
-use std::time::Duration;
+use super::{CliError, ExitCode};
+use crate::instance::InstanceName;
 
-use anyhow::{Context, bail};
-
-use crate::home;
-use crate::instance::observe::observe;
-use crate::instance::{InstanceDir, InstanceName, Status, status};
-
-/// The layout of an existing instance, or an error saying how to create it.
-pub fn existing(name: &InstanceName) -> anyhow::Result<InstanceDir> {
-    let dir = layout(name)?;
-    if !dir.dir().is_dir() {
-        bail!(
-            "there is no instance {name}; create it with `vmkeep create {name}` (or see `vmkeep list`)"
-        );
+/// Run `verb` for every name at once, each in its own thread; prints each
+/// failure as it comes, and fails (with the most telling exit code) if any
+/// did.
+pub fn for_each_in_parallel(
+    names: &[InstanceName],
+    verb: &str,
+    one: impl Fn(&InstanceName) -> Result<(), CliError> + Sync,
+) -> Result<i32, CliError> {
+    let failures: Vec<ExitCode> = std::thread::scope(|scope| {
+        let handles: Vec<_> = names
+            .iter()
+            .map(|name| {
+                let one = &one;
+                scope.spawn(move || (name, one(name)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|handle| match handle.join() {
+                Ok((_, Ok(()))) => None,
+                Ok((name, Err(e))) => {
+                    eprintln!("error: {name}: {e}");
+                    Some(e.exit_code())
+                }
+                Err(_) => Some(ExitCode::Failure),
+            })
+            .collect()
+    });
+    if failures.is_empty() {
+        return Ok(ExitCode::Success as i32);
     }
-    Ok(dir)
-}
-
-/// The layout of an instance, existing or not.
-pub fn layout(name: &InstanceName) -> anyhow::Result<InstanceDir> {
-    let root = home::instances_root()?;
-    Ok(InstanceDir::new(&root, name.clone())?)
-}
-
-/// The status, from locks, files and the journal.
-pub fn status_of(dir: &InstanceDir) -> anyhow::Result<Status> {
-    let seen = observe(dir).with_context(|| format!("cannot inspect {}", dir.dir().display()))?;
-    Ok(status::derive(&seen))
+    // One kind of failure keeps its code; mixed ones are a plain failure.
+    let code = if failures.iter().all(|c| *c == failures[0]) {
+        failures[0]
+    } else {
+        ExitCode::Failure
+    };
+    let _ = verb;
+    Err(CliError::Several {
+        failed: failures.len(),
+        total: names.len(),
+        code,
+    })
 }
 
 /// A runtime for the verbs that talk to a host agent.
@@ -36,24 +53,4 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
-}
-
-/// Poll `status_of` until `done` says so, or the time is up.
-pub fn wait_for_status(
-    dir: &InstanceDir,
-    limit: Duration,
-    done: impl Fn(&Status) -> bool,
-) -> anyhow::Result<Status> {
-    let until = std::time::Instant::now() + limit;
-    loop {
-        let status = status_of(dir)?;
-        if done(&status) || std::time::Instant::now() >= until {
-            return Ok(status);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-pub fn seconds(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
 }

@@ -6,10 +6,11 @@
 //!
 //! - An agent it did not start (a `vmkeep start`, or one left by a previous
 //!   daemon) is watched, not restarted.
-//! - An orphaned QEMU is adopted by a new agent (or stopped, when it should
-//!   not run).
+//! - An orphaned QEMU is adopted by a new agent (or, when it should not run,
+//!   stopped by the engine's adopt-and-stop, in a thread of the daemon).
 //! - An unwanted agent (`halted`, or `vmkeep stop` recorded) gets SIGTERM,
-//!   so it runs the stop ladder; a forced stop comes only after its deadline.
+//!   so it runs the stop ladder; a forced stop (the engine's, in-process)
+//!   comes only after its deadline.
 //! - On SIGTERM/SIGINT the daemon stops every supervised VM at once and waits
 //!   for them together, under one deadline: the slowest stop, not the sum.
 
@@ -17,28 +18,28 @@ pub mod policy;
 pub mod unit;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
-use self::policy::{RestartLimits, Restarts, Verdict};
+use self::policy::{Action, Memory, RestartLimits, Seen};
+use crate::engine::stop::ForceCause;
+use crate::engine::{self, EngineError, Notice};
 use crate::instance::config::RunStrategy;
-use crate::instance::desired::{self, Desired};
+use crate::instance::desired;
 use crate::instance::observe::observe;
-use crate::instance::status::{self, Broken};
-use crate::instance::{Config, InstanceDir, InstanceName, Status};
+use crate::instance::status;
+use crate::instance::{Config, InstanceDir, InstanceName};
 use crate::journal::{self, Event, Journal, LastRun};
-use crate::os;
 use crate::os::lock::HeldLock;
 use crate::os::process::{Output, ProcessHandle, Program};
+use crate::{notice, os, timeouts};
 
 /// The daemon's lock (and pid) file, in the instances root.
 pub const DAEMON_LOCK: &str = "daemon.pid";
-/// Extra time an agent gets beyond its stop deadline before a forced stop.
-const STOP_MARGIN: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -55,18 +56,10 @@ struct Watch {
     agent: Option<ProcessHandle>,
     /// Where the agent log ended when the daemon spawned the current agent.
     log_start: Option<u64>,
-    /// The daemon saw the current run's agent exit.
-    witnessed_end: bool,
-    /// Key of the run ending already decided on (`Some(None)`: "never ran"
-    /// was decided on).
-    decided: Option<Option<String>>,
-    restarts: Restarts,
-    /// A (re)start decided on: when, and after what.
-    start_at: Option<(Duration, LastRun, Duration)>,
-    /// When the daemon asked the agent to stop.
-    stop_asked: Option<Duration>,
-    /// A `vmkeep stop` the daemon spawned.
-    helper: Option<ProcessHandle>,
+    /// What the decisions remember (pure state, see `policy::decide`).
+    memory: Memory,
+    /// A stop the daemon runs itself (adopt-and-stop, force), in a thread.
+    helper: Option<std::thread::JoinHandle<Result<(), EngineError>>>,
     /// The last problem logged, so it is logged once.
     reported: Option<String>,
 }
@@ -95,8 +88,6 @@ pub fn run(options: &DaemonOptions) -> anyhow::Result<i32> {
 
 struct Daemon {
     options: DaemonOptions,
-    /// `vmkeep`, for `vmkeep stop` helpers.
-    exe: PathBuf,
     /// Where agents go under systemd (a scope each), if systemd can be asked.
     placement: Option<os::cgroup::Placement>,
     began: Instant,
@@ -107,7 +98,6 @@ impl Daemon {
     fn new(options: DaemonOptions) -> anyhow::Result<Daemon> {
         Ok(Daemon {
             options,
-            exe: os::process::current_exe()?,
             placement: {
                 // Fail now, not at the first spawn, if the agent binary is missing.
                 crate::hostagent::binary::path()?;
@@ -191,147 +181,127 @@ impl Daemon {
         let now = self.now();
         let name = dir.name().clone();
         let watch = self.watches.entry(name.clone()).or_default();
-        if watch.helper.as_ref().is_some_and(|h| h.has_exited())
+        if watch.helper.as_ref().is_some_and(|h| h.is_finished())
             && let Some(helper) = watch.helper.take()
         {
-            helper.reap();
+            watch.memory.helper_busy = false;
+            match helper.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(instance = %name, "stopping it failed: {e}"),
+                Err(_) => tracing::error!(instance = %name, "the stop thread panicked"),
+            }
         }
+        let mut scope_refused = None;
         if watch.agent.as_ref().is_some_and(|a| a.has_exited()) {
             if let Some(agent) = watch.agent.take() {
                 let outcome = agent.reap();
                 tracing::info!(instance = %name, pid = agent.pid(), %outcome, "host agent exited");
             }
-            watch.witnessed_end = true;
-            // systemd refused the agent its scope, so it never ran: spawn
-            // agents where the daemon is from now on.
-            if self.placement.is_some()
-                && let Some(start) = watch.log_start.take()
-                && let Some(message) = os::cgroup::scope_failure(&os::fs::appended_since(
+            watch.memory.agent_exited();
+            if let Some(start) = watch.log_start.take() {
+                scope_refused = os::cgroup::scope_failure(&os::fs::appended_since(
                     &dir.agent_log(),
                     start,
                     4096,
-                ))
-            {
-                tracing::warn!("{message}; host agents now stay in the daemon's cgroup");
-                self.placement = None;
+                ));
             }
         }
-        let watch = self.watches.entry(name.clone()).or_default();
+        // systemd refused the agent its scope, so it never ran: spawn
+        // agents where the daemon is from now on.
+        if let Some(message) = scope_refused
+            && self.placement.take().is_some()
+        {
+            tracing::warn!("{message}; host agents now stay in the daemon's cgroup");
+        }
 
         let status = status::derive(&observe(dir)?);
-        let desired = desired::read(dir);
-        let unwanted = strategy == RunStrategy::Halted || desired == Some(Desired::Stopped);
-        match status {
-            Status::Running
-            | Status::Starting
-            | Status::Stopping
-            | Status::Broken(Broken::QemuGone { .. } | Broken::AgentUnresponsive { .. }) => {
-                watch.start_at = None;
-                if watch.agent.is_none() {
-                    // A run the daemon did not start (or a previous daemon did).
-                    watch.agent = os::process::open_lock_holder(&dir.agent_lock())?;
-                    if let Some(agent) = &watch.agent {
-                        tracing::info!(instance = %name, pid = agent.pid(), "watching host agent");
-                        if !agent.is_child() {
-                            watch.restarts.reset();
-                        }
-                    }
+        let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)?;
+        let (last, decided_by) = journal::last_run(&records);
+        let seen = Seen {
+            status: &status,
+            strategy,
+            desired: desired::read(dir),
+            last: &last,
+            last_key: decided_by.map(|r| r.ts.as_str()),
+            now,
+            stop_limit: config.stop_timeout.0 + timeouts::STOP_MARGIN,
+            limits: &self.options.limits,
+        };
+        let watch = self.watches.entry(name.clone()).or_default();
+        let actions = policy::decide(&mut watch.memory, &seen);
+        for action in actions {
+            self.act(dir, config, action)?;
+        }
+        Ok(())
+    }
+
+    /// Carry out one decision about `dir`.
+    fn act(&mut self, dir: &InstanceDir, config: &Config, action: Action) -> anyhow::Result<()> {
+        let name = dir.name().clone();
+        let placement = self.placement.clone();
+        let watch = self.watches.entry(name.clone()).or_default();
+        match action {
+            Action::WatchAgent => {
+                // A run the daemon did not start (or a previous daemon did).
+                if let Some(agent) = os::process::open_lock_holder(&dir.agent_lock())? {
+                    tracing::info!(instance = %name, pid = agent.pid(), "watching host agent");
+                    watch.memory.watching_agent(agent.is_child());
+                    watch.agent = Some(agent);
                 }
-                if unwanted
-                    && watch.stop_asked.is_none()
-                    && status != Status::Stopping
-                    && let Some(agent) = &watch.agent
-                {
-                    tracing::info!(instance = %name, "should not run ({}): stopping it", why_unwanted(strategy));
+            }
+            Action::AskAgentToStop { why } => {
+                if let Some(agent) = &watch.agent {
+                    tracing::info!(instance = %name, "should not run ({why}): stopping it");
                     agent.terminate()?;
-                    watch.stop_asked = Some(now);
-                }
-                if let Some(asked) = watch.stop_asked
-                    && now.saturating_sub(asked) > config.stop_timeout.0 + STOP_MARGIN
-                    && watch.helper.is_none()
-                {
-                    tracing::warn!(instance = %name, "the host agent overran its stop deadline: forcing");
-                    watch.helper = Some(spawn_logged(
-                        &self.exe,
-                        dir,
-                        &["stop", "--force", name.as_str()],
-                    )?);
                 }
             }
-            Status::Broken(Broken::OrphanedQemu { qemu_pid }) => {
-                if watch.helper.is_none() && watch.agent.is_none() {
-                    if unwanted {
-                        tracing::info!(instance = %name, qemu_pid, "orphaned QEMU that should not run: stopping it gracefully");
-                        watch.helper =
-                            Some(spawn_logged(&self.exe, dir, &["stop", name.as_str()])?);
-                    } else {
-                        tracing::info!(instance = %name, qemu_pid, "orphaned QEMU: adopting it");
-                        watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
-                        watch.agent = Some(spawn_agent(self.placement.as_ref(), dir, config)?);
-                    }
-                }
+            Action::ForceStop => {
+                tracing::warn!(instance = %name, "the host agent overran its stop deadline: forcing");
+                watch.helper = Some(in_thread(dir, move |dir, notice| {
+                    engine::stop::force_stop(dir, ForceCause::Overran, notice)
+                }));
             }
-            Status::Stopped
-            | Status::Broken(Broken::StaleRuntimeFiles { .. } | Broken::GaveUp { .. }) => {
-                watch.stop_asked = None;
-                if watch.agent.is_some() {
-                    return Ok(()); // ours, still taking its lock
-                }
-                let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)?;
-                let (last, decided_by) = journal::last_run(&records);
-                let key = decided_by.map(|r| r.ts.clone());
-                if watch.decided.as_ref() != Some(&key) {
-                    watch.decided = Some(key);
-                    let witnessed = std::mem::take(&mut watch.witnessed_end);
-                    watch.start_at = None;
-                    if policy::should_run(strategy, desired, &last, witnessed) {
-                        let paced = last.is_failure() || witnessed;
-                        let verdict = if paced {
-                            watch.restarts.next(&self.options.limits, now)
-                        } else {
-                            Verdict::StartAt(now)
-                        };
-                        match verdict {
-                            Verdict::StartAt(at) => watch.start_at = Some((at, last, at - now)),
-                            Verdict::GiveUp { starts } => {
-                                let error = last.describe();
-                                tracing::error!(instance = %name, starts, "giving up: {error}");
-                                let record =
-                                    Journal::open(&dir.journal())?.record(Event::GaveUp {
-                                        failures: starts,
-                                        within_secs: self.options.limits.interval.as_secs_f64(),
-                                        last_error: error,
-                                    })?;
-                                watch.decided = Some(Some(record.ts));
-                            }
-                        }
-                    }
-                }
-                if let Some((at, after, delay)) = &watch.start_at
-                    && now >= *at
-                {
-                    let attempt = watch.restarts.attempts() + 1;
-                    if *after != LastRun::Never {
-                        Journal::open(&dir.journal())?.record(Event::Restarting {
-                            attempt,
-                            after: after.describe(),
-                            backoff_secs: delay.as_secs_f64(),
-                        })?;
-                    }
-                    tracing::info!(instance = %name, attempt, "starting ({})", after.describe());
-                    watch.restarts.record_start(now);
-                    watch.start_at = None;
-                    watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
-                    watch.agent = Some(spawn_agent(self.placement.as_ref(), dir, config)?);
-                }
+            Action::AdoptToStop => {
+                tracing::info!(instance = %name, "orphaned QEMU that should not run: stopping it gracefully");
+                let deadline = config.stop_timeout.0;
+                watch.helper = Some(in_thread(dir, move |dir, notice| {
+                    engine::stop::adopt_and_stop(dir, deadline, notice)
+                }));
             }
-            Status::Broken(other) => {
-                let problem = format!(
-                    "{}; {}",
-                    other.message(),
-                    other.hint().replace("NAME", name.as_str())
-                );
-                self.report(&name, problem);
+            Action::AdoptToRun => {
+                tracing::info!(instance = %name, "orphaned QEMU: adopting it");
+                watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
+                watch.agent = Some(spawn_agent(placement.as_ref(), dir, config)?);
+                watch.memory.watching_agent(true);
+            }
+            Action::Start {
+                attempt,
+                after,
+                backoff,
+            } => {
+                if after != LastRun::Never {
+                    Journal::open(&dir.journal())?.record(Event::Restarting {
+                        attempt,
+                        after: after.describe(),
+                        backoff_secs: backoff.as_secs_f64(),
+                    })?;
+                }
+                tracing::info!(instance = %name, attempt, "starting ({})", after.describe());
+                watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
+                watch.agent = Some(spawn_agent(placement.as_ref(), dir, config)?);
+                watch.memory.watching_agent(true);
+            }
+            Action::GiveUp { starts, last_error } => {
+                tracing::error!(instance = %name, starts, "giving up: {last_error}");
+                let record = Journal::open(&dir.journal())?.record(Event::GaveUp {
+                    failures: starts,
+                    within_secs: self.options.limits.interval.as_secs_f64(),
+                    last_error,
+                })?;
+                watch.memory.decided = Some(Some(record.ts));
+            }
+            Action::Report(problem) => {
+                self.report(&name, problem.replace("NAME", name.as_str()));
             }
         }
         Ok(())
@@ -339,7 +309,20 @@ impl Daemon {
 
     /// Stop every supervised VM at once and wait for all of them together.
     async fn stop_all(&mut self) {
-        let mut waiting: Vec<(InstanceName, ProcessHandle, Duration)> = Vec::new();
+        /// What a VM's stop waits on.
+        enum Stopping {
+            Agent(ProcessHandle),
+            Helper(std::thread::JoinHandle<Result<(), EngineError>>),
+        }
+        impl Stopping {
+            fn done(&self) -> bool {
+                match self {
+                    Stopping::Agent(agent) => agent.has_exited(),
+                    Stopping::Helper(helper) => helper.is_finished(),
+                }
+            }
+        }
+        let mut waiting: Vec<(InstanceDir, Stopping)> = Vec::new();
         let mut longest = Duration::ZERO;
         for (dir, config, _) in self.supervised() {
             let name = dir.name().clone();
@@ -355,64 +338,78 @@ impl Daemon {
                 if let Err(e) = agent.terminate() {
                     tracing::warn!(instance = %name, "cannot signal the host agent: {e}");
                 }
-                agent
+                Stopping::Agent(agent)
             } else if os::lock::holder(&dir.qemu_pid()).ok().flatten().is_some() {
-                match spawn_logged(&self.exe, &dir, &["stop", name.as_str()]) {
-                    Ok(helper) => helper,
-                    Err(e) => {
-                        tracing::warn!(instance = %name, "cannot stop the orphaned QEMU: {e}");
-                        continue;
-                    }
-                }
+                Stopping::Helper(in_thread(&dir, move |dir, notice| {
+                    engine::stop::adopt_and_stop(dir, deadline, notice)
+                }))
             } else {
                 continue;
             };
             longest = longest.max(deadline);
-            waiting.push((name, target, deadline));
+            waiting.push((dir, target));
         }
         let began = Instant::now();
-        let limit = longest + STOP_MARGIN;
+        let limit = longest + timeouts::STOP_MARGIN;
         tracing::info!(
             count = waiting.len(),
             "waiting for the VMs to stop (limit {limit:?})"
         );
         loop {
-            waiting.retain(|(name, process, _)| {
-                if process.has_exited() {
-                    process.reap();
-                    tracing::info!(instance = %name, after = ?began.elapsed(), "stopped");
-                    false
-                } else {
-                    true
+            waiting.retain(|(dir, stopping)| {
+                let done = stopping.done();
+                if done {
+                    if let Stopping::Agent(agent) = stopping {
+                        agent.reap();
+                    }
+                    tracing::info!(instance = %dir.name(), after = ?began.elapsed(), "stopped");
                 }
+                !done
             });
             if waiting.is_empty() || began.elapsed() > limit {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        for (name, process, _) in waiting {
-            tracing::warn!(instance = %name, "still running after {limit:?}: forcing");
-            let dir = InstanceDir::new(&self.options.root, name.clone());
-            if let Ok(dir) = dir
-                && let Ok(force) =
-                    spawn_logged(&self.exe, &dir, &["stop", "--force", name.as_str()])
-            {
-                force.wait_timeout(Duration::from_secs(30));
-                force.reap();
+        let forced: Vec<_> = waiting
+            .iter()
+            .map(|(dir, _)| {
+                tracing::warn!(instance = %dir.name(), "still running after {limit:?}: forcing");
+                in_thread(dir, |dir, notice| {
+                    engine::stop::force_stop(dir, ForceCause::Overran, notice)
+                })
+            })
+            .collect();
+        for force in forced {
+            let _ = force.join();
+        }
+        for (_, stopping) in waiting {
+            match stopping {
+                Stopping::Agent(agent) => {
+                    agent.wait_timeout(Duration::from_secs(5));
+                    agent.reap();
+                }
+                Stopping::Helper(helper) => {
+                    let _ = helper.join();
+                }
             }
-            process.wait_timeout(Duration::from_secs(5));
-            process.reap();
         }
     }
 }
 
-fn why_unwanted(strategy: RunStrategy) -> &'static str {
-    if strategy == RunStrategy::Halted {
-        "runStrategy: halted"
-    } else {
-        "`vmkeep stop` was asked"
-    }
+/// Run an engine operation on `dir` in a thread of its own (the daemon's
+/// loop goes on), its notes in the daemon's log.
+fn in_thread(
+    dir: &InstanceDir,
+    operation: impl FnOnce(&InstanceDir, &dyn Notice) -> Result<(), EngineError> + Send + 'static,
+) -> std::thread::JoinHandle<Result<(), EngineError>> {
+    let dir = dir.clone();
+    std::thread::spawn(move || {
+        let notice = notice::Logged {
+            instance: dir.name().as_str(),
+        };
+        operation(&dir, &notice)
+    })
 }
 
 /// A host agent for `dir`, in its own session (and, under systemd, its own
@@ -430,15 +427,6 @@ fn spawn_agent(
         config.stop_timeout.0,
     )?;
     spawn_program(&program, dir)
-}
-
-/// `program args`, detached, its output appended to the instance's agent log.
-fn spawn_logged<S: AsRef<std::ffi::OsStr>>(
-    program: &Path,
-    dir: &InstanceDir,
-    args: &[S],
-) -> anyhow::Result<ProcessHandle> {
-    spawn_program(&Program::new(program, args), dir)
 }
 
 fn spawn_program(program: &Program, dir: &InstanceDir) -> anyhow::Result<ProcessHandle> {

@@ -1,12 +1,15 @@
-//! The daemon's decisions, pure: whether an instance should run after its
-//! last run ended (read by `journal::last_run`), and when (or whether) to
-//! restart it after failures.
+//! The daemon's decisions, pure: from what it saw of an instance (its
+//! status, policy, desired state, how its last run ended) and what it
+//! remembers, the actions to take ([`decide`]); whether an instance should
+//! run after its last run ended; when (or whether) to restart it after
+//! failures. `daemon/mod.rs` only observes and carries the actions out.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use crate::instance::config::RunStrategy;
 use crate::instance::desired::Desired;
+use crate::instance::status::{Broken, Status};
 use crate::journal::LastRun;
 
 /// Whether the instance should be running now that its last run ended so.
@@ -114,6 +117,185 @@ impl Restarts {
     }
 }
 
+/// What the daemon remembers of one instance between two looks.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Memory {
+    /// It holds a handle to the current run's host agent.
+    pub watching: bool,
+    /// It saw the current run's agent exit.
+    pub witnessed_end: bool,
+    /// Key of the run ending already decided on (`Some(None)`: "never ran"
+    /// was decided on).
+    pub decided: Option<Option<String>>,
+    pub restarts: Restarts,
+    /// A (re)start decided on: when, after what, and the backoff it waited.
+    pub start_at: Option<(Duration, LastRun, Duration)>,
+    /// When the daemon asked the agent to stop.
+    pub stop_asked: Option<Duration>,
+    /// A stop the daemon runs itself (adopting an orphan, or forcing) is
+    /// still going.
+    pub helper_busy: bool,
+}
+
+impl Memory {
+    /// The daemon now watches the agent that holds the instance's lock;
+    /// one it did not start means the user took over: restart history goes.
+    pub fn watching_agent(&mut self, started_by_daemon: bool) {
+        self.watching = true;
+        if !started_by_daemon {
+            self.restarts.reset();
+        }
+    }
+
+    /// The agent it watched exited.
+    pub fn agent_exited(&mut self) {
+        self.watching = false;
+        self.witnessed_end = true;
+    }
+}
+
+/// What the daemon saw of an instance this time.
+#[derive(Debug, Clone)]
+pub struct Seen<'a> {
+    pub status: &'a Status,
+    pub strategy: RunStrategy,
+    pub desired: Option<Desired>,
+    /// How the last run ended (journal) and the key of that record.
+    pub last: &'a LastRun,
+    pub last_key: Option<&'a str>,
+    /// Time since the daemon began.
+    pub now: Duration,
+    /// How long an agent asked to stop may take before it is forced: its
+    /// deadline plus the margin.
+    pub stop_limit: Duration,
+    pub limits: &'a RestartLimits,
+}
+
+/// What the daemon does about an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Watch the host agent that holds the lock (one the daemon did not
+    /// start, or a previous daemon's).
+    WatchAgent,
+    /// SIGTERM the agent: it runs the stop ladder.
+    AskAgentToStop { why: &'static str },
+    /// The agent overran its deadline: force the stop.
+    ForceStop,
+    /// QEMU runs without an agent and should not run: adopt it to stop it.
+    AdoptToStop,
+    /// QEMU runs without an agent: spawn one to adopt it.
+    AdoptToRun,
+    /// Start it with a new agent (journal `restarting` unless it never ran).
+    Start {
+        attempt: u32,
+        after: LastRun,
+        backoff: Duration,
+    },
+    /// Too many starts within the interval: journal `gave-up`.
+    GiveUp { starts: u32, last_error: String },
+    /// Something only a human can fix: say so (once).
+    Report(String),
+}
+
+/// Decide what to do about one instance. Pure: the daemon carries out the
+/// actions and tells `memory` how they went.
+pub fn decide(memory: &mut Memory, seen: &Seen<'_>) -> Vec<Action> {
+    let unwanted = seen.strategy == RunStrategy::Halted || seen.desired == Some(Desired::Stopped);
+    let mut actions = Vec::new();
+    match seen.status {
+        Status::Running
+        | Status::Starting
+        | Status::Stopping
+        | Status::Broken(Broken::QemuGone { .. } | Broken::AgentUnresponsive { .. }) => {
+            memory.start_at = None;
+            if !memory.watching {
+                actions.push(Action::WatchAgent);
+            }
+            if unwanted && memory.stop_asked.is_none() && *seen.status != Status::Stopping {
+                memory.stop_asked = Some(seen.now);
+                actions.push(Action::AskAgentToStop {
+                    why: if seen.strategy == RunStrategy::Halted {
+                        "runStrategy: halted"
+                    } else {
+                        "`vmkeep stop` was asked"
+                    },
+                });
+            }
+            if let Some(asked) = memory.stop_asked
+                && seen.now.saturating_sub(asked) > seen.stop_limit
+                && !memory.helper_busy
+            {
+                memory.helper_busy = true;
+                actions.push(Action::ForceStop);
+            }
+        }
+        Status::Broken(Broken::OrphanedQemu { .. }) => {
+            if !memory.helper_busy && !memory.watching {
+                if unwanted {
+                    memory.helper_busy = true;
+                    actions.push(Action::AdoptToStop);
+                } else {
+                    actions.push(Action::AdoptToRun);
+                }
+            }
+        }
+        Status::Stopped
+        | Status::Broken(Broken::StaleRuntimeFiles { .. } | Broken::GaveUp { .. }) => {
+            memory.stop_asked = None;
+            if memory.watching {
+                return actions; // its agent is still taking its lock
+            }
+            let key = seen.last_key.map(str::to_string);
+            if memory.decided.as_ref() != Some(&key) {
+                memory.decided = Some(key);
+                let witnessed = std::mem::take(&mut memory.witnessed_end);
+                memory.start_at = None;
+                if should_run(seen.strategy, seen.desired, seen.last, witnessed) {
+                    let paced = seen.last.is_failure() || witnessed;
+                    let verdict = if paced {
+                        memory.restarts.next(seen.limits, seen.now)
+                    } else {
+                        Verdict::StartAt(seen.now)
+                    };
+                    match verdict {
+                        Verdict::StartAt(at) => {
+                            memory.start_at = Some((at, seen.last.clone(), at - seen.now));
+                        }
+                        Verdict::GiveUp { starts } => actions.push(Action::GiveUp {
+                            starts,
+                            last_error: seen.last.describe(),
+                        }),
+                    }
+                }
+            }
+            if let Some((at, after, backoff)) = memory.start_at.clone()
+                && seen.now >= at
+            {
+                memory.restarts.record_start(seen.now);
+                memory.start_at = None;
+                actions.push(Action::Start {
+                    attempt: memory.restarts.attempts(),
+                    after,
+                    backoff,
+                });
+            }
+        }
+        // Restarting cannot help these: a human must.
+        Status::Broken(
+            other @ (Broken::ConfigMissing
+            | Broken::ConfigInvalid { .. }
+            | Broken::DiskMissing
+            | Broken::DataDisk { .. }
+            | Broken::ServiceGaveUp { .. }),
+        ) => actions.push(Action::Report(format!(
+            "{}; {}",
+            other.message(),
+            other.hint()
+        ))),
+    }
+    actions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +339,228 @@ mod tests {
                 "`vmkeep stop` wins over {strategy:?}"
             );
         }
+    }
+
+    fn seen<'a>(
+        status: &'a Status,
+        strategy: RunStrategy,
+        desired: Option<Desired>,
+        last: &'a LastRun,
+        key: Option<&'a str>,
+        now: Duration,
+        limits: &'a RestartLimits,
+    ) -> Seen<'a> {
+        Seen {
+            status,
+            strategy,
+            desired,
+            last,
+            last_key: key,
+            now,
+            stop_limit: 45 * S,
+            limits,
+        }
+    }
+
+    #[test]
+    fn a_crash_is_restarted_with_backoff_and_once_per_ending() {
+        let limits = RestartLimits::default();
+        let mut memory = Memory::default();
+        let stopped = Status::Stopped;
+        let crashed = LastRun::Crashed;
+        let look = |memory: &mut Memory, now| {
+            decide(
+                memory,
+                &seen(
+                    &stopped,
+                    RunStrategy::Always,
+                    None,
+                    &crashed,
+                    Some("t1"),
+                    now,
+                    &limits,
+                ),
+            )
+        };
+        // The first restart goes at once; the same ending is not decided twice.
+        assert_eq!(
+            look(&mut memory, 10 * S),
+            [Action::Start {
+                attempt: 1,
+                after: LastRun::Crashed,
+                backoff: Duration::ZERO
+            }]
+        );
+        assert_eq!(look(&mut memory, 11 * S), []);
+        // Its agent starts, runs and crashes again (a new record): backoff 1 s.
+        memory.watching_agent(true);
+        memory.agent_exited();
+        let later = decide(
+            &mut memory,
+            &seen(
+                &stopped,
+                RunStrategy::Always,
+                None,
+                &crashed,
+                Some("t2"),
+                20 * S,
+                &limits,
+            ),
+        );
+        assert_eq!(later, [], "not yet: it waits its backoff");
+        let due = decide(
+            &mut memory,
+            &seen(
+                &stopped,
+                RunStrategy::Always,
+                None,
+                &crashed,
+                Some("t2"),
+                21 * S,
+                &limits,
+            ),
+        );
+        assert_eq!(
+            due,
+            [Action::Start {
+                attempt: 2,
+                after: LastRun::Crashed,
+                backoff: S
+            }]
+        );
+    }
+
+    #[test]
+    fn an_unwanted_run_is_asked_to_stop_once_then_forced_after_its_limit() {
+        let limits = RestartLimits::default();
+        let mut memory = Memory {
+            watching: true,
+            ..Default::default()
+        };
+        let running = Status::Running;
+        let last = LastRun::Never;
+        let at = |memory: &mut Memory, now| {
+            decide(
+                memory,
+                &seen(
+                    &running,
+                    RunStrategy::Always,
+                    Some(Desired::Stopped),
+                    &last,
+                    None,
+                    now,
+                    &limits,
+                ),
+            )
+        };
+        assert_eq!(
+            at(&mut memory, S),
+            [Action::AskAgentToStop {
+                why: "`vmkeep stop` was asked"
+            }]
+        );
+        assert_eq!(at(&mut memory, 30 * S), [], "asked once, within its limit");
+        assert_eq!(at(&mut memory, 47 * S), [Action::ForceStop]);
+        assert_eq!(at(&mut memory, 48 * S), [], "one forced stop at a time");
+    }
+
+    #[test]
+    fn an_orphan_is_adopted_to_run_or_to_stop_and_a_user_takes_over_an_agent() {
+        let limits = RestartLimits::default();
+        let orphan = Status::Broken(Broken::OrphanedQemu { qemu_pid: 9 });
+        let last = LastRun::Unclean;
+        let mut memory = Memory::default();
+        assert_eq!(
+            decide(
+                &mut memory,
+                &seen(&orphan, RunStrategy::Always, None, &last, None, S, &limits)
+            ),
+            [Action::AdoptToRun]
+        );
+        let mut memory = Memory::default();
+        assert_eq!(
+            decide(
+                &mut memory,
+                &seen(&orphan, RunStrategy::Halted, None, &last, None, S, &limits)
+            ),
+            [Action::AdoptToStop]
+        );
+        assert_eq!(
+            decide(
+                &mut memory,
+                &seen(
+                    &orphan,
+                    RunStrategy::Halted,
+                    None,
+                    &last,
+                    None,
+                    2 * S,
+                    &limits
+                )
+            ),
+            [],
+            "one stop at a time"
+        );
+        // An agent the user started: watched, and the restart history goes.
+        let mut memory = Memory::default();
+        memory.restarts.record_start(S);
+        let running = Status::Running;
+        assert_eq!(
+            decide(
+                &mut memory,
+                &seen(&running, RunStrategy::Always, None, &last, None, S, &limits)
+            ),
+            [Action::WatchAgent]
+        );
+        memory.watching_agent(false);
+        assert_eq!(memory.restarts.attempts(), 0);
+    }
+
+    #[test]
+    fn too_many_failures_give_up_and_broken_configs_are_reported() {
+        let limits = RestartLimits {
+            burst: 2,
+            ..RestartLimits::default()
+        };
+        let mut memory = Memory::default();
+        memory.restarts.record_start(S);
+        memory.restarts.record_start(2 * S);
+        let stopped = Status::Stopped;
+        let failed = LastRun::StartFailed {
+            error: "boom".into(),
+        };
+        assert_eq!(
+            decide(
+                &mut memory,
+                &seen(
+                    &stopped,
+                    RunStrategy::Always,
+                    None,
+                    &failed,
+                    Some("t"),
+                    3 * S,
+                    &limits
+                )
+            ),
+            [Action::GiveUp {
+                starts: 2,
+                last_error: "start failed: boom".into()
+            }]
+        );
+        let broken = Status::Broken(Broken::ConfigMissing);
+        let actions = decide(
+            &mut Memory::default(),
+            &seen(
+                &broken,
+                RunStrategy::Always,
+                None,
+                &failed,
+                None,
+                S,
+                &limits,
+            ),
+        );
+        assert!(matches!(&actions[..], [Action::Report(_)]), "{actions:?}");
     }
 
     #[test]

@@ -176,6 +176,7 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
         foreground,
         mode: Mode::Run,
         repair_data,
+        signals: true,
     };
     let mut reporter = if foreground {
         Reporter::Terminal

@@ -11,7 +11,7 @@ use crate::journal::{Event, StopCause};
 
 use super::{Agent, AgentOutcome, fail, stopped_as_failed};
 
-impl Agent<'_> {
+impl Agent<'_, '_> {
     /// The kernel-command-line words that tell the guest what to do with
     /// the data disk at this boot (with a leading space, or empty).
     pub(super) fn data_disk_kernel_flags(&mut self) -> Result<String, String> {

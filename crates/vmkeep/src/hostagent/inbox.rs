@@ -14,30 +14,43 @@ pub enum Incoming {
 }
 
 pub struct Inbox {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
+    /// SIGTERM, SIGINT, SIGHUP; none for an agent run inside another
+    /// process, whose signals are that process's.
+    signals: Option<[Signal; 3]>,
     commands: mpsc::UnboundedReceiver<Command>,
 }
 
 impl Inbox {
     /// Install the signal handlers (from now on these signals no longer kill
     /// the process) and take the API's command stream.
-    pub fn new(commands: mpsc::UnboundedReceiver<Command>) -> std::io::Result<Inbox> {
-        Ok(Inbox {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-            commands,
-        })
+    pub fn new(
+        commands: mpsc::UnboundedReceiver<Command>,
+        signals: bool,
+    ) -> std::io::Result<Inbox> {
+        let signals = if signals {
+            Some([
+                signal(SignalKind::terminate())?,
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::hangup())?,
+            ])
+        } else {
+            None
+        };
+        Ok(Inbox { signals, commands })
     }
 
     pub async fn next(&mut self) -> Incoming {
+        let Some([term, int, hup]) = &mut self.signals else {
+            return match self.commands.recv().await {
+                Some(command) => Incoming::Command(command),
+                None => std::future::pending().await,
+            };
+        };
         loop {
             tokio::select! {
-                Some(()) = self.term.recv() => return Incoming::Signal("SIGTERM"),
-                Some(()) = self.int.recv() => return Incoming::Signal("SIGINT"),
-                Some(()) = self.hup.recv() => return Incoming::Signal("SIGHUP"),
+                Some(()) = term.recv() => return Incoming::Signal("SIGTERM"),
+                Some(()) = int.recv() => return Incoming::Signal("SIGINT"),
+                Some(()) = hup.recv() => return Incoming::Signal("SIGHUP"),
                 Some(command) = self.commands.recv() => return Incoming::Command(command),
                 else => std::future::pending::<()>().await,
             }

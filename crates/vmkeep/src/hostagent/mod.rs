@@ -61,6 +61,10 @@ pub struct AgentOptions {
     pub mode: Mode,
     /// `start --repair-data`: the guest runs e2fsck on the data disk first.
     pub repair_data: bool,
+    /// Take SIGTERM/SIGINT/SIGHUP as stop requests: the agent is its own
+    /// process. An agent run inside another vmkeep process leaves that
+    /// process's signals alone.
+    pub signals: bool,
 }
 
 /// How the agent ended.
@@ -100,7 +104,7 @@ impl AgentOutcome {
 }
 
 /// Run a host agent to the end, on a runtime of its own.
-pub fn run(options: &AgentOptions, reporter: &mut Reporter) -> AgentOutcome {
+pub fn run(options: &AgentOptions, reporter: &mut Reporter<'_>) -> AgentOutcome {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -116,7 +120,7 @@ pub fn run(options: &AgentOptions, reporter: &mut Reporter) -> AgentOutcome {
     runtime.block_on(run_async(options, reporter))
 }
 
-fn fail(reporter: &mut Reporter, error: String) -> AgentOutcome {
+fn fail(reporter: &mut Reporter<'_>, error: String) -> AgentOutcome {
     tracing::error!("{error}");
     reporter.send(Report::Failed {
         error: error.clone(),
@@ -124,7 +128,7 @@ fn fail(reporter: &mut Reporter, error: String) -> AgentOutcome {
     AgentOutcome::StartFailed { error }
 }
 
-async fn run_async(options: &AgentOptions, reporter: &mut Reporter) -> AgentOutcome {
+async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> AgentOutcome {
     let dir = match InstanceDir::new(&options.root, options.name.clone()) {
         Ok(dir) => dir,
         Err(e) => return fail(reporter, e.to_string()),
@@ -173,7 +177,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter) -> AgentOutc
         }
     };
     let (commands, commands_rx) = mpsc::unbounded_channel();
-    let inbox = match Inbox::new(commands_rx) {
+    let inbox = match Inbox::new(commands_rx, options.signals) {
         Ok(inbox) => inbox,
         Err(e) => return fail(reporter, format!("cannot install signal handlers: {e}")),
     };
@@ -216,7 +220,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter) -> AgentOutc
     outcome
 }
 
-struct Agent<'r> {
+struct Agent<'r, 'n> {
     dir: InstanceDir,
     config: Config,
     journal: Journal,
@@ -224,7 +228,7 @@ struct Agent<'r> {
     shared: Arc<Shared>,
     guest_tx: watch::Sender<Option<GuestLink>>,
     guest_rx: watch::Receiver<Option<GuestLink>>,
-    reporter: &'r mut Reporter,
+    reporter: &'r mut Reporter<'n>,
     foreground: bool,
     repair_data: bool,
     tasks: Vec<JoinHandle<()>>,
@@ -232,7 +236,7 @@ struct Agent<'r> {
     guest_shutdown: bool,
 }
 
-impl Agent<'_> {
+impl Agent<'_, '_> {
     fn record(&mut self, event: Event) {
         if let Err(e) = self.journal.record(event) {
             tracing::warn!("cannot write the journal: {e}");
@@ -371,17 +375,9 @@ impl Agent<'_> {
         Ok(None)
     }
 
-    /// Remove runtime files other than our own lock; returns their names.
+    /// Remove what dead processes left (our own lock stays); returns the names.
     fn remove_runtime_files(&self) -> std::io::Result<Vec<String>> {
-        let lock_name = self.dir.agent_lock();
-        let mut removed = Vec::new();
-        for name in crate::instance::observe::runtime_files(&self.dir)? {
-            let path = self.dir.dir().join(&name);
-            if path != lock_name && os::fs::remove_file_if_exists(&path)? {
-                removed.push(name);
-            }
-        }
-        Ok(removed)
+        crate::instance::runtime::remove_leftovers(&self.dir)
     }
 
     async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), String> {

@@ -54,17 +54,30 @@ fn tell_the_service_manager(report: &Report) {
 }
 
 /// Where reports go.
-pub enum Reporter {
+pub enum Reporter<'n> {
     /// JSON lines on stdout (a pipe to the spawning CLI).
     Pipe { done: bool },
     /// Text on stderr.
     Terminal,
+    /// An agent run inside another vmkeep process (to adopt and stop an
+    /// orphaned QEMU): steps go to that process's notice; no service
+    /// manager is told anything (the process is not the one it started).
+    InProcess(&'n dyn crate::notice::Notice),
 }
 
-impl Reporter {
+impl Reporter<'_> {
     pub fn send(&mut self, report: Report) {
+        if let Reporter::InProcess(notice) = self {
+            match report {
+                Report::Progress { message } => notice.step(&message),
+                Report::Failed { error } => notice.warn(&error),
+                Report::Ready { .. } | Report::AlreadyRunning { .. } => {}
+            }
+            return;
+        }
         tell_the_service_manager(&report);
         match self {
+            Reporter::InProcess(_) => {}
             Reporter::Pipe { done } => {
                 if *done {
                     return;

@@ -49,6 +49,13 @@ pub enum CreateError {
     },
 }
 
+impl CreateError {
+    /// The template itself is wrong (not the host).
+    pub fn is_invalid_template(&self) -> bool {
+        matches!(self, CreateError::InvalidTemplate { .. })
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CreateError + '_ {
     move |source| CreateError::Io {
         path: path.to_path_buf(),

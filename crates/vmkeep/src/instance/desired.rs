@@ -31,10 +31,17 @@ pub fn read(dir: &InstanceDir) -> Option<Desired> {
     }
 }
 
-/// Record what was asked (atomically).
+/// Record what was asked (atomically). On a host filesystem too full for
+/// the atomic write's temporary, an existing record is overwritten in place
+/// instead: both words have the same length, so no new block is needed.
 pub fn write(dir: &InstanceDir, desired: Desired) -> io::Result<()> {
     let text = format!("{}\n", desired.as_str());
-    os::fs::write_atomic(&dir.desired_state(), text.as_bytes(), 0o600)
+    match os::fs::write_atomic(&dir.desired_state(), text.as_bytes(), 0o600) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && dir.desired_state().exists() => {
+            os::fs::overwrite_in_place(&dir.desired_state(), text.as_bytes())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -55,5 +62,10 @@ mod tests {
         assert_eq!(read(&dir), Some(Desired::Stopped));
         std::fs::write(dir.desired_state(), "maybe").unwrap();
         assert_eq!(read(&dir), None);
+        assert_eq!(
+            Desired::Running.as_str().len(),
+            Desired::Stopped.as_str().len(),
+            "an in-place overwrite needs no new block"
+        );
     }
 }

@@ -21,8 +21,8 @@
 //!   ssh.config              cloud images: the ssh config `shell` uses
 //!   ssh.port    runtime     cloud images: the loopback port forwarded to ssh
 //! ```
-//! Runtime files are recognised by suffix (`.pid`, `.sock`, `.port`) and by the
-//! `.tmp-` infix of unfinished atomic writes.
+//! Runtime files are recognised by suffix (`.pid`, `.sock`, `.port`), and
+//! unfinished atomic writes by their `.tmp-` infix (see `instance::runtime`).
 
 use std::path::{Path, PathBuf};
 
@@ -165,15 +165,6 @@ pub fn instance_names(root: &Path) -> Vec<InstanceName> {
     names
 }
 
-/// Whether a file name in an instance directory is a runtime file: something
-/// a running instance creates and a stopped one should not have.
-pub fn is_runtime_file(file_name: &str) -> bool {
-    file_name.ends_with(".pid")
-        || file_name.ends_with(".sock")
-        || file_name.ends_with(".port")
-        || file_name.contains(".tmp-")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,33 +195,5 @@ mod tests {
         // One byte shorter fits: "/" + 80 + "/" + 12 + "/qmp.sock" = 103.
         assert!(InstanceDir::new(&root, name(&"n".repeat(12))).is_ok());
         assert!(InstanceDir::new(&root, name(&"n".repeat(13))).is_err());
-    }
-
-    #[test]
-    fn runtime_files_are_recognised_by_suffix() {
-        for runtime in [
-            "ha.pid",
-            "qemu.pid",
-            "qmp.sock",
-            "ha.sock",
-            "ga.sock",
-            "ssh.port",
-            ".events.jsonl.tmp-12-0",
-        ] {
-            assert!(is_runtime_file(runtime), "{runtime}");
-        }
-        for kept in [
-            "vmkeep.yaml",
-            "disk.qcow2",
-            "data-disk.new",
-            "events.jsonl",
-            "ha.log",
-            "serial.log",
-            "image.json",
-            "cidata.img",
-            "pidfile-notes.txt",
-        ] {
-            assert!(!is_runtime_file(kept), "{kept}");
-        }
     }
 }

@@ -7,6 +7,7 @@ pub mod desired;
 pub mod layout;
 pub mod name;
 pub mod observe;
+pub mod runtime;
 pub mod status;
 
 pub use config::Config;

@@ -4,7 +4,8 @@
 use std::io;
 
 use super::config::Config;
-use super::layout::{InstanceDir, is_runtime_file};
+use super::layout::InstanceDir;
+use super::runtime::runtime_files;
 use super::status::{ApiState, ConfigState, Observations};
 use crate::journal;
 use crate::os;
@@ -109,19 +110,6 @@ fn consistent_snapshot<T>(
         std::thread::yield_now();
     }
     rest(before)
-}
-
-/// Names of the runtime files present, sorted (read_dir + suffix match).
-pub fn runtime_files(dir: &InstanceDir) -> io::Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir.dir())? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if is_runtime_file(&name) {
-            names.push(name);
-        }
-    }
-    names.sort();
-    Ok(names)
 }
 
 #[cfg(test)]

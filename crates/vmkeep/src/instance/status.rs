@@ -218,6 +218,94 @@ impl Broken {
     }
 }
 
+/// What `start` does in a status. Every status has a decision here, so a
+/// new status or reason gets one or a compiler error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartPlan {
+    /// Run a host agent: it boots the VM, or adopts the QEMU that runs, and
+    /// clears what dead processes left.
+    Boot,
+    /// Kill the host agent that does not answer (found by its lock), then
+    /// boot: the new agent adopts its QEMU.
+    ReplaceFrozenAgent,
+    /// Nothing to do: it runs.
+    AlreadyRunning,
+    /// Another host agent is starting it: wait until it runs.
+    WaitUntilRunning,
+    /// Its host agent is stopping it: wait until it is stopped, then boot.
+    WaitForStop,
+    /// Its host agent is cleaning up after QEMU exited: wait, then boot.
+    WaitForCleanup,
+    /// Needs a human (config, disk): refuse, with the reason and the fix.
+    Refuse,
+}
+
+/// What `stop` does in a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopPlan {
+    /// Nothing runs.
+    NothingToStop,
+    /// Nothing runs, but a dead process left runtime files: remove them.
+    RemoveStaleFiles,
+    /// Ask the host agent (API, else SIGTERM) and wait for it.
+    AskAgent,
+    /// QEMU runs without an agent: adopt it here and run the ladder.
+    AdoptAndStop,
+    /// The agent does not answer: kill it (by its lock), adopt its QEMU and
+    /// run the ladder, so the guest still gets its power button.
+    ReplaceFrozenAgent,
+}
+
+impl Status {
+    pub fn start_plan(&self) -> StartPlan {
+        match self {
+            Status::Stopped => StartPlan::Boot,
+            Status::Starting => StartPlan::WaitUntilRunning,
+            Status::Running => StartPlan::AlreadyRunning,
+            Status::Stopping => StartPlan::WaitForStop,
+            Status::Broken(broken) => match broken {
+                Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing => {
+                    StartPlan::Refuse
+                }
+                Broken::AgentUnresponsive { .. } => StartPlan::ReplaceFrozenAgent,
+                Broken::QemuGone { .. } => StartPlan::WaitForCleanup,
+                // The guest looks at the data disk again (and changes nothing
+                // on it unless asked to repair it): a disk restored meanwhile
+                // just works.
+                Broken::DataDisk { .. }
+                | Broken::OrphanedQemu { .. }
+                | Broken::StaleRuntimeFiles { .. }
+                | Broken::ServiceGaveUp { .. }
+                | Broken::GaveUp { .. } => StartPlan::Boot,
+            },
+        }
+    }
+
+    pub fn stop_plan(&self) -> StopPlan {
+        match self {
+            Status::Stopped => StopPlan::NothingToStop,
+            Status::Starting | Status::Running | Status::Stopping => StopPlan::AskAgent,
+            Status::Broken(broken) => match broken {
+                Broken::StaleRuntimeFiles { .. } => StopPlan::RemoveStaleFiles,
+                Broken::OrphanedQemu { .. } => StopPlan::AdoptAndStop,
+                Broken::AgentUnresponsive { .. } => StopPlan::ReplaceFrozenAgent,
+                Broken::QemuGone { .. } => StopPlan::AskAgent,
+                Broken::ConfigMissing
+                | Broken::ConfigInvalid { .. }
+                | Broken::DiskMissing
+                | Broken::DataDisk { .. }
+                | Broken::ServiceGaveUp { .. }
+                | Broken::GaveUp { .. } => StopPlan::NothingToStop,
+            },
+        }
+    }
+
+    /// Whether commands can run in the guest (`shell`, exec).
+    pub fn can_exec(&self) -> bool {
+        matches!(self, Status::Running)
+    }
+}
+
 impl Status {
     /// Whether a process of the instance (its host agent or QEMU) may be
     /// alive: what `stop` must end and `delete` must not leave behind.
@@ -696,9 +784,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_problems_that_need_a_human_are_unrepairable() {
-        let all = [
+    /// One status of every kind, each reason included.
+    fn every_status() -> Vec<Status> {
+        let mut all = vec![
+            Status::Stopped,
+            Status::Starting,
+            Status::Running,
+            Status::Stopping,
+        ];
+        all.extend(every_reason().into_iter().map(Status::Broken));
+        all
+    }
+
+    fn every_reason() -> Vec<Broken> {
+        vec![
             Broken::ConfigMissing,
             Broken::ConfigInvalid {
                 message: "m".into(),
@@ -713,6 +812,14 @@ mod tests {
                 error: "e".into(),
             },
             Broken::QemuGone { agent_pid: 1 },
+            Broken::ServiceGaveUp {
+                failure: UnitFailure {
+                    unit: "vmkeep-a.service".into(),
+                    result: "exit-code".into(),
+                    restarts: 5,
+                    journal_flag: " --user",
+                },
+            },
             Broken::GaveUp {
                 failures: 5,
                 last_error: "e".into(),
@@ -722,7 +829,74 @@ mod tests {
                     state: Some(no_fs()),
                 },
             },
+        ]
+    }
+
+    #[test]
+    fn every_verb_has_a_decision_for_every_status() {
+        use StartPlan as B;
+        use StopPlan as S;
+        // (code or word, start, stop, has live processes, can exec)
+        let expected: &[(&str, StartPlan, StopPlan, bool, bool)] = &[
+            ("Stopped", B::Boot, S::NothingToStop, false, false),
+            ("Starting", B::WaitUntilRunning, S::AskAgent, true, false),
+            ("Running", B::AlreadyRunning, S::AskAgent, true, true),
+            ("Stopping", B::WaitForStop, S::AskAgent, true, false),
+            ("config-missing", B::Refuse, S::NothingToStop, false, false),
+            ("config-invalid", B::Refuse, S::NothingToStop, false, false),
+            ("disk-missing", B::Refuse, S::NothingToStop, false, false),
+            ("orphaned-qemu", B::Boot, S::AdoptAndStop, true, false),
+            (
+                "stale-runtime-files",
+                B::Boot,
+                S::RemoveStaleFiles,
+                false,
+                false,
+            ),
+            (
+                "agent-unresponsive",
+                B::ReplaceFrozenAgent,
+                S::ReplaceFrozenAgent,
+                true,
+                false,
+            ),
+            ("qemu-gone", B::WaitForCleanup, S::AskAgent, true, false),
+            ("service-gave-up", B::Boot, S::NothingToStop, false, false),
+            ("gave-up", B::Boot, S::NothingToStop, false, false),
+            ("data-disk", B::Boot, S::NothingToStop, false, false),
         ];
+        let all = every_status();
+        assert_eq!(all.len(), expected.len(), "a row per status");
+        for (status, (name, start, stop, live, exec)) in all.iter().zip(expected) {
+            let label = match status {
+                Status::Broken(b) => b.code(),
+                other => other.word(),
+            };
+            assert_eq!(label, *name, "rows in order");
+            assert_eq!(status.start_plan(), *start, "start when {name}");
+            assert_eq!(status.stop_plan(), *stop, "stop when {name}");
+            assert_eq!(
+                status.has_live_processes(),
+                *live,
+                "live processes when {name}"
+            );
+            assert_eq!(status.can_exec(), *exec, "exec when {name}");
+            // What start repairs by itself, it must not refuse.
+            if let Status::Broken(broken) = status {
+                if broken.repairable() {
+                    assert_ne!(*start, B::Refuse, "{name}");
+                }
+                // A stop with nothing to do leaves no process behind.
+                if *stop == S::NothingToStop {
+                    assert!(!live, "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn only_problems_that_need_a_human_are_unrepairable() {
+        let all = every_reason();
         let unrepairable: Vec<_> = all
             .iter()
             .filter(|b| !b.repairable())

@@ -95,6 +95,39 @@ pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Bytes free for an unprivileged writer on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> io::Result<u64> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+/// The mount point of the filesystem holding `path` (the longest mount
+/// point in /proc/self/mounts that contains it), for messages.
+pub fn mount_point_of(path: &Path) -> PathBuf {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        // /proc/self/mounts escapes blanks as octal.
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| path.starts_with(point))
+        .max_by_key(|point| point.as_os_str().len())
+        .unwrap_or_else(|| PathBuf::from("/"))
+}
+
+/// Overwrite a small file's bytes in place, without a new block or inode
+/// (for a host filesystem too full for [`write_atomic`]'s temporary):
+/// same length or shorter, then truncated and synced.
+pub fn overwrite_in_place(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    file.seek(SeekFrom::Start(0))?;
+    file.write_all(bytes)?;
+    file.set_len(bytes.len() as u64)?;
+    file.sync_all()
+}
+
 /// The length of a file now (0 if it does not exist): where a process that
 /// is about to write to it will start.
 pub fn len_of(path: &Path) -> u64 {

@@ -199,6 +199,26 @@ pub fn open_lock_holder(lock_path: &Path) -> io::Result<Option<ProcessHandle>> {
     Ok(None)
 }
 
+/// Whether a process with this pid exists now. Never a reason to signal it
+/// (the pid may be recycled): only used to keep a file a writer may still
+/// need (see `instance::runtime`).
+pub fn pid_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Whether the process is stopped (SIGSTOP, a debugger): its state in
+/// `/proc/PID/stat` is `T` or `t`. A stopped process answers nothing until
+/// it is continued.
+pub fn is_stopped(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next())
+        })
+        .is_some_and(|state| matches!(state, 'T' | 't'))
+}
+
 /// The command line of a live process (for identity checks), or `None`.
 pub fn command_line(pid: u32) -> Option<Vec<String>> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;

@@ -198,12 +198,11 @@ pub async fn launch(
     }
 }
 
-/// Find this instance's QEMU if one runs without a host agent: the holder of
-/// the pid-file lock whose command line names this instance's QMP socket.
-/// `Ok(Err(..))` is a QEMU of ours that does not answer QMP.
-pub async fn adopt(
-    dir: &InstanceDir,
-) -> Result<Option<Result<(QemuVm, QmpEvents), Unresponsive>>, QemuError> {
+/// This instance's QEMU, if one runs: the holder of its pid-file lock whose
+/// command line names this instance's QMP socket. A holder that is not this
+/// instance's is an error (it is never touched); one that exits while it is
+/// looked at is none.
+pub fn find_running(dir: &InstanceDir) -> Result<Option<ProcessHandle>, QemuError> {
     let pid_file = dir.qemu_pid();
     let process = process::open_lock_holder(&pid_file).map_err(|source| QemuError::Inspect {
         path: pid_file.clone(),
@@ -215,7 +214,7 @@ pub async fn adopt(
     let qmp_path = dir.qmp_socket();
     let Some(command_line) = process::command_line_of_live(&process) else {
         // It was exiting (its memory, command line included, goes before its
-        // files and locks): nothing to adopt once it is gone.
+        // files and locks): nothing runs once it is gone.
         return Ok(None);
     };
     let names_our_socket = command_line
@@ -228,8 +227,19 @@ pub async fn adopt(
             qmp: qmp_path,
         });
     }
+    Ok(Some(process))
+}
+
+/// Find this instance's QEMU if one runs without a host agent ([`find_running`])
+/// and connect QMP. `Ok(Err(..))` is a QEMU of ours that does not answer QMP.
+pub async fn adopt(
+    dir: &InstanceDir,
+) -> Result<Option<Result<(QemuVm, QmpEvents), Unresponsive>>, QemuError> {
+    let Some(process) = find_running(dir)? else {
+        return Ok(None);
+    };
     Ok(Some(
-        match Qmp::connect(&qmp_path, QMP_ADOPT_TIMEOUT).await {
+        match Qmp::connect(&dir.qmp_socket(), QMP_ADOPT_TIMEOUT).await {
             Ok((qmp, events)) => Ok((
                 QemuVm {
                     process,

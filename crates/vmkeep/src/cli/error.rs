@@ -1,0 +1,104 @@
+//! The command line's errors and exit codes.
+//!
+//! | code | meaning |
+//! |---:|---|
+//! | 0 | success |
+//! | 1 | failure (the host: files, tools, processes; the message says what) |
+//! | 2 | invalid command line (also a `--user` naming nobody) |
+//! | 3 | no such instance |
+//! | 4 | invalid config or template |
+//! | 5 | the instance's state does not allow it (running, halted, broken, ...) |
+//! | 6 | the start failed: the VM did not come up |
+//! | 7 | the stop failed: the VM may still run |
+//!
+//! `vmkeep shell` passes the guest command's own exit code through.
+
+use crate::autostart::error::AutostartError;
+use crate::engine::{EngineError, ErrorKind};
+
+/// An exit code of `vmkeep` (see the module's table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum ExitCode {
+    Success = 0,
+    Failure = 1,
+    Usage = 2,
+    NotFound = 3,
+    InvalidConfig = 4,
+    WrongState = 5,
+    StartFailed = 6,
+    StopFailed = 7,
+}
+
+impl From<ErrorKind> for ExitCode {
+    fn from(kind: ErrorKind) -> ExitCode {
+        match kind {
+            ErrorKind::NotFound => ExitCode::NotFound,
+            ErrorKind::InvalidConfig => ExitCode::InvalidConfig,
+            ErrorKind::WrongState => ExitCode::WrongState,
+            ErrorKind::StartFailed => ExitCode::StartFailed,
+            ErrorKind::StopFailed => ExitCode::StopFailed,
+            ErrorKind::Usage => ExitCode::Usage,
+            ErrorKind::Host => ExitCode::Failure,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Autostart(#[from] AutostartError),
+    /// Several instances failed (start or stop of many); each message is
+    /// already printed.
+    #[error("{failed} of {total} failed")]
+    Several {
+        failed: usize,
+        total: usize,
+        code: ExitCode,
+    },
+    /// Failures of the command line's own work (reading a template file,
+    /// printing, the daemon's set-up), with their causes.
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Engine(e) => e.kind().into(),
+            CliError::Autostart(e) => e.kind().into(),
+            CliError::Several { code, .. } => *code,
+            CliError::Other(e) => match e.downcast_ref::<EngineError>() {
+                Some(engine) => engine.kind().into(),
+                None => match e.downcast_ref::<crate::instance::create::CreateError>() {
+                    Some(create) if create.is_invalid_template() => ExitCode::InvalidConfig,
+                    _ => ExitCode::Failure,
+                },
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_code() {
+        let kinds = [
+            ErrorKind::NotFound,
+            ErrorKind::InvalidConfig,
+            ErrorKind::WrongState,
+            ErrorKind::StartFailed,
+            ErrorKind::StopFailed,
+            ErrorKind::Usage,
+            ErrorKind::Host,
+        ];
+        let codes: std::collections::BTreeSet<i32> =
+            kinds.iter().map(|k| ExitCode::from(*k) as i32).collect();
+        assert_eq!(codes.len(), kinds.len(), "distinct codes");
+        assert!(!codes.contains(&0));
+    }
+}

@@ -1,0 +1,166 @@
+//! The engine's one error type. Each variant is a message for the user
+//! (what went wrong and how to fix it) and has a [`ErrorKind`], from which
+//! front ends derive their exit codes.
+
+use std::path::PathBuf;
+
+use crate::instance::InstanceName;
+use crate::instance::status::Broken;
+
+/// What kind of failure it is: the CLI maps each to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// There is no such instance.
+    NotFound,
+    /// A config or template is invalid.
+    InvalidConfig,
+    /// The instance's state does not allow the operation now.
+    WrongState,
+    /// The VM did not come up.
+    StartFailed,
+    /// The VM could not be stopped (it may still run).
+    StopFailed,
+    /// The command line names something that does not exist or cannot apply.
+    Usage,
+    /// Anything else: the host (files, tools, processes).
+    Host,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(
+        "there is no instance {name}; create it with `vmkeep create {name}` (or see `vmkeep list`)"
+    )]
+    NotFound { name: InstanceName },
+
+    #[error(transparent)]
+    Home(#[from] crate::home::HomeError),
+
+    #[error(transparent)]
+    SocketPath(#[from] crate::instance::layout::SocketPathTooLong),
+
+    #[error(transparent)]
+    Config(#[from] crate::instance::config::ConfigError),
+
+    #[error(transparent)]
+    Create(#[from] crate::instance::create::CreateError),
+
+    #[error("{name} is broken: {}\n  {}", broken.message(), broken.hint().replace("NAME", name.as_str()))]
+    Broken { name: InstanceName, broken: Broken },
+
+    /// The operation makes no sense in the instance's state; the message
+    /// says what the state is and what to do.
+    #[error("{message}")]
+    WrongState { name: InstanceName, message: String },
+
+    #[error("{name} did not start: {reason}\n  host agent log: {log}")]
+    StartFailed {
+        name: InstanceName,
+        reason: String,
+        log: PathBuf,
+    },
+
+    #[error(
+        "{name} cannot start: the filesystem of {filesystem} has {} free, and a start needs at least {}; \
+         free some space there (or move VMKEEP_HOME) and start again",
+        crate::engine::error::bytes(*free), crate::engine::error::bytes(*needed)
+    )]
+    NoRoom {
+        name: InstanceName,
+        filesystem: PathBuf,
+        free: u64,
+        needed: u64,
+    },
+
+    #[error("{name} did not come up: it is {status}")]
+    DidNotComeUp { name: InstanceName, status: String },
+
+    #[error(
+        "{name} is still {status} after {attempts} attempts to stop it; try `vmkeep stop --force {name}`"
+    )]
+    StillRunning {
+        name: InstanceName,
+        status: String,
+        attempts: usize,
+    },
+
+    #[error("{what} pid {pid} did not exit after SIGKILL")]
+    Unkillable { what: &'static str, pid: u32 },
+
+    #[error("{path} is locked by pid {pid}, which is not this instance's QEMU; not touching it")]
+    ForeignLockHolder { path: PathBuf, pid: u32 },
+
+    #[error(transparent)]
+    Autostart(#[from] crate::autostart::error::AutostartError),
+
+    #[error(transparent)]
+    Image(#[from] crate::image::tiny::TinyImageError),
+
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+
+    #[error("{context}: {source}")]
+    Process {
+        context: String,
+        source: std::io::Error,
+    },
+}
+
+impl EngineError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EngineError::NotFound { .. } => ErrorKind::NotFound,
+            EngineError::Config(_) => ErrorKind::InvalidConfig,
+            EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,
+            EngineError::Broken { .. } | EngineError::WrongState { .. } => ErrorKind::WrongState,
+            EngineError::StartFailed { .. } | EngineError::DidNotComeUp { .. } => {
+                ErrorKind::StartFailed
+            }
+            EngineError::StillRunning { .. } | EngineError::Unkillable { .. } => {
+                ErrorKind::StopFailed
+            }
+            EngineError::Autostart(e) => e.kind(),
+            EngineError::Create(_)
+            | EngineError::NoRoom { .. }
+            | EngineError::Home(_)
+            | EngineError::SocketPath(_)
+            | EngineError::ForeignLockHolder { .. }
+            | EngineError::Image(_)
+            | EngineError::Io { .. }
+            | EngineError::Process { .. } => ErrorKind::Host,
+        }
+    }
+
+    /// An I/O error while acting on `path`.
+    pub fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| EngineError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+
+    /// An error of a process operation (spawn, signal, wait).
+    pub fn process(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| EngineError::Process { context, source }
+    }
+}
+
+/// A byte count for messages: `12.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if n >= 1024 * 1024 {
+        format!("{:.1} MiB", n as f64 / MIB)
+    } else {
+        format!("{} KiB", n / 1024)
+    }
+}

@@ -1,0 +1,403 @@
+//! `start`: make an instance run (creating `default` on first use), by a
+//! host agent spawned detached, by the service manager that runs it, or,
+//! for `--foreground`, by the calling process becoming the agent. Waits
+//! until the guest is ready. What happens in each status is
+//! `Status::start_plan`'s decision.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use super::{EngineError, Home, Notice, status_of, wait_for_status};
+use crate::autostart::hooks;
+use crate::hostagent;
+use crate::hostagent::report::Report;
+use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
+use crate::instance::create::CreateError;
+use crate::instance::desired::{self, Desired};
+use crate::instance::status::{Broken, StartPlan};
+use crate::instance::{Config, InstanceDir, InstanceName, Status};
+use crate::os;
+use crate::os::process::Program;
+use crate::timeouts;
+
+/// How many times `start` re-reads the status while others change it.
+const MAX_ROUNDS: usize = 4;
+/// How long a host agent cleaning up after its QEMU exited may take.
+const CLEANUP_WAIT: Duration = Duration::from_secs(10);
+/// Space the host filesystem must have for a start: the agent's runtime
+/// files, journal and logs, and room for the guest's first writes.
+pub const MIN_FREE_TO_START: u64 = 64 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The guest checks (e2fsck) the data disk before mounting it.
+    pub repair_data: bool,
+    /// The caller becomes the host agent (what service managers run).
+    pub foreground: bool,
+    /// Go through the service manager when it runs the instance (so it owns
+    /// the agent and keeps it alive).
+    pub through_service_manager: bool,
+}
+
+/// How a start ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Started {
+    /// A host agent this start spawned runs it now.
+    Running {
+        agent_pid: u32,
+        qemu_pid: Option<u32>,
+        accel: Option<String>,
+    },
+    /// It was running already.
+    AlreadyRunning,
+    /// Another start was bringing it up; it runs now.
+    CameUp,
+    /// The service manager started it; it runs now.
+    ThroughServiceManager { service: String },
+    /// `--foreground`: run this program in place of the caller (same pid).
+    BecomeAgent(Program),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StartOutcome {
+    /// `default` did not exist and was created first.
+    pub created: bool,
+    pub started: Started,
+}
+
+pub fn start(
+    home: &Home,
+    name: &InstanceName,
+    options: &StartOptions,
+    notice: &dyn Notice,
+) -> Result<StartOutcome, EngineError> {
+    let dir = home.layout(name)?;
+    let created = !dir.dir().is_dir() && create_default(home, name)?;
+    let config = Config::load(&dir.config())?;
+    if config.run_strategy == Some(RunStrategy::Halted) {
+        return Err(EngineError::WrongState {
+            name: name.clone(),
+            message: format!(
+                "{name} has runStrategy: halted, so it is kept stopped; change runStrategy in {} to start it",
+                dir.config().display()
+            ),
+        });
+    }
+    if options.repair_data {
+        refuse_repair_unless_stopped(&dir, &config)?;
+    }
+    ensure_room(&dir)?;
+    desired::write(&dir, Desired::Running)
+        .map_err(EngineError::io("record the desired state in", dir.dir()))?;
+    if options.through_service_manager
+        && !options.foreground
+        && let Some(service) = start_through_service_manager(&dir, notice)?
+    {
+        return Ok(StartOutcome {
+            created,
+            started: Started::ThroughServiceManager { service },
+        });
+    }
+    let started = match settle(&dir, &config, notice)? {
+        Settled::Boot => boot(&dir, &config, options, notice)?,
+        Settled::Done(started) => {
+            if options.foreground {
+                // This process has nothing to supervise: a service manager
+                // waiting for readiness hears so, and sees a clean exit.
+                os::service_notify::ready(&format!(
+                    "{name} is run by another host agent; nothing to supervise"
+                ));
+            }
+            started
+        }
+    };
+    Ok(StartOutcome { created, started })
+}
+
+/// Create `default` on first use. Several starts at once may race to it:
+/// whichever loses finds it made, which is as good.
+fn create_default(home: &Home, name: &InstanceName) -> Result<bool, EngineError> {
+    if *name != InstanceName::default_instance() {
+        return Err(EngineError::NotFound { name: name.clone() });
+    }
+    match crate::instance::create::create(
+        &home.root,
+        name,
+        DEFAULT_TEMPLATE,
+        "the built-in template",
+    ) {
+        Ok(_) => Ok(true),
+        Err(CreateError::Exists { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Refuse to start on a host filesystem without room for it, naming it.
+fn ensure_room(dir: &InstanceDir) -> Result<(), EngineError> {
+    let free = os::fs::free_space(dir.dir())
+        .map_err(EngineError::io("inspect the filesystem of", dir.dir()))?;
+    if free < MIN_FREE_TO_START {
+        return Err(EngineError::NoRoom {
+            name: dir.name().clone(),
+            filesystem: os::fs::mount_point_of(dir.dir()),
+            free,
+            needed: MIN_FREE_TO_START,
+        });
+    }
+    Ok(())
+}
+
+fn start_through_service_manager(
+    dir: &InstanceDir,
+    notice: &dyn Notice,
+) -> Result<Option<String>, EngineError> {
+    let Some((record, service)) = hooks::managed(dir) else {
+        return Ok(None);
+    };
+    let observe = || super::observed_status(dir);
+    Ok(hooks::start_through(
+        dir,
+        &record,
+        service.as_ref(),
+        &observe,
+        notice,
+    )?)
+}
+
+enum Settled {
+    /// Nothing runs it: boot (or adopt) now.
+    Boot,
+    /// It runs; nothing else to do.
+    Done(Started),
+}
+
+/// Follow the start plan until the instance either needs booting or runs.
+fn settle(dir: &InstanceDir, config: &Config, notice: &dyn Notice) -> Result<Settled, EngineError> {
+    let name = dir.name();
+    for _ in 0..MAX_ROUNDS {
+        let status = status_of(dir)?;
+        match status.start_plan() {
+            StartPlan::Boot => return Ok(Settled::Boot),
+            StartPlan::ReplaceFrozenAgent => {
+                super::stop::replace_frozen_agent(dir, notice)?;
+                return Ok(Settled::Boot);
+            }
+            StartPlan::AlreadyRunning => return Ok(Settled::Done(Started::AlreadyRunning)),
+            StartPlan::WaitUntilRunning => {
+                notice.step(&format!(
+                    "{name} is already starting; waiting until it runs"
+                ));
+                wait_until_running(dir, config.boot_timeout.0)?;
+                return Ok(Settled::Done(Started::CameUp));
+            }
+            StartPlan::WaitForStop => {
+                notice.step(&format!("{name} is stopping; waiting to start it again"));
+                let limit = config.stop_timeout.0 + timeouts::STOP_MARGIN;
+                let after = wait_for_status(dir, limit, |s| *s != Status::Stopping)?;
+                if after == Status::Stopping {
+                    return Err(EngineError::WrongState {
+                        name: name.clone(),
+                        message: format!(
+                            "{name} is still stopping after {:.1}s; try `vmkeep stop --force {name}`",
+                            limit.as_secs_f64()
+                        ),
+                    });
+                }
+            }
+            StartPlan::WaitForCleanup => {
+                wait_for_status(dir, CLEANUP_WAIT, |s| {
+                    !matches!(s, Status::Broken(Broken::QemuGone { .. }))
+                })?;
+            }
+            StartPlan::Refuse => {
+                let Status::Broken(broken) = status else {
+                    unreachable!("only Broken statuses are refused")
+                };
+                return Err(EngineError::Broken {
+                    name: name.clone(),
+                    broken,
+                });
+            }
+        }
+    }
+    Err(EngineError::WrongState {
+        name: name.clone(),
+        message: format!(
+            "{name} kept changing state while starting it ({}); try again",
+            super::describe(&status_of(dir)?)
+        ),
+    })
+}
+
+/// Wait until another start brought it up.
+fn wait_until_running(dir: &InstanceDir, boot_timeout: Duration) -> Result<(), EngineError> {
+    let status = wait_for_status(dir, boot_timeout, |s| *s != Status::Starting)?;
+    match status {
+        Status::Running => Ok(()),
+        other => Err(EngineError::DidNotComeUp {
+            name: dir.name().clone(),
+            status: super::describe(&other),
+        }),
+    }
+}
+
+/// `--repair-data` runs e2fsck at boot: it makes sense only for a
+/// tiny-image instance whose disk is not in use.
+fn refuse_repair_unless_stopped(dir: &InstanceDir, config: &Config) -> Result<(), EngineError> {
+    let name = dir.name();
+    let refuse = |message: String| EngineError::WrongState {
+        name: name.clone(),
+        message,
+    };
+    if config.is_cloud() {
+        return Err(refuse(format!(
+            "--repair-data checks the data disk of the built-in tiny image; {name} boots a cloud \
+             image, whose disk is its root file system (its own boot checks it)"
+        )));
+    }
+    let status = status_of(dir)?;
+    match status {
+        Status::Running | Status::Starting | Status::Stopping => Err(refuse(format!(
+            "{name} is {}: its data disk is in use, so it cannot be checked now; \
+             `vmkeep stop {name}`, then `vmkeep start {name} --repair-data`",
+            status.word().to_lowercase()
+        ))),
+        _ if status.has_live_processes() => Err(refuse(format!(
+            "{name} still has a QEMU or host agent running, so its data disk is in use; \
+             `vmkeep stop {name}` (or `vmkeep stop --force {name}`), then `vmkeep start {name} --repair-data`"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Prepare the image (where the caller sees the progress), then either hand
+/// the caller the agent to become, or spawn one detached and follow it.
+fn boot(
+    dir: &InstanceDir,
+    config: &Config,
+    options: &StartOptions,
+    notice: &dyn Notice,
+) -> Result<Started, EngineError> {
+    // Cloud images were fetched by `create`; only the tiny image is built here.
+    if !config.is_cloud() {
+        let kernel_override =
+            config
+                .kernel
+                .path
+                .as_ref()
+                .map(|kernel| crate::image::tiny::KernelOverride {
+                    kernel: kernel.0.clone(),
+                    modules_dir: config.kernel.modules.as_ref().map(|m| m.0.clone()),
+                });
+        crate::image::tiny::ensure(
+            &crate::home::cache_root()?,
+            kernel_override.as_ref(),
+            &mut |message| notice.step(message),
+        )?;
+    }
+    if options.foreground {
+        // The caller becomes the host agent: the same pid, so a service
+        // manager that started `vmkeep start NAME --foreground` supervises
+        // the agent itself.
+        let agent = hostagent::binary::path()
+            .map_err(EngineError::io("find", hostagent::binary::FILE_NAME))?;
+        return Ok(Started::BecomeAgent(Program::new(
+            &agent,
+            &hostagent::binary::args_repairing(dir.name(), true, options.repair_data),
+        )));
+    }
+    let placement = os::cgroup::placement().ok();
+    match follow_agent(dir, config, options.repair_data, placement.as_ref(), notice)? {
+        Followed::Done(started) => Ok(started),
+        // systemd refused the agent a scope of its own: it never ran.
+        Followed::NoScope(message) => {
+            notice.warn(&format!(
+                "{message}; the host agent of {} runs in this command's cgroup",
+                dir.name()
+            ));
+            match follow_agent(dir, config, options.repair_data, None, notice)? {
+                Followed::Done(started) => Ok(started),
+                Followed::NoScope(message) => Err(EngineError::StartFailed {
+                    name: dir.name().clone(),
+                    reason: message,
+                    log: dir.agent_log(),
+                }),
+            }
+        }
+    }
+}
+
+enum Followed {
+    Done(Started),
+    NoScope(String),
+}
+
+/// Spawn a detached host agent and follow its reports until it is ready.
+fn follow_agent(
+    dir: &InstanceDir,
+    config: &Config,
+    repair_data: bool,
+    placement: Option<&os::cgroup::Placement>,
+    notice: &dyn Notice,
+) -> Result<Followed, EngineError> {
+    let name = dir.name();
+    let (read_end, write_end) = os::process::pipe().map_err(EngineError::process("make a pipe"))?;
+    let log_start = os::fs::len_of(&dir.agent_log());
+    let log =
+        os::fs::open_append(&dir.agent_log()).map_err(EngineError::io("open", dir.agent_log()))?;
+    let program =
+        hostagent::binary::detached(name, false, repair_data, placement, config.stop_timeout.0)
+            .map_err(EngineError::io("find", hostagent::binary::FILE_NAME))?;
+    let agent = os::process::spawn_detached(&program, os::process::Output::Pipe(write_end), log)
+        .map_err(EngineError::process("spawn the host agent"))?;
+    notice.step(&format!("starting {name} (host agent pid {})", agent.pid()));
+    let reader = std::io::BufReader::new(std::fs::File::from(read_end));
+    for line in reader.lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<Report>(&line) {
+            Ok(Report::Progress { message }) => notice.step(&message),
+            Ok(Report::Ready { info }) => {
+                return Ok(Followed::Done(Started::Running {
+                    agent_pid: info.agent_pid,
+                    qemu_pid: info.qemu_pid,
+                    accel: info.accel,
+                }));
+            }
+            Ok(Report::Failed { error }) => {
+                return Err(EngineError::StartFailed {
+                    name: name.clone(),
+                    reason: error,
+                    log: dir.agent_log(),
+                });
+            }
+            Ok(Report::AlreadyRunning { .. }) => {
+                notice.step(&format!(
+                    "{name} is already being started by another host agent; waiting until it runs"
+                ));
+                wait_until_running(dir, config.boot_timeout.0)?;
+                return Ok(Followed::Done(Started::CameUp));
+            }
+            Err(_) => tracing::debug!("host agent said: {line}"),
+        }
+    }
+    let outcome = agent
+        .wait_timeout(Duration::from_secs(5))
+        .then(|| agent.reap());
+    if placement.is_some()
+        && let Some(message) =
+            os::cgroup::scope_failure(&os::fs::appended_since(&dir.agent_log(), log_start, 4096))
+    {
+        return Ok(Followed::NoScope(message));
+    }
+    Err(EngineError::StartFailed {
+        name: name.clone(),
+        reason: format!(
+            "the host agent exited without reporting ({}); its log ends with:\n{}",
+            outcome
+                .map(|o| o.to_string())
+                .unwrap_or_else(|| "still running".into()),
+            crate::driver::qemu::tail(&dir.agent_log(), 10)
+        ),
+        log: dir.agent_log(),
+    })
+}
