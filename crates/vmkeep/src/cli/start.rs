@@ -18,7 +18,8 @@ use crate::instance::{Config, InstanceDir, InstanceName, Status};
 use crate::os;
 
 pub fn run(args: StartArgs) -> anyhow::Result<i32> {
-    let name = args.name.unwrap_or_else(InstanceName::default_instance);
+    // A template argument (FILE.yaml, template:NAME, URL) creates the instance first.
+    let name = super::create::start_target(args.name.as_deref(), args.instance_name.clone())?;
     let dir = util::layout(&name)?;
     if !dir.dir().is_dir() {
         if name != InstanceName::default_instance() {
@@ -155,6 +156,10 @@ fn start_detached(dir: &InstanceDir, config: &Config, progress: &Progress) -> an
                     "{name} is running (host agent pid {}{qemu}{accel})",
                     info.agent_pid
                 );
+                // The template's `message:` (Lima shows it after start).
+                if let Some(message) = super::list::start_message(dir) {
+                    println!("{}", message.trim_end());
+                }
                 return Ok(0);
             }
             Ok(Report::Failed { error }) => {

@@ -4,9 +4,14 @@ pub mod config;
 pub mod create;
 pub mod desired;
 pub mod layout;
+pub mod lima;
 pub mod name;
 pub mod observe;
+pub mod ownership;
+pub mod provision;
 pub mod status;
+pub mod suggest;
+pub mod yaml_de;
 
 pub use config::Config;
 pub use layout::InstanceDir;
