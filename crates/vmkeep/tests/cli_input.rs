@@ -20,7 +20,11 @@ fn invalid_names_are_rejected_before_anything_is_written() {
     // A word with a '/' is a template file (Lima's form), not a name.
     let run = env.run(&["create", "a/b"]);
     assert_eq!(run.code(), Some(1), "{}", run.describe());
-    assert!(run.stderr().contains("a/b: cannot read it"), "{}", run.describe());
+    assert!(
+        run.stderr().contains("a/b: cannot read it"),
+        "{}",
+        run.describe()
+    );
     let entries: Vec<_> = std::fs::read_dir(env.home()).unwrap().collect();
     assert!(entries.is_empty(), "nothing written");
 }

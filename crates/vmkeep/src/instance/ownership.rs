@@ -79,8 +79,14 @@ pub fn classify(names: &[String]) -> Ownership {
     }
     let mut found = names.to_vec();
     found.sort();
-    // Lima's own files first, so that the message shows what matters.
-    found.sort_by_key(|n| !LIMA_MARKERS.contains(&n.as_str()));
+    // Lima's own files first (lima.yaml, then its disks), so that the
+    // message shows what matters.
+    found.sort_by_key(|n| {
+        LIMA_MARKERS
+            .iter()
+            .position(|m| m == n)
+            .unwrap_or(LIMA_MARKERS.len())
+    });
     Ownership::Foreign(Foreign {
         found,
         lima: has(&LIMA_MARKERS),
