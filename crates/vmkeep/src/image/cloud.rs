@@ -257,7 +257,13 @@ pub fn launch_spec(
     let seed = dir.seed();
     let user = record.guest_user();
     let values = vars::guest_values(config, dir.name().as_str(), dir.dir(), &user);
-    let expanded = vars::expand(config, &values)?;
+    let mut expanded = vars::expand(config, &values)?;
+    let env = crate::instance::lima::with_proxy_env(
+        expanded.raw.env(),
+        std::env::vars(),
+        config.raw.propagate_proxy_env != Some(false),
+    );
+    expanded.raw.env = Some(crate::instance::lima::Vars(env));
     let ssh = config.raw.ssh();
     let mut ssh_public_keys = vec![keys.public_key.clone()];
     if ssh.load_dot_ssh_pub_keys == Some(true) {
@@ -364,6 +370,22 @@ pub fn ssh_port(dir: &InstanceDir) -> Option<u16> {
         .and_then(|text| text.trim().parse().ok())
 }
 
+/// The forwarding options `ssh:` asks for, as lines of an ssh config block.
+pub fn ssh_forwarding(config: &Config) -> String {
+    let ssh = config.raw.ssh();
+    let mut lines = String::new();
+    for (set, option) in [
+        (ssh.forward_agent, "ForwardAgent yes"),
+        (ssh.forward_x11, "ForwardX11 yes"),
+        (ssh.forward_x11_trusted, "ForwardX11Trusted yes"),
+    ] {
+        if set == Some(true) {
+            lines.push_str(&format!("  {option}\n"));
+        }
+    }
+    lines
+}
+
 /// An ssh config block for a running instance.
 pub fn ssh_config(host: &str, port: u16, user: &str, key: &Path) -> String {
     format!(
@@ -417,6 +439,26 @@ mod tests {
         let only_arm = Config::parse("images:\n- location: /a\n  arch: aarch64\n").unwrap();
         let err = candidates(&only_arm).unwrap_err().to_string();
         assert!(err.contains("arch: x86_64"), "{err}");
+    }
+
+    #[test]
+    fn ssh_forwarding_options_follow_the_ssh_settings() {
+        let config = Config::parse("ssh:\n  forwardAgent: true\n  forwardX11: false\n").unwrap();
+        assert_eq!(ssh_forwarding(&config), "  ForwardAgent yes\n");
+        assert_eq!(ssh_forwarding(&Config::default()), "");
+    }
+
+    #[test]
+    fn readiness_hints_name_each_probe() {
+        let config = Config::parse(
+            "images:\n- location: /i\nprobes:\n- description: docker\n  script: \"#!/bin/sh\"\n  hint: |\n    see the log\n",
+        )
+        .unwrap();
+        assert_eq!(
+            readiness_hint(&config),
+            "; the guest is ready only once its probes pass:\n  probe 0 (docker): see the log"
+        );
+        assert_eq!(readiness_hint(&Config::default()), "");
     }
 
     #[test]

@@ -272,6 +272,42 @@ impl<'de> Deserialize<'de> for Vars {
 /// The loopback address QEMU's user-mode network gives the host.
 pub const HOST_ADDRESS: &str = "10.0.2.2";
 
+const PROXY_VARS: [&str; 4] = ["ftp_proxy", "http_proxy", "https_proxy", "no_proxy"];
+
+/// The guest's proxy settings, as Lima makes them: `env:`'s, overridden by
+/// the host's (unless `propagate` is false) with `localhost`/`127.0.0.1`
+/// turned into the host's address as the guest sees it, and each proxy
+/// variable set in both lower and upper case.
+pub fn with_proxy_env(
+    mut env: BTreeMap<String, String>,
+    host: impl IntoIterator<Item = (String, String)>,
+    propagate: bool,
+) -> BTreeMap<String, String> {
+    if propagate {
+        for (key, value) in host {
+            if PROXY_VARS.contains(&key.to_ascii_lowercase().as_str()) && !value.is_empty() {
+                let value = value
+                    .replace("localhost", HOST_ADDRESS)
+                    .replace("127.0.0.1", HOST_ADDRESS);
+                env.insert(key, value);
+            }
+        }
+    }
+    for var in PROXY_VARS {
+        let upper = var.to_ascii_uppercase();
+        match (env.get(var).cloned(), env.get(&upper).cloned()) {
+            (Some(lower), None) => {
+                env.insert(upper, lower);
+            }
+            (None, Some(value)) => {
+                env.insert(var.to_string(), value);
+            }
+            _ => {}
+        }
+    }
+    env
+}
+
 impl RawConfig {
     /// The `env:` settings.
     pub fn env(&self) -> BTreeMap<String, String> {
@@ -439,6 +475,29 @@ mod tests {
         assert_eq!(lima.env()["HTTP_PROXY"], "x");
         let err = parse("# c\nparam:\n  9lives: x\n").unwrap_err();
         assert!(err.contains("9lives") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn proxies_come_from_the_host_in_both_cases_and_reach_the_host_address() {
+        let env = BTreeMap::from([("http_proxy".to_string(), "http://mine:1".to_string())]);
+        let host = [
+            (
+                "HTTPS_PROXY".to_string(),
+                "http://localhost:3128".to_string(),
+            ),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let out = with_proxy_env(env.clone(), host.clone(), true);
+        assert_eq!(out["http_proxy"], "http://mine:1");
+        assert_eq!(out["HTTP_PROXY"], "http://mine:1");
+        assert_eq!(out["HTTPS_PROXY"], "http://10.0.2.2:3128");
+        assert_eq!(out["https_proxy"], "http://10.0.2.2:3128");
+        assert!(!out.contains_key("PATH"));
+        let kept = with_proxy_env(env, host, false);
+        assert!(
+            !kept.contains_key("HTTPS_PROXY"),
+            "propagateProxyEnv: false"
+        );
     }
 
     #[test]
