@@ -196,6 +196,38 @@ fn settings_that_cannot_apply_and_misspelt_fields_say_where_and_what_to_do() {
 }
 
 #[test]
+fn a_misspelt_field_in_an_instance_config_points_to_the_list_of_fields() {
+    let env = TestEnv::new();
+    env.create("x", "");
+    std::fs::write(
+        env.instance_dir("x").join("vmkeep.yaml"),
+        "# edited\ncpu: 2\n",
+    )
+    .unwrap();
+    let run = env.run(&["start", "x"]);
+    assert_eq!(run.code(), Some(1), "{}", run.describe());
+    for word in [
+        "vmkeep.yaml",
+        "line 2",
+        "did you mean `cpus`?",
+        "`vmkeep create --help` lists the fields",
+    ] {
+        assert!(run.stderr().contains(word), "{word:?}: {}", run.describe());
+    }
+    let help = env.ok(&["create", "--help"]).stdout();
+    for field in [
+        "Config fields",
+        "cpus:",
+        "provision:",
+        "probes:",
+        "base:",
+        "ssh:",
+    ] {
+        assert!(help.contains(field), "{field:?}: {help}");
+    }
+}
+
+#[test]
 fn an_error_in_a_base_names_that_file_and_its_line() {
     let env = TestEnv::new();
     let dir = tempfile::tempdir().unwrap();
