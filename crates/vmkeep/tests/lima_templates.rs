@@ -101,6 +101,24 @@ fn every_lima_template_is_accepted_in_its_own_form() {
         "vmkeep's _images/ubuntu-lts: {docker}"
     );
     assert!(docker.contains("containerdSnapshotter: false"), "{docker}");
+    let docker_path = fixtures().join("docker.yaml");
+    let with_param = run_lima(
+        &env,
+        &[
+            "create",
+            "--dry-run",
+            "--param",
+            "containerdSnapshotter=true",
+            docker_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        with_param
+            .stdout()
+            .contains("containerdSnapshotter: 'true'"),
+        "--param wins over the template's param: {}",
+        with_param.describe()
+    );
     let podman = run_lima(
         &env,
         &[
