@@ -65,6 +65,9 @@ fn every_lima_template_is_accepted_in_its_own_form() {
         ("alpine.yaml", "alpine", &["mounts: not applied yet"]),
         ("archlinux.yaml", "archlinux", &["mounts: not applied yet"]),
         ("debian-12.yaml", "debian-12", &["mounts: not applied yet"]),
+        // Image lists for every arch, with Lima's variants.
+        ("_images/debian-12.yaml", "debian-12", &[]),
+        ("_images/ubuntu-24.04.yaml", "ubuntu-24.04", &[]),
     ] {
         let path = fixtures().join(file);
         let run = run_lima(&env, &["create", "--dry-run", path.to_str().unwrap()]);
