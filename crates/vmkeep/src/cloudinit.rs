@@ -11,13 +11,27 @@
 //!
 //! No `network-config` is written: cloud-init's fallback (DHCP on the first
 //! NIC) is what QEMU's user-mode network expects.
+//!
+//! Lima's provision modes map onto cloud-init like this:
+//! - `boot`: `bootcmd` (every boot, early, by /bin/sh);
+//! - `data`: the file is carried in the seed and installed by a per-boot
+//!   script (`scripts-per-boot`, after users exist and before `runcmd` on the
+//!   first boot), every boot unless `overwrite: false`;
+//! - `dependency`, then `system`, `user` and `yq` in their order: `runcmd`,
+//!   once, at the first boot (`yq` edits run with the guest's python3, which
+//!   cloud-init itself needs);
+//! - `probes`: run as the user until each passes, at the end of `runcmd` on
+//!   the first boot and from the per-boot script on later ones; the guest
+//!   agent reports ready only after cloud-init, and so the probes, finished.
 
 use std::io::{self, Seek, Write};
 use std::path::Path;
 
 use serde::Serialize;
 
-use crate::instance::config::{Provision, ProvisionMode};
+use crate::instance::config::{Config, ProvisionMode};
+use crate::instance::provision;
+use crate::template::vars::{self, GuestUser};
 
 /// FAT volume label cloud-init looks for (it accepts `CIDATA` and `cidata`).
 pub const VOLUME_LABEL: &[u8; 11] = b"CIDATA     ";
@@ -30,14 +44,27 @@ pub const AGENT_UNIT: &str = "vmkeep-guest.service";
 /// Where provision scripts are written in the guest.
 pub const PROVISION_DIR: &str = "/var/lib/vmkeep/provision";
 
+/// Where data files, probes and the environment file live in the guest.
+pub const STATE_DIR: &str = "/var/lib/vmkeep";
+/// Written at the end of the first boot's `runcmd`: later boots run the
+/// probes from the per-boot script.
+pub const PROVISIONED_MARKER: &str = "/var/lib/vmkeep/provisioned";
+/// The per-boot script (cloud-init runs it at every boot, in its final stage).
+pub const PER_BOOT_SCRIPT: &str = "/var/lib/cloud/scripts/per-boot/vmkeep-boot";
+const ENV_FILE: &str = "/var/lib/vmkeep/env";
+const PROBE_RUNNER: &str = "/var/lib/vmkeep/run-probes";
+
 /// Everything the seed depends on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeedInputs<'a> {
     pub instance: &'a str,
-    pub user: &'a str,
-    /// OpenSSH public key line.
-    pub ssh_public_key: &'a str,
-    pub provision: &'a [Provision],
+    pub user: &'a GuestUser,
+    /// OpenSSH public key lines: vmkeep's, then (with
+    /// `ssh.loadDotSSHPubKeys`) the host user's.
+    pub ssh_public_keys: Vec<String>,
+    /// The config with its template variables expanded
+    /// ([`crate::template::vars::expand`]).
+    pub config: &'a Config,
 }
 
 /// The systemd unit of the guest agent. It starts after cloud-init's first
@@ -77,14 +104,26 @@ struct UserData<'a> {
     ssh_pwauth: bool,
     users: Vec<User<'a>>,
     write_files: Vec<WriteFile>,
-    bootcmd: Vec<String>,
+    bootcmd: Vec<serde_yaml_ng::Value>,
     runcmd: Vec<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timezone: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    package_update: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    package_upgrade: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ca_certs: Option<CaCerts>,
 }
 
 #[derive(Serialize)]
 struct User<'a> {
     name: &'a str,
-    shell: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gecos: Option<&'a str>,
+    uid: u32,
+    homedir: &'a str,
+    shell: &'a str,
     sudo: &'static str,
     lock_passwd: bool,
     ssh_authorized_keys: Vec<&'a str>,
@@ -95,26 +134,96 @@ struct WriteFile {
     path: String,
     permissions: &'static str,
     content: String,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    append: bool,
+}
+
+#[derive(Serialize)]
+struct CaCerts {
+    remove_defaults: bool,
+    trusted: Vec<String>,
 }
 
 /// The provision script at position `index`, as written in the guest.
 pub fn provision_path(index: usize, mode: ProvisionMode) -> String {
-    let mode = match mode {
-        ProvisionMode::System => "system",
-        ProvisionMode::User => "user",
+    let extension = if mode == ProvisionMode::Yq {
+        "py"
+    } else {
+        "sh"
     };
-    format!("{PROVISION_DIR}/{index:02}-{mode}.sh")
+    format!("{PROVISION_DIR}/{index:02}-{}.{extension}", mode.as_str())
+}
+
+/// A word for a POSIX shell, single-quoted.
+pub fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+fn file(path: impl Into<String>, permissions: &'static str, content: String) -> WriteFile {
+    WriteFile {
+        path: path.into(),
+        permissions,
+        content,
+        append: false,
+    }
+}
+
+fn with_shebang(script: &str) -> String {
+    if script.starts_with("#!") {
+        script.to_string()
+    } else {
+        format!("#!/bin/sh\n{script}")
+    }
 }
 
 /// `user-data` (a `#cloud-config` document).
 pub fn user_data(inputs: &SeedInputs<'_>) -> String {
-    let mut write_files = vec![WriteFile {
-        path: format!("/etc/systemd/system/{AGENT_UNIT}"),
-        permissions: "0644",
-        content: agent_unit(),
-    }];
-    // Provision scripts run in order, after the agent's service is enabled
-    // (the agent reports ready only when cloud-init, and so they, finished).
+    let config = inputs.config;
+    let user = inputs.user;
+    let raw = &config.raw;
+    let env = vars::script_env(config);
+    let env_file: String = env
+        .iter()
+        .map(|(k, v)| format!("export {k}={}\n", shell_quote(v)))
+        .collect();
+    let mut write_files = vec![
+        file(
+            format!("/etc/systemd/system/{AGENT_UNIT}"),
+            "0644",
+            agent_unit(),
+        ),
+        file(ENV_FILE, "0644", env_file),
+    ];
+    let guest_env = raw.env();
+    if !guest_env.is_empty() {
+        write_files.push(WriteFile {
+            path: "/etc/environment".into(),
+            permissions: "0644",
+            content: guest_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect(),
+            append: true,
+        });
+    }
+    let as_root = |path: &str| {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!(". {ENV_FILE}; exec {path}"),
+        ]
+    };
+    let as_user = |path: &str| {
+        vec![
+            "runuser".into(),
+            "-l".into(),
+            user.name.clone(),
+            "-c".into(),
+            format!(". {ENV_FILE}; exec {path}"),
+        ]
+    };
+    // The agent's service is enabled first; it reports ready only when
+    // cloud-init, and so everything below, has finished.
     let mut runcmd = vec![
         vec!["systemctl".into(), "daemon-reload".into()],
         vec![
@@ -125,46 +234,179 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
             AGENT_UNIT.into(),
         ],
     ];
-    for (index, provision) in inputs.provision.iter().enumerate() {
-        let path = provision_path(index, provision.mode);
-        let content = if provision.script.starts_with("#!") {
-            provision.script.clone()
-        } else {
-            format!("#!/bin/sh\n{}", provision.script)
-        };
-        write_files.push(WriteFile {
-            path: path.clone(),
-            permissions: "0755",
-            content,
-        });
-        runcmd.push(match provision.mode {
-            ProvisionMode::System => vec![path],
-            ProvisionMode::User => vec![
-                "runuser".into(),
-                "-l".into(),
-                inputs.user.into(),
-                "-c".into(),
-                path,
-            ],
-        });
+    let mut bootcmd = vec![serde_yaml_ng::Value::from(install_agent_command())];
+    let mut per_boot = String::from(
+        "#!/bin/sh\n# vmkeep: run by cloud-init at every boot (data files, /etc/hosts, probes).\n\
+         mkparents() { d=$(dirname \"$1\"); [ -d \"$d\" ] && return 0; mkparents \"$d\" \"$2\"; mkdir \"$d\" && chown \"$2\" \"$d\"; }\n\
+         install_data() {\n  if [ \"$5\" = false ] && [ -e \"$2\" ]; then return 0; fi\n  mkparents \"$2\" \"$3\"\n  \
+         cp \"$1\" \"$2.vmkeep-new\" && chown \"$3\" \"$2.vmkeep-new\" && chmod \"$4\" \"$2.vmkeep-new\" && mv -f \"$2.vmkeep-new\" \"$2\"\n}\n",
+    );
+    // Dependency steps first, then the others in their order.
+    let ordered = config
+        .provision
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.mode == ProvisionMode::Dependency)
+        .chain(
+            config
+                .provision
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.mode != ProvisionMode::Dependency),
+        );
+    for (index, step) in ordered {
+        let path = provision_path(index, step.mode);
+        match step.mode {
+            ProvisionMode::Boot => {
+                bootcmd.push(serde_yaml_ng::Value::from(vec![
+                    "sh".to_string(),
+                    "-c".to_string(),
+                    format!(
+                        "{}{}",
+                        env.iter()
+                            .map(|(k, v)| format!("export {k}={}; ", shell_quote(v)))
+                            .collect::<String>(),
+                        step.script
+                    ),
+                ]));
+            }
+            ProvisionMode::System | ProvisionMode::Dependency => {
+                write_files.push(file(path.clone(), "0755", with_shebang(&step.script)));
+                runcmd.push(as_root(&path));
+            }
+            ProvisionMode::User => {
+                write_files.push(file(path.clone(), "0755", with_shebang(&step.script)));
+                runcmd.push(as_user(&path));
+            }
+            ProvisionMode::Data => {
+                let Some(data) = &step.data else { continue };
+                let stored = format!("{STATE_DIR}/data/{index:02}");
+                write_files.push(file(stored.clone(), "0600", data.content.clone()));
+                per_boot.push_str(&format!(
+                    "install_data {stored} {} {} {:o} {}\n",
+                    shell_quote(&data.path),
+                    shell_quote(&data.owner),
+                    data.permissions,
+                    data.overwrite
+                ));
+            }
+            ProvisionMode::Yq => {
+                let Some(yq) = &step.yq else { continue };
+                write_files.push(file(path.clone(), "0755", yq_script(yq)));
+                runcmd.push(vec!["python3".into(), path]);
+            }
+        }
     }
+    let (hosts, _) = raw.etc_hosts();
+    for (address, name) in &hosts {
+        let line = format!("{address} {name}");
+        per_boot.push_str(&format!(
+            "grep -qxF {0} /etc/hosts || echo {0} >> /etc/hosts\n",
+            shell_quote(&line)
+        ));
+    }
+    if !config.probes.is_empty() {
+        let mut runner = format!(
+            "#!/bin/sh\n# vmkeep: run each readiness probe as {0} until it passes (Lima's probes).\n",
+            user.name
+        );
+        for (index, probe) in config.probes.iter().enumerate() {
+            let path = format!("{STATE_DIR}/probes/{index:02}");
+            write_files.push(file(path.clone(), "0755", probe.script.clone()));
+            let label = shell_quote(&probe.label(index));
+            runner.push_str(&format!(
+                "n=0\nuntil runuser -l {user} -c '. {ENV_FILE}; exec {path}'; do\n  \
+                 [ $((n % 10)) -eq 0 ] && echo \"vmkeep: waiting for \"{label}\" to pass\" | tee /dev/console\n  \
+                 n=$((n + 1)); sleep 3\ndone\necho \"vmkeep: \"{label}\" passed\"\n",
+                user = shell_quote(&user.name),
+            ));
+        }
+        write_files.push(file(PROBE_RUNNER, "0755", runner));
+        per_boot.push_str(&format!("[ -e {PROVISIONED_MARKER} ] && {PROBE_RUNNER}\n"));
+        runcmd.push(vec![PROBE_RUNNER.into()]);
+    }
+    per_boot.push_str("exit 0\n");
+    write_files.push(file(PER_BOOT_SCRIPT, "0755", per_boot));
+    runcmd.push(vec!["touch".into(), PROVISIONED_MARKER.into()]);
+    let ca_certs = raw.ca_certs.as_ref().and_then(|c| {
+        let trusted = c.certs.clone().unwrap_or_default();
+        let remove = c.remove_defaults == Some(true);
+        (remove || !trusted.is_empty()).then_some(CaCerts {
+            remove_defaults: remove,
+            trusted,
+        })
+    });
+    let upgrade = raw.upgrade_packages == Some(true);
     let document = UserData {
         hostname: hostname(inputs.instance),
         manage_etc_hosts: true,
         ssh_pwauth: false,
         users: vec![User {
-            name: inputs.user,
-            shell: "/bin/bash",
+            name: &user.name,
+            gecos: user.comment.as_deref(),
+            uid: user.uid,
+            homedir: &user.home,
+            shell: &user.shell,
             sudo: "ALL=(ALL) NOPASSWD:ALL",
             lock_passwd: true,
-            ssh_authorized_keys: vec![inputs.ssh_public_key.trim()],
+            ssh_authorized_keys: inputs.ssh_public_keys.iter().map(|k| k.trim()).collect(),
         }],
         write_files,
-        bootcmd: vec![install_agent_command()],
+        bootcmd,
         runcmd,
+        timezone: raw.timezone.clone().filter(|t| !t.is_empty()),
+        package_update: upgrade,
+        package_upgrade: upgrade,
+        ca_certs,
     };
     let yaml = serde_yaml_ng::to_string(&document).expect("user-data always serializes");
     format!("#cloud-config\n{yaml}")
+}
+
+/// A python3 program applying a yq step's assignments (JSON or YAML file).
+fn yq_script(yq: &crate::instance::provision::YqEdit) -> String {
+    let assignments: Vec<(Vec<String>, serde_json::Value)> =
+        provision::yq_assignments(&yq.expression)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(keys, value)| {
+                let value =
+                    serde_yaml_ng::from_str(&value).unwrap_or(serde_json::Value::String(value));
+                (keys, value)
+            })
+            .collect();
+    let format = yq.format.clone().unwrap_or_else(|| {
+        if yq.path.ends_with(".yaml") || yq.path.ends_with(".yml") {
+            "yaml".into()
+        } else {
+            "json".into()
+        }
+    });
+    let json = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    format!(
+        "#!/usr/bin/env python3\n# vmkeep: Lima's yq step `{expr}` on {path}\n\
+         import json, os, shutil\n\
+         path = {p}\nfmt = {f}\nowner = {o}\nmode = {m}\nassignments = json.loads({a})\n\
+         def load(text):\n    if not text.strip():\n        return {{}}\n    if fmt == 'yaml':\n        import yaml\n        return yaml.safe_load(text) or {{}}\n    return json.loads(text)\n\
+         data = load(open(path).read()) if os.path.exists(path) else {{}}\n\
+         for keys, value in assignments:\n    node = data\n    for key in keys[:-1]:\n        node = node.setdefault(key, {{}})\n    node[keys[-1]] = value\n\
+         def parents(d):\n    if os.path.isdir(d):\n        return\n    parents(os.path.dirname(d))\n    os.mkdir(d)\n    if owner:\n        shutil.chown(d, *(owner.split(':', 1) + [None])[:2])\n\
+         parents(os.path.dirname(path))\n\
+         with open(path + '.vmkeep-new', 'w') as out:\n    if fmt == 'yaml':\n        import yaml\n        yaml.safe_dump(data, out, default_flow_style=False)\n    else:\n        json.dump(data, out, indent=2)\n        out.write('\\n')\n\
+         if owner:\n    shutil.chown(path + '.vmkeep-new', *(owner.split(':', 1) + [None])[:2])\n\
+         if mode is not None:\n    os.chmod(path + '.vmkeep-new', mode)\n\
+         os.replace(path + '.vmkeep-new', path)\n",
+        expr = yq.expression.replace('\n', " "),
+        path = yq.path,
+        p = json(&yq.path),
+        f = json(&format),
+        o = json(&yq.owner.clone().unwrap_or_default()),
+        m = yq
+            .permissions
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "None".into()),
+        a = json(&serde_json::to_string(&assignments).unwrap_or_default()),
+    )
 }
 
 /// Shell command (run by `bootcmd` at every boot) that copies the agent from
@@ -178,9 +420,10 @@ fn install_agent_command() -> String {
     )
 }
 
-/// A hostname from an instance name (`_` is not allowed in hostnames).
+/// A hostname from an instance name (`_` and `.` do not belong in a host
+/// label; Lima turns `ubuntu-24.04` into `lima-ubuntu-24-04` the same way).
 pub fn hostname(instance: &str) -> String {
-    instance.replace('_', "-").to_ascii_lowercase()
+    instance.replace(['_', '.'], "-").to_ascii_lowercase()
 }
 
 /// The guest user for a host user: the same name when it is a valid,
@@ -254,48 +497,106 @@ pub fn write_seed(path: &Path, inputs: &SeedInputs<'_>, agent: &[u8]) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instance::lima::HOST_ADDRESS;
     use std::io::Read;
 
-    fn inputs(provision: &[Provision]) -> SeedInputs<'_> {
-        SeedInputs {
-            instance: "web_1",
-            user: "alice",
-            ssh_public_key: "ssh-ed25519 AAAAC3Nza vmkeep\n",
-            provision,
+    fn alice() -> GuestUser {
+        GuestUser {
+            name: "alice".into(),
+            uid: 1001,
+            home: "/home/alice".into(),
+            shell: "/bin/bash".into(),
+            comment: None,
         }
+    }
+
+    fn seed(config: &Config) -> serde_yaml_ng::Value {
+        let user = alice();
+        let inputs = SeedInputs {
+            instance: "web_1",
+            user: &user,
+            ssh_public_keys: vec!["ssh-ed25519 AAAAC3Nza vmkeep\n".into()],
+            config,
+        };
+        yaml(&user_data(&inputs))
+    }
+
+    fn cloud(extra: &str) -> Config {
+        Config::parse(&format!("images:\n- location: /i.qcow2\n{extra}")).unwrap()
     }
 
     fn yaml(text: &str) -> serde_yaml_ng::Value {
         serde_yaml_ng::from_str(text).unwrap()
     }
 
+    fn files(doc: &serde_yaml_ng::Value) -> Vec<(String, String)> {
+        doc["write_files"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                (
+                    f["path"].as_str().unwrap().to_string(),
+                    f["content"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect()
+    }
+
+    fn file_content(doc: &serde_yaml_ng::Value, path: &str) -> String {
+        files(doc)
+            .into_iter()
+            .find(|(p, _)| p == path)
+            .unwrap_or_else(|| panic!("no {path}"))
+            .1
+    }
+
+    fn runcmd(doc: &serde_yaml_ng::Value) -> Vec<Vec<String>> {
+        doc["runcmd"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                c.as_sequence()
+                    .unwrap()
+                    .iter()
+                    .map(|w| w.as_str().unwrap().to_string())
+                    .collect()
+            })
+            .collect()
+    }
+
     #[test]
     fn meta_data_names_the_instance_with_a_valid_hostname() {
-        let meta = yaml(&meta_data(&inputs(&[])));
-        assert_eq!(meta["instance-id"], "vmkeep-web_1");
-        assert_eq!(meta["local-hostname"], "web-1");
+        let user = alice();
+        let config = cloud("");
+        let inputs = SeedInputs {
+            instance: "web_1.b",
+            user: &user,
+            ssh_public_keys: vec![],
+            config: &config,
+        };
+        let meta = yaml(&meta_data(&inputs));
+        assert_eq!(meta["instance-id"], "vmkeep-web_1.b");
+        assert_eq!(meta["local-hostname"], "web-1-b");
     }
 
     #[test]
     fn user_data_creates_the_user_with_the_key_and_starts_the_agent() {
-        let text = user_data(&inputs(&[]));
-        assert!(text.starts_with("#cloud-config\n"), "{text}");
-        let doc = yaml(&text);
+        let doc = seed(&cloud(""));
         assert_eq!(doc["hostname"], "web-1");
         let user = &doc["users"][0];
         assert_eq!(user["name"], "alice");
+        assert_eq!(user["uid"], 1001);
+        assert_eq!(user["homedir"], "/home/alice");
         assert_eq!(
             user["ssh_authorized_keys"][0],
             "ssh-ed25519 AAAAC3Nza vmkeep"
         );
         assert_eq!(user["sudo"], "ALL=(ALL) NOPASSWD:ALL");
         assert_eq!(doc["ssh_pwauth"], false);
-        let unit = &doc["write_files"][0];
-        assert_eq!(unit["path"], "/etc/systemd/system/vmkeep-guest.service");
         assert!(
-            unit["content"]
-                .as_str()
-                .unwrap()
+            file_content(&doc, "/etc/systemd/system/vmkeep-guest.service")
                 .contains("ExecStart=/usr/local/sbin/vmkeep-guest")
         );
         let bootcmd = doc["bootcmd"][0].as_str().unwrap();
@@ -303,59 +604,148 @@ mod tests {
             bootcmd.contains("LABEL=CIDATA") && bootcmd.contains(AGENT_GUEST_PATH),
             "{bootcmd}"
         );
-        let runcmd: Vec<String> = doc["runcmd"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|c| serde_yaml_ng::to_string(c).unwrap())
-            .collect();
+        let run = runcmd(&doc);
+        assert!(run[1].contains(&AGENT_UNIT.to_string()), "{run:?}");
+        assert_eq!(run.last().unwrap(), &["touch", PROVISIONED_MARKER]);
+        assert!(doc.get("package_upgrade").is_none() && doc.get("ca_certs").is_none());
+    }
+
+    #[test]
+    fn provision_modes_map_onto_cloud_init_in_limas_order() {
+        let config = cloud(
+            "provision:\n\
+             - mode: system\n  script: apt-get install -y x\n\
+             - mode: user\n  script: \"#!/bin/bash\\necho hi > ~/hi\"\n\
+             - mode: boot\n  script: systemctl disable y\n\
+             - mode: dependency\n  script: echo dep\n\
+             - mode: data\n  path: /etc/conf.d/example\n  content: FOO=bar\n  owner: alice:alice\n  permissions: 600\n  overwrite: false\n\
+             - mode: yq\n  path: /home/alice/.config/docker/daemon.json\n  expression: .features.containerd-snapshotter = false\n  user: alice\n\
+             env:\n  HTTP_PROXY: http://p:3128\nparam:\n  Key: it's\n",
+        );
+        let doc = seed(&config);
+        let run = runcmd(&doc);
+        let steps: Vec<&Vec<String>> = run[2..run.len() - 1].iter().collect();
+        assert_eq!(
+            steps[0],
+            &[
+                "sh",
+                "-c",
+                ". /var/lib/vmkeep/env; exec /var/lib/vmkeep/provision/03-dependency.sh"
+            ],
+            "dependency first"
+        );
+        assert_eq!(
+            steps[1][2],
+            ". /var/lib/vmkeep/env; exec /var/lib/vmkeep/provision/00-system.sh"
+        );
+        assert_eq!(&steps[2][..3], ["runuser", "-l", "alice"]);
+        assert!(steps[2][4].ends_with("01-user.sh"));
+        assert_eq!(steps[3], &["python3", "/var/lib/vmkeep/provision/05-yq.py"]);
+        assert_eq!(
+            steps.len(),
+            4,
+            "boot and data steps are not in runcmd: {steps:?}"
+        );
+        assert_eq!(
+            file_content(&doc, "/var/lib/vmkeep/provision/00-system.sh"),
+            "#!/bin/sh\napt-get install -y x"
+        );
+        assert_eq!(
+            file_content(&doc, "/var/lib/vmkeep/provision/01-user.sh"),
+            "#!/bin/bash\necho hi > ~/hi",
+            "a shebang is kept"
+        );
+        let boot = &doc["bootcmd"][1];
+        assert_eq!(boot[0], "sh");
         assert!(
-            runcmd
-                .iter()
-                .any(|c| c.contains("enable") && c.contains(AGENT_UNIT)),
-            "{runcmd:?}"
+            boot[2].as_str().unwrap().ends_with("systemctl disable y"),
+            "{boot:?}"
+        );
+        assert!(
+            boot[2]
+                .as_str()
+                .unwrap()
+                .contains("export PARAM_Key='it'\\''s'"),
+            "{boot:?}"
+        );
+        assert_eq!(file_content(&doc, "/var/lib/vmkeep/data/04"), "FOO=bar");
+        let per_boot = file_content(&doc, PER_BOOT_SCRIPT);
+        assert!(
+            per_boot.contains(
+                "install_data /var/lib/vmkeep/data/04 '/etc/conf.d/example' 'alice:alice' 600 false"
+            ),
+            "{per_boot}"
+        );
+        let env = file_content(&doc, "/var/lib/vmkeep/env");
+        assert!(
+            env.contains("export HTTP_PROXY='http://p:3128'\n")
+                && env.contains("export PARAM_Key="),
+            "{env}"
+        );
+        assert_eq!(
+            file_content(&doc, "/etc/environment"),
+            "HTTP_PROXY=http://p:3128\n"
+        );
+        let yq = file_content(&doc, "/var/lib/vmkeep/provision/05-yq.py");
+        assert!(
+            yq.contains(
+                r#"assignments = json.loads("[[[\"features\",\"containerd-snapshotter\"],false]]")"#
+            ),
+            "{yq}"
+        );
+        assert!(yq.contains("owner = \"alice\""), "{yq}");
+    }
+
+    #[test]
+    fn probes_run_as_the_user_at_first_boot_and_from_the_per_boot_script() {
+        let config = cloud(
+            "probes:\n- description: docker\n  script: |\n    #!/bin/sh\n    command -v docker\n  hint: see the log\n",
+        );
+        let doc = seed(&config);
+        assert_eq!(
+            file_content(&doc, "/var/lib/vmkeep/probes/00"),
+            "#!/bin/sh\ncommand -v docker\n"
+        );
+        let runner = file_content(&doc, "/var/lib/vmkeep/run-probes");
+        assert!(
+            runner.contains("until runuser -l 'alice' -c '. /var/lib/vmkeep/env; exec /var/lib/vmkeep/probes/00'"),
+            "{runner}"
+        );
+        assert!(runner.contains("probe 0 (docker)"), "{runner}");
+        let run = runcmd(&doc);
+        assert_eq!(run[run.len() - 2], ["/var/lib/vmkeep/run-probes"]);
+        let per_boot = file_content(&doc, PER_BOOT_SCRIPT);
+        assert!(
+            per_boot.contains("[ -e /var/lib/vmkeep/provisioned ] && /var/lib/vmkeep/run-probes"),
+            "{per_boot}"
         );
     }
 
     #[test]
-    fn provision_scripts_run_in_order_as_root_or_the_user() {
-        let provision = [
-            Provision {
-                mode: ProvisionMode::System,
-                script: "apt-get install -y x\n".into(),
-            },
-            Provision {
-                mode: ProvisionMode::User,
-                script: "#!/bin/bash\necho hi > ~/hi\n".into(),
-            },
-        ];
-        let doc = yaml(&user_data(&inputs(&provision)));
-        let files = doc["write_files"].as_sequence().unwrap();
-        assert_eq!(files[1]["path"], "/var/lib/vmkeep/provision/00-system.sh");
-        assert_eq!(files[1]["content"], "#!/bin/sh\napt-get install -y x\n");
-        assert_eq!(files[1]["permissions"], "0755");
-        assert_eq!(files[2]["path"], "/var/lib/vmkeep/provision/01-user.sh");
-        assert_eq!(
-            files[2]["content"], "#!/bin/bash\necho hi > ~/hi\n",
-            "a shebang is kept"
+    fn lima_settings_reach_cloud_init() {
+        let config = cloud(
+            "upgradePackages: true\ntimezone: Europe/Paris\ncaCerts:\n  removeDefaults: true\n  certs:\n  - PEM\n\
+             hostResolver:\n  hosts:\n    host.docker.internal: host.lima.internal\nuser:\n  comment: Alice A\n",
         );
-        let runcmd = doc["runcmd"].as_sequence().unwrap();
-        let n = runcmd.len();
-        assert_eq!(runcmd[n - 2][0], "/var/lib/vmkeep/provision/00-system.sh");
-        assert_eq!(runcmd[n - 1][0], "runuser");
-        assert_eq!(runcmd[n - 1][2], "alice");
-        assert_eq!(runcmd[n - 1][4], "/var/lib/vmkeep/provision/01-user.sh");
+        let doc = seed(&config);
+        assert_eq!(doc["package_upgrade"], true);
+        assert_eq!(doc["timezone"], "Europe/Paris");
+        assert_eq!(doc["ca_certs"]["remove_defaults"], true);
+        assert_eq!(doc["ca_certs"]["trusted"][0], "PEM");
+        let per_boot = file_content(&doc, PER_BOOT_SCRIPT);
+        assert!(
+            per_boot.contains(&format!("'{HOST_ADDRESS} host.docker.internal'")),
+            "{per_boot}"
+        );
     }
 
     #[test]
     fn yaml_special_characters_in_scripts_survive() {
-        let provision = [Provision {
-            mode: ProvisionMode::System,
-            script: "echo 'a: b' \"#not a comment\" {x} [y]\n".into(),
-        }];
-        let doc = yaml(&user_data(&inputs(&provision)));
+        let config =
+            cloud("provision:\n- script: \"echo 'a: b' \\\"#not a comment\\\" {x} [y]\\n\"\n");
+        let doc = seed(&config);
         assert_eq!(
-            doc["write_files"][1]["content"],
+            file_content(&doc, "/var/lib/vmkeep/provision/00-system.sh"),
             "#!/bin/sh\necho 'a: b' \"#not a comment\" {x} [y]\n"
         );
     }
@@ -374,7 +764,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cidata.img");
         let agent = vec![0x7f; 3 << 20];
-        write_seed(&path, &inputs(&[]), &agent).unwrap();
+        let user = alice();
+        let config = cloud("");
+        let inputs = SeedInputs {
+            instance: "web_1",
+            user: &user,
+            ssh_public_keys: vec!["ssh-ed25519 AAAA vmkeep".into()],
+            config: &config,
+        };
+        write_seed(&path, &inputs, &agent).unwrap();
         let mut file = std::fs::File::open(&path).unwrap();
         let fs = fatfs::FileSystem::new(&mut file, fatfs::FsOptions::new()).unwrap();
         assert_eq!(fs.volume_label().trim_end(), "CIDATA");
@@ -387,8 +785,8 @@ mod tests {
                 .unwrap();
             bytes
         };
-        assert_eq!(read("meta-data"), meta_data(&inputs(&[])).into_bytes());
-        assert_eq!(read("user-data"), user_data(&inputs(&[])).into_bytes());
+        assert_eq!(read("meta-data"), meta_data(&inputs).into_bytes());
+        assert_eq!(read("user-data"), user_data(&inputs).into_bytes());
         assert_eq!(read(AGENT_FILE), agent);
         drop(fs);
         let names: Vec<_> = std::fs::read_dir(dir.path())

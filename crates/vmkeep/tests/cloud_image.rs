@@ -492,6 +492,118 @@ fn vm_cloud_http_image_start_shell_provision_stop_restart_delete() {
     assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
 }
 
+/// Lima's template language on a real cloud image: every provision mode,
+/// params, env, template variables, a probe that passes on its third run
+/// (start returns only after it), ssh.localPort, hostResolver.hosts, the
+/// message; and what each mode does at the next boot.
+#[test]
+fn vm_cloud_lima_provision_modes_probes_and_settings() {
+    let image = test_image();
+    let env = TestEnv::new();
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "minimumLimaVersion: 1.1.0\ncpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
+         images:\n- location: {disk}\n  arch: x86_64\n  digest: sha256:{sum}\n\
+         \x20 kernel:\n    location: {kernel}\n    cmdline: root=/dev/vda console=ttyS0\n\
+         \x20 initrd:\n    location: {initrd}\n\
+         - location: https://example.invalid/other-arch.img\n  arch: riscv64\n\
+         containerd:\n  system: false\n  user: false\n\
+         param:\n  Who: lima-user\nenv:\n  GREETING: hello\nssh:\n  localPort: {port}\n\
+         hostResolver:\n  hosts:\n    host.docker.internal: host.lima.internal\n\
+         message: \"{{{{.Name}}}} is ready\"\n\
+         provision:\n\
+         - mode: system\n  script: |\n    #!/bin/sh\n    echo \"system $(id -un) $PARAM_Who $GREETING\" >> /var/tmp/order\n\
+         - mode: boot\n  script: echo boot >> /var/tmp/boots\n\
+         - mode: dependency\n  script: |\n    #!/bin/sh\n    echo dependency >> /var/tmp/order\n\
+         - mode: user\n  script: |\n    #!/bin/sh\n    echo \"user $(id -un) {{{{.User}}}} {{{{.Home}}}} {{{{.UID}}}}\" > ~/order-user\n\
+         - mode: data\n  path: \"{{{{.Home}}}}/data.txt\"\n  content: \"{{{{.Param.Who}}}}\"\n  owner: \"{{{{.User}}}}:{{{{.User}}}}\"\n  permissions: 600\n\
+         - mode: yq\n  path: \"{{{{.Home}}}}/.config/app/settings.json\"\n  expression: .features.snap = false | .name = \"{{{{.Name}}}}\"\n  user: \"{{{{.User}}}}\"\n\
+         probes:\n- description: third time lucky\n  script: |\n    #!/bin/sh\n    n=$(cat ~/probe-runs 2>/dev/null || echo 0)\n    echo $((n + 1)) > ~/probe-runs\n    [ \"$n\" -ge 2 ]\n  hint: it counts to three\n",
+        disk = image.file("disk.qcow2").display(),
+        sum = image.disk_sha256,
+        kernel = image.file("vmlinuz").display(),
+        initrd = image.file("initrd.img").display(),
+    );
+    let created = create(&env, cache.path(), "lima", &yaml);
+    assert!(created.output.status.success(), "{}", created.describe());
+
+    let start = ok_in(&env, cache.path(), &["start", "lima"]);
+    assert!(
+        start.stdout().contains("lima is ready"),
+        "the message: {}",
+        start.describe()
+    );
+    let sh = |script: &str| {
+        ok_in(
+            &env,
+            cache.path(),
+            &["shell", "lima", "--", "sh", "-c", script],
+        )
+        .stdout()
+    };
+    assert_eq!(
+        sh("cat ~/probe-runs"),
+        "3\n",
+        "start returned once the probe had passed (its third run)"
+    );
+    assert_eq!(
+        sh("cat /var/tmp/order ~/order-user"),
+        "dependency\nsystem root lima-user hello\nuser vmkeep vmkeep /home/vmkeep 1000\n",
+        "dependency first, then in order; params, env and template variables"
+    );
+    assert_eq!(
+        sh("stat -c '%U %a' ~/data.txt; cat ~/data.txt; echo"),
+        "vmkeep 600\nlima-user\n"
+    );
+    let settings =
+        sh("stat -c %U ~/.config/app ~/.config/app/settings.json; cat ~/.config/app/settings.json");
+    assert!(settings.starts_with("vmkeep\nvmkeep\n"), "{settings}");
+    let json: serde_json::Value =
+        serde_json::from_str(settings.lines().skip(2).collect::<String>().as_str()).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"features": {"snap": false}, "name": "lima"})
+    );
+    assert_eq!(sh("grep GREETING /etc/environment"), "GREETING=hello\n");
+    assert_eq!(
+        sh("grep host.docker.internal /etc/hosts"),
+        "10.0.2.2 host.docker.internal\n"
+    );
+    assert_eq!(sh("cat /var/tmp/boots"), "boot\n");
+    let row = env
+        .ok(&["list", "--format", "json"])
+        .stdout()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["name"] == "lima")
+        .unwrap();
+    assert_eq!(row["sshLocalPort"], port, "ssh.localPort");
+
+    // The next boot: boot scripts and data files again, probes again,
+    // provision scripts not.
+    sh("echo changed > ~/data.txt");
+    ok_in(&env, cache.path(), &["stop", "lima"]);
+    ok_in(&env, cache.path(), &["start", "lima"]);
+    assert_eq!(sh("cat /var/tmp/boots"), "boot\nboot\n");
+    assert_eq!(
+        sh("cat ~/data.txt; echo"),
+        "lima-user\n",
+        "overwrite: true by default"
+    );
+    assert_eq!(sh("cat ~/probe-runs"), "4\n");
+    assert_eq!(
+        sh("cat /var/tmp/order"),
+        "dependency\nsystem root lima-user hello\n"
+    );
+    ok_in(&env, cache.path(), &["delete", "--force", "lima"]);
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
+}
+
 #[test]
 fn vm_cloud_download_failures_leave_no_instance_and_no_cached_image() {
     let image = test_image();

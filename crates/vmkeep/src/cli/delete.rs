@@ -1,5 +1,6 @@
 //! `vmkeep delete NAME... [--force]`: arguments and printing; the work is
-//! `engine::delete`.
+//! `engine::delete`. `--force` also makes a missing instance a no-op (as in
+//! Lima) and deletes a directory vmkeep did not make.
 
 use super::progress::Lines;
 use super::{CliError, DeleteArgs, ExitCode};
@@ -21,7 +22,8 @@ pub fn run(args: DeleteArgs) -> Result<i32, CliError> {
                 target.display(),
                 home.root.display()
             ),
-            Deleted::WasMissing => eprintln!("{name} does not exist; nothing to delete"),
+            Deleted::WasMissing => eprintln!("there is no instance {name}; nothing to delete"),
+            Deleted::Foreign { dir, what } => println!("deleted {} ({what})", dir.display()),
         }
     }
     Ok(ExitCode::Success as i32)

@@ -58,9 +58,12 @@ pub enum CliError {
         total: usize,
         code: ExitCode,
     },
+    /// Names that are not instances (`list NAME...`).
+    #[error("no such instance: {}; `vmkeep list` shows them all", names.join(", "))]
+    Missing { names: Vec<String> },
     /// Failures of the command line's own work (reading a template file,
     /// printing, the daemon's set-up), with their causes.
-    #[error("{0:#}")]
+    #[error("{}", chain(.0))]
     Other(#[from] anyhow::Error),
 }
 
@@ -70,10 +73,18 @@ impl CliError {
             CliError::Engine(e) => e.kind().into(),
             CliError::Autostart(e) => e.kind().into(),
             CliError::Several { code, .. } => *code,
+            CliError::Missing { .. } => ExitCode::NotFound,
+            CliError::Other(e) if e.downcast_ref::<CliError>().is_some() => e
+                .downcast_ref::<CliError>()
+                .map(CliError::exit_code)
+                .unwrap_or(ExitCode::Failure),
             CliError::Other(e) => match e.downcast_ref::<EngineError>() {
                 Some(engine) => engine.kind().into(),
                 None => match e.downcast_ref::<crate::instance::create::CreateError>() {
                     Some(create) if create.is_invalid_template() => ExitCode::InvalidConfig,
+                    Some(crate::instance::create::CreateError::Exists { .. }) => {
+                        ExitCode::WrongState
+                    }
                     _ => ExitCode::Failure,
                 },
             },
@@ -81,9 +92,42 @@ impl CliError {
     }
 }
 
+/// An error and its causes, each cause once: typed errors of this crate
+/// already say their cause in their own message, which a plain `{:#}` would
+/// then repeat ("cannot write X: No space left: No space left").
+fn chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let said = cause.to_string();
+        if text.contains(&said) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&said);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_says_is_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("cannot write /x: {0}")]
+        struct Write(#[source] std::io::Error);
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let error = anyhow::Error::new(Write(full)).context("cannot create a");
+        let text = chain(&error);
+        assert_eq!(text.matches("No space left").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot create a: cannot write /x: "),
+            "{text}"
+        );
+    }
 
     #[test]
     fn every_kind_has_its_own_code() {

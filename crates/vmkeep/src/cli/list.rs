@@ -1,15 +1,25 @@
-//! `vmkeep list [--json] [NAME...]`: status from locks, files and journals,
-//! never waiting on a socket, inspected in parallel.
+//! `vmkeep list [--json | --format json|yaml|table|GO-TEMPLATE | -q] [NAME...]`:
+//! status from locks, files and journals, never waiting on a socket,
+//! inspected in parallel.
+//!
+//! `--json` is vmkeep's JSON array (its own keys). `--format json` is Lima's
+//! shape: one object per line, Lima's keys where they exist (`hostAgentPID`,
+//! `sshLocalPort`, ...), memory and disk in bytes. A name that does not exist
+//! is an error and gets no row. A directory vmkeep did not make is listed as
+//! `Foreign`, with what was found, and never as Broken.
 
 use serde::Serialize;
 
 use super::ListArgs;
+use crate::gotmpl::{self, Value};
 use crate::home;
 use crate::instance::observe::observe_with_config;
+use crate::instance::ownership::{self, Ownership};
 use crate::instance::status::{self, Status};
-use crate::instance::{InstanceDir, InstanceName};
+use crate::instance::{Config, InstanceDir, InstanceName};
+use crate::template::vars;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Row {
     name: String,
     status: &'static str,
@@ -23,9 +33,13 @@ struct Row {
     /// Loopback port forwarded to the guest's ssh (running cloud images).
     ssh_port: Option<u16>,
     dir: String,
+    #[serde(skip)]
+    config: Option<Config>,
+    #[serde(skip)]
+    ssh_config: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Reason {
     code: &'static str,
     message: String,
@@ -33,7 +47,65 @@ struct Reason {
     repairable: bool,
 }
 
+/// Lima's `limactl list --json` shape (the keys it has), plus vmkeep's reason.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct LimaRow {
+    name: String,
+    status: &'static str,
+    dir: String,
+    vm_type: &'static str,
+    arch: &'static str,
+    cpus: u32,
+    memory: u64,
+    disk: u64,
+    ssh_local_port: u16,
+    ssh_config_file: String,
+    #[serde(rename = "hostAgentPID")]
+    host_agent_pid: u32,
+    #[serde(rename = "driverPID")]
+    driver_pid: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    message: String,
+    errors: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<Reason>,
+}
+
+/// How to print.
+#[derive(Debug, Clone, PartialEq)]
+enum Format {
+    Table,
+    VmkeepJson,
+    Json,
+    Yaml,
+    Names,
+    Template(String),
+}
+
+fn format_of(args: &ListArgs) -> anyhow::Result<Format> {
+    if args.json {
+        return Ok(Format::VmkeepJson);
+    }
+    if args.quiet {
+        return Ok(Format::Names);
+    }
+    Ok(match args.format.as_deref() {
+        None | Some("table") => Format::Table,
+        Some("json") => Format::Json,
+        Some("yaml") => Format::Yaml,
+        Some(text) if text.contains("{{") => {
+            gotmpl::check(text)?;
+            Format::Template(text.to_string())
+        }
+        Some(other) => anyhow::bail!(
+            "--format {other:?}: use table, json, yaml or a Go template such as '{{{{.Name}}}}'"
+        ),
+    })
+}
+
 pub fn run(args: ListArgs) -> anyhow::Result<i32> {
+    let format = format_of(&args)?;
     let root = home::instances_root()?;
     let names = if args.names.is_empty() {
         crate::instance::layout::instance_names(&root)
@@ -43,35 +115,70 @@ pub fn run(args: ListArgs) -> anyhow::Result<i32> {
     let rows: Vec<Row> = std::thread::scope(|scope| {
         let handles: Vec<_> = names
             .chunks(names.len().div_ceil(8).max(1))
-            .map(|chunk| scope.spawn(|| chunk.iter().map(|n| row(&root, n)).collect::<Vec<_>>()))
+            .map(|chunk| {
+                scope.spawn(|| {
+                    chunk
+                        .iter()
+                        .filter_map(|n| row(&root, n))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         handles
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     });
-    let missing: Vec<_> = rows
+    let missing: Vec<String> = names
         .iter()
-        .filter(|r| r.status == "Missing")
-        .map(|r| r.name.clone())
+        .filter(|n| !rows.iter().any(|r| r.name == n.as_str()))
+        .map(ToString::to_string)
         .collect();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else if rows.is_empty() {
-        eprintln!("no instances; `vmkeep start` creates and boots \"default\"");
-    } else {
-        print_table(&rows);
+    match &format {
+        Format::VmkeepJson => println!("{}", serde_json::to_string_pretty(&rows)?),
+        Format::Json => {
+            for row in &rows {
+                println!("{}", serde_json::to_string(&lima_row(row))?);
+            }
+        }
+        Format::Yaml => {
+            for row in &rows {
+                print!("---\n{}", serde_yaml_ng::to_string(&lima_row(row))?);
+            }
+        }
+        Format::Names => {
+            for row in &rows {
+                println!("{}", row.name);
+            }
+        }
+        Format::Template(template) => {
+            for row in &rows {
+                println!(
+                    "{}",
+                    gotmpl::render(template, &template_values(row, &root))?
+                );
+            }
+        }
+        Format::Table if rows.is_empty() && missing.is_empty() => {
+            eprintln!("no instances; `vmkeep start` creates and boots \"default\"");
+        }
+        Format::Table => {
+            if !rows.is_empty() {
+                print_table(&rows);
+            }
+        }
     }
     if !missing.is_empty() {
-        anyhow::bail!("no such instance: {}", missing.join(", "));
+        return Err(super::CliError::Missing { names: missing }.into());
     }
     Ok(0)
 }
 
-fn row(root: &std::path::Path, name: &InstanceName) -> Row {
+/// The row of `name`, None when it does not exist.
+fn row(root: &std::path::Path, name: &InstanceName) -> Option<Row> {
     let mut row = Row {
         name: name.to_string(),
-        status: "Missing",
+        status: "Broken",
         reason: None,
         agent_pid: None,
         qemu_pid: None,
@@ -80,35 +187,49 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Row {
         disk: None,
         ssh_port: None,
         dir: String::new(),
+        config: None,
+        ssh_config: String::new(),
     };
     let dir = match InstanceDir::new(root, name.clone()) {
         Ok(dir) => dir,
         Err(e) => {
-            row.status = "Broken";
             row.reason = Some(Reason {
                 code: "socket-path-too-long",
                 message: e.to_string(),
                 hint: String::new(),
                 repairable: false,
             });
-            return row;
+            return Some(row);
         }
     };
-    row.dir = dir.dir().display().to_string();
     if !dir.dir().is_dir() {
-        return row;
+        return None;
+    }
+    row.dir = dir.dir().display().to_string();
+    row.ssh_config = dir.ssh_config().display().to_string();
+    if let Ok(Ownership::Foreign(foreign)) = ownership::inspect(dir.dir()) {
+        row.status = "Foreign";
+        row.reason = Some(Reason {
+            code: "not-vmkeep",
+            message: format!("not a vmkeep instance: {}", foreign.describe()),
+            hint: format!(
+                "vmkeep did not make it and leaves it alone; move it out of {} to hide it here",
+                root.display()
+            ),
+            repairable: false,
+        });
+        return Some(row);
     }
     let (seen, config) = match observe_with_config(&dir) {
         Ok(seen) => seen,
         Err(e) => {
-            row.status = "Broken";
             row.reason = Some(Reason {
                 code: "unreadable",
                 message: e.to_string(),
                 hint: "check the directory's permissions".into(),
                 repairable: false,
             });
-            return row;
+            return Some(row);
         }
     };
     let status = status::derive(&seen);
@@ -130,8 +251,90 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Row {
         row.cpus = Some(config.cpus.0);
         row.memory = Some(config.memory.0.to_string());
         row.disk = Some(config.disk.0.to_string());
+        row.config = Some(config);
     }
-    row
+    Some(row)
+}
+
+fn lima_row(row: &Row) -> LimaRow {
+    let config = row.config.as_ref();
+    LimaRow {
+        name: row.name.clone(),
+        status: row.status,
+        dir: row.dir.clone(),
+        vm_type: "qemu",
+        arch: "x86_64",
+        cpus: row.cpus.unwrap_or(0),
+        memory: config.map(|c| c.memory.0.0).unwrap_or(0),
+        disk: config.map(|c| c.disk.0.0).unwrap_or(0),
+        ssh_local_port: row.ssh_port.unwrap_or(0),
+        ssh_config_file: row.ssh_config.clone(),
+        host_agent_pid: row.agent_pid.unwrap_or(0),
+        driver_pid: row.qemu_pid.unwrap_or(0),
+        message: message_of(row),
+        errors: row.reason.iter().map(|r| r.message.clone()).collect(),
+        reason: row.reason.clone(),
+    }
+}
+
+/// The values a `--format` template (and a config's `message:`) sees.
+fn template_values(row: &Row, root: &std::path::Path) -> Value {
+    let lima = lima_row(row);
+    let params = row
+        .config
+        .as_ref()
+        .map(|c| c.raw.params())
+        .unwrap_or_default();
+    gotmpl::map([
+        ("Name", Value::from(lima.name)),
+        ("Status", Value::from(lima.status)),
+        ("Dir", Value::from(lima.dir)),
+        ("VMType", Value::from(lima.vm_type)),
+        ("Arch", Value::from(lima.arch)),
+        ("CPUs", Value::Int(lima.cpus.into())),
+        ("Memory", Value::Int(lima.memory as i64)),
+        ("Disk", Value::Int(lima.disk as i64)),
+        ("SSHLocalPort", Value::Int(lima.ssh_local_port.into())),
+        ("SSHConfigFile", Value::from(lima.ssh_config_file)),
+        ("HostAgentPID", Value::Int(lima.host_agent_pid.into())),
+        ("DriverPID", Value::Int(lima.driver_pid.into())),
+        ("Message", Value::from(lima.message)),
+        ("HostOS", Value::from(std::env::consts::OS)),
+        ("HostArch", Value::from(vars::go_arch())),
+        ("VMkeepHome", Value::from(root.display().to_string())),
+        ("LimaHome", Value::from(root.display().to_string())),
+        (
+            "Param",
+            gotmpl::map(params.into_iter().map(|(k, v)| (k, Value::Str(v)))),
+        ),
+    ])
+}
+
+/// A config's `message:` with its template expanded (empty when it has none
+/// or it does not expand).
+fn message_of(row: &Row) -> String {
+    let Some(message) = row.config.as_ref().and_then(|c| c.raw.message.clone()) else {
+        return String::new();
+    };
+    let mut plain = row.clone();
+    // The message itself is not among the values it can use.
+    if let Some(config) = &mut plain.config {
+        config.raw.message = None;
+    }
+    let root = std::path::Path::new(&row.dir)
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    gotmpl::render(&message, &template_values(&plain, &root)).unwrap_or(message)
+}
+
+/// The `message:` of a running instance, for `start` to show (Lima shows it
+/// after `limactl start`).
+pub fn start_message(dir: &InstanceDir) -> Option<String> {
+    let root = dir.dir().parent()?;
+    let row = row(root, dir.name())?;
+    let text = message_of(&row);
+    (!text.trim().is_empty()).then_some(text)
 }
 
 fn print_table(rows: &[Row]) {

@@ -15,7 +15,6 @@ mod start;
 mod stop;
 mod util;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -62,19 +61,60 @@ pub enum Verb {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = CONFIG_FIELDS)]
 pub struct CreateArgs {
-    /// Instance name: ASCII letters, digits, '-' and '_'.
-    pub name: InstanceName,
-    /// YAML config to create it from, or a built-in template: tiny (the
-    /// default, offline), debian-12, ubuntu-24.04, fedora-42.
+    /// A template (Lima's form: FILE.yaml, template:NAME, an http(s) URL,
+    /// or `-` for standard input; the instance is named after the file
+    /// unless --name says otherwise), or an instance name (vmkeep's form;
+    /// the template is then --template, or the built-in tiny image).
+    #[arg(value_name = "TEMPLATE|NAME", value_parser = parse_target)]
+    pub target: Option<String>,
+    /// Instance name: ASCII letters, digits, '-', '_' and '.' (default: from
+    /// the template's file name, or "default").
+    #[arg(long)]
+    pub name: Option<InstanceName>,
+    /// The template, when the argument is the instance name: a file, or a
+    /// built-in template (tiny, debian-12, ubuntu-24.04, fedora-42, and
+    /// Lima's names default, ubuntu, debian, fedora).
     #[arg(long, value_name = "FILE|NAME")]
-    pub template: Option<PathBuf>,
+    pub template: Option<String>,
+    /// Set a template parameter ({{.Param.KEY}}), over the template's `param:`.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Resolve and check the template, print the config the instance would
+    /// store and what is not applied; create nothing, download nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
+
+/// The fields of `vmkeep.yaml`, shown by `vmkeep create --help`.
+const CONFIG_FIELDS: &str = "\
+Config fields (vmkeep.yaml; Lima's names, README.md \"Coming from Lima\" says what maps):
+  vmType: qemu            arch: x86_64|default     cpus: N
+  memory: 2GiB            disk: 20GiB              accel: auto|kvm|tcg
+  stopTimeout: 30s        bootTimeout: 180s        runStrategy: always|on-failure|manual|halted
+  kernel: {path, modules, cmdline}                 (tiny image)
+  images: [{location, arch, digest, kernel, initrd, variant, archVariant}]
+  provision: [{mode: system|user|boot|dependency|data|yq, script | file | path+content ...}]
+  probes: [{script, description, hint}]            (start waits until they pass)
+  base: template:NAME | PATH | URL | [...]         (merged when the instance is created)
+  param: {KEY: VALUE}     env: {KEY: VALUE}        message: TEXT (shown after start)
+  ssh: {localPort, loadDotSSHPubKeys, forwardAgent, forwardX11}
+  user: {name, comment, uid, home, shell}          caCerts: {removeDefaults, files, certs}
+  upgradePackages         timezone                 hostResolver: {hosts}
+  minimumLimaVersion, containerd: {system: false, user: false}, mounts, portForwards,
+  copyToHost: accepted (mounts, port forwards and copies are not applied yet)";
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
-    /// Instance names (default: "default"); several start in parallel.
-    pub names: Vec<InstanceName>,
+    /// Instance names (default: "default"; several start in parallel), or a
+    /// template to create one from first (FILE.yaml, template:NAME, URL;
+    /// named after the file).
+    #[arg(value_name = "NAME|TEMPLATE", value_parser = parse_target)]
+    pub names: Vec<String>,
+    /// Name of the instance created from a template argument.
+    #[arg(long = "name", value_name = "NAME")]
+    pub instance_name: Option<InstanceName>,
     /// Run the host agent in this process until the VM stops (what a service manager runs).
     #[arg(long)]
     pub foreground: bool,
@@ -100,10 +140,19 @@ pub struct StopArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
-    /// Print JSON for machines.
-    #[arg(long)]
+    /// Print a JSON array for machines (vmkeep's keys; see --format json for Lima's).
+    #[arg(long, conflicts_with_all = ["format", "quiet"])]
     pub json: bool,
-    /// Only these instances.
+    /// table (default), json (one object per line, Lima's keys, sizes in
+    /// bytes), yaml, or a Go template such as '{{.Name}} {{.Status}}'
+    /// (fields: Name Status Dir VMType Arch CPUs Memory Disk SSHLocalPort
+    /// SSHConfigFile HostAgentPID DriverPID Message HostOS HostArch VMkeepHome).
+    #[arg(long, short = 'f', value_name = "FORMAT", conflicts_with = "quiet")]
+    pub format: Option<String>,
+    /// Only the names, one per line.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Only these instances (a name that does not exist is an error).
     pub names: Vec<InstanceName>,
 }
 
@@ -131,7 +180,8 @@ pub struct DeleteArgs {
     /// Instance names.
     #[arg(required = true)]
     pub names: Vec<InstanceName>,
-    /// Stop a running instance forcibly first.
+    /// Stop a running instance forcibly first; a name that does not exist is
+    /// not an error; a directory vmkeep did not make is deleted too.
     #[arg(long, short)]
     pub force: bool,
 }
@@ -174,6 +224,17 @@ pub struct EventsArgs {
     /// One JSON object per line (with an "instance" field).
     #[arg(long)]
     pub json: bool,
+}
+
+/// A template locator, or else a valid instance name (checked here, so that
+/// a bad name is a command-line error like any other).
+fn parse_target(text: &str) -> Result<String, String> {
+    if crate::template::locator::looks_like_locator(text) {
+        return Ok(text.to_string());
+    }
+    text.parse::<InstanceName>()
+        .map(|_| text.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {

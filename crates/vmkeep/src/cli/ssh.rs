@@ -34,12 +34,12 @@ pub fn config_block(dir: &InstanceDir) -> anyhow::Result<String> {
     let port = cloud::ssh_port(dir)
         .with_context(|| format!("{name} has no ssh port recorded; restart it"))?;
     let key = sshkeys::key_path(dir.dir().parent().unwrap_or(dir.dir()));
-    Ok(cloud::ssh_config(
-        &host_alias(name),
-        port,
-        &record.user,
-        &key,
-    ))
+    let mut block = cloud::ssh_config(&host_alias(name), port, &record.user, &key);
+    // ssh.forwardAgent / forwardX11 / forwardX11Trusted
+    if let Ok(config) = crate::instance::Config::load(&dir.config()) {
+        block.push_str(&cloud::ssh_forwarding(&config));
+    }
+    Ok(block)
 }
 
 /// `vmkeep ssh-config NAME`

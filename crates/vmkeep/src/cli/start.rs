@@ -1,5 +1,6 @@
-//! `vmkeep start [NAME...] [--foreground] [--repair-data]`: arguments and
-//! printing; the work is `engine::start`.
+//! `vmkeep start [NAME|TEMPLATE...] [--name NAME] [--foreground] [--repair-data]`:
+//! arguments and printing; the work is `engine::start`. A template argument
+//! (Lima's form: FILE.yaml, template:NAME, URL) creates its instance first.
 
 use super::progress::{Lines, Progress};
 use super::{CliError, ExitCode, StartArgs};
@@ -10,10 +11,23 @@ use crate::os;
 
 pub fn run(args: StartArgs) -> Result<i32, CliError> {
     let home = Home::from_env()?;
-    let mut names = args.names.clone();
-    if names.is_empty() {
-        names.push(InstanceName::default_instance());
+    if args.instance_name.is_some() && args.names.len() > 1 {
+        return Err(anyhow::anyhow!(
+            "--name names the instance made from one template argument; give one"
+        )
+        .into());
     }
+    let names: Vec<InstanceName> = if args.names.is_empty() {
+        vec![super::create::start_target(
+            None,
+            args.instance_name.clone(),
+        )?]
+    } else {
+        args.names
+            .iter()
+            .map(|target| super::create::start_target(Some(target), args.instance_name.clone()))
+            .collect::<anyhow::Result<_>>()?
+    };
     let options = StartOptions {
         repair_data: args.repair_data,
         foreground: args.foreground,
@@ -29,18 +43,22 @@ pub fn run(args: StartArgs) -> Result<i32, CliError> {
         let progress = Progress::new();
         let outcome = start(&home, name, &options, &progress);
         progress.finish();
-        return finish_one(name, outcome?);
+        return finish_one(&home, name, outcome?);
     }
     super::util::for_each_in_parallel(&names, "start", |name| {
         let notice = Lines {
             name: name.as_str(),
         };
         let outcome = start(&home, name, &options, &notice)?;
-        finish_one(name, outcome).map(drop)
+        finish_one(&home, name, outcome).map(drop)
     })
 }
 
-fn finish_one(name: &InstanceName, outcome: engine::start::StartOutcome) -> Result<i32, CliError> {
+fn finish_one(
+    home: &Home,
+    name: &InstanceName,
+    outcome: engine::start::StartOutcome,
+) -> Result<i32, CliError> {
     if outcome.created {
         eprintln!("created instance {name} from the built-in template");
     }
@@ -55,6 +73,10 @@ fn finish_one(name: &InstanceName, outcome: engine::start::StartOutcome) -> Resu
                 .unwrap_or_default();
             let accel = accel.map(|a| format!(", {a}")).unwrap_or_default();
             println!("{name} is running (host agent pid {agent_pid}{qemu}{accel})");
+            // The template's `message:` (Lima shows it after start).
+            if let Some(message) = super::list::start_message(&home.layout(name)?) {
+                println!("{}", message.trim_end());
+            }
         }
         Started::AlreadyRunning => eprintln!("{name} is already running"),
         Started::CameUp => println!("{name} is running"),

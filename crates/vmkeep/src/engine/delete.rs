@@ -24,6 +24,8 @@ pub enum Deleted {
     },
     /// `--force` of an instance that does not exist: nothing to do.
     WasMissing,
+    /// `--force` of a directory vmkeep did not make: it is gone.
+    Foreign { dir: PathBuf, what: String },
 }
 
 pub fn delete(
@@ -32,11 +34,35 @@ pub fn delete(
     force: bool,
     notice: &dyn Notice,
 ) -> Result<Deleted, EngineError> {
-    let dir = match home.existing(name) {
-        Ok(dir) => dir,
-        Err(EngineError::NotFound { .. }) if force => return Ok(Deleted::WasMissing),
-        Err(e) => return Err(e),
-    };
+    let dir = home.layout_any(name)?;
+    if !dir.dir().is_dir() {
+        return match force {
+            true => Ok(Deleted::WasMissing),
+            false => Err(EngineError::NotFound { name: name.clone() }),
+        };
+    }
+    if let Some(foreign) = super::foreign(&dir)? {
+        if !force {
+            return Err(EngineError::Foreign {
+                name: name.clone(),
+                dir: dir.dir().to_path_buf(),
+                what: foreign.describe(),
+            });
+        }
+        // Never while a process holds one of its pid files: its VM runs.
+        if let Some((file, pid)) = foreign.live.first() {
+            return Err(EngineError::ForeignInUse {
+                dir: dir.dir().to_path_buf(),
+                file: file.clone(),
+                pid: *pid,
+            });
+        }
+        remove_directory(dir.dir())?;
+        return Ok(Deleted::Foreign {
+            dir: dir.dir().to_path_buf(),
+            what: foreign.describe(),
+        });
+    }
     let status = status_of(&dir)?;
     let runs = status.has_live_processes();
     if runs && !force {
@@ -73,6 +99,14 @@ pub fn delete(
     }
     os::fs::remove_dir_all_if_exists(&doomed).map_err(EngineError::io("remove", &doomed))?;
     Ok(Deleted::Removed { through_link })
+}
+
+/// Remove a directory: renamed first (atomic: gone for everyone at once),
+/// then removed at leisure.
+fn remove_directory(path: &Path) -> Result<(), EngineError> {
+    let doomed = os::fs::temp_sibling(path);
+    std::fs::rename(path, &doomed).map_err(EngineError::io("remove", path))?;
+    os::fs::remove_dir_all_if_exists(&doomed).map_err(EngineError::io("remove", &doomed))
 }
 
 /// The directory an instance entry really is: itself, or the directory a

@@ -33,6 +33,24 @@ pub enum EngineError {
     )]
     NotFound { name: InstanceName },
 
+    #[error(
+        "{} is not a vmkeep instance: it is {what}; vmkeep leaves it alone \
+         (move it out of the instances' directory, or `vmkeep delete --force {name}` to delete it with everything in it)",
+        dir.display()
+    )]
+    Foreign {
+        name: InstanceName,
+        dir: PathBuf,
+        what: String,
+    },
+
+    #[error("{} is in use: pid {pid} holds {file}; stop it with the tool that started it, then delete again", dir.display())]
+    ForeignInUse {
+        dir: PathBuf,
+        file: String,
+        pid: u32,
+    },
+
     #[error(transparent)]
     Home(#[from] crate::home::HomeError),
 
@@ -116,7 +134,13 @@ impl EngineError {
             EngineError::NotFound { .. } => ErrorKind::NotFound,
             EngineError::Config(_) => ErrorKind::InvalidConfig,
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,
-            EngineError::Broken { .. } | EngineError::WrongState { .. } => ErrorKind::WrongState,
+            EngineError::Create(crate::instance::create::CreateError::Exists { .. }) => {
+                ErrorKind::WrongState
+            }
+            EngineError::Broken { .. }
+            | EngineError::WrongState { .. }
+            | EngineError::Foreign { .. }
+            | EngineError::ForeignInUse { .. } => ErrorKind::WrongState,
             EngineError::StartFailed { .. } | EngineError::DidNotComeUp { .. } => {
                 ErrorKind::StartFailed
             }

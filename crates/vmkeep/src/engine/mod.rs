@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub use self::error::{EngineError, ErrorKind};
 use crate::instance::observe::observe;
+use crate::instance::ownership::{self, Foreign, Ownership};
 use crate::instance::{InstanceDir, InstanceName, Status, status};
 pub use crate::notice::Notice;
 
@@ -45,8 +46,23 @@ impl Home {
         }
     }
 
-    /// The layout of an instance, existing or not.
+    /// The layout of an instance, existing or not. A directory of that name
+    /// that vmkeep did not make (a Lima instance, say) is refused here, so
+    /// that no verb acts on it: only `delete --force` removes it.
     pub fn layout(&self, name: &InstanceName) -> Result<InstanceDir, EngineError> {
+        let dir = self.layout_any(name)?;
+        if let Some(foreign) = foreign(&dir)? {
+            return Err(EngineError::Foreign {
+                dir: dir.dir().to_path_buf(),
+                what: foreign.describe(),
+                name: name.clone(),
+            });
+        }
+        Ok(dir)
+    }
+
+    /// The layout of `name`, whoever made its directory.
+    pub fn layout_any(&self, name: &InstanceName) -> Result<InstanceDir, EngineError> {
         Ok(InstanceDir::new(&self.root, name.clone())?)
     }
 
@@ -57,6 +73,18 @@ impl Home {
             return Err(EngineError::NotFound { name: name.clone() });
         }
         Ok(dir)
+    }
+}
+
+/// What the directory of `dir` is when vmkeep did not make it (`None` when
+/// it is vmkeep's, or does not exist).
+pub fn foreign(dir: &InstanceDir) -> Result<Option<Foreign>, EngineError> {
+    if !dir.dir().is_dir() {
+        return Ok(None);
+    }
+    match ownership::inspect(dir.dir()).map_err(EngineError::io("read", dir.dir()))? {
+        Ownership::Vmkeep => Ok(None),
+        Ownership::Foreign(foreign) => Ok(Some(foreign)),
     }
 }
 

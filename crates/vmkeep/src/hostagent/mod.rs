@@ -539,7 +539,7 @@ impl Agent<'_, '_> {
                 result = &mut ready => match result {
                     Ok(ready) => break ready,
                     Err(e) => {
-                        let error = format!("the guest did not become ready: {e}; see {}", self.dir.serial_log().display());
+                        let error = format!("the guest did not become ready: {e}; see {}{}", self.dir.serial_log().display(), crate::image::cloud::readiness_hint(&self.config));
                         self.record(Event::StartFailed { error: error.clone() });
                         let stopped = self.stop(&vm, StopCause::BootTimeout, Duration::from_secs(1), true).await;
                         fail(self.reporter, error);

@@ -19,6 +19,7 @@ use crate::instance::config::{Config, ImageArch, ImageEntry};
 use crate::os;
 use crate::os::tool::{Tool, ToolError};
 use crate::sshkeys::{self, SshKeyError};
+use crate::template::vars::{self, ExpandError, GuestUser};
 
 /// Kernel command line of a direct boot when the image entry gives none.
 pub const DEFAULT_CMDLINE: &str = "root=/dev/vda console=ttyS0";
@@ -51,6 +52,12 @@ pub enum CloudError {
     BaseMissing { path: PathBuf },
     #[error("{0}")]
     Keys(#[from] SshKeyError),
+    #[error("{0}\n  fix the template variable in the instance's vmkeep.yaml")]
+    Expand(#[from] ExpandError),
+    #[error(
+        "ssh.localPort {port} is taken on 127.0.0.1 ({source}); free it, or set ssh.localPort: 0 in vmkeep.yaml for a free port at each start"
+    )]
+    PortTaken { port: u16, source: std::io::Error },
 }
 
 /// What `create` chose for a cloud-image instance (`image.json`).
@@ -66,6 +73,23 @@ pub struct ImageRecord {
     pub cmdline: Option<String>,
     /// The user created in the guest.
     pub user: String,
+    /// Its uid, home and shell (absent in records of older vmkeep versions,
+    /// whose guests got cloud-init's defaults).
+    #[serde(default)]
+    pub guest_user: Option<GuestUser>,
+}
+
+impl ImageRecord {
+    /// The guest user, for records written before it was recorded.
+    pub fn guest_user(&self) -> GuestUser {
+        self.guest_user.clone().unwrap_or_else(|| GuestUser {
+            name: self.user.clone(),
+            uid: 1000,
+            home: format!("/home/{}", self.user),
+            shell: "/bin/bash".into(),
+            comment: None,
+        })
+    }
 }
 
 impl ImageRecord {
@@ -84,10 +108,18 @@ impl ImageRecord {
     }
 }
 
-/// The entries usable on this instance's architecture, in order.
+/// The entries usable on this instance's architecture, in order: those
+/// without a `variant`/`archVariant` (Lima's default choice); only when
+/// there is none, the variants.
 pub fn candidates(config: &Config) -> Result<Vec<&ImageEntry>, CloudError> {
     let arch = ImageArch::of(config.arch);
-    let found: Vec<_> = config.images.iter().filter(|e| e.arch == arch).collect();
+    let for_arch: Vec<_> = config.images.iter().filter(|e| e.arch == arch).collect();
+    let plain: Vec<_> = for_arch
+        .iter()
+        .copied()
+        .filter(|e| e.variant.is_none() && e.arch_variant.is_none())
+        .collect();
+    let found = if plain.is_empty() { for_arch } else { plain };
     if found.is_empty() {
         return Err(CloudError::NoImageForArch {
             arch,
@@ -106,6 +138,7 @@ pub fn candidates(config: &Config) -> Result<Vec<&ImageEntry>, CloudError> {
 pub fn prepare(
     cache_root: &Path,
     config: &Config,
+    guest_user: &GuestUser,
     disk: &Path,
     record_path: &Path,
     progress: &mut dyn Progress,
@@ -145,7 +178,8 @@ pub fn prepare(
         kernel,
         initrd,
         cmdline: entry.kernel.as_ref().and_then(|k| k.cmdline.clone()),
-        user: cloudinit::guest_user(cloudinit::host_user().as_deref()),
+        user: guest_user.name.clone(),
+        guest_user: Some(guest_user.clone()),
     };
     let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
     os::fs::write_atomic(record_path, &json, 0o600).map_err(|source| CloudError::Io {
@@ -221,11 +255,25 @@ pub fn launch_spec(
     let root = dir.dir().parent().unwrap_or(dir.dir());
     let keys = sshkeys::ensure(root)?;
     let seed = dir.seed();
+    let user = record.guest_user();
+    let values = vars::guest_values(config, dir.name().as_str(), dir.dir(), &user);
+    let mut expanded = vars::expand(config, &values)?;
+    let env = crate::instance::lima::with_proxy_env(
+        expanded.raw.env(),
+        std::env::vars(),
+        config.raw.propagate_proxy_env != Some(false),
+    );
+    expanded.raw.env = Some(crate::instance::lima::Vars(env));
+    let ssh = config.raw.ssh();
+    let mut ssh_public_keys = vec![keys.public_key.clone()];
+    if ssh.load_dot_ssh_pub_keys == Some(true) {
+        ssh_public_keys.extend(host_public_keys());
+    }
     let inputs = SeedInputs {
         instance: dir.name().as_str(),
-        user: &record.user,
-        ssh_public_key: &keys.public_key,
-        provision: &config.provision,
+        user: &user,
+        ssh_public_keys,
+        config: &expanded,
     };
     cloudinit::write_seed(&seed, &inputs, super::tiny::GUEST_AGENT).map_err(|source| {
         CloudError::Io {
@@ -239,7 +287,14 @@ pub fn launch_spec(
         path: dir.ssh_port(),
         source,
     };
-    let port = os::socket::free_loopback_port().map_err(port_err)?;
+    let port = match ssh.local_port {
+        Some(port) if port != 0 => {
+            os::socket::check_loopback_port_free(port)
+                .map_err(|source| CloudError::PortTaken { port, source })?;
+            port
+        }
+        _ => os::socket::free_loopback_port().map_err(port_err)?,
+    };
     os::fs::write_atomic(&dir.ssh_port(), format!("{port}\n").as_bytes(), 0o600)
         .map_err(port_err)?;
     let boot = match &record.kernel {
@@ -268,11 +323,67 @@ pub fn launch_spec(
     Ok(spec)
 }
 
+/// The host user's public keys (`~/.ssh/*.pub`), for `ssh.loadDotSSHPubKeys`.
+fn host_public_keys() -> Vec<String> {
+    let Some(home) = std::env::var_os("HOME") else {
+        return Vec::new();
+    };
+    let mut keys: Vec<String> = std::fs::read_dir(Path::new(&home).join(".ssh"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pub"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|text| {
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+/// What to say when a cloud image did not become ready in time: the
+/// readiness probes it waited for, with their hints.
+pub fn readiness_hint(config: &Config) -> String {
+    if config.probes.is_empty() {
+        return String::new();
+    }
+    let mut text = String::from("; the guest is ready only once its probes pass:");
+    for (index, probe) in config.probes.iter().enumerate() {
+        text.push_str(&format!("\n  {}", probe.label(index)));
+        if let Some(hint) = &probe.hint {
+            text.push_str(&format!(": {}", hint.trim().replace('\n', " ")));
+        }
+    }
+    text
+}
+
 /// The ssh port of a running cloud-image instance, if recorded.
 pub fn ssh_port(dir: &InstanceDir) -> Option<u16> {
     std::fs::read_to_string(dir.ssh_port())
         .ok()
         .and_then(|text| text.trim().parse().ok())
+}
+
+/// The forwarding options `ssh:` asks for, as lines of an ssh config block.
+pub fn ssh_forwarding(config: &Config) -> String {
+    let ssh = config.raw.ssh();
+    let mut lines = String::new();
+    for (set, option) in [
+        (ssh.forward_agent, "ForwardAgent yes"),
+        (ssh.forward_x11, "ForwardX11 yes"),
+        (ssh.forward_x11_trusted, "ForwardX11Trusted yes"),
+    ] {
+        if set == Some(true) {
+            lines.push_str(&format!("  {option}\n"));
+        }
+    }
+    lines
 }
 
 /// An ssh config block for a running instance.
@@ -316,9 +427,38 @@ mod tests {
         let found = candidates(&config).unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].location.to_string(), "/b");
+        let variants = Config::parse(
+            "images:\n- location: /v3\n  arch: x86_64\n  archVariant: v3\n- location: /plain\n  arch: x86_64\n",
+        )
+        .unwrap();
+        let found = candidates(&variants).unwrap();
+        assert_eq!(found.len(), 1, "a plain entry is preferred to a variant");
+        assert_eq!(found[0].location.to_string(), "/plain");
+        let only_variant = Config::parse("images:\n- location: /m\n  variant: minimal\n").unwrap();
+        assert_eq!(candidates(&only_variant).unwrap().len(), 1);
         let only_arm = Config::parse("images:\n- location: /a\n  arch: aarch64\n").unwrap();
         let err = candidates(&only_arm).unwrap_err().to_string();
         assert!(err.contains("arch: x86_64"), "{err}");
+    }
+
+    #[test]
+    fn ssh_forwarding_options_follow_the_ssh_settings() {
+        let config = Config::parse("ssh:\n  forwardAgent: true\n  forwardX11: false\n").unwrap();
+        assert_eq!(ssh_forwarding(&config), "  ForwardAgent yes\n");
+        assert_eq!(ssh_forwarding(&Config::default()), "");
+    }
+
+    #[test]
+    fn readiness_hints_name_each_probe() {
+        let config = Config::parse(
+            "images:\n- location: /i\nprobes:\n- description: docker\n  script: \"#!/bin/sh\"\n  hint: |\n    see the log\n",
+        )
+        .unwrap();
+        assert_eq!(
+            readiness_hint(&config),
+            "; the guest is ready only once its probes pass:\n  probe 0 (docker): see the log"
+        );
+        assert_eq!(readiness_hint(&Config::default()), "");
     }
 
     #[test]
@@ -363,9 +503,11 @@ mod tests {
         .unwrap();
         let disk = dir.path().join("disk.qcow2");
         let record_path = dir.path().join("image.json");
+        let user = crate::template::vars::guest_user(&config, "t").unwrap();
         let record = prepare(
             &dir.path().join("cache"),
             &config,
+            &user,
             &disk,
             &record_path,
             &mut download::Silent,

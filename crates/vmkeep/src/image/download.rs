@@ -70,6 +70,10 @@ pub enum DownloadError {
     Network { location: Location, message: String },
     #[error("cannot read {path}: {source}")]
     Local { path: PathBuf, source: io::Error },
+    #[error(
+        "{location}: more than {limit} bytes; a template or script fetched by vmkeep may be at most that large"
+    )]
+    TooLarge { location: Location, limit: u64 },
     #[error("cache {path}: {source}; check the permissions and free space of the cache")]
     Cache { path: PathBuf, source: io::Error },
 }
@@ -185,6 +189,28 @@ pub fn fetch(
     os::fs::persist(&partial, &data).map_err(cache_err(&data))?;
     progress.end(&format!("fetched {location}"));
     Ok(data)
+}
+
+/// GET a small file (a template, a script) into memory, refusing more than
+/// `limit` bytes. Not cached: templates are read once, when an instance is
+/// created, and stored resolved in the instance.
+pub fn fetch_small(url: &str, limit: u64) -> Result<Vec<u8>, DownloadError> {
+    let location = Location::Url(url.to_string());
+    let (body, _, _) = http_get(&location, url, 0, stall_timeout())?;
+    let mut bytes = Vec::new();
+    if let Err(e) = body.take(limit + 1).read_to_end(&mut bytes) {
+        return Err(read_error(
+            &location,
+            e,
+            stall_timeout(),
+            bytes.len() as u64,
+            None,
+        ));
+    }
+    if bytes.len() as u64 > limit {
+        return Err(DownloadError::TooLarge { location, limit });
+    }
+    Ok(bytes)
 }
 
 fn stall_timeout() -> Duration {

@@ -1,9 +1,12 @@
-//! Instance configuration: `vmkeep.yaml`, with Lima's field names where Lima
-//! has the field (`vmType`, `arch`, `cpus`, `memory`, `disk`).
+//! Instance configuration: `vmkeep.yaml`, in Lima's field names and shapes
+//! (`vmType`, `arch`, `cpus`, `memory`, `disk`, `images`, `provision`, ...;
+//! Lima's other settings are in `lima.rs`).
 //!
 //! Every value is checked while it is parsed, so an error carries the line
-//! and column of the offending field; unknown fields are errors too. A config
-//! that parses is valid.
+//! and column of the offending field; an unknown field is an error with its
+//! line and the nearest known name. A config that parses is valid on its own;
+//! [`Config::check_whole`] adds the checks that need the whole, merged
+//! template (a tiny-image instance cannot take provision scripts, ...).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,6 +14,10 @@ use std::time::Duration;
 
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
+
+use super::lima;
+pub use super::provision::{DataFile, Probe, Provision, ProvisionMode, YqEdit};
+use super::yaml_de::{MustBeEmpty, MustBeOff, ScalarString, nullable, parse_checked};
 
 /// The built-in template `vmkeep create` writes when no `--template` is given.
 pub const DEFAULT_TEMPLATE: &str = "\
@@ -35,39 +42,145 @@ accel: auto
 ";
 
 /// A parsed, valid instance configuration.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+///
+/// Built from [`RawConfig`] (what the YAML says, every field optional) by
+/// filling defaults: a cloud image (`images:` given) gets cloud-sized ones
+/// (2 CPUs, 2 GiB, 20 GiB, 60 s stop, 600 s boot), the tiny image its own
+/// (1 CPU, 256 MiB, 2 GiB, 30 s, 180 s).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    #[serde(default)]
     pub vm_type: VmType,
-    #[serde(default)]
     pub arch: Arch,
-    #[serde(default)]
     pub cpus: Cpus,
-    #[serde(default = "default_memory")]
     pub memory: Memory,
-    #[serde(default = "default_disk")]
     pub disk: DiskSize,
-    #[serde(default)]
     pub accel: AccelSetting,
-    #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Timeout,
-    #[serde(default = "default_boot_timeout")]
     pub boot_timeout: Timeout,
     /// Settings for the kernel of the built-in tiny image.
-    #[serde(default)]
     pub kernel: KernelSettings,
     /// What `vmkeep daemon` does when the VM exits (KubeVirt's runStrategy).
     /// Absent: the daemon leaves the instance alone.
-    #[serde(default)]
     pub run_strategy: Option<RunStrategy>,
     /// Cloud images to boot instead of the tiny image (Lima's `images:`);
     /// the first one for the host's architecture that can be fetched wins.
-    #[serde(default)]
     pub images: Vec<ImageEntry>,
-    /// Scripts cloud-init runs once, at the first boot of a cloud image.
-    #[serde(default)]
+    /// Scripts and files cloud-init applies (Lima's `provision:`).
     pub provision: Vec<Provision>,
+    /// Readiness probes: `start` returns once every one has passed.
+    pub probes: Vec<Probe>,
+    /// Everything as written, Lima's own settings included (`ssh`, `user`,
+    /// `env`, `param`, `message`, ...; see `instance/lima.rs`).
+    pub raw: RawConfig,
+}
+
+/// What a config file says, before defaults: every field optional, `null`
+/// meaning "not set" (Lima's templates write `cpus: null` for "the default").
+/// vmkeep's own fields first, then Lima's (applied, accepted or refused: see
+/// `instance/lima.rs`).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    #[serde(default, deserialize_with = "nullable")]
+    pub vm_type: Option<VmType>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub arch: Option<Arch>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub cpus: Option<Cpus>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub memory: Option<Memory>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub disk: Option<DiskSize>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub accel: Option<AccelSetting>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub stop_timeout: Option<Timeout>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub boot_timeout: Option<Timeout>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub kernel: Option<KernelSettings>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub run_strategy: Option<RunStrategy>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub images: Option<Vec<ImageEntry>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub provision: Option<Vec<Provision>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub probes: Option<Vec<Probe>>,
+
+    /// Resolved (and removed) when an instance is created; kept here only so
+    /// that a base file on its own parses.
+    #[serde(default, deserialize_with = "nullable")]
+    pub base: Option<serde_yaml_ng::Value>,
+    /// Accepted; vmkeep reads every template Lima 1.x and 2.x reads.
+    #[serde(default, deserialize_with = "nullable")]
+    pub minimum_lima_version: Option<ScalarString>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub vm_opts: Option<serde_yaml_ng::Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub os: Option<lima::GuestOs>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub mounts: Option<Vec<lima::Mount>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub mount_type: Option<ScalarString>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub mount_types_unsupported: Option<Vec<ScalarString>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub mount_inotify: Option<bool>,
+    #[serde(default)]
+    pub additional_disks: MustBeEmpty<lima::AdditionalDisks>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ssh: Option<lima::Ssh>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ca_certs: Option<lima::CaCerts>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub upgrade_packages: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub containerd: Option<lima::Containerd>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub user: Option<lima::User>,
+    #[serde(default)]
+    pub cpu_type: MustBeEmpty<lima::CpuType>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub rosetta: Option<lima::Rosetta>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub timezone: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub firmware: Option<lima::Firmware>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub audio: Option<lima::Audio>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub video: Option<lima::Video>,
+    #[serde(default)]
+    pub networks: MustBeEmpty<lima::Networks>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub port_forwards: Option<Vec<serde_yaml_ng::Value>>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub copy_to_host: Option<Vec<serde_yaml_ng::Value>>,
+    /// Shown after `start` (a template with list fields: `{{.Dir}}`, ...).
+    #[serde(default, deserialize_with = "nullable")]
+    pub message: Option<String>,
+    /// Environment of the guest (`/etc/environment`) and of provision scripts.
+    #[serde(default, deserialize_with = "nullable")]
+    pub env: Option<lima::Vars>,
+    /// `{{.Param.Key}}` in scripts, probes and mounts; `$PARAM_Key` in scripts.
+    #[serde(default, deserialize_with = "nullable")]
+    pub param: Option<lima::Vars>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub propagate_proxy_env: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub host_resolver: Option<lima::HostResolver>,
+    /// Lima's name before `hostResolver` (still read by Lima).
+    #[serde(default, deserialize_with = "nullable")]
+    pub use_host_resolver: Option<bool>,
+    #[serde(default)]
+    pub dns: MustBeEmpty<lima::Dns>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub guest_install_prefix: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub plain: Option<bool>,
+    #[serde(default)]
+    pub nested_virtualization: MustBeOff<lima::NestedVirtualization>,
 }
 
 /// One entry of `images:` (Lima's shape).
@@ -87,6 +200,13 @@ pub struct ImageEntry {
     /// An initrd for direct boot; needs `kernel`.
     #[serde(default)]
     pub initrd: Option<FileRef>,
+    /// Lima's distribution variant (`minimal`, ...): entries without one are
+    /// preferred; the others are used only when no plain entry exists.
+    #[serde(default, deserialize_with = "nullable")]
+    pub variant: Option<String>,
+    /// Lima's microarchitecture variant (`v2`, `v3`): as `variant`.
+    #[serde(default, deserialize_with = "nullable")]
+    pub arch_variant: Option<String>,
 }
 
 /// A kernel file of an image entry, with its command line.
@@ -110,7 +230,8 @@ pub struct FileRef {
     pub digest: Option<Digest>,
 }
 
-/// The architecture an image is built for.
+/// The architecture an image is built for: every one Lima knows, so that a
+/// template listing images for all of them parses; only the host's is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 pub enum ImageArch {
     #[default]
@@ -118,6 +239,14 @@ pub enum ImageArch {
     X86_64,
     #[serde(rename = "aarch64")]
     Aarch64,
+    #[serde(rename = "armv7l")]
+    Armv7l,
+    #[serde(rename = "riscv64")]
+    Riscv64,
+    #[serde(rename = "s390x")]
+    S390x,
+    #[serde(rename = "ppc64le")]
+    Ppc64le,
 }
 
 impl ImageArch {
@@ -252,27 +381,6 @@ impl<'de> Deserialize<'de> for Digest {
     }
 }
 
-/// One `provision:` script (Lima's shape).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Provision {
-    #[serde(default)]
-    pub mode: ProvisionMode,
-    /// The script; starts with `#!` or runs with /bin/sh.
-    pub script: String,
-}
-
-/// Who runs a provision script.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProvisionMode {
-    /// root
-    #[default]
-    System,
-    /// the instance's user, in a login shell
-    User,
-}
-
 /// When the daemon (re)starts an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -296,19 +404,6 @@ impl RunStrategy {
             RunStrategy::Halted => "halted",
         }
     }
-}
-
-fn default_memory() -> Memory {
-    Memory(ByteSize(256 * MIB))
-}
-fn default_disk() -> DiskSize {
-    DiskSize(ByteSize(2 * GIB))
-}
-fn default_stop_timeout() -> Timeout {
-    Timeout(Duration::from_secs(30))
-}
-fn default_boot_timeout() -> Timeout {
-    Timeout(Duration::from_secs(180))
 }
 
 impl Default for Config {
@@ -343,21 +438,132 @@ pub enum ConfigError {
     },
     /// The message includes the field and its line and column.
     #[error(
-        "invalid config {path}: {message}\n  fix the field named above; `vmkeep create --help` shows the fields"
+        "invalid config {path}: {source}\n  fix the field named above; `vmkeep create --help` lists the fields"
     )]
-    Invalid { path: PathBuf, message: String },
+    Invalid { path: PathBuf, source: ParseError },
 }
 
-impl Config {
-    /// Parse YAML text. An empty document means all defaults.
-    pub fn parse(text: &str) -> Result<Config, String> {
-        if text
-            .lines()
-            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
-        {
-            return serde_yaml_ng::from_str("{}").map_err(|e| e.to_string());
+/// Why YAML text is not a valid config: the message names the field, its
+/// line and column and, for a misspelt field, the nearest known one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ParseError {
+    pub message: String,
+    /// 1-based line of the offending value, when known.
+    pub line: Option<usize>,
+    /// The misspelt field of an "unknown field" error.
+    pub unknown_field: Option<String>,
+    /// The known field it most likely meant.
+    pub suggestion: Option<String>,
+}
+
+impl ParseError {
+    /// A whole-config problem (no single line).
+    pub fn whole(message: impl Into<String>) -> ParseError {
+        ParseError {
+            message: message.into(),
+            line: None,
+            unknown_field: None,
+            suggestion: None,
         }
-        serde_yaml_ng::from_str(text).map_err(|e| without_repeated_field(&e.to_string()))
+    }
+
+    fn from_yaml(error: &serde_yaml_ng::Error, text: &str) -> ParseError {
+        let mut message = without_repeated_field(&error.to_string());
+        let mut line = error.location().map(|l| l.line());
+        let mut unknown_field = None;
+        let mut suggestion = None;
+        if let Some((field, expected)) = unknown_field_of(&message) {
+            if message.starts_with("unknown field") {
+                // A top-level key: serde_yaml_ng gives the position of the
+                // document, not of the key, and prints none; find the key.
+                if let Some(n) = text.lines().position(|l| {
+                    l.strip_prefix(field.as_str())
+                        .is_some_and(|rest| rest.trim_start().starts_with(':'))
+                }) {
+                    line = Some(n + 1);
+                }
+            }
+            suggestion = super::suggest::closest(&field, expected.iter().map(String::as_str))
+                .map(str::to_string);
+            if let Some(near) = &suggestion {
+                message.push_str(&format!("; did you mean `{near}`?"));
+            }
+            unknown_field = Some(field);
+        }
+        if let Some(n) = line
+            && !message.contains(" line ")
+        {
+            message.push_str(&format!(" at line {n}"));
+        }
+        ParseError {
+            message,
+            line,
+            unknown_field,
+            suggestion,
+        }
+    }
+}
+
+/// (field, expected fields) of serde's "unknown field `x`, expected one of
+/// `a`, `b`" (or "expected `a` or `b`").
+fn unknown_field_of(message: &str) -> Option<(String, Vec<String>)> {
+    let rest = &message[message.find("unknown field `")? + "unknown field `".len()..];
+    let (field, rest) = rest.split_once('`')?;
+    let expected_part = rest.split(" at line ").next().unwrap_or(rest);
+    let expected: Vec<String> = expected_part
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
+    Some((field.to_string(), expected))
+}
+
+/// Cloud-image defaults where a setting is absent (Lima's are larger: min(4,
+/// host cores), min(4GiB, half the host's memory), 100GiB).
+const CLOUD_CPUS: u32 = 2;
+const CLOUD_MEMORY: u64 = 2 * GIB;
+const CLOUD_DISK: u64 = 20 * GIB;
+const CLOUD_STOP_TIMEOUT: u64 = 60;
+const CLOUD_BOOT_TIMEOUT: u64 = 600;
+
+impl Config {
+    /// Parse YAML text. An empty document means all defaults. This is the
+    /// one entry point from text (create, load and the fuzz target use it).
+    pub fn parse(text: &str) -> Result<Config, ParseError> {
+        Ok(Config::from_raw(RawConfig::parse(text)?))
+    }
+
+    /// Fill the defaults of a raw config.
+    pub fn from_raw(raw: RawConfig) -> Config {
+        let images = raw.images.clone().unwrap_or_default();
+        let cloud = !images.is_empty();
+        let pick = |cloud_value: u64, tiny_value: u64| if cloud { cloud_value } else { tiny_value };
+        Config {
+            vm_type: raw.vm_type.unwrap_or_default(),
+            arch: raw.arch.unwrap_or_default(),
+            cpus: raw.cpus.unwrap_or(Cpus(pick(CLOUD_CPUS.into(), 1) as u32)),
+            memory: raw
+                .memory
+                .unwrap_or(Memory(ByteSize(pick(CLOUD_MEMORY, 256 * MIB)))),
+            disk: raw
+                .disk
+                .unwrap_or(DiskSize(ByteSize(pick(CLOUD_DISK, 2 * GIB)))),
+            accel: raw.accel.unwrap_or_default(),
+            stop_timeout: raw
+                .stop_timeout
+                .unwrap_or(Timeout(Duration::from_secs(pick(CLOUD_STOP_TIMEOUT, 30)))),
+            boot_timeout: raw
+                .boot_timeout
+                .unwrap_or(Timeout(Duration::from_secs(pick(CLOUD_BOOT_TIMEOUT, 180)))),
+            kernel: raw.kernel.clone().unwrap_or_default(),
+            run_strategy: raw.run_strategy,
+            images,
+            provision: raw.provision.clone().unwrap_or_default(),
+            probes: raw.probes.clone().unwrap_or_default(),
+            raw,
+        }
     }
 
     /// Read and parse a config file.
@@ -366,9 +572,9 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        Config::parse(&text).map_err(|message| ConfigError::Invalid {
+        Config::parse(&text).map_err(|source| ConfigError::Invalid {
             path: path.into(),
-            message,
+            source,
         })
     }
 
@@ -376,20 +582,128 @@ impl Config {
     pub fn is_cloud(&self) -> bool {
         !self.images.is_empty()
     }
+
+    /// Checks that need the whole (merged) config, run when an instance is
+    /// created: what the built-in tiny image cannot do, and `file:`
+    /// references left unresolved.
+    pub fn check_whole(&self) -> Result<(), ParseError> {
+        if !self.is_cloud() {
+            let raw = &self.raw;
+            let ssh = raw.ssh();
+            let user = raw.user();
+            let needs_cloud = [
+                ("provision", !self.provision.is_empty()),
+                ("probes", !self.probes.is_empty()),
+                ("env", !raw.env().is_empty()),
+                ("ssh.localPort", ssh.local_port.is_some_and(|p| p != 0)),
+                (
+                    "ssh.loadDotSSHPubKeys",
+                    ssh.load_dot_ssh_pub_keys == Some(true),
+                ),
+                (
+                    "user",
+                    user.name.is_some()
+                        || user.uid.is_some()
+                        || user.home.is_some()
+                        || user.shell.is_some(),
+                ),
+                (
+                    "caCerts",
+                    raw.ca_certs.as_ref().is_some_and(|c| {
+                        c.remove_defaults == Some(true)
+                            || c.certs.as_ref().is_some_and(|v| !v.is_empty())
+                            || c.files.as_ref().is_some_and(|v| !v.is_empty())
+                    }),
+                ),
+                ("upgradePackages", raw.upgrade_packages == Some(true)),
+                (
+                    "timezone",
+                    raw.timezone.as_ref().is_some_and(|t| !t.is_empty()),
+                ),
+            ];
+            let used: Vec<&str> = needs_cloud
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(name, _)| *name)
+                .collect();
+            if !used.is_empty() {
+                return Err(ParseError::whole(format!(
+                    "{} need a cloud image (images:): the built-in tiny image has no cloud-init, users or ssh; \
+                     add images: (or base: template:debian-12), or remove {}",
+                    used.join(", "),
+                    if used.len() == 1 { "it" } else { "them" }
+                )));
+            }
+        }
+        let unresolved = self
+            .provision
+            .iter()
+            .filter_map(|p| p.file.as_deref())
+            .chain(self.probes.iter().filter_map(|p| p.file.as_deref()))
+            .next();
+        if let Some(file) = unresolved {
+            return Err(ParseError::whole(format!(
+                "file: {file} was not read into the config; create the instance from its template file so that relative files are found"
+            )));
+        }
+        Ok(())
+    }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+impl RawConfig {
+    /// Parse YAML text without filling defaults. An empty document (or
+    /// only comments) means nothing set.
+    pub fn parse(text: &str) -> Result<RawConfig, ParseError> {
+        if text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            return Ok(RawConfig::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| ParseError::from_yaml(&e, text))
+    }
+}
+
+/// `vmType:` QEMU only (Lima's `default` is QEMU on Linux).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmType {
     #[default]
     Qemu,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+impl<'de> Deserialize<'de> for VmType {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_checked(d, |text| match text {
+            "qemu" | "default" => Ok(VmType::Qemu),
+            "vz" | "wsl2" | "krunkit" => Err(format!(
+                "vmType: {text} is not supported: vmkeep runs VMs on QEMU only; remove vmType or set it to qemu"
+            )),
+            other => Err(format!("vmType: {other:?} is not a VM type; use qemu")),
+        })
+    }
+}
+
+/// `arch:` of the guest: the host's (x86_64) only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub enum Arch {
     #[default]
     #[serde(rename = "x86_64")]
     X86_64,
+}
+
+impl<'de> Deserialize<'de> for Arch {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_checked(d, |text| match text {
+            "x86_64" | "default" => Ok(Arch::X86_64),
+            "aarch64" | "armv7l" | "riscv64" | "s390x" | "ppc64le" => Err(format!(
+                "arch: {text} guests are not supported by vmkeep yet: it boots guests of the host's architecture (x86_64); remove arch or set it to default"
+            )),
+            other => Err(format!(
+                "arch: {other:?} is not an architecture; use x86_64 or default"
+            )),
+        })
+    }
 }
 
 impl Arch {
@@ -473,8 +787,6 @@ impl fmt::Display for ByteSize {
     }
 }
 
-/// Deserialize a value from a string or number and check it; the error
-/// message becomes serde's, which carries the YAML location.
 /// The YAML parser prefixes an error with the field's path; the value
 /// checks below name their field themselves. Say it once.
 fn without_repeated_field(message: &str) -> String {
@@ -484,45 +796,6 @@ fn without_repeated_field(message: &str) -> String {
         return rest.to_string();
     }
     message.to_string()
-}
-
-fn parse_checked<'de, D, T>(
-    d: D,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    /// Takes the scalar as text. Visiting (rather than buffering through an
-    /// untagged enum) keeps the parser at the value, so an error carries the
-    /// value's own line.
-    struct ScalarText<F>(F);
-
-    impl<'de, T, F: FnOnce(&str) -> Result<T, String>> de::Visitor<'de> for ScalarText<F> {
-        type Value = T;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a number or a string")
-        }
-
-        fn visit_str<E: de::Error>(self, text: &str) -> Result<T, E> {
-            (self.0)(text).map_err(E::custom)
-        }
-
-        fn visit_u64<E: de::Error>(self, n: u64) -> Result<T, E> {
-            self.visit_str(&n.to_string())
-        }
-
-        fn visit_i64<E: de::Error>(self, n: i64) -> Result<T, E> {
-            self.visit_str(&n.to_string())
-        }
-
-        fn visit_f64<E: de::Error>(self, n: f64) -> Result<T, E> {
-            self.visit_str(&n.to_string())
-        }
-    }
-
-    d.deserialize_any(ScalarText(parse))
 }
 
 /// Number of virtual CPUs, 1 to 64.
@@ -631,6 +904,24 @@ impl<'de> Deserialize<'de> for AbsolutePath {
 mod tests {
     use super::*;
 
+    /// The settings that matter, without the raw text's `Option`s.
+    fn core(c: &Config) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            c.vm_type,
+            c.arch,
+            c.cpus,
+            c.memory,
+            c.disk,
+            c.accel,
+            c.stop_timeout,
+            c.boot_timeout,
+            c.kernel,
+            c.images,
+            c.provision
+        )
+    }
+
     #[test]
     fn the_default_template_parses_to_the_defaults() {
         let config = Config::default();
@@ -639,8 +930,11 @@ mod tests {
         assert_eq!(config.disk, DiskSize(ByteSize(2 * GIB)));
         assert_eq!(config.stop_timeout, Timeout(Duration::from_secs(30)));
         assert_eq!(config.accel, AccelSetting::Auto);
-        assert_eq!(Config::parse("").unwrap(), config);
-        assert_eq!(Config::parse("# only a comment\n").unwrap(), config);
+        assert_eq!(core(&Config::parse("").unwrap()), core(&config));
+        assert_eq!(
+            core(&Config::parse("# only a comment\n").unwrap()),
+            core(&config)
+        );
     }
 
     #[test]
@@ -657,12 +951,14 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_named_with_their_line() {
-        let err = Config::parse("cpus: 1\ncpu: 2\n").unwrap_err();
+        let err = Config::parse("cpus: 1\ncpu: 2\n").unwrap_err().to_string();
         assert!(
             err.contains("unknown field `cpu`") && err.contains("line 2"),
             "{err}"
         );
-        let err = Config::parse("kernel:\n  cmdline: x\n  modulez: /m\n").unwrap_err();
+        let err = Config::parse("kernel:\n  cmdline: x\n  modulez: /m\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("modulez") && err.contains("line 3"), "{err}");
     }
 
@@ -681,9 +977,11 @@ mod tests {
             ("kernel:\n  path: vmlinuz\n", "relative", "absolute", 3),
         ];
         for (yaml, names, fix, line) in cases {
-            let err = Config::parse(&format!("# header\n{yaml}")).unwrap_err();
+            let err = Config::parse(&format!("# header\n{yaml}"))
+                .unwrap_err()
+                .to_string();
             // Without the header, the same field is one line up.
-            let first = Config::parse(yaml).unwrap_err();
+            let first = Config::parse(yaml).unwrap_err().to_string();
             assert!(
                 first.contains(&format!("line {}", line - 1)),
                 "{yaml:?} gave {first}"
@@ -766,7 +1064,7 @@ mod tests {
             ("provision:\n- mode: root\n  script: x\n", "root", 2),
         ];
         for (yaml, says, line) in cases {
-            let err = Config::parse(yaml).unwrap_err();
+            let err = Config::parse(yaml).unwrap_err().to_string();
             assert!(
                 err.contains(says) && err.contains(&format!("line {line}")),
                 "{yaml:?} gave {err}"
@@ -775,8 +1073,100 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelt_field_names_its_line_and_the_nearest_field_at_any_depth() {
+        for (yaml, field, near, line) in [
+            ("cpu: 2\n", "cpu", "cpus", 1),
+            ("# c\ncpus: 1\nmemroy: 1GiB\n", "memroy", "memory", 3),
+            ("provisions:\n- script: x\n", "provisions", "provision", 1),
+            ("ssh:\n  localport: 22\n", "localport", "localPort", 2),
+            (
+                "images:\n- location: /x\n  archh: x86_64\n",
+                "archh",
+                "arch",
+                3,
+            ),
+        ] {
+            let err = Config::parse(yaml).unwrap_err();
+            assert_eq!(err.unknown_field.as_deref(), Some(field), "{err}");
+            assert_eq!(err.suggestion.as_deref(), Some(near), "{err}");
+            assert_eq!(err.line, Some(line), "{yaml:?}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("did you mean `{near}`?"))
+                    && text.contains(&format!("line {line}")),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn nulls_mean_defaults_and_cloud_images_get_cloud_defaults() {
+        let config = Config::parse(
+            "vmType: null\narch: null\ncpus: null\nmemory: null\ndisk: null\nimages: []\n",
+        )
+        .unwrap();
+        assert_eq!(core(&config), core(&Config::default()));
+        let cloud = Config::parse("images:\n- location: /i.qcow2\n").unwrap();
+        assert_eq!(
+            (
+                cloud.cpus.0,
+                cloud.memory.0.to_string(),
+                cloud.disk.0.to_string(),
+                cloud.boot_timeout.0.as_secs()
+            ),
+            (2, "2GiB".into(), "20GiB".into(), 600)
+        );
+        let set = Config::parse("cpus: 4\nimages:\n- location: /i.qcow2\n").unwrap();
+        assert_eq!(set.cpus.0, 4);
+    }
+
+    #[test]
+    fn limas_vm_types_and_arches_that_cannot_apply_say_so() {
+        for (yaml, says) in [
+            ("vmType: vz\n", "QEMU only"),
+            ("vmType: wsl2\n", "remove vmType"),
+            ("arch: aarch64\n", "arch: aarch64 guests are not supported"),
+        ] {
+            let err = Config::parse(yaml).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains("line 1"), "{err}");
+        }
+        assert_eq!(
+            core(&Config::parse("vmType: default\narch: default\n").unwrap()),
+            core(&Config::default())
+        );
+    }
+
+    #[test]
+    fn images_for_every_arch_parse_with_their_variants() {
+        let config = Config::parse(
+            "images:\n- location: /a\n  arch: riscv64\n- location: /b\n  arch: armv7l\n- location: /c\n  arch: s390x\n\
+             - location: /d\n  arch: ppc64le\n- location: /e\n  arch: x86_64\n  archVariant: v3\n- location: /f\n  arch: x86_64\n  variant: minimal\n",
+        )
+        .unwrap();
+        assert_eq!(config.images.len(), 6);
+        assert_eq!(config.images[4].arch_variant.as_deref(), Some("v3"));
+        assert_eq!(config.images[5].variant.as_deref(), Some("minimal"));
+    }
+
+    #[test]
+    fn the_tiny_image_refuses_what_needs_cloud_init() {
+        let config = Config::parse("provision:\n- script: x\nuser:\n  name: bob\n").unwrap();
+        let err = config.check_whole().unwrap_err().to_string();
+        assert!(err.contains("provision, user need a cloud image"), "{err}");
+        assert!(
+            Config::parse("images:\n- location: /i\nprovision:\n- script: x\n")
+                .unwrap()
+                .check_whole()
+                .is_ok()
+        );
+        assert!(Config::default().check_whole().is_ok());
+    }
+
+    #[test]
     fn invalid_yaml_is_reported_with_its_line() {
-        let err = Config::parse("cpus: 1\nmemory: [\n").unwrap_err();
+        let err = Config::parse("cpus: 1\nmemory: [\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line"), "{err}");
     }
 

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::config::Config;
 use super::data_disk;
 use super::layout::{InstanceDir, SocketPathTooLong};
 use super::name::InstanceName;
@@ -14,6 +13,8 @@ use crate::image::download::{self, Progress};
 use crate::os;
 use crate::os::lock::HeldLock;
 use crate::os::tool::{Tool, ToolError};
+use crate::template::vars::{self, ExpandError};
+use crate::template::{self, Source, TemplateError};
 
 /// Appended to a staging directory's name to name its creator's lock.
 const STAGING_LOCK_SUFFIX: &str = ".lock";
@@ -29,13 +30,12 @@ pub enum CreateError {
         "instance {name} already exists in {dir}; pick another name, or `vmkeep delete {name}` first"
     )]
     Exists { name: InstanceName, dir: PathBuf },
-    #[error(
-        "invalid template {source_name}: {message}\n  nothing was created; fix the field named above"
-    )]
-    InvalidTemplate {
-        source_name: String,
-        message: String,
-    },
+    #[error("invalid template {0}\n  nothing was created; fix the field named above")]
+    Template(#[from] TemplateError),
+    #[error("invalid template: {0}\n  nothing was created")]
+    Expand(#[from] ExpandError),
+    #[error("invalid template: message: {0}\n  nothing was created")]
+    Message(crate::gotmpl::TemplateError),
     #[error("cannot create the data disk: {0}")]
     Disk(#[from] ToolError),
     #[error("cannot create the instance from its cloud image: {0}\n  nothing was created")]
@@ -52,7 +52,19 @@ pub enum CreateError {
 impl CreateError {
     /// The template itself is wrong (not the host).
     pub fn is_invalid_template(&self) -> bool {
-        matches!(self, CreateError::InvalidTemplate { .. })
+        match self {
+            // Reading or fetching one is the host's (or the network's) trouble.
+            CreateError::Template(TemplateError::Read { .. } | TemplateError::Fetch { .. }) => {
+                false
+            }
+            CreateError::Template(_) | CreateError::Expand(_) | CreateError::Message(_) => true,
+            CreateError::SocketPath(_)
+            | CreateError::Exists { .. }
+            | CreateError::Disk(_)
+            | CreateError::Cloud(_)
+            | CreateError::Home(_)
+            | CreateError::Io { .. } => false,
+        }
     }
 }
 
@@ -64,29 +76,82 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CreateError + '_ {
 }
 
 /// Create instance `name` under `root` from YAML `template` (whose origin,
-/// for messages, is `source_name`).
+/// for messages, is `source_name`; relative bases resolve against the
+/// current directory).
 pub fn create(
     root: &Path,
     name: &InstanceName,
     template: &str,
     source_name: &str,
 ) -> Result<InstanceDir, CreateError> {
-    create_with_progress(root, name, template, source_name, &mut download::Silent)
+    let source = Source::Text {
+        label: source_name.to_string(),
+        cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
+    };
+    create_from(root, name, template, &source, &mut download::Silent).map(|c| c.dir)
 }
 
-/// [`create`], reporting the progress of image downloads.
-pub fn create_with_progress(
+/// A created instance, and what its template has that is accepted but not
+/// applied (one line each, for the user).
+#[derive(Debug)]
+pub struct Created {
+    pub dir: InstanceDir,
+    pub notices: Vec<String>,
+}
+
+/// A template resolved and checked for an instance, before anything is written.
+#[derive(Debug)]
+pub struct Checked {
+    pub dir: InstanceDir,
+    pub resolved: template::Resolved,
+    pub guest_user: vars::GuestUser,
+}
+
+/// Resolve and check the template `text` read from `source` for instance
+/// `name` under `root`: bases merged, the whole valid, template variables
+/// expanding. Writes nothing (`create --dry-run` stops here).
+pub fn check(
     root: &Path,
     name: &InstanceName,
-    template: &str,
-    source_name: &str,
-    progress: &mut dyn Progress,
-) -> Result<InstanceDir, CreateError> {
+    text: &str,
+    source: &Source,
+) -> Result<Checked, CreateError> {
     let dir = InstanceDir::new(root, name.clone())?;
-    let config = Config::parse(template).map_err(|message| CreateError::InvalidTemplate {
-        source_name: source_name.to_string(),
-        message,
-    })?;
+    let resolved = template::resolve(text, source)?;
+    let config = &resolved.config;
+    let guest_user = vars::guest_user(config, name.as_str())?;
+    vars::expand(
+        config,
+        &vars::guest_values(config, name.as_str(), dir.dir(), &guest_user),
+    )?;
+    if let Some(message) = &config.raw.message {
+        crate::gotmpl::check(message).map_err(CreateError::Message)?;
+    }
+    Ok(Checked {
+        dir,
+        resolved,
+        guest_user,
+    })
+}
+
+/// Create instance `name` under `root` from the template `text` read from
+/// `source`: its bases are resolved and merged, the whole is checked
+/// (template variables included), and the resolved config is what the
+/// instance stores. Reports the progress of image downloads.
+pub fn create_from(
+    root: &Path,
+    name: &InstanceName,
+    text: &str,
+    source: &Source,
+    progress: &mut dyn Progress,
+) -> Result<Created, CreateError> {
+    let Checked {
+        dir,
+        resolved,
+        guest_user,
+    } = check(root, name, text, source)?;
+    let config = &resolved.config;
+    let template = resolved.text.as_str();
     if dir.dir().exists() {
         return Err(CreateError::Exists {
             name: name.clone(),
@@ -118,7 +183,7 @@ pub fn create_with_progress(
         if config.is_cloud() {
             let record = staging.join(staged.image_record().file_name().unwrap_or_default());
             let cache = crate::home::cache_root()?;
-            cloud::prepare(&cache, &config, &disk, &record, progress)?;
+            cloud::prepare(&cache, config, &guest_user, &disk, &record, progress)?;
         } else {
             Tool::new("qemu-img", "install it: sudo apt-get install qemu-utils")
                 .args(["create", "-q", "-f", "qcow2"])
@@ -153,7 +218,10 @@ pub fn create_with_progress(
     if let Err(e) = lock.remove() {
         tracing::warn!("cannot remove {}: {e}", lock_path.display());
     }
-    result.map(|()| dir)
+    result.map(|()| Created {
+        dir,
+        notices: config.raw.notices(),
+    })
 }
 
 /// The lock of a staging directory: a sibling file, `.NAME.tmp-PID-N.lock`.

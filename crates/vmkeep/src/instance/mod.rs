@@ -5,10 +5,15 @@ pub mod create;
 pub mod data_disk;
 pub mod desired;
 pub mod layout;
+pub mod lima;
 pub mod name;
 pub mod observe;
+pub mod ownership;
+pub mod provision;
 pub mod runtime;
 pub mod status;
+pub mod suggest;
+pub mod yaml_de;
 
 pub use config::Config;
 pub use layout::InstanceDir;

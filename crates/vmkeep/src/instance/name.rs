@@ -4,8 +4,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A valid instance name: 1 to [`InstanceName::MAX_LEN`] ASCII letters,
-/// digits, `-` and `_`, starting with a letter or digit. Such a name can never
-/// be `.`, `..`, contain `/`, or look like a command-line flag.
+/// digits, `-`, `_` and `.`, starting with a letter or digit. Such a name can
+/// never be `.`, `..`, contain `/`, look like a command-line flag or like a
+/// hidden file (vmkeep's own staging directories start with `.`). Dots are
+/// allowed as Lima allows them: `ubuntu-24.04.yaml` makes `ubuntu-24.04`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct InstanceName(String);
 
@@ -23,7 +25,7 @@ pub enum NameError {
     #[error("the instance name {name:?} must start with a letter or a digit")]
     BadStart { name: String },
     #[error(
-        "the instance name {name:?} contains {found:?}; use only ASCII letters, digits, '-' and '_'"
+        "the instance name {name:?} contains {found:?}; use only ASCII letters, digits, '-', '_' and '.'"
     )]
     BadCharacter { name: String, found: char },
 }
@@ -49,7 +51,7 @@ impl FromStr for InstanceName {
         let first = name.chars().next().ok_or(NameError::Empty)?;
         if let Some(found) = name
             .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
         {
             return Err(NameError::BadCharacter {
                 name: owned(),
@@ -88,6 +90,7 @@ mod tests {
             "a",
             "build_box",
             "9lives",
+            "ubuntu-24.04",
             &"x".repeat(InstanceName::MAX_LEN),
         ] {
             assert_eq!(name.parse::<InstanceName>().unwrap().as_str(), name);
@@ -99,12 +102,9 @@ mod tests {
         type Expect = fn(&NameError) -> bool;
         let cases: &[(&str, Expect)] = &[
             ("", |e| matches!(e, NameError::Empty)),
-            (".", |e| {
-                matches!(e, NameError::BadCharacter { found: '.', .. })
-            }),
-            ("..", |e| {
-                matches!(e, NameError::BadCharacter { found: '.', .. })
-            }),
+            (".", |e| matches!(e, NameError::BadStart { .. })),
+            ("..", |e| matches!(e, NameError::BadStart { .. })),
+            (".ssh", |e| matches!(e, NameError::BadStart { .. })),
             ("a/b", |e| {
                 matches!(e, NameError::BadCharacter { found: '/', .. })
             }),

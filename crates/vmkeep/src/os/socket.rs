@@ -20,3 +20,9 @@ pub fn free_loopback_port() -> io::Result<u16> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
     Ok(listener.local_addr()?.port())
 }
+
+/// Whether a given loopback port can be bound now (for a fixed
+/// `ssh.localPort`); the error says why not.
+pub fn check_loopback_port_free(port: u16) -> io::Result<()> {
+    std::net::TcpListener::bind(("127.0.0.1", port)).map(drop)
+}

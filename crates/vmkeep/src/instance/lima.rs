@@ -1,0 +1,514 @@
+//! Lima's settings beyond vmkeep's core fields, in Lima's names and shapes.
+//!
+//! Three kinds:
+//! - applied: `ssh`, `user`, `env`, `param`, `message`, `caCerts`,
+//!   `upgradePackages`, `timezone`, `hostResolver.hosts` (cloud images);
+//! - accepted, not applied (reported by [`RawConfig::notices`]): `mounts`,
+//!   `portForwards`, `copyToHost`, `plain`, `guestInstallPrefix`, ...;
+//! - refused, one line each saying what is not supported and what to do:
+//!   `vmType: vz`, `os: Darwin`, `rosetta`, `video`, `audio`, `containerd`
+//!   set to true, `networks`, `additionalDisks`, `dns`, `cpuType`, ...
+//!
+//! Refusals happen while the YAML is read (see [`super::yaml_de`]), so each
+//! names its own line.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::Deserializer;
+
+use super::config::RawConfig;
+use super::yaml_de::{
+    MustBeEmpty, MustBeOff, MustBeOffWord, OffWords, Refusal, ScalarString, checked_map, nullable,
+    parse_checked,
+};
+
+macro_rules! refusal {
+    ($name:ident, $message:expr) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        pub struct $name;
+        impl Refusal for $name {
+            const MESSAGE: &'static str = $message;
+        }
+    };
+    ($name:ident, $message:expr, off = $off:expr) => {
+        refusal!($name, $message);
+        impl OffWords for $name {
+            const OFF: &'static [&'static str] = $off;
+        }
+    };
+}
+
+refusal!(
+    AdditionalDisks,
+    "additionalDisks is not supported by vmkeep (one disk per instance); remove it, or attach storage from inside the guest"
+);
+refusal!(
+    CpuType,
+    "cpuType is not supported by vmkeep: it picks the CPU model itself (host with KVM, max with TCG); remove it"
+);
+refusal!(
+    RosettaEnabled,
+    "rosetta needs vmType: vz on macOS; vmkeep runs QEMU: remove rosetta or set rosetta.enabled: false"
+);
+refusal!(
+    RosettaBinfmt,
+    "rosetta needs vmType: vz on macOS; vmkeep runs QEMU: remove rosetta or set rosetta.binfmt: false"
+);
+refusal!(
+    FirmwareImages,
+    "firmware.images is not supported by vmkeep (it boots cloud images with SeaBIOS or their kernel); remove it"
+);
+refusal!(
+    AudioDevice,
+    "audio is not supported by vmkeep (its VMs have no sound device); remove audio or set audio.device: none",
+    off = &["", "none"]
+);
+refusal!(
+    VideoDisplay,
+    "video is not supported by vmkeep (its VMs run headless; use `vmkeep shell`); remove video or set video.display: none",
+    off = &["", "none"]
+);
+refusal!(
+    Networks,
+    "networks is not supported by vmkeep (QEMU user-mode networking only, with ssh forwarded); remove it"
+);
+refusal!(
+    Dns,
+    "dns is not supported by vmkeep: QEMU's user-mode network gives the guest its own resolver (10.0.2.3); remove it"
+);
+refusal!(
+    ContainerdSystem,
+    "containerd is not installed by vmkeep; set containerd.system: false and install it with a provision script"
+);
+refusal!(
+    ContainerdUser,
+    "containerd is not installed by vmkeep; set containerd.user: false and install it with a provision script"
+);
+refusal!(
+    NestedVirtualization,
+    "nestedVirtualization is not supported by vmkeep (Lima offers it with vmType: vz only); remove it"
+);
+
+/// `os:` only Linux guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestOs;
+
+impl<'de> Deserialize<'de> for GuestOs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_checked(d, |text| match text {
+            "Linux" | "linux" => Ok(GuestOs),
+            "Windows" | "Darwin" | "FreeBSD" => Err(format!(
+                "os: {text} guests are not supported by vmkeep (Linux only); remove os or set it to Linux"
+            )),
+            other => Err(format!(
+                "os: {other:?} is not an OS Lima knows; vmkeep runs Linux guests only"
+            )),
+        })
+    }
+}
+
+/// One `mounts:` entry: accepted, not applied yet (host directory sharing is
+/// its own issue).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Mount {
+    pub location: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub mount_point: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub writable: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub sshfs: Option<serde_yaml_ng::Value>,
+    #[serde(default, rename = "9p", deserialize_with = "nullable")]
+    pub nine_p: Option<serde_yaml_ng::Value>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub virtiofs: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ssh {
+    /// The loopback port forwarded to the guest's port 22 (0 or absent: a
+    /// free one at each start).
+    #[serde(default, deserialize_with = "nullable")]
+    pub local_port: Option<u16>,
+    /// Also authorise the host user's `~/.ssh/*.pub` keys in the guest.
+    #[serde(default, rename = "loadDotSSHPubKeys", deserialize_with = "nullable")]
+    pub load_dot_ssh_pub_keys: Option<bool>,
+    /// `ForwardAgent yes` in the ssh config `vmkeep shell` uses.
+    #[serde(default, deserialize_with = "nullable")]
+    pub forward_agent: Option<bool>,
+    #[serde(default, rename = "forwardX11", deserialize_with = "nullable")]
+    pub forward_x11: Option<bool>,
+    #[serde(default, rename = "forwardX11Trusted", deserialize_with = "nullable")]
+    pub forward_x11_trusted: Option<bool>,
+    /// Lima's ssh over vsock (vz); vmkeep always uses the forwarded port.
+    #[serde(default, deserialize_with = "nullable")]
+    pub over_vsock: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CaCerts {
+    #[serde(default, deserialize_with = "nullable")]
+    pub remove_defaults: Option<bool>,
+    /// Certificate files on the host, read when the instance is created.
+    #[serde(default, deserialize_with = "nullable")]
+    pub files: Option<Vec<String>>,
+    /// PEM certificates.
+    #[serde(default, deserialize_with = "nullable")]
+    pub certs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Containerd {
+    #[serde(default)]
+    pub system: MustBeOff<ContainerdSystem>,
+    #[serde(default)]
+    pub user: MustBeOff<ContainerdUser>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub archives: Option<serde_yaml_ng::Value>,
+}
+
+/// The user created in the guest.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct User {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub comment: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub uid: Option<u32>,
+    /// Home directory in the guest (may use `{{.User}}`, `{{.Name}}`, ...).
+    #[serde(default, deserialize_with = "nullable")]
+    pub home: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub shell: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rosetta {
+    #[serde(default)]
+    pub enabled: MustBeOff<RosettaEnabled>,
+    #[serde(default)]
+    pub binfmt: MustBeOff<RosettaBinfmt>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Firmware {
+    /// vmkeep boots firmware images with SeaBIOS (legacy BIOS) either way.
+    #[serde(default, rename = "legacyBIOS", deserialize_with = "nullable")]
+    pub legacy_bios: Option<bool>,
+    #[serde(default)]
+    pub images: MustBeEmpty<FirmwareImages>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Audio {
+    #[serde(default, deserialize_with = "nullable")]
+    pub device: Option<MustBeOffWord<AudioDevice>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Video {
+    #[serde(default, deserialize_with = "nullable")]
+    pub display: Option<MustBeOffWord<VideoDisplay>>,
+    /// Only used with `display: vnc`, which is refused.
+    #[serde(default, deserialize_with = "nullable")]
+    pub vnc: Option<serde_yaml_ng::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HostResolver {
+    #[serde(default, deserialize_with = "nullable")]
+    pub enabled: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ipv6: Option<bool>,
+    /// Static names for the guest's `/etc/hosts`: an IPv4/IPv6 address, or
+    /// `host.lima.internal` (the host, 10.0.2.2 on QEMU's network).
+    #[serde(default, deserialize_with = "nullable")]
+    pub hosts: Option<BTreeMap<String, ScalarString>>,
+}
+
+/// `env:` and `param:`: names (letters, digits, `_`, not starting with a
+/// digit) to scalar values, kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Vars(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Vars {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_map(
+            d,
+            "a map of names to values",
+            |raw: BTreeMap<String, Option<ScalarString>>| {
+                let mut vars = BTreeMap::new();
+                for (key, value) in raw {
+                    let mut chars = key.chars();
+                    let valid = chars
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !valid {
+                        return Err(format!(
+                            "{key:?} is not a valid name; use letters, digits and '_', starting with a letter"
+                        ));
+                    }
+                    vars.insert(key, value.map(|v| v.0).unwrap_or_default());
+                }
+                Ok(Vars(vars))
+            },
+        )
+    }
+}
+
+/// The loopback address QEMU's user-mode network gives the host.
+pub const HOST_ADDRESS: &str = "10.0.2.2";
+
+const PROXY_VARS: [&str; 4] = ["ftp_proxy", "http_proxy", "https_proxy", "no_proxy"];
+
+/// The guest's proxy settings, as Lima makes them: `env:`'s, overridden by
+/// the host's (unless `propagate` is false) with `localhost`/`127.0.0.1`
+/// turned into the host's address as the guest sees it, and each proxy
+/// variable set in both lower and upper case.
+pub fn with_proxy_env(
+    mut env: BTreeMap<String, String>,
+    host: impl IntoIterator<Item = (String, String)>,
+    propagate: bool,
+) -> BTreeMap<String, String> {
+    if propagate {
+        for (key, value) in host {
+            if PROXY_VARS.contains(&key.to_ascii_lowercase().as_str()) && !value.is_empty() {
+                let value = value
+                    .replace("localhost", HOST_ADDRESS)
+                    .replace("127.0.0.1", HOST_ADDRESS);
+                env.insert(key, value);
+            }
+        }
+    }
+    for var in PROXY_VARS {
+        let upper = var.to_ascii_uppercase();
+        match (env.get(var).cloned(), env.get(&upper).cloned()) {
+            (Some(lower), None) => {
+                env.insert(upper, lower);
+            }
+            (None, Some(value)) => {
+                env.insert(var.to_string(), value);
+            }
+            _ => {}
+        }
+    }
+    env
+}
+
+impl RawConfig {
+    /// The `env:` settings.
+    pub fn env(&self) -> BTreeMap<String, String> {
+        self.env.as_ref().map(|v| v.0.clone()).unwrap_or_default()
+    }
+
+    /// The `param:` settings.
+    pub fn params(&self) -> BTreeMap<String, String> {
+        self.param.as_ref().map(|v| v.0.clone()).unwrap_or_default()
+    }
+
+    pub fn ssh(&self) -> Ssh {
+        self.ssh.clone().unwrap_or_default()
+    }
+
+    pub fn user(&self) -> User {
+        self.user.clone().unwrap_or_default()
+    }
+
+    /// `/etc/hosts` lines from `hostResolver.hosts`, and the names that could
+    /// not be turned into an address (reported by [`RawConfig::notices`]).
+    pub fn etc_hosts(&self) -> (Vec<(String, String)>, Vec<String>) {
+        let mut lines = Vec::new();
+        let mut skipped = Vec::new();
+        let hosts = self
+            .host_resolver
+            .as_ref()
+            .and_then(|h| h.hosts.clone())
+            .unwrap_or_default();
+        for (name, target) in hosts {
+            let target = target.0;
+            if target.parse::<std::net::IpAddr>().is_ok() {
+                lines.push((target, name));
+            } else if target == "host.lima.internal" || target == "host.vmkeep.internal" {
+                lines.push((HOST_ADDRESS.to_string(), name));
+            } else {
+                skipped.push(name);
+            }
+        }
+        (lines, skipped)
+    }
+
+    /// What is accepted but not applied, one line each, for `create` to show.
+    pub fn notices(&self) -> Vec<String> {
+        let mut notices = Vec::new();
+        let mounts = self.mounts.clone().unwrap_or_default();
+        if !mounts.is_empty() {
+            let places: Vec<String> = mounts.iter().map(|m| m.location.clone()).collect();
+            notices.push(format!(
+                "mounts: not applied yet ({}): vmkeep does not share host directories yet; the guest sees none of them",
+                places.join(", ")
+            ));
+        }
+        let forwards = self.port_forwards.clone().unwrap_or_default();
+        if !forwards.is_empty() {
+            notices.push(format!(
+                "portForwards: not applied yet ({} rule(s)): vmkeep forwards only ssh for now; use `ssh -F <(vmkeep ssh-config NAME)` with -L to forward a port",
+                forwards.len()
+            ));
+        }
+        let copies = self.copy_to_host.clone().unwrap_or_default();
+        if !copies.is_empty() {
+            notices.push(format!(
+                "copyToHost: not applied ({} file(s)): copy them with `vmkeep shell NAME -- cat FILE > FILE`",
+                copies.len()
+            ));
+        }
+        if self.plain == Some(true) {
+            notices.push(
+                "plain: vmkeep still runs its guest agent (it is how start knows the guest is ready); mounts and port forwards are not applied anyway".into(),
+            );
+        }
+        if let Some(prefix) = &self.guest_install_prefix
+            && prefix != "/usr/local"
+        {
+            notices.push(format!(
+                "guestInstallPrefix: {prefix} not applied: vmkeep installs its guest agent in /usr/local/sbin"
+            ));
+        }
+        let (_, skipped) = self.etc_hosts();
+        if !skipped.is_empty() {
+            notices.push(format!(
+                "hostResolver.hosts: {} not applied: vmkeep writes names that point to an address or to host.lima.internal",
+                skipped.join(", ")
+            ));
+        }
+        notices
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<RawConfig, String> {
+        serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn lima_defaults_with_nulls_parse() {
+        let lima = parse(
+            "ssh:\n  localPort: null\n  loadDotSSHPubKeys: null\nrosetta:\n  enabled: null\n  binfmt: false\n\
+             containerd:\n  system: false\n  user: false\nvideo:\n  display: none\naudio:\n  device: null\n\
+             additionalDisks:\nnetworks: []\ndns:\ncpuType:\nmounts: []\nfirmware:\n  legacyBIOS: null\n",
+        )
+        .unwrap();
+        assert_eq!(lima.ssh().local_port, None);
+        assert!(lima.notices().is_empty(), "{:?}", lima.notices());
+    }
+
+    #[test]
+    fn settings_that_cannot_apply_give_one_line_with_the_fix() {
+        for (yaml, says, line) in [
+            ("# c\nos: Darwin\n", "Linux only", 2),
+            ("rosetta:\n  enabled: true\n", "vmType: vz", 2),
+            ("video:\n  display: cocoa\n", "video.display: none", 2),
+            ("audio:\n  device: coreaudio\n", "audio.device: none", 2),
+            (
+                "containerd:\n  system: false\n  user: true\n",
+                "containerd.user: false",
+                3,
+            ),
+            (
+                "networks:\n- lima: shared\n",
+                "networks is not supported",
+                2,
+            ),
+            ("dns:\n- 1.1.1.1\n", "10.0.2.3", 2),
+            ("additionalDisks:\n- data\n", "one disk", 2),
+            ("cpuType:\n  x86_64: host\n", "CPU model", 2),
+            ("nestedVirtualization: true\n", "vz", 1),
+        ] {
+            let err = parse(yaml).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains(&format!("line {line}")),
+                "{yaml:?} gave {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn mounts_port_forwards_and_copies_are_reported_as_not_applied() {
+        let lima = parse(
+            "mounts:\n- location: \"~\"\n- location: /tmp/lima\n  writable: true\n\
+             portForwards:\n- guestSocket: /run/x.sock\n  hostSocket: x.sock\n\
+             copyToHost:\n- guest: /etc/k\n  host: \"{{.Dir}}/k\"\n",
+        )
+        .unwrap();
+        let notices = lima.notices().join("\n");
+        for word in [
+            "mounts: not applied yet (~, /tmp/lima)",
+            "portForwards",
+            "copyToHost",
+        ] {
+            assert!(notices.contains(word), "{notices}");
+        }
+    }
+
+    #[test]
+    fn env_and_param_names_are_checked() {
+        let lima = parse("param:\n  containerdSnapshotter: false\n  N: 3\nenv:\n  HTTP_PROXY: x\n")
+            .unwrap();
+        assert_eq!(lima.params()["containerdSnapshotter"], "false");
+        assert_eq!(lima.params()["N"], "3");
+        assert_eq!(lima.env()["HTTP_PROXY"], "x");
+        let err = parse("# c\nparam:\n  9lives: x\n").unwrap_err();
+        assert!(err.contains("9lives") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn proxies_come_from_the_host_in_both_cases_and_reach_the_host_address() {
+        let env = BTreeMap::from([("http_proxy".to_string(), "http://mine:1".to_string())]);
+        let host = [
+            (
+                "HTTPS_PROXY".to_string(),
+                "http://localhost:3128".to_string(),
+            ),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let out = with_proxy_env(env.clone(), host.clone(), true);
+        assert_eq!(out["http_proxy"], "http://mine:1");
+        assert_eq!(out["HTTP_PROXY"], "http://mine:1");
+        assert_eq!(out["HTTPS_PROXY"], "http://10.0.2.2:3128");
+        assert_eq!(out["https_proxy"], "http://10.0.2.2:3128");
+        assert!(!out.contains_key("PATH"));
+        let kept = with_proxy_env(env, host, false);
+        assert!(
+            !kept.contains_key("HTTPS_PROXY"),
+            "propagateProxyEnv: false"
+        );
+    }
+
+    #[test]
+    fn host_names_map_to_addresses() {
+        let lima = parse(
+            "hostResolver:\n  hosts:\n    host.docker.internal: host.lima.internal\n    db: 192.168.5.9\n    other: example.org\n",
+        )
+        .unwrap();
+        let (lines, skipped) = lima.etc_hosts();
+        assert!(lines.contains(&("10.0.2.2".into(), "host.docker.internal".into())));
+        assert!(lines.contains(&("192.168.5.9".into(), "db".into())));
+        assert_eq!(skipped, ["other"]);
+    }
+}

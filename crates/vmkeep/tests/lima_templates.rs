@@ -1,0 +1,684 @@
+//! Integration: what a Lima user does, through the real binary. Lima's own
+//! template files (tests/fixtures/lima, unmodified) are read in their own
+//! form; base chains are fetched from a local HTTP server; list, delete and
+//! create take Lima's command-line habits; a directory vmkeep did not make
+//! is left alone. No VM is booted here (`vm_start_from_a_template_file...`
+//! at the end boots the tiny image once).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::TestEnv;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lima")
+}
+
+/// `vmkeep ARGS` with Lima's templates found where a Lima install keeps them.
+fn run_lima(env: &TestEnv, args: &[&str]) -> common::Run {
+    let output = env
+        .command(args)
+        .env("LIMA_TEMPLATES_PATH", fixtures())
+        .output()
+        .unwrap();
+    common::Run {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        output,
+    }
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|e| {
+            e.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn every_lima_template_is_accepted_in_its_own_form() {
+    let env = TestEnv::new();
+    for (file, name, notes) in [
+        (
+            "default.yaml",
+            "default",
+            &["mounts: not applied yet (~, /tmp/lima)"][..],
+        ),
+        (
+            "docker.yaml",
+            "docker",
+            &["mounts: not applied yet", "portForwards: not applied yet"],
+        ),
+        ("podman.yaml", "podman", &["portForwards: not applied yet"]),
+        ("k3s.yaml", "k3s", &["copyToHost: not applied"]),
+        ("alpine.yaml", "alpine", &["mounts: not applied yet"]),
+        ("archlinux.yaml", "archlinux", &["mounts: not applied yet"]),
+        ("debian-12.yaml", "debian-12", &["mounts: not applied yet"]),
+        // Image lists for every arch, with Lima's variants.
+        ("_images/debian-12.yaml", "debian-12", &[]),
+        ("_images/ubuntu-24.04.yaml", "ubuntu-24.04", &[]),
+    ] {
+        let path = fixtures().join(file);
+        let run = run_lima(&env, &["create", "--dry-run", path.to_str().unwrap()]);
+        assert_eq!(run.code(), Some(0), "{file}: {}", run.describe());
+        assert!(
+            run.stderr()
+                .contains(&format!("is valid for instance {name} ")),
+            "{file}: {}",
+            run.describe()
+        );
+        for note in notes {
+            assert!(
+                run.stderr().contains(note),
+                "{file}: {note}: {}",
+                run.describe()
+            );
+        }
+        // What would be stored: the resolved template, bases merged in.
+        let stored = run.stdout();
+        assert!(!stored.contains("\nbase:"), "{file}: {stored}");
+        assert!(stored.contains("\n- location: "), "{file}: {stored}");
+    }
+    let docker = run_lima(
+        &env,
+        &[
+            "create",
+            "--dry-run",
+            fixtures().join("docker.yaml").to_str().unwrap(),
+        ],
+    )
+    .stdout();
+    assert!(
+        docker.contains("ubuntu-24.04-server-cloudimg-amd64.img"),
+        "vmkeep's _images/ubuntu-lts: {docker}"
+    );
+    assert!(docker.contains("containerdSnapshotter: false"), "{docker}");
+    let docker_path = fixtures().join("docker.yaml");
+    let with_param = run_lima(
+        &env,
+        &[
+            "create",
+            "--dry-run",
+            "--param",
+            "containerdSnapshotter=true",
+            docker_path.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        with_param
+            .stdout()
+            .contains("containerdSnapshotter: 'true'"),
+        "--param wins over the template's param: {}",
+        with_param.describe()
+    );
+    let podman = run_lima(
+        &env,
+        &[
+            "create",
+            "--dry-run",
+            fixtures().join("podman.yaml").to_str().unwrap(),
+        ],
+    )
+    .stdout();
+    assert!(
+        podman.contains("Fedora-Cloud-Base-Generic-41"),
+        "Lima's own _images/fedora-41: {podman}"
+    );
+    assert!(
+        entries(env.home()).is_empty(),
+        "a dry run writes nothing: {:?}",
+        entries(env.home())
+    );
+}
+
+#[test]
+fn a_base_lima_does_not_ship_with_vmkeep_names_what_to_do() {
+    let env = TestEnv::new();
+    let empty = tempfile::tempdir().unwrap();
+    let run = env
+        .command(&["create", fixtures().join("podman.yaml").to_str().unwrap()])
+        .env("LIMA_TEMPLATES_PATH", empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("template:_images/fedora-41")
+            && stderr.contains("LIMA_TEMPLATES_PATH")
+            && stderr.contains("nothing was created"),
+        "{stderr}"
+    );
+    assert!(entries(env.home()).is_empty());
+}
+
+#[test]
+fn settings_that_cannot_apply_and_misspelt_fields_say_where_and_what_to_do() {
+    let env = TestEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    for (yaml, says) in [
+        (
+            "vmType: vz\n",
+            &["line 1", "QEMU only", "remove vmType"][..],
+        ),
+        ("# mine\nos: Darwin\n", &["line 2", "Linux only"]),
+        (
+            "rosetta:\n  enabled: true\n",
+            &["line 2", "rosetta.enabled: false"],
+        ),
+        ("video:\n  display: cocoa\n", &["line 2", "headless"]),
+        (
+            "containerd:\n  user: true\n",
+            &["line 2", "containerd.user: false"],
+        ),
+        (
+            "cpus: 2\nmemroy: 2GiB\n",
+            &["line 2", "unknown field `memroy`", "did you mean `memory`?"],
+        ),
+        ("cpu: 2\n", &["line 1", "did you mean `cpus`?"]),
+        (
+            "provision:\n- mode: ansible\n  playbook: p.yaml\n",
+            &["line 2", "ansible-playbook"],
+        ),
+        (
+            "provision:\n- script: echo {{.Param.Missing}}\nimages:\n- location: /i.qcow2\n",
+            &["provision[0].script", ".Param.Missing"],
+        ),
+        ("provision:\n- script: echo hi\n", &["need a cloud image"]),
+    ] {
+        let path = dir.path().join("t.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let run = env.run(&["create", "x", "--template", path.to_str().unwrap()]);
+        assert_eq!(run.code(), Some(4), "{yaml:?}: {}", run.describe());
+        for word in says {
+            assert!(
+                run.stderr().contains(word),
+                "{yaml:?}: {word:?} in {}",
+                run.stderr()
+            );
+        }
+        assert!(
+            run.stderr().contains("nothing was created"),
+            "{}",
+            run.stderr()
+        );
+        assert!(!env.instance_dir("x").exists());
+    }
+}
+
+#[test]
+fn a_misspelt_field_in_an_instance_config_points_to_the_list_of_fields() {
+    let env = TestEnv::new();
+    env.create("x", "");
+    std::fs::write(
+        env.instance_dir("x").join("vmkeep.yaml"),
+        "# edited\ncpu: 2\n",
+    )
+    .unwrap();
+    let run = env.run(&["start", "x"]);
+    assert_eq!(run.code(), Some(4), "{}", run.describe());
+    for word in [
+        "vmkeep.yaml",
+        "line 2",
+        "did you mean `cpus`?",
+        "`vmkeep create --help` lists the fields",
+    ] {
+        assert!(run.stderr().contains(word), "{word:?}: {}", run.describe());
+    }
+    let help = env.ok(&["create", "--help"]).stdout();
+    for field in [
+        "Config fields",
+        "cpus:",
+        "provision:",
+        "probes:",
+        "base:",
+        "ssh:",
+    ] {
+        assert!(help.contains(field), "{field:?}: {help}");
+    }
+}
+
+#[test]
+fn an_error_in_a_base_names_that_file_and_its_line() {
+    let env = TestEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("common.yaml"), "cpus: 2\n\nimagez: []\n").unwrap();
+    std::fs::write(dir.path().join("app.yaml"), "base: ./common.yaml\n").unwrap();
+    let run = env.run(&["create", dir.path().join("app.yaml").to_str().unwrap()]);
+    assert_eq!(run.code(), Some(4), "{}", run.describe());
+    let stderr = run.stderr();
+    assert!(
+        stderr.contains("common.yaml")
+            && stderr.contains("line 3")
+            && stderr.contains("did you mean `images`?"),
+        "{stderr}"
+    );
+    std::fs::write(dir.path().join("loop.yaml"), "base: ./loop2.yaml\n").unwrap();
+    std::fs::write(dir.path().join("loop2.yaml"), "base: loop.yaml\n").unwrap();
+    let run = env.run(&["create", dir.path().join("loop.yaml").to_str().unwrap()]);
+    assert!(run.stderr().contains("template loop"), "{}", run.describe());
+    assert!(entries(env.home()).is_empty());
+}
+
+/// A static file server for templates and images, counting requests.
+struct Server {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(root: &Path) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (root, halt) = (root.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if halt.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = stream {
+                    let _ = serve(stream, &root);
+                }
+            }
+        });
+        Server {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve(stream: TcpStream, root: &Path) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut stream = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    match std::fs::File::open(root.join(path.trim_start_matches('/'))) {
+        Ok(mut file) => {
+            let mut body = Vec::new();
+            file.read_to_end(&mut body)?;
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            )?;
+            stream.write_all(&body)
+        }
+        Err(_) => stream
+            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    }
+}
+
+fn qemu_img(args: &[&str]) {
+    let out = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("qemu-img (qemu-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_template_chain_over_http_is_resolved_once_and_stored_whole() {
+    let env = TestEnv::new();
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(site.path().join("t/common")).unwrap();
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        site.path().join("disk.qcow2").to_str().unwrap(),
+        "64M",
+    ]);
+    let server = Server::start(site.path());
+    let disk_url = server.url("disk.qcow2");
+    // The main template on the server; its bases: a relative URL (which has
+    // a base of its own) and a built-in; a script file next to it.
+    std::fs::write(
+        site.path().join("t/app.yaml"),
+        "minimumLimaVersion: 1.1.0\nbase:\n- common/base.yaml\n- template:_default/mounts\n\
+         memory: 1GiB\nparam:\n  Greeting: hello\nprovision:\n- mode: user\n  file: common/setup.sh\n\
+         message: \"{{.Name}} lives in {{.Dir}}\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        site.path().join("t/common/base.yaml"),
+        "base: ../images.yaml\ncpus: 3\nmemory: 8GiB\ndisk: 128MiB\nprovision:\n- mode: system\n  script: echo base first\n",
+    )
+    .unwrap();
+    std::fs::write(
+        site.path().join("t/images.yaml"),
+        format!(
+            "images:\n- location: https://example.invalid/riscv.img\n  arch: riscv64\n\
+             - location: {disk_url}\n  arch: x86_64\n- location: https://example.invalid/arm.img\n  arch: aarch64\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        site.path().join("t/common/setup.sh"),
+        "#!/bin/sh\necho {{.Param.Greeting}} $PARAM_Greeting\n",
+    )
+    .unwrap();
+
+    let run = env.run(&["create", &server.url("t/app.yaml")]);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    assert!(
+        run.stdout().contains("created instance app"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stderr().contains("mounts: not applied yet"),
+        "{}",
+        run.describe()
+    );
+    let stored = std::fs::read_to_string(env.instance_dir("app").join("vmkeep.yaml")).unwrap();
+    assert!(
+        stored.starts_with("# Created by vmkeep from http://127.0.0.1:"),
+        "{stored}"
+    );
+    assert!(
+        !stored.contains("\nbase:") && !stored.contains("file:"),
+        "{stored}"
+    );
+    assert!(
+        stored.contains("echo {{.Param.Greeting}} $PARAM_Greeting"),
+        "the script is read in: {stored}"
+    );
+    let base_first = stored.find("echo base first").unwrap();
+    assert!(
+        base_first < stored.find("Greeting}}").unwrap(),
+        "a base's provision runs first: {stored}"
+    );
+
+    // Lima's list habits.
+    let json = env.ok(&["list", "--format", "json"]).stdout();
+    let lines: Vec<&str> = json.lines().collect();
+    assert_eq!(lines.len(), 1, "one object per line: {json}");
+    let row: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(row["name"], "app");
+    assert_eq!(row["status"], "Stopped");
+    assert_eq!(row["cpus"], 3, "from the base");
+    assert_eq!(row["memory"], 1u64 << 30, "the template wins; in bytes");
+    assert_eq!(row["disk"], 128u64 << 20);
+    assert_eq!(row["vmType"], "qemu");
+    assert!(
+        row["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("app lives in /"),
+        "{row}"
+    );
+    assert_eq!(
+        env.ok(&["list", "--format", "{{.Name}} {{.Status}} {{.CPUs}}"])
+            .stdout(),
+        "app Stopped 3\n"
+    );
+    assert_eq!(env.ok(&["list", "-q"]).stdout(), "app\n");
+    let yaml = env.ok(&["list", "--format", "yaml"]).stdout();
+    assert!(yaml.starts_with("---\nname: app\n"), "{yaml}");
+    let mixed = env.run(&["list", "--format", "json", "app", "ghost"]);
+    assert_eq!(mixed.code(), Some(3), "{}", mixed.describe());
+    assert_eq!(
+        mixed.stdout().lines().count(),
+        1,
+        "no row for a missing name: {}",
+        mixed.stdout()
+    );
+    assert!(
+        mixed.stderr().contains("no such instance: ghost"),
+        "{}",
+        mixed.describe()
+    );
+    let legacy = env.list();
+    assert_eq!(legacy[0]["name"], "app", "--json keeps vmkeep's array");
+
+    // A later change to a base does not change the instance.
+    std::fs::write(site.path().join("t/common/base.yaml"), "cpus: 1\n").unwrap();
+    assert_eq!(env.ok(&["list", "--format", "{{.CPUs}}"]).stdout(), "3\n");
+    drop(server);
+    assert_eq!(
+        env.ok(&["list", "--format", "{{.CPUs}}"]).stdout(),
+        "3\n",
+        "no network needed"
+    );
+}
+
+#[test]
+fn limas_create_forms_through_the_binary() {
+    let env = TestEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("My-VM.yaml");
+    std::fs::write(&file, "cpus: 2\n").unwrap();
+    // The name from the file name, lower-cased, dots kept (as Lima).
+    env.ok(&["create", file.to_str().unwrap()]);
+    assert!(env.instance_dir("my-vm").is_dir());
+    let dotted = dir.path().join("ubuntu-24.04.yaml");
+    std::fs::write(&dotted, "").unwrap();
+    env.ok(&["create", dotted.to_str().unwrap()]);
+    assert!(env.instance_dir("ubuntu-24.04").is_dir());
+    env.ok(&["create", "--name", "second", file.to_str().unwrap()]);
+    assert_eq!(env.status("second"), "Stopped");
+    let again = env.run(&["create", file.to_str().unwrap()]);
+    assert_eq!(again.code(), Some(5));
+    assert!(
+        again.stderr().contains("already exists"),
+        "{}",
+        again.describe()
+    );
+
+    // Standard input needs --name.
+    let mut child = env
+        .command(&["create", "--name", "piped", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"cpus: 4\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = env.ok(&["list", "--format", "{{.CPUs}}", "piped"]).stdout();
+    assert_eq!(json, "4\n");
+    let run = env.run(&["create", "-"]);
+    assert_eq!(run.code(), Some(1));
+    assert!(run.stderr().contains("--name"), "{}", run.describe());
+
+    // template:NAME, checked without downloading.
+    let run = env.ok(&["create", "--dry-run", "template:debian"]);
+    assert!(
+        run.stderr().contains("is valid for instance debian "),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout().contains("debian-12-genericcloud-amd64"),
+        "{}",
+        run.describe()
+    );
+
+    // A bare word is an instance name (vmkeep's form); a template of that
+    // name gets a note instead of silence.
+    let run = env.ok(&["create", "docker"]);
+    assert!(
+        run.stderr().contains("not from template:docker") && run.stderr().contains("does not ship"),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(env.status("docker"), "Stopped");
+}
+
+/// A Lima instance directory as `limactl` leaves it.
+fn fake_lima_instance(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for file in [
+        "lima.yaml",
+        "diffdisk",
+        "basedisk",
+        "cidata.iso",
+        "serial.log",
+        "ha.stderr.log",
+        "ssh.config",
+    ] {
+        std::fs::write(dir.join(file), "lima").unwrap();
+    }
+}
+
+#[test]
+fn a_directory_vmkeep_did_not_make_is_listed_as_foreign_and_kept_without_force() {
+    let env = TestEnv::new();
+    fake_lima_instance(&env.instance_dir("lima1"));
+    env.create("mine", "");
+    let rows = env.list();
+    let row = rows.iter().find(|r| r["name"] == "lima1").unwrap();
+    assert_eq!(row["status"], "Foreign", "{row}");
+    assert_eq!(row["reason"]["code"], "not-vmkeep");
+    assert!(
+        row["reason"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("a Lima instance (lima.yaml"),
+        "{row}"
+    );
+    assert!(
+        !row["reason"]["hint"].as_str().unwrap().contains("delete"),
+        "{row}"
+    );
+    assert_eq!(env.status("mine"), "Stopped");
+    let table = env.ok(&["list"]).stdout();
+    assert!(
+        table.contains("Foreign") && !table.contains("Broken"),
+        "{table}"
+    );
+
+    for verb in [
+        &["delete", "lima1"][..],
+        &["start", "lima1"],
+        &["stop", "lima1"],
+        &["shell", "lima1", "--", "true"],
+    ] {
+        let run = env.run(verb);
+        assert_eq!(run.code(), Some(5), "{verb:?}: {}", run.describe());
+        assert!(
+            run.stderr().contains("not a vmkeep instance") && run.stderr().contains("lima.yaml"),
+            "{verb:?}: {}",
+            run.describe()
+        );
+    }
+    assert_eq!(
+        entries(&env.instance_dir("lima1")).len(),
+        7,
+        "nothing touched"
+    );
+
+    // A live process holding one of its pid files: not even --force.
+    let pid_file = env.instance_dir("lima1").join("qemu.pid");
+    let lock = vmkeep::os::lock::HeldLock::try_acquire(&pid_file)
+        .unwrap()
+        .unwrap();
+    let run = env.run(&["delete", "--force", "lima1"]);
+    assert_eq!(run.code(), Some(5), "{}", run.describe());
+    assert!(
+        run.stderr().contains("holds qemu.pid"),
+        "{}",
+        run.describe()
+    );
+    drop(lock);
+
+    let run = env.ok(&["delete", "--force", "lima1"]);
+    assert!(
+        run.stdout().contains("a Lima instance"),
+        "{}",
+        run.describe()
+    );
+    assert!(!env.instance_dir("lima1").exists());
+    assert_eq!(
+        env.status("mine"),
+        "Stopped",
+        "the vmkeep instance is untouched"
+    );
+}
+
+#[test]
+fn delete_force_of_a_missing_instance_is_not_an_error() {
+    let env = TestEnv::new();
+    let run = env.ok(&["delete", "--force", "ghost"]);
+    assert!(
+        run.stderr().contains("nothing to delete"),
+        "{}",
+        run.describe()
+    );
+    let run = env.run(&["delete", "ghost"]);
+    assert_eq!(run.code(), Some(3), "without --force it still is");
+}
+
+#[test]
+fn vm_start_from_a_template_file_names_the_instance_and_shows_its_message() {
+    let env = TestEnv::new();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.yaml");
+    std::fs::write(
+        &file,
+        "minimumLimaVersion: 1.1.0\nparam:\n  Who: you\nmessage: |\n  Hello {{.Param.Who}}: {{.Name}} runs in {{.Dir}}{{if eq .HostOS \"linux\"}} on Linux{{end}}\n",
+    )
+    .unwrap();
+    let run = env.run_within(&["start", file.to_str().unwrap()], Duration::from_secs(240));
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    let expected = format!(
+        "Hello you: hello runs in {} on Linux",
+        env.instance_dir("hello").display()
+    );
+    assert!(run.stdout().contains(&expected), "{}", run.describe());
+    assert_eq!(env.status("hello"), "Running");
+    let again = env.run(&["start", file.to_str().unwrap()]);
+    assert_eq!(again.code(), Some(1));
+    assert!(
+        again.stderr().contains("`vmkeep start hello`"),
+        "{}",
+        again.describe()
+    );
+    env.ok(&["stop", "hello"]);
+    assert_eq!(env.status("hello"), "Stopped");
+}
