@@ -184,6 +184,10 @@ pub enum StoppedReason {
     StartFailed,
 }
 
+/// Space kept allocated past the journal's end, so that events can still be
+/// written when the host filesystem is full (hundreds of events).
+const RESERVE: u64 = 64 * 1024;
+
 /// Append-only writer for one instance's journal.
 #[derive(Debug)]
 pub struct Journal {
@@ -192,9 +196,11 @@ pub struct Journal {
 
 impl Journal {
     pub fn open(path: &Path) -> io::Result<Journal> {
-        Ok(Journal {
-            file: os::fs::open_append(path)?,
-        })
+        let file = os::fs::open_append(path)?;
+        // Room for the events of a host disk that fills up meanwhile: a VM
+        // paused because the disk is full, its stop. Best effort.
+        os::fs::reserve_after_end(&file, RESERVE);
+        Ok(Journal { file })
     }
 
     /// Append one event as a single line and make it durable.
@@ -208,6 +214,7 @@ impl Journal {
         line.push(b'\n');
         self.file.write_all(&line)?;
         self.file.sync_data()?;
+        os::fs::reserve_after_end(&self.file, RESERVE);
         Ok(record)
     }
 }

@@ -288,3 +288,33 @@ fn vm_reboot_inside_the_guest_reboots_in_place_and_halt_stops_it() {
     assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
     assert_eq!(env.runtime_files("rb"), Vec::<String>::new());
 }
+
+#[test]
+fn vm_forcing_kvm_where_guests_would_hang_is_refused_before_anything_boots() {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has_virtualization = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    if has_virtualization || !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!(
+            "skipped: this host's CPU has vmx/svm (or no /dev/kvm), so KVM is not a trap here"
+        );
+        return;
+    }
+    let env = TestEnv::new();
+    env.create("k", "");
+    let run = env
+        .command(&["start", "k"])
+        .env("VMKEEP_ACCEL", "kvm")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(6), "the start failed: {stderr}");
+    assert!(
+        stderr.contains("VMKEEP_ACCEL") && stderr.contains("vmx/svm") && stderr.contains("tcg"),
+        "{stderr}"
+    );
+    assert_eq!(env.count_events("k", "booting"), 0, "nothing booted");
+    assert!(env.wait_no_processes(Duration::from_secs(10)).is_empty());
+}

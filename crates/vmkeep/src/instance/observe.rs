@@ -43,6 +43,7 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
                 config: config.clone(),
                 disk_present,
                 agent_pid,
+                agent_frozen: agent_pid.is_some_and(os::process::is_stopped),
                 qemu_pid: pid_of(&dir.qemu_pid())?,
                 runtime_files: runtime_files(dir)?,
                 last_event: journal::last(&dir.journal()).unwrap_or(None),

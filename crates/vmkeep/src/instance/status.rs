@@ -14,6 +14,8 @@ pub struct Observations {
     pub disk_present: bool,
     /// The process holding the host agent's lock, if any.
     pub agent_pid: Option<u32>,
+    /// That process is stopped (SIGSTOP, a debugger): it answers nothing.
+    pub agent_frozen: bool,
     /// The process holding QEMU's pid-file lock, if any.
     pub qemu_pid: Option<u32>,
     /// Runtime files present in the instance directory (names).
@@ -167,7 +169,7 @@ impl Broken {
                 "`vmkeep start NAME` removes them and starts".into()
             }
             Broken::AgentUnresponsive { .. } => {
-                "`vmkeep stop NAME` stops it; `vmkeep start NAME` then starts afresh".into()
+                "`vmkeep start NAME` replaces it (the VM keeps running); `vmkeep stop NAME` replaces it and stops the VM by its ladder".into()
             }
             Broken::ServiceGaveUp { failure } => format!(
                 "see `vmkeep events NAME` and `journalctl{} -u {}`, fix the cause, then `vmkeep start NAME` (it clears the failure)",
@@ -332,6 +334,10 @@ impl Status {
 /// Derive the status from what was observed.
 pub fn derive(seen: &Observations) -> Status {
     match (seen.agent_pid, seen.qemu_pid) {
+        (Some(agent_pid), _) if seen.agent_frozen => Status::Broken(Broken::AgentUnresponsive {
+            agent_pid,
+            error: "it is stopped (SIGSTOP, or a debugger holds it)".into(),
+        }),
         (Some(agent_pid), qemu_pid) => {
             let phase = match &seen.api {
                 ApiState::Answered(phase) => *phase,
@@ -430,6 +436,7 @@ mod tests {
             config: ConfigState::Valid,
             disk_present: true,
             agent_pid: None,
+            agent_frozen: false,
             qemu_pid: None,
             runtime_files: vec![],
             last_event: None,
@@ -599,6 +606,20 @@ mod tests {
                 Status::Broken(Broken::AgentUnresponsive {
                     agent_pid: 10,
                     error: "timed out".into(),
+                }),
+            ),
+            (
+                "a frozen agent is unresponsive whatever its journal says",
+                Observations {
+                    agent_pid: Some(10),
+                    agent_frozen: true,
+                    qemu_pid: Some(20),
+                    last_event: record(10, running_event()),
+                    ..base()
+                },
+                Status::Broken(Broken::AgentUnresponsive {
+                    agent_pid: 10,
+                    error: "it is stopped (SIGSTOP, or a debugger holds it)".into(),
                 }),
             ),
             (

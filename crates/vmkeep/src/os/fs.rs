@@ -177,6 +177,20 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Keep `bytes` allocated past the end of `file` without changing its size
+/// (`fallocate` with `FALLOC_FL_KEEP_SIZE`): appends then need no new block,
+/// even on a full filesystem. Best effort: filesystems that cannot do it
+/// (or have no room left for it) simply do not reserve.
+pub fn reserve_after_end(file: &File, bytes: u64) {
+    let Ok(meta) = file.metadata() else { return };
+    let _ = rustix::fs::fallocate(
+        file,
+        rustix::fs::FallocateFlags::KEEP_SIZE,
+        meta.len(),
+        bytes,
+    );
+}
+
 /// Fsync a directory so that renames and removals in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -61,11 +61,17 @@ pub fn cpu_flags_have_virtualization(cpuinfo: &str) -> bool {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "KVM was asked for ({source_of_request}) but /dev/kvm cannot be opened read-write; use accel: tcg, or give this user access to /dev/kvm (group kvm)"
-)]
-pub struct KvmUnavailable {
-    pub source_of_request: String,
+pub enum KvmUnavailable {
+    #[error(
+        "KVM was asked for ({source_of_request}) but /dev/kvm cannot be opened read-write; use accel: tcg, or give this user access to /dev/kvm (group kvm)"
+    )]
+    NoDevice { source_of_request: String },
+    /// `/dev/kvm` opens but guests would hang right after the kernel starts.
+    #[error(
+        "KVM was asked for ({source_of_request}) but the CPU shows no vmx/svm flag (no nested virtualisation): \
+         a guest hangs under KVM here; use accel: auto or tcg"
+    )]
+    NoCpuSupport { source_of_request: String },
 }
 
 /// The accelerator to use, and why.
@@ -80,12 +86,13 @@ pub fn choose(
     };
     match setting {
         AccelSetting::Tcg => Ok((Accel::Tcg, format!("tcg: set by {source}"))),
-        AccelSetting::Kvm if facts.kvm_device_usable => {
-            Ok((Accel::Kvm, format!("kvm: set by {source}")))
-        }
-        AccelSetting::Kvm => Err(KvmUnavailable {
+        AccelSetting::Kvm if !facts.kvm_device_usable => Err(KvmUnavailable::NoDevice {
             source_of_request: source,
         }),
+        AccelSetting::Kvm if !facts.cpu_has_virtualization => Err(KvmUnavailable::NoCpuSupport {
+            source_of_request: source,
+        }),
+        AccelSetting::Kvm => Ok((Accel::Kvm, format!("kvm: set by {source}"))),
         AccelSetting::Auto => Ok(
             match (facts.kvm_device_usable, facts.cpu_has_virtualization) {
                 (true, true) => (
@@ -163,7 +170,7 @@ mod tests {
             Accel::Tcg
         );
         assert_eq!(
-            choose(Some(AccelSetting::Kvm), AccelSetting::Tcg, NESTED_OFF)
+            choose(Some(AccelSetting::Kvm), AccelSetting::Tcg, REAL_KVM)
                 .unwrap()
                 .0,
             Accel::Kvm
@@ -180,6 +187,20 @@ mod tests {
     fn asking_for_kvm_without_a_usable_device_is_an_error_with_a_fix() {
         let err = choose(None, AccelSetting::Kvm, NO_KVM).unwrap_err();
         assert!(err.to_string().contains("accel: tcg"), "{err}");
+    }
+
+    #[test]
+    fn kvm_forced_where_guests_would_hang_is_refused_at_once() {
+        // /dev/kvm opens, but no vmx/svm: a guest would hang until its boot
+        // deadline. Refused before anything boots, saying why.
+        let err = choose(Some(AccelSetting::Kvm), AccelSetting::Auto, NESTED_OFF).unwrap_err();
+        assert!(matches!(err, KvmUnavailable::NoCpuSupport { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(ACCEL_ENV) && text.contains("vmx/svm") && text.contains("tcg"),
+            "{text}"
+        );
+        assert!(choose(None, AccelSetting::Kvm, NESTED_OFF).is_err());
     }
 
     #[test]

@@ -1,0 +1,322 @@
+//! The host in trouble, with real VMs: a full host disk (a small tmpfs as
+//! VMKEEP_HOME), a frozen host agent, a power loss, many starts at once, a
+//! symlinked instance directory, several instances at once. Each case checks
+//! what a user sees: exit codes, messages, `list`, the journal, the data.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::TestEnv;
+
+const BOOT: Duration = Duration::from_secs(120);
+const SHORT: Duration = Duration::from_secs(60);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!(
+            "\n*** SKIPPED: mounting a small tmpfs as VMKEEP_HOME needs root; CI runs as root ***\n"
+        );
+    }
+    root
+}
+
+/// A home on a tmpfs of `size`: everything in it is stopped and the tmpfs
+/// unmounted when dropped (before the TestEnv's own cleanup).
+struct SmallHome {
+    env: TestEnv,
+}
+
+impl SmallHome {
+    fn mount(size: &str) -> Option<SmallHome> {
+        if !is_root() {
+            return None;
+        }
+        let env = TestEnv::new();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(env.home())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount a tmpfs on {}",
+            env.home().display()
+        );
+        Some(SmallHome { env })
+    }
+
+    /// Fill the filesystem to the last byte; returns the filler's path.
+    fn fill(&self) -> PathBuf {
+        let filler = self.env.home().join("filler");
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M", "status=none"])
+            .arg(format!("of={}", filler.display()))
+            .status();
+        // The last partial block too.
+        let _ = Command::new("dd")
+            .args([
+                "if=/dev/zero",
+                "bs=4k",
+                "status=none",
+                "oflag=append",
+                "conv=notrunc",
+            ])
+            .arg(format!("of={}", filler.display()))
+            .status();
+        filler
+    }
+
+    fn free_bytes(&self) -> u64 {
+        vmkeep::os::fs::free_space(self.env.home()).unwrap()
+    }
+}
+
+impl Drop for SmallHome {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(self.env.home()) {
+            for entry in entries.flatten() {
+                if entry.path().is_dir() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let _ = self.env.command(&["stop", "--force", &name]).output();
+                }
+            }
+        }
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.env.home())
+            .status();
+    }
+}
+
+fn last_of<'a>(events: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_json::Value> {
+    events.iter().rev().find(|e| e["event"] == kind)
+}
+
+#[test]
+fn vm_trouble_a_full_host_disk_never_keeps_a_vm_from_stopping_and_start_says_why() {
+    let Some(small) = SmallHome::mount("128m") else {
+        return;
+    };
+    let env = &small.env;
+    env.create("a", "");
+    env.run_within(&["start", "a"], BOOT);
+    assert_eq!(env.status("a"), "Running");
+    let filler = small.fill();
+    assert!(small.free_bytes() < 64 * 1024, "the disk is full");
+
+    // list, stop: as on any day.
+    assert_eq!(env.status("a"), "Running");
+    let stop = env.run_within(&["stop", "a"], SHORT);
+    assert_eq!(stop.code(), Some(0), "{}", stop.describe());
+    assert!(
+        stop.stdout().contains("ACPI power button"),
+        "{}",
+        stop.describe()
+    );
+    assert_eq!(env.status("a"), "Stopped");
+    let events = env.events("a");
+    let stopped = last_of(&events, "stopped").expect("the stop is journaled even so");
+    assert_eq!(stopped["by"], "power-button", "{stopped}");
+
+    // start refuses, naming the filesystem and the space it needs.
+    let start = env.run_within(&["start", "a"], SHORT);
+    assert_eq!(start.code(), Some(1), "{}", start.describe());
+    let says = start.stderr();
+    assert!(
+        says.contains(&env.home().display().to_string()) && says.contains("needs at least"),
+        "{says}"
+    );
+    assert!(env.processes().is_empty(), "nothing was started");
+
+    // Room again: it starts; full again: a forced stop and a delete work.
+    std::fs::remove_file(&filler).unwrap();
+    env.run_within(&["start", "a"], BOOT);
+    assert_eq!(env.status("a"), "Running");
+    small.fill();
+    let force = env.run_within(&["stop", "--force", "a"], SHORT);
+    assert_eq!(force.code(), Some(0), "{}", force.describe());
+    assert!(env.wait_no_processes(SHORT).is_empty());
+    let delete = env.run_within(&["delete", "a"], SHORT);
+    assert_eq!(delete.code(), Some(0), "{}", delete.describe());
+    assert!(!env.instance_dir("a").exists());
+}
+
+#[test]
+fn vm_trouble_a_frozen_host_agent_is_listed_and_its_vm_still_gets_the_power_button() {
+    let env = TestEnv::new();
+    env.create("f", "stopTimeout: 20s\n");
+    env.run_within(&["start", "f"], BOOT);
+    env.ok(&[
+        "shell",
+        "f",
+        "--",
+        "sh",
+        "-c",
+        "echo kept > /data/marker && sync",
+    ]);
+    let agent = env.agent("f").expect("a host agent");
+    agent.signal(rustix::process::Signal::STOP).unwrap();
+    let rows = env.list();
+    let row = rows.iter().find(|r| r["name"] == "f").unwrap();
+    assert_eq!(row["status"], "Broken", "{row}");
+    assert_eq!(row["reason"]["code"], "agent-unresponsive", "{row}");
+
+    let began = Instant::now();
+    let stop = env.run_within(&["stop", "f"], SHORT);
+    assert_eq!(stop.code(), Some(0), "{}", stop.describe());
+    assert!(
+        began.elapsed() < Duration::from_secs(20 + 15),
+        "within its deadline and margin: {:?}",
+        began.elapsed()
+    );
+    assert!(
+        agent.wait_timeout(Duration::from_secs(10)),
+        "the frozen agent is gone"
+    );
+    let events = env.events("f");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "repaired" && e["action"] == "killed-unresponsive-agent"),
+        "{events:#?}"
+    );
+    let stopped = last_of(&events, "stopped").unwrap();
+    assert_eq!(
+        stopped["by"], "power-button",
+        "the guest got its power button: {stopped}"
+    );
+    assert!(
+        !stopped["qemu_exit"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--force"),
+        "no forced stop was asked: {stopped}"
+    );
+    // The data survived a clean power-off.
+    env.run_within(&["start", "f"], BOOT);
+    assert_eq!(
+        env.ok(&["shell", "f", "--", "cat", "/data/marker"])
+            .stdout(),
+        "kept\n"
+    );
+}
+
+#[test]
+fn vm_trouble_a_power_loss_is_journaled_when_the_next_start_notices_it() {
+    let env = TestEnv::new();
+    env.create("p", "");
+    env.run_within(&["start", "p"], BOOT);
+    let agent = env.agent("p").unwrap();
+    let qemu = env.qemu("p").unwrap();
+    // As at a power loss: both gone at once, nothing written.
+    qemu.kill().unwrap();
+    agent.kill().unwrap();
+    assert!(agent.wait_timeout(SHORT) && qemu.wait_timeout(SHORT));
+    env.run_within(&["start", "p"], BOOT);
+    let events = env.events("p");
+    let unclean = last_of(&events, "unclean-end").expect("the unclean end is journaled");
+    assert_eq!(unclean["previous_pid"], agent.pid(), "{unclean}");
+    assert_eq!(unclean["qemu_survived"], false, "{unclean}");
+    assert_eq!(env.status("p"), "Running");
+}
+
+#[test]
+fn vm_trouble_many_starts_at_once_end_in_one_vm_each_with_a_truthful_exit() {
+    for round in 0..2 {
+        // `default`, created by whichever start comes first, and a named one.
+        let env = TestEnv::new();
+        env.create("n", "");
+        let starts: Vec<_> = (0..6)
+            .flat_map(|_| [env.spawn(&["start"]), env.spawn(&["start", "n"])])
+            .collect();
+        for start in starts {
+            let run = start.wait_within(BOOT);
+            assert_eq!(run.code(), Some(0), "round {round}: {}", run.describe());
+        }
+        for name in ["default", "n"] {
+            assert_eq!(env.status(name), "Running", "round {round}");
+            assert_eq!(env.count_events(name, "booting"), 1, "one boot of {name}");
+            assert!(
+                !env.events(name).iter().any(|e| e["event"] == "repaired"),
+                "nothing of a live start was swept as stale: {:#?}",
+                env.events(name)
+            );
+        }
+        let qemus = env
+            .processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("qemu-system"))
+            .count();
+        assert_eq!(qemus, 2, "round {round}");
+        let stops: Vec<_> = (0..4)
+            .flat_map(|_| [env.spawn(&["stop"]), env.spawn(&["stop", "n"])])
+            .collect();
+        for stop in stops {
+            let run = stop.wait_within(SHORT);
+            assert_eq!(run.code(), Some(0), "round {round}: {}", run.describe());
+        }
+        assert_eq!(env.status("default"), "Stopped");
+        assert_eq!(env.status("n"), "Stopped");
+    }
+}
+
+#[test]
+fn vm_trouble_several_names_start_and_stop_together() {
+    let env = TestEnv::new();
+    for name in ["a", "b", "c"] {
+        env.create(name, "");
+    }
+    let start = env.run_within(&["start", "a", "b", "c"], BOOT);
+    assert_eq!(start.code(), Some(0), "{}", start.describe());
+    for name in ["a", "b", "c"] {
+        assert_eq!(env.status(name), "Running", "{name}");
+    }
+    let stop = env.run_within(&["stop", "a", "b", "c"], SHORT);
+    assert_eq!(stop.code(), Some(0), "{}", stop.describe());
+    for name in ["a", "b", "c"] {
+        assert!(
+            stop.stdout().contains(&format!("stopped {name} in")),
+            "{}",
+            stop.describe()
+        );
+        assert_eq!(env.status(name), "Stopped", "{name}");
+    }
+    // One missing name fails the whole with its code, the others still act.
+    let mixed = env.run_within(&["start", "a", "ghost"], BOOT);
+    assert_eq!(mixed.code(), Some(3), "{}", mixed.describe());
+    assert_eq!(env.status("a"), "Running");
+}
+
+#[test]
+fn a_symlinked_instance_is_deleted_where_it_really_is() {
+    let env = TestEnv::new();
+    env.create("s", "");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let real = elsewhere.path().join("s");
+    std::fs::rename(env.instance_dir("s"), &real).unwrap();
+    std::os::unix::fs::symlink(&real, env.instance_dir("s")).unwrap();
+    assert_eq!(env.status("s"), "Stopped");
+    let delete = env.ok(&["delete", "s"]);
+    assert!(
+        delete.stdout().contains(&real.display().to_string()),
+        "it says where the files were: {}",
+        delete.describe()
+    );
+    assert!(!real.exists(), "the disk, config and journal are gone");
+    assert!(
+        std::fs::symlink_metadata(env.instance_dir("s")).is_err(),
+        "and so is the link"
+    );
+    assert!(env.list().is_empty());
+}
