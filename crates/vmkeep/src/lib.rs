@@ -22,3 +22,4 @@ pub mod logging;
 pub mod os;
 pub mod sshkeys;
 pub mod stop_ladder;
+pub mod untrusted;
