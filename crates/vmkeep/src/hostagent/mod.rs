@@ -414,8 +414,8 @@ impl Agent<'_> {
         Ok((vm, events))
     }
 
+    /// React to a QMP event (the QMP client has logged it by name already).
     fn note_qmp_event(&mut self, event: &QmpEvent) {
-        tracing::info!(?event, "QMP event");
         match event {
             QmpEvent::Shutdown { guest: true, .. } => self.guest_shutdown = true,
             // The guest restarts in the same QEMU (a `reboot` inside it):
