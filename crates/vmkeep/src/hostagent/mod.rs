@@ -8,6 +8,7 @@ pub mod api;
 pub mod binary;
 pub mod inbox;
 pub mod report;
+pub mod serial_log;
 pub mod server;
 pub mod stopper;
 
@@ -271,6 +272,11 @@ impl Agent<'_> {
                 Err(error) => return self.fail(error),
             },
         };
+        // A guest flooding its console must not fill the host's disk.
+        self.tasks.push(tokio::spawn(serial_log::keep_bounded(
+            serial_log::SerialLog::of(&self.dir),
+            serial_log::Bound::from_env(),
+        )));
         match mode {
             Mode::Run => self.bring_up_and_supervise(vm, events, launched_at).await,
             Mode::StopOnly { deadline, force } => {
