@@ -11,6 +11,8 @@ pub mod cli;
 pub mod cloudinit;
 pub mod daemon;
 pub mod driver;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod guest_link;
 pub mod home;
 pub mod hostagent;
