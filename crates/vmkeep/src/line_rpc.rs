@@ -7,6 +7,9 @@
 //!
 //! - one writer task sends lines in order, so concurrent requests never
 //!   interleave their bytes and a cancelled request never leaves half a line;
+//!   a request that ends (timeout, cancellation) before its turn takes its
+//!   line back, so a peer that stops reading holds the host to the requests
+//!   still waiting, not to every one ever sent;
 //! - one reader task splits what arrives into lines ([`LineSplitter`]), hands
 //!   each to a caller-supplied classifier, routes replies to the waiting
 //!   request by id and events to the event queue ([`Events`]);
@@ -25,7 +28,7 @@
 //! Timeouts are per call. The connection lives as long as any handle to it;
 //! dropping the last handle stops both tasks and closes the socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -35,7 +38,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
 use crate::untrusted::{self, LogBudget};
@@ -182,6 +185,10 @@ struct Shared<R> {
     next_id: AtomicU64,
     /// Turns true once, when the connection closes.
     closed: watch::Sender<bool>,
+    /// Request lines not yet taken by the writer, with their ids.
+    outbox: Mutex<VecDeque<(u64, Vec<u8>)>>,
+    /// Wakes the writer when a line is queued.
+    queued: Notify,
 }
 
 impl<R> Shared<R> {
@@ -215,6 +222,25 @@ impl<R> Shared<R> {
         self.closed.send_replace(true);
     }
 
+    fn outbox(&self) -> MutexGuard<'_, VecDeque<(u64, Vec<u8>)>> {
+        // As for `lock`: every operation on the queue is a single push or
+        // removal.
+        self.outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queue a request's line for the writer.
+    fn send(&self, id: u64, line: Vec<u8>) {
+        self.outbox().push_back((id, line));
+        self.queued.notify_one();
+    }
+
+    /// Take back a request's line if the writer has not taken it yet.
+    fn unsend(&self, id: u64) {
+        self.outbox().retain(|(queued, _)| *queued != id);
+    }
+
     fn take_waiter(&self, id: u64) -> Option<Waiter<R>> {
         match &mut *self.lock() {
             State::Open(pending) => pending.remove(&id).map(|p| p.waiter),
@@ -244,7 +270,6 @@ impl<R> Shared<R> {
 
 struct Inner<R> {
     shared: Arc<Shared<R>>,
-    lines: mpsc::UnboundedSender<Vec<u8>>,
     base_line_limit: usize,
     reader: AbortHandle,
     writer: AbortHandle,
@@ -364,6 +389,8 @@ impl<R: Send + 'static> Connection<R> {
             state: Mutex::new(State::Open(HashMap::new())),
             next_id: AtomicU64::new(1),
             closed: watch::Sender::new(false),
+            outbox: Mutex::new(VecDeque::new()),
+            queued: Notify::new(),
         });
         let (read_half, write_half) = stream.into_split();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -376,7 +403,6 @@ impl<R: Send + 'static> Connection<R> {
                 .max(event_charge::<E>(limits.line_bytes)),
             dropped: LogBudget::default(),
         };
-        let (lines_tx, lines_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(
             read_half,
             Arc::clone(&shared),
@@ -385,11 +411,9 @@ impl<R: Send + 'static> Connection<R> {
             limits.line_bytes,
         ))
         .abort_handle();
-        let writer =
-            tokio::spawn(write_loop(write_half, lines_rx, Arc::clone(&shared))).abort_handle();
+        let writer = tokio::spawn(write_loop(write_half, Arc::clone(&shared))).abort_handle();
         let inner = Inner {
             shared,
-            lines: lines_tx,
             base_line_limit: limits.line_bytes,
             reader,
             writer,
@@ -461,13 +485,14 @@ impl<R: Send + 'static> Connection<R> {
             !line[..line.len() - 1].contains(&b'\n'),
             "a request must be a single line"
         );
-        if self.inner.lines.send(line).is_err() {
+        if self.inner.writer.is_finished() {
             // The writer stopped; it recorded why.
             return Err(LineRpcError::Closed {
                 id,
                 reason: self.reason_or_stopped(),
             });
         }
+        shared.send(id, line);
 
         match tokio::time::timeout(timeout, rx).await {
             Err(_elapsed) => Err(LineRpcError::Timeout { id, after: timeout }),
@@ -514,8 +539,8 @@ impl<R: Send + 'static> Connection<R> {
     }
 }
 
-/// Removes a request's waiter when the request ends in any way (reply,
-/// timeout, cancellation).
+/// Removes a request's waiter, and its line if still queued, when the
+/// request ends in any way (reply, timeout, cancellation).
 struct ForgetGuard<'a, R> {
     shared: &'a Shared<R>,
     id: u64,
@@ -524,6 +549,7 @@ struct ForgetGuard<'a, R> {
 impl<R> Drop for ForgetGuard<'_, R> {
     fn drop(&mut self) {
         drop(self.shared.take_waiter(self.id));
+        self.shared.unsend(self.id);
     }
 }
 
@@ -768,22 +794,25 @@ async fn read_loop<R, E, F>(
     shared.close(reason);
 }
 
-async fn write_loop<R>(
-    mut write_half: OwnedWriteHalf,
-    mut lines: mpsc::UnboundedReceiver<Vec<u8>>,
-    shared: Arc<Shared<R>>,
-) {
+async fn write_loop<R>(mut write_half: OwnedWriteHalf, shared: Arc<Shared<R>>) {
     // Once the connection is closed (by the reader too), stop writing and
     // let go of the socket, so that its peer sees the end and a new
     // connection can take its place.
     let mut closed = shared.closed.subscribe();
     loop {
-        let line = tokio::select! {
-            line = lines.recv() => line,
-            _ = closed.wait_for(|closed| *closed) => None,
+        let next = shared.outbox().pop_front();
+        let Some((_id, line)) = next else {
+            // `notify_one` keeps a wake-up for a line queued meanwhile.
+            tokio::select! {
+                () = shared.queued.notified() => continue,
+                _ = closed.wait_for(|closed| *closed) => break,
+            }
         };
-        let Some(line) = line else { break };
-        if let Err(error) = write_half.write_all(&line).await {
+        let written = tokio::select! {
+            written = write_half.write_all(&line) => written,
+            _ = closed.wait_for(|closed| *closed) => break,
+        };
+        if let Err(error) = written {
             tracing::debug!(%error, "connection writer stopped");
             shared.close(CloseReason::Write(error));
             return;
@@ -1223,5 +1252,67 @@ mod tests {
             assert_eq!(event.expect("the event was queued"), Some(json!(n)));
         }
         drop(conn);
+    }
+
+    /// Whether the other end of `fd` has shut down, waiting up to 5 s.
+    fn hung_up(fd: std::os::fd::RawFd) -> bool {
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, on a socket the caller keeps open.
+        let ready = unsafe { libc::poll(&mut poll, 1, 5000) };
+        ready == 1 && poll.revents & libc::POLLRDHUP != 0
+    }
+
+    #[tokio::test]
+    async fn closing_lets_the_socket_go_even_while_the_peer_reads_nothing() {
+        use std::os::fd::AsRawFd;
+        let (conn, _events, peer) = setup(1024);
+        // Far more than the socket buffers: the writer blocks on this line.
+        let big = "x".repeat(8 << 20);
+        let short = Duration::from_millis(100);
+        assert!(matches!(
+            ask(&conn, &big, short).await,
+            Err(LineRpcError::Timeout { .. })
+        ));
+        // As after a guest reset: the socket must be let go so that QEMU can
+        // accept the next connection, though the guest never read this one.
+        conn.close(CloseReason::PeerRestarted);
+        let fd = peer.reader.get_ref().as_ref().as_raw_fd();
+        let hung_up = tokio::task::spawn_blocking(move || hung_up(fd))
+            .await
+            .unwrap();
+        assert!(hung_up, "the connection still holds the socket");
+        drop(peer);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_ends_before_its_turn_is_never_sent() {
+        let (conn, _events, mut peer) = setup(1 << 20);
+        // Fill the socket so that the next lines wait in the queue.
+        let big = "x".repeat(8 << 20);
+        let short = Duration::from_millis(100);
+        for q in [big.as_str(), "abandoned"] {
+            assert!(matches!(
+                ask(&conn, q, short).await,
+                Err(LineRpcError::Timeout { .. })
+            ));
+        }
+        // The peer reads again: the big line (already begun), then the next
+        // request; the abandoned one was taken back.
+        let peer_task = async {
+            assert_eq!(
+                peer.recv().await["q"].as_str().map(str::len),
+                Some(big.len())
+            );
+            let next = peer.recv().await;
+            assert_eq!(next["q"], "wanted");
+            peer.send(&json!({"id": next["id"], "r": "ok"}).to_string())
+                .await;
+        };
+        let (reply, ()) = tokio::join!(ask(&conn, "wanted", SECOND), peer_task);
+        assert_eq!(reply.unwrap(), json!("ok"));
     }
 }

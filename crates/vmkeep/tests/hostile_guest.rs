@@ -397,6 +397,42 @@ async fn a_stall_mid_reply_costs_the_request_its_timeout_and_the_link_recovers()
 }
 
 #[tokio::test]
+async fn a_guest_that_stops_reading_holds_the_host_to_the_requests_still_waiting() {
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (_dir, path, guest) = fake_guest(move |mut peer| {
+        hello(&mut peer);
+        // Never read again, and keep the socket open until the test is done.
+        done_rx.recv().unwrap();
+    });
+    let (link, _hello, _events) = GuestLink::connect(&path, T).await.unwrap();
+    let before = LIVE.with(Cell::get);
+    // Two dozen execs with a megabyte of stdin each (1.4 MB on the wire):
+    // the socket's buffer fills with the first, the rest wait their turn and
+    // time out.
+    for _ in 0..24 {
+        let request = ExecRequest {
+            argv: vec!["cat".into()],
+            stdin: vec![0x42; MIB],
+            env: vec![],
+            cwd: None,
+        };
+        match link.exec(request, Duration::from_millis(50)).await {
+            Err(GuestLinkError::Timeout {
+                op: GuestOp::Exec, ..
+            }) => {}
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+    }
+    let held = (LIVE.with(Cell::get) - before).max(0) as usize;
+    // The line being written stays (the writer is blocked on it); the lines
+    // of requests that timed out before their turn are gone.
+    assert!(held < 3 * MIB, "the host holds {held} bytes");
+    drop(link);
+    done_tx.send(()).unwrap();
+    guest.join().unwrap();
+}
+
+#[tokio::test]
 async fn wait_ready_gives_up_on_a_guest_that_stalls_mid_hello_at_its_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ga.sock");
