@@ -15,7 +15,14 @@ use serde::{Deserialize, Serialize};
 pub const PORT_NAME: &str = "org.vmkeep.guest.0";
 
 /// Largest line either side accepts; longer lines are a protocol error.
+/// Only an exec carries this much: its request (stdin) and its reply (the
+/// output, which the guest caps at 16 MiB per stream, base64-encoded).
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Largest line of any other message (hello, info, ready, errors). The host
+/// accepts a longer line from the guest only while an exec is in flight, so a
+/// hostile guest cannot make the host allocate [`MAX_LINE_BYTES`] unasked.
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Kernel command-line flags the guest agent honours. They exist so that the
 /// stop ladder and crash handling can be tested with a real guest.

@@ -7,6 +7,13 @@
 //! in the guest has the port open, QEMU may accept the connection and simply
 //! not answer: [`wait_ready`] copes with that by re-sending `Hello` on a new
 //! connection.
+//!
+//! The guest is untrusted. Its lines may be at most
+//! [`vmkeep_protocol::MAX_MESSAGE_BYTES`] long, except while an exec is in
+//! flight (its reply carries the output: up to
+//! [`vmkeep_protocol::MAX_LINE_BYTES`]); the facts it reports about itself
+//! ([`GuestInfo`]) are checked before anything shows, logs or journals them
+//! ([`check_guest_info`]); its error messages are cut and escaped.
 
 use std::fmt;
 use std::io;
@@ -15,13 +22,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use vmkeep_protocol::{
-    ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES, Op, Reply, Request,
+    ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES, MAX_MESSAGE_BYTES, Op, Reply,
+    Request,
 };
 
-use crate::line_rpc::{CloseReason, Connection, Incoming, LineRpcError, MalformedLine};
+use crate::line_rpc::{
+    CloseReason, Connection, Events, Incoming, Limits, LineRpcError, MalformedLine,
+};
+use crate::untrusted;
+
+/// What the guest may make the host hold on one connection.
+pub const LIMITS: Limits = Limits {
+    line_bytes: MAX_MESSAGE_BYTES,
+    // `Ready` comes at most twice per connection (a second one ends it).
+    queued_event_bytes: 2 * MAX_MESSAGE_BYTES,
+};
+
+/// Longest error message of the guest's that is shown.
+const MAX_GUEST_ERROR_BYTES: usize = 4096;
 
 /// How long [`wait_ready`] waits for a `Hello` reply (or a `Ready` event)
 /// before it tries a fresh connection.
@@ -88,8 +108,13 @@ pub enum GuestLinkError {
     #[error("the guest agent refused {op}: {message}")]
     Refused { op: GuestOp, message: String },
     /// The guest answered with a reply of the wrong kind.
-    #[error("the guest agent answered {op} with an unexpected reply: {reply:?}")]
-    UnexpectedReply { op: GuestOp, reply: Box<Reply> },
+    #[error("the guest agent answered {op} with a {reply} reply")]
+    UnexpectedReply {
+        op: GuestOp,
+        /// The kind of reply it sent (its content is not kept: it may be
+        /// large, and it is the guest's).
+        reply: &'static str,
+    },
     /// The guest's reply could not be parsed.
     #[error("the guest agent's reply to {op} is malformed")]
     Malformed {
@@ -125,7 +150,7 @@ pub struct GuestLink {
 /// connection ends.
 #[derive(Debug)]
 pub struct GuestEvents {
-    rx: mpsc::UnboundedReceiver<GuestInfo>,
+    rx: Events<GuestInfo>,
 }
 
 impl GuestEvents {
@@ -161,9 +186,8 @@ impl GuestLink {
             }
         };
         let mut readiness = Readiness::default();
-        let (conn, rx) = Connection::new(stream, MAX_LINE_BYTES, move |line: &[u8]| {
-            readiness.classify(line)
-        });
+        let (conn, rx) =
+            Connection::new(stream, LIMITS, move |line: &[u8]| readiness.classify(line));
         let link = GuestLink { conn };
         let hello = link
             .hello(deadline.saturating_duration_since(Instant::now()))
@@ -236,9 +260,21 @@ impl GuestLink {
 
     async fn call(&self, op: Op, timeout: Duration) -> Result<Reply, GuestLinkError> {
         let kind = GuestOp::of(&op);
+        // Only an exec's reply carries bulk data.
+        let reply_limit = match kind {
+            GuestOp::Exec => MAX_LINE_BYTES,
+            _ => MAX_MESSAGE_BYTES,
+        };
         let encode = |id| vmkeep_protocol::encode_line(&Request { id, op });
-        match self.conn.request(encode, timeout).await {
-            Ok(Reply::Error { message }) => Err(GuestLinkError::Refused { op: kind, message }),
+        match self
+            .conn
+            .request_with_reply_limit(encode, timeout, reply_limit)
+            .await
+        {
+            Ok(Reply::Error { message }) => Err(GuestLinkError::Refused {
+                op: kind,
+                message: untrusted::shown(&message, MAX_GUEST_ERROR_BYTES),
+            }),
             Ok(reply) => Ok(reply),
             Err(LineRpcError::Timeout { after, .. }) => {
                 Err(GuestLinkError::Timeout { op: kind, after })
@@ -254,10 +290,15 @@ impl GuestLink {
 }
 
 fn unexpected(op: GuestOp, reply: Reply) -> GuestLinkError {
-    GuestLinkError::UnexpectedReply {
-        op,
-        reply: Box::new(reply),
-    }
+    let reply = match reply {
+        Reply::Hello { .. } => "hello",
+        Reply::Pong => "pong",
+        Reply::Info(_) => "info",
+        Reply::Exec(_) => "exec",
+        Reply::PoweroffAccepted => "poweroff-accepted",
+        Reply::Error { .. } => "error",
+    };
+    GuestLinkError::UnexpectedReply { op, reply }
 }
 
 /// Connect (retrying while the socket is missing or refuses) and wait until
@@ -357,13 +398,16 @@ fn retryable_connect(error: &io::Error) -> bool {
 /// this socket (QEMU's chardev stays connected across it), and requests sent
 /// before will never be answered.
 #[derive(Debug, Default)]
-struct Readiness {
+pub(crate) struct Readiness {
     heard_ready: bool,
 }
 
 impl Readiness {
     /// Sort one line from the guest into reply, `Ready` event, or restart.
-    fn classify(&mut self, line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
+    pub(crate) fn classify(
+        &mut self,
+        line: &[u8],
+    ) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
         let incoming = sort_line(line)?;
         match &incoming {
             Incoming::Event(_) if self.heard_ready => return Ok(Incoming::PeerRestarted),
@@ -379,21 +423,142 @@ impl Readiness {
 }
 
 /// Sort one line from the guest into reply or `Ready` event.
-fn sort_line(line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
+pub(crate) fn sort_line(line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
     match vmkeep_protocol::decode_line::<FromGuest>(line) {
-        Ok(FromGuest::Reply { id, body }) => Ok(Incoming::Response { id, payload: body }),
-        Ok(FromGuest::Ready(info)) => Ok(Incoming::Event(info)),
+        Ok(FromGuest::Reply { id, body }) => {
+            if let Reply::Hello { info, .. } | Reply::Info(info) = &body {
+                check_guest_info(info).map_err(|problem| {
+                    MalformedLine::for_request(id, format!("the guest's info: {problem}"))
+                })?;
+            }
+            Ok(Incoming::Response { id, payload: body })
+        }
+        Ok(FromGuest::Ready(info)) => {
+            check_guest_info(&info)
+                .map_err(|problem| MalformedLine::new(format!("the guest's ready: {problem}")))?;
+            Ok(Incoming::Event(info))
+        }
         Err(error) => {
             // Fail the request the line answers, if its id can be read.
             let id = serde_json::from_slice::<serde_json::Value>(line)
                 .ok()
                 .and_then(|v| v.pointer("/reply/id").and_then(serde_json::Value::as_u64));
-            Err(MalformedLine {
+            Err(MalformedLine::answering(
                 id,
-                message: format!("not a guest-agent message: {error}"),
-            })
+                format!("not a guest-agent message: {error}"),
+            ))
         }
     }
+}
+
+/// Longest kernel release accepted (Linux's `utsname` holds 64 bytes).
+const MAX_KERNEL_BYTES: usize = 64;
+/// Longest boot id accepted (Linux's is a 36-character UUID).
+const MAX_BOOT_ID_BYTES: usize = 64;
+/// Longest agent version accepted.
+const MAX_VERSION_BYTES: usize = 64;
+/// Longest data mount path accepted (Linux's `PATH_MAX`).
+const MAX_MOUNT_BYTES: usize = 4096;
+
+/// Check what the guest says about itself before the host shows, logs or
+/// journals it: short strings without control characters (a hostile guest
+/// must not write escape sequences to the user's terminal, nor megabytes
+/// into every journal line that names its boot), a boot id of letters,
+/// digits and `-` (it is compared and journaled), a finite uptime.
+/// What the guest says of its data disk: device names, errors and e2fsck's
+/// output are shown to the user and journaled, so they are bounded and
+/// free of control characters (e2fsck's lines may keep their newlines).
+fn check_data_disk(
+    disk: &vmkeep_protocol::DataDisk,
+    text: fn(&str, &str, usize) -> Result<(), String>,
+) -> Result<(), String> {
+    use vmkeep_protocol::{DataDisk, FsckRun};
+    let fsck = |run: &FsckRun| {
+        if run.output.len() > MAX_FSCK_OUTPUT_BYTES {
+            return Err(format!(
+                "data_disk's e2fsck output is {} bytes long; at most {MAX_FSCK_OUTPUT_BYTES} are accepted",
+                run.output.len()
+            ));
+        }
+        if run
+            .output
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            return Err("data_disk's e2fsck output contains control characters".into());
+        }
+        Ok(())
+    };
+    match disk {
+        DataDisk::Mounted {
+            mount, repaired, ..
+        } => {
+            text("data_disk.mount", mount, MAX_MOUNT_BYTES)?;
+            repaired.as_ref().map_or(Ok(()), fsck)
+        }
+        DataDisk::NotAttached | DataDisk::Unknown => Ok(()),
+        DataDisk::DeviceMissing { device, error }
+        | DataDisk::FormatFailed { device, error }
+        | DataDisk::MountFailed { device, error } => {
+            text("data_disk.device", device, MAX_MOUNT_BYTES)?;
+            text("data_disk.error", error, MAX_MOUNT_BYTES)
+        }
+        DataDisk::NoFileSystem { device } | DataDisk::NoRepairTool { device } => {
+            text("data_disk.device", device, MAX_MOUNT_BYTES)
+        }
+        DataDisk::RepairFailed { device, fsck: run } => {
+            text("data_disk.device", device, MAX_MOUNT_BYTES)?;
+            fsck(run)
+        }
+    }
+}
+
+/// The most of e2fsck's output a guest may report.
+const MAX_FSCK_OUTPUT_BYTES: usize = 16 * 1024;
+
+pub fn check_guest_info(info: &GuestInfo) -> Result<(), String> {
+    fn text(field: &str, value: &str, max: usize) -> Result<(), String> {
+        if value.len() > max {
+            return Err(format!(
+                "{field} is {} bytes long; at most {max} are accepted",
+                value.len()
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(format!(
+                "{field} {} contains control characters",
+                untrusted::shown(value, untrusted::SHOWN_BYTES)
+            ));
+        }
+        Ok(())
+    }
+    text("kernel", &info.kernel, MAX_KERNEL_BYTES)?;
+    text("boot_id", &info.boot_id, MAX_BOOT_ID_BYTES)?;
+    if info.boot_id.is_empty()
+        || !info
+            .boot_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(format!(
+            "boot_id {:?} is not letters, digits and '-'",
+            untrusted::shown(&info.boot_id, untrusted::SHOWN_BYTES)
+        ));
+    }
+    text("agent_version", &info.agent_version, MAX_VERSION_BYTES)?;
+    if let Some(mount) = &info.data_mount {
+        text("data_mount", mount, MAX_MOUNT_BYTES)?;
+    }
+    if let Some(disk) = &info.data_disk {
+        check_data_disk(disk, text)?;
+    }
+    if !(info.uptime_secs.is_finite() && info.uptime_secs >= 0.0) {
+        return Err(format!(
+            "uptime_secs {} is not a duration",
+            info.uptime_secs
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -537,7 +702,7 @@ mod tests {
             let request = guest.recv().await.unwrap();
             guest.answer(&request, Reply::PoweroffAccepted).await;
         });
-        let (conn, _rx) = Connection::new(ours, MAX_LINE_BYTES, sort_line);
+        let (conn, _rx) = Connection::new(ours, LIMITS, sort_line);
         let link = GuestLink { conn };
 
         let request = ExecRequest {
@@ -567,11 +732,16 @@ mod tests {
             other => panic!("expected Refused, got {other:?}"),
         }
         match link.poweroff(T).await {
-            Err(GuestLinkError::UnexpectedReply {
-                op: GuestOp::Poweroff,
-                reply,
-            }) => {
-                assert_eq!(*reply, Reply::Pong)
+            Err(
+                error @ GuestLinkError::UnexpectedReply {
+                    op: GuestOp::Poweroff,
+                    reply: "pong",
+                },
+            ) => {
+                assert_eq!(
+                    error.to_string(),
+                    "the guest agent answered poweroff with a pong reply"
+                )
             }
             other => panic!("expected UnexpectedReply, got {other:?}"),
         }
@@ -749,5 +919,83 @@ mod tests {
         assert_eq!(bad.id, Some(9));
         let worse = sort_line(b"garbage").unwrap_err();
         assert_eq!(worse.id, None);
+    }
+
+    #[test]
+    fn what_the_guest_says_about_itself_is_checked() {
+        assert_eq!(check_guest_info(&info()), Ok(()));
+        let real = GuestInfo {
+            kernel: "6.1.0-31-cloud-amd64".into(),
+            boot_id: "0f5e7b1c-2b1e-4d4a-9a57-3a3c1d9f2e10".into(),
+            uptime_secs: 0.0,
+            agent_version: "0.1.0".into(),
+            data_mount: Some("/data".into()),
+            data_disk: Some(vmkeep_protocol::DataDisk::Mounted {
+                mount: "/data".into(),
+                formatted: false,
+                repaired: None,
+            }),
+        };
+        assert_eq!(check_guest_info(&real), Ok(()));
+        let mut hostile = real.clone();
+        hostile.data_disk = Some(vmkeep_protocol::DataDisk::MountFailed {
+            device: "/dev/vda".into(),
+            error: "\x1b[2Jcleared".into(),
+        });
+        assert!(
+            check_guest_info(&hostile).is_err(),
+            "an escape in a disk error"
+        );
+        hostile.data_disk = Some(vmkeep_protocol::DataDisk::NoFileSystem {
+            device: "d".repeat(MAX_MOUNT_BYTES + 1),
+        });
+        assert!(
+            check_guest_info(&hostile).is_err(),
+            "an oversized device name"
+        );
+        let bad = |change: fn(&mut GuestInfo)| {
+            let mut info = real.clone();
+            change(&mut info);
+            check_guest_info(&info).unwrap_err()
+        };
+        assert_eq!(
+            bad(|i| i.kernel = "\x1b]0;owned\x07".into()),
+            "kernel \\u{1b}]0;owned\\u{7} contains control characters"
+        );
+        assert_eq!(
+            bad(|i| i.boot_id = "b".repeat(1 << 20)),
+            "boot_id is 1048576 bytes long; at most 64 are accepted"
+        );
+        assert!(bad(|i| i.boot_id = "a b".into()).contains("not letters, digits and '-'"));
+        assert!(bad(|i| i.boot_id = String::new()).contains("not letters"));
+        assert!(bad(|i| i.agent_version = "v\n".into()).contains("agent_version"));
+        assert!(bad(|i| i.data_mount = Some("/d\u{9b}".into())).contains("data_mount"));
+        assert!(bad(|i| i.uptime_secs = -1.0).contains("uptime_secs"));
+    }
+
+    #[test]
+    fn a_hostile_info_fails_its_request_and_a_hostile_ready_is_skipped() {
+        let hostile = GuestInfo {
+            kernel: "\x1b[2J".into(),
+            ..info()
+        };
+        let line = |message: &FromGuest| {
+            let mut line = encode_line(message);
+            line.pop();
+            line
+        };
+        let reply = sort_line(&line(&FromGuest::Reply {
+            id: 4,
+            body: Reply::Info(hostile.clone()),
+        }))
+        .unwrap_err();
+        assert_eq!(reply.id, Some(4));
+        assert!(
+            reply.message.contains("the guest's info: kernel"),
+            "{}",
+            reply.message
+        );
+        let ready = sort_line(&line(&FromGuest::Ready(hostile))).unwrap_err();
+        assert_eq!(ready.id, None);
     }
 }

@@ -257,7 +257,8 @@ pub fn tail(path: &Path, max_bytes: u64) -> io::Result<Vec<Record>> {
     Ok(parse_lines(body))
 }
 
-fn parse_lines(bytes: &[u8]) -> Vec<Record> {
+/// The readable records in `bytes` (whole lines of a journal), oldest first.
+pub(crate) fn parse_lines(bytes: &[u8]) -> Vec<Record> {
     bytes
         .split(|b| *b == b'\n')
         .filter(|line| !line.iter().all(u8::is_ascii_whitespace))

@@ -12,6 +12,8 @@ pub mod cloudinit;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
 pub mod gotmpl;
 pub mod guest_link;
 pub mod home;
@@ -27,3 +29,4 @@ pub mod sshkeys;
 pub mod stop_ladder;
 pub mod template;
 pub mod timeouts;
+pub mod untrusted;

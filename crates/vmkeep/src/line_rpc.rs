@@ -7,34 +7,48 @@
 //!
 //! - one writer task sends lines in order, so concurrent requests never
 //!   interleave their bytes and a cancelled request never leaves half a line;
-//! - one reader task reads lines (of any length up to a cap), hands each to a
-//!   caller-supplied classifier, routes replies to the waiting request by id
-//!   and events to an unbounded channel;
+//!   a request that ends (timeout, cancellation) before its turn takes its
+//!   line back, so a peer that stops reading holds the host to the requests
+//!   still waiting, not to every one ever sent;
+//! - one reader task splits what arrives into lines ([`LineSplitter`]), hands
+//!   each to a caller-supplied classifier, routes replies to the waiting
+//!   request by id and events to the event queue ([`Events`]);
 //! - when the connection ends, every pending request fails with
-//!   [`LineRpcError::Closed`] and the event channel ends.
+//!   [`LineRpcError::Closed`] and the event queue ends.
+//!
+//! The peer is not trusted (for the guest link it is the guest), so what it
+//! can make the host hold is bounded ([`Limits`]): a line may be at most
+//! [`Limits::line_bytes`] long, unless a request in flight expects a longer
+//! reply (an exec's output), and events nobody has taken yet hold at most
+//! [`Limits::queued_event_bytes`]; beyond that they are dropped and counted.
+//! A line longer than allowed ends the connection at once, without reading
+//! the rest of it. Bad lines are logged thinly ([`LogBudget`]). A peer that
+//! stalls, mid-line or not, costs a request its own timeout and nothing else.
 //!
 //! Timeouts are per call. The connection lives as long as any handle to it;
 //! dropping the last handle stops both tasks and closes the socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
+
+use crate::untrusted::{self, LogBudget};
 
 /// What the classifier made of one incoming line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Incoming<R, E> {
     /// The reply to the request with this id.
     Response { id: u64, payload: R },
-    /// An unsolicited message; it goes to the event channel.
+    /// An unsolicited message; it goes to the event queue.
     Event(E),
     /// A line the owner does not care about.
     Ignore,
@@ -55,23 +69,31 @@ pub enum Incoming<R, E> {
 pub struct MalformedLine {
     /// The request the line seems to answer, if that much could be read.
     pub id: Option<u64>,
+    /// What is wrong, as safe to print: the constructors cut it to a few
+    /// hundred bytes and escape control characters, since it may quote the
+    /// peer.
     pub message: String,
 }
 
 impl MalformedLine {
+    /// Longest message kept (it may quote the peer's bytes).
+    pub const MAX_MESSAGE_BYTES: usize = 400;
+
     /// A malformed line that names no request.
-    pub fn new(message: impl Into<String>) -> Self {
-        MalformedLine {
-            id: None,
-            message: message.into(),
-        }
+    pub fn new(message: impl AsRef<str>) -> Self {
+        Self::answering(None, message)
     }
 
     /// A malformed line that answers request `id`.
-    pub fn for_request(id: u64, message: impl Into<String>) -> Self {
+    pub fn for_request(id: u64, message: impl AsRef<str>) -> Self {
+        Self::answering(Some(id), message)
+    }
+
+    /// A malformed line that answers request `id`, if known.
+    pub fn answering(id: Option<u64>, message: impl AsRef<str>) -> Self {
         MalformedLine {
-            id: Some(id),
-            message: message.into(),
+            id,
+            message: untrusted::shown(message.as_ref(), Self::MAX_MESSAGE_BYTES),
         }
     }
 }
@@ -93,7 +115,7 @@ pub enum CloseReason {
         "the other end started afresh (for the guest agent: the guest rebooted), so what it had not answered is lost"
     )]
     PeerRestarted,
-    /// The peer sent a line longer than the connection accepts.
+    /// The peer sent a line longer than the connection accepted at the time.
     #[error("the peer sent a line longer than {max} bytes")]
     LineTooLong { max: usize },
     /// The connection's tasks stopped without recording why (its runtime
@@ -125,6 +147,20 @@ pub enum LineRpcError {
     },
 }
 
+/// What a connection lets its peer make the host hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest line (without its line ending) accepted while no request in
+    /// flight allows more (see [`Connection::request_with_reply_limit`]).
+    pub line_bytes: usize,
+    /// Most bytes of events received and not yet taken from [`Events`]
+    /// (each counts twice its line's length plus its in-memory size). Events
+    /// beyond are dropped, and counted in the log. At least twice
+    /// `line_bytes` is used, so that a single event always fits an empty
+    /// queue.
+    pub queued_event_bytes: usize,
+}
+
 /// How a pending request can end other than with its reply.
 enum Failure {
     Malformed(MalformedLine),
@@ -133,8 +169,14 @@ enum Failure {
 
 type Waiter<R> = oneshot::Sender<Result<R, Failure>>;
 
+struct Pending<R> {
+    waiter: Waiter<R>,
+    /// The longest reply line this request allows.
+    reply_limit: usize,
+}
+
 enum State<R> {
-    Open(HashMap<u64, Waiter<R>>),
+    Open(HashMap<u64, Pending<R>>),
     Closed(Arc<CloseReason>),
 }
 
@@ -143,6 +185,10 @@ struct Shared<R> {
     next_id: AtomicU64,
     /// Turns true once, when the connection closes.
     closed: watch::Sender<bool>,
+    /// Request lines not yet taken by the writer, with their ids.
+    outbox: Mutex<VecDeque<(u64, Vec<u8>)>>,
+    /// Wakes the writer when a line is queued.
+    queued: Notify,
 }
 
 impl<R> Shared<R> {
@@ -159,15 +205,15 @@ impl<R> Shared<R> {
     fn close(&self, reason: CloseReason) {
         let waiters = {
             let mut state = self.lock();
-            let State::Open(waiters) = &mut *state else {
+            let State::Open(pending) = &mut *state else {
                 return;
             };
-            let waiters = std::mem::take(waiters);
+            let pending = std::mem::take(pending);
             let reason = Arc::new(reason);
             *state = State::Closed(Arc::clone(&reason));
-            waiters
+            pending
                 .into_values()
-                .map(move |w| (w, Arc::clone(&reason)))
+                .map(move |p| (p.waiter, Arc::clone(&reason)))
                 .collect::<Vec<_>>()
         };
         for (waiter, reason) in waiters {
@@ -176,10 +222,41 @@ impl<R> Shared<R> {
         self.closed.send_replace(true);
     }
 
+    fn outbox(&self) -> MutexGuard<'_, VecDeque<(u64, Vec<u8>)>> {
+        // As for `lock`: every operation on the queue is a single push or
+        // removal.
+        self.outbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Queue a request's line for the writer.
+    fn send(&self, id: u64, line: Vec<u8>) {
+        self.outbox().push_back((id, line));
+        self.queued.notify_one();
+    }
+
+    /// Take back a request's line if the writer has not taken it yet.
+    fn unsend(&self, id: u64) {
+        self.outbox().retain(|(queued, _)| *queued != id);
+    }
+
     fn take_waiter(&self, id: u64) -> Option<Waiter<R>> {
         match &mut *self.lock() {
-            State::Open(waiters) => waiters.remove(&id),
+            State::Open(pending) => pending.remove(&id).map(|p| p.waiter),
             State::Closed(_) => None,
+        }
+    }
+
+    /// The longest line accepted now: `base`, or more while a request in
+    /// flight allows more.
+    fn line_limit(&self, base: usize) -> usize {
+        match &*self.lock() {
+            State::Open(pending) => pending
+                .values()
+                .map(|p| p.reply_limit)
+                .fold(base, usize::max),
+            State::Closed(_) => base,
         }
     }
 
@@ -193,7 +270,7 @@ impl<R> Shared<R> {
 
 struct Inner<R> {
     shared: Arc<Shared<R>>,
-    lines: mpsc::UnboundedSender<Vec<u8>>,
+    base_line_limit: usize,
     reader: AbortHandle,
     writer: AbortHandle,
 }
@@ -228,20 +305,82 @@ impl<R> fmt::Debug for Connection<R> {
     }
 }
 
+/// The events of one connection, in order. Ends when the connection ends.
+#[derive(Debug)]
+pub struct Events<E> {
+    rx: mpsc::UnboundedReceiver<Queued<E>>,
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+#[derive(Debug)]
+struct Queued<E> {
+    event: E,
+    /// What it counts against [`Limits::queued_event_bytes`].
+    charge: usize,
+}
+
+impl<E> Events<E> {
+    /// The next event, or `None` once the connection has ended and every
+    /// event received was taken.
+    pub async fn recv(&mut self) -> Option<E> {
+        let queued = self.rx.recv().await?;
+        self.queued_bytes
+            .fetch_sub(queued.charge, Ordering::Relaxed);
+        Some(queued.event)
+    }
+}
+
+/// What an event of a `line_bytes` line counts against
+/// [`Limits::queued_event_bytes`]: parsed, it takes about twice its text
+/// (strings, maps), plus its place in the queue.
+fn event_charge<E>(line_bytes: usize) -> usize {
+    line_bytes
+        .saturating_mul(2)
+        .saturating_add(std::mem::size_of::<Queued<E>>())
+}
+
+/// The reader's side of the event queue.
+struct EventSender<E> {
+    tx: mpsc::UnboundedSender<Queued<E>>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+    dropped: LogBudget,
+}
+
+impl<E> EventSender<E> {
+    fn send(&mut self, event: E, line_bytes: usize) {
+        let charge = event_charge::<E>(line_bytes);
+        // Only this task adds, so the check and the add cannot race with
+        // another add; a concurrent take only makes room.
+        let queued = self.queued_bytes.load(Ordering::Relaxed);
+        if queued.saturating_add(charge) > self.max_bytes {
+            if let Some(count) = self.dropped.tick() {
+                tracing::warn!(
+                    dropped = count,
+                    queued_bytes = queued,
+                    "the peer's events are not being taken; dropping one"
+                );
+            }
+            return;
+        }
+        self.queued_bytes.fetch_add(charge, Ordering::Relaxed);
+        if self.tx.send(Queued { event, charge }).is_err() {
+            // Nobody listening is fine.
+            self.queued_bytes.fetch_sub(charge, Ordering::Relaxed);
+        }
+    }
+}
+
 impl<R: Send + 'static> Connection<R> {
     /// Start the reader and writer tasks on `stream`.
     ///
     /// `classify` sees every non-blank line without its line ending. Lines
-    /// longer than `max_line_bytes` (not counting the line ending) end the
-    /// connection with [`CloseReason::LineTooLong`]. Returns the handle and the
-    /// receiver of events, which ends when the connection ends.
+    /// longer than allowed (see [`Limits`]) end the connection with
+    /// [`CloseReason::LineTooLong`]. Returns the handle and the events, which
+    /// end when the connection ends.
     ///
     /// Must be called inside a tokio runtime (it spawns two tasks).
-    pub fn new<E, F>(
-        stream: UnixStream,
-        max_line_bytes: usize,
-        classify: F,
-    ) -> (Connection<R>, mpsc::UnboundedReceiver<E>)
+    pub fn new<E, F>(stream: UnixStream, limits: Limits, classify: F) -> (Connection<R>, Events<E>)
     where
         E: Send + 'static,
         F: FnMut(&[u8]) -> Result<Incoming<R, E>, MalformedLine> + Send + 'static,
@@ -250,23 +389,32 @@ impl<R: Send + 'static> Connection<R> {
             state: Mutex::new(State::Open(HashMap::new())),
             next_id: AtomicU64::new(1),
             closed: watch::Sender::new(false),
+            outbox: Mutex::new(VecDeque::new()),
+            queued: Notify::new(),
         });
         let (read_half, write_half) = stream.into_split();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        let (lines_tx, lines_rx) = mpsc::unbounded_channel();
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let events_tx = EventSender {
+            tx: events_tx,
+            queued_bytes: Arc::clone(&queued_bytes),
+            max_bytes: limits
+                .queued_event_bytes
+                .max(event_charge::<E>(limits.line_bytes)),
+            dropped: LogBudget::default(),
+        };
         let reader = tokio::spawn(read_loop(
             read_half,
             Arc::clone(&shared),
             classify,
             events_tx,
-            max_line_bytes,
+            limits.line_bytes,
         ))
         .abort_handle();
-        let writer =
-            tokio::spawn(write_loop(write_half, lines_rx, Arc::clone(&shared))).abort_handle();
+        let writer = tokio::spawn(write_loop(write_half, Arc::clone(&shared))).abort_handle();
         let inner = Inner {
             shared,
-            lines: lines_tx,
+            base_line_limit: limits.line_bytes,
             reader,
             writer,
         };
@@ -274,11 +422,15 @@ impl<R: Send + 'static> Connection<R> {
             Connection {
                 inner: Arc::new(inner),
             },
-            events_rx,
+            Events {
+                rx: events_rx,
+                queued_bytes,
+            },
         )
     }
 
-    /// Send one request and wait up to `timeout` for its reply.
+    /// Send one request and wait up to `timeout` for its reply, which may be
+    /// as long as [`Limits::line_bytes`].
     ///
     /// `encode` gets the id the connection allocated and returns the request
     /// as one line of JSON (a trailing newline is added if missing; the line
@@ -289,12 +441,32 @@ impl<R: Send + 'static> Connection<R> {
         encode: impl FnOnce(u64) -> Vec<u8>,
         timeout: Duration,
     ) -> Result<R, LineRpcError> {
+        self.request_with_reply_limit(encode, timeout, self.inner.base_line_limit)
+            .await
+    }
+
+    /// [`Connection::request`] for a request whose reply may be longer than
+    /// [`Limits::line_bytes`], up to `reply_limit` bytes. While it is in
+    /// flight, any line may be that long (the reader cannot tell a reply
+    /// from an event before it has read it).
+    pub async fn request_with_reply_limit(
+        &self,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+        timeout: Duration,
+        reply_limit: usize,
+    ) -> Result<R, LineRpcError> {
         let shared = &self.inner.shared;
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         match &mut *shared.lock() {
-            State::Open(waiters) => {
-                waiters.insert(id, tx);
+            State::Open(pending) => {
+                pending.insert(
+                    id,
+                    Pending {
+                        waiter: tx,
+                        reply_limit,
+                    },
+                );
             }
             State::Closed(reason) => {
                 return Err(LineRpcError::Closed {
@@ -313,13 +485,14 @@ impl<R: Send + 'static> Connection<R> {
             !line[..line.len() - 1].contains(&b'\n'),
             "a request must be a single line"
         );
-        if self.inner.lines.send(line).is_err() {
+        if self.inner.writer.is_finished() {
             // The writer stopped; it recorded why.
             return Err(LineRpcError::Closed {
                 id,
                 reason: self.reason_or_stopped(),
             });
         }
+        shared.send(id, line);
 
         match tokio::time::timeout(timeout, rx).await {
             Err(_elapsed) => Err(LineRpcError::Timeout { id, after: timeout }),
@@ -366,8 +539,8 @@ impl<R: Send + 'static> Connection<R> {
     }
 }
 
-/// Removes a request's waiter when the request ends in any way (reply,
-/// timeout, cancellation).
+/// Removes a request's waiter, and its line if still queued, when the
+/// request ends in any way (reply, timeout, cancellation).
 struct ForgetGuard<'a, R> {
     shared: &'a Shared<R>,
     id: u64,
@@ -376,100 +549,270 @@ struct ForgetGuard<'a, R> {
 impl<R> Drop for ForgetGuard<'_, R> {
     fn drop(&mut self) {
         drop(self.shared.take_waiter(self.id));
+        self.shared.unsend(self.id);
     }
 }
 
-/// Lines whose buffer grew past this are not kept around for reuse.
+/// What [`LineSplitter::feed`] made of the bytes it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// A line is complete: read it with [`LineSplitter::line`].
+    Line,
+    /// All the bytes were taken; the line goes on.
+    Partial,
+    /// The line is longer than allowed (`max`, the largest limit in force
+    /// while it arrived). Nothing more should be fed.
+    TooLong { max: usize },
+}
+
+/// Splits a byte stream into lines, holding at most one line, and never more
+/// of it than the limit in force.
+///
+/// Pure (no I/O), so that it can be fuzzed against a model; the reader task
+/// feeds it what each read returned.
+#[derive(Debug, Default)]
+pub struct LineSplitter {
+    line: Vec<u8>,
+    /// The largest limit given while the current line arrived: a line that
+    /// began under a larger allowance keeps it.
+    limit: usize,
+}
+
+/// A line buffer that grew past this is not kept for the next line.
 const KEEP_BUFFER_BYTES: usize = 1 << 20;
+
+impl LineSplitter {
+    /// Take bytes from `input` up to and including the next newline, with
+    /// `max` the longest line (without its `\n`) allowed now. Returns how
+    /// many bytes were taken and what they made.
+    pub fn feed(&mut self, input: &[u8], max: usize) -> (usize, Fed) {
+        self.limit = self.limit.max(max);
+        let (content, taken, complete) = match input.iter().position(|b| *b == b'\n') {
+            Some(at) => (&input[..at], at + 1, true),
+            None => (input, input.len(), false),
+        };
+        if self.line.len().saturating_add(content.len()) > self.limit {
+            return (taken, Fed::TooLong { max: self.limit });
+        }
+        self.line.extend_from_slice(content);
+        (taken, if complete { Fed::Line } else { Fed::Partial })
+    }
+
+    /// The line so far (once [`Fed::Line`]: the whole line), without its
+    /// `\n` and without a `\r` before it.
+    pub fn line(&self) -> &[u8] {
+        self.line.strip_suffix(b"\r").unwrap_or(&self.line)
+    }
+
+    /// Whether a line has begun and not ended.
+    pub fn has_partial(&self) -> bool {
+        !self.line.is_empty()
+    }
+
+    /// Start the next line.
+    pub fn next_line(&mut self) {
+        if self.line.capacity() > KEEP_BUFFER_BYTES {
+            self.line = Vec::new();
+        } else {
+            self.line.clear();
+        }
+        self.limit = 0;
+    }
+}
+
+/// A model of [`LineSplitter`] to check it against (in tests and fuzzing).
+#[cfg(any(test, fuzzing))]
+pub(crate) mod model {
+    use super::{Fed, LineSplitter};
+
+    /// What a stream of bytes should split into with lines of at most `max`
+    /// bytes: the complete lines (without `\n` and a `\r` before it), and
+    /// whether a line over `max` was met (which ends the stream).
+    pub fn model_lines(input: &[u8], max: usize) -> (Vec<Vec<u8>>, bool) {
+        let mut lines = Vec::new();
+        let mut parts = input.split(|b| *b == b'\n').peekable();
+        while let Some(part) = parts.next() {
+            if part.len() > max {
+                return (lines, true);
+            }
+            if parts.peek().is_some() {
+                lines.push(part.strip_suffix(b"\r").unwrap_or(part).to_vec());
+            }
+        }
+        (lines, false)
+    }
+
+    /// Feed `input` to a [`LineSplitter`] in chunks of the given sizes (cycled),
+    /// as reads would return it; same result shape as [`model_lines`].
+    pub fn split_lines(input: &[u8], chunks: &[usize], max: usize) -> (Vec<Vec<u8>>, bool) {
+        let mut splitter = LineSplitter::default();
+        let mut lines = Vec::new();
+        let mut rest = input;
+        let mut sizes = chunks.iter().copied().chain(std::iter::once(1)).cycle();
+        while !rest.is_empty() {
+            let size = sizes.next().unwrap_or(1).clamp(1, rest.len());
+            let mut chunk = &rest[..size];
+            rest = &rest[size..];
+            while !chunk.is_empty() {
+                let (taken, fed) = splitter.feed(chunk, max);
+                assert!(
+                    taken > 0 && taken <= chunk.len(),
+                    "took {taken} of {}",
+                    chunk.len()
+                );
+                chunk = &chunk[taken..];
+                match fed {
+                    Fed::Line => {
+                        lines.push(splitter.line().to_vec());
+                        splitter.next_line();
+                    }
+                    Fed::Partial => assert!(chunk.is_empty(), "a partial line left bytes"),
+                    Fed::TooLong { max: said } => {
+                        assert_eq!(said, max);
+                        return (lines, true);
+                    }
+                }
+                assert!(
+                    splitter.line().len() <= max,
+                    "holding {} bytes of a line capped at {max}",
+                    splitter.line().len()
+                );
+            }
+        }
+        (lines, false)
+    }
+}
+
+/// What the reader does with one complete line.
+fn dispatch<R, E, F>(
+    line: &[u8],
+    shared: &Shared<R>,
+    classify: &mut F,
+    events: &mut EventSender<E>,
+    budget: &mut LogBudget,
+) -> Option<CloseReason>
+where
+    F: FnMut(&[u8]) -> Result<Incoming<R, E>, MalformedLine>,
+{
+    if line.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    match classify(line) {
+        Ok(Incoming::Response { id, payload }) => match shared.take_waiter(id) {
+            Some(waiter) => {
+                let _ = waiter.send(Ok(payload));
+            }
+            None => {
+                if let Some(count) = budget.tick() {
+                    tracing::debug!(
+                        id,
+                        count,
+                        "dropping a reply to an unknown or abandoned request"
+                    );
+                }
+            }
+        },
+        Ok(Incoming::Event(event)) => events.send(event, line.len()),
+        Ok(Incoming::Ignore) => {}
+        Ok(Incoming::PeerRestarted) => return Some(CloseReason::PeerRestarted),
+        Err(malformed) => match malformed.id.and_then(|id| shared.take_waiter(id)) {
+            Some(waiter) => {
+                let _ = waiter.send(Err(Failure::Malformed(malformed)));
+            }
+            None => {
+                if let Some(count) = budget.tick() {
+                    tracing::warn!(
+                        id = ?malformed.id,
+                        problem = %malformed.message,
+                        count,
+                        "skipping a malformed line"
+                    );
+                }
+            }
+        },
+    }
+    None
+}
 
 async fn read_loop<R, E, F>(
     read_half: OwnedReadHalf,
     shared: Arc<Shared<R>>,
     mut classify: F,
-    events: mpsc::UnboundedSender<E>,
-    max_line_bytes: usize,
+    mut events: EventSender<E>,
+    base_line_limit: usize,
 ) where
     F: FnMut(&[u8]) -> Result<Incoming<R, E>, MalformedLine>,
 {
     let mut reader = BufReader::new(read_half);
-    let mut line = Vec::new();
-    // One byte more than the longest line, so the newline after a line of
-    // exactly `max_line_bytes` still fits.
-    let limit = u64::try_from(max_line_bytes)
-        .unwrap_or(u64::MAX)
-        .saturating_add(1);
+    let mut splitter = LineSplitter::default();
+    // Lines the peer should not have sent: logged thinly.
+    let mut budget = LogBudget::default();
     let reason = loop {
-        if line.capacity() > KEEP_BUFFER_BYTES {
-            line = Vec::new();
-        } else {
-            line.clear();
-        }
-        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
-            Ok(0) => break CloseReason::PeerClosed,
-            Ok(_) => {}
+        let input = match reader.fill_buf().await {
+            Ok(input) => input,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => break CloseReason::Read(error),
-        }
-        if line.last() != Some(&b'\n') && line.len() > max_line_bytes {
-            break CloseReason::LineTooLong {
-                max: max_line_bytes,
-            };
-        }
-        // A final line without a newline (the peer closed mid-line) is still
-        // handled; the next read reports the end.
-        let content = trim_line_end(&line);
-        if content.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match classify(content) {
-            Ok(Incoming::Response { id, payload }) => match shared.take_waiter(id) {
-                Some(waiter) => {
-                    let _ = waiter.send(Ok(payload));
+        };
+        if input.is_empty() {
+            // A final line without a newline (the peer closed mid-line) is
+            // still handled.
+            if splitter.has_partial() {
+                let last = std::mem::take(&mut splitter);
+                if let Some(reason) = dispatch(
+                    last.line(),
+                    &shared,
+                    &mut classify,
+                    &mut events,
+                    &mut budget,
+                ) {
+                    break reason;
                 }
-                None => tracing::debug!(id, "dropping a reply to an unknown or abandoned request"),
-            },
-            Ok(Incoming::Event(event)) => {
-                // Nobody listening is fine.
-                let _ = events.send(event);
             }
-            Ok(Incoming::Ignore) => {}
-            Ok(Incoming::PeerRestarted) => break CloseReason::PeerRestarted,
-            Err(malformed) => match malformed.id.and_then(|id| shared.take_waiter(id)) {
-                Some(waiter) => {
-                    let _ = waiter.send(Err(Failure::Malformed(malformed)));
+            break CloseReason::PeerClosed;
+        }
+        let (taken, fed) = splitter.feed(input, shared.line_limit(base_line_limit));
+        reader.consume(taken);
+        match fed {
+            Fed::Partial => {}
+            Fed::TooLong { max } => break CloseReason::LineTooLong { max },
+            Fed::Line => {
+                let closing = dispatch(
+                    splitter.line(),
+                    &shared,
+                    &mut classify,
+                    &mut events,
+                    &mut budget,
+                );
+                splitter.next_line();
+                if let Some(reason) = closing {
+                    break reason;
                 }
-                None => tracing::warn!(
-                    id = ?malformed.id,
-                    problem = %malformed.message,
-                    "skipping a malformed line"
-                ),
-            },
+            }
         }
     };
     tracing::debug!(%reason, "connection reader stopped");
     shared.close(reason);
 }
 
-fn trim_line_end(line: &[u8]) -> &[u8] {
-    let line = line.strip_suffix(b"\n").unwrap_or(line);
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-async fn write_loop<R>(
-    mut write_half: OwnedWriteHalf,
-    mut lines: mpsc::UnboundedReceiver<Vec<u8>>,
-    shared: Arc<Shared<R>>,
-) {
+async fn write_loop<R>(mut write_half: OwnedWriteHalf, shared: Arc<Shared<R>>) {
     // Once the connection is closed (by the reader too), stop writing and
     // let go of the socket, so that its peer sees the end and a new
     // connection can take its place.
     let mut closed = shared.closed.subscribe();
     loop {
-        let line = tokio::select! {
-            line = lines.recv() => line,
-            _ = closed.wait_for(|closed| *closed) => None,
+        let next = shared.outbox().pop_front();
+        let Some((_id, line)) = next else {
+            // `notify_one` keeps a wake-up for a line queued meanwhile.
+            tokio::select! {
+                () = shared.queued.notified() => continue,
+                _ = closed.wait_for(|closed| *closed) => break,
+            }
         };
-        let Some(line) = line else { break };
-        if let Err(error) = write_half.write_all(&line).await {
+        let written = tokio::select! {
+            written = write_half.write_all(&line) => written,
+            _ = closed.wait_for(|closed| *closed) => break,
+        };
+        if let Err(error) = written {
             tracing::debug!(%error, "connection writer stopped");
             shared.close(CloseReason::Write(error));
             return;
@@ -480,6 +823,7 @@ async fn write_loop<R>(
 
 #[cfg(test)]
 mod tests {
+    use super::model::{model_lines, split_lines};
     use super::*;
     use serde_json::{Value, json};
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -543,9 +887,20 @@ mod tests {
         }
     }
 
-    fn setup(max: usize) -> (Connection<Value>, mpsc::UnboundedReceiver<Value>, Peer) {
+    fn limits(line_bytes: usize) -> Limits {
+        Limits {
+            line_bytes,
+            queued_event_bytes: 1 << 20,
+        }
+    }
+
+    fn setup(max: usize) -> (Connection<Value>, Events<Value>, Peer) {
+        setup_with(limits(max))
+    }
+
+    fn setup_with(limits: Limits) -> (Connection<Value>, Events<Value>, Peer) {
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let (conn, events) = Connection::new(ours, max, classify);
+        let (conn, events) = Connection::new(ours, limits, classify);
         let (r, w) = theirs.into_split();
         (
             conn,
@@ -785,5 +1140,179 @@ mod tests {
             tokio::time::timeout(SECOND, events.recv()).await.unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn the_splitter_agrees_with_a_model_however_the_bytes_arrive() {
+        let inputs: [&[u8]; 6] = [
+            b"",
+            b"one\ntwo\r\n\nthree",
+            b"\n\n\n",
+            b"exactly10!\nexactly11!!\nnever",
+            b"\xff\xfe\x00\n\r\r\n",
+            b"0123456789\r\n",
+        ];
+        for input in inputs {
+            for chunks in [&[1][..], &[2, 3], &[7], &[1000], &[1, 9, 4]] {
+                assert_eq!(
+                    split_lines(input, chunks, 10),
+                    model_lines(input, 10),
+                    "{input:?} in chunks of {chunks:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_keeps_the_largest_allowance_it_began_under() {
+        let mut splitter = LineSplitter::default();
+        // Begun while a request allowed 100 bytes, continued after it ended.
+        assert_eq!(splitter.feed(&[b'x'; 60], 100), (60, Fed::Partial));
+        assert_eq!(splitter.feed(&[b'x'; 30], 10), (30, Fed::Partial));
+        assert_eq!(splitter.feed(b"\n", 10), (1, Fed::Line));
+        assert_eq!(splitter.line().len(), 90);
+        // The next line is back to the limit of the day.
+        splitter.next_line();
+        assert_eq!(
+            splitter.feed(&[b'y'; 11], 10),
+            (11, Fed::TooLong { max: 10 })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_long_reply_is_accepted_only_while_a_request_allows_it() {
+        let (conn, mut events, mut peer) = setup(100);
+        let long = "z".repeat(500);
+        let peer_task = async {
+            let req = peer.recv().await;
+            peer.send(&json!({"id": req["id"], "r": long}).to_string())
+                .await;
+            // Unasked, the same length ends the connection.
+            peer.send(&json!({"ev": long}).to_string()).await;
+        };
+        let asked = conn.request_with_reply_limit(
+            |id| json!({"id": id, "q": "big"}).to_string().into_bytes(),
+            SECOND,
+            1000,
+        );
+        let (reply, ()) = tokio::join!(asked, peer_task);
+        assert_eq!(reply.unwrap().as_str().unwrap().len(), 500);
+        assert_eq!(events.recv().await, None);
+        assert!(
+            matches!(
+                conn.close_reason().as_deref(),
+                Some(CloseReason::LineTooLong { max: 100 })
+            ),
+            "{:?}",
+            conn.close_reason()
+        );
+    }
+
+    #[tokio::test]
+    async fn events_nobody_takes_are_held_up_to_the_limit_then_dropped() {
+        let limit = Limits {
+            line_bytes: 100,
+            queued_event_bytes: 1000,
+        };
+        let (conn, mut events, mut peer) = setup_with(limit);
+        let peer_task = async {
+            let req = peer.recv().await;
+            for n in 0..1000 {
+                peer.send(&json!({"ev": n}).to_string()).await;
+            }
+            // Replies still get through while events are dropped.
+            peer.send(&json!({"id": req["id"], "r": "ok"}).to_string())
+                .await;
+            drop(peer);
+        };
+        let (reply, ()) = tokio::join!(ask(&conn, "x", SECOND), peer_task);
+        assert_eq!(reply.unwrap(), json!("ok"));
+        let mut received = Vec::new();
+        while let Some(event) = events.recv().await {
+            received.push(event.as_u64().unwrap());
+        }
+        // The first ones, in order, as many as fit 1000 bytes.
+        let charge = event_charge::<Value>(r#"{"ev": 0}"#.len());
+        assert!(!received.is_empty());
+        assert!(received.len() <= 1000 / charge, "{}", received.len());
+        assert_eq!(received, (0..received.len() as u64).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn taking_events_makes_room_for_more() {
+        let limit = Limits {
+            line_bytes: 100,
+            queued_event_bytes: 100,
+        };
+        let (conn, mut events, mut peer) = setup_with(limit);
+        // One event fits at a time: each is taken before the next is sent.
+        for n in 0..50 {
+            peer.send(&json!({"ev": n}).to_string()).await;
+            let event = tokio::time::timeout(SECOND, events.recv()).await;
+            assert_eq!(event.expect("the event was queued"), Some(json!(n)));
+        }
+        drop(conn);
+    }
+
+    /// Whether the other end of `fd` has shut down, waiting up to 5 s.
+    fn hung_up(fd: std::os::fd::RawFd) -> bool {
+        let mut poll = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, on a socket the caller keeps open.
+        let ready = unsafe { libc::poll(&mut poll, 1, 5000) };
+        ready == 1 && poll.revents & libc::POLLRDHUP != 0
+    }
+
+    #[tokio::test]
+    async fn closing_lets_the_socket_go_even_while_the_peer_reads_nothing() {
+        use std::os::fd::AsRawFd;
+        let (conn, _events, peer) = setup(1024);
+        // Far more than the socket buffers: the writer blocks on this line.
+        let big = "x".repeat(8 << 20);
+        let short = Duration::from_millis(100);
+        assert!(matches!(
+            ask(&conn, &big, short).await,
+            Err(LineRpcError::Timeout { .. })
+        ));
+        // As after a guest reset: the socket must be let go so that QEMU can
+        // accept the next connection, though the guest never read this one.
+        conn.close(CloseReason::PeerRestarted);
+        let fd = peer.reader.get_ref().as_ref().as_raw_fd();
+        let hung_up = tokio::task::spawn_blocking(move || hung_up(fd))
+            .await
+            .unwrap();
+        assert!(hung_up, "the connection still holds the socket");
+        drop(peer);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_ends_before_its_turn_is_never_sent() {
+        let (conn, _events, mut peer) = setup(1 << 20);
+        // Fill the socket so that the next lines wait in the queue.
+        let big = "x".repeat(8 << 20);
+        let short = Duration::from_millis(100);
+        for q in [big.as_str(), "abandoned"] {
+            assert!(matches!(
+                ask(&conn, q, short).await,
+                Err(LineRpcError::Timeout { .. })
+            ));
+        }
+        // The peer reads again: the big line (already begun), then the next
+        // request; the abandoned one was taken back.
+        let peer_task = async {
+            assert_eq!(
+                peer.recv().await["q"].as_str().map(str::len),
+                Some(big.len())
+            );
+            let next = peer.recv().await;
+            assert_eq!(next["q"], "wanted");
+            peer.send(&json!({"id": next["id"], "r": "ok"}).to_string())
+                .await;
+        };
+        let (reply, ()) = tokio::join!(ask(&conn, "wanted", SECOND), peer_task);
+        assert_eq!(reply.unwrap(), json!("ok"));
     }
 }

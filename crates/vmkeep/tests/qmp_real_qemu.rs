@@ -1,11 +1,14 @@
-//! The QMP client against a real QEMU started with `-S` (no guest needed).
+//! The QMP client against a real QEMU: started with `-S` (no guest needed),
+//! and booting the tiny image on a disk that runs out of space.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use vmkeep::driver::qemu::qmp::{Qmp, QmpError, QmpEvent, RunState};
+use vmkeep::driver::qemu::qmp::{
+    BlockErrorAction, IoOperation, Qmp, QmpError, QmpEvent, QmpEvents, RunState, StatusInfo,
+};
 
 const QEMU: &str = "qemu-system-x86_64";
 const STEP: Duration = Duration::from_secs(10);
@@ -95,7 +98,13 @@ async fn status_cont_and_quit_against_real_qemu() {
     let version = qmp.qemu_version().expect("greeting names a version");
     assert!(version.major >= 7, "{version:?}");
 
-    assert_eq!(qmp.query_status(STEP).await.unwrap(), RunState::Prelaunch);
+    assert_eq!(
+        qmp.query_status(STEP).await.unwrap(),
+        StatusInfo {
+            running: false,
+            status: RunState::Prelaunch
+        }
+    );
 
     // A second connection sees the same machine, and its events. QEMU's QMP
     // socket serves one client at a time, so drop the first one.
@@ -109,12 +118,32 @@ async fn status_cont_and_quit_against_real_qemu() {
             }
         }
     };
-    qmp.execute("cont", None, STEP).await.unwrap();
-    assert_eq!(qmp.query_status(STEP).await.unwrap(), RunState::Running);
-    let resumed = tokio::time::timeout_at(deadline, events.next())
-        .await
-        .expect("RESUME in time");
-    assert_eq!(resumed, Some(QmpEvent::Resume));
+    let next = async |events: &mut QmpEvents| {
+        tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("an event in time")
+    };
+    let running = StatusInfo {
+        running: true,
+        status: RunState::Running,
+    };
+    qmp.cont(STEP).await.unwrap();
+    assert_eq!(qmp.query_status(STEP).await.unwrap(), running);
+    assert_eq!(next(&mut events).await, Some(QmpEvent::Resume));
+
+    // `stop` pauses, `cont` resumes, each announced by its event.
+    qmp.pause(STEP).await.unwrap();
+    assert_eq!(next(&mut events).await, Some(QmpEvent::Stop));
+    assert_eq!(
+        qmp.query_status(STEP).await.unwrap(),
+        StatusInfo {
+            running: false,
+            status: RunState::Paused
+        }
+    );
+    qmp.cont(STEP).await.unwrap();
+    assert_eq!(next(&mut events).await, Some(QmpEvent::Resume));
+    assert_eq!(qmp.query_status(STEP).await.unwrap(), running);
 
     match qmp.execute("no-such-command", None, STEP).await {
         Err(QmpError::CommandFailed { class, .. }) => assert_eq!(class, "CommandNotFound"),
@@ -137,4 +166,111 @@ async fn status_cont_and_quit_against_real_qemu() {
         }
     }
     assert!(saw_shutdown, "no SHUTDOWN event after quit");
+}
+
+/// The tiny image's guest agent formats its data disk on first boot; here
+/// every write to that disk fails with ENOSPC (QEMU's blkdebug driver), as on
+/// a host whose disk is full. QEMU's default for virtio-blk, `werror=enospc`,
+/// pauses the VM: vmkeep sees a typed `BLOCK_IO_ERROR` and the run state
+/// `io-error`, and `cont` retries (and fails again, while the disk is full).
+#[tokio::test]
+async fn vm_a_disk_out_of_space_pauses_the_vm_with_a_typed_block_io_error() {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-image-cache");
+    let image = vmkeep::image::tiny::ensure(&cache, None, &mut |message| {
+        eprintln!("tiny image: {message}")
+    })
+    .expect("build the tiny image");
+    let dir = tempfile::tempdir().unwrap();
+    let disk = dir.path().join("disk.qcow2");
+    let created = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&disk)
+        .arg("64M")
+        .status()
+        .expect("run qemu-img (install qemu-utils)");
+    assert!(created.success());
+    let rules = dir.path().join("blkdebug.conf");
+    // Every data write of the qcow2 image fails as if the host disk were full.
+    std::fs::write(
+        &rules,
+        "[inject-error]\nevent = \"write_aio\"\nerrno = \"28\"\n",
+    )
+    .unwrap();
+    let qmp_socket = dir.path().join("qmp.sock");
+    let child = Command::new(QEMU)
+        .args(["-nodefaults", "-no-user-config", "-display", "none"])
+        .args(["-machine", "q35", "-accel", "tcg", "-m", "256", "-smp", "1"])
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initrd)
+        .args(["-append", &image.base_cmdline()])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.path().join("serial.log").display()))
+        .arg("-drive")
+        .arg(format!(
+            "if=none,id=data,format=qcow2,file=blkdebug:{}:{}",
+            rules.display(),
+            disk.display()
+        ))
+        .args(["-device", "virtio-blk-pci,drive=data"])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()))
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {QEMU}: {e}"));
+    let mut qemu = QemuGuard { child: Some(child) };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let qmp = connect_when_listening(&qmp_socket, &mut qemu, deadline).await;
+    drop(qmp);
+    let (qmp, mut events) = Qmp::connect(&qmp_socket, STEP).await.unwrap();
+    let serial = || std::fs::read_to_string(dir.path().join("serial.log")).unwrap_or_default();
+
+    // Boot until the first write to the disk.
+    let error = loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(QmpEvent::BlockIoError(error))) => break error,
+            Ok(Some(_other)) => {}
+            Ok(None) => panic!("QMP closed; serial log:\n{}", serial()),
+            Err(_) => panic!("no BLOCK_IO_ERROR in time; serial log:\n{}", serial()),
+        }
+    };
+    assert_eq!(error.device, "data");
+    assert_eq!(error.operation, IoOperation::Write);
+    assert_eq!(error.action, BlockErrorAction::Stop);
+    assert!(error.nospace, "{error:?}");
+    assert_eq!(error.reason, "No space left on device");
+    // QEMU reports the error, then stops the VM.
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(QmpEvent::Stop)) => break,
+            Ok(Some(QmpEvent::BlockIoError(_))) => {}
+            other => panic!("expected STOP, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        qmp.query_status(STEP).await.unwrap(),
+        StatusInfo {
+            running: false,
+            status: RunState::IoError,
+        }
+    );
+
+    // `cont` retries the write, which fails again: paused again. (Requests
+    // that were in flight at the stop may report their errors after it.)
+    qmp.cont(STEP).await.unwrap();
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(QmpEvent::Resume)) => break,
+            Ok(Some(QmpEvent::BlockIoError(_))) => {}
+            other => panic!("expected RESUME, got {other:?}"),
+        }
+    }
+    let again = match tokio::time::timeout_at(deadline, events.next()).await {
+        Ok(Some(QmpEvent::BlockIoError(error))) => error,
+        other => panic!("expected another BLOCK_IO_ERROR, got {other:?}"),
+    };
+    assert!(again.nospace);
+    qmp.quit(STEP).await.unwrap();
+    assert!(qemu.wait_exit(deadline).await.success());
 }

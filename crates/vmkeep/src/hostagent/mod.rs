@@ -9,6 +9,7 @@ pub mod binary;
 mod data_disk;
 pub mod inbox;
 pub mod report;
+pub mod serial_log;
 pub mod server;
 pub mod stopper;
 
@@ -303,6 +304,11 @@ impl Agent<'_, '_> {
                 Err(error) => return self.fail(error),
             },
         };
+        // A guest flooding its console must not fill the host's disk.
+        self.tasks.push(tokio::spawn(serial_log::keep_bounded(
+            serial_log::SerialLog::of(&self.dir),
+            serial_log::Bound::from_env(),
+        )));
         match mode {
             Mode::Run => self.bring_up_and_supervise(vm, events, launched_at).await,
             Mode::StopOnly { deadline, force } => {
@@ -499,8 +505,8 @@ impl Agent<'_, '_> {
         }
     }
 
+    /// React to a QMP event (the QMP client has logged it by name already).
     fn note_qmp_event(&mut self, event: &QmpEvent) {
-        tracing::info!(?event, "QMP event");
         match event {
             QmpEvent::Shutdown { guest: true, .. } => self.guest_shutdown = true,
             // The guest restarts in the same QEMU (a `reboot` inside it):

@@ -10,7 +10,8 @@
 //!   events.jsonl            append-only event journal
 //!   ha.log                  host agent log
 //!   qemu.log                QEMU's own output
-//!   serial.log              guest serial console
+//!   serial.log              guest serial console (bounded by the host agent)
+//!   serial.log.1            its newest output before it was last cut
 //!   ha.pid      runtime     host agent lock (POSIX lock held for the agent's life)
 //!   ha.sock     runtime     host agent API
 //!   qemu.pid    runtime     QEMU's own pid file (QEMU holds a lock on it)
@@ -38,6 +39,7 @@ const DATA_DISK_NEW: &str = "data-disk.new";
 const JOURNAL: &str = "events.jsonl";
 const AGENT_LOG: &str = "ha.log";
 const SERIAL_LOG: &str = "serial.log";
+const SERIAL_LOG_PREVIOUS: &str = "serial.log.1";
 const QEMU_LOG: &str = "qemu.log";
 const AGENT_LOCK: &str = "ha.pid";
 const API_SOCKET: &str = "ha.sock";
@@ -110,6 +112,11 @@ impl InstanceDir {
     }
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join(SERIAL_LOG)
+    }
+    /// The newest output of `serial.log` before the host agent last cut it
+    /// (see `hostagent::serial_log`).
+    pub fn serial_log_previous(&self) -> PathBuf {
+        self.dir.join(SERIAL_LOG_PREVIOUS)
     }
     pub fn qemu_log(&self) -> PathBuf {
         self.dir.join(QEMU_LOG)

@@ -120,6 +120,7 @@ mod tests {
             "events.jsonl",
             "ha.log",
             "serial.log",
+            "serial.log.1",
             "image.json",
             "cidata.img",
             "pidfile-notes.txt",

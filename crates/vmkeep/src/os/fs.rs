@@ -191,6 +191,33 @@ pub fn reserve_after_end(file: &File, bytes: u64) {
     );
 }
 
+/// The bytes of `path` from `offset` to its end; when there are more than
+/// `max`, only the last `max` (as of when it was opened). Also returns the
+/// offset the bytes end at.
+pub fn read_tail_from(path: &Path, offset: u64, max: u64) -> io::Result<(Vec<u8>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = offset.max(len.saturating_sub(max));
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::with_capacity(usize::try_from(len.saturating_sub(start)).unwrap_or(0));
+    // Read to the end as it is now (a writer may have appended since).
+    file.take(max).read_to_end(&mut bytes)?;
+    let end = start + bytes.len() as u64;
+    Ok((bytes, end))
+}
+
+/// Cut a file to length zero. A writer that opened it with `O_APPEND` (QEMU's
+/// `-chardev file,append=on`) carries on at the new end, so no hole appears.
+pub fn truncate(path: &Path) -> io::Result<()> {
+    OpenOptions::new().write(true).open(path)?.set_len(0)
+}
+
+/// Append `bytes` to `path` (created with mode 0600 if missing).
+pub fn append(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    open_append(path)?.write_all(bytes)
+}
+
 /// Fsync a directory so that renames and removals in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

@@ -4,26 +4,47 @@
 //! after `qmp_capabilities`, answers each command with `{"return": ...}` or
 //! `{"error": {"class", "desc"}}` carrying the command's `id`, and sends
 //! events (`{"event", "data", "timestamp"}`) at any time, even before the
-//! greeting. The mechanism (ids, one reader, long lines) is
+//! greeting. The mechanism (ids, one reader, long lines, bounds) is
 //! [`crate::line_rpc`]; this module knows the QMP message shapes.
+//!
+//! Every event is logged by name when it arrives, whether vmkeep has a
+//! variant for it or not ([`QmpEvent::Unknown`] keeps the name and data), and
+//! whether or not anyone takes it from [`QmpEvents`]; a flood of one event
+//! name is logged thinly.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::line_rpc::{CloseReason, Connection, Incoming, LineRpcError, MalformedLine};
+use crate::line_rpc::{
+    CloseReason, Connection, Events, Incoming, Limits, LineRpcError, MalformedLine,
+};
+use crate::untrusted::{self, LogBudget, SHOWN_BYTES};
 
-/// Longest QMP line accepted. Replies such as `query-qmp-schema` run to
-/// hundreds of KiB; this leaves ample room.
-pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+/// Longest QMP line accepted while no command is in flight: the greeting
+/// and events, which are small (QEMU's longest, `BLOCK_IO_ERROR` with its
+/// reason, is well under a KiB).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// Longest reply to a command accepted. `query-qmp-schema` is the longest
+/// QEMU has (207 KB on QEMU 7.2); this leaves ample room.
+pub const MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// What QEMU may make the host hold on one connection.
+pub const LIMITS: Limits = Limits {
+    line_bytes: MAX_MESSAGE_BYTES,
+    // Events pile up only while the host agent is busy (a stop), for seconds.
+    queued_event_bytes: 4 * MAX_MESSAGE_BYTES,
+};
 
 /// Errors of the QMP client.
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +103,153 @@ pub struct QmpTimestamp {
     pub microseconds: i64,
 }
 
-/// An asynchronous QMP event.
+/// A QAPI enum: its known values, and `Other` for a name this client does
+/// not know (a newer QEMU's), kept as QEMU spelled it.
+macro_rules! qapi_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+            /// A value this client does not know.
+            Other(String),
+        }
+
+        impl $name {
+            /// Every known value with its QAPI name.
+            pub const NAMES: &'static [(&'static str, $name)] = &[$(($text, $name::$variant)),+];
+
+            /// Parse QEMU's name for a value.
+            pub fn from_qapi(name: &str) -> $name {
+                match name {
+                    $($text => $name::$variant,)+
+                    other => $name::Other(other.to_owned()),
+                }
+            }
+
+            /// QEMU's name for this value.
+            pub fn as_qapi(&self) -> &str {
+                match self {
+                    $($name::$variant => $text,)+
+                    $name::Other(name) => name,
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&untrusted::shown(self.as_qapi(), SHOWN_BYTES))
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                String::deserialize(deserializer).map(|name| $name::from_qapi(&name))
+            }
+        }
+    };
+}
+
+qapi_enum! {
+    /// QEMU's run state (`query-status`), per the QAPI `RunState` enum.
+    pub enum RunState {
+        Debug = "debug",
+        InMigrate = "inmigrate",
+        InternalError = "internal-error",
+        /// Paused after a disk error (a `BLOCK_IO_ERROR` with action `stop`).
+        IoError = "io-error",
+        Paused = "paused",
+        PostMigrate = "postmigrate",
+        /// Started with `-S`, never run yet.
+        Prelaunch = "prelaunch",
+        FinishMigrate = "finish-migrate",
+        RestoreVm = "restore-vm",
+        Running = "running",
+        SaveVm = "save-vm",
+        Shutdown = "shutdown",
+        Suspended = "suspended",
+        Watchdog = "watchdog",
+        GuestPanicked = "guest-panicked",
+        Colo = "colo",
+    }
+}
+
+impl RunState {
+    /// Whether guest CPUs are executing.
+    pub fn is_running(&self) -> bool {
+        *self == RunState::Running
+    }
+}
+
+qapi_enum! {
+    /// What a failed disk request was (QAPI `IoOperationType`).
+    pub enum IoOperation {
+        Read = "read",
+        Write = "write",
+    }
+}
+
+qapi_enum! {
+    /// What QEMU did about a disk error (QAPI `BlockErrorAction`).
+    pub enum BlockErrorAction {
+        /// The error was ignored; the guest carries on as if it succeeded.
+        Ignore = "ignore",
+        /// The error was passed to the guest.
+        Report = "report",
+        /// The VM was paused (run state `io-error`); `cont` retries.
+        Stop = "stop",
+    }
+}
+
+qapi_enum! {
+    /// What QEMU does after a guest panic (QAPI `GuestPanicAction`).
+    pub enum GuestPanicAction {
+        /// The VM is paused (run state `guest-panicked`).
+        Pause = "pause",
+        /// QEMU powers the VM off.
+        Poweroff = "poweroff",
+        /// The VM keeps running (it may reboot itself).
+        Run = "run",
+    }
+}
+
+qapi_enum! {
+    /// What QEMU does when the guest's watchdog fires (QAPI `WatchdogAction`).
+    pub enum WatchdogAction {
+        Reset = "reset",
+        Shutdown = "shutdown",
+        Poweroff = "poweroff",
+        Pause = "pause",
+        Debug = "debug",
+        None = "none",
+        InjectNmi = "inject-nmi",
+    }
+}
+
+/// A disk error (`BLOCK_IO_ERROR`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct BlockIoError {
+    /// The drive's id (empty for a `-blockdev` node without one).
+    pub device: String,
+    /// The block node, when QEMU names it.
+    #[serde(rename = "node-name", default)]
+    pub node_name: Option<String>,
+    pub operation: IoOperation,
+    pub action: BlockErrorAction,
+    /// The host ran out of space (false when QEMU does not say).
+    #[serde(default)]
+    pub nospace: bool,
+    /// QEMU's description of the error (the host's `strerror`).
+    pub reason: String,
+}
+
+/// An asynchronous QMP event. Those that change what a user should see
+/// (whether the guest runs, and why not) have their own variant.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QmpEvent {
     /// The guest shut down (or QEMU was asked to); `guest` tells whether the
@@ -92,14 +259,81 @@ pub enum QmpEvent {
     Powerdown,
     /// The machine reset.
     Reset { guest: bool, reason: String },
-    /// The VM stopped (paused).
+    /// The VM stopped (paused): by `stop`, a disk error, a panic, ...
     Stop,
     /// The VM resumed.
     Resume,
-    /// The guest reported a panic.
-    GuestPanicked,
-    /// Any other event, or a known one whose data did not parse.
+    /// The guest went to sleep (ACPI S3); run state `suspended`.
+    Suspend,
+    /// The guest hibernated (ACPI S4); QEMU then shuts down.
+    SuspendDisk,
+    /// The guest woke up from sleep.
+    Wakeup,
+    /// A disk request failed; with action `stop` the VM is paused.
+    BlockIoError(BlockIoError),
+    /// The guest reported a panic (pvpanic, Hyper-V, s390).
+    GuestPanicked { action: GuestPanicAction },
+    /// The guest's watchdog fired.
+    Watchdog { action: WatchdogAction },
+    /// Any other event, or a known one whose data did not parse; the name
+    /// is QEMU's.
     Unknown { name: String, data: Value },
+}
+
+impl QmpEvent {
+    /// QEMU's name for this event (`SHUTDOWN`, `BLOCK_IO_ERROR`, ...).
+    pub fn name(&self) -> &str {
+        match self {
+            QmpEvent::Shutdown { .. } => "SHUTDOWN",
+            QmpEvent::Powerdown => "POWERDOWN",
+            QmpEvent::Reset { .. } => "RESET",
+            QmpEvent::Stop => "STOP",
+            QmpEvent::Resume => "RESUME",
+            QmpEvent::Suspend => "SUSPEND",
+            QmpEvent::SuspendDisk => "SUSPEND_DISK",
+            QmpEvent::Wakeup => "WAKEUP",
+            QmpEvent::BlockIoError(_) => "BLOCK_IO_ERROR",
+            QmpEvent::GuestPanicked { .. } => "GUEST_PANICKED",
+            QmpEvent::Watchdog { .. } => "WATCHDOG",
+            QmpEvent::Unknown { name, .. } => name,
+        }
+    }
+}
+
+/// The event's name and what matters in its data, as safe to log or show.
+impl fmt::Display for QmpEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |text: &str| untrusted::shown(text, SHOWN_BYTES);
+        f.write_str(&shown(self.name()))?;
+        match self {
+            QmpEvent::Shutdown { guest, reason } | QmpEvent::Reset { guest, reason } => {
+                write!(f, " (guest: {guest}, reason: {})", shown(reason))
+            }
+            QmpEvent::BlockIoError(error) => {
+                write!(
+                    f,
+                    " ({} error on {}",
+                    error.operation,
+                    shown(if error.device.is_empty() {
+                        error.node_name.as_deref().unwrap_or("")
+                    } else {
+                        &error.device
+                    })
+                )?;
+                write!(f, ": {}; action: {}", shown(&error.reason), error.action)?;
+                if error.nospace {
+                    f.write_str("; the host is out of space")?;
+                }
+                f.write_str(")")
+            }
+            QmpEvent::GuestPanicked { action } => write!(f, " (action: {action})"),
+            QmpEvent::Watchdog { action } => write!(f, " (action: {action})"),
+            QmpEvent::Unknown { data, .. } if !data.is_null() => {
+                write!(f, " {}", untrusted::shown_json(data, SHOWN_BYTES))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An event with the time QEMU stamped on it.
@@ -109,91 +343,37 @@ pub struct StampedEvent {
     pub timestamp: Option<QmpTimestamp>,
 }
 
-/// QEMU's run state (`query-status`), per the QAPI `RunState` enum.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunState {
-    Debug,
-    InMigrate,
-    InternalError,
-    IoError,
-    Paused,
-    PostMigrate,
-    /// Started with `-S`, never run yet.
-    Prelaunch,
-    FinishMigrate,
-    RestoreVm,
-    Running,
-    SaveVm,
-    Shutdown,
-    Suspended,
-    Watchdog,
-    GuestPanicked,
-    Colo,
-    /// A state this client does not know.
-    Other(String),
-}
-
-impl RunState {
-    const NAMES: [(&'static str, RunState); 16] = [
-        ("debug", RunState::Debug),
-        ("inmigrate", RunState::InMigrate),
-        ("internal-error", RunState::InternalError),
-        ("io-error", RunState::IoError),
-        ("paused", RunState::Paused),
-        ("postmigrate", RunState::PostMigrate),
-        ("prelaunch", RunState::Prelaunch),
-        ("finish-migrate", RunState::FinishMigrate),
-        ("restore-vm", RunState::RestoreVm),
-        ("running", RunState::Running),
-        ("save-vm", RunState::SaveVm),
-        ("shutdown", RunState::Shutdown),
-        ("suspended", RunState::Suspended),
-        ("watchdog", RunState::Watchdog),
-        ("guest-panicked", RunState::GuestPanicked),
-        ("colo", RunState::Colo),
-    ];
-
-    /// Parse QEMU's name for a run state.
-    pub fn from_qapi(name: &str) -> RunState {
-        Self::NAMES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, state)| state.clone())
-            .unwrap_or_else(|| RunState::Other(name.to_owned()))
-    }
-
-    /// QEMU's name for this run state.
-    pub fn as_qapi(&self) -> &str {
-        match self {
-            RunState::Other(name) => name,
-            known => Self::NAMES
-                .iter()
-                .find(|(_, state)| state == known)
-                .map(|(name, _)| *name)
-                .unwrap_or("unknown"),
-        }
-    }
-
+/// The result of `query-status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StatusInfo {
     /// Whether guest CPUs are executing.
-    pub fn is_running(&self) -> bool {
-        *self == RunState::Running
-    }
+    pub running: bool,
+    /// Why (not): `running`, `paused`, `io-error`, `prelaunch`, ...
+    pub status: RunState,
 }
 
 /// A command's outcome as QEMU reported it.
-type Reply = Result<Value, ErrorBody>;
+pub(crate) type Reply = Result<Value, ErrorBody>;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-struct ErrorBody {
+pub(crate) struct ErrorBody {
     class: String,
     desc: String,
 }
 
-/// Unsolicited messages from the reader.
+/// One QMP line, sorted.
 #[derive(Debug, Clone, PartialEq)]
-enum Unsolicited {
+pub(crate) enum Message {
     Greeting(Value),
-    Event(StampedEvent),
+    Event {
+        event: StampedEvent,
+        /// Why a known event's data did not parse (it became `Unknown`).
+        problem: Option<String>,
+    },
+    Reply {
+        id: u64,
+        outcome: Reply,
+    },
 }
 
 /// A connected QMP client: a cheap handle; clones share the connection.
@@ -204,11 +384,12 @@ pub struct Qmp {
 }
 
 /// The events QEMU sends, in order, including those that came before the
-/// greeting. Ends when the connection ends.
+/// greeting. Ends when the connection ends. Events nobody takes are held up
+/// to [`LIMITS`]' `queued_event_bytes`, then dropped (they are logged when
+/// they arrive, all the same).
 #[derive(Debug)]
 pub struct QmpEvents {
-    early: VecDeque<StampedEvent>,
-    rx: mpsc::UnboundedReceiver<Unsolicited>,
+    rx: Events<StampedEvent>,
 }
 
 impl QmpEvents {
@@ -220,14 +401,78 @@ impl QmpEvents {
     /// The next event with its timestamp, or `None` once the connection has
     /// ended.
     pub async fn next_stamped(&mut self) -> Option<StampedEvent> {
-        if let Some(event) = self.early.pop_front() {
-            return Some(event);
-        }
-        loop {
-            match self.rx.recv().await? {
-                Unsolicited::Event(event) => return Some(event),
-                Unsolicited::Greeting(_) => tracing::warn!("ignoring a second QMP greeting"),
+        self.rx.recv().await
+    }
+}
+
+/// The reader's state: where the greeting goes, and how often each event
+/// name was logged.
+struct Reader {
+    greeting: Option<oneshot::Sender<Value>>,
+    log: EventLog,
+    surplus_greetings: LogBudget,
+}
+
+impl Reader {
+    fn classify(&mut self, line: &[u8]) -> Result<Incoming<Reply, StampedEvent>, MalformedLine> {
+        match parse_line(line)? {
+            Message::Greeting(greeting) => {
+                match self.greeting.take() {
+                    Some(tx) => drop(tx.send(greeting)),
+                    None => {
+                        if let Some(count) = self.surplus_greetings.tick() {
+                            tracing::warn!(count, "ignoring a second QMP greeting");
+                        }
+                    }
+                }
+                Ok(Incoming::Ignore)
             }
+            Message::Event { event, problem } => {
+                self.log.note(&event.event, problem.as_deref());
+                Ok(Incoming::Event(event))
+            }
+            Message::Reply { id, outcome } => Ok(Incoming::Response {
+                id,
+                payload: outcome,
+            }),
+        }
+    }
+}
+
+/// Logs every event by name, thinly when one name floods.
+#[derive(Default)]
+struct EventLog {
+    budgets: HashMap<String, LogBudget>,
+    /// For names beyond [`EventLog::MAX_NAMES`] distinct ones.
+    others: LogBudget,
+}
+
+impl EventLog {
+    /// Distinct event names counted on their own (QEMU 7.2 has about 60).
+    const MAX_NAMES: usize = 128;
+
+    fn note(&mut self, event: &QmpEvent, problem: Option<&str>) {
+        let name = event.name();
+        let budget = if let Some(budget) = self.budgets.get_mut(name) {
+            budget
+        } else if self.budgets.len() < Self::MAX_NAMES {
+            self.budgets.entry(name.to_owned()).or_default()
+        } else {
+            &mut self.others
+        };
+        let Some(count) = budget.tick() else { return };
+        let name = untrusted::shown(name, SHOWN_BYTES);
+        match (event, problem) {
+            (_, Some(problem)) => tracing::warn!(
+                event = %name,
+                count,
+                problem = %untrusted::shown(problem, SHOWN_BYTES),
+                "QMP event whose data did not parse; kept as unknown: {event}"
+            ),
+            (QmpEvent::Unknown { .. }, None) => {
+                tracing::info!(event = %name, count, "QMP event vmkeep does not handle: {event}")
+            }
+            _ => tracing::info!(event = %name, count, "QMP event: {event}"),
         }
     }
 }
@@ -256,29 +501,30 @@ impl Qmp {
                 });
             }
         };
-        let (conn, rx) = Connection::new(stream, MAX_LINE_BYTES, classify);
-        let mut events = QmpEvents {
-            early: VecDeque::new(),
-            rx,
+        let (greeting_tx, greeting_rx) = oneshot::channel();
+        let mut reader = Reader {
+            greeting: Some(greeting_tx),
+            log: EventLog::default(),
+            surplus_greetings: LogBudget::default(),
         };
-
-        let greeting = loop {
-            match tokio::time::timeout_at(deadline, events.rx.recv()).await {
-                Err(_elapsed) => {
-                    return Err(QmpError::NoGreeting {
-                        path: path.to_owned(),
-                        after: timeout,
-                    });
-                }
-                Ok(None) => {
-                    return Err(QmpError::ClosedBeforeGreeting {
-                        path: path.to_owned(),
-                        reason: conn.close_reason(),
-                    });
-                }
-                Ok(Some(Unsolicited::Greeting(greeting))) => break greeting,
-                Ok(Some(Unsolicited::Event(event))) => events.early.push_back(event),
+        let (conn, rx) = Connection::new(stream, LIMITS, move |line: &[u8]| reader.classify(line));
+        // Events before the greeting wait in the (bounded) event queue.
+        let events = QmpEvents { rx };
+        let greeting = match tokio::time::timeout_at(deadline, greeting_rx).await {
+            Err(_elapsed) => {
+                return Err(QmpError::NoGreeting {
+                    path: path.to_owned(),
+                    after: timeout,
+                });
             }
+            // The reader stopped: the connection ended.
+            Ok(Err(_closed)) => {
+                return Err(QmpError::ClosedBeforeGreeting {
+                    path: path.to_owned(),
+                    reason: conn.close_reason(),
+                });
+            }
+            Ok(Ok(greeting)) => greeting,
         };
         let version = greeting
             .pointer("/version/qemu")
@@ -296,7 +542,8 @@ impl Qmp {
         self.version
     }
 
-    /// Run one command and return its `return` value.
+    /// Run one command and return its `return` value (which may be up to
+    /// [`MAX_REPLY_BYTES`] long).
     pub async fn execute(
         &self,
         command: &str,
@@ -313,12 +560,16 @@ impl Qmp {
             Value::Object(request).to_string().into_bytes()
         };
         let command_name = || command.to_owned();
-        match self.conn.request(encode, timeout).await {
+        match self
+            .conn
+            .request_with_reply_limit(encode, timeout, MAX_REPLY_BYTES)
+            .await
+        {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(ErrorBody { class, desc })) => Err(QmpError::CommandFailed {
                 command: command_name(),
-                class,
-                desc,
+                class: untrusted::shown(&class, SHOWN_BYTES),
+                desc: untrusted::shown(&desc, MalformedLine::MAX_MESSAGE_BYTES),
             }),
             Err(LineRpcError::Timeout { after, .. }) => Err(QmpError::Timeout {
                 command: command_name(),
@@ -355,44 +606,64 @@ impl Qmp {
         }
     }
 
+    /// Pause the guest's CPUs (QMP `stop`); QEMU sends `STOP`.
+    pub async fn pause(&self, timeout: Duration) -> Result<(), QmpError> {
+        self.execute("stop", None, timeout).await.map(drop)
+    }
+
+    /// Resume the guest's CPUs (QMP `cont`): after `-S`, a pause, or a disk
+    /// error that stopped the VM (the failed request is retried); QEMU sends
+    /// `RESUME`.
+    pub async fn cont(&self, timeout: Duration) -> Result<(), QmpError> {
+        self.execute("cont", None, timeout).await.map(drop)
+    }
+
     /// QEMU's current run state.
-    pub async fn query_status(&self, timeout: Duration) -> Result<RunState, QmpError> {
+    pub async fn query_status(&self, timeout: Duration) -> Result<StatusInfo, QmpError> {
         let reply = self.execute("query-status", None, timeout).await?;
-        match reply.get("status").and_then(Value::as_str) {
-            Some(status) => Ok(RunState::from_qapi(status)),
-            None => Err(QmpError::Protocol {
-                command: "query-status".into(),
-                message: format!("no status string in {reply}"),
-            }),
-        }
+        parse_status(&reply).map_err(|message| QmpError::Protocol {
+            command: "query-status".into(),
+            message,
+        })
     }
 }
 
+/// Read a `query-status` reply.
+pub(crate) fn parse_status(reply: &Value) -> Result<StatusInfo, String> {
+    StatusInfo::deserialize(reply)
+        .map_err(|e| format!("{e} in {}", untrusted::shown_json(reply, SHOWN_BYTES)))
+}
+
 /// Sort one QMP line into greeting, event or reply.
-fn classify(line: &[u8]) -> Result<Incoming<Reply, Unsolicited>, MalformedLine> {
+pub(crate) fn parse_line(line: &[u8]) -> Result<Message, MalformedLine> {
+    let quoted = || untrusted::shown_bytes(line, SHOWN_BYTES);
     let value: Value =
         serde_json::from_slice(line).map_err(|e| MalformedLine::new(format!("not JSON: {e}")))?;
     let Value::Object(mut message) = value else {
-        return Err(MalformedLine::new(format!("not a JSON object: {value}")));
+        return Err(MalformedLine::new(format!(
+            "not a JSON object: {}",
+            quoted()
+        )));
     };
     if let Some(greeting) = message.remove("QMP") {
-        return Ok(Incoming::Event(Unsolicited::Greeting(greeting)));
+        return Ok(Message::Greeting(greeting));
     }
     if let Some(name) = message.remove("event") {
         let Value::String(name) = name else {
             return Err(MalformedLine::new(format!(
-                "event name is not a string: {name}"
+                "event name is not a string: {}",
+                quoted()
             )));
         };
         let data = message.remove("data").unwrap_or(Value::Null);
         let timestamp = message
             .get("timestamp")
             .and_then(|t| QmpTimestamp::deserialize(t).ok());
-        let event = parse_event(name, data);
-        return Ok(Incoming::Event(Unsolicited::Event(StampedEvent {
-            event,
-            timestamp,
-        })));
+        let (event, problem) = parse_event(name, data);
+        return Ok(Message::Event {
+            event: StampedEvent { event, timestamp },
+            problem,
+        });
     }
     let id = message.get("id").and_then(Value::as_u64);
     let outcome = if let Some(value) = message.remove("return") {
@@ -401,35 +672,43 @@ fn classify(line: &[u8]) -> Result<Incoming<Reply, Unsolicited>, MalformedLine> 
         match ErrorBody::deserialize(&error) {
             Ok(body) => Err(body),
             Err(e) => {
-                return Err(MalformedLine {
+                return Err(MalformedLine::answering(
                     id,
-                    message: format!("bad error object {error}: {e}"),
-                });
+                    format!("bad error object ({e}): {}", quoted()),
+                ));
             }
         }
     } else {
-        return Err(MalformedLine {
+        return Err(MalformedLine::answering(
             id,
-            message: "neither greeting, event nor reply".into(),
-        });
+            format!("neither greeting, event nor reply: {}", quoted()),
+        ));
     };
     match id {
-        Some(id) => Ok(Incoming::Response {
-            id,
-            payload: outcome,
-        }),
+        Some(id) => Ok(Message::Reply { id, outcome }),
         // QEMU answers input it cannot parse with an error without id.
         None => Err(MalformedLine::new(format!(
-            "reply without a request id: {outcome:?}"
+            "reply without a request id: {}",
+            quoted()
         ))),
     }
 }
 
-fn parse_event(name: String, data: Value) -> QmpEvent {
+/// The typed event for `name`, or `Unknown` with why a known name's data
+/// did not parse.
+fn parse_event(name: String, data: Value) -> (QmpEvent, Option<String>) {
     #[derive(Deserialize)]
     struct GuestReason {
         guest: bool,
         reason: String,
+    }
+    #[derive(Deserialize)]
+    struct PanicData {
+        action: GuestPanicAction,
+    }
+    #[derive(Deserialize)]
+    struct WatchdogData {
+        action: WatchdogAction,
     }
     let guest_reason = || GuestReason::deserialize(&data);
     let parsed = match name.as_str() {
@@ -444,13 +723,22 @@ fn parse_event(name: String, data: Value) -> QmpEvent {
         "POWERDOWN" => Ok(QmpEvent::Powerdown),
         "STOP" => Ok(QmpEvent::Stop),
         "RESUME" => Ok(QmpEvent::Resume),
-        "GUEST_PANICKED" => Ok(QmpEvent::GuestPanicked),
-        _ => return QmpEvent::Unknown { name, data },
+        "SUSPEND" => Ok(QmpEvent::Suspend),
+        "SUSPEND_DISK" => Ok(QmpEvent::SuspendDisk),
+        "WAKEUP" => Ok(QmpEvent::Wakeup),
+        "BLOCK_IO_ERROR" => BlockIoError::deserialize(&data).map(QmpEvent::BlockIoError),
+        "GUEST_PANICKED" => {
+            PanicData::deserialize(&data).map(|d| QmpEvent::GuestPanicked { action: d.action })
+        }
+        "WATCHDOG" => {
+            WatchdogData::deserialize(&data).map(|d| QmpEvent::Watchdog { action: d.action })
+        }
+        _ => return (QmpEvent::Unknown { name, data }, None),
     };
-    parsed.unwrap_or_else(|error| {
-        tracing::warn!(%name, %error, "QMP event data did not parse; keeping it as unknown");
-        QmpEvent::Unknown { name, data }
-    })
+    match parsed {
+        Ok(event) => (event, None),
+        Err(error) => (QmpEvent::Unknown { name, data }, Some(error.to_string())),
+    }
 }
 
 #[cfg(test)]
@@ -555,7 +843,13 @@ mod tests {
                         micro: 22
                     })
                 );
-                assert_eq!(qmp.query_status(T).await.unwrap(), RunState::Prelaunch);
+                assert_eq!(
+                    qmp.query_status(T).await.unwrap(),
+                    StatusInfo {
+                        running: false,
+                        status: RunState::Prelaunch
+                    }
+                );
                 let first = events.next_stamped().await.unwrap();
                 assert_eq!(first.event, QmpEvent::Stop);
                 assert_eq!(
@@ -733,8 +1027,8 @@ mod tests {
     }
 
     fn classify_event(line: &str) -> StampedEvent {
-        match classify(line.as_bytes()) {
-            Ok(Incoming::Event(Unsolicited::Event(event))) => event,
+        match parse_line(line.as_bytes()) {
+            Ok(Message::Event { event, .. }) => event,
             other => panic!("expected an event, got {other:?}"),
         }
     }
@@ -765,9 +1059,62 @@ mod tests {
             (event_line("POWERDOWN", json!({})), QmpEvent::Powerdown),
             (event_line("STOP", json!({})), QmpEvent::Stop),
             (event_line("RESUME", json!({})), QmpEvent::Resume),
+            (event_line("SUSPEND", json!({})), QmpEvent::Suspend),
+            (event_line("SUSPEND_DISK", json!({})), QmpEvent::SuspendDisk),
+            (event_line("WAKEUP", json!({})), QmpEvent::Wakeup),
             (
                 event_line("GUEST_PANICKED", json!({"action": "pause"})),
-                QmpEvent::GuestPanicked,
+                QmpEvent::GuestPanicked {
+                    action: GuestPanicAction::Pause,
+                },
+            ),
+            (
+                // Hyper-V crash parameters come along; only the action is kept.
+                event_line(
+                    "GUEST_PANICKED",
+                    json!({"action": "run", "info": {"type": "hyper-v", "arg1": 1}}),
+                ),
+                QmpEvent::GuestPanicked {
+                    action: GuestPanicAction::Run,
+                },
+            ),
+            (
+                event_line("WATCHDOG", json!({"action": "inject-nmi"})),
+                QmpEvent::Watchdog {
+                    action: WatchdogAction::InjectNmi,
+                },
+            ),
+            (
+                // QEMU 7.2's shape for a -drive disk that ran out of host space.
+                event_line(
+                    "BLOCK_IO_ERROR",
+                    json!({"device": "data", "node-name": "#block143", "operation": "write",
+                           "action": "stop", "nospace": true, "reason": "No space left on device"}),
+                ),
+                QmpEvent::BlockIoError(BlockIoError {
+                    device: "data".into(),
+                    node_name: Some("#block143".into()),
+                    operation: IoOperation::Write,
+                    action: BlockErrorAction::Stop,
+                    nospace: true,
+                    reason: "No space left on device".into(),
+                }),
+            ),
+            (
+                // Without the optional fields, and with values from a newer QEMU.
+                event_line(
+                    "BLOCK_IO_ERROR",
+                    json!({"device": "", "operation": "zone-append", "action": "retry",
+                           "reason": "Input/output error"}),
+                ),
+                QmpEvent::BlockIoError(BlockIoError {
+                    device: "".into(),
+                    node_name: None,
+                    operation: IoOperation::Other("zone-append".into()),
+                    action: BlockErrorAction::Other("retry".into()),
+                    nospace: false,
+                    reason: "Input/output error".into(),
+                }),
             ),
             (
                 event_line("NIC_RX_FILTER_CHANGED", json!({"path": "/machine/net0"})),
@@ -782,6 +1129,13 @@ mod tests {
                 QmpEvent::Unknown {
                     name: "SHUTDOWN".into(),
                     data: json!({"why": 1}),
+                },
+            ),
+            (
+                event_line("BLOCK_IO_ERROR", json!({"device": "data"})),
+                QmpEvent::Unknown {
+                    name: "BLOCK_IO_ERROR".into(),
+                    data: json!({"device": "data"}),
                 },
             ),
         ];
@@ -808,43 +1162,110 @@ mod tests {
     }
 
     #[test]
+    fn events_show_their_name_and_what_matters() {
+        let shown = |line: String| classify_event(&line).event.to_string();
+        assert_eq!(
+            shown(event_line(
+                "BLOCK_IO_ERROR",
+                json!({"device": "data", "operation": "write", "action": "stop",
+                       "nospace": true, "reason": "No space left on device"}),
+            )),
+            "BLOCK_IO_ERROR (write error on data: No space left on device; action: stop; \
+             the host is out of space)"
+        );
+        assert_eq!(
+            shown(event_line(
+                "SHUTDOWN",
+                json!({"guest": true, "reason": "guest-shutdown"})
+            )),
+            "SHUTDOWN (guest: true, reason: guest-shutdown)"
+        );
+        assert_eq!(
+            shown(event_line("GUEST_PANICKED", json!({"action": "pause"}))),
+            "GUEST_PANICKED (action: pause)"
+        );
+        // An event vmkeep does not know keeps its name, and a short view of
+        // its data.
+        assert_eq!(
+            shown(event_line("RTC_CHANGE", json!({"offset": 3}))),
+            r#"RTC_CHANGE {"offset":3}"#
+        );
+        let huge = shown(event_line(
+            "X_FLOOD",
+            json!({"blob": "\u{1b}".repeat(100_000)}),
+        ));
+        assert!(huge.starts_with(r#"X_FLOOD {"blob":"\u001b"#), "{huge}");
+        assert!(huge.len() < 400, "{}", huge.len());
+        assert_eq!(shown(r#"{"event": "STOP"}"#.into()), "STOP");
+    }
+
+    #[test]
     fn replies_and_malformed_lines_are_classified() {
         assert_eq!(
-            classify(br#"{"return": {}, "id": 4}"#).unwrap(),
-            Incoming::Response {
+            parse_line(br#"{"return": {}, "id": 4}"#).unwrap(),
+            Message::Reply {
                 id: 4,
-                payload: Ok(json!({}))
+                outcome: Ok(json!({}))
             }
         );
         assert_eq!(
-            classify(br#"{"error": {"class": "GenericError", "desc": "no"}, "id": 5}"#).unwrap(),
-            Incoming::Response {
+            parse_line(br#"{"error": {"class": "GenericError", "desc": "no"}, "id": 5}"#).unwrap(),
+            Message::Reply {
                 id: 5,
-                payload: Err(ErrorBody {
+                outcome: Err(ErrorBody {
                     class: "GenericError".into(),
                     desc: "no".into()
                 })
             }
         );
         let no_id =
-            classify(br#"{"error": {"class": "GenericError", "desc": "JSON parse error"}}"#);
+            parse_line(br#"{"error": {"class": "GenericError", "desc": "JSON parse error"}}"#);
         assert_eq!(no_id.unwrap_err().id, None);
-        let odd = classify(br#"{"something": 1, "id": 6}"#).unwrap_err();
+        let odd = parse_line(br#"{"something": 1, "id": 6}"#).unwrap_err();
         assert_eq!(odd.id, Some(6));
-        assert!(classify(b"[1, 2]").is_err());
-        assert!(classify(b"{nope").is_err());
+        assert!(parse_line(b"[1, 2]").is_err());
+        assert!(parse_line(b"{nope").is_err());
+        // What a malformed line quotes is short, whatever its length.
+        let long = format!("[{}]", "1,".repeat(500_000) + "1");
+        let message = parse_line(long.as_bytes()).unwrap_err().message;
+        assert!(
+            message.len() <= MalformedLine::MAX_MESSAGE_BYTES + 40,
+            "{message}"
+        );
     }
 
     #[test]
     fn run_states_round_trip_their_names() {
         for (name, state) in RunState::NAMES {
-            assert_eq!(RunState::from_qapi(name), state);
-            assert_eq!(state.as_qapi(), name);
+            assert_eq!(&RunState::from_qapi(name), state);
+            assert_eq!(state.as_qapi(), *name);
         }
+        assert_eq!(RunState::NAMES.len(), 16);
         let other = RunState::from_qapi("something-new");
         assert_eq!(other, RunState::Other("something-new".into()));
         assert_eq!(other.as_qapi(), "something-new");
         assert!(RunState::Running.is_running());
         assert!(!RunState::Prelaunch.is_running());
+    }
+
+    #[test]
+    fn query_status_replies_parse_with_unknown_states_kept() {
+        let parse = |reply: Value| parse_status(&reply);
+        assert_eq!(
+            parse(json!({"status": "io-error", "singlestep": false, "running": false})),
+            Ok(StatusInfo {
+                running: false,
+                status: RunState::IoError
+            })
+        );
+        assert_eq!(
+            parse(json!({"status": "from-the-future", "running": true})),
+            Ok(StatusInfo {
+                running: true,
+                status: RunState::Other("from-the-future".into())
+            })
+        );
+        let missing = parse(json!({"status": "running"})).unwrap_err();
+        assert!(missing.contains("missing field `running`"), "{missing}");
     }
 }
