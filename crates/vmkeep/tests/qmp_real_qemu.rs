@@ -204,7 +204,15 @@ async fn vm_a_disk_out_of_space_pauses_the_vm_with_a_typed_block_io_error() {
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.initrd)
-        .args(["-append", &image.base_cmdline()])
+        // A new disk: the guest formats it, and its first write fails.
+        .args([
+            "-append",
+            &format!(
+                "{} {}0123456789abcdef",
+                image.base_cmdline(),
+                vmkeep_protocol::kernel_flags::FORMAT_DATA_PREFIX
+            ),
+        ])
         .arg("-serial")
         .arg(format!("file:{}", dir.path().join("serial.log").display()))
         .arg("-drive")
