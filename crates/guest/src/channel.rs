@@ -23,6 +23,11 @@ use crate::sys;
 /// Where the kernel lists virtio-serial ports.
 pub const SYS_PORTS: &str = "/sys/class/virtio-ports";
 
+/// How often the port is looked at while no host is connected (its poll()
+/// says POLLHUP at once then, so it cannot be waited on): how soon a host
+/// that connects is heard. After a resume that is what the host waits for.
+const NO_HOST_RECHECK: Duration = Duration::from_millis(5);
+
 /// A write that makes no progress for this long is abandoned.
 const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
@@ -229,7 +234,7 @@ impl Channel {
                 Ok(0) => {
                     // No host connected: whatever half line we had is stale.
                     lines.reset();
-                    std::thread::sleep(Duration::from_millis(20));
+                    std::thread::sleep(NO_HOST_RECHECK);
                 }
                 Ok(n) => {
                     self.failure_logged.store(false, Ordering::Relaxed);
@@ -246,7 +251,7 @@ impl Channel {
                     match sys::poll_one(self.fd(), libc::POLLIN, 1000) {
                         Ok(events) if events & libc::POLLHUP != 0 && events & libc::POLLIN == 0 => {
                             lines.reset();
-                            std::thread::sleep(Duration::from_millis(20));
+                            std::thread::sleep(NO_HOST_RECHECK);
                         }
                         Ok(_) => {}
                         Err(e) => {

@@ -18,7 +18,8 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use vmkeep_protocol::{
-    ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES, Op, Reply, Request,
+    ClockAdjustment, ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES, Op, Reply,
+    Request,
 };
 
 use crate::line_rpc::{CloseReason, Connection, Incoming, LineRpcError, MalformedLine};
@@ -38,6 +39,8 @@ pub enum GuestOp {
     Info,
     Exec,
     Poweroff,
+    Time,
+    AdjustClock,
 }
 
 impl GuestOp {
@@ -48,6 +51,8 @@ impl GuestOp {
             Op::Info => GuestOp::Info,
             Op::Exec(_) => GuestOp::Exec,
             Op::Poweroff => GuestOp::Poweroff,
+            Op::Time => GuestOp::Time,
+            Op::AdjustClock(_) => GuestOp::AdjustClock,
         }
     }
 }
@@ -60,6 +65,8 @@ impl fmt::Display for GuestOp {
             GuestOp::Info => "info",
             GuestOp::Exec => "exec",
             GuestOp::Poweroff => "poweroff",
+            GuestOp::Time => "time",
+            GuestOp::AdjustClock => "adjust-clock",
         })
     }
 }
@@ -214,6 +221,31 @@ impl GuestLink {
         match self.call(Op::Poweroff, timeout).await? {
             Reply::PoweroffAccepted => Ok(()),
             other => Err(unexpected(GuestOp::Poweroff, other)),
+        }
+    }
+
+    /// The guest's wall clock (`CLOCK_REALTIME`, ns since the epoch). A
+    /// guest agent that predates the op answers with an error
+    /// ([`GuestLinkError::Refused`]).
+    pub async fn time(&self, timeout: Duration) -> Result<i64, GuestLinkError> {
+        match self.call(Op::Time, timeout).await? {
+            Reply::Time(time) => Ok(time.realtime_ns),
+            other => Err(unexpected(GuestOp::Time, other)),
+        }
+    }
+
+    /// Step the guest's wall clock by `delta_ns`; returns its new reading.
+    pub async fn adjust_clock(
+        &self,
+        delta_ns: i64,
+        timeout: Duration,
+    ) -> Result<i64, GuestLinkError> {
+        match self
+            .call(Op::AdjustClock(ClockAdjustment { delta_ns }), timeout)
+            .await?
+        {
+            Reply::ClockAdjusted(time) => Ok(time.realtime_ns),
+            other => Err(unexpected(GuestOp::AdjustClock, other)),
         }
     }
 
