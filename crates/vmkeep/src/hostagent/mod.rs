@@ -667,14 +667,18 @@ impl Agent<'_> {
             }
         };
 
-        if self.resumed {
-            // Ready means a right clock too: the resumed guest's is behind
-            // by the whole suspended time.
-            self.correct_clock_now(&link).await;
-        }
+        // Ready means a right clock too: the resumed guest's is behind by
+        // the whole suspended time. (Journaled once the start is reported.)
+        let clock_step = match self.resumed {
+            true => self.correct_clock_now(&link).await,
+            false => None,
+        };
         let boot_secs = began.elapsed().as_secs_f64();
         let _ = self.guest_tx.send(Some(link.clone()));
-        if let Err(outcome) = self.accept_data_disk(&vm, &guest).await {
+        // A resumed guest's data disk was accepted when it booted.
+        if !self.resumed
+            && let Err(outcome) = self.accept_data_disk(&vm, &guest).await
+        {
             return outcome;
         }
         let shared = Arc::clone(&self.shared);
@@ -723,6 +727,9 @@ impl Agent<'_> {
         self.reporter.send(Report::Ready {
             info: Box::new(info),
         });
+        if let Some(before) = clock_step {
+            clock::journal_step(&self.dir.journal(), &before);
+        }
 
         loop {
             tokio::select! {

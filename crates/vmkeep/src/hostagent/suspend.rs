@@ -212,15 +212,14 @@ impl Agent<'_> {
     }
 
     /// Step the guest's clock now, bounded; the keeper retries later if
-    /// this could not.
-    pub(super) async fn correct_clock_now(&mut self, link: &GuestLink) {
+    /// this could not. Returns the reading of a step, for the journal.
+    pub(super) async fn correct_clock_now(&mut self, link: &GuestLink) -> Option<clock::Reading> {
         match tokio::time::timeout(CLOCK_BEFORE_READY, clock::correct(link)).await {
-            Ok(Ok(clock::Correction::Stepped { before })) => {
-                clock::journal_step(&self.dir.journal(), &before)
-            }
+            Ok(Ok(clock::Correction::Stepped { before })) => return Some(before),
             Ok(Ok(other)) => tracing::debug!(?other, "guest clock after the resume"),
             Ok(Err(e)) => tracing::info!("cannot correct the guest's clock yet: {e}"),
             Err(_) => tracing::info!("correcting the guest's clock took too long; retrying later"),
         }
+        None
     }
 }
