@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use vmkeep_protocol::{DataDisk, ExecResult, FromGuest, GuestInfo, Reply};
+use vmkeep_protocol::{DataDisk, ExecResult, FromGuest, GuestInfo, GuestTime, Reply};
 
 use crate::channel::Channel;
 use crate::exec::{self, SpawnError};
@@ -207,6 +207,35 @@ impl Agent {
                         Reply::Error {
                             message: format!("cannot start a thread for the command: {e}"),
                         },
+                    );
+                }
+            }
+            Action::ReadClock => self.reply(
+                id,
+                match sys::realtime_ns() {
+                    Ok(realtime_ns) => Reply::Time(GuestTime { realtime_ns }),
+                    Err(e) => Reply::Error {
+                        message: format!("cannot read the clock: {e}"),
+                    },
+                },
+            ),
+            Action::AdjustClock(adjustment) => {
+                let body = match sys::step_realtime(adjustment.delta_ns) {
+                    Ok(realtime_ns) => Reply::ClockAdjusted(GuestTime { realtime_ns }),
+                    Err(e) => Reply::Error {
+                        message: format!(
+                            "cannot step the clock by {} ns: {e}",
+                            adjustment.delta_ns
+                        ),
+                    },
+                };
+                let stepped = matches!(body, Reply::ClockAdjusted(_));
+                self.reply(id, body);
+                // After the answer: the console is slow under emulation.
+                if stepped {
+                    log!(
+                        "clock stepped by {:.3} s (host request)",
+                        adjustment.delta_ns as f64 / 1e9
                     );
                 }
             }

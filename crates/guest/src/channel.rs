@@ -23,6 +23,19 @@ use crate::sys;
 /// Where the kernel lists virtio-serial ports.
 pub const SYS_PORTS: &str = "/sys/class/virtio-ports";
 
+/// While no host is connected the port's poll() says POLLHUP at once, so it
+/// cannot be waited on: it is looked at again after a pause. Short at first
+/// (a host that comes back, as after a resume, is heard within 5 ms), then
+/// longer, so that a guest left without its host for long (an orphaned QEMU)
+/// spends almost nothing on it.
+fn no_host_pause(since: Instant) -> Duration {
+    if since.elapsed() < Duration::from_secs(2) {
+        Duration::from_millis(5)
+    } else {
+        Duration::from_millis(50)
+    }
+}
+
 /// A write that makes no progress for this long is abandoned.
 const WRITE_STALL_LIMIT: Duration = Duration::from_secs(30);
 
@@ -224,14 +237,19 @@ impl Channel {
         let mut lines = LineBuffer::new(vmkeep_protocol::MAX_LINE_BYTES);
         let mut chunk = vec![0u8; 64 * 1024];
         let mut error_logged = false;
+        // Since when no host has been connected, if none is.
+        let mut alone_since: Option<Instant> = None;
+        let pause_alone = |lines: &mut LineBuffer, alone_since: &mut Option<Instant>| {
+            // Whatever half line we had is stale.
+            lines.reset();
+            let since = *alone_since.get_or_insert_with(Instant::now);
+            std::thread::sleep(no_host_pause(since));
+        };
         loop {
             match sys::read(self.fd(), &mut chunk) {
-                Ok(0) => {
-                    // No host connected: whatever half line we had is stale.
-                    lines.reset();
-                    std::thread::sleep(Duration::from_millis(20));
-                }
+                Ok(0) => pause_alone(&mut lines, &mut alone_since),
                 Ok(n) => {
+                    alone_since = None;
                     self.failure_logged.store(false, Ordering::Relaxed);
                     error_logged = false;
                     for event in lines.push(&chunk[..n]) {
@@ -245,10 +263,9 @@ impl Channel {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     match sys::poll_one(self.fd(), libc::POLLIN, 1000) {
                         Ok(events) if events & libc::POLLHUP != 0 && events & libc::POLLIN == 0 => {
-                            lines.reset();
-                            std::thread::sleep(Duration::from_millis(20));
+                            pause_alone(&mut lines, &mut alone_since)
                         }
-                        Ok(_) => {}
+                        Ok(_) => alone_since = None,
                         Err(e) => {
                             log!("cannot poll {}: {e}", self.path.display());
                             std::thread::sleep(Duration::from_millis(100));
@@ -273,6 +290,13 @@ mod tests {
 
     fn line(text: &str) -> LineEvent {
         LineEvent::Line(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn a_host_that_went_away_is_looked_for_often_at_first_then_rarely() {
+        assert_eq!(no_host_pause(Instant::now()), Duration::from_millis(5));
+        let long_ago = Instant::now() - Duration::from_secs(3);
+        assert_eq!(no_host_pause(long_ago), Duration::from_millis(50));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What to do with one request line: pure decisions, acted on by the agent.
 
-use vmkeep_protocol::{ExecRequest, GuestInfo, Op, Reply, Request};
+use vmkeep_protocol::{ClockAdjustment, ExecRequest, GuestInfo, Op, Reply, Request};
 
 use crate::flags::Flags;
 
@@ -13,6 +13,10 @@ pub enum Action {
     Exec(ExecRequest),
     /// Answer `PoweroffAccepted`, then power off unless `honoured` is false.
     Poweroff { honoured: bool },
+    /// Read the wall clock and answer `Time`.
+    ReadClock,
+    /// Step the wall clock and answer `ClockAdjusted` (or the error).
+    AdjustClock(ClockAdjustment),
 }
 
 /// Decide how to answer `op`. `info` is only called when the answer needs it.
@@ -31,6 +35,8 @@ pub fn plan(op: Op, ready: bool, flags: Flags, info: impl FnOnce() -> GuestInfo)
         Op::Poweroff => Action::Poweroff {
             honoured: !flags.ignore_poweroff_request,
         },
+        Op::Time => Action::ReadClock,
+        Op::AdjustClock(adjustment) => Action::AdjustClock(adjustment),
     }
 }
 
@@ -134,6 +140,20 @@ mod tests {
         assert_eq!(
             plan(Op::Poweroff, true, flags, info),
             Action::Poweroff { honoured: false }
+        );
+    }
+
+    #[test]
+    fn clock_requests_are_acted_on_without_gathering_info() {
+        let no_info = || -> GuestInfo { panic!("info not needed") };
+        assert_eq!(
+            plan(Op::Time, false, Flags::default(), no_info),
+            Action::ReadClock
+        );
+        let step = ClockAdjustment { delta_ns: -42 };
+        assert_eq!(
+            plan(Op::AdjustClock(step), true, Flags::default(), no_info),
+            Action::AdjustClock(step)
         );
     }
 

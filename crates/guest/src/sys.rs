@@ -186,3 +186,36 @@ pub fn write(fd: libc::c_int, buf: &[u8]) -> io::Result<usize> {
         Ok(n as usize)
     }
 }
+
+/// `CLOCK_REALTIME` in nanoseconds since the Unix epoch.
+pub fn realtime_ns() -> io::Result<i64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    check(unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut now) })?;
+    Ok(now.tv_sec * 1_000_000_000 + now.tv_nsec)
+}
+
+/// Step `CLOCK_REALTIME` by `delta_ns` (read, add, set: the two calls are
+/// microseconds apart, far below what the host can measure over the
+/// channel). Returns the new time.
+pub fn step_realtime(delta_ns: i64) -> io::Result<i64> {
+    let target = realtime_ns()?
+        .checked_add(delta_ns)
+        .filter(|t| *t > 0)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the clock would leave its range",
+            )
+        })?;
+    let when = libc::timespec {
+        tv_sec: (target / 1_000_000_000) as libc::time_t,
+        tv_nsec: (target % 1_000_000_000) as libc::c_long,
+    };
+    // SAFETY: clock_settime reads one timespec through a valid pointer.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &when) })?;
+    Ok(target)
+}

@@ -66,6 +66,28 @@ pub enum Op {
     Exec(ExecRequest),
     /// Sync, unmount and power off. Answered before the guest goes down.
     Poweroff,
+    /// The guest's wall clock (`CLOCK_REALTIME`), answered with
+    /// [`Reply::Time`]. A guest agent older than this op answers
+    /// [`Reply::Error`] (it cannot parse the request).
+    Time,
+    /// Step the guest's wall clock by a signed amount, answered with
+    /// [`Reply::ClockAdjusted`]. Relative, not absolute, so that the time the
+    /// request spends on its way does not add to the error.
+    AdjustClock(ClockAdjustment),
+}
+
+/// How far to move the guest's wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClockAdjustment {
+    /// Nanoseconds to add (negative: set it back).
+    pub delta_ns: i64,
+}
+
+/// A reading of the guest's wall clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestTime {
+    /// `CLOCK_REALTIME` in nanoseconds since the Unix epoch.
+    pub realtime_ns: i64,
 }
 
 /// Run a command in the guest and collect its output.
@@ -101,12 +123,21 @@ pub enum FromGuest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reply {
-    Hello { ready: bool, info: GuestInfo },
+    Hello {
+        ready: bool,
+        info: GuestInfo,
+    },
     Pong,
     Info(GuestInfo),
     Exec(ExecResult),
     PoweroffAccepted,
-    Error { message: String },
+    /// The guest's wall clock when it handled the request.
+    Time(GuestTime),
+    /// The guest's wall clock right after the step.
+    ClockAdjusted(GuestTime),
+    Error {
+        message: String,
+    },
 }
 
 /// Facts about the running guest.
@@ -298,6 +329,35 @@ mod tests {
             op: Op::Poweroff,
         });
         assert_eq!(line, b"{\"id\":1,\"op\":\"poweroff\"}\n");
+    }
+
+    #[test]
+    fn clock_ops_have_a_stable_wire_form() {
+        let line = encode_line(&Request {
+            id: 3,
+            op: Op::Time,
+        });
+        assert_eq!(line, b"{\"id\":3,\"op\":\"time\"}\n");
+        let adjust = Request {
+            id: 4,
+            op: Op::AdjustClock(ClockAdjustment { delta_ns: -1_500 }),
+        };
+        let line = encode_line(&adjust);
+        assert_eq!(
+            line,
+            b"{\"id\":4,\"op\":{\"adjust-clock\":{\"delta_ns\":-1500}}}\n"
+        );
+        assert_eq!(decode_line::<Request>(&line).unwrap(), adjust);
+        for body in [
+            Reply::Time(GuestTime { realtime_ns: 1 }),
+            Reply::ClockAdjusted(GuestTime { realtime_ns: 2 }),
+        ] {
+            let message = FromGuest::Reply { id: 9, body };
+            assert_eq!(
+                decode_line::<FromGuest>(&encode_line(&message)).unwrap(),
+                message
+            );
+        }
     }
 
     #[test]

@@ -24,8 +24,8 @@ use std::time::Duration;
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 use vmkeep_protocol::{
-    ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES, MAX_MESSAGE_BYTES, Op, Reply,
-    Request,
+    ClockAdjustment, ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES,
+    MAX_MESSAGE_BYTES, Op, Reply, Request,
 };
 
 use crate::line_rpc::{
@@ -58,6 +58,8 @@ pub enum GuestOp {
     Info,
     Exec,
     Poweroff,
+    Time,
+    AdjustClock,
 }
 
 impl GuestOp {
@@ -68,6 +70,8 @@ impl GuestOp {
             Op::Info => GuestOp::Info,
             Op::Exec(_) => GuestOp::Exec,
             Op::Poweroff => GuestOp::Poweroff,
+            Op::Time => GuestOp::Time,
+            Op::AdjustClock(_) => GuestOp::AdjustClock,
         }
     }
 }
@@ -80,6 +84,8 @@ impl fmt::Display for GuestOp {
             GuestOp::Info => "info",
             GuestOp::Exec => "exec",
             GuestOp::Poweroff => "poweroff",
+            GuestOp::Time => "time",
+            GuestOp::AdjustClock => "adjust-clock",
         })
     }
 }
@@ -241,6 +247,31 @@ impl GuestLink {
         }
     }
 
+    /// The guest's wall clock (`CLOCK_REALTIME`, ns since the epoch). A
+    /// guest agent that predates the op answers with an error
+    /// ([`GuestLinkError::Refused`]).
+    pub async fn time(&self, timeout: Duration) -> Result<i64, GuestLinkError> {
+        match self.call(Op::Time, timeout).await? {
+            Reply::Time(time) => Ok(time.realtime_ns),
+            other => Err(unexpected(GuestOp::Time, other)),
+        }
+    }
+
+    /// Step the guest's wall clock by `delta_ns`; returns its new reading.
+    pub async fn adjust_clock(
+        &self,
+        delta_ns: i64,
+        timeout: Duration,
+    ) -> Result<i64, GuestLinkError> {
+        match self
+            .call(Op::AdjustClock(ClockAdjustment { delta_ns }), timeout)
+            .await?
+        {
+            Reply::ClockAdjusted(time) => Ok(time.realtime_ns),
+            other => Err(unexpected(GuestOp::AdjustClock, other)),
+        }
+    }
+
     /// Give the connection up because the guest restarted (QEMU reported a
     /// reset): requests in flight fail now instead of waiting for answers
     /// that will never come.
@@ -296,6 +327,8 @@ fn unexpected(op: GuestOp, reply: Reply) -> GuestLinkError {
         Reply::Info(_) => "info",
         Reply::Exec(_) => "exec",
         Reply::PoweroffAccepted => "poweroff-accepted",
+        Reply::Time(_) => "time",
+        Reply::ClockAdjusted(_) => "clock-adjusted",
         Reply::Error { .. } => "error",
     };
     GuestLinkError::UnexpectedReply { op, reply }

@@ -61,7 +61,8 @@ pub enum Event {
         qemu_pid: u32,
         accel: String,
     },
-    /// The guest agent reported ready.
+    /// The guest agent reported ready. `boot_secs` counts from QEMU's
+    /// launch (for a resume: to the resumed guest's agent answering).
     Running {
         qemu_pid: u32,
         guest_boot_id: String,
@@ -117,8 +118,65 @@ pub enum Event {
         within_secs: f64,
         last_error: String,
     },
+    /// A suspend began: the guest is paused and its state is being saved.
+    Suspending {
+        deadline_secs: f64,
+    },
+    /// The VM's state is saved in the instance directory and QEMU is gone;
+    /// the next start resumes it. Ends the run, as `stopped` does.
+    Suspended {
+        /// Size of the device state written (the RAM stays in its file).
+        state_bytes: u64,
+        /// Size of the guest's RAM file kept with it.
+        ram_bytes: u64,
+        /// From the guest's pause to the state being durable.
+        secs: f64,
+    },
+    /// A suspend did not happen, and nothing of it was kept; `fallback`
+    /// says whether the VM runs on or is being stopped instead.
+    SuspendFailed {
+        error: String,
+        fallback: SuspendFallback,
+    },
+    /// QEMU was launched to resume a saved state instead of booting.
+    Resuming {
+        qemu_pid: u32,
+        accel: String,
+        /// When the state was saved (from its record).
+        saved_at: String,
+    },
+    /// The saved state is loaded and the guest runs again; the state is
+    /// used up (the guest changes its RAM from now on). `running` follows
+    /// once the guest agent answers.
+    Resumed {
+        qemu_pid: u32,
+        /// From QEMU's launch to the guest running.
+        secs: f64,
+    },
+    /// The host agent stepped the guest's wall clock to the host's.
+    GuestClockSet {
+        /// How far off the guest was (guest minus host).
+        offset_ms: f64,
+        /// How precisely that was measured (half the best round trip).
+        uncertainty_ms: f64,
+    },
+    /// A saved state was deleted without being resumed.
+    StateDiscarded {
+        reason: String,
+    },
     #[serde(other)]
     Unknown,
+}
+
+/// What a failed suspend does with the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuspendFallback {
+    /// The VM runs on, as before the attempt.
+    #[default]
+    KeepRunning,
+    /// The VM is stopped by the stop ladder (what a host shutdown needs).
+    Stop,
 }
 
 impl Event {
@@ -139,6 +197,13 @@ impl Event {
             Event::Stopped { .. } => "stopped",
             Event::Restarting { .. } => "restarting",
             Event::GaveUp { .. } => "gave-up",
+            Event::Suspending { .. } => "suspending",
+            Event::Suspended { .. } => "suspended",
+            Event::SuspendFailed { .. } => "suspend-failed",
+            Event::Resuming { .. } => "resuming",
+            Event::Resumed { .. } => "resumed",
+            Event::GuestClockSet { .. } => "guest-clock-set",
+            Event::StateDiscarded { .. } => "state-discarded",
             Event::Unknown => "unknown",
         }
     }
@@ -154,6 +219,13 @@ pub enum Repair {
     KilledUnresponsiveQemu,
     /// A host agent that did not answer its API was killed.
     KilledUnresponsiveAgent,
+    /// An adopted QEMU was paused (its host agent died while saving or
+    /// resuming its state): it was let run again, and any saved state of
+    /// it discarded, since the running guest no longer matches it.
+    ContinuedPausedQemu,
+    /// An adopted QEMU was still waiting for a saved state (its host agent
+    /// died while resuming): it was ended, the state kept for this resume.
+    EndedWaitingQemu,
 }
 
 /// Why a stop began.
@@ -168,6 +240,8 @@ pub enum StopCause {
     BootTimeout,
     /// The guest came up without its data disk mounted at /data.
     DataDisk,
+    /// A suspend failed and the request said to stop instead.
+    SuspendFailed,
 }
 
 /// Why the VM is no longer running.
@@ -314,6 +388,9 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
     for (at, record) in records.iter().enumerate().rev() {
         let ended = match &record.event {
             Event::GaveUp { .. } => LastRun::GaveUp,
+            // The user (or a host shutdown) asked for it: like a requested
+            // stop for the daemon's policy, and not a failure.
+            Event::Suspended { .. } => LastRun::Requested,
             Event::Stopped { reason, .. } => match reason {
                 StoppedReason::Requested => LastRun::Requested,
                 StoppedReason::GuestPoweroff => LastRun::GuestPoweroff,
@@ -328,8 +405,14 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::GuestRebooted { .. }
             | Event::Adopted { .. }
             | Event::Stopping { .. }
-            | Event::StopStep { .. } => LastRun::Unclean,
-            Event::StartFailed { .. }
+            | Event::StopStep { .. }
+            | Event::Suspending { .. }
+            | Event::SuspendFailed { .. }
+            | Event::Resuming { .. }
+            | Event::Resumed { .. }
+            | Event::GuestClockSet { .. } => LastRun::Unclean,
+            Event::StateDiscarded { .. }
+            | Event::StartFailed { .. }
             | Event::UncleanEnd { .. }
             | Event::DataDisk { .. }
             | Event::Repaired { .. }
@@ -499,6 +582,60 @@ mod tests {
             serde_json::to_string(&record).unwrap(),
             r#"{"ts":"t","pid":1,"event":"adopted","qemu_pid":9}"#
         );
+    }
+
+    #[test]
+    fn suspend_events_have_a_kebab_case_wire_form_and_a_suspend_ends_the_run() {
+        let suspended = Event::Suspended {
+            state_bytes: 380_948,
+            ram_bytes: 268_435_456,
+            secs: 0.05,
+        };
+        assert_eq!(
+            serde_json::to_string(&suspended).unwrap(),
+            r#"{"event":"suspended","state_bytes":380948,"ram_bytes":268435456,"secs":0.05}"#
+        );
+        let failed = Event::SuspendFailed {
+            error: "no space".into(),
+            fallback: SuspendFallback::KeepRunning,
+        };
+        assert_eq!(
+            serde_json::to_string(&failed).unwrap(),
+            r#"{"event":"suspend-failed","error":"no space","fallback":"keep-running"}"#
+        );
+        for event in [
+            suspended.clone(),
+            failed,
+            Event::Suspending { deadline_secs: 1.0 },
+            Event::Resuming {
+                qemu_pid: 1,
+                accel: "tcg".into(),
+                saved_at: "t".into(),
+            },
+            Event::Resumed {
+                qemu_pid: 1,
+                secs: 0.1,
+            },
+            Event::GuestClockSet {
+                offset_ms: -3000.0,
+                uncertainty_ms: 2.0,
+            },
+            Event::StateDiscarded {
+                reason: "asked".into(),
+            },
+        ] {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["event"], event.kind(), "{event:?}");
+            assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
+        }
+        let run = [
+            rec("1", Event::Suspending { deadline_secs: 1.0 }),
+            rec("2", suspended),
+        ];
+        assert_eq!(last_run(&run), (LastRun::Requested, Some(&run[1])));
+        assert!(!last_run(&run).0.is_failure());
+        // An agent that died mid-suspend left an unfinished run.
+        assert_eq!(last_run(&run[..1]).0, LastRun::Unclean);
     }
 
     #[test]

@@ -282,6 +282,21 @@ impl<R> Drop for Inner<R> {
     }
 }
 
+/// The first request id of a new connection: unpredictable, so that a late
+/// reply meant for an earlier connection cannot pass for an answer on this
+/// one. (A guest that was saved and resumed answers, on the new connection,
+/// what it had received on the old one before the save.) Below 2^48, so
+/// that every JSON reader keeps it exact.
+fn first_id() -> u64 {
+    static CONNECTIONS: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0);
+    let serial = CONNECTIONS.fetch_add(1, Ordering::Relaxed) & 0xfff;
+    1 + (((nanos << 12) | serial) & ((1 << 48) - 1))
+}
+
 /// A JSON-lines connection: a cheap, cloneable handle.
 ///
 /// `R` is the payload of a reply as produced by the classifier.
@@ -387,7 +402,7 @@ impl<R: Send + 'static> Connection<R> {
     {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::Open(HashMap::new())),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id()),
             closed: watch::Sender::new(false),
             outbox: Mutex::new(VecDeque::new()),
             queued: Notify::new(),

@@ -25,78 +25,36 @@ fn is_root() -> bool {
     root
 }
 
-/// A home on a tmpfs of `size`: everything in it is stopped and the tmpfs
-/// unmounted when dropped (before the TestEnv's own cleanup).
-struct SmallHome {
-    env: TestEnv,
+/// A home on a small tmpfs (root only; says so when skipped).
+fn small_home(size_mib: u64) -> Option<TestEnv> {
+    is_root().then(|| TestEnv::on_small_tmpfs(size_mib))
 }
 
-impl SmallHome {
-    fn mount(size: &str) -> Option<SmallHome> {
-        if !is_root() {
-            return None;
-        }
-        let env = TestEnv::new();
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(env.home())
-            .status()
-            .unwrap();
-        assert!(
-            status.success(),
-            "mount a tmpfs on {}",
-            env.home().display()
-        );
-        Some(SmallHome { env })
-    }
-
-    /// Fill the filesystem to the last byte; returns the filler's path.
-    fn fill(&self) -> PathBuf {
-        let filler = self.env.home().join("filler");
-        let _ = Command::new("dd")
-            .args(["if=/dev/zero", "bs=1M", "status=none"])
-            .arg(format!("of={}", filler.display()))
-            .status();
-        // The last partial block too.
-        let _ = Command::new("dd")
-            .args([
-                "if=/dev/zero",
-                "bs=4k",
-                "status=none",
-                "oflag=append",
-                "conv=notrunc",
-            ])
-            .arg(format!("of={}", filler.display()))
-            .status();
-        filler
-    }
-
-    fn free_bytes(&self) -> u64 {
-        vmkeep::os::fs::free_space(self.env.home()).unwrap()
-    }
+/// Fill the home's filesystem to the last byte; returns the filler's path.
+fn fill(env: &TestEnv) -> PathBuf {
+    let filler = env.home().join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "status=none"])
+        .arg(format!("of={}", filler.display()))
+        .status();
+    // The last partial block too.
+    let _ = Command::new("dd")
+        .args([
+            "if=/dev/zero",
+            "bs=4k",
+            "status=none",
+            "oflag=append",
+            "conv=notrunc",
+        ])
+        .arg(format!("of={}", filler.display()))
+        .status();
+    filler
 }
 
-impl Drop for SmallHome {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(self.env.home()) {
-            for entry in entries.flatten() {
-                if entry.path().is_dir() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    let _ = self.env.command(&["stop", "--force", &name]).output();
-                }
-            }
-        }
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.env.home())
-            .status();
-    }
+fn free_bytes(env: &TestEnv) -> u64 {
+    vmkeep::os::fs::free_space(env.home())
+        .unwrap()
+        .available_bytes
 }
 
 fn last_of<'a>(events: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_json::Value> {
@@ -105,15 +63,16 @@ fn last_of<'a>(events: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_
 
 #[test]
 fn vm_trouble_a_full_host_disk_never_keeps_a_vm_from_stopping_and_start_says_why() {
-    let Some(small) = SmallHome::mount("128m") else {
+    // The guest's RAM (256 MiB) is reserved in the home at every boot.
+    let Some(env) = small_home(512) else {
         return;
     };
-    let env = &small.env;
+    let env = &env;
     env.create("a", "");
     env.run_within(&["start", "a"], BOOT);
     assert_eq!(env.status("a"), "Running");
-    let filler = small.fill();
-    assert!(small.free_bytes() < 64 * 1024, "the disk is full");
+    let filler = fill(env);
+    assert!(free_bytes(env) < 64 * 1024, "the disk is full");
 
     // list, stop: as on any day.
     assert_eq!(env.status("a"), "Running");
@@ -143,7 +102,7 @@ fn vm_trouble_a_full_host_disk_never_keeps_a_vm_from_stopping_and_start_says_why
     std::fs::remove_file(&filler).unwrap();
     env.run_within(&["start", "a"], BOOT);
     assert_eq!(env.status("a"), "Running");
-    small.fill();
+    fill(env);
     let force = env.run_within(&["stop", "--force", "a"], SHORT);
     assert_eq!(force.code(), Some(0), "{}", force.describe());
     assert!(env.wait_no_processes(SHORT).is_empty());

@@ -13,6 +13,8 @@ mod shell;
 mod ssh;
 mod start;
 mod stop;
+// Minimal, for the suspend tests; see the file.
+mod suspend;
 mod util;
 
 use std::time::Duration;
@@ -58,6 +60,20 @@ pub enum Verb {
     Events(EventsArgs),
     /// Have systemd or launchd start an instance at login or boot.
     Autostart(autostart::AutostartArgs),
+    /// Save a running instance's state to disk and end its QEMU; `start` resumes it.
+    Suspend(SuspendArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SuspendArgs {
+    /// Instance name.
+    pub name: InstanceName,
+    /// How long the save may take (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Stop the instance (the normal stop ladder) when its state cannot be saved.
+    #[arg(long)]
+    pub or_stop: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -260,5 +276,6 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Verb::Daemon(args) => Ok(daemon::run(args)?),
         Verb::Events(args) => Ok(events::run(args)?),
         Verb::Autostart(args) => autostart::run(args),
+        Verb::Suspend(args) => Ok(suspend::run(args)?),
     }
 }

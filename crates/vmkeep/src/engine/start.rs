@@ -24,9 +24,11 @@ use crate::timeouts;
 const MAX_ROUNDS: usize = 4;
 /// How long a host agent cleaning up after its QEMU exited may take.
 const CLEANUP_WAIT: Duration = Duration::from_secs(10);
-/// Space the host filesystem must have for a start: the agent's runtime
-/// files, journal and logs, and room for the guest's first writes.
+/// Space the host filesystem must have for a start beyond the guest's RAM:
+/// the agent's runtime files, journal and logs, and the guest's first writes.
 pub const MIN_FREE_TO_START: u64 = 64 * 1024 * 1024;
+/// Space a resume needs (its RAM file exists already): the agent's files.
+pub const MIN_FREE_TO_RESUME: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -86,7 +88,6 @@ pub fn start(
     if options.repair_data {
         refuse_repair_unless_stopped(&dir, &config)?;
     }
-    ensure_room(&dir)?;
     desired::write(&dir, Desired::Running)
         .map_err(EngineError::io("record the desired state in", dir.dir()))?;
     if options.through_service_manager
@@ -132,16 +133,23 @@ fn create_default(home: &Home, name: &InstanceName) -> Result<bool, EngineError>
     }
 }
 
-/// Refuse to start on a host filesystem without room for it, naming it.
-fn ensure_room(dir: &InstanceDir) -> Result<(), EngineError> {
-    let free = os::fs::free_space(dir.dir())
+/// Refuse to start on a host filesystem without room for it, naming it: a
+/// fresh boot reserves the guest's RAM there (see `driver::qemu::args`),
+/// and the agent's files and the guest's first writes need a little more.
+fn ensure_room(dir: &InstanceDir, config: &Config) -> Result<(), EngineError> {
+    let space = os::fs::free_space(dir.dir())
         .map_err(EngineError::io("inspect the filesystem of", dir.dir()))?;
-    if free < MIN_FREE_TO_START {
+    let needed = match crate::driver::qemu::snapshot::exists(dir) {
+        // A saved state keeps its RAM file: nothing more to reserve.
+        true => MIN_FREE_TO_RESUME,
+        false => MIN_FREE_TO_START + (config.memory.0.mib() << 20),
+    };
+    if space.available_bytes < needed {
         return Err(EngineError::NoRoom {
             name: dir.name().clone(),
-            filesystem: os::fs::mount_point_of(dir.dir()),
-            free,
-            needed: MIN_FREE_TO_START,
+            filesystem: space.mount_point,
+            free: space.available_bytes,
+            needed,
         });
     }
     Ok(())
@@ -278,6 +286,7 @@ fn boot(
     options: &StartOptions,
     notice: &dyn Notice,
 ) -> Result<Started, EngineError> {
+    ensure_room(dir, config)?;
     // Cloud images were fetched by `create`; only the tiny image is built here.
     if !config.is_cloud() {
         let kernel_override =

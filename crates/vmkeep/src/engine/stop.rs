@@ -322,6 +322,7 @@ pub fn adopt_and_stop(
         // Another agent took it meanwhile: the next round asks it.
         AgentOutcome::AlreadyRunning { .. }
         | AgentOutcome::Stopped { .. }
+        | AgentOutcome::Suspended { .. }
         | AgentOutcome::NothingToStop => Ok(()),
     }
 }

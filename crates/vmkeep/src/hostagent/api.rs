@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::instance::status::Phase;
+pub use crate::journal::SuspendFallback;
 pub use vmkeep_protocol::{ExecRequest, ExecResult, GuestInfo};
 
 /// One endpoint: method and path.
@@ -35,7 +36,16 @@ pub const EXEC: Route = Route {
     path: "/v1/exec",
 };
 
-pub const ROUTES: [Route; 3] = [INFO, STOP, EXEC];
+/// `POST` [`SuspendRequest`] -> [`SuspendDone`] once the VM's state is saved
+/// in the instance directory (QEMU is gone and the agent exits); an error
+/// answer (409) when it was not saved, the VM then running on or being
+/// stopped as the request's `fallback` says.
+pub const SUSPEND: Route = Route {
+    method: "POST",
+    path: "/v1/suspend",
+};
+
+pub const ROUTES: [Route; 4] = [INFO, STOP, EXEC, SUSPEND];
 
 /// What the agent knows about its instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +78,31 @@ pub struct StopRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StopAccepted {
     pub deadline_secs: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct SuspendRequest {
+    /// How long the save may take; [`DEFAULT_SUSPEND_TIMEOUT`] when absent.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// What a failed save does with the VM (default: it runs on).
+    #[serde(default)]
+    pub fallback: SuspendFallback,
+}
+
+/// How long a save may take unless the request says otherwise: far more
+/// than a VM with its RAM in a file needs (milliseconds), little enough to
+/// fall back to a stop in time at a host shutdown.
+pub const DEFAULT_SUSPEND_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SuspendDone {
+    /// Bytes of device state written.
+    pub state_bytes: u64,
+    /// Size of the RAM file kept with it.
+    pub ram_bytes: u64,
+    /// From the guest's pause to a durable state.
+    pub secs: f64,
 }
 
 /// The body of every non-2xx answer.
@@ -119,6 +154,18 @@ impl ApiClient {
         timeout: Duration,
     ) -> Result<StopAccepted, ApiError> {
         self.call(STOP, Some(request), timeout).await
+    }
+
+    /// Ask for a suspend and wait for its outcome (`timeout` must cover the
+    /// save). A connection that ends without an answer after a successful
+    /// save is possible (the agent exits at once): callers confirm with the
+    /// instance directory (`driver::qemu::snapshot::exists`).
+    pub async fn suspend(
+        &self,
+        request: &SuspendRequest,
+        timeout: Duration,
+    ) -> Result<SuspendDone, ApiError> {
+        self.call(SUSPEND, Some(request), timeout).await
     }
 
     pub async fn exec(

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 
 use super::server::Command;
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug)]
 pub enum Incoming {
     /// SIGTERM, SIGINT or SIGHUP (by name).
     Signal(&'static str),

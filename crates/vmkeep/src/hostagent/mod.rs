@@ -6,18 +6,20 @@
 
 pub mod api;
 pub mod binary;
+pub mod clock;
 mod data_disk;
 pub mod inbox;
 pub mod report;
 pub mod serial_log;
 pub mod server;
 pub mod stopper;
+mod suspend;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -29,6 +31,7 @@ use crate::driver::Vm;
 use crate::driver::qemu::accel::{self, HostFacts};
 use crate::driver::qemu::args::LaunchSpec;
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
+use crate::driver::qemu::snapshot;
 use crate::driver::qemu::{self, QemuError, QemuVm};
 use crate::guest_link::{self, GuestLink};
 use crate::hostagent::api::GuestInfo;
@@ -82,6 +85,9 @@ pub enum AgentOutcome {
     StartFailed { error: String },
     /// `StopOnly` found no QEMU.
     NothingToStop,
+    /// The VM's state was saved (see `driver::qemu::snapshot`) and QEMU is
+    /// gone; the next start resumes it.
+    Suspended { state_bytes: u64 },
 }
 
 impl AgentOutcome {
@@ -90,7 +96,9 @@ impl AgentOutcome {
     /// after a crash or a failed start.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AgentOutcome::AlreadyRunning { .. } | AgentOutcome::NothingToStop => 0,
+            AgentOutcome::AlreadyRunning { .. }
+            | AgentOutcome::NothingToStop
+            | AgentOutcome::Suspended { .. } => 0,
             AgentOutcome::Stopped {
                 reason: StoppedReason::Requested | StoppedReason::GuestPoweroff,
                 ..
@@ -183,6 +191,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         Err(e) => return fail(reporter, format!("cannot install signal handlers: {e}")),
     };
     let (guest_tx, guest_rx) = watch::channel(None);
+    let (server_stop, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         info: Mutex::new(AgentInfo {
             name: options.name.to_string(),
@@ -211,10 +220,15 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         foreground: options.foreground,
         repair_data: options.repair_data,
         tasks: Vec::new(),
+        server: None,
+        server_stop,
+        clock_nudge: Arc::new(Notify::new()),
+        resumed: false,
+        launched_at: None,
         guest_shutdown: false,
     };
     let outcome = agent.run(options.mode).await;
-    agent.finish();
+    agent.finish().await;
     if let Err(e) = lock.remove() {
         tracing::warn!("removing the agent lock: {e}");
     }
@@ -233,6 +247,15 @@ struct Agent<'r, 'n> {
     foreground: bool,
     repair_data: bool,
     tasks: Vec<JoinHandle<()>>,
+    /// The API server, and how to tell it to drain and end.
+    server: Option<JoinHandle<()>>,
+    server_stop: watch::Sender<bool>,
+    /// Wakes the guest-clock keeper for an early check.
+    clock_nudge: Arc<Notify>,
+    /// This run resumed a saved state rather than booting.
+    resumed: bool,
+    /// When this agent launched its QEMU (what `boot_secs` counts from).
+    launched_at: Option<Instant>,
     /// QEMU reported a shutdown the guest asked for.
     guest_shutdown: bool,
 }
@@ -286,9 +309,13 @@ impl Agent<'_, '_> {
             Err(error) => return self.fail(error),
         };
         match os::socket::bind_private(&self.dir.api_socket()) {
-            Ok(listener) => self
-                .tasks
-                .push(tokio::spawn(server::serve(listener, self.shared.clone()))),
+            Ok(listener) => {
+                self.server = Some(tokio::spawn(server::serve(
+                    listener,
+                    self.shared.clone(),
+                    self.server_stop.subscribe(),
+                )))
+            }
             Err(e) => {
                 return self.fail(format!(
                     "cannot serve the API on {}: {e}",
@@ -300,8 +327,16 @@ impl Agent<'_, '_> {
             (Some((vm, events)), _) => (vm, events, None),
             (None, Mode::StopOnly { .. }) => return AgentOutcome::NothingToStop,
             (None, Mode::Run) => match self.launch().await {
-                Ok((vm, events)) => (vm, events, Some(Instant::now())),
-                Err(error) => return self.fail(error),
+                Ok((vm, events)) => (vm, events, self.launched_at.or(Some(Instant::now()))),
+                Err(LaunchFailed { error, qemu_exit }) => {
+                    self.record(Event::StartFailed {
+                        error: error.clone(),
+                    });
+                    if let Some(exit) = qemu_exit {
+                        self.record_stopped(StoppedReason::StartFailed, None, None, exit);
+                    }
+                    return fail(self.reporter, error);
+                }
             },
         };
         // A guest flooding its console must not fill the host's disk.
@@ -343,9 +378,11 @@ impl Agent<'_, '_> {
                     "adopting QEMU pid {} left running by a previous host agent",
                     vm.pid()
                 ));
-                self.record(Event::Adopted { qemu_pid: vm.pid() });
-                self.set_info(|info| info.qemu_pid = Some(vm.pid()));
-                return Ok(Some((vm, events)));
+                if self.settle_adopted(&vm).await? {
+                    self.record(Event::Adopted { qemu_pid: vm.pid() });
+                    self.set_info(|info| info.qemu_pid = Some(vm.pid()));
+                    return Ok(Some((vm, events)));
+                }
             }
             Some(Err(hung)) => {
                 let pid = hung.process.pid();
@@ -366,9 +403,15 @@ impl Agent<'_, '_> {
             }
             None => {}
         }
-        let stale = self
+        let mut stale = self
             .remove_runtime_files()
             .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?;
+        // No QEMU runs: a device state no record claims, and the RAM file
+        // of a VM that is gone, are leftovers (a saved state keeps both).
+        stale.extend(
+            snapshot::remove_unclaimed(&self.dir, false)
+                .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?,
+        );
         if !stale.is_empty() {
             let detail = stale.join(", ");
             self.reporter
@@ -386,7 +429,18 @@ impl Agent<'_, '_> {
         crate::instance::runtime::remove_leftovers(&self.dir)
     }
 
-    async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), String> {
+    async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        // Never boot a disk whose saved state exists: its RAM would no
+        // longer match the disk. An unreadable record fails the start too.
+        let saved = snapshot::load(&self.dir).map_err(|e| error_chain(&e))?;
+        if saved.is_some() && self.repair_data {
+            let name = self.dir.name();
+            return Err(LaunchFailed::from(format!(
+                "{name} is suspended: its data disk is in use by the saved guest, so it can be \
+                 checked only at a fresh boot; resume it with `vmkeep start {name}`, or discard \
+                 the saved state first"
+            )));
+        }
         if self.config.is_cloud() {
             // Cloud image: seed, ssh port and boot method come from image::cloud.
             let env_accel = accel::env_override()?;
@@ -394,7 +448,10 @@ impl Agent<'_, '_> {
                 .map_err(|e| e.to_string())?;
             let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
                 .map_err(|e| e.to_string())?;
-            return self.boot(spec, accel, why).await;
+            return match saved {
+                Some(saved) => self.resume(saved, spec, accel, why).await,
+                None => Ok(self.boot(spec, accel, why).await?),
+            };
         }
         let cache = home::cache_root().map_err(|e| e.to_string())?;
         let kernel_override = self
@@ -414,12 +471,20 @@ impl Agent<'_, '_> {
         let env_accel = accel::env_override()?;
         let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
             .map_err(|e| e.to_string())?;
-        let mut cmdline = image.base_cmdline();
-        if let Some(extra) = &self.config.kernel.cmdline {
-            cmdline.push(' ');
-            cmdline.push_str(extra);
-        }
-        cmdline.push_str(&self.data_disk_kernel_flags()?);
+        let cmdline = match &saved {
+            // The guest booted with it; a reboot inside the resumed QEMU
+            // gets it again, as in the QEMU that booted it.
+            Some(saved) => saved.kernel_cmdline.clone().unwrap_or_default(),
+            None => {
+                let mut cmdline = image.base_cmdline();
+                if let Some(extra) = &self.config.kernel.cmdline {
+                    cmdline.push(' ');
+                    cmdline.push_str(extra);
+                }
+                cmdline.push_str(&self.data_disk_kernel_flags()?);
+                cmdline
+            }
+        };
         let spec = LaunchSpec::for_instance(
             &self.dir,
             accel,
@@ -429,7 +494,10 @@ impl Agent<'_, '_> {
             image.initrd.clone(),
             cmdline,
         );
-        self.boot(spec, accel, why).await
+        match saved {
+            Some(saved) => self.resume(saved, spec, accel, why).await,
+            None => Ok(self.boot(spec, accel, why).await?),
+        }
     }
 
     async fn boot(
@@ -439,7 +507,36 @@ impl Agent<'_, '_> {
         why: String,
     ) -> Result<(QemuVm, QmpEvents), String> {
         self.reporter.progress(format!("booting QEMU with {why}"));
+        // Fresh RAM, its blocks reserved now: a guest must not meet a full
+        // disk as a SIGBUS in the middle of running.
+        let ram_bytes = spec.memory_mib << 20;
+        os::fs::create_reserved(&spec.ram_file, ram_bytes, 0o600).map_err(|e| {
+            format!(
+                "cannot reserve {} MiB for the guest's RAM in {}: {e}; free some space there, \
+                 or lower `memory` in {}",
+                spec.memory_mib,
+                spec.ram_file.display(),
+                self.dir.config().display()
+            )
+        })?;
+        let (vm, events) = self.start_qemu(&spec).await?;
+        self.record(Event::Booting {
+            qemu_pid: vm.pid(),
+            accel: accel.as_str().into(),
+        });
+        self.set_info(|info| {
+            info.qemu_pid = Some(vm.pid());
+            info.accel = Some(accel.as_str().into());
+        });
+        Ok((vm, events))
+    }
+
+    /// Launch QEMU for `spec` (in a scope of its own where systemd can give
+    /// one).
+    async fn start_qemu(&mut self, spec: &LaunchSpec) -> Result<(QemuVm, QmpEvents), String> {
+        let spec = spec.clone();
         let binary = self.config.arch.qemu_binary();
+        self.launched_at = Some(Instant::now());
         let log_path = self.dir.qemu_log();
         let scope = self.qemu_scope();
         let launched = match &scope {
@@ -470,14 +567,6 @@ impl Agent<'_, '_> {
                     .unwrap_or_default()
             );
         }
-        self.record(Event::Booting {
-            qemu_pid: vm.pid(),
-            accel: accel.as_str().into(),
-        });
-        self.set_info(|info| {
-            info.qemu_pid = Some(vm.pid());
-            info.accel = Some(accel.as_str().into());
-        });
         Ok((vm, events))
     }
 
@@ -516,6 +605,9 @@ impl Agent<'_, '_> {
                     link.abandon_after_guest_reset();
                 }
             }
+            // The guest's CPUs ran again after a pause: its clock lost the
+            // paused time.
+            QmpEvent::Resume => self.clock_nudge.notify_one(),
             _ => {}
         }
     }
@@ -567,7 +659,9 @@ impl Agent<'_, '_> {
                     None => events_open = false,
                 },
                 incoming = self.inbox.next() => {
-                    let (cause, deadline, force) = self.stop_parameters(incoming);
+                    let Some((cause, deadline, force)) = self.stop_parameters(incoming) else {
+                        continue;
+                    };
                     let outcome = self.stop(&vm, cause, deadline, force).await;
                     self.reporter.send(Report::Failed { error: "stopped while starting".into() });
                     return outcome;
@@ -575,9 +669,18 @@ impl Agent<'_, '_> {
             }
         };
 
+        // Ready means a right clock too: the resumed guest's is behind by
+        // the whole suspended time. (Journaled once the start is reported.)
+        let clock_step = match self.resumed {
+            true => self.correct_clock_now(&link).await,
+            false => None,
+        };
         let boot_secs = began.elapsed().as_secs_f64();
         let _ = self.guest_tx.send(Some(link.clone()));
-        if let Err(outcome) = self.accept_data_disk(&vm, &guest).await {
+        // A resumed guest's data disk was accepted when it booted.
+        if !self.resumed
+            && let Err(outcome) = self.accept_data_disk(&vm, &guest).await
+        {
             return outcome;
         }
         let shared = Arc::clone(&self.shared);
@@ -602,6 +705,11 @@ impl Agent<'_, '_> {
             self.guest_tx.clone(),
             on_reboot,
         )));
+        self.tasks.push(tokio::spawn(clock::keep(
+            self.guest_rx.clone(),
+            Arc::clone(&self.clock_nudge),
+            self.dir.journal(),
+        )));
         self.record(Event::Running {
             qemu_pid: vm.pid(),
             guest_boot_id: guest.boot_id.clone(),
@@ -621,6 +729,9 @@ impl Agent<'_, '_> {
         self.reporter.send(Report::Ready {
             info: Box::new(info),
         });
+        if let Some(before) = clock_step {
+            clock::journal_step(&self.dir.journal(), &before);
+        }
 
         loop {
             tokio::select! {
@@ -634,21 +745,39 @@ impl Agent<'_, '_> {
                     None => events_open = false,
                 },
                 incoming = self.inbox.next() => {
-                    let (cause, deadline, force) = self.stop_parameters(incoming);
-                    return self.stop(&vm, cause, deadline, force).await;
+                    let incoming = match incoming {
+                        Incoming::Command(Command::Suspend { deadline, fallback, answer }) => {
+                            match self.suspend(&vm, deadline, fallback, answer).await {
+                                Some(outcome) => return outcome,
+                                None => continue,
+                            }
+                        }
+                        other => other,
+                    };
+                    if let Some((cause, deadline, force)) = self.stop_parameters(incoming) {
+                        return self.stop(&vm, cause, deadline, force).await;
+                    }
                 }
             }
         }
     }
 
-    fn stop_parameters(&self, incoming: Incoming) -> (StopCause, Duration, bool) {
+    /// How to stop for a signal or a stop request; `None` for a request
+    /// that stops nothing (a suspend while starting: refused).
+    fn stop_parameters(&self, incoming: Incoming) -> Option<(StopCause, Duration, bool)> {
         match incoming {
             Incoming::Signal(name) => {
                 tracing::info!("{name}: stopping the VM");
-                (StopCause::Signal, self.config.stop_timeout.0, false)
+                Some((StopCause::Signal, self.config.stop_timeout.0, false))
             }
             Incoming::Command(Command::Stop { deadline, force }) => {
-                (StopCause::Request, deadline, force)
+                Some((StopCause::Request, deadline, force))
+            }
+            Incoming::Command(Command::Suspend { answer, .. }) => {
+                let _ = answer.send(Err(
+                    "the VM is still starting; suspend it once it runs".into()
+                ));
+                None
             }
         }
     }
@@ -682,7 +811,9 @@ impl Agent<'_, '_> {
         .await;
         let reason = match cause {
             StopCause::BootTimeout | StopCause::DataDisk => StoppedReason::StartFailed,
-            StopCause::Request | StopCause::Signal => StoppedReason::Requested,
+            StopCause::Request | StopCause::Signal | StopCause::SuspendFailed => {
+                StoppedReason::Requested
+            }
         };
         self.record_stopped(reason, stopped.by, Some(stopped.elapsed), stopped.exit);
         AgentOutcome::Stopped {
@@ -707,13 +838,23 @@ impl Agent<'_, '_> {
         });
     }
 
-    /// Stop serving and remove runtime files (the lock goes last, by the caller).
-    fn finish(&mut self) {
+    /// Stop serving (letting answers in flight out) and remove runtime
+    /// files, and the RAM file of a VM that is gone unless a saved state
+    /// keeps it (the lock goes last, by the caller).
+    async fn finish(&mut self) {
+        self.server_stop.send_replace(true);
         for task in self.tasks.drain(..) {
             task.abort();
         }
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(server::DRAIN * 2, server).await;
+        }
         if let Err(e) = self.remove_runtime_files() {
             tracing::warn!("cleaning runtime files: {e}");
+        }
+        let qemu_alive = lock::holder(&self.dir.qemu_pid()).ok().flatten().is_some();
+        if let Err(e) = snapshot::remove_unclaimed(&self.dir, qemu_alive) {
+            tracing::warn!("removing the guest's RAM file: {e}");
         }
     }
 }
@@ -758,6 +899,33 @@ async fn keep_guest_link(
             }
         }
     }
+}
+
+/// Why no VM came up, and how its QEMU ended if one was launched.
+struct LaunchFailed {
+    error: String,
+    qemu_exit: Option<ExitOutcome>,
+}
+
+impl From<String> for LaunchFailed {
+    fn from(error: String) -> LaunchFailed {
+        LaunchFailed {
+            error,
+            qemu_exit: None,
+        }
+    }
+}
+
+/// An error and its sources, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn now_rfc3339() -> String {

@@ -9,15 +9,30 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::UnixListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 
-use super::api::{self, AgentInfo, ApiErrorBody, ExecRequest, StopAccepted, StopRequest};
+use super::api::{
+    self, AgentInfo, ApiErrorBody, ExecRequest, StopAccepted, StopRequest, SuspendDone,
+    SuspendFallback, SuspendRequest,
+};
 use crate::guest_link::GuestLink;
+use crate::instance::status::Phase;
 
 /// What the API asks the agent's main loop to do.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug)]
 pub enum Command {
-    Stop { deadline: Duration, force: bool },
+    Stop {
+        deadline: Duration,
+        force: bool,
+    },
+    /// Save the VM's state and end; the outcome goes to `answer` (an error
+    /// is the message for the API's caller).
+    Suspend {
+        deadline: Duration,
+        fallback: SuspendFallback,
+        answer: oneshot::Sender<Result<SuspendDone, String>>,
+    },
 }
 
 /// State the server reads and the agent writes.
@@ -59,21 +74,40 @@ async fn connected_guest(shared: &Shared) -> Option<GuestLink> {
     }
 }
 
-/// Serve until the listener fails (the agent drops the task when it exits).
-pub async fn serve(listener: UnixListener, shared: Arc<Shared>) {
+/// How long, at the agent's exit, connections may take to finish what they
+/// answer (the reply to the suspend that ends the agent, say).
+pub const DRAIN: Duration = Duration::from_secs(1);
+
+/// Serve until `shutdown` turns true, then stop accepting and give the open
+/// connections up to [`DRAIN`] to finish.
+pub async fn serve(
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut connections = JoinSet::new();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |request| handle(shared.clone(), request));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let shared = shared.clone();
+                connections.spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request| handle(shared.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
     }
+    drop(listener);
+    let _ = tokio::time::timeout(DRAIN, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
 }
 
 async fn handle(
@@ -150,6 +184,60 @@ async fn handle(
                     deadline_secs: deadline.as_secs_f64(),
                 },
             )
+        }
+        api::SUSPEND => {
+            let suspend: SuspendRequest = match parse_or_default(&body) {
+                Ok(suspend) => suspend,
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+            };
+            let deadline = match suspend.timeout_secs {
+                Some(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
+                Some(secs) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        format!("timeout_secs must be positive, got {secs}"),
+                    ));
+                }
+                None => api::DEFAULT_SUSPEND_TIMEOUT,
+            };
+            let phase = shared
+                .info
+                .lock()
+                .map(|info| info.phase)
+                .unwrap_or(Phase::Stopping);
+            if phase != Phase::Running {
+                return Ok(error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "the instance is {}; only a running VM can be suspended",
+                        match phase {
+                            Phase::Starting => "starting",
+                            Phase::Running => "running",
+                            Phase::Stopping => "stopping",
+                        }
+                    ),
+                ));
+            }
+            let (answer, answered) = oneshot::channel();
+            let command = Command::Suspend {
+                deadline,
+                fallback: suspend.fallback,
+                answer,
+            };
+            if shared.commands.send(command).is_err() {
+                return Ok(error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the host agent is exiting".into(),
+                ));
+            }
+            match answered.await {
+                Ok(Ok(done)) => json(StatusCode::OK, &done),
+                Ok(Err(message)) => error(StatusCode::CONFLICT, message),
+                Err(_) => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the host agent ended before the suspend was decided".into(),
+                ),
+            }
         }
         api::EXEC => {
             let exec: ExecRequest = match serde_json::from_slice(&body) {

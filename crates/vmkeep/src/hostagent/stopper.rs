@@ -96,6 +96,9 @@ pub async fn stop<V: Vm>(
                 }
                 Incoming::Command(Command::Stop { force: true, .. }) => progress.force(),
                 Incoming::Command(Command::Stop { force: false, .. }) => {}
+                Incoming::Command(Command::Suspend { answer, .. }) => {
+                    let _ = answer.send(Err("the VM is being stopped; it cannot be suspended now".into()));
+                }
             },
         }
     }

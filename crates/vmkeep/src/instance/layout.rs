@@ -17,6 +17,13 @@
 //!   qemu.pid    runtime     QEMU's own pid file (QEMU holds a lock on it)
 //!   qmp.sock    runtime     QMP
 //!   ga.sock     runtime     guest agent channel
+//!   mig.sock    runtime     QEMU's migration stream while saving or resuming
+//!   guest-ram               the guest's RAM (QEMU's memory backend file): made
+//!                           afresh at each boot, removed at stop, kept with a
+//!                           saved state
+//!   saved-state.json        a suspended VM's state record (its presence is
+//!                           what makes a saved state; see driver::qemu::snapshot)
+//!   saved-state.bin         a suspended VM's device state (QEMU's migration stream)
 //!   image.json              cloud images: the base image and boot files used
 //!   cidata.img              cloud images: the cloud-init seed (rewritten at start)
 //!   ssh.config              cloud images: the ssh config `shell` uses
@@ -50,7 +57,11 @@ const IMAGE_RECORD: &str = "image.json";
 const SEED: &str = "cidata.img";
 const SSH_CONFIG: &str = "ssh.config";
 const SSH_PORT: &str = "ssh.port";
-const SOCKETS: [&str; 3] = [API_SOCKET, QMP_SOCKET, GUEST_SOCKET];
+const MIGRATION_SOCKET: &str = "mig.sock";
+const GUEST_RAM: &str = "guest-ram";
+const SAVED_STATE_RECORD: &str = "saved-state.json";
+const SAVED_DEVICE_STATE: &str = "saved-state.bin";
+const SOCKETS: [&str; 4] = [API_SOCKET, QMP_SOCKET, GUEST_SOCKET, MIGRATION_SOCKET];
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -140,6 +151,23 @@ impl InstanceDir {
     }
     pub fn guest_socket(&self) -> PathBuf {
         self.dir.join(GUEST_SOCKET)
+    }
+    /// The socket QEMU streams its state through while saving or resuming.
+    pub fn migration_socket(&self) -> PathBuf {
+        self.dir.join(MIGRATION_SOCKET)
+    }
+    /// The file that holds the guest's RAM (QEMU's memory backend).
+    pub fn guest_ram(&self) -> PathBuf {
+        self.dir.join(GUEST_RAM)
+    }
+    /// The record of a saved (suspended) state; written last, so a state
+    /// exists exactly when this file does.
+    pub fn saved_state_record(&self) -> PathBuf {
+        self.dir.join(SAVED_STATE_RECORD)
+    }
+    /// The device state of a saved (suspended) VM.
+    pub fn saved_device_state(&self) -> PathBuf {
+        self.dir.join(SAVED_DEVICE_STATE)
     }
     pub fn image_record(&self) -> PathBuf {
         self.dir.join(IMAGE_RECORD)

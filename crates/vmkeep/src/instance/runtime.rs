@@ -124,6 +124,9 @@ mod tests {
             "image.json",
             "cidata.img",
             "pidfile-notes.txt",
+            "guest-ram",
+            "saved-state.json",
+            "saved-state.bin",
         ] {
             assert_eq!(kind(kept), FileKind::State, "{kept}");
         }

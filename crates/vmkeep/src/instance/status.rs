@@ -403,7 +403,11 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         return Phase::Starting;
     };
     match &record.event {
-        Event::Running { .. } | Event::GuestRebooted { .. } => Phase::Running,
+        Event::Running { .. }
+        | Event::GuestRebooted { .. }
+        | Event::GuestClockSet { .. }
+        // A failed suspend leaves the VM running (or a stop follows).
+        | Event::SuspendFailed { .. } => Phase::Running,
         // A refused data disk is journaled after the VM stopped.
         Event::DataDisk { disk } if DataDiskProblem::in_report(disk.as_ref(), None).is_some() => {
             Phase::Stopping
@@ -411,8 +415,13 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         Event::Stopping { .. }
         | Event::StopStep { .. }
         | Event::Stopped { .. }
-        | Event::StartFailed { .. } => Phase::Stopping,
+        | Event::StartFailed { .. }
+        | Event::Suspending { .. }
+        | Event::Suspended { .. } => Phase::Stopping,
         Event::Starting { .. }
+        | Event::Resuming { .. }
+        | Event::Resumed { .. }
+        | Event::StateDiscarded { .. }
         | Event::Repaired { .. }
         | Event::Adopted { .. }
         | Event::UncleanEnd { .. }

@@ -95,27 +95,6 @@ pub fn create_private_dir_all(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Bytes free for an unprivileged writer on the filesystem holding `path`.
-pub fn free_space(path: &Path) -> io::Result<u64> {
-    let stat = rustix::fs::statvfs(path)?;
-    Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
-}
-
-/// The mount point of the filesystem holding `path` (the longest mount
-/// point in /proc/self/mounts that contains it), for messages.
-pub fn mount_point_of(path: &Path) -> PathBuf {
-    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    mounts
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(1))
-        // /proc/self/mounts escapes blanks as octal.
-        .map(|point| PathBuf::from(point.replace("\\040", " ")))
-        .filter(|point| path.starts_with(point))
-        .max_by_key(|point| point.as_os_str().len())
-        .unwrap_or_else(|| PathBuf::from("/"))
-}
-
 /// Overwrite a small file's bytes in place, without a new block or inode
 /// (for a host filesystem too full for [`write_atomic`]'s temporary):
 /// same length or shorter, then truncated and synced.
@@ -166,6 +145,15 @@ pub fn remove_dir_all_if_exists(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Create a new file (it must not exist) with mode 0600, for writing.
+pub fn create_private(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
 }
 
 /// Open `path` for appending, creating it with mode 0600.
@@ -223,6 +211,102 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Who a file is: enough to notice that it was replaced or written since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+}
+
+/// The identity of the file at `path`, or `None` when there is none.
+pub fn file_id(path: &Path) -> io::Result<Option<FileId>> {
+    use std::os::unix::fs::MetadataExt;
+    match fs::metadata(path) {
+        Ok(m) => Ok(Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Make what was written to the file at `path` durable (by whoever wrote
+/// it, through any descriptor or a shared mapping).
+pub fn sync_file(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Create `path` afresh (replacing what was there) as a file of `size`
+/// bytes whose blocks are reserved now (fallocate), mode `mode`. A file
+/// system that cannot reserve (no fallocate) gets a sparse file; the blocks
+/// it still lacks are [`unallocated_bytes`].
+pub fn create_reserved(path: &Path, size: u64, mode: u32) -> io::Result<()> {
+    remove_file_if_exists(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.set_len(size)?;
+    match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => {
+            drop(file);
+            let _ = fs::remove_file(path);
+            Err(e.into())
+        }
+    }
+}
+
+/// How many bytes of the file at `path` have no disk blocks yet (a sparse
+/// file's holes): what writing all of it would still take.
+pub fn unallocated_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(path)?;
+    Ok(m.len().saturating_sub(m.blocks() * 512))
+}
+
+/// Free space on a file system, as an unprivileged writer may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeSpace {
+    /// Where the file system holding the path is mounted.
+    pub mount_point: PathBuf,
+    pub available_bytes: u64,
+}
+
+/// The free space of the file system holding `path` (statvfs).
+pub fn free_space(path: &Path) -> io::Result<FreeSpace> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok(FreeSpace {
+        mount_point: mount_point_of(path)?,
+        available_bytes: stat.f_bavail.saturating_mul(stat.f_frsize),
+    })
+}
+
+/// The mount point of the file system holding `path`: the highest
+/// ancestor on the same device.
+pub fn mount_point_of(path: &Path) -> io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let path = fs::canonicalize(path)?;
+    let dev = fs::metadata(&path)?.dev();
+    let mut mount = path.as_path();
+    while let Some(parent) = mount.parent() {
+        if fs::metadata(parent)?.dev() != dev {
+            break;
+        }
+        mount = parent;
+    }
+    Ok(mount.to_path_buf())
+}
+
 fn parent_of(path: &Path) -> io::Result<&Path> {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => Ok(p),
@@ -249,6 +333,46 @@ mod tests {
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
+        );
+    }
+
+    #[test]
+    fn reserved_files_have_their_size_and_blocks_and_replace_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ram");
+        fs::write(&path, b"old content").unwrap();
+        let before = file_id(&path).unwrap().unwrap();
+        create_reserved(&path, 4 << 20, 0o600).unwrap();
+        let after = file_id(&path).unwrap().unwrap();
+        assert_eq!(after.size, 4 << 20);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(
+            before.ino != after.ino || before.mtime_ns != after.mtime_ns,
+            "a new file"
+        );
+        // tmpfs and ext4 both reserve; either way the answer is consistent.
+        assert!(unallocated_bytes(&path).unwrap() <= 4 << 20);
+        assert_eq!(&fs::read(&path).unwrap()[..11], &[0u8; 11]);
+        assert_eq!(file_id(&dir.path().join("none")).unwrap(), None);
+    }
+
+    #[test]
+    fn free_space_names_the_mount_point_of_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let space = free_space(dir.path()).unwrap();
+        assert!(space.available_bytes > 0);
+        assert!(
+            dir.path()
+                .canonicalize()
+                .unwrap()
+                .starts_with(&space.mount_point)
+        );
+        assert_eq!(
+            free_space(Path::new("/")).unwrap().mount_point,
+            Path::new("/")
         );
     }
 

@@ -20,6 +20,8 @@ pub const VMKEEP: &str = env!("CARGO_BIN_EXE_vmkeep");
 
 pub struct TestEnv {
     home: tempfile::TempDir,
+    /// A tmpfs is mounted on the home (unmounted when dropped).
+    tmpfs: bool,
 }
 
 impl TestEnv {
@@ -28,7 +30,23 @@ impl TestEnv {
             .prefix("vk")
             .tempdir_in("/tmp")
             .expect("temp home");
-        TestEnv { home }
+        TestEnv { home, tmpfs: false }
+    }
+
+    /// A home on a tmpfs of `size_mib` MiB of its own, to run out of space
+    /// in (needs root: the tests run as root). Unmounted when dropped, once
+    /// every process of the home is gone.
+    pub fn on_small_tmpfs(size_mib: u64) -> TestEnv {
+        let mut env = TestEnv::new();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mib}m,mode=0700")])
+            .arg("tmpfs")
+            .arg(env.home())
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mounting a tmpfs needs root");
+        env.tmpfs = true;
+        env
     }
 
     pub fn home(&self) -> &Path {
@@ -157,6 +175,17 @@ impl Drop for TestEnv {
             eprintln!("test cleanup: killing leftover pid {pid}: {what}");
             // SAFETY: plain kill(2) of a process this test started (it names our temp home).
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        if self.tmpfs {
+            let left = self.wait_no_processes(Duration::from_secs(10));
+            let status = Command::new("umount").arg(self.home()).status();
+            if !matches!(status, Ok(s) if s.success()) {
+                eprintln!(
+                    "test cleanup: cannot unmount {} ({left:?} left); detaching it",
+                    self.home().display()
+                );
+                let _ = Command::new("umount").arg("-l").arg(self.home()).status();
+            }
         }
     }
 }

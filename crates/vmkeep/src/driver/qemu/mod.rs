@@ -4,6 +4,7 @@
 pub mod accel;
 pub mod args;
 pub mod qmp;
+pub mod snapshot;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};

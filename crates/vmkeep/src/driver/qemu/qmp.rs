@@ -89,7 +89,7 @@ pub enum QmpError {
 }
 
 /// QEMU's version, from the greeting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 pub struct QemuVersion {
     pub major: u32,
     pub minor: u32,
@@ -350,6 +350,64 @@ pub struct StatusInfo {
     pub running: bool,
     /// Why (not): `running`, `paused`, `io-error`, `prelaunch`, ...
     pub status: RunState,
+}
+
+impl std::fmt::Display for QemuVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+    }
+}
+
+/// The state of a migration (`query-migrate`), per the QAPI
+/// `MigrationStatus` enum; only the states vmkeep acts on are named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationStatus {
+    /// No migration was started.
+    None,
+    Setup,
+    Active,
+    /// Saving the device state (the last phase).
+    Device,
+    Completed,
+    Failed,
+    Cancelling,
+    Cancelled,
+    /// Any other state (postcopy, colo, ...).
+    Other(String),
+}
+
+impl MigrationStatus {
+    fn from_qapi(name: &str) -> MigrationStatus {
+        match name {
+            "none" => MigrationStatus::None,
+            "setup" => MigrationStatus::Setup,
+            "active" => MigrationStatus::Active,
+            "device" => MigrationStatus::Device,
+            "completed" => MigrationStatus::Completed,
+            "failed" => MigrationStatus::Failed,
+            "cancelling" => MigrationStatus::Cancelling,
+            "cancelled" => MigrationStatus::Cancelled,
+            other => MigrationStatus::Other(other.to_owned()),
+        }
+    }
+
+    /// Whether the migration is over, one way or the other.
+    pub fn is_over(&self) -> bool {
+        matches!(
+            self,
+            MigrationStatus::Completed | MigrationStatus::Failed | MigrationStatus::Cancelled
+        )
+    }
+}
+
+/// What `query-migrate` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationInfo {
+    pub status: MigrationStatus,
+    /// RAM bytes sent so far (RAM the migration skips is not counted).
+    pub ram_transferred: Option<u64>,
+    /// QEMU's reason when it failed.
+    pub error: Option<String>,
 }
 
 /// A command's outcome as QEMU reported it.
@@ -616,6 +674,77 @@ impl Qmp {
     /// `RESUME`.
     pub async fn cont(&self, timeout: Duration) -> Result<(), QmpError> {
         self.execute("cont", None, timeout).await.map(drop)
+    }
+
+    /// Turn one migration capability on or off.
+    pub async fn set_migration_capability(
+        &self,
+        capability: &str,
+        state: bool,
+        timeout: Duration,
+    ) -> Result<(), QmpError> {
+        let arguments = serde_json::json!({
+            "capabilities": [{"capability": capability, "state": state}]
+        });
+        self.execute("migrate-set-capabilities", Some(arguments), timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Start sending the machine's state to `uri`; returns once started
+    /// (see [`Qmp::query_migrate`]).
+    pub async fn migrate(&self, uri: &str, timeout: Duration) -> Result<(), QmpError> {
+        let arguments = serde_json::json!({ "uri": uri });
+        self.execute("migrate", Some(arguments), timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Abandon the outgoing migration.
+    pub async fn migrate_cancel(&self, timeout: Duration) -> Result<(), QmpError> {
+        self.execute("migrate_cancel", None, timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Start receiving the machine's state from `uri` (QEMU was started
+    /// with `-incoming defer`); returns once QEMU listens.
+    pub async fn migrate_incoming(&self, uri: &str, timeout: Duration) -> Result<(), QmpError> {
+        let arguments = serde_json::json!({ "uri": uri });
+        self.execute("migrate-incoming", Some(arguments), timeout)
+            .await
+            .map(drop)
+    }
+
+    /// The state of the current (or last) migration.
+    pub async fn query_migrate(&self, timeout: Duration) -> Result<MigrationInfo, QmpError> {
+        let reply = self.execute("query-migrate", None, timeout).await?;
+        Ok(MigrationInfo {
+            status: reply
+                .get("status")
+                .and_then(Value::as_str)
+                .map(MigrationStatus::from_qapi)
+                .unwrap_or(MigrationStatus::None),
+            ram_transferred: reply.pointer("/ram/transferred").and_then(Value::as_u64),
+            error: reply
+                .get("error-desc")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+        })
+    }
+
+    /// The machine type QEMU runs, resolved (`pc-q35-7.2`, not the alias
+    /// `q35`).
+    pub async fn machine_type(&self, timeout: Duration) -> Result<String, QmpError> {
+        let arguments = serde_json::json!({"path": "/machine", "property": "type"});
+        let reply = self.execute("qom-get", Some(arguments), timeout).await?;
+        match reply.as_str() {
+            Some(name) => Ok(name.strip_suffix("-machine").unwrap_or(name).to_owned()),
+            None => Err(QmpError::Protocol {
+                command: "qom-get".into(),
+                message: format!("the machine type is not a string: {reply}"),
+            }),
+        }
     }
 
     /// QEMU's current run state.
@@ -988,6 +1117,67 @@ mod tests {
                     }
                     other => panic!("expected Timeout, got {other:?}"),
                 }
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn migration_commands_send_their_arguments_and_parse_the_answers() {
+        with_fake_qemu(
+            |mut qemu| async move {
+                qemu.handshake().await;
+                let request = qemu.recv().await;
+                assert_eq!(request["execute"], "migrate-set-capabilities");
+                assert_eq!(
+                    request["arguments"],
+                    json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})
+                );
+                qemu.reply(&request, json!({})).await;
+                let request = qemu.recv().await;
+                assert_eq!(request["arguments"], json!({"uri": "unix:/s/mig.sock"}));
+                qemu.reply(&request, json!({})).await;
+                let request = qemu.recv().await;
+                assert_eq!(request["execute"], "query-migrate");
+                qemu.reply(
+                    &request,
+                    json!({"status": "active", "ram": {"transferred": 4096, "total": 1}}),
+                )
+                .await;
+                let request = qemu.recv().await;
+                qemu.reply(
+                    &request,
+                    json!({"status": "failed", "error-desc": "Unable to write to socket: Broken pipe"}),
+                )
+                .await;
+                let request = qemu.recv().await;
+                qemu.reply(&request, json!({})).await;
+                let request = qemu.recv().await;
+                assert_eq!(request["execute"], "qom-get");
+                qemu.reply(&request, json!("pc-q35-7.2-machine")).await;
+            },
+            |path| async move {
+                let (qmp, _events) = Qmp::connect(&path, T).await.unwrap();
+                qmp.set_migration_capability("x-ignore-shared", true, T)
+                    .await
+                    .unwrap();
+                qmp.migrate("unix:/s/mig.sock", T).await.unwrap();
+                let active = qmp.query_migrate(T).await.unwrap();
+                assert_eq!(active.status, MigrationStatus::Active);
+                assert_eq!(active.ram_transferred, Some(4096));
+                assert!(!active.status.is_over());
+                let failed = qmp.query_migrate(T).await.unwrap();
+                assert!(failed.status.is_over());
+                assert_eq!(
+                    failed.error.as_deref(),
+                    Some("Unable to write to socket: Broken pipe")
+                );
+                // A QEMU that never migrated answers with an empty object.
+                assert_eq!(
+                    qmp.query_migrate(T).await.unwrap().status,
+                    MigrationStatus::None
+                );
+                assert_eq!(qmp.machine_type(T).await.unwrap(), "pc-q35-7.2");
             },
         )
         .await;

@@ -1,0 +1,225 @@
+//! The host agent's part in suspend and resume (the mechanism is
+//! `driver::qemu::snapshot`): saving on request and ending, resuming instead
+//! of booting when a saved state exists, and putting right a QEMU that a
+//! dead predecessor left mid-save or mid-resume.
+
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::api::SuspendDone;
+use super::{Agent, AgentOutcome, LaunchFailed, clock, error_chain};
+use crate::driver::Vm;
+use crate::driver::qemu::accel::Accel;
+use crate::driver::qemu::args::LaunchSpec;
+use crate::driver::qemu::qmp::QmpEvents;
+use crate::driver::qemu::snapshot::{self, SaveOptions, Settled, StateAfterFailure, StateRecord};
+use crate::driver::qemu::{QemuVm, find_in_path};
+use crate::guest_link::GuestLink;
+use crate::instance::status::Phase;
+use crate::journal::{Event, Repair, StopCause, StoppedReason, SuspendFallback};
+use crate::os;
+
+/// How long loading a saved state may take (the tiny guest takes ~10 ms).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the clock correction before a resumed guest is called ready
+/// may take; past it the keeper carries on in the background.
+const CLOCK_BEFORE_READY: Duration = Duration::from_millis(500);
+
+impl Agent<'_, '_> {
+    /// Save the VM and end (`Some`), or carry on (`None`) when the save
+    /// failed and the VM runs on. The API's caller hears the outcome on
+    /// `answer` before the agent acts on it.
+    pub(super) async fn suspend(
+        &mut self,
+        vm: &QemuVm,
+        deadline: Duration,
+        fallback: SuspendFallback,
+        answer: oneshot::Sender<Result<SuspendDone, String>>,
+    ) -> Option<AgentOutcome> {
+        self.set_info(|info| info.phase = Phase::Stopping);
+        os::service_notify::stopping("saving the VM's state (suspend)");
+        self.record(Event::Suspending {
+            deadline_secs: deadline.as_secs_f64(),
+        });
+        match snapshot::save(vm, &self.dir, &SaveOptions::new(deadline)).await {
+            Ok(saved) => {
+                tracing::info!(
+                    state_bytes = saved.state_bytes,
+                    secs = saved.elapsed.as_secs_f64(),
+                    qemu_exit = %saved.qemu_exit,
+                    "suspended"
+                );
+                let _ = self.guest_tx.send(None);
+                self.record(Event::Suspended {
+                    state_bytes: saved.state_bytes,
+                    ram_bytes: saved.ram_bytes,
+                    secs: saved.elapsed.as_secs_f64(),
+                });
+                let _ = answer.send(Ok(SuspendDone {
+                    state_bytes: saved.state_bytes,
+                    ram_bytes: saved.ram_bytes,
+                    secs: saved.elapsed.as_secs_f64(),
+                }));
+                Some(AgentOutcome::Suspended {
+                    state_bytes: saved.state_bytes,
+                })
+            }
+            Err(failed) => {
+                let error = error_chain(&failed);
+                tracing::warn!("suspend failed: {error}");
+                self.record(Event::SuspendFailed {
+                    error: error.clone(),
+                    fallback,
+                });
+                match failed.after {
+                    StateAfterFailure::Gone { outcome } => {
+                        let _ = answer.send(Err(error));
+                        self.record_stopped(StoppedReason::Crashed, None, None, outcome);
+                        Some(AgentOutcome::Stopped {
+                            reason: StoppedReason::Crashed,
+                            by: None,
+                        })
+                    }
+                    StateAfterFailure::Running | StateAfterFailure::Paused { .. }
+                        if fallback == SuspendFallback::Stop =>
+                    {
+                        let _ = answer.send(Err(format!("{error}; stopping it instead")));
+                        let deadline = self.config.stop_timeout.0;
+                        Some(
+                            self.stop(vm, StopCause::SuspendFailed, deadline, false)
+                                .await,
+                        )
+                    }
+                    StateAfterFailure::Running | StateAfterFailure::Paused { .. } => {
+                        let _ = answer.send(Err(error));
+                        self.set_info(|info| info.phase = Phase::Running);
+                        self.clock_nudge.notify_one();
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// Launch QEMU to carry on from the saved state instead of booting. The
+    /// state is checked against `spec` before anything is launched; a
+    /// refusal keeps the state and says what differs and the choices.
+    pub(super) async fn resume(
+        &mut self,
+        saved: StateRecord,
+        mut spec: LaunchSpec,
+        accel: Accel,
+        why: String,
+    ) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        let binary_name = self.config.arch.qemu_binary();
+        let binary = find_in_path(binary_name).ok_or_else(|| {
+            format!(
+                "{binary_name} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get \
+                 install qemu-system-x86); the saved state is kept"
+            )
+        })?;
+        let device_state = snapshot::check_resumable(&self.dir, &saved, &spec, &binary)
+            .map_err(|e| LaunchFailed::from(error_chain(&e)))?;
+        self.reporter.progress(format!(
+            "resuming the state saved at {} with {why}",
+            saved.saved_at
+        ));
+        spec.incoming = true;
+        let launched = Instant::now();
+        let (vm, events) = self.start_qemu(&spec).await?;
+        self.record(Event::Resuming {
+            qemu_pid: vm.pid(),
+            accel: accel.as_str().into(),
+            saved_at: saved.saved_at.clone(),
+        });
+        self.set_info(|info| {
+            info.qemu_pid = Some(vm.pid());
+            info.accel = Some(accel.as_str().into());
+        });
+        let log = self.dir.qemu_log();
+        match snapshot::load_into(&vm, &self.dir, &saved, &device_state, LOAD_TIMEOUT, &log).await {
+            Ok(_) => {
+                self.resumed = true;
+                self.record(Event::Resumed {
+                    qemu_pid: vm.pid(),
+                    secs: launched.elapsed().as_secs_f64(),
+                });
+                Ok((vm, events))
+            }
+            Err(error) => {
+                let _ = vm.kill();
+                Err(LaunchFailed {
+                    error: error_chain(&error),
+                    qemu_exit: Some(vm.exited().await),
+                })
+            }
+        }
+    }
+
+    /// Put right an adopted QEMU (see `snapshot::settle_adopted`); false
+    /// when it was ended and the start goes on without it.
+    pub(super) async fn settle_adopted(&mut self, vm: &QemuVm) -> Result<bool, String> {
+        let settled = snapshot::settle_adopted(vm, &self.dir)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let detail = match &settled {
+            Settled::Running {
+                discarded_state: false,
+            } => return Ok(true),
+            Settled::Running {
+                discarded_state: true,
+            } => format!(
+                "QEMU pid {} runs its guest, so its saved state no longer matched it: discarded",
+                vm.pid()
+            ),
+            Settled::Continued { discarded_state } => format!(
+                "QEMU pid {} was left paused mid-save or mid-resume; its guest runs again{}",
+                vm.pid(),
+                if *discarded_state {
+                    " and the saved state, which no longer matches it, was discarded"
+                } else {
+                    ""
+                }
+            ),
+            Settled::Ended { run_state } => format!(
+                "QEMU pid {} was left waiting for a saved state ({run_state}); it was ended and the \
+                 state kept for this resume",
+                vm.pid()
+            ),
+        };
+        self.reporter.progress(detail.clone());
+        self.record(Event::Repaired {
+            action: match settled {
+                Settled::Ended { .. } => Repair::EndedWaitingQemu,
+                _ => Repair::ContinuedPausedQemu,
+            },
+            detail,
+        });
+        if let Settled::Running {
+            discarded_state: true,
+        }
+        | Settled::Continued {
+            discarded_state: true,
+        } = settled
+        {
+            self.record(Event::StateDiscarded {
+                reason: "the adopted QEMU runs its guest".into(),
+            });
+        }
+        Ok(!matches!(settled, Settled::Ended { .. }))
+    }
+
+    /// Step the guest's clock now, bounded; the keeper retries later if
+    /// this could not. Returns the reading of a step, for the journal.
+    pub(super) async fn correct_clock_now(&mut self, link: &GuestLink) -> Option<clock::Reading> {
+        match tokio::time::timeout(CLOCK_BEFORE_READY, clock::correct(link)).await {
+            Ok(Ok(clock::Correction::Stepped { before })) => return Some(before),
+            Ok(Ok(other)) => tracing::debug!(?other, "guest clock after the resume"),
+            Ok(Err(e)) => tracing::info!("cannot correct the guest's clock yet: {e}"),
+            Err(_) => tracing::info!("correcting the guest's clock took too long; retrying later"),
+        }
+        None
+    }
+}
