@@ -13,6 +13,7 @@ pub mod report;
 pub mod serial_log;
 pub mod server;
 pub mod stopper;
+mod supervise;
 mod suspend;
 
 use std::path::PathBuf;
@@ -24,18 +25,19 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::api::AgentInfo;
-use self::inbox::{Inbox, Incoming};
+use self::inbox::Inbox;
 use self::report::{Report, Reporter};
-use self::server::{Command, Shared};
+use self::server::Shared;
 use crate::driver::Vm;
 use crate::driver::qemu::accel::{self, HostFacts};
 use crate::driver::qemu::args::LaunchSpec;
-use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
+use crate::driver::qemu::qmp::{BlockIoError, QmpEvents};
 use crate::driver::qemu::snapshot;
 use crate::driver::qemu::{self, QemuError, QemuVm};
 use crate::guest_link::{self, GuestLink};
 use crate::hostagent::api::GuestInfo;
 use crate::image::tiny;
+use crate::instance::pause::PauseReason;
 use crate::instance::status::Phase;
 use crate::instance::{Config, InstanceDir, InstanceName};
 use crate::journal::{self, Event, Journal, Repair, StopCause, StoppedReason};
@@ -191,6 +193,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         Err(e) => return fail(reporter, format!("cannot install signal handlers: {e}")),
     };
     let (guest_tx, guest_rx) = watch::channel(None);
+    let (pause_tx, pause_rx) = watch::channel(None);
     let (server_stop, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         info: Mutex::new(AgentInfo {
@@ -206,6 +209,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         }),
         commands,
         guest: guest_rx.clone(),
+        pause: pause_rx,
         default_stop_timeout: config.stop_timeout.0,
     });
     let mut agent = Agent {
@@ -226,6 +230,8 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         resumed: false,
         launched_at: None,
         guest_shutdown: false,
+        last_io_error: None,
+        pause_tx,
     };
     let outcome = agent.run(options.mode).await;
     agent.finish().await;
@@ -258,6 +264,10 @@ struct Agent<'r, 'n> {
     launched_at: Option<Instant>,
     /// QEMU reported a shutdown the guest asked for.
     guest_shutdown: bool,
+    /// The last disk error QEMU reported (what a pause for `io-error` was).
+    last_io_error: Option<BlockIoError>,
+    /// Why QEMU paused the guest, while it is paused (the API reads it).
+    pause_tx: watch::Sender<Option<PauseReason>>,
 }
 
 impl Agent<'_, '_> {
@@ -345,7 +355,7 @@ impl Agent<'_, '_> {
             serial_log::Bound::from_env(),
         )));
         match mode {
-            Mode::Run => self.bring_up_and_supervise(vm, events, launched_at).await,
+            Mode::Run => self.supervise(vm, events, launched_at).await,
             Mode::StopOnly { deadline, force } => {
                 // Connect the guest agent if it answers, for the ladder's fallback.
                 let quick = Instant::now() + Duration::from_secs(2);
@@ -441,11 +451,11 @@ impl Agent<'_, '_> {
                  the saved state first"
             )));
         }
+        let env_accel = accel::env_override()?;
+        let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
+            .map_err(|e| e.to_string())?;
         if self.config.is_cloud() {
             // Cloud image: seed, ssh port and boot method come from image::cloud.
-            let env_accel = accel::env_override()?;
-            let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
-                .map_err(|e| e.to_string())?;
             let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
                 .map_err(|e| e.to_string())?;
             return match saved {
@@ -468,9 +478,6 @@ impl Agent<'_, '_> {
             reporter.progress(message)
         })
         .map_err(|e| e.to_string())?;
-        let env_accel = accel::env_override()?;
-        let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
-            .map_err(|e| e.to_string())?;
         let cmdline = match &saved {
             // The guest booted with it; a reboot inside the resumed QEMU
             // gets it again, as in the QEMU that booted it.
@@ -589,194 +596,6 @@ impl Agent<'_, '_> {
             }
             Err(why) => {
                 tracing::debug!("QEMU stays in the host agent's cgroup: {why}");
-                None
-            }
-        }
-    }
-
-    /// React to a QMP event (the QMP client has logged it by name already).
-    fn note_qmp_event(&mut self, event: &QmpEvent) {
-        match event {
-            QmpEvent::Shutdown { guest: true, .. } => self.guest_shutdown = true,
-            // The guest restarts in the same QEMU (a `reboot` inside it):
-            // its agent's answers to requests in flight are lost.
-            QmpEvent::Reset { .. } => {
-                if let Some(link) = self.guest_rx.borrow().as_ref() {
-                    link.abandon_after_guest_reset();
-                }
-            }
-            // The guest's CPUs ran again after a pause: its clock lost the
-            // paused time.
-            QmpEvent::Resume => self.clock_nudge.notify_one(),
-            _ => {}
-        }
-    }
-
-    /// Why QEMU exited when nobody asked it to.
-    fn unasked_exit_reason(&self, exit: ExitOutcome) -> StoppedReason {
-        if self.guest_shutdown || exit == ExitOutcome::Exited(0) {
-            StoppedReason::GuestPoweroff
-        } else {
-            StoppedReason::Crashed
-        }
-    }
-
-    async fn bring_up_and_supervise(
-        &mut self,
-        vm: QemuVm,
-        mut events: QmpEvents,
-        launched_at: Option<Instant>,
-    ) -> AgentOutcome {
-        let began = launched_at.unwrap_or_else(Instant::now);
-        let guest_socket = self.dir.guest_socket();
-        let ready = guest_link::wait_ready(&guest_socket, began + self.config.boot_timeout.0);
-        tokio::pin!(ready);
-        let mut events_open = true;
-        let (link, guest) = loop {
-            tokio::select! {
-                result = &mut ready => match result {
-                    Ok(ready) => break ready,
-                    Err(e) => {
-                        let error = format!("the guest did not become ready: {e}; see {}{}", self.dir.serial_log().display(), crate::image::cloud::readiness_hint(&self.config));
-                        self.record(Event::StartFailed { error: error.clone() });
-                        let stopped = self.stop(&vm, StopCause::BootTimeout, Duration::from_secs(1), true).await;
-                        fail(self.reporter, error);
-                        return stopped_as_failed(stopped);
-                    }
-                },
-                exit = vm.exited() => {
-                    let why = match self.unasked_exit_reason(exit) {
-                        StoppedReason::GuestPoweroff => "the guest powered off during boot".to_string(),
-                        _ => format!("QEMU exited during boot ({exit})"),
-                    };
-                    let error = format!("{why}; see {} and {}", self.dir.serial_log().display(), self.dir.qemu_log().display());
-                    self.record(Event::StartFailed { error: error.clone() });
-                    self.record_stopped(StoppedReason::StartFailed, None, None, exit);
-                    return fail(self.reporter, error);
-                }
-                event = events.next(), if events_open => match event {
-                    Some(event) => self.note_qmp_event(&event),
-                    None => events_open = false,
-                },
-                incoming = self.inbox.next() => {
-                    let Some((cause, deadline, force)) = self.stop_parameters(incoming) else {
-                        continue;
-                    };
-                    let outcome = self.stop(&vm, cause, deadline, force).await;
-                    self.reporter.send(Report::Failed { error: "stopped while starting".into() });
-                    return outcome;
-                }
-            }
-        };
-
-        // Ready means a right clock too: the resumed guest's is behind by
-        // the whole suspended time. (Journaled once the start is reported.)
-        let clock_step = match self.resumed {
-            true => self.correct_clock_now(&link).await,
-            false => None,
-        };
-        let boot_secs = began.elapsed().as_secs_f64();
-        let _ = self.guest_tx.send(Some(link.clone()));
-        // A resumed guest's data disk was accepted when it booted.
-        if !self.resumed
-            && let Err(outcome) = self.accept_data_disk(&vm, &guest).await
-        {
-            return outcome;
-        }
-        let shared = Arc::clone(&self.shared);
-        let journal_path = self.dir.journal();
-        let first_boot_id = guest.boot_id.clone();
-        let on_reboot = move |guest: GuestInfo| {
-            let recorded = Journal::open(&journal_path).and_then(|mut journal| {
-                journal.record(Event::GuestRebooted {
-                    guest_boot_id: guest.boot_id.clone(),
-                })
-            });
-            if let Err(e) = recorded {
-                tracing::warn!("cannot write the journal: {e}");
-            }
-            let mut info = shared.info.lock().unwrap_or_else(|e| e.into_inner());
-            info.guest = Some(guest);
-        };
-        self.tasks.push(tokio::spawn(keep_guest_link(
-            self.dir.guest_socket(),
-            link,
-            first_boot_id,
-            self.guest_tx.clone(),
-            on_reboot,
-        )));
-        self.tasks.push(tokio::spawn(clock::keep(
-            self.guest_rx.clone(),
-            Arc::clone(&self.clock_nudge),
-            self.dir.journal(),
-        )));
-        self.record(Event::Running {
-            qemu_pid: vm.pid(),
-            guest_boot_id: guest.boot_id.clone(),
-            boot_secs,
-        });
-        self.set_info(|info| {
-            info.phase = Phase::Running;
-            info.ready_at = Some(now_rfc3339());
-            info.guest = Some(guest);
-        });
-        let info = self
-            .shared
-            .info
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        self.reporter.send(Report::Ready {
-            info: Box::new(info),
-        });
-        if let Some(before) = clock_step {
-            clock::journal_step(&self.dir.journal(), &before);
-        }
-
-        loop {
-            tokio::select! {
-                exit = vm.exited() => {
-                    let reason = self.unasked_exit_reason(exit);
-                    self.record_stopped(reason, None, None, exit);
-                    return AgentOutcome::Stopped { reason, by: None };
-                }
-                event = events.next(), if events_open => match event {
-                    Some(event) => self.note_qmp_event(&event),
-                    None => events_open = false,
-                },
-                incoming = self.inbox.next() => {
-                    let incoming = match incoming {
-                        Incoming::Command(Command::Suspend { deadline, fallback, answer }) => {
-                            match self.suspend(&vm, deadline, fallback, answer).await {
-                                Some(outcome) => return outcome,
-                                None => continue,
-                            }
-                        }
-                        other => other,
-                    };
-                    if let Some((cause, deadline, force)) = self.stop_parameters(incoming) {
-                        return self.stop(&vm, cause, deadline, force).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// How to stop for a signal or a stop request; `None` for a request
-    /// that stops nothing (a suspend while starting: refused).
-    fn stop_parameters(&self, incoming: Incoming) -> Option<(StopCause, Duration, bool)> {
-        match incoming {
-            Incoming::Signal(name) => {
-                tracing::info!("{name}: stopping the VM");
-                Some((StopCause::Signal, self.config.stop_timeout.0, false))
-            }
-            Incoming::Command(Command::Stop { deadline, force }) => {
-                Some((StopCause::Request, deadline, force))
-            }
-            Incoming::Command(Command::Suspend { answer, .. }) => {
-                let _ = answer.send(Err(
-                    "the VM is still starting; suspend it once it runs".into()
-                ));
                 None
             }
         }
