@@ -117,6 +117,9 @@ impl Agent<'_, '_> {
         {
             return Some(outcome);
         }
+        // A reset before this boot was ready says nothing of the next one.
+        self.guest_reset
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         let shared = Arc::clone(&self.shared);
         let journal_path = self.dir.journal();
         let first_boot_id = guest.boot_id.clone();
@@ -137,6 +140,7 @@ impl Agent<'_, '_> {
             link,
             first_boot_id,
             self.guest_tx.clone(),
+            Arc::clone(&self.guest_reset),
             on_reboot,
         )));
         self.tasks.push(tokio::spawn(clock::keep(
@@ -236,6 +240,8 @@ impl Agent<'_, '_> {
             // The guest restarts in the same QEMU (a `reboot` inside it):
             // its agent's answers to requests in flight are lost.
             QmpEvent::Reset { .. } => {
+                self.guest_reset
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
                 if let Some(link) = self.guest_rx.borrow().as_ref() {
                     link.abandon_after_guest_reset();
                 }
