@@ -211,6 +211,14 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Flush the file system holding `path`, so that a tree renamed into place
+/// is complete on disk even after a crash. Best effort.
+pub fn sync_filesystem(path: &Path) {
+    if let Ok(dir) = File::open(path) {
+        let _ = rustix::fs::syncfs(&dir);
+    }
+}
+
 /// Who a file is: enough to notice that it was replaced or written since.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FileId {
