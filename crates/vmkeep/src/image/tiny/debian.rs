@@ -23,14 +23,18 @@ pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
 /// The newest complete unpacked kernel in `kernels` (temporary build
 /// directories start with a dot and are ignored).
 pub(super) fn newest_cached_kernel(kernels: &Path) -> Option<PathBuf> {
-    let names: Vec<String> = fs::read_dir(kernels)
+    newest_unpacked(kernels, "linux-image-").map(|best| kernels.join(best))
+}
+
+/// The name of the newest package unpacked in `dir` whose name starts with
+/// `prefix` (by version: see [`natural_cmp`]).
+fn newest_unpacked(dir: &Path, prefix: &str) -> Option<String> {
+    fs::read_dir(dir)
         .ok()?
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("linux-image-"))
-        .collect();
-    let best = names.into_iter().max_by(|a, b| natural_cmp(a, b))?;
-    Some(kernels.join(best))
+        .filter(|name| name.starts_with(prefix))
+        .max_by(|a, b| natural_cmp(a, b))
 }
 
 /// Compare names with digit runs compared as numbers ("6.1.10" > "6.1.9").
@@ -74,11 +78,24 @@ pub(super) fn find_vmlinuz(dir: &Path) -> Option<(PathBuf, String)> {
         })
 }
 
-/// Map apt's "program not found" to the error that explains the override.
-fn kernel_tool_err(step: &'static str) -> impl FnOnce(ToolError) -> TinyImageError {
-    move |source| match source {
-        ToolError::Missing { program, .. } => TinyImageError::AptUnavailable { program },
-        source => TinyImageError::KernelFetch { step, source },
+/// Which package a fetch is for: it decides what a failed step reports.
+#[derive(Debug, Clone, Copy)]
+enum Fetch {
+    Kernel,
+    E2fsck,
+}
+
+impl Fetch {
+    /// This fetch's error for a failed `step`; apt's "program not found"
+    /// becomes the error that explains the way without apt.
+    fn step_err(self, step: &'static str) -> impl FnOnce(ToolError) -> TinyImageError {
+        move |source| match source {
+            ToolError::Missing { program, .. } => TinyImageError::AptUnavailable { program },
+            source => match self {
+                Fetch::Kernel => TinyImageError::KernelFetch { step, source },
+                Fetch::E2fsck => TinyImageError::E2fsckFetch { step, source },
+            },
+        }
     }
 }
 
@@ -105,7 +122,7 @@ pub(super) fn fetch_debian_kernel(
     let depends = Tool::new("apt-cache", "install apt")
         .args(["depends", KERNEL_META_PACKAGE])
         .output_text()
-        .map_err(kernel_tool_err("apt-cache depends"))?;
+        .map_err(Fetch::Kernel.step_err("apt-cache depends"))?;
     let package = parse_kernel_dependency(&depends).ok_or_else(|| {
         TinyImageError::KernelPackageUnresolved {
             meta: KERNEL_META_PACKAGE.to_string(),
@@ -114,42 +131,11 @@ pub(super) fn fetch_debian_kernel(
     })?;
 
     progress(&format!("downloading kernel {package}"));
-    let download = TempDir::create(temp_sibling(&kernels.join("download")))?;
-    Tool::new("apt-get", "install apt")
-        .args(["download", &package])
-        .current_dir(download.path())
-        .output()
-        .map_err(kernel_tool_err("apt-get download"))?;
-    let deb = fs::read_dir(download.path())
-        .map_err(cache_err("read", download.path()))?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .ok_or_else(|| TinyImageError::KernelFetch {
-            step: "apt-get download",
-            source: ToolError::Failed {
-                command: format!("apt-get download {package}"),
-                status: "success".into(),
-                stderr: "no .deb file was written".into(),
-            },
-        })?;
-    let version = Tool::new("dpkg-deb", "install dpkg")
-        .arg("-f")
-        .arg(&deb)
-        .arg("Version")
-        .output_text()
-        .map_err(kernel_tool_err("dpkg-deb -f"))?;
-    let name = format!("{package}_{}", version.trim()).replace(['/', ':'], "_");
+    let (_download, deb, name) = download(kernels, &package, Fetch::Kernel)?;
     let target = kernels.join(&name);
 
     progress(&format!("unpacking kernel {name}"));
-    let unpacked = TempDir::create(temp_sibling(&target))?;
-    Tool::new("dpkg-deb", "install dpkg")
-        .arg("-x")
-        .arg(&deb)
-        .arg(unpacked.path())
-        .output()
-        .map_err(kernel_tool_err("dpkg-deb -x"))?;
+    let unpacked = unpack(&deb, &target, Fetch::Kernel)?;
     if find_vmlinuz(unpacked.path()).is_none() {
         return Err(TinyImageError::NoKernelInPackage {
             dir: unpacked.path().to_path_buf(),
@@ -168,15 +154,7 @@ pub(super) fn find_or_fetch_e2fsck(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Option<(PathBuf, String)>, TinyImageError> {
     let tools = cache_root.join("tools");
-    let prefix = format!("{E2FSCK_PACKAGE}_");
-    let cached = fs::read_dir(&tools).ok().and_then(|entries| {
-        entries
-            .flatten()
-            .map(|entry| entry.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(&prefix))
-            .max_by(|a, b| natural_cmp(a, b))
-    });
-    let name = match cached {
+    let name = match newest_unpacked(&tools, &format!("{E2FSCK_PACKAGE}_")) {
         Some(name) => name,
         None => match fetch_e2fsck(&tools, progress) {
             Ok(name) => name,
@@ -196,51 +174,14 @@ pub(super) fn find_or_fetch_e2fsck(
 /// Download and unpack Debian's e2fsck-static into `tools`; returns the
 /// name of its directory there.
 fn fetch_e2fsck(tools: &Path, progress: &mut dyn FnMut(&str)) -> Result<String, TinyImageError> {
-    let step_err = |step: &'static str| {
-        move |source| match source {
-            ToolError::Missing { program, .. } => TinyImageError::AptUnavailable { program },
-            source => TinyImageError::E2fsckFetch { step, source },
-        }
-    };
     fs::create_dir_all(tools).map_err(cache_err("create", tools))?;
     sweep_stale_temporaries(tools);
     progress(&format!(
         "downloading {E2FSCK_PACKAGE} (e2fsck for the data disk)"
     ));
-    let download = TempDir::create(temp_sibling(&tools.join("download")))?;
-    Tool::new("apt-get", "install apt")
-        .args(["download", E2FSCK_PACKAGE])
-        .current_dir(download.path())
-        .output()
-        .map_err(step_err("apt-get download"))?;
-    let deb = fs::read_dir(download.path())
-        .map_err(cache_err("read", download.path()))?
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
-        .ok_or_else(|| TinyImageError::E2fsckFetch {
-            step: "apt-get download",
-            source: ToolError::Failed {
-                command: format!("apt-get download {E2FSCK_PACKAGE}"),
-                status: "success".into(),
-                stderr: "no .deb file was written".into(),
-            },
-        })?;
-    let version = Tool::new("dpkg-deb", "install dpkg")
-        .arg("-f")
-        .arg(&deb)
-        .arg("Version")
-        .output_text()
-        .map_err(step_err("dpkg-deb -f"))?;
-    let name = format!("{E2FSCK_PACKAGE}_{}", version.trim()).replace(['/', ':'], "_");
+    let (_download, deb, name) = download(tools, E2FSCK_PACKAGE, Fetch::E2fsck)?;
     let target = tools.join(&name);
-    let unpacked = TempDir::create(temp_sibling(&target))?;
-    Tool::new("dpkg-deb", "install dpkg")
-        .arg("-x")
-        .arg(&deb)
-        .arg(unpacked.path())
-        .output()
-        .map_err(step_err("dpkg-deb -x"))?;
+    let unpacked = unpack(&deb, &target, Fetch::E2fsck)?;
     let program = unpacked.path().join(E2FSCK_IN_PACKAGE);
     let bytes = fs::read(&program).map_err(cache_err("read", &program))?;
     if elf_is_static(&bytes) != Some(true) {
@@ -249,6 +190,55 @@ fn fetch_e2fsck(tools: &Path, progress: &mut dyn FnMut(&str)) -> Result<String, 
     sync_filesystem(unpacked.path());
     unpacked.rename_into_place(&target)?;
     Ok(name)
+}
+
+/// `apt-get download PACKAGE` into a temporary directory in `parent`: the
+/// directory (removed when dropped), the `.deb` in it, and the name of the
+/// package's place in `parent` (`PACKAGE_VERSION`, safe as a file name).
+fn download(
+    parent: &Path,
+    package: &str,
+    fetch: Fetch,
+) -> Result<(TempDir, PathBuf, String), TinyImageError> {
+    let download = TempDir::create(temp_sibling(&parent.join("download")))?;
+    Tool::new("apt-get", "install apt")
+        .args(["download", package])
+        .current_dir(download.path())
+        .output()
+        .map_err(fetch.step_err("apt-get download"))?;
+    let deb = fs::read_dir(download.path())
+        .map_err(cache_err("read", download.path()))?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
+        .ok_or_else(|| {
+            fetch.step_err("apt-get download")(ToolError::Failed {
+                command: format!("apt-get download {package}"),
+                status: "success".into(),
+                stderr: "no .deb file was written".into(),
+            })
+        })?;
+    let version = Tool::new("dpkg-deb", "install dpkg")
+        .arg("-f")
+        .arg(&deb)
+        .arg("Version")
+        .output_text()
+        .map_err(fetch.step_err("dpkg-deb -f"))?;
+    let name = format!("{package}_{}", version.trim()).replace(['/', ':'], "_");
+    Ok((download, deb, name))
+}
+
+/// `dpkg-deb -x DEB` into a temporary sibling of `target`, to be checked
+/// and renamed into place.
+fn unpack(deb: &Path, target: &Path, fetch: Fetch) -> Result<TempDir, TinyImageError> {
+    let unpacked = TempDir::create(temp_sibling(target))?;
+    Tool::new("dpkg-deb", "install dpkg")
+        .arg("-x")
+        .arg(deb)
+        .arg(unpacked.path())
+        .output()
+        .map_err(fetch.step_err("dpkg-deb -x"))?;
+    Ok(unpacked)
 }
 
 #[cfg(test)]
@@ -295,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_host_without_apt_is_told_about_the_kernel_override() {
-        let text = kernel_tool_err("apt-get download")(ToolError::Missing {
+        let text = Fetch::Kernel.step_err("apt-get download")(ToolError::Missing {
             program: "apt-get".into(),
             hint: String::new(),
         })
