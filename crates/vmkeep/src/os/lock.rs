@@ -136,16 +136,15 @@ fn create_locked(path: &Path) -> io::Result<Option<HeldLock>> {
     let file = File::from(fd);
     // Nobody else can reach an unnamed file, so this cannot be contended.
     fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive)?;
-    let unnamed = format!("/proc/self/fd/{}", file.as_raw_fd());
+    // Registered before it has a name: from the moment another thread of
+    // this process can find it, [`holder`] answers that this process holds
+    // it, and never opens it (closing that descriptor would release it).
+    // Dropped unlinked (an error, or `path` appeared), it is unregistered.
+    let meta = file.metadata()?;
+    let held = HeldLock::register(file, path, (meta.dev(), meta.ino()));
+    let unnamed = format!("/proc/self/fd/{}", held.file.as_raw_fd());
     match rustix::fs::linkat(CWD, unnamed.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW) {
-        Ok(()) => {
-            let meta = file.metadata()?;
-            Ok(Some(HeldLock::register(
-                file,
-                path,
-                (meta.dev(), meta.ino()),
-            )))
-        }
+        Ok(()) => Ok(Some(held)),
         Err(rustix::io::Errno::EXIST) => Ok(None),
         Err(e) => Err(e.into()),
     }
