@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory,
 /// fsync, rename over `path`, fsync the directory. Readers see the old content
@@ -217,6 +218,13 @@ pub fn sync_filesystem(path: &Path) {
     if let Ok(dir) = File::open(path) {
         let _ = rustix::fs::syncfs(&dir);
     }
+}
+
+/// How long ago `path` (not followed if a symlink) was last modified;
+/// `None` when it cannot be read, or its time is in the future.
+pub fn age(path: &Path) -> Option<Duration> {
+    let modified = fs::symlink_metadata(path).and_then(|m| m.modified()).ok()?;
+    SystemTime::now().duration_since(modified).ok()
 }
 
 /// Who a file is: enough to notice that it was replaced or written since.
