@@ -261,11 +261,27 @@ pub fn remove_abandoned_temporaries(dir: &Path, unlocked_abandoned: &dyn Fn(&Pat
         let path = dir.join(&name);
         if let Some(temp) = name.strip_suffix(TEMP_LOCK_SUFFIX) {
             if let Some(lock) = take_abandoned(&path) {
-                let _ = remove_dir_all_if_exists(&dir.join(temp));
-                let _ = lock.remove();
+                // Not removed: the lock stays (free) for the next sweep, so
+                // a temporary never outlives its lock.
+                if remove_abandoned(&dir.join(temp)).is_ok() {
+                    let _ = lock.remove();
+                }
             }
         } else if path.is_dir() && !temp_lock(&path).exists() && unlocked_abandoned(&path) {
-            let _ = remove_dir_all_if_exists(&path);
+            let _ = remove_abandoned(&path);
+        }
+    }
+}
+
+/// Remove a temporary whose builder is gone. Processes the builder started
+/// may outlive it and still write in it (an orphaned `qemu-img` or
+/// `dpkg-deb`), so a removal that finds new entries is tried again.
+fn remove_abandoned(temp: &Path) -> io::Result<()> {
+    let mut tries = 1;
+    loop {
+        match remove_dir_all_if_exists(temp) {
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 8 => tries += 1,
+            done => return done,
         }
     }
 }
