@@ -7,9 +7,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::sniff::elf_is_static;
-use super::staging::{TempDir, sweep_stale_temporaries};
+use super::staging::{TempDir, sweep_abandoned_temporaries};
 use super::{TinyImageError, cache_err};
-use crate::os::fs::{sync_filesystem, temp_sibling};
+use crate::os::fs::sync_filesystem;
 use crate::os::tool::{Tool, ToolError};
 
 /// Debian's package holding a statically linked e2fsck.
@@ -118,7 +118,7 @@ pub(super) fn fetch_debian_kernel(
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, TinyImageError> {
     fs::create_dir_all(kernels).map_err(cache_err("create", kernels))?;
-    sweep_stale_temporaries(kernels);
+    sweep_abandoned_temporaries(kernels);
     let depends = Tool::new("apt-cache", "install apt")
         .args(["depends", KERNEL_META_PACKAGE])
         .output_text()
@@ -175,7 +175,7 @@ pub(super) fn find_or_fetch_e2fsck(
 /// name of its directory there.
 fn fetch_e2fsck(tools: &Path, progress: &mut dyn FnMut(&str)) -> Result<String, TinyImageError> {
     fs::create_dir_all(tools).map_err(cache_err("create", tools))?;
-    sweep_stale_temporaries(tools);
+    sweep_abandoned_temporaries(tools);
     progress(&format!(
         "downloading {E2FSCK_PACKAGE} (e2fsck for the data disk)"
     ));
@@ -200,7 +200,7 @@ fn download(
     package: &str,
     fetch: Fetch,
 ) -> Result<(TempDir, PathBuf, String), TinyImageError> {
-    let download = TempDir::create(temp_sibling(&parent.join("download")))?;
+    let download = TempDir::create(&parent.join("download"))?;
     Tool::new("apt-get", "install apt")
         .args(["download", package])
         .current_dir(download.path())
@@ -231,7 +231,7 @@ fn download(
 /// `dpkg-deb -x DEB` into a temporary sibling of `target`, to be checked
 /// and renamed into place.
 fn unpack(deb: &Path, target: &Path, fetch: Fetch) -> Result<TempDir, TinyImageError> {
-    let unpacked = TempDir::create(temp_sibling(target))?;
+    let unpacked = TempDir::create(target)?;
     Tool::new("dpkg-deb", "install dpkg")
         .arg("-x")
         .arg(deb)

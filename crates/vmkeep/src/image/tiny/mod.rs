@@ -20,6 +20,8 @@
 //! `<key>` digests every input of the image, so a changed input builds a new
 //! image. Everything is built in a temporary sibling and renamed into place
 //! when complete: concurrent builds and crashes never leave a half image.
+//! Each temporary's builder holds a lock beside it for its whole life, so the
+//! sweep before a build removes only what builders that died left.
 //! A cached image costs a few stats and one small read, and no apt call.
 //!
 //! This module holds the cache (`ensure`, the key, the build); its parts:
@@ -43,11 +45,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::os::fs::{sync_dir, temp_sibling, write_atomic};
+use crate::os::fs::{sync_dir, write_atomic};
 use crate::os::tool::ToolError;
 use debian::find_or_fetch_e2fsck;
 use kernel::KernelSource;
-use staging::{TempDir, sweep_stale_temporaries};
+use staging::{TempDir, sweep_abandoned_temporaries};
 
 pub use debian::{E2FSCK_PACKAGE, KERNEL_META_PACKAGE, parse_kernel_dependency};
 pub use initramfs::{CpioMember, InitramfsContents, build_initramfs, list_initramfs};
@@ -265,7 +267,7 @@ fn build(
     progress: &mut dyn FnMut(&str),
 ) -> Result<TinyImage, TinyImageError> {
     fs::create_dir_all(tiny_dir).map_err(cache_err("create", tiny_dir))?;
-    sweep_stale_temporaries(tiny_dir);
+    sweep_abandoned_temporaries(tiny_dir);
     let release = kernel.release()?;
     progress(&format!(
         "building the tiny image initramfs (kernel {release})"
@@ -321,7 +323,7 @@ fn build(
         source,
     })?;
 
-    let staging = TempDir::create(temp_sibling(dir))?;
+    let staging = TempDir::create(dir)?;
     let vmlinuz = staging.path().join("vmlinuz");
     // A hard link saves a copy of the kernel per image; across file systems, copy.
     fs::hard_link(&kernel.vmlinuz, &vmlinuz)
