@@ -25,7 +25,7 @@ use serde_json::Value;
 use vmkeep_protocol::{FromGuest, Reply};
 
 use crate::driver::qemu::qmp::{self, Message, QmpEvent};
-use crate::guest_link::{Readiness, check_guest_info};
+use crate::guest_link::{GuestEvent, Readiness, check_exposed, check_guest_info, check_listening};
 use crate::journal;
 use crate::line_rpc::model::{model_lines, split_lines};
 use crate::line_rpc::{Incoming, MalformedLine};
@@ -65,8 +65,21 @@ pub fn guest_lines(data: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match readiness.classify(line) {
             Ok(Incoming::Response { id, payload }) => {
-                if let Reply::Hello { info, .. } | Reply::Info(info) = &payload {
-                    assert_eq!(check_guest_info(info), Ok(()), "accepted unchecked info");
+                match &payload {
+                    Reply::Hello { info, .. } | Reply::Info(info) => {
+                        assert_eq!(check_guest_info(info), Ok(()), "accepted unchecked info")
+                    }
+                    Reply::Ports(listening) => {
+                        assert_eq!(
+                            check_listening(listening),
+                            Ok(()),
+                            "accepted unchecked ports"
+                        )
+                    }
+                    Reply::Exposed(exposed) => {
+                        assert_eq!(check_exposed(exposed), Ok(()), "accepted unchecked relays")
+                    }
+                    _ => {}
                 }
                 let again = vmkeep_protocol::encode_line(&FromGuest::Reply {
                     id,
@@ -79,12 +92,25 @@ pub fn guest_lines(data: &[u8]) {
                     other => panic!("a reply re-encoded as {other:?}"),
                 }
             }
-            Ok(Incoming::Event(info)) => {
+            Ok(Incoming::Event(GuestEvent::Ready(info))) => {
                 assert_eq!(
                     check_guest_info(&info),
                     Ok(()),
                     "accepted an unchecked ready"
                 );
+            }
+            Ok(Incoming::Event(GuestEvent::Ports(listening))) => {
+                assert_eq!(
+                    check_listening(&listening),
+                    Ok(()),
+                    "accepted an unchecked port report"
+                );
+                // What the forwarding rules make of it is bounded too.
+                let forwards = crate::forwarding::wanted(
+                    &crate::forwarding::default_rules(&[], None),
+                    &listening,
+                );
+                assert!(forwards.len() <= vmkeep_protocol::MAX_LISTENING);
             }
             Ok(Incoming::PeerRestarted | Incoming::Ignore) => {}
             Err(malformed) => {

@@ -11,6 +11,7 @@ pub mod observe;
 pub mod ownership;
 pub mod provision;
 pub mod runtime;
+pub mod shares;
 pub mod status;
 pub mod suggest;
 pub mod yaml_de;
