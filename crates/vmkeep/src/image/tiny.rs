@@ -58,6 +58,9 @@ pub const MODULES: &[&str] = &[
     "failover",
     "net_failover",
     "virtio_net",
+    // Host directories (`mounts:`): virtiofs needs fuse and virtio.
+    "fuse",
+    "virtiofs",
 ];
 
 /// Debian's meta package that depends on the current cloud kernel.
