@@ -65,6 +65,10 @@ pub struct SeedInputs<'a> {
     /// The config with its template variables expanded
     /// ([`crate::template::vars::expand`]).
     pub config: &'a Config,
+    /// Host directories shared over virtio-fs: mounted at every boot by
+    /// `bootcmd`, early, so that provision scripts and services see them
+    /// (the guest agent mounts them again, idempotently, for the host).
+    pub shares: &'a [crate::instance::shares::SharedDir],
 }
 
 /// The systemd unit of the guest agent. It starts after cloud-init's first
@@ -235,6 +239,9 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
         ],
     ];
     let mut bootcmd = vec![serde_yaml_ng::Value::from(install_agent_command())];
+    for share in inputs.shares {
+        bootcmd.push(serde_yaml_ng::Value::from(mount_share_command(share)));
+    }
     let mut per_boot = String::from(
         "#!/bin/sh\n# vmkeep: run by cloud-init at every boot (data files, /etc/hosts, probes).\n\
          mkparents() { d=$(dirname \"$1\"); [ -d \"$d\" ] && return 0; mkparents \"$d\" \"$2\"; mkdir \"$d\" && chown \"$2\" \"$d\"; }\n\
@@ -409,6 +416,18 @@ fn yq_script(yq: &crate::instance::provision::YqEdit) -> String {
     )
 }
 
+/// Shell command (run by `bootcmd` at every boot) that mounts a shared
+/// directory, unless it is mounted; a failure is left to the guest agent,
+/// which the host asks to mount it and which reports why it cannot.
+pub fn mount_share_command(share: &crate::instance::shares::SharedDir) -> String {
+    let point = shell_quote(&share.mount_point);
+    let options = if share.writable { "rw" } else { "ro" };
+    format!(
+        "mountpoint -q {point} || {{ mkdir -p {point} && mount -t virtiofs -o {options} {} {point}; }} || true",
+        share.tag()
+    )
+}
+
 /// Shell command (run by `bootcmd` at every boot) that copies the agent from
 /// the seed volume into the guest.
 fn install_agent_command() -> String {
@@ -517,6 +536,7 @@ mod tests {
             user: &user,
             ssh_public_keys: vec!["ssh-ed25519 AAAAC3Nza vmkeep\n".into()],
             config,
+            shares: &[],
         };
         yaml(&user_data(&inputs))
     }
@@ -575,6 +595,7 @@ mod tests {
             user: &user,
             ssh_public_keys: vec![],
             config: &config,
+            shares: &[],
         };
         let meta = yaml(&meta_data(&inputs));
         assert_eq!(meta["instance-id"], "vmkeep-web_1.b");
@@ -608,6 +629,46 @@ mod tests {
         assert!(run[1].contains(&AGENT_UNIT.to_string()), "{run:?}");
         assert_eq!(run.last().unwrap(), &["touch", PROVISIONED_MARKER]);
         assert!(doc.get("package_upgrade").is_none() && doc.get("ca_certs").is_none());
+    }
+
+    #[test]
+    fn shared_directories_are_mounted_at_every_boot_before_provisioning() {
+        let user = alice();
+        let config = cloud("");
+        let shares = [
+            crate::instance::shares::SharedDir {
+                index: 0,
+                location: "/home/alice".into(),
+                mount_point: "/home/alice".into(),
+                writable: false,
+            },
+            crate::instance::shares::SharedDir {
+                index: 1,
+                location: "/tmp/lima".into(),
+                mount_point: "/tmp/it's".into(),
+                writable: true,
+            },
+        ];
+        let inputs = SeedInputs {
+            instance: "web_1",
+            user: &user,
+            ssh_public_keys: vec![],
+            config: &config,
+            shares: &shares,
+        };
+        let doc = yaml(&user_data(&inputs));
+        assert_eq!(
+            doc["bootcmd"][1],
+            "mountpoint -q '/home/alice' || { mkdir -p '/home/alice' && mount -t virtiofs -o ro fs0 '/home/alice'; } || true"
+        );
+        assert!(
+            doc["bootcmd"][2]
+                .as_str()
+                .unwrap()
+                .contains("-o rw fs1 '/tmp/it'\\''s'"),
+            "{:?}",
+            doc["bootcmd"][2]
+        );
     }
 
     #[test]
@@ -771,6 +832,7 @@ mod tests {
             user: &user,
             ssh_public_keys: vec!["ssh-ed25519 AAAA vmkeep".into()],
             config: &config,
+            shares: &[],
         };
         write_seed(&path, &inputs, &agent).unwrap();
         let mut file = std::fs::File::open(&path).unwrap();

@@ -164,6 +164,16 @@ pub enum Event {
     StateDiscarded {
         reason: String,
     },
+    /// The virtiofsd of a shared directory ended while QEMU runs: the
+    /// guest's mount of it fails until the VM restarts (QEMU 7.2's
+    /// vhost-user-fs device does not reconnect).
+    SharedDirLost {
+        index: usize,
+        /// The share, as `LOCATION on MOUNT_POINT (read-only|writable)`.
+        share: String,
+        /// How its virtiofsd ended, if known.
+        exit: String,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -204,6 +214,7 @@ impl Event {
             Event::Resumed { .. } => "resumed",
             Event::GuestClockSet { .. } => "guest-clock-set",
             Event::StateDiscarded { .. } => "state-discarded",
+            Event::SharedDirLost { .. } => "shared-dir-lost",
             Event::Unknown => "unknown",
         }
     }
@@ -242,6 +253,8 @@ pub enum StopCause {
     DataDisk,
     /// A suspend failed and the request said to stop instead.
     SuspendFailed,
+    /// The guest could not mount a shared directory (`mounts:`).
+    SharedDir,
 }
 
 /// Why the VM is no longer running.
@@ -410,7 +423,8 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::SuspendFailed { .. }
             | Event::Resuming { .. }
             | Event::Resumed { .. }
-            | Event::GuestClockSet { .. } => LastRun::Unclean,
+            | Event::GuestClockSet { .. }
+            | Event::SharedDirLost { .. } => LastRun::Unclean,
             Event::StateDiscarded { .. }
             | Event::StartFailed { .. }
             | Event::UncleanEnd { .. }

@@ -8,7 +8,9 @@ pub mod api;
 pub mod binary;
 pub mod clock;
 mod data_disk;
+pub mod forwards;
 pub mod inbox;
+mod mounts;
 pub mod report;
 pub mod serial_log;
 pub mod server;
@@ -226,6 +228,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         resumed: false,
         launched_at: None,
         guest_shutdown: false,
+        shares: mounts::Shares::default(),
     };
     let outcome = agent.run(options.mode).await;
     agent.finish().await;
@@ -258,6 +261,8 @@ struct Agent<'r, 'n> {
     launched_at: Option<Instant>,
     /// QEMU reported a shutdown the guest asked for.
     guest_shutdown: bool,
+    /// The virtiofsd of each shared directory (hostagent/mounts.rs).
+    shares: mounts::Shares,
 }
 
 impl Agent<'_, '_> {
@@ -381,6 +386,8 @@ impl Agent<'_, '_> {
                 if self.settle_adopted(&vm).await? {
                     self.record(Event::Adopted { qemu_pid: vm.pid() });
                     self.set_info(|info| info.qemu_pid = Some(vm.pid()));
+                    // [mounts] the virtiofsds the dead agent started.
+                    self.shares = mounts::adopt(&self.dir, &self.config);
                     return Ok(Some((vm, events)));
                 }
             }
@@ -403,6 +410,8 @@ impl Agent<'_, '_> {
             }
             None => {}
         }
+        // [mounts] No QEMU: a virtiofsd left by a dead agent waits for nobody.
+        let ended = mounts::end_leftovers(&self.dir);
         let mut stale = self
             .remove_runtime_files()
             .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?;
@@ -412,6 +421,7 @@ impl Agent<'_, '_> {
             snapshot::remove_unclaimed(&self.dir, false)
                 .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?,
         );
+        stale.extend(ended);
         if !stale.is_empty() {
             let detail = stale.join(", ");
             self.reporter
@@ -502,7 +512,7 @@ impl Agent<'_, '_> {
 
     async fn boot(
         &mut self,
-        spec: LaunchSpec,
+        mut spec: LaunchSpec,
         accel: accel::Accel,
         why: String,
     ) -> Result<(QemuVm, QmpEvents), String> {
@@ -519,7 +529,17 @@ impl Agent<'_, '_> {
                 self.dir.config().display()
             )
         })?;
-        let (vm, events) = self.start_qemu(&spec).await?;
+        // [mounts] virtiofsd first: QEMU connects to it as it starts.
+        let (shares, devices) = mounts::start(&self.dir, &self.config)?;
+        self.shares = shares;
+        spec.shares = devices;
+        let (vm, events) = match self.start_qemu(&spec).await {
+            Ok(launched) => launched,
+            Err(error) => {
+                mounts::abandon(&self.shares);
+                return Err(error);
+            }
+        };
         self.record(Event::Booting {
             qemu_pid: vm.pid(),
             accel: accel.as_str().into(),
@@ -683,6 +703,20 @@ impl Agent<'_, '_> {
         {
             return outcome;
         }
+        // [mounts] Shared directories are mounted before the start is ready
+        // (an adopted guest had them mounted already: only said if not).
+        if let Err(error) = mounts::mount_all(&link, &self.shares).await
+            && mounts::must_stop(launched_at.is_some(), &error)
+        {
+            self.record(Event::StartFailed {
+                error: error.clone(),
+            });
+            let stopped = self
+                .stop(&vm, StopCause::SharedDir, self.config.stop_timeout.0, false)
+                .await;
+            fail(self.reporter, error);
+            return stopped_as_failed(stopped);
+        }
         let shared = Arc::clone(&self.shared);
         let journal_path = self.dir.journal();
         let first_boot_id = guest.boot_id.clone();
@@ -709,6 +743,18 @@ impl Agent<'_, '_> {
             self.guest_rx.clone(),
             Arc::clone(&self.clock_nudge),
             self.dir.journal(),
+        )));
+        // [mounts] remount after a guest reboot; journal a lost virtiofsd.
+        self.tasks.push(tokio::spawn(mounts::keep(
+            self.shares.clone(),
+            self.guest_rx.clone(),
+            self.dir.clone(),
+        )));
+        // [forwards] the guest's listening ports, forwarded as Lima does.
+        self.tasks.push(tokio::spawn(forwards::keep(
+            self.guest_rx.clone(),
+            vm.qmp().clone(),
+            forwards::Setup::of(&self.config, crate::image::cloud::ssh_port(&self.dir)),
         )));
         self.record(Event::Running {
             qemu_pid: vm.pid(),
@@ -810,7 +856,9 @@ impl Agent<'_, '_> {
         )
         .await;
         let reason = match cause {
-            StopCause::BootTimeout | StopCause::DataDisk => StoppedReason::StartFailed,
+            StopCause::BootTimeout | StopCause::DataDisk | StopCause::SharedDir => {
+                StoppedReason::StartFailed
+            }
             StopCause::Request | StopCause::Signal | StopCause::SuspendFailed => {
                 StoppedReason::Requested
             }
@@ -849,6 +897,8 @@ impl Agent<'_, '_> {
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(server::DRAIN * 2, server).await;
         }
+        // [mounts] virtiofsd ends with QEMU; its lock file goes after it.
+        mounts::stop(&self.shares).await;
         if let Err(e) = self.remove_runtime_files() {
             tracing::warn!("cleaning runtime files: {e}");
         }
