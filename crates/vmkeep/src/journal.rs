@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 
 use crate::instance::data_disk::DataDisk;
+use crate::instance::pause::PauseReason;
 use crate::os;
 use crate::stop_ladder::Step;
 
@@ -121,6 +122,8 @@ pub enum Event {
     /// A suspend began: the guest is paused and its state is being saved.
     Suspending {
         deadline_secs: f64,
+        #[serde(default)]
+        cause: SuspendCause,
     },
     /// The VM's state is saved in the instance directory and QEMU is gone;
     /// the next start resumes it. Ends the run, as `stopped` does.
@@ -153,6 +156,17 @@ pub enum Event {
         /// From QEMU's launch to the guest running.
         secs: f64,
     },
+    /// QEMU paused the guest by itself (a disk write that did not fit, a
+    /// disk error, a panic, ...): it is `Paused` until continued.
+    Paused {
+        reason: PauseReason,
+    },
+    /// The paused guest runs again.
+    Continued {
+        by: ContinueCause,
+        /// How long it was paused.
+        after_secs: f64,
+    },
     /// The host agent stepped the guest's wall clock to the host's.
     GuestClockSet {
         /// How far off the guest was (guest minus host).
@@ -176,6 +190,31 @@ pub enum Event {
     },
     #[serde(other)]
     Unknown,
+}
+
+/// Who let a paused guest run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContinueCause {
+    /// The host agent, once the host's disk had room again.
+    SpaceFreed,
+    /// `vmkeep start` (the API's continue).
+    Start,
+    /// A stop, so that the guest can power off by its ladder.
+    Stop,
+    /// Someone else (another QMP client).
+    Other,
+}
+
+/// Why a VM is being suspended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SuspendCause {
+    /// `vmkeep suspend` (or the API) asked for it.
+    #[default]
+    Request,
+    /// The host is shutting down and the instance says `onHostShutdown: suspend`.
+    HostShutdown,
 }
 
 /// What a failed suspend does with the VM.
@@ -212,6 +251,8 @@ impl Event {
             Event::SuspendFailed { .. } => "suspend-failed",
             Event::Resuming { .. } => "resuming",
             Event::Resumed { .. } => "resumed",
+            Event::Paused { .. } => "paused",
+            Event::Continued { .. } => "continued",
             Event::GuestClockSet { .. } => "guest-clock-set",
             Event::StateDiscarded { .. } => "state-discarded",
             Event::SharedDirLost { .. } => "shared-dir-lost",
@@ -423,6 +464,8 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::SuspendFailed { .. }
             | Event::Resuming { .. }
             | Event::Resumed { .. }
+            | Event::Paused { .. }
+            | Event::Continued { .. }
             | Event::GuestClockSet { .. }
             | Event::SharedDirLost { .. } => LastRun::Unclean,
             Event::StateDiscarded { .. }
@@ -599,6 +642,38 @@ mod tests {
     }
 
     #[test]
+    fn pause_events_have_a_tagged_wire_form_and_do_not_end_the_run() {
+        let paused = Event::Paused {
+            reason: PauseReason::HostDiskFull {
+                mount_point: "/home".into(),
+                available_bytes: 4096,
+            },
+        };
+        assert_eq!(
+            serde_json::to_string(&paused).unwrap(),
+            r#"{"event":"paused","reason":{"kind":"host-disk-full","mount_point":"/home","available_bytes":4096}}"#
+        );
+        let continued = Event::Continued {
+            by: ContinueCause::SpaceFreed,
+            after_secs: 2.5,
+        };
+        assert_eq!(
+            serde_json::to_string(&continued).unwrap(),
+            r#"{"event":"continued","by":"space-freed","after_secs":2.5}"#
+        );
+        for event in [paused, continued] {
+            let json = serde_json::to_value(&event).unwrap();
+            assert_eq!(json["event"], event.kind());
+            assert_eq!(
+                serde_json::from_value::<Event>(json).unwrap(),
+                event.clone()
+            );
+            // A pause is part of a run, not its end.
+            assert_eq!(last_run(&[rec("1", event)]).0, LastRun::Unclean);
+        }
+    }
+
+    #[test]
     fn suspend_events_have_a_kebab_case_wire_form_and_a_suspend_ends_the_run() {
         let suspended = Event::Suspended {
             state_bytes: 380_948,
@@ -620,7 +695,10 @@ mod tests {
         for event in [
             suspended.clone(),
             failed,
-            Event::Suspending { deadline_secs: 1.0 },
+            Event::Suspending {
+                deadline_secs: 1.0,
+                cause: SuspendCause::HostShutdown,
+            },
             Event::Resuming {
                 qemu_pid: 1,
                 accel: "tcg".into(),
@@ -643,7 +721,13 @@ mod tests {
             assert_eq!(serde_json::from_value::<Event>(json).unwrap(), event);
         }
         let run = [
-            rec("1", Event::Suspending { deadline_secs: 1.0 }),
+            rec(
+                "1",
+                Event::Suspending {
+                    deadline_secs: 1.0,
+                    cause: SuspendCause::HostShutdown,
+                },
+            ),
             rec("2", suspended),
         ];
         assert_eq!(last_run(&run), (LastRun::Requested, Some(&run[1])));

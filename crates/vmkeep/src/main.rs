@@ -1,7 +1,7 @@
 //! The `vmkeep` binary: parse, run, map the outcome to an exit code (the
 //! codes are documented in `cli::error`: 0 success, 1 failure, 2 invalid
 //! command line, 3 no such instance, 4 invalid config, 5 wrong state, 6 the
-//! start failed, 7 the stop failed; `vmkeep shell` passes the guest
+//! start failed, 7 the stop or suspend failed; `vmkeep shell` passes the guest
 //! command's code through).
 
 use clap::Parser;

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 /// An instance's graceful-stop deadline when its config says nothing
-/// (`stopTimeout`).
+/// (`stopTimeout`; a cloud image's default is longer, see `instance::config`).
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a guest may take to become ready when its config says nothing
-/// (`bootTimeout`).
+/// (`bootTimeout`; a cloud image's default is longer).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Time a host agent gets beyond its stop ladder's end (the deadline plus

@@ -279,3 +279,143 @@ fn a_symlinked_instance_is_deleted_where_it_really_is() {
     );
     assert!(env.list().is_empty());
 }
+
+fn sha256_in_guest(env: &TestEnv, name: &str, path: &str) -> String {
+    let run = env.ok(&["shell", name, "--", "sha256sum", path]);
+    run.stdout()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A guest whose disk write does not fit the host's disk is paused by QEMU:
+/// `list` says `Paused` with the reason, a command is refused at once (not
+/// left hanging), `start` says the disk is still full; once space is
+/// freed the VM runs on by itself, and what the guest wrote is whole.
+#[test]
+fn vm_trouble_a_guest_paused_by_a_full_host_disk_is_listed_refuses_commands_and_runs_on_when_space_is_freed()
+ {
+    let Some(env) = small_home(512) else {
+        return;
+    };
+    let env = &env;
+    env.create("p", "stopTimeout: 20s\n");
+    env.run_within(&["start", "p"], BOOT);
+    let filler = fill(env);
+    // 24 MiB of random data, then its checksum: the write-back of the
+    // first does not fit, so QEMU pauses the guest.
+    env.ok(&[
+        "shell",
+        "p",
+        "--",
+        "sh",
+        "-c",
+        "(dd if=/dev/urandom of=/data/big bs=1M count=24 && sync && \
+          sha256sum /data/big > /data/big.sum && sync) </dev/null >/dev/null 2>&1 &",
+    ]);
+    env.wait_status("p", "Paused", SHORT);
+    let row = env.list().into_iter().find(|r| r["name"] == "p").unwrap();
+    let reason = &row["reason"];
+    assert_eq!(reason["code"], "host-disk-full", "{row}");
+    let mount = vmkeep::os::fs::mount_point_of(env.home()).unwrap();
+    assert!(
+        reason["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("host disk full on {}", mount.display())),
+        "{row}"
+    );
+    let paused = last_of(&env.events("p"), "paused").cloned().unwrap();
+    assert_eq!(paused["reason"]["kind"], "host-disk-full", "{paused}");
+
+    // A command is refused at once, naming why and the way out.
+    let shell = env.run_within(&["shell", "p", "--", "true"], SHORT);
+    assert_eq!(shell.code(), Some(5), "{}", shell.describe());
+    assert!(
+        shell.stderr().contains("p is Paused: host disk full on")
+            && shell.stderr().contains("free at least 32.0 MiB"),
+        "{}",
+        shell.describe()
+    );
+    // `start` cannot make it run while the disk is full, and says so.
+    let start = env.run_within(&["start", "p"], SHORT);
+    assert_eq!(start.code(), Some(6), "{}", start.describe());
+    assert!(
+        start.stderr().contains("the host disk is still full"),
+        "{}",
+        start.describe()
+    );
+    assert_eq!(env.status("p"), "Paused", "the refusals changed nothing");
+
+    // Space freed: it runs on by itself and finishes what it was writing.
+    std::fs::remove_file(&filler).unwrap();
+    env.wait_status("p", "Running", SHORT);
+    let continued = last_of(&env.events("p"), "continued").cloned().unwrap();
+    assert_eq!(continued["by"], "space-freed", "{continued}");
+    common::wait_until(BOOT, || {
+        let run = env.run(&["shell", "p", "--", "cat", "/data/big.sum"]);
+        (run.code() == Some(0) && !run.stdout().is_empty()).then_some(())
+    })
+    .expect("the guest finished its write");
+    let sum = env
+        .ok(&["shell", "p", "--", "cat", "/data/big.sum"])
+        .stdout();
+    let written = sum.split_whitespace().next().unwrap().to_string();
+    assert_eq!(sha256_in_guest(env, "p", "/data/big"), written);
+
+    // And it is on the disk: the same bytes after a stop and a start.
+    env.run_within(&["stop", "p"], SHORT);
+    env.run_within(&["start", "p"], BOOT);
+    assert_eq!(sha256_in_guest(env, "p", "/data/big"), written);
+    env.run_within(&["stop", "p"], SHORT);
+    assert!(env.wait_no_processes(SHORT).is_empty());
+}
+
+/// A start whose boot meets a full host disk (the guest formats its new
+/// data disk) fails at once, naming the disk space, rather than waiting
+/// for the boot timeout; with room again the next start formats and runs.
+#[test]
+fn vm_trouble_a_boot_paused_by_a_full_host_disk_fails_at_once_naming_the_disk_space() {
+    let Some(env) = small_home(512) else {
+        return;
+    };
+    let env = &env;
+    env.create("b", "stopTimeout: 20s\nbootTimeout: 600s\n");
+    let start = env.spawn(&["start", "b"]);
+    // Hold QEMU still as soon as it is launched (its RAM is reserved by
+    // then), fill the disk, let it go: the guest's format of the new data
+    // disk then cannot fit.
+    let qemu = common::wait_until(BOOT, || {
+        (env.count_events("b", "booting") > 0)
+            .then(|| env.qemu("b"))
+            .flatten()
+    })
+    .expect("QEMU was launched");
+    qemu.signal(rustix::process::Signal::STOP).unwrap();
+    let filler = fill(env);
+    qemu.signal(rustix::process::Signal::CONT).unwrap();
+    let run = start.wait_within(BOOT);
+    assert_eq!(run.code(), Some(6), "{}", run.describe());
+    assert!(
+        run.stderr()
+            .contains("QEMU paused the guest during boot: host disk full on")
+            && run.stderr().contains("then start it again"),
+        "{}",
+        run.describe()
+    );
+    assert!(env.wait_no_processes(SHORT).is_empty());
+    let failed = last_of(&env.events("b"), "start-failed").cloned().unwrap();
+    assert!(
+        failed["error"].as_str().unwrap().contains("host disk full"),
+        "{failed}"
+    );
+    drop(qemu);
+
+    std::fs::remove_file(&filler).unwrap();
+    env.run_within(&["start", "b"], BOOT);
+    assert_eq!(env.status("b"), "Running");
+    env.ok(&["shell", "b", "--", "sh", "-c", "echo ok > /data/f && sync"]);
+    env.run_within(&["stop", "b"], SHORT);
+    assert!(env.wait_no_processes(SHORT).is_empty());
+}

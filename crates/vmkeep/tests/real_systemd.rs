@@ -414,3 +414,123 @@ fn vm_systemd_crash_loop_hits_the_start_limit_and_list_says_so() {
     assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "active");
     assert_eq!(ct.row(USER, "loop")["status"], "Running");
 }
+
+/// `onHostShutdown: suspend` under a real systemd: a host power-off saves
+/// each such VM (a user unit, root's system unit, and one the daemon runs)
+/// instead of powering it off, and the next boot resumes it: the same
+/// guest boot, a process started before still there, /data intact. A
+/// `systemctl stop` of the one unit is not a host shutdown: it stops.
+#[test]
+fn vm_systemd_on_host_shutdown_suspend_saves_at_poweroff_and_resumes_at_boot() {
+    let Some(mut ct) = Container::boot() else {
+        return;
+    };
+    ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
+    let suspend = "stopTimeout: 20s\\nonHostShutdown: suspend\\n";
+    ct.ok_as(
+        USER,
+        &format!(
+            "printf '{suspend}' >/tmp/s.yaml && vmkeep create usr --template /tmp/s.yaml && \
+             vmkeep autostart enable usr --condition boot && \
+             printf '{suspend}runStrategy: always\\n' >/tmp/d.yaml && vmkeep create dmn --template /tmp/d.yaml && \
+             vmkeep daemon install"
+        ),
+        CMD,
+    );
+    ct.ok_as(
+        "root",
+        &format!(
+            "printf '{suspend}' >/tmp/s.yaml && vmkeep create sys --template /tmp/s.yaml && \
+             vmkeep autostart enable sys --condition boot"
+        ),
+        CMD,
+    );
+    let vms = [(USER, "usr"), ("root", "sys"), (USER, "dmn")];
+    ct.ok_as(USER, "vmkeep start usr", BOOT);
+    ct.ok_as("root", "vmkeep start sys", BOOT);
+    wait_until(BOOT, || {
+        (ct.row(USER, "dmn")["status"] == "Running").then_some(())
+    })
+    .expect("the daemon started dmn");
+
+    // Stopping the one unit is a stop, not a host shutdown.
+    ct.ok_as(USER, "systemctl --user stop vmkeep-usr.service", CMD);
+    assert_eq!(ct.row(USER, "usr")["status"], "Stopped");
+    let events = ct.events(USER, "usr");
+    assert_eq!(
+        events_named(&events, "suspending").count(),
+        0,
+        "{events:#?}"
+    );
+    assert_eq!(
+        events_named(&events, "stopped").last().unwrap()["by"],
+        "power-button"
+    );
+    ct.ok_as(USER, "vmkeep start usr", BOOT);
+
+    let before: Vec<(String, String)> = vms
+        .iter()
+        .map(|(user, name)| {
+            let sleeper = ct
+                .ok_as(
+                    user,
+                    &format!(
+                        "vmkeep shell {name} -- sh -c 'echo kept >/data/marker && sync && \
+                         (sleep 100000 </dev/null >/dev/null 2>&1 & echo $!)'"
+                    ),
+                    CMD,
+                )
+                .stdout
+                .trim()
+                .to_string();
+            (boot_id_and_uptime(&ct, user, name).0, sleeper)
+        })
+        .collect();
+
+    let took = ct.poweroff(Duration::from_secs(120));
+    eprintln!("container down {took:?} after `systemctl poweroff` (3 VMs suspending)");
+    for (user, name) in vms {
+        let events = ct.events(user, name);
+        let suspending = events_named(&events, "suspending").last();
+        assert_eq!(
+            suspending.map(|e| e["cause"].clone()),
+            Some("host-shutdown".into()),
+            "{name}: {events:#?}"
+        );
+        let last = events.last().unwrap();
+        assert_eq!(
+            last["event"], "suspended",
+            "{name} ended suspended: {events:#?}"
+        );
+        assert!(
+            ct.instance_dir(user, name)
+                .join("saved-state.json")
+                .exists(),
+            "{name}'s state is saved"
+        );
+    }
+
+    ct.boot_again();
+    for ((user, name), (boot_id, sleeper)) in vms.iter().zip(before) {
+        wait_until(BOOT, || {
+            (ct.row(user, name)["status"] == "Running").then_some(())
+        })
+        .unwrap_or_else(|| panic!("{name} was not resumed at boot"));
+        let events = ct.events(user, name);
+        assert!(
+            events_named(&events, "resumed").count() == 1,
+            "{name} was resumed, not booted: {events:#?}"
+        );
+        assert_eq!(
+            boot_id_and_uptime(&ct, user, name).0,
+            boot_id,
+            "{name}: the same guest boot"
+        );
+        let alive = ct.ok_as(
+            user,
+            &format!("vmkeep shell {name} -- sh -c 'kill -0 {sleeper} && cat /data/marker'"),
+            CMD,
+        );
+        assert_eq!(alive.stdout.trim(), "kept", "{name}: {}", alive.describe());
+    }
+}

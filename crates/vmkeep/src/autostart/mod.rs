@@ -207,7 +207,9 @@ pub struct Inputs {
     pub qemu_dir: Option<PathBuf>,
     /// The user the VM runs as.
     pub user: String,
-    /// The instance's graceful-stop deadline (`stopTimeout`).
+    /// The longest the VM may take to go at a host shutdown
+    /// (`Config::host_shutdown_deadline`: `stopTimeout`, twice that when a
+    /// save comes first).
     pub stop_timeout: Duration,
     /// The instance's `bootTimeout`.
     pub boot_timeout: Duration,

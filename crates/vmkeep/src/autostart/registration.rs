@@ -137,7 +137,7 @@ pub fn plan(
         exe,
         qemu_dir,
         user: user.name.clone(),
-        stop_timeout: config.stop_timeout.0,
+        stop_timeout: config.host_shutdown_deadline(),
         boot_timeout: config.boot_timeout.0,
     };
     let spec = ServiceSpec::new(&inputs, options, manager)?;

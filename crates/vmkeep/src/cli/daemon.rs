@@ -80,15 +80,16 @@ fn install(dry_run: bool) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-/// The longest graceful-stop deadline among supervised instances (30 s if none).
+/// The longest a host shutdown may wait for a supervised instance (the
+/// default stop timeout if none).
 fn longest_stop_timeout(root: &std::path::Path) -> Duration {
-    let mut longest = Duration::from_secs(30);
+    let mut longest = crate::timeouts::DEFAULT_STOP_TIMEOUT;
     for name in crate::instance::layout::instance_names(root) {
         if let Ok(dir) = InstanceDir::new(root, name)
             && let Ok(config) = Config::load(&dir.config())
             && config.run_strategy.is_some()
         {
-            longest = longest.max(config.stop_timeout.0);
+            longest = longest.max(config.host_shutdown_deadline());
         }
     }
     longest

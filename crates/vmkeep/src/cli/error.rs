@@ -9,7 +9,7 @@
 //! | 4 | invalid config or template |
 //! | 5 | the instance's state does not allow it (running, halted, broken, ...) |
 //! | 6 | the start failed: the VM did not come up |
-//! | 7 | the stop failed: the VM may still run |
+//! | 7 | the stop or suspend failed: the VM may still run |
 //!
 //! `vmkeep shell` passes the guest command's own exit code through.
 

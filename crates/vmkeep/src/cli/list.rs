@@ -239,13 +239,24 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Option<Row> {
     if status == Status::Running {
         row.ssh_port = crate::image::cloud::ssh_port(&dir);
     }
-    if let Status::Broken(broken) = &status {
-        row.reason = Some(Reason {
-            code: broken.code(),
-            message: broken.message(),
-            hint: broken.hint().replace("NAME", name.as_str()),
-            repairable: broken.repairable(),
-        });
+    match &status {
+        Status::Broken(broken) => {
+            row.reason = Some(Reason {
+                code: broken.code(),
+                message: broken.message(),
+                hint: broken.hint().replace("NAME", name.as_str()),
+                repairable: broken.repairable(),
+            });
+        }
+        Status::Paused(reason) => {
+            row.reason = Some(Reason {
+                code: reason.code(),
+                message: reason.message(),
+                hint: reason.hint().replace("NAME", name.as_str()),
+                repairable: false,
+            });
+        }
+        _ => {}
     }
     if let Some(config) = config {
         row.cpus = Some(config.cpus.0);

@@ -66,8 +66,9 @@ pub enum Verb {
 
 #[derive(Debug, clap::Args)]
 pub struct SuspendArgs {
-    /// Instance name.
-    pub name: InstanceName,
+    /// Instance names; several suspend in parallel.
+    #[arg(required = true)]
+    pub names: Vec<InstanceName>,
     /// How long the save may take (default 30s).
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
@@ -109,7 +110,7 @@ Config fields (vmkeep.yaml; Lima's names, README.md \"Coming from Lima\" says wh
   vmType: qemu            arch: x86_64|default     cpus: N
   memory: 2GiB            disk: 20GiB              accel: auto|kvm|tcg
   stopTimeout: 30s        bootTimeout: 180s        runStrategy: always|on-failure|manual|halted
-  kernel: {path, modules, cmdline}                 (tiny image)
+  onHostShutdown: poweroff|suspend                 kernel: {path, modules, cmdline} (tiny image)
   images: [{location, arch, digest, kernel, initrd, variant, archVariant}]
   provision: [{mode: system|user|boot|dependency|data|yq, script | file | path+content ...}]
   probes: [{script, description, hint}]            (start waits until they pass)
@@ -141,6 +142,10 @@ pub struct StartArgs {
     /// copy, and what e2fsck cannot place goes to /data/lost+found.
     #[arg(long)]
     pub repair_data: bool,
+    /// Throw away a suspended instance's saved state and boot afresh: what
+    /// was in the guest's memory is lost, its disks keep what was written.
+    #[arg(long)]
+    pub discard_state: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -16,12 +16,20 @@ pub fn run(args: ShellArgs) -> anyhow::Result<i32> {
     let dir = crate::engine::Home::from_env()?.existing(&args.name)?;
     let status = crate::engine::status_of(&dir)?;
     if !status.can_exec() {
-        bail!(
-            "{} is {}, not Running; start it with `vmkeep start {}`",
-            args.name,
-            crate::engine::describe(&status),
-            args.name
-        );
+        let name = &args.name;
+        let next = match &status {
+            crate::instance::Status::Suspended => format!("`vmkeep start {name}` resumes it"),
+            crate::instance::Status::Paused(reason) => reason.hint().replace("NAME", name.as_str()),
+            _ => format!("start it with `vmkeep start {name}`"),
+        };
+        let refused = crate::engine::EngineError::WrongState {
+            name: name.clone(),
+            message: format!(
+                "{name} is {}, not Running; {next}",
+                crate::engine::describe(&status)
+            ),
+        };
+        return Err(super::CliError::from(refused).into());
     }
     if Config::load(&dir.config()).is_ok_and(|c| c.is_cloud()) {
         return super::ssh::exec_shell(&dir, &args.command, args.workdir.as_deref());

@@ -32,6 +32,7 @@ pub fn run(args: StartArgs) -> Result<i32, CliError> {
         repair_data: args.repair_data,
         foreground: args.foreground,
         through_service_manager: true,
+        discard_state: args.discard_state,
     };
     if args.foreground && names.len() > 1 {
         return Err(anyhow::anyhow!(
@@ -80,6 +81,9 @@ fn finish_one(
         }
         Started::AlreadyRunning => eprintln!("{name} is already running"),
         Started::CameUp => println!("{name} is running"),
+        Started::Continued { reason } => {
+            println!("{name} runs on (QEMU had paused it: {})", reason.message());
+        }
         Started::ThroughServiceManager { service } => {
             println!("{name} is running (under {service})");
         }

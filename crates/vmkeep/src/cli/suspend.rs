@@ -1,67 +1,39 @@
-//! `vmkeep suspend NAME [--timeout D] [--or-stop]`
-//!
-//! MINIMAL, FOR THE SUSPEND TESTS (tests/suspend.rs): asks the host agent to
-//! save the VM's state and waits for it to end. The lead's engine layer
-//! replaces this with the real verb (statuses, daemon and autostart
-//! integration); nothing else calls it.
+//! `vmkeep suspend NAME... [--timeout D] [--or-stop]`: arguments and
+//! printing; the work is `engine::suspend`.
 
-use std::time::Duration;
+use super::progress::Lines;
+use super::{CliError, ExitCode, SuspendArgs};
+use crate::engine::Home;
+use crate::engine::suspend::{SuspendOptions, suspend};
+use crate::instance::InstanceName;
 
-use anyhow::bail;
-
-use super::SuspendArgs;
-use super::util;
-use crate::driver::qemu::snapshot;
-use crate::hostagent::api::{
-    ApiClient, ApiError, DEFAULT_SUSPEND_TIMEOUT, SuspendFallback, SuspendRequest,
-};
-use crate::os::process;
-
-/// Beyond the save's own deadline: the agent's answer and its exit.
-const MARGIN: Duration = Duration::from_secs(10);
-
-pub fn run(args: SuspendArgs) -> anyhow::Result<i32> {
-    let dir = crate::engine::Home::from_env()?.existing(&args.name)?;
-    let name = dir.name();
-    let Some(agent) = process::open_lock_holder(&dir.agent_lock())? else {
-        bail!("{name} is not running; only a running VM can be suspended");
+pub fn run(args: SuspendArgs) -> Result<i32, CliError> {
+    let home = Home::from_env()?;
+    let options = SuspendOptions {
+        timeout: args.timeout,
+        or_stop: args.or_stop,
+        host_shutdown: false,
     };
-    let deadline = args.timeout.unwrap_or(DEFAULT_SUSPEND_TIMEOUT);
-    let request = SuspendRequest {
-        timeout_secs: Some(deadline.as_secs_f64()),
-        fallback: if args.or_stop {
-            SuspendFallback::Stop
-        } else {
-            SuspendFallback::KeepRunning
-        },
-    };
-    let client = ApiClient::new(&dir.api_socket());
-    let answer = util::runtime()?.block_on(client.suspend(&request, deadline + MARGIN));
-    let done = match answer {
-        Ok(done) => Some(done),
-        Err(ApiError::Refused { message, .. }) => bail!("{name} was not suspended: {message}"),
-        // The agent may end before its answer is out: the directory tells.
-        Err(other) => {
-            tracing::debug!("no answer to the suspend: {other}");
-            None
+    let one = |name: &InstanceName| -> Result<(), CliError> {
+        let dir = home.existing(name)?;
+        let notice = Lines {
+            name: name.as_str(),
+        };
+        let done = suspend(&dir, &options, &notice)?;
+        match done.state_bytes {
+            Some(bytes) => println!(
+                "suspended {name} in {:.0} ms ({} KiB of device state; its memory stays in its RAM file); \
+                 `vmkeep start {name}` resumes it",
+                done.took.as_secs_f64() * 1000.0,
+                bytes / 1024
+            ),
+            None => println!("suspended {name}; `vmkeep start {name}` resumes it"),
         }
+        Ok(())
     };
-    if !agent.wait_timeout(MARGIN) {
-        bail!("the host agent of {name} did not exit after the suspend");
+    if let [name] = args.names.as_slice() {
+        one(name)?;
+        return Ok(ExitCode::Success as i32);
     }
-    if !snapshot::exists(&dir) {
-        bail!(
-            "{name} was not suspended; see `vmkeep events {name}` and {}",
-            dir.agent_log().display()
-        );
-    }
-    match done {
-        Some(done) => println!(
-            "suspended {name}: {} KiB of device state in {:.0} ms; `vmkeep start {name}` resumes it",
-            done.state_bytes / 1024,
-            done.secs * 1000.0
-        ),
-        None => println!("suspended {name}; `vmkeep start {name}` resumes it"),
-    }
-    Ok(0)
+    super::util::for_each_in_parallel(&args.names, "suspend", one)
 }

@@ -13,6 +13,9 @@
 //!   comes only after its deadline.
 //! - On SIGTERM/SIGINT the daemon stops every supervised VM at once and waits
 //!   for them together, under one deadline: the slowest stop, not the sum.
+//!   That is a host shutdown for the VMs: those with `onHostShutdown:
+//!   suspend` are suspended instead (their desired state stays, so the next
+//!   daemon resumes them), falling back to their stop ladder.
 
 pub mod policy;
 pub mod unit;
@@ -27,8 +30,9 @@ use tokio::time::Instant;
 
 use self::policy::{Action, Memory, RestartLimits, Seen};
 use crate::engine::stop::ForceCause;
+use crate::engine::suspend::SuspendOptions;
 use crate::engine::{self, EngineError, Notice};
-use crate::instance::config::RunStrategy;
+use crate::instance::config::{OnHostShutdown, RunStrategy};
 use crate::instance::desired;
 use crate::instance::observe::observe;
 use crate::instance::status;
@@ -313,12 +317,34 @@ impl Daemon {
         enum Stopping {
             Agent(ProcessHandle),
             Helper(std::thread::JoinHandle<Result<(), EngineError>>),
+            /// `onHostShutdown: suspend`: the engine's suspend, whose
+            /// failure makes the agent stop the VM by its ladder.
+            Suspend {
+                agent: ProcessHandle,
+                helper: std::thread::JoinHandle<Result<(), EngineError>>,
+                told_to_stop: bool,
+            },
         }
         impl Stopping {
-            fn done(&self) -> bool {
+            fn done(&mut self) -> bool {
                 match self {
                     Stopping::Agent(agent) => agent.has_exited(),
                     Stopping::Helper(helper) => helper.is_finished(),
+                    Stopping::Suspend {
+                        agent,
+                        helper,
+                        told_to_stop,
+                    } => {
+                        // A suspend refused before anything began (the VM
+                        // was still starting) leaves it running: stop it.
+                        if helper.is_finished() && !*told_to_stop && !agent.has_exited() {
+                            *told_to_stop = true;
+                            if let Err(e) = agent.terminate() {
+                                tracing::warn!("cannot signal the host agent: {e}");
+                            }
+                        }
+                        helper.is_finished() && agent.has_exited()
+                    }
                 }
             }
         }
@@ -327,6 +353,7 @@ impl Daemon {
         for (dir, config, _) in self.supervised() {
             let name = dir.name().clone();
             let deadline = config.stop_timeout.0;
+            let suspends = config.on_host_shutdown == OnHostShutdown::Suspend;
             let watch = self.watches.entry(name.clone()).or_default();
             let agent = match watch.agent.take() {
                 Some(agent) if !agent.has_exited() => Some(agent),
@@ -334,7 +361,21 @@ impl Daemon {
                     .ok()
                     .flatten(),
             };
-            let target = if let Some(agent) = agent {
+            let target = if suspends && let Some(agent) = agent {
+                tracing::info!(instance = %name, "suspending it (onHostShutdown: suspend)");
+                let options = SuspendOptions {
+                    timeout: Some(deadline),
+                    or_stop: true,
+                    host_shutdown: true,
+                };
+                Stopping::Suspend {
+                    agent,
+                    helper: in_thread(&dir, move |dir, notice| {
+                        engine::suspend::suspend(dir, &options, notice).map(drop)
+                    }),
+                    told_to_stop: false,
+                }
+            } else if !suspends && let Some(agent) = agent {
                 if let Err(e) = agent.terminate() {
                     tracing::warn!(instance = %name, "cannot signal the host agent: {e}");
                 }
@@ -346,7 +387,7 @@ impl Daemon {
             } else {
                 continue;
             };
-            longest = longest.max(deadline);
+            longest = longest.max(config.host_shutdown_deadline());
             waiting.push((dir, target));
         }
         let began = Instant::now();
@@ -356,10 +397,10 @@ impl Daemon {
             "waiting for the VMs to stop (limit {limit:?})"
         );
         loop {
-            waiting.retain(|(dir, stopping)| {
+            waiting.retain_mut(|(dir, stopping)| {
                 let done = stopping.done();
                 if done {
-                    if let Stopping::Agent(agent) = stopping {
+                    if let Stopping::Agent(agent) | Stopping::Suspend { agent, .. } = stopping {
                         agent.reap();
                     }
                     tracing::info!(instance = %dir.name(), after = ?began.elapsed(), "stopped");
@@ -391,6 +432,11 @@ impl Daemon {
                 }
                 Stopping::Helper(helper) => {
                     let _ = helper.join();
+                }
+                Stopping::Suspend { agent, helper, .. } => {
+                    let _ = helper.join();
+                    agent.wait_timeout(Duration::from_secs(5));
+                    agent.reap();
                 }
             }
         }
@@ -424,7 +470,7 @@ fn spawn_agent(
         true,
         false,
         placement,
-        config.stop_timeout.0,
+        config.host_shutdown_deadline(),
     )?;
     spawn_program(&program, dir)
 }

@@ -21,7 +21,7 @@ pub fn should_run(
     last: &LastRun,
     witnessed: bool,
 ) -> bool {
-    if desired == Some(Desired::Stopped) || *last == LastRun::GaveUp {
+    if matches!(desired, Some(Desired::Stopped | Desired::Suspended)) || *last == LastRun::GaveUp {
         return false;
     }
     match strategy {
@@ -205,6 +205,7 @@ pub fn decide(memory: &mut Memory, seen: &Seen<'_>) -> Vec<Action> {
     match seen.status {
         Status::Running
         | Status::Starting
+        | Status::Paused(_)
         | Status::Stopping
         // A VM whose shared directory lost its virtiofsd still runs.
         | Status::Broken(
@@ -245,6 +246,7 @@ pub fn decide(memory: &mut Memory, seen: &Seen<'_>) -> Vec<Action> {
             }
         }
         Status::Stopped
+        | Status::Suspended
         | Status::Broken(Broken::StaleRuntimeFiles { .. } | Broken::GaveUp { .. }) => {
             memory.stop_asked = None;
             if memory.watching {
@@ -343,6 +345,10 @@ mod tests {
                 !should_run(strategy, Some(Desired::Stopped), &Crashed, true),
                 "`vmkeep stop` wins over {strategy:?}"
             );
+            assert!(
+                !should_run(strategy, Some(Desired::Suspended), &Requested, false),
+                "`vmkeep suspend` wins over {strategy:?}"
+            );
         }
     }
 
@@ -433,6 +439,49 @@ mod tests {
                 backoff: S
             }]
         );
+    }
+
+    /// A VM suspended at the last host shutdown (its desired state still
+    /// says running) is resumed when the daemon comes up, as an enabled
+    /// unit would be; one the user suspended stays so; `manual` and
+    /// `halted` are never started by the daemon, suspended or not.
+    #[test]
+    fn a_suspended_vm_is_resumed_only_when_its_user_still_wants_it_running() {
+        let limits = RestartLimits::default();
+        let suspended = Status::Suspended;
+        let requested = LastRun::Requested;
+        let cases = [
+            (RunStrategy::Always, Some(Desired::Running), true),
+            (RunStrategy::OnFailure, Some(Desired::Running), true),
+            (RunStrategy::Always, Some(Desired::Suspended), false),
+            (RunStrategy::OnFailure, Some(Desired::Suspended), false),
+            (RunStrategy::Manual, Some(Desired::Running), false),
+            (RunStrategy::Halted, Some(Desired::Running), false),
+        ];
+        for (strategy, desired, resumed) in cases {
+            let mut memory = Memory::default();
+            let actions = decide(
+                &mut memory,
+                &seen(
+                    &suspended,
+                    strategy,
+                    desired,
+                    &requested,
+                    Some("t1"),
+                    S,
+                    &limits,
+                ),
+            );
+            let expected = match resumed {
+                true => vec![Action::Start {
+                    attempt: 1,
+                    after: LastRun::Requested,
+                    backoff: Duration::ZERO,
+                }],
+                false => vec![],
+            };
+            assert_eq!(actions, expected, "{strategy:?}, desired {desired:?}");
+        }
     }
 
     #[test]

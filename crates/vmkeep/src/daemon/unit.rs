@@ -23,7 +23,8 @@ pub struct DaemonUnit {
     pub instances_root: PathBuf,
     pub cache_root: PathBuf,
     pub qemu_dir: Option<PathBuf>,
-    /// The longest `stopTimeout` among supervised instances.
+    /// The longest host-shutdown deadline among supervised instances
+    /// (`Config::host_shutdown_deadline`).
     pub longest_stop_timeout: Duration,
 }
 

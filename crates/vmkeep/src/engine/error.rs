@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use crate::instance::InstanceName;
+use crate::instance::config::ByteSize;
 use crate::instance::status::Broken;
 
 /// What kind of failure it is: the CLI maps each to an exit code.
@@ -81,7 +82,7 @@ pub enum EngineError {
     #[error(
         "{name} cannot start: the filesystem of {filesystem} has {} free, and a start needs at least {}; \
          free some space there (or move VMKEEP_HOME) and start again",
-        crate::engine::error::bytes(*free), crate::engine::error::bytes(*needed)
+        ByteSize(*free).approx(), ByteSize(*needed).approx()
     )]
     NoRoom {
         name: InstanceName,
@@ -89,6 +90,13 @@ pub enum EngineError {
         free: u64,
         needed: u64,
     },
+
+    #[error("{name} was not suspended: {reason}")]
+    SuspendFailed { name: InstanceName, reason: String },
+
+    /// QEMU paused it and it cannot run on yet (the cause lasts).
+    #[error("{name} is paused and cannot run on yet: {reason}")]
+    StillPaused { name: InstanceName, reason: String },
 
     #[error("{name} did not come up: it is {status}")]
     DidNotComeUp { name: InstanceName, status: String },
@@ -141,12 +149,12 @@ impl EngineError {
             | EngineError::WrongState { .. }
             | EngineError::Foreign { .. }
             | EngineError::ForeignInUse { .. } => ErrorKind::WrongState,
-            EngineError::StartFailed { .. } | EngineError::DidNotComeUp { .. } => {
-                ErrorKind::StartFailed
-            }
-            EngineError::StillRunning { .. } | EngineError::Unkillable { .. } => {
-                ErrorKind::StopFailed
-            }
+            EngineError::StartFailed { .. }
+            | EngineError::DidNotComeUp { .. }
+            | EngineError::StillPaused { .. } => ErrorKind::StartFailed,
+            EngineError::StillRunning { .. }
+            | EngineError::Unkillable { .. }
+            | EngineError::SuspendFailed { .. } => ErrorKind::StopFailed,
             EngineError::Autostart(e) => e.kind(),
             EngineError::Create(_)
             | EngineError::NoRoom { .. }
@@ -176,15 +184,5 @@ impl EngineError {
     pub fn process(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| EngineError::Process { context, source }
-    }
-}
-
-/// A byte count for messages: `12.0 MiB`.
-pub fn bytes(n: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    if n >= 1024 * 1024 {
-        format!("{:.1} MiB", n as f64 / MIB)
-    } else {
-        format!("{} KiB", n / 1024)
     }
 }

@@ -1,5 +1,5 @@
 //! The lifecycle engine: one typed operation per verb (start, stop,
-//! force-stop, adopt-and-stop, delete), shared by every front end. The CLI
+//! force-stop, adopt-and-stop, suspend, delete), shared by every front end. The CLI
 //! (`cli/`) parses arguments and prints outcomes; the daemon (`daemon/`)
 //! calls the same operations in-process; the service hooks
 //! (`autostart::hooks`) are consulted from here. What a verb may do in a
@@ -13,6 +13,7 @@ pub mod delete;
 pub mod error;
 pub mod start;
 pub mod stop;
+pub mod suspend;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -120,6 +121,7 @@ pub fn wait_for_status(
 pub fn describe(status: &Status) -> String {
     match status {
         Status::Broken(broken) => format!("Broken: {}", broken.message()),
+        Status::Paused(reason) => format!("Paused: {}", reason.message()),
         other => other.word().to_string(),
     }
 }

@@ -10,10 +10,12 @@ use std::time::Duration;
 use super::{EngineError, Home, Notice, status_of, wait_for_status};
 use crate::autostart::hooks;
 use crate::hostagent;
+use crate::hostagent::api::{ApiClient, ApiError};
 use crate::hostagent::report::Report;
 use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
 use crate::instance::create::CreateError;
 use crate::instance::desired::{self, Desired};
+use crate::instance::pause::PauseReason;
 use crate::instance::status::{Broken, StartPlan};
 use crate::instance::{Config, InstanceDir, InstanceName, Status};
 use crate::os;
@@ -39,6 +41,9 @@ pub struct StartOptions {
     /// Go through the service manager when it runs the instance (so it owns
     /// the agent and keeps it alive).
     pub through_service_manager: bool,
+    /// Throw away a saved state first and boot afresh (the guest loses what
+    /// was in its memory; its disk keeps what was written to it).
+    pub discard_state: bool,
 }
 
 /// How a start ended.
@@ -56,6 +61,8 @@ pub enum Started {
     CameUp,
     /// The service manager started it; it runs now.
     ThroughServiceManager { service: String },
+    /// QEMU had paused it (`reason`); it runs on now.
+    Continued { reason: PauseReason },
     /// `--foreground`: run this program in place of the caller (same pid).
     BecomeAgent(Program),
 }
@@ -85,6 +92,15 @@ pub fn start(
             ),
         });
     }
+    if options.discard_state && crate::driver::qemu::snapshot::exists(&dir) {
+        if status_of(&dir)?.has_live_processes() {
+            return Err(EngineError::WrongState {
+                name: name.clone(),
+                message: format!("{name} runs: its saved state is in use; stop it first"),
+            });
+        }
+        super::suspend::discard_state(&dir, notice)?;
+    }
     if options.repair_data {
         refuse_repair_unless_stopped(&dir, &config)?;
     }
@@ -113,6 +129,20 @@ pub fn start(
         }
     };
     Ok(StartOutcome { created, started })
+}
+
+/// Resume a suspended instance without recording that it should run, and
+/// without its service manager: `stop` does this to let a suspended guest
+/// power off by its own ladder.
+pub fn resume_quietly(dir: &InstanceDir, notice: &dyn Notice) -> Result<(), EngineError> {
+    let config = Config::load(&dir.config())?;
+    match settle(dir, &config, notice)? {
+        Settled::Boot => {
+            boot(dir, &config, &StartOptions::default(), notice)?;
+        }
+        Settled::Done(_) => {}
+    }
+    Ok(())
 }
 
 /// Create `default` on first use. Several starts at once may race to it:
@@ -191,6 +221,30 @@ fn settle(dir: &InstanceDir, config: &Config, notice: &dyn Notice) -> Result<Set
                 return Ok(Settled::Boot);
             }
             StartPlan::AlreadyRunning => return Ok(Settled::Done(Started::AlreadyRunning)),
+            StartPlan::ContinuePaused => {
+                let Status::Paused(reason) = status else {
+                    continue;
+                };
+                notice.step(&format!(
+                    "{name} is paused ({}): letting it run on",
+                    reason.message()
+                ));
+                let client = ApiClient::new(&dir.api_socket());
+                return match super::runtime()?
+                    .block_on(client.continue_running(timeouts::API_ANSWER))
+                {
+                    Ok(_) => Ok(Settled::Done(Started::Continued { reason })),
+                    Err(ApiError::Refused { message, .. }) => Err(EngineError::StillPaused {
+                        name: name.clone(),
+                        reason: message,
+                    }),
+                    // It may have stopped meanwhile: look again.
+                    Err(other) => {
+                        tracing::debug!("no answer to the continue: {other}");
+                        continue;
+                    }
+                };
+            }
             StartPlan::WaitUntilRunning => {
                 notice.step(&format!(
                     "{name} is already starting; waiting until it runs"
@@ -354,9 +408,14 @@ fn follow_agent(
     let log_start = os::fs::len_of(&dir.agent_log());
     let log =
         os::fs::open_append(&dir.agent_log()).map_err(EngineError::io("open", dir.agent_log()))?;
-    let program =
-        hostagent::binary::detached(name, false, repair_data, placement, config.stop_timeout.0)
-            .map_err(EngineError::io("find", hostagent::binary::FILE_NAME))?;
+    let program = hostagent::binary::detached(
+        name,
+        false,
+        repair_data,
+        placement,
+        config.host_shutdown_deadline(),
+    )
+    .map_err(EngineError::io("find", hostagent::binary::FILE_NAME))?;
     let agent = os::process::spawn_detached(&program, os::process::Output::Pipe(write_end), log)
         .map_err(EngineError::process("spawn the host agent"))?;
     notice.step(&format!("starting {name} (host agent pid {})", agent.pid()));

@@ -121,6 +121,18 @@ pub fn stop(
                     attempts: MAX_ROUNDS,
                 });
             }
+            StopPlan::ResumeToStop if options.force => {
+                super::suspend::discard_state(dir, notice)?;
+            }
+            StopPlan::ResumeToStop => {
+                // Its memory holds what the guest has not written yet: resume
+                // it, and the next round stops it by its ladder.
+                notice.step(&format!(
+                    "{name} is suspended: resuming it so that it powers off by its own ladder \
+                     (`vmkeep stop --force {name}` would discard its saved memory instead)"
+                ));
+                super::start::resume_quietly(dir, notice)?;
+            }
             _ if options.force => {
                 force_stop(dir, ForceCause::Asked, notice)?;
                 hooks::cancel_restart(dir, notice);

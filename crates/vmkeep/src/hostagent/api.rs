@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::instance::status::Phase;
-pub use crate::journal::SuspendFallback;
+pub use crate::journal::{SuspendCause, SuspendFallback};
 pub use vmkeep_protocol::{ExecRequest, ExecResult, GuestInfo};
 
 /// One endpoint: method and path.
@@ -45,7 +45,21 @@ pub const SUSPEND: Route = Route {
     path: "/v1/suspend",
 };
 
-pub const ROUTES: [Route; 4] = [INFO, STOP, EXEC, SUSPEND];
+/// `POST` (no body) -> [`Continued`]: let a guest that QEMU paused run on;
+/// an error answer (409) while the cause lasts (the host disk still full).
+pub const CONTINUE: Route = Route {
+    method: "POST",
+    path: "/v1/continue",
+};
+
+pub const ROUTES: [Route; 5] = [INFO, STOP, EXEC, SUSPEND, CONTINUE];
+
+/// The answer to [`CONTINUE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Continued {
+    /// It was paused (false: it ran already).
+    pub was_paused: bool,
+}
 
 /// What the agent knows about its instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +102,9 @@ pub struct SuspendRequest {
     /// What a failed save does with the VM (default: it runs on).
     #[serde(default)]
     pub fallback: SuspendFallback,
+    /// Why it is asked (journaled; default: a request).
+    #[serde(default)]
+    pub cause: SuspendCause,
 }
 
 /// How long a save may take unless the request says otherwise: far more
@@ -166,6 +183,11 @@ impl ApiClient {
         timeout: Duration,
     ) -> Result<SuspendDone, ApiError> {
         self.call(SUSPEND, Some(request), timeout).await
+    }
+
+    /// Let a paused guest run on.
+    pub async fn continue_running(&self, timeout: Duration) -> Result<Continued, ApiError> {
+        self.call(CONTINUE, None::<&()>, timeout).await
     }
 
     pub async fn exec(

@@ -78,7 +78,7 @@ pub fn detached(
     text_reports: bool,
     repair_data: bool,
     placement: Option<&cgroup::Placement>,
-    stop_timeout: std::time::Duration,
+    shutdown_deadline: std::time::Duration,
 ) -> io::Result<Program> {
     let program = Program::new(&path()?, &args_repairing(name, text_reports, repair_data));
     Ok(match placement {
@@ -92,8 +92,8 @@ pub fn detached(
                 format!("vmkeep host agent of {name}"),
             );
             // At a host shutdown systemd stops the scope with SIGTERM: the
-            // agent runs its ladder, which must not be cut short.
-            scope.stop_timeout = Some(crate::autostart::service_stop_timeout(stop_timeout));
+            // agent saves the VM or runs its ladder, which must not be cut short.
+            scope.stop_timeout = Some(crate::autostart::service_stop_timeout(shutdown_deadline));
             cgroup::wrap(placement, &scope, &program)
         }
         None => program,

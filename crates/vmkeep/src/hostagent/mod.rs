@@ -15,9 +15,11 @@ pub mod report;
 pub mod serial_log;
 pub mod server;
 pub mod stopper;
+mod supervise;
 mod suspend;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -26,18 +28,19 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use self::api::AgentInfo;
-use self::inbox::{Inbox, Incoming};
+use self::inbox::Inbox;
 use self::report::{Report, Reporter};
-use self::server::{Command, Shared};
+use self::server::Shared;
 use crate::driver::Vm;
 use crate::driver::qemu::accel::{self, HostFacts};
 use crate::driver::qemu::args::LaunchSpec;
-use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
+use crate::driver::qemu::qmp::{BlockIoError, QmpEvents};
 use crate::driver::qemu::snapshot;
 use crate::driver::qemu::{self, QemuError, QemuVm};
 use crate::guest_link::{self, GuestLink};
 use crate::hostagent::api::GuestInfo;
 use crate::image::tiny;
+use crate::instance::pause::PauseReason;
 use crate::instance::status::Phase;
 use crate::instance::{Config, InstanceDir, InstanceName};
 use crate::journal::{self, Event, Journal, Repair, StopCause, StoppedReason};
@@ -193,6 +196,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         Err(e) => return fail(reporter, format!("cannot install signal handlers: {e}")),
     };
     let (guest_tx, guest_rx) = watch::channel(None);
+    let (pause_tx, pause_rx) = watch::channel(None);
     let (server_stop, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         info: Mutex::new(AgentInfo {
@@ -208,6 +212,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         }),
         commands,
         guest: guest_rx.clone(),
+        pause: pause_rx,
         default_stop_timeout: config.stop_timeout.0,
     });
     let mut agent = Agent {
@@ -229,6 +234,9 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         launched_at: None,
         guest_shutdown: false,
         shares: mounts::Shares::default(),
+        last_io_error: None,
+        pause_tx,
+        guest_reset: Arc::new(AtomicBool::new(false)),
     };
     let outcome = agent.run(options.mode).await;
     agent.finish().await;
@@ -263,6 +271,12 @@ struct Agent<'r, 'n> {
     guest_shutdown: bool,
     /// The virtiofsd of each shared directory (hostagent/mounts.rs).
     shares: mounts::Shares,
+    /// The last disk error QEMU reported (what a pause for `io-error` was).
+    last_io_error: Option<BlockIoError>,
+    /// Why QEMU paused the guest, while it is paused (the API reads it).
+    pause_tx: watch::Sender<Option<PauseReason>>,
+    /// QEMU reset the machine since the guest's boot id was last taken.
+    guest_reset: Arc<AtomicBool>,
 }
 
 impl Agent<'_, '_> {
@@ -350,7 +364,7 @@ impl Agent<'_, '_> {
             serial_log::Bound::from_env(),
         )));
         match mode {
-            Mode::Run => self.bring_up_and_supervise(vm, events, launched_at).await,
+            Mode::Run => self.supervise(vm, events, launched_at).await,
             Mode::StopOnly { deadline, force } => {
                 // Connect the guest agent if it answers, for the ladder's fallback.
                 let quick = Instant::now() + Duration::from_secs(2);
@@ -451,11 +465,11 @@ impl Agent<'_, '_> {
                  the saved state first"
             )));
         }
+        let env_accel = accel::env_override()?;
+        let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
+            .map_err(|e| e.to_string())?;
         if self.config.is_cloud() {
             // Cloud image: seed, ssh port and boot method come from image::cloud.
-            let env_accel = accel::env_override()?;
-            let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
-                .map_err(|e| e.to_string())?;
             let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
                 .map_err(|e| e.to_string())?;
             return match saved {
@@ -478,9 +492,6 @@ impl Agent<'_, '_> {
             reporter.progress(message)
         })
         .map_err(|e| e.to_string())?;
-        let env_accel = accel::env_override()?;
-        let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
-            .map_err(|e| e.to_string())?;
         let cmdline = match &saved {
             // The guest booted with it; a reboot inside the resumed QEMU
             // gets it again, as in the QEMU that booted it.
@@ -614,220 +625,6 @@ impl Agent<'_, '_> {
         }
     }
 
-    /// React to a QMP event (the QMP client has logged it by name already).
-    fn note_qmp_event(&mut self, event: &QmpEvent) {
-        match event {
-            QmpEvent::Shutdown { guest: true, .. } => self.guest_shutdown = true,
-            // The guest restarts in the same QEMU (a `reboot` inside it):
-            // its agent's answers to requests in flight are lost.
-            QmpEvent::Reset { .. } => {
-                if let Some(link) = self.guest_rx.borrow().as_ref() {
-                    link.abandon_after_guest_reset();
-                }
-            }
-            // The guest's CPUs ran again after a pause: its clock lost the
-            // paused time.
-            QmpEvent::Resume => self.clock_nudge.notify_one(),
-            _ => {}
-        }
-    }
-
-    /// Why QEMU exited when nobody asked it to.
-    fn unasked_exit_reason(&self, exit: ExitOutcome) -> StoppedReason {
-        if self.guest_shutdown || exit == ExitOutcome::Exited(0) {
-            StoppedReason::GuestPoweroff
-        } else {
-            StoppedReason::Crashed
-        }
-    }
-
-    async fn bring_up_and_supervise(
-        &mut self,
-        vm: QemuVm,
-        mut events: QmpEvents,
-        launched_at: Option<Instant>,
-    ) -> AgentOutcome {
-        let began = launched_at.unwrap_or_else(Instant::now);
-        let guest_socket = self.dir.guest_socket();
-        let ready = guest_link::wait_ready(&guest_socket, began + self.config.boot_timeout.0);
-        tokio::pin!(ready);
-        let mut events_open = true;
-        let (link, guest) = loop {
-            tokio::select! {
-                result = &mut ready => match result {
-                    Ok(ready) => break ready,
-                    Err(e) => {
-                        let error = format!("the guest did not become ready: {e}; see {}{}", self.dir.serial_log().display(), crate::image::cloud::readiness_hint(&self.config));
-                        self.record(Event::StartFailed { error: error.clone() });
-                        let stopped = self.stop(&vm, StopCause::BootTimeout, Duration::from_secs(1), true).await;
-                        fail(self.reporter, error);
-                        return stopped_as_failed(stopped);
-                    }
-                },
-                exit = vm.exited() => {
-                    let why = match self.unasked_exit_reason(exit) {
-                        StoppedReason::GuestPoweroff => "the guest powered off during boot".to_string(),
-                        _ => format!("QEMU exited during boot ({exit})"),
-                    };
-                    let error = format!("{why}; see {} and {}", self.dir.serial_log().display(), self.dir.qemu_log().display());
-                    self.record(Event::StartFailed { error: error.clone() });
-                    self.record_stopped(StoppedReason::StartFailed, None, None, exit);
-                    return fail(self.reporter, error);
-                }
-                event = events.next(), if events_open => match event {
-                    Some(event) => self.note_qmp_event(&event),
-                    None => events_open = false,
-                },
-                incoming = self.inbox.next() => {
-                    let Some((cause, deadline, force)) = self.stop_parameters(incoming) else {
-                        continue;
-                    };
-                    let outcome = self.stop(&vm, cause, deadline, force).await;
-                    self.reporter.send(Report::Failed { error: "stopped while starting".into() });
-                    return outcome;
-                }
-            }
-        };
-
-        // Ready means a right clock too: the resumed guest's is behind by
-        // the whole suspended time. (Journaled once the start is reported.)
-        let clock_step = match self.resumed {
-            true => self.correct_clock_now(&link).await,
-            false => None,
-        };
-        let boot_secs = began.elapsed().as_secs_f64();
-        let _ = self.guest_tx.send(Some(link.clone()));
-        // A resumed guest's data disk was accepted when it booted.
-        if !self.resumed
-            && let Err(outcome) = self.accept_data_disk(&vm, &guest).await
-        {
-            return outcome;
-        }
-        // [mounts] Shared directories are mounted before the start is ready
-        // (an adopted guest had them mounted already: only said if not).
-        if let Err(error) = mounts::mount_all(&link, &self.shares).await
-            && mounts::must_stop(launched_at.is_some(), &error)
-        {
-            self.record(Event::StartFailed {
-                error: error.clone(),
-            });
-            let stopped = self
-                .stop(&vm, StopCause::SharedDir, self.config.stop_timeout.0, false)
-                .await;
-            fail(self.reporter, error);
-            return stopped_as_failed(stopped);
-        }
-        let shared = Arc::clone(&self.shared);
-        let journal_path = self.dir.journal();
-        let first_boot_id = guest.boot_id.clone();
-        let on_reboot = move |guest: GuestInfo| {
-            let recorded = Journal::open(&journal_path).and_then(|mut journal| {
-                journal.record(Event::GuestRebooted {
-                    guest_boot_id: guest.boot_id.clone(),
-                })
-            });
-            if let Err(e) = recorded {
-                tracing::warn!("cannot write the journal: {e}");
-            }
-            let mut info = shared.info.lock().unwrap_or_else(|e| e.into_inner());
-            info.guest = Some(guest);
-        };
-        self.tasks.push(tokio::spawn(keep_guest_link(
-            self.dir.guest_socket(),
-            link,
-            first_boot_id,
-            self.guest_tx.clone(),
-            on_reboot,
-        )));
-        self.tasks.push(tokio::spawn(clock::keep(
-            self.guest_rx.clone(),
-            Arc::clone(&self.clock_nudge),
-            self.dir.journal(),
-        )));
-        // [mounts] remount after a guest reboot; journal a lost virtiofsd.
-        self.tasks.push(tokio::spawn(mounts::keep(
-            self.shares.clone(),
-            self.guest_rx.clone(),
-            self.dir.clone(),
-        )));
-        // [forwards] the guest's listening ports, forwarded as Lima does.
-        self.tasks.push(tokio::spawn(forwards::keep(
-            self.guest_rx.clone(),
-            vm.qmp().clone(),
-            forwards::Setup::of(&self.config, crate::image::cloud::ssh_port(&self.dir)),
-        )));
-        self.record(Event::Running {
-            qemu_pid: vm.pid(),
-            guest_boot_id: guest.boot_id.clone(),
-            boot_secs,
-        });
-        self.set_info(|info| {
-            info.phase = Phase::Running;
-            info.ready_at = Some(now_rfc3339());
-            info.guest = Some(guest);
-        });
-        let info = self
-            .shared
-            .info
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        self.reporter.send(Report::Ready {
-            info: Box::new(info),
-        });
-        if let Some(before) = clock_step {
-            clock::journal_step(&self.dir.journal(), &before);
-        }
-
-        loop {
-            tokio::select! {
-                exit = vm.exited() => {
-                    let reason = self.unasked_exit_reason(exit);
-                    self.record_stopped(reason, None, None, exit);
-                    return AgentOutcome::Stopped { reason, by: None };
-                }
-                event = events.next(), if events_open => match event {
-                    Some(event) => self.note_qmp_event(&event),
-                    None => events_open = false,
-                },
-                incoming = self.inbox.next() => {
-                    let incoming = match incoming {
-                        Incoming::Command(Command::Suspend { deadline, fallback, answer }) => {
-                            match self.suspend(&vm, deadline, fallback, answer).await {
-                                Some(outcome) => return outcome,
-                                None => continue,
-                            }
-                        }
-                        other => other,
-                    };
-                    if let Some((cause, deadline, force)) = self.stop_parameters(incoming) {
-                        return self.stop(&vm, cause, deadline, force).await;
-                    }
-                }
-            }
-        }
-    }
-
-    /// How to stop for a signal or a stop request; `None` for a request
-    /// that stops nothing (a suspend while starting: refused).
-    fn stop_parameters(&self, incoming: Incoming) -> Option<(StopCause, Duration, bool)> {
-        match incoming {
-            Incoming::Signal(name) => {
-                tracing::info!("{name}: stopping the VM");
-                Some((StopCause::Signal, self.config.stop_timeout.0, false))
-            }
-            Incoming::Command(Command::Stop { deadline, force }) => {
-                Some((StopCause::Request, deadline, force))
-            }
-            Incoming::Command(Command::Suspend { answer, .. }) => {
-                let _ = answer.send(Err(
-                    "the VM is still starting; suspend it once it runs".into()
-                ));
-                None
-            }
-        }
-    }
-
     async fn stop(
         &mut self,
         vm: &QemuVm,
@@ -921,14 +718,18 @@ fn stopped_as_failed(stopped: AgentOutcome) -> AgentOutcome {
 
 /// Keep a guest-agent connection available: when it drops (guest reboot,
 /// channel reset), reconnect and publish the new one. `on_reboot` hears of
-/// each new boot of the guest (a new boot id).
+/// each new boot of the guest: a new boot id after QEMU reset the machine
+/// (`reset` is set on QMP's RESET). A guest that claims new boots without a
+/// reset is untrusted talk: logged, thinly, never journaled.
 async fn keep_guest_link(
     socket: PathBuf,
     mut link: GuestLink,
     mut boot_id: String,
     publish: watch::Sender<Option<GuestLink>>,
+    reset: Arc<AtomicBool>,
     mut on_reboot: impl FnMut(GuestInfo),
 ) {
+    let mut claims = crate::untrusted::LogBudget::default();
     loop {
         link.closed().await;
         let _ = publish.send(None);
@@ -937,9 +738,17 @@ async fn keep_guest_link(
             Ok((new_link, guest)) => {
                 link = new_link;
                 if guest.boot_id != boot_id {
-                    tracing::info!(boot_id = %guest.boot_id, "the guest rebooted");
-                    boot_id = guest.boot_id.clone();
-                    on_reboot(guest);
+                    if reset.swap(false, Ordering::SeqCst) {
+                        tracing::info!(boot_id = %guest.boot_id, "the guest rebooted");
+                        boot_id = guest.boot_id.clone();
+                        on_reboot(guest);
+                    } else if let Some(seen) = claims.tick() {
+                        tracing::warn!(
+                            seen,
+                            "the guest agent reports a new boot id ({}) though QEMU did not reset the machine; ignored",
+                            crate::untrusted::shown(&guest.boot_id, 64)
+                        );
+                    }
                 }
                 let _ = publish.send(Some(link.clone()));
             }
@@ -980,4 +789,117 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 
 fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixListener;
+    use std::sync::mpsc;
+
+    use vmkeep_protocol::{FromGuest, Op, Reply, Request};
+
+    use super::*;
+
+    /// A guest agent on `listener` that answers each connection's hello
+    /// with the next boot id (saying so on `answered`), and ends that
+    /// connection when told on `next`.
+    fn guest_with_boots(
+        listener: UnixListener,
+        boots: Vec<&'static str>,
+        answered: tokio::sync::mpsc::UnboundedSender<&'static str>,
+    ) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+        let (next, told) = mpsc::channel::<()>();
+        let guest = std::thread::spawn(move || {
+            for boot in boots {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let hello: Request = vmkeep_protocol::decode_line(line.as_bytes()).unwrap();
+                assert_eq!(hello.op, Op::Hello);
+                let info = GuestInfo {
+                    kernel: "6.1".into(),
+                    boot_id: boot.into(),
+                    uptime_secs: 1.0,
+                    agent_version: "0.1".into(),
+                    data_mount: None,
+                    data_disk: None,
+                };
+                let reply = FromGuest::Reply {
+                    id: hello.id,
+                    body: Reply::Hello { ready: true, info },
+                };
+                writer
+                    .write_all(&vmkeep_protocol::encode_line(&reply))
+                    .unwrap();
+                let _ = answered.send(boot);
+                if told.recv().is_err() {
+                    return;
+                }
+            }
+        });
+        (next, guest)
+    }
+
+    /// Only a new boot id after QEMU's reset is a reboot: a guest that
+    /// reconnects claiming another boot, without one, is not journaled.
+    #[tokio::test]
+    async fn a_new_boot_id_is_a_reboot_only_after_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("ga.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let (answered_tx, mut answered) = tokio::sync::mpsc::unbounded_channel();
+        let (next, guest) =
+            guest_with_boots(listener, vec!["first", "claimed", "real"], answered_tx);
+        let far = Instant::now() + Duration::from_secs(10);
+        let (link, info) = guest_link::wait_ready(&socket, far).await.unwrap();
+        assert_eq!(answered.recv().await, Some("first"));
+        let (publish, published) = watch::channel(Some(link.clone()));
+        let reset = Arc::new(AtomicBool::new(false));
+        let reboots = Arc::new(Mutex::new(Vec::new()));
+        let heard = Arc::clone(&reboots);
+        let keeper = tokio::spawn(keep_guest_link(
+            socket.clone(),
+            link,
+            info.boot_id,
+            publish,
+            Arc::clone(&reset),
+            move |guest: GuestInfo| heard.lock().unwrap().push(guest.boot_id),
+        ));
+        // The keeper has taken the hello the guest just answered: it
+        // published the new link (the old one is closed by then).
+        let taken = |published: &watch::Receiver<Option<GuestLink>>| {
+            let mut published = published.clone();
+            async move {
+                let open = |link: &Option<GuestLink>| link.as_ref().is_some_and(|l| !l.is_closed());
+                tokio::time::timeout(Duration::from_secs(10), published.wait_for(open))
+                    .await
+                    .expect("the keeper published the new link")
+                    .unwrap();
+            }
+        };
+
+        // The guest drops the link and comes back claiming another boot.
+        next.send(()).unwrap();
+        assert_eq!(answered.recv().await, Some("claimed"));
+        taken(&published).await;
+        assert!(reboots.lock().unwrap().is_empty(), "no reset, no reboot");
+
+        // QEMU resets the machine; the guest comes back with a new boot.
+        reset.store(true, Ordering::SeqCst);
+        next.send(()).unwrap();
+        assert_eq!(answered.recv().await, Some("real"));
+        taken(&published).await;
+        assert_eq!(*reboots.lock().unwrap(), ["real"]);
+        assert!(
+            !reset.load(Ordering::SeqCst),
+            "one reset counts for one boot"
+        );
+
+        keeper.abort();
+        drop(next);
+        guest.join().unwrap();
+    }
 }

@@ -13,10 +13,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::api::{
-    self, AgentInfo, ApiErrorBody, ExecRequest, StopAccepted, StopRequest, SuspendDone,
-    SuspendFallback, SuspendRequest,
+    self, AgentInfo, ApiErrorBody, ExecRequest, StopAccepted, StopRequest, SuspendCause,
+    SuspendDone, SuspendFallback, SuspendRequest,
 };
 use crate::guest_link::GuestLink;
+use crate::instance::pause::PauseReason;
 use crate::instance::status::Phase;
 
 /// What the API asks the agent's main loop to do.
@@ -28,11 +29,29 @@ pub enum Command {
     },
     /// Save the VM's state and end; the outcome goes to `answer` (an error
     /// is the message for the API's caller).
+    /// Let a paused guest run on; `answer` hears whether it was paused, or
+    /// why it cannot go on yet.
+    Continue {
+        answer: oneshot::Sender<Result<api::Continued, String>>,
+    },
     Suspend {
         deadline: Duration,
         fallback: SuspendFallback,
+        cause: SuspendCause,
         answer: oneshot::Sender<Result<SuspendDone, String>>,
     },
+}
+
+/// A request's `timeout_secs` (`default` when absent): a positive number of
+/// seconds that a deadline can hold.
+fn deadline_of(secs: Option<f64>, default: Duration) -> Result<Duration, String> {
+    match secs {
+        None => Ok(default),
+        Some(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs).map_err(|_| {
+            format!("timeout_secs {secs} is not a number of seconds a deadline can hold")
+        }),
+        Some(secs) => Err(format!("timeout_secs must be positive, got {secs}")),
+    }
 }
 
 /// State the server reads and the agent writes.
@@ -40,6 +59,8 @@ pub struct Shared {
     pub info: Mutex<AgentInfo>,
     pub commands: mpsc::UnboundedSender<Command>,
     pub guest: watch::Receiver<Option<GuestLink>>,
+    /// Why QEMU paused the guest, while it is paused.
+    pub pause: watch::Receiver<Option<PauseReason>>,
     pub default_stop_timeout: Duration,
 }
 
@@ -71,6 +92,49 @@ async fn connected_guest(shared: &Shared) -> Option<GuestLink> {
     match back {
         Ok(Ok(link)) => link.clone(),
         _ => None,
+    }
+}
+
+/// How long a command in flight waits for a guest that QEMU paused meanwhile
+/// before its caller hears why it does not finish.
+const PAUSED_EXEC_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a command cannot run now in a paused guest.
+fn paused_refusal(shared: &Shared, reason: &PauseReason) -> String {
+    let name = shared
+        .info
+        .lock()
+        .map(|info| info.name.clone())
+        .unwrap_or_default();
+    format!(
+        "{name} is paused: {}; {}",
+        reason.message(),
+        reason.hint().replace("NAME", &name)
+    )
+}
+
+/// Once the guest has been paused for `grace` without a break: why.
+async fn paused_for(
+    pause: &mut watch::Receiver<Option<PauseReason>>,
+    grace: Duration,
+) -> PauseReason {
+    loop {
+        let reason = match pause.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
+            Err(_) => None,
+        };
+        let Some(reason) = reason else {
+            return std::future::pending().await;
+        };
+        let ran_again = tokio::time::timeout(grace, async {
+            pause.wait_for(Option::is_none).await.is_ok()
+        })
+        .await;
+        match ran_again {
+            Err(_) => return reason,
+            Ok(true) => continue,
+            Ok(false) => return std::future::pending().await,
+        }
     }
 }
 
@@ -155,15 +219,9 @@ async fn handle(
                 Ok(stop) => stop,
                 Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
             };
-            let deadline = match stop.timeout_secs {
-                Some(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
-                Some(secs) => {
-                    return Ok(error(
-                        StatusCode::BAD_REQUEST,
-                        format!("timeout_secs must be positive, got {secs}"),
-                    ));
-                }
-                None => shared.default_stop_timeout,
+            let deadline = match deadline_of(stop.timeout_secs, shared.default_stop_timeout) {
+                Ok(deadline) => deadline,
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
             };
             if shared
                 .commands
@@ -190,15 +248,9 @@ async fn handle(
                 Ok(suspend) => suspend,
                 Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
             };
-            let deadline = match suspend.timeout_secs {
-                Some(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs),
-                Some(secs) => {
-                    return Ok(error(
-                        StatusCode::BAD_REQUEST,
-                        format!("timeout_secs must be positive, got {secs}"),
-                    ));
-                }
-                None => api::DEFAULT_SUSPEND_TIMEOUT,
+            let deadline = match deadline_of(suspend.timeout_secs, api::DEFAULT_SUSPEND_TIMEOUT) {
+                Ok(deadline) => deadline,
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
             };
             let phase = shared
                 .info
@@ -213,32 +265,21 @@ async fn handle(
                         match phase {
                             Phase::Starting => "starting",
                             Phase::Running => "running",
+                            Phase::Paused => "paused by QEMU (`vmkeep start` lets it run on)",
                             Phase::Stopping => "stopping",
                         }
                     ),
                 ));
             }
-            let (answer, answered) = oneshot::channel();
-            let command = Command::Suspend {
+            ask_main_loop(&shared, |answer| Command::Suspend {
                 deadline,
                 fallback: suspend.fallback,
+                cause: suspend.cause,
                 answer,
-            };
-            if shared.commands.send(command).is_err() {
-                return Ok(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the host agent is exiting".into(),
-                ));
-            }
-            match answered.await {
-                Ok(Ok(done)) => json(StatusCode::OK, &done),
-                Ok(Err(message)) => error(StatusCode::CONFLICT, message),
-                Err(_) => error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the host agent ended before the suspend was decided".into(),
-                ),
-            }
+            })
+            .await
         }
+        api::CONTINUE => ask_main_loop(&shared, |answer| Command::Continue { answer }).await,
         api::EXEC => {
             let exec: ExecRequest = match serde_json::from_slice(&body) {
                 Ok(exec) => exec,
@@ -255,19 +296,60 @@ async fn handle(
                     "exec needs a command".into(),
                 ));
             }
+            if let Some(reason) = shared.pause.borrow().clone() {
+                return Ok(error(
+                    StatusCode::CONFLICT,
+                    paused_refusal(&shared, &reason),
+                ));
+            }
             match connected_guest(&shared).await {
                 None => error(
                     StatusCode::CONFLICT,
                     "the guest agent is not connected (the instance is starting, stopping or stopped, or its guest did not come back from a reboot)".into(),
                 ),
-                Some(link) => match link.exec(exec, EXEC_TIMEOUT).await {
-                    Ok(result) => json(StatusCode::OK, &result),
-                    Err(e) => error(StatusCode::BAD_GATEWAY, format!("{:#}", anyhow::Error::new(e))),
-                },
+                Some(link) => {
+                    let mut pause = shared.pause.clone();
+                    tokio::select! {
+                        result = link.exec(exec, EXEC_TIMEOUT) => match result {
+                            Ok(result) => json(StatusCode::OK, &result),
+                            Err(e) => error(StatusCode::BAD_GATEWAY, format!("{:#}", anyhow::Error::new(e))),
+                        },
+                        reason = paused_for(&mut pause, PAUSED_EXEC_GRACE) => error(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "{}; the command may still finish in the guest once it runs again",
+                                paused_refusal(&shared, &reason)
+                            ),
+                        ),
+                    }
+                }
             }
         }
         _ => error(StatusCode::NOT_FOUND, format!("no handler for {path}")),
     })
+}
+
+/// Hand the agent's main loop a command and answer with what it decides:
+/// 200 with the outcome, 409 with its refusal.
+async fn ask_main_loop<T: serde::Serialize>(
+    shared: &Shared,
+    command: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+) -> Response<Full<Bytes>> {
+    let (answer, answered) = oneshot::channel();
+    if shared.commands.send(command(answer)).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host agent is exiting".into(),
+        );
+    }
+    match answered.await {
+        Ok(Ok(done)) => json(StatusCode::OK, &done),
+        Ok(Err(message)) => error(StatusCode::CONFLICT, message),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the host agent ended before it answered".into(),
+        ),
+    }
 }
 
 fn parse_or_default<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, String> {

@@ -99,6 +99,9 @@ pub async fn stop<V: Vm>(
                 Incoming::Command(Command::Suspend { answer, .. }) => {
                     let _ = answer.send(Err("the VM is being stopped; it cannot be suspended now".into()));
                 }
+                Incoming::Command(Command::Continue { answer }) => {
+                    let _ = answer.send(Err("the VM is being stopped".into()));
+                }
             },
         }
     }

@@ -18,7 +18,7 @@ use crate::driver::qemu::snapshot::{self, SaveOptions, Settled, StateAfterFailur
 use crate::driver::qemu::{QemuVm, find_in_path};
 use crate::guest_link::GuestLink;
 use crate::instance::status::Phase;
-use crate::journal::{Event, Repair, StopCause, StoppedReason, SuspendFallback};
+use crate::journal::{Event, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback};
 use crate::os;
 
 /// How long loading a saved state may take (the tiny guest takes ~10 ms).
@@ -36,12 +36,14 @@ impl Agent<'_, '_> {
         vm: &QemuVm,
         deadline: Duration,
         fallback: SuspendFallback,
+        cause: SuspendCause,
         answer: oneshot::Sender<Result<SuspendDone, String>>,
     ) -> Option<AgentOutcome> {
         self.set_info(|info| info.phase = Phase::Stopping);
         os::service_notify::stopping("saving the VM's state (suspend)");
         self.record(Event::Suspending {
             deadline_secs: deadline.as_secs_f64(),
+            cause,
         });
         match snapshot::save(vm, &self.dir, &SaveOptions::new(deadline)).await {
             Ok(saved) => {

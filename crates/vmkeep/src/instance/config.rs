@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::lima;
 pub use super::provision::{DataFile, Probe, Provision, ProvisionMode, YqEdit};
 use super::yaml_de::{MustBeEmpty, MustBeOff, ScalarString, nullable, parse_checked};
+use crate::timeouts;
 
 /// The built-in template `vmkeep create` writes when no `--template` is given.
 pub const DEFAULT_TEMPLATE: &str = "\
@@ -36,6 +37,9 @@ disk: 2GiB
 stopTimeout: 30s
 # How long a start may take until the guest agent reports ready.
 bootTimeout: 180s
+# What a host shutdown does to the VM: poweroff (its stop ladder), or
+# suspend (its state is saved and the next boot resumes it).
+onHostShutdown: poweroff
 # Accelerator: auto (KVM where it really works, else TCG), kvm or tcg.
 # The environment variable VMKEEP_ACCEL overrides this.
 accel: auto
@@ -62,6 +66,8 @@ pub struct Config {
     /// What `vmkeep daemon` does when the VM exits (KubeVirt's runStrategy).
     /// Absent: the daemon leaves the instance alone.
     pub run_strategy: Option<RunStrategy>,
+    /// What a host shutdown does to the VM.
+    pub on_host_shutdown: OnHostShutdown,
     /// Cloud images to boot instead of the tiny image (Lima's `images:`);
     /// the first one for the host's architecture that can be fetched wins.
     pub images: Vec<ImageEntry>,
@@ -101,6 +107,8 @@ pub struct RawConfig {
     pub kernel: Option<KernelSettings>,
     #[serde(default, deserialize_with = "nullable")]
     pub run_strategy: Option<RunStrategy>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub on_host_shutdown: Option<OnHostShutdown>,
     #[serde(default, deserialize_with = "nullable")]
     pub images: Option<Vec<ImageEntry>>,
     #[serde(default, deserialize_with = "nullable")]
@@ -406,6 +414,20 @@ impl RunStrategy {
     }
 }
 
+/// What a host shutdown (systemd going down, or `vmkeep daemon` stopping
+/// all it runs) does to a VM. A `vmkeep stop` or a stop of its one unit is
+/// not a host shutdown: it always stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnHostShutdown {
+    /// The stop ladder: the guest powers off.
+    #[default]
+    Poweroff,
+    /// Save its state (within `stopTimeout`), resumed at the next boot; if
+    /// the save fails or would not fit, the stop ladder as for poweroff.
+    Suspend,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config::parse(DEFAULT_TEMPLATE).expect("the built-in template is valid")
@@ -551,14 +573,17 @@ impl Config {
                 .disk
                 .unwrap_or(DiskSize(ByteSize(pick(CLOUD_DISK, 2 * GIB)))),
             accel: raw.accel.unwrap_or_default(),
-            stop_timeout: raw
-                .stop_timeout
-                .unwrap_or(Timeout(Duration::from_secs(pick(CLOUD_STOP_TIMEOUT, 30)))),
-            boot_timeout: raw
-                .boot_timeout
-                .unwrap_or(Timeout(Duration::from_secs(pick(CLOUD_BOOT_TIMEOUT, 180)))),
+            stop_timeout: raw.stop_timeout.unwrap_or(Timeout(Duration::from_secs(pick(
+                CLOUD_STOP_TIMEOUT,
+                timeouts::DEFAULT_STOP_TIMEOUT.as_secs(),
+            )))),
+            boot_timeout: raw.boot_timeout.unwrap_or(Timeout(Duration::from_secs(pick(
+                CLOUD_BOOT_TIMEOUT,
+                timeouts::DEFAULT_BOOT_TIMEOUT.as_secs(),
+            )))),
             kernel: raw.kernel.clone().unwrap_or_default(),
             run_strategy: raw.run_strategy,
+            on_host_shutdown: raw.on_host_shutdown.unwrap_or_default(),
             images,
             provision: raw.provision.clone().unwrap_or_default(),
             probes: raw.probes.clone().unwrap_or_default(),
@@ -576,6 +601,16 @@ impl Config {
             path: path.into(),
             source,
         })
+    }
+
+    /// The longest a host shutdown may have to wait for this VM: its stop
+    /// ladder's deadline, and for `onHostShutdown: suspend` before it a save
+    /// that may take as long (and then fail, leaving the ladder to run).
+    pub fn host_shutdown_deadline(&self) -> Duration {
+        match self.on_host_shutdown {
+            OnHostShutdown::Poweroff => self.stop_timeout.0,
+            OnHostShutdown::Suspend => self.stop_timeout.0 * 2,
+        }
     }
 
     /// Whether the instance boots a cloud image (else the tiny image).
@@ -775,6 +810,15 @@ impl ByteSize {
     pub fn mib(self) -> u64 {
         self.0 / MIB
     }
+
+    /// The size for messages, rounded: `12.0 MiB`, `512 KiB`.
+    pub fn approx(self) -> String {
+        if self.0 >= MIB {
+            format!("{:.1} MiB", self.0 as f64 / MIB as f64)
+        } else {
+            format!("{} KiB", self.0 / 1024)
+        }
+    }
 }
 
 impl fmt::Display for ByteSize {
@@ -938,6 +982,19 @@ mod tests {
     }
 
     #[test]
+    fn on_host_shutdown_defaults_to_poweroff_and_a_save_doubles_the_shutdown_deadline() {
+        let config = Config::default();
+        assert_eq!(config.on_host_shutdown, OnHostShutdown::Poweroff);
+        assert_eq!(config.host_shutdown_deadline(), Duration::from_secs(30));
+        let config = Config::parse("stopTimeout: 20s\nonHostShutdown: suspend\n").unwrap();
+        assert_eq!(config.on_host_shutdown, OnHostShutdown::Suspend);
+        // A save that may take stopTimeout, then the ladder's stopTimeout.
+        assert_eq!(config.host_shutdown_deadline(), Duration::from_secs(40));
+        let config = Config::parse("onHostShutdown: null\n").unwrap();
+        assert_eq!(config.on_host_shutdown, OnHostShutdown::Poweroff);
+    }
+
+    #[test]
     fn lima_style_values_parse() {
         let config =
             Config::parse("cpus: 2\nmemory: 1G\ndisk: 10GiB\nstopTimeout: 2m\naccel: tcg\n")
@@ -974,6 +1031,7 @@ mod tests {
             ("stopTimeout: 0s\n", "0s", "between 1s", 2),
             ("vmType: vz\n", "vz", "qemu", 2),
             ("accel: hvf\n", "hvf", "auto", 2),
+            ("onHostShutdown: hibernate\n", "hibernate", "suspend", 2),
             ("kernel:\n  path: vmlinuz\n", "relative", "absolute", 3),
         ];
         for (yaml, names, fix, line) in cases {

@@ -11,13 +11,10 @@ use super::name::InstanceName;
 use crate::image::cloud::{self, CloudError};
 use crate::image::download::{self, Progress};
 use crate::os;
-use crate::os::lock::HeldLock;
 use crate::os::tool::{Tool, ToolError};
 use crate::template::vars::{self, ExpandError};
 use crate::template::{self, Source, TemplateError};
 
-/// Appended to a staging directory's name to name its creator's lock.
-const STAGING_LOCK_SUFFIX: &str = ".lock";
 /// Where older versions kept the creator's lock: inside the staging
 /// directory (still honoured, so that a mixed-version home stays clean).
 const OLD_CREATE_LOCK: &str = "create.lock";
@@ -185,17 +182,8 @@ pub fn create_from(
     remove_abandoned_temporaries(root);
 
     // The lock comes first and goes last (see `remove_abandoned_temporaries`).
-    let staging = os::fs::temp_sibling(dir.dir());
-    let lock_path = staging_lock(&staging);
-    let lock = match HeldLock::try_acquire(&lock_path).map_err(io_error(&lock_path))? {
-        Some(lock) => lock,
-        None => {
-            return Err(CreateError::Io {
-                path: lock_path,
-                source: std::io::Error::other("a fresh staging lock is held by someone else"),
-            });
-        }
-    };
+    let (staging, lock) = os::lock::lock_temp_sibling(dir.dir()).map_err(io_error(dir.dir()))?;
+    let lock_path = lock.path().to_path_buf();
     let result = (|| {
         os::fs::create_private_dir_all(&staging).map_err(io_error(&staging))?;
         let staged = InstanceDir::new(root, name.clone())?;
@@ -247,53 +235,26 @@ pub fn create_from(
     })
 }
 
-/// The lock of a staging directory: a sibling file, `.NAME.tmp-PID-N.lock`.
-fn staging_lock(staging: &Path) -> PathBuf {
-    let mut name = staging.file_name().unwrap_or_default().to_os_string();
-    name.push(STAGING_LOCK_SUFFIX);
-    staging.with_file_name(name)
-}
-
 /// Remove staging directories whose creator is gone.
 ///
-/// A creator links its lock in (already locked) *before* it makes the
-/// staging directory, and removes the lock only *after* the directory is
-/// gone (renamed into place or removed). So a free lock means the creator
-/// died, and a staging directory without its lock was abandoned: neither
-/// can belong to a creator that still runs. (When the lock lived inside the
-/// directory, a creator killed between `mkdir` and taking the lock left a
-/// directory that no sweep ever removed.)
+/// A creator takes its lock, a sibling of the staging directory, before it
+/// makes the directory and removes it after the directory is gone, so a
+/// free lock means the creator died ([`os::lock::remove_abandoned_temporaries`]).
+/// A staging directory without its sibling lock was made by an older
+/// version, which kept the lock inside it: abandoned when that one is free.
+/// (When the lock lived inside the directory, a creator killed between
+/// `mkdir` and taking the lock left a directory that no sweep ever removed.)
 pub fn remove_abandoned_temporaries(root: &Path) {
-    let Ok(names) = os::fs::entry_names(root) else {
-        return;
-    };
-    for name in names {
-        if !(name.starts_with('.') && name.contains(".tmp-")) {
-            continue;
-        }
-        let path = root.join(&name);
-        if let Some(staging) = name.strip_suffix(STAGING_LOCK_SUFFIX) {
-            if matches!(os::lock::holder(&path), Ok(None)) {
-                let _ = os::fs::remove_dir_all_if_exists(&root.join(staging));
-                let _ = os::fs::remove_file_if_exists(&path);
-            }
-        } else if path.is_dir() && abandoned_staging(&path) {
-            let _ = os::fs::remove_dir_all_if_exists(&path);
-        }
-    }
-}
-
-/// Whether the creator of staging directory `path` is gone: no live holder
-/// of its lock, nor of the lock inside it that older versions took.
-fn abandoned_staging(path: &Path) -> bool {
-    let free = |lock: &Path| matches!(os::lock::holder(lock), Ok(None));
-    free(&staging_lock(path)) && free(&path.join(OLD_CREATE_LOCK))
+    os::lock::remove_abandoned_temporaries(root, &|staging| {
+        matches!(os::lock::holder(&staging.join(OLD_CREATE_LOCK)), Ok(None))
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::instance::config::DEFAULT_TEMPLATE;
+    use crate::os::lock::HeldLock;
 
     fn name(s: &str) -> InstanceName {
         s.parse().unwrap()

@@ -11,6 +11,8 @@ use crate::os;
 pub enum Desired {
     Running,
     Stopped,
+    /// `vmkeep suspend`: kept suspended until `vmkeep start`.
+    Suspended,
 }
 
 impl Desired {
@@ -18,6 +20,7 @@ impl Desired {
         match self {
             Desired::Running => "running",
             Desired::Stopped => "stopped",
+            Desired::Suspended => "suspended",
         }
     }
 }
@@ -27,13 +30,15 @@ pub fn read(dir: &InstanceDir) -> Option<Desired> {
     match std::fs::read_to_string(dir.desired_state()).ok()?.trim() {
         "running" => Some(Desired::Running),
         "stopped" => Some(Desired::Stopped),
+        "suspended" => Some(Desired::Suspended),
         _ => None,
     }
 }
 
 /// Record what was asked (atomically). On a host filesystem too full for
 /// the atomic write's temporary, an existing record is overwritten in place
-/// instead: both words have the same length, so no new block is needed.
+/// instead: the words are a few bytes in a file's one block, so no new
+/// block is needed.
 pub fn write(dir: &InstanceDir, desired: Desired) -> io::Result<()> {
     let text = format!("{}\n", desired.as_str());
     match os::fs::write_atomic(&dir.desired_state(), text.as_bytes(), 0o600) {
@@ -62,10 +67,7 @@ mod tests {
         assert_eq!(read(&dir), Some(Desired::Stopped));
         std::fs::write(dir.desired_state(), "maybe").unwrap();
         assert_eq!(read(&dir), None);
-        assert_eq!(
-            Desired::Running.as_str().len(),
-            Desired::Stopped.as_str().len(),
-            "an in-place overwrite needs no new block"
-        );
+        write(&dir, Desired::Suspended).unwrap();
+        assert_eq!(read(&dir), Some(Desired::Suspended));
     }
 }

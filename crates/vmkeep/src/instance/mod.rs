@@ -9,6 +9,7 @@ pub mod lima;
 pub mod name;
 pub mod observe;
 pub mod ownership;
+pub mod pause;
 pub mod provision;
 pub mod runtime;
 pub mod shares;

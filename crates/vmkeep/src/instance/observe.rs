@@ -6,7 +6,7 @@ use std::io;
 use super::config::Config;
 use super::layout::InstanceDir;
 use super::runtime::runtime_files;
-use super::status::{ApiState, ConfigState, Observations};
+use super::status::{ConfigState, Observations};
 use crate::journal;
 use crate::os;
 
@@ -48,12 +48,12 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
                 qemu_pid,
                 runtime_files: runtime_files(dir)?,
                 last_event: journal::last(&dir.journal()).unwrap_or(None),
-                api: ApiState::NotAsked,
                 service_failure: None,
                 shares_lost: match qemu_pid {
                     Some(_) => shares_lost(dir)?,
                     None => Vec::new(),
                 },
+                saved_state: crate::driver::qemu::snapshot::exists(dir),
             })
         },
         // No agent and no trace of one: a stopped instance as of the first

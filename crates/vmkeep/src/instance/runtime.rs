@@ -11,7 +11,7 @@
 
 use std::io;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use super::layout::InstanceDir;
 
@@ -79,10 +79,7 @@ pub fn remove_leftovers(dir: &InstanceDir) -> io::Result<Vec<String>> {
 /// dead writer look alive, which only keeps the file longer.)
 fn abandoned(path: &Path, writer: Option<u32>) -> bool {
     let writer_alive = writer.is_some_and(crate::os::process::pid_exists);
-    let age = std::fs::symlink_metadata(path)
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|modified| SystemTime::now().duration_since(modified).ok());
+    let age = crate::os::fs::age(path);
     !writer_alive && age.is_some_and(|age| age >= ABANDONED_AFTER)
 }
 
@@ -152,7 +149,7 @@ mod tests {
         for path in [&fresh, &old] {
             std::fs::write(path, "x").unwrap();
         }
-        let long_ago = SystemTime::now() - 2 * ABANDONED_AFTER;
+        let long_ago = std::time::SystemTime::now() - 2 * ABANDONED_AFTER;
         std::fs::File::options()
             .write(true)
             .open(&old)

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::autostart::manager::UnitFailure;
 use crate::instance::data_disk::DataDiskProblem;
+use crate::instance::pause::PauseReason;
 use crate::journal::{Event, Record};
 
 /// What was seen when looking at an instance.
@@ -22,14 +23,14 @@ pub struct Observations {
     pub runtime_files: Vec<String>,
     /// The journal's last record.
     pub last_event: Option<Record>,
-    /// What the host agent's API said, if it was asked.
-    pub api: ApiState,
     /// The service manager gave up on the unit that runs it (asked only when
     /// nothing runs and the last run failed).
     pub service_failure: Option<UnitFailure>,
     /// Shared directories whose virtiofsd is gone (its `fsN.pid` lock is
     /// free) while QEMU runs, as their lock files describe them.
     pub shares_lost: Vec<String>,
+    /// A saved state (`vmkeep suspend`) waits to be resumed.
+    pub saved_state: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -39,20 +40,14 @@ pub enum ConfigState {
     Invalid { message: String },
 }
 
-/// The answer of the host agent's API.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ApiState {
-    NotAsked,
-    Answered(Phase),
-    NoAnswer { error: String },
-}
-
 /// The phase a live host agent is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     Starting,
     Running,
+    /// QEMU paused the guest by itself (see `instance::pause`).
+    Paused,
     Stopping,
 }
 
@@ -60,8 +55,13 @@ pub enum Phase {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
     Stopped,
+    /// Not running, its state saved (`vmkeep suspend`): `start` resumes it.
+    Suspended,
     Starting,
     Running,
+    /// It runs, but QEMU paused the guest by itself (a full host disk, a
+    /// disk error, ...): nothing in it moves until it is continued.
+    Paused(PauseReason),
     Stopping,
     Broken(Broken),
 }
@@ -257,6 +257,9 @@ pub enum StartPlan {
     WaitForStop,
     /// Its host agent is cleaning up after QEMU exited: wait, then boot.
     WaitForCleanup,
+    /// QEMU paused it: ask its host agent to let it run on (refused, with
+    /// the reason, while the cause lasts).
+    ContinuePaused,
     /// Needs a human (config, disk): refuse, with the reason and the fix.
     Refuse,
 }
@@ -270,6 +273,10 @@ pub enum StopPlan {
     RemoveStaleFiles,
     /// Ask the host agent (API, else SIGTERM) and wait for it.
     AskAgent,
+    /// A saved state waits: resume it, so that the guest powers off by its
+    /// own ladder (flushing what it holds in memory), rather than throw its
+    /// memory away. (`--force` discards the state instead.)
+    ResumeToStop,
     /// QEMU runs without an agent: adopt it here and run the ladder.
     AdoptAndStop,
     /// The agent does not answer: kill it (by its lock), adopt its QEMU and
@@ -280,9 +287,11 @@ pub enum StopPlan {
 impl Status {
     pub fn start_plan(&self) -> StartPlan {
         match self {
-            Status::Stopped => StartPlan::Boot,
+            // The host agent resumes a saved state by itself.
+            Status::Stopped | Status::Suspended => StartPlan::Boot,
             Status::Starting => StartPlan::WaitUntilRunning,
             Status::Running => StartPlan::AlreadyRunning,
+            Status::Paused(_) => StartPlan::ContinuePaused,
             Status::Stopping => StartPlan::WaitForStop,
             Status::Broken(broken) => match broken {
                 // A restart is the user's call: its guest runs.
@@ -307,7 +316,11 @@ impl Status {
     pub fn stop_plan(&self) -> StopPlan {
         match self {
             Status::Stopped => StopPlan::NothingToStop,
-            Status::Starting | Status::Running | Status::Stopping => StopPlan::AskAgent,
+            Status::Suspended => StopPlan::ResumeToStop,
+            // A paused guest is continued by its agent for the ladder.
+            Status::Starting | Status::Running | Status::Paused(_) | Status::Stopping => {
+                StopPlan::AskAgent
+            }
             Status::Broken(broken) => match broken {
                 Broken::StaleRuntimeFiles { .. } => StopPlan::RemoveStaleFiles,
                 Broken::OrphanedQemu { .. } => StopPlan::AdoptAndStop,
@@ -331,6 +344,11 @@ impl Status {
             Status::Running | Status::Broken(Broken::SharedDirsLost { .. })
         )
     }
+
+    /// Whether `suspend` can save its state now.
+    pub fn can_suspend(&self) -> bool {
+        matches!(self, Status::Running)
+    }
 }
 
 impl Status {
@@ -338,8 +356,8 @@ impl Status {
     /// alive: what `stop` must end and `delete` must not leave behind.
     pub fn has_live_processes(&self) -> bool {
         match self {
-            Status::Stopped => false,
-            Status::Starting | Status::Running | Status::Stopping => true,
+            Status::Stopped | Status::Suspended => false,
+            Status::Starting | Status::Running | Status::Paused(_) | Status::Stopping => true,
             Status::Broken(broken) => broken.has_live_processes(),
         }
     }
@@ -348,8 +366,10 @@ impl Status {
     pub fn word(&self) -> &'static str {
         match self {
             Status::Stopped => "Stopped",
+            Status::Suspended => "Suspended",
             Status::Starting => "Starting",
             Status::Running => "Running",
+            Status::Paused(_) => "Paused",
             Status::Stopping => "Stopping",
             Status::Broken(_) => "Broken",
         }
@@ -364,18 +384,9 @@ pub fn derive(seen: &Observations) -> Status {
             error: "it is stopped (SIGSTOP, or a debugger holds it)".into(),
         }),
         (Some(agent_pid), qemu_pid) => {
-            let phase = match &seen.api {
-                ApiState::Answered(phase) => *phase,
-                ApiState::NoAnswer { error } => {
-                    return Status::Broken(Broken::AgentUnresponsive {
-                        agent_pid,
-                        error: error.clone(),
-                    });
-                }
-                ApiState::NotAsked => phase_from_journal(seen.last_event.as_ref(), agent_pid),
-            };
-            match phase {
-                Phase::Running if qemu_pid.is_none() => {
+            let last = seen.last_event.as_ref();
+            match phase_from_journal(last, agent_pid) {
+                Phase::Running | Phase::Paused if qemu_pid.is_none() => {
                     Status::Broken(Broken::QemuGone { agent_pid })
                 }
                 Phase::Running if !seen.shares_lost.is_empty() => {
@@ -385,6 +396,7 @@ pub fn derive(seen: &Observations) -> Status {
                 }
                 Phase::Starting => Status::Starting,
                 Phase::Running => Status::Running,
+                Phase::Paused => Status::Paused(pause_reason(last)),
                 Phase::Stopping => Status::Stopping,
             }
         }
@@ -400,6 +412,7 @@ pub fn derive(seen: &Observations) -> Status {
                     files: seen.runtime_files.clone(),
                 })
             }
+            ConfigState::Valid if seen.saved_state => Status::Suspended,
             ConfigState::Valid if seen.service_failure.is_some() => {
                 Status::Broken(Broken::ServiceGaveUp {
                     failure: seen.service_failure.clone().expect("checked"),
@@ -426,6 +439,16 @@ pub fn derive(seen: &Observations) -> Status {
     }
 }
 
+/// The reason of the `paused` record the journal ends with.
+fn pause_reason(last: Option<&Record>) -> PauseReason {
+    match last.map(|r| &r.event) {
+        Some(Event::Paused { reason }) => reason.clone(),
+        _ => PauseReason::Other {
+            run_state: "unknown".into(),
+        },
+    }
+}
+
 /// The phase of a live agent, from the last thing it wrote. An agent that has
 /// written nothing yet is starting.
 fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
@@ -433,7 +456,9 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         return Phase::Starting;
     };
     match &record.event {
+        Event::Paused { .. } => Phase::Paused,
         Event::Running { .. }
+        | Event::Continued { .. }
         | Event::GuestRebooted { .. }
         | Event::GuestClockSet { .. }
         | Event::SharedDirLost { .. }
@@ -480,9 +505,9 @@ mod tests {
             qemu_pid: None,
             runtime_files: vec![],
             last_event: None,
-            api: ApiState::NotAsked,
             service_failure: None,
             shares_lost: vec![],
+            saved_state: false,
         }
     }
 
@@ -512,6 +537,19 @@ mod tests {
             mount: "/data".into(),
             formatted: false,
             repaired: None,
+        }
+    }
+
+    fn disk_full() -> PauseReason {
+        PauseReason::HostDiskFull {
+            mount_point: "/home".into(),
+            available_bytes: 0,
+        }
+    }
+
+    fn paused_event() -> Event {
+        Event::Paused {
+            reason: disk_full(),
         }
     }
 
@@ -624,30 +662,50 @@ mod tests {
                 Status::Stopping,
             ),
             (
-                "the API's answer wins over the journal",
+                "QEMU paused the guest: paused, with the reason",
                 Observations {
                     agent_pid: Some(10),
                     qemu_pid: Some(20),
-                    last_event: record(10, running_event()),
-                    api: ApiState::Answered(Phase::Stopping),
+                    last_event: record(10, paused_event()),
                     ..base()
                 },
-                Status::Stopping,
+                Status::Paused(disk_full()),
             ),
             (
-                "agent does not answer",
+                "continued after a pause: running",
                 Observations {
                     agent_pid: Some(10),
                     qemu_pid: Some(20),
-                    api: ApiState::NoAnswer {
-                        error: "timed out".into(),
-                    },
+                    last_event: record(
+                        10,
+                        Event::Continued {
+                            by: crate::journal::ContinueCause::SpaceFreed,
+                            after_secs: 3.0,
+                        },
+                    ),
                     ..base()
                 },
-                Status::Broken(Broken::AgentUnresponsive {
-                    agent_pid: 10,
-                    error: "timed out".into(),
-                }),
+                Status::Running,
+            ),
+            (
+                "paused, but QEMU is gone",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: None,
+                    last_event: record(10, paused_event()),
+                    ..base()
+                },
+                Status::Broken(Broken::QemuGone { agent_pid: 10 }),
+            ),
+            (
+                "a pause journaled by a previous agent says nothing of this one",
+                Observations {
+                    agent_pid: Some(11),
+                    qemu_pid: Some(20),
+                    last_event: record(10, paused_event()),
+                    ..base()
+                },
+                Status::Starting,
             ),
             (
                 "a frozen agent is unresponsive whatever its journal says",
@@ -699,6 +757,23 @@ mod tests {
                 Status::Broken(Broken::StaleRuntimeFiles {
                     files: vec!["ha.pid".into(), "qmp.sock".into()],
                 }),
+            ),
+            (
+                "a saved state waits to be resumed",
+                Observations {
+                    saved_state: true,
+                    last_event: record(
+                        9,
+                        Event::Stopped {
+                            reason: StoppedReason::Requested,
+                            by: None,
+                            after_secs: None,
+                            qemu_exit: "".into(),
+                        },
+                    ),
+                    ..base()
+                },
+                Status::Suspended,
             ),
             (
                 "config missing",
@@ -910,8 +985,10 @@ mod tests {
     fn every_status() -> Vec<Status> {
         let mut all = vec![
             Status::Stopped,
+            Status::Suspended,
             Status::Starting,
             Status::Running,
+            Status::Paused(disk_full()),
             Status::Stopping,
         ];
         all.extend(every_reason().into_iter().map(Status::Broken));
@@ -964,8 +1041,10 @@ mod tests {
         // (code or word, start, stop, has live processes, can exec)
         let expected: &[(&str, StartPlan, StopPlan, bool, bool)] = &[
             ("Stopped", B::Boot, S::NothingToStop, false, false),
+            ("Suspended", B::Boot, S::ResumeToStop, false, false),
             ("Starting", B::WaitUntilRunning, S::AskAgent, true, false),
             ("Running", B::AlreadyRunning, S::AskAgent, true, true),
+            ("Paused", B::ContinuePaused, S::AskAgent, true, false),
             ("Stopping", B::WaitForStop, S::AskAgent, true, false),
             ("config-missing", B::Refuse, S::NothingToStop, false, false),
             ("config-invalid", B::Refuse, S::NothingToStop, false, false),
@@ -1007,6 +1086,10 @@ mod tests {
                 "live processes when {name}"
             );
             assert_eq!(status.can_exec(), *exec, "exec when {name}");
+            // A VM with shared directories cannot be saved (vhost-user-fs
+            // does not migrate), so one that lost one is not suspended.
+            let suspends = *exec && *name != "shared-dirs-lost";
+            assert_eq!(status.can_suspend(), suspends, "suspend when {name}");
             // What start repairs by itself, it must not refuse.
             if let Status::Broken(broken) = status {
                 if broken.repairable() {

@@ -4,6 +4,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 /// Write `bytes` to `path` atomically: a temporary file in the same directory,
 /// fsync, rename over `path`, fsync the directory. Readers see the old content
@@ -209,6 +210,21 @@ pub fn append(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Fsync a directory so that renames and removals in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Flush the file system holding `path`, so that a tree renamed into place
+/// is complete on disk even after a crash. Best effort.
+pub fn sync_filesystem(path: &Path) {
+    if let Ok(dir) = File::open(path) {
+        let _ = rustix::fs::syncfs(&dir);
+    }
+}
+
+/// How long ago `path` (not followed if a symlink) was last modified;
+/// `None` when it cannot be read, or its time is in the future.
+pub fn age(path: &Path) -> Option<Duration> {
+    let modified = fs::symlink_metadata(path).and_then(|m| m.modified()).ok()?;
+    SystemTime::now().duration_since(modified).ok()
 }
 
 /// Who a file is: enough to notice that it was replaced or written since.

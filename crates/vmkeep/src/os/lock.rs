@@ -9,6 +9,10 @@
 //! the holding process drops the lock. [`holder`] therefore never opens a
 //! file that this process holds a lock on; it answers from a registry of the
 //! locks this process holds.
+//!
+//! The same locks guard temporaries (directories built beside their place
+//! and renamed into it): [`lock_temp_sibling`] for the builder,
+//! [`remove_abandoned_temporaries`] for the sweep of those whose builder died.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -19,6 +23,11 @@ use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, CWD, FlockOperation, Mode, OFlags, fcntl_lock};
 use rustix::process::{Flock, FlockOffsetType, FlockType, Pid, fcntl_getlk};
+
+use super::fs::{entry_names, remove_dir_all_if_exists, temp_sibling};
+
+/// Appended to a temporary's name to name its builder's lock.
+const TEMP_LOCK_SUFFIX: &str = ".lock";
 
 /// (device, inode) of every lock this process holds.
 static HELD: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
@@ -136,16 +145,15 @@ fn create_locked(path: &Path) -> io::Result<Option<HeldLock>> {
     let file = File::from(fd);
     // Nobody else can reach an unnamed file, so this cannot be contended.
     fcntl_lock(&file, FlockOperation::NonBlockingLockExclusive)?;
-    let unnamed = format!("/proc/self/fd/{}", file.as_raw_fd());
+    // Registered before it has a name: from the moment another thread of
+    // this process can find it, [`holder`] answers that this process holds
+    // it, and never opens it (closing that descriptor would release it).
+    // Dropped unlinked (an error, or `path` appeared), it is unregistered.
+    let meta = file.metadata()?;
+    let held = HeldLock::register(file, path, (meta.dev(), meta.ino()));
+    let unnamed = format!("/proc/self/fd/{}", held.file.as_raw_fd());
     match rustix::fs::linkat(CWD, unnamed.as_str(), CWD, path, AtFlags::SYMLINK_FOLLOW) {
-        Ok(()) => {
-            let meta = file.metadata()?;
-            Ok(Some(HeldLock::register(
-                file,
-                path,
-                (meta.dev(), meta.ino()),
-            )))
-        }
+        Ok(()) => Ok(Some(held)),
         Err(rustix::io::Errno::EXIST) => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -198,22 +206,110 @@ pub fn holder(path: &Path) -> io::Result<Option<Pid>> {
     }
 }
 
+/// The lock of a temporary made by [`temp_sibling`]: a sibling file,
+/// `.NAME.tmp-PID-N.lock`.
+pub fn temp_lock(temp: &Path) -> PathBuf {
+    let mut name = temp.file_name().unwrap_or_default().to_os_string();
+    name.push(TEMP_LOCK_SUFFIX);
+    temp.with_file_name(name)
+}
+
+/// A new temporary sibling of `target` ([`temp_sibling`]), with nothing at
+/// its path yet, and its lock, taken first: the builder creates the
+/// temporary after this returns and removes the lock ([`HeldLock::remove`])
+/// only after the temporary is gone (renamed into place or removed). See
+/// [`remove_abandoned_temporaries`].
+pub fn lock_temp_sibling(target: &Path) -> io::Result<(PathBuf, HeldLock)> {
+    // A fresh name has a free lock unless a sweep holds the leftover of a
+    // dead process that had our pid: then the next name will do.
+    for _ in 0..16 {
+        let temp = temp_sibling(target);
+        if let Some(lock) = HeldLock::try_acquire(&temp_lock(&temp))? {
+            // What is there (the same leftover) is provably abandoned: its lock is ours.
+            remove_dir_all_if_exists(&temp)?;
+            return Ok((temp, lock));
+        }
+    }
+    Err(io::Error::other(format!(
+        "the locks of new temporaries next to {} keep being held by others",
+        target.display()
+    )))
+}
+
+/// Remove the temporaries in `dir` (`.NAME.tmp-PID-N` directories) whose
+/// builder is gone.
+///
+/// A builder links its lock in, already locked, *before* it makes its
+/// temporary, and removes the lock only *after* the temporary is gone
+/// ([`lock_temp_sibling`]). So a lock that this sweep can take itself was
+/// left by a builder that died: the sweep removes the temporary, then the
+/// lock, holding it all the while (no builder can take it meanwhile). A lock
+/// held, by another process or a thread of this one, keeps its temporary.
+/// Liveness is never judged from the pid in the name (pids are reused).
+///
+/// A temporary directory without a lock was made by a vmkeep that took none
+/// (or kept it elsewhere): `unlocked_abandoned` says whether its builder is
+/// gone. A lock is never created for it.
+pub fn remove_abandoned_temporaries(dir: &Path, unlocked_abandoned: &dyn Fn(&Path) -> bool) {
+    let Ok(names) = entry_names(dir) else {
+        return;
+    };
+    for name in names {
+        if !(name.starts_with('.') && name.contains(".tmp-")) {
+            continue;
+        }
+        let path = dir.join(&name);
+        if let Some(temp) = name.strip_suffix(TEMP_LOCK_SUFFIX) {
+            if let Some(lock) = take_abandoned(&path) {
+                // Not removed: the lock stays (free) for the next sweep, so
+                // a temporary never outlives its lock.
+                if remove_abandoned(&dir.join(temp)).is_ok() {
+                    let _ = lock.remove();
+                }
+            }
+        } else if path.is_dir() && !temp_lock(&path).exists() && unlocked_abandoned(&path) {
+            let _ = remove_abandoned(&path);
+        }
+    }
+}
+
+/// Remove a temporary whose builder is gone. Processes the builder started
+/// may outlive it and still write in it (an orphaned `qemu-img` or
+/// `dpkg-deb`), so a removal that finds new entries is tried again.
+fn remove_abandoned(temp: &Path) -> io::Result<()> {
+    let mut tries = 1;
+    loop {
+        match remove_dir_all_if_exists(temp) {
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 8 => tries += 1,
+            done => return done,
+        }
+    }
+}
+
+/// The lock at `path`, taken, when no process holds it: not another one,
+/// and not this one (asked first through [`holder`], which never opens a
+/// file this process holds: taking it again would succeed, and dropping
+/// that second hold would release the first).
+fn take_abandoned(path: &Path) -> Option<HeldLock> {
+    if !matches!(holder(path), Ok(None)) {
+        return None;
+    }
+    HeldLock::try_acquire(path).ok().flatten()
+}
+
+/// Locks held and probed by other processes, for tests in any module.
+/// Python's `fcntl.lockf` takes POSIX locks (`flock(1)` takes flock ones).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::process::{Command, Stdio};
+pub(crate) mod testing {
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
 
-    #[test]
-    fn a_held_lock_names_its_holder_and_is_exclusive_across_processes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ha.pid");
-        assert_eq!(holder(&path).unwrap(), None, "no file, no holder");
-
-        // Another process takes the lock (flock(1) uses flock, so use a
-        // helper that takes a POSIX lock: python's fcntl.lockf).
+    /// A process that holds the lock on `path` (created if missing) until
+    /// it is killed; returns once it holds it.
+    pub(crate) fn hold_in_another_process(path: &Path) -> Child {
         let mut child = Command::new("python3")
             .args(["-c", "import fcntl,sys,time; f=open(sys.argv[1],'w'); fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(30)"])
-            .arg(&path)
+            .arg(path)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
@@ -224,6 +320,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(line.trim(), "locked");
+        child
+    }
+
+    /// Whether another process finds `path` locked.
+    pub(crate) fn locked_for_others(path: &Path) -> bool {
+        let probe = Command::new("python3")
+            .args(["-c", "import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        !probe.success()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{hold_in_another_process, locked_for_others};
+    use super::*;
+
+    #[test]
+    fn a_held_lock_names_its_holder_and_is_exclusive_across_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ha.pid");
+        assert_eq!(holder(&path).unwrap(), None, "no file, no holder");
+
+        let mut child = hold_in_another_process(&path);
 
         let held_by = holder(&path)
             .unwrap()
@@ -241,17 +364,6 @@ mod tests {
         assert_eq!(holder(&path).unwrap(), Some(rustix::process::getpid()));
         assert_eq!(holder(&path).unwrap(), Some(rustix::process::getpid()));
         drop(lock);
-    }
-
-    /// Whether another process finds `path` locked (python's lockf, a POSIX lock).
-    fn locked_for_others(path: &Path) -> bool {
-        let probe = Command::new("python3")
-            .args(["-c", "import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB)"])
-            .arg(path)
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        !probe.success()
     }
 
     #[test]

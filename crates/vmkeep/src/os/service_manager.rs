@@ -175,6 +175,14 @@ impl Systemctl {
         self.tool().args(["stop", unit]).output().map(drop)
     }
 
+    /// Whether this manager is going down (`is-system-running` says
+    /// `stopping`: its shutdown, or for a user's manager its exit, is under
+    /// way).
+    pub fn is_stopping(&self) -> Result<bool, ToolError> {
+        let state = self.tool().arg("is-system-running").answer_text()?;
+        Ok(state.trim() == "stopping")
+    }
+
     pub fn show(&self, unit: &str) -> Result<UnitState, ToolError> {
         self.tool()
             .args([
@@ -184,6 +192,41 @@ impl Systemctl {
             ])
             .output_text()
             .map(|text| UnitState::parse(&text))
+    }
+}
+
+/// Whether the host is shutting down as this process's service manager sees
+/// it: systemd's system manager is stopping, or, for a process that a user's
+/// manager runs, that manager is (a host shutdown stops it; so does the
+/// user's last logout without linger, which ends the VM just the same).
+/// An error when no manager could be asked.
+pub fn host_shutting_down() -> Result<bool, String> {
+    if !systemd_running() {
+        return Err("systemd is not the init system".into());
+    }
+    let in_user_manager = matches!(
+        super::cgroup::placement(),
+        Ok(super::cgroup::Placement {
+            manager: super::cgroup::Manager::User { .. },
+            ..
+        })
+    );
+    let managers = in_user_manager
+        .then(Systemctl::user)
+        .into_iter()
+        .chain([Systemctl::system()]);
+    let mut errors = Vec::new();
+    let mut answered = false;
+    for manager in managers {
+        match manager.is_stopping() {
+            Ok(true) => return Ok(true),
+            Ok(false) => answered = true,
+            Err(e) => errors.push(format!("{}: {e}", manager.describe_command())),
+        }
+    }
+    match answered {
+        true => Ok(false),
+        false => Err(errors.join("; ")),
     }
 }
 

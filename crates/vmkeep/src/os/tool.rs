@@ -98,6 +98,26 @@ impl Tool {
         }
     }
 
+    /// Run to completion; stdout as text whatever the exit status (for
+    /// commands whose status is part of the answer, such as
+    /// `systemctl is-system-running`).
+    pub fn answer_text(mut self) -> Result<String, ToolError> {
+        let command = self.describe();
+        let output = self
+            .command
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => ToolError::Missing {
+                    program: self.program.clone(),
+                    hint: self.hint.clone(),
+                },
+                _ => ToolError::Spawn { command, source },
+            })?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// Run to completion; stdout as text on success.
     pub fn output_text(self) -> Result<String, ToolError> {
         self.output()

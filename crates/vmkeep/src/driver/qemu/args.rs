@@ -158,7 +158,10 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         "chardev:serial0".into(),
         "-drive".into(),
         format!(
-            "if=none,id=data,file={},format=qcow2,discard=unmap",
+            // A write that does not fit the host pauses the guest (it runs on
+            // once there is room: see `instance::pause`); other errors go to
+            // the guest, as on real hardware.
+            "if=none,id=data,file={},format=qcow2,discard=unmap,werror=enospc,rerror=report",
             opt(&spec.disk)
         ),
         "-device".into(),
@@ -278,7 +281,9 @@ mod tests {
         assert!(chardevs.contains(&"file,id=serial0,path=/h/v/dev/serial.log,append=on"));
         assert_eq!(
             value_after(&args, "-drive"),
-            ["if=none,id=data,file=/h/v/dev/disk.qcow2,format=qcow2,discard=unmap"]
+            [
+                "if=none,id=data,file=/h/v/dev/disk.qcow2,format=qcow2,discard=unmap,werror=enospc,rerror=report"
+            ]
         );
     }
 
@@ -414,7 +419,9 @@ mod tests {
         let args = text(&build(&s));
         assert_eq!(
             value_after(&args, "-drive"),
-            ["if=none,id=data,file=/h/a,,b/disk.qcow2,format=qcow2,discard=unmap"]
+            [
+                "if=none,id=data,file=/h/a,,b/disk.qcow2,format=qcow2,discard=unmap,werror=enospc,rerror=report"
+            ]
         );
     }
 }

@@ -92,6 +92,18 @@ impl QemuVm {
         &self.qmp
     }
 
+    /// QEMU's run state (`query-status`): running, or why not.
+    pub async fn run_state(&self) -> Result<qmp::RunState, DriverError> {
+        self.note(self.qmp.query_status(QMP_COMMAND_TIMEOUT).await)
+            .map(|info| info.status)
+    }
+
+    /// Let a guest that QEMU paused run on (`cont`): one paused by a disk
+    /// error retries the request that failed.
+    pub async fn continue_running(&self) -> Result<(), DriverError> {
+        self.note(self.qmp.cont(QMP_COMMAND_TIMEOUT).await)
+    }
+
     fn note<T>(&self, result: Result<T, qmp::QmpError>) -> Result<T, DriverError> {
         if let Err(qmp::QmpError::Closed { .. } | qmp::QmpError::Timeout { .. }) = &result {
             self.qmp_ok.store(false, Ordering::Relaxed);

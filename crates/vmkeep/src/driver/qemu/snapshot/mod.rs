@@ -43,8 +43,8 @@ const IGNORE_SHARED: &str = "x-ignore-shared";
 
 /// The hint every refused resume ends with.
 pub const CHOICES: &str = "either set back what changed (the config, or the QEMU it was saved with) \
-     and start again, or discard the saved state and boot afresh (the guest loses what was in its \
-     memory; its disk keeps what was written to it)";
+     and start again, or discard the saved state and boot afresh with `vmkeep start --discard-state` \
+     (the guest loses what was in its memory; its disk keeps what was written to it)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -16,6 +16,7 @@ use super::record::{self, DeviceState, MachineShape, QemuBuild, StateRecord};
 use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::qmp::{MigrationStatus, QmpError};
 use crate::instance::InstanceDir;
+use crate::instance::config::ByteSize;
 use crate::os;
 use crate::os::process::{self, ExitOutcome};
 
@@ -72,7 +73,7 @@ pub enum SaveFailure {
         "saving the state needs {needed} free on {} (where {} is), and only {available} is free; \
          free some space there and suspend again",
         mount_point.display(), dir.display(),
-        needed = mib(*needed), available = mib(*available)
+        needed = ByteSize(*needed).approx(), available = ByteSize(*available).approx()
     )]
     NotEnoughSpace {
         mount_point: PathBuf,
@@ -162,10 +163,6 @@ impl std::fmt::Display for SaveError {
 }
 
 impl std::error::Error for SaveError {}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
-}
 
 fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SaveFailure {
     let path = path.to_path_buf();
