@@ -34,6 +34,9 @@ pub struct Confinement {
     pub lock_file: Option<PathBuf>,
     /// Made read-only, recursively, in a mount namespace of the program's own.
     pub read_only_tree: Option<PathBuf>,
+    /// A descriptor of ours the program inherits (its close-on-exec flag
+    /// cleared in the child only), under the same number.
+    pub inherit_fd: Option<std::os::fd::RawFd>,
 }
 
 fn c_path(path: &Path) -> io::Result<CString> {
@@ -61,7 +64,16 @@ fn check(result: libc::c_long) -> io::Result<()> {
 }
 
 /// The steps run in the child. No allocation, no locks.
-fn in_child(lock: Option<&CString>, tree: Option<&CString>) -> io::Result<()> {
+fn in_child(
+    lock: Option<&CString>,
+    tree: Option<&CString>,
+    inherit: Option<std::os::fd::RawFd>,
+) -> io::Result<()> {
+    if let Some(fd) = inherit {
+        // SAFETY: fcntl(F_SETFD) on a descriptor the parent keeps open
+        // until the spawn returned; async-signal-safe.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }.into())?;
+    }
     if let Some(lock) = lock {
         // SAFETY: a valid C string; open(2) is async-signal-safe. The
         // descriptor is deliberately not close-on-exec: the program keeps it
@@ -164,7 +176,8 @@ pub fn spawn_in_own_group(
     // SAFETY: the closure only makes async-signal-safe system calls on
     // memory prepared before the fork.
     unsafe {
-        command.pre_exec(move || in_child(lock.as_ref(), tree.as_ref()));
+        let inherit = confinement.inherit_fd;
+        command.pre_exec(move || in_child(lock.as_ref(), tree.as_ref(), inherit));
     }
     let child = command.spawn()?;
     super::process::handle_of_child(child.id())
@@ -219,7 +232,7 @@ mod tests {
             log,
             &Confinement {
                 lock_file: Some(lock.clone()),
-                read_only_tree: None,
+                ..Confinement::default()
             },
         )
         .unwrap();
@@ -255,8 +268,8 @@ mod tests {
             &Program::new(Path::new("/bin/sh"), &["-c", &script]),
             log,
             &Confinement {
-                lock_file: None,
                 read_only_tree: Some(tree.clone()),
+                ..Confinement::default()
             },
         )
         .unwrap();

@@ -22,6 +22,11 @@
 //!   guest's uid and gid, so a guest's root can create root-owned files in
 //!   a writable share, setuid ones included. Share writable only what you
 //!   would let the guest's root own.
+//! - **its socket is ours**: the host agent binds and listens on `fsN.sock`
+//!   itself and hands virtiofsd the descriptor (`--fd`). virtiofsd would
+//!   otherwise bind it in its read-only namespace, which fails whenever the
+//!   instance directory is inside a read-only share (Lima's default mount
+//!   of the home directory, with `~/.vmkeep` in it). The socket is 0600.
 //! - it holds the lock on `fsN.pid` that vmkeep's child took before exec
 //!   (see `os::confine`): that lock, not a pid, tells whether it lives, and
 //!   who it is, to a host agent adopting the VM and to `vmkeep list`.
@@ -31,6 +36,7 @@
 //!   does not reconnect: a virtiofsd that dies leaves its mount dead until
 //!   the VM restarts (shown in `list`).
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -44,8 +50,11 @@ use crate::os::process::{self, ProcessHandle, Program};
 /// the libexec path other distributions use.
 pub const CANDIDATES: [&str; 2] = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"];
 
-/// How long a virtiofsd may take to create its socket.
-const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a virtiofsd may take to get ready (to say, in its log, that
+/// it waits for QEMU's connection).
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the C virtiofsd logs once it accepts on its socket.
+const READY_LINE: &str = "Waiting for vhost-user socket connection";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtiofsError {
@@ -80,8 +89,12 @@ pub enum VirtiofsError {
         log: PathBuf,
         log_tail: String,
     },
-    #[error("virtiofsd for {share} did not create its socket within {SOCKET_TIMEOUT:?}")]
-    NoSocket { share: String },
+    #[error("cannot make the socket {} for virtiofsd: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot inspect {}: {source}", path.display())]
     Inspect {
         path: PathBuf,
@@ -97,12 +110,13 @@ fn option_value(path: &Path) -> String {
         .replace(',', "\\,")
 }
 
-/// The virtiofsd command line for one share (pure).
-pub fn program(binary: &Path, socket: &Path, share: &SharedDir) -> Program {
+/// The virtiofsd command line for one share, listening on the inherited
+/// descriptor `socket_fd` (pure).
+pub fn program(binary: &Path, socket_fd: std::os::fd::RawFd, share: &SharedDir) -> Program {
     Program::new(
         binary,
         &[
-            format!("--socket-path={}", socket.display()),
+            format!("--fd={socket_fd}"),
             "-o".into(),
             format!("source={}", option_value(&share.location)),
             "-o".into(),
@@ -172,20 +186,24 @@ pub fn start(
         share: describe.clone(),
         source,
     };
-    crate::os::fs::remove_file_if_exists(&socket).map_err(spawn_err)?;
     // The lock file says what it guards, for humans and `list`.
     crate::os::fs::write_atomic(&lock, format!("{describe}\n").as_bytes(), 0o600)
         .map_err(spawn_err)?;
+    let listener = listen(&socket)?;
     let log = crate::os::fs::open_append(&log_path).map_err(spawn_err)?;
-    let mut program = program(binary, &socket, share);
+    let logged_before = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut program = program(binary, listener.as_raw_fd(), share);
     if let Some((placement, scope)) = scope {
         program = cgroup::wrap(placement, scope, &program);
     }
     let confinement = Confinement {
         lock_file: Some(lock),
         read_only_tree: (!share.writable).then(|| share.location.clone()),
+        inherit_fd: Some(listener.as_raw_fd()),
     };
     let process = confine::spawn_in_own_group(&program, log, &confinement).map_err(spawn_err)?;
+    // virtiofsd has its copy; QEMU's connection waits in its backlog.
+    drop(listener);
     let started = Instant::now();
     loop {
         if process.has_exited() {
@@ -196,20 +214,49 @@ pub fn start(
                 log: log_path,
             });
         }
-        if socket.exists() {
+        if says_ready(&log_path, logged_before) {
             return Ok(process);
         }
-        if started.elapsed() > SOCKET_TIMEOUT {
-            let _ = process.kill();
-            return Err(VirtiofsError::NoSocket { share: describe });
+        if started.elapsed() > READY_TIMEOUT {
+            // Another build of virtiofsd may say nothing: it runs, and a
+            // QEMU that cannot talk to it fails its launch, naming it.
+            tracing::warn!(
+                "virtiofsd for {describe} did not say it is ready within {READY_TIMEOUT:?}; going on"
+            );
+            return Ok(process);
         }
         std::thread::sleep(Duration::from_millis(2));
     }
 }
 
-/// The live virtiofsd of share `index`: the holder of its lock whose
-/// command line names this instance's socket (anything else holding the
-/// lock is not ours and is left alone).
+/// Bind and listen on `socket` (replacing a stale one), mode 0600.
+fn listen(socket: &Path) -> Result<std::os::unix::net::UnixListener, VirtiofsError> {
+    let err = |source| VirtiofsError::Socket {
+        path: socket.to_path_buf(),
+        source,
+    };
+    crate::os::fs::remove_file_if_exists(socket).map_err(err)?;
+    let listener = std::os::unix::net::UnixListener::bind(socket).map_err(err)?;
+    std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(err)?;
+    Ok(listener)
+}
+
+/// Whether the log, past `offset`, says virtiofsd waits for QEMU.
+fn says_ready(log: &Path, offset: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(log) else {
+        return false;
+    };
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(offset)).is_ok()
+        && file.take(64 * 1024).read_to_string(&mut text).is_ok()
+        && text.contains(READY_LINE)
+}
+
+/// The live virtiofsd of share `index`: the holder of its lock (a file in
+/// the instance directory, mode 0700, that only our spawn opens) that is a
+/// virtiofsd (anything else holding the lock is left alone).
 pub fn find_running(
     dir: &InstanceDir,
     index: usize,
@@ -222,9 +269,8 @@ pub fn find_running(
     let Some(process) = process else {
         return Ok(None);
     };
-    let socket = dir.share_socket(index).display().to_string();
     let ours = process::command_line_of_live(&process)
-        .is_some_and(|args| args.iter().any(|a| a.contains(&socket)));
+        .is_some_and(|args| args.iter().any(|a| a.ends_with("virtiofsd")));
     Ok(ours.then_some(process))
 }
 
@@ -254,11 +300,7 @@ mod tests {
             mount_point: "/src".into(),
             writable: false,
         };
-        let program = program(
-            Path::new("/usr/lib/qemu/virtiofsd"),
-            Path::new("/h/x/fs1.sock"),
-            &share,
-        );
+        let program = program(Path::new("/usr/lib/qemu/virtiofsd"), 7, &share);
         let args: Vec<String> = program
             .args
             .iter()
@@ -267,7 +309,7 @@ mod tests {
         assert_eq!(
             args,
             [
-                "--socket-path=/h/x/fs1.sock",
+                "--fd=7",
                 "-o",
                 "source=/home/a\\,b",
                 "-o",
