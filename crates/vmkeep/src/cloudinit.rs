@@ -239,15 +239,28 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
         ],
     ];
     let mut bootcmd = vec![serde_yaml_ng::Value::from(install_agent_command())];
-    for share in inputs.shares {
-        bootcmd.push(serde_yaml_ng::Value::from(mount_share_command(share)));
-    }
     let mut per_boot = String::from(
         "#!/bin/sh\n# vmkeep: run by cloud-init at every boot (data files, /etc/hosts, probes).\n\
          mkparents() { d=$(dirname \"$1\"); [ -d \"$d\" ] && return 0; mkparents \"$d\" \"$2\"; mkdir \"$d\" && chown \"$2\" \"$d\"; }\n\
          install_data() {\n  if [ \"$5\" = false ] && [ -e \"$2\" ]; then return 0; fi\n  mkparents \"$2\" \"$3\"\n  \
          cp \"$1\" \"$2.vmkeep-new\" && chown \"$3\" \"$2.vmkeep-new\" && chmod \"$4\" \"$2.vmkeep-new\" && mv -f \"$2.vmkeep-new\" \"$2\"\n}\n",
     );
+    for share in inputs.shares {
+        if inside(&share.mount_point, &user.home) {
+            // Not before the user exists (bootcmd runs first): its home
+            // would be made root's. The per-boot script runs after users
+            // are made and before provision scripts; missing directories
+            // on the way are the user's.
+            per_boot.push_str(&format!(
+                "mkparents {}/. {}\n{}\n",
+                shell_quote(&share.mount_point),
+                shell_quote(&user.name),
+                mount_share_command(share)
+            ));
+        } else {
+            bootcmd.push(serde_yaml_ng::Value::from(mount_share_command(share)));
+        }
+    }
     // Dependency steps first, then the others in their order.
     let ordered = config
         .provision
@@ -414,6 +427,15 @@ fn yq_script(yq: &crate::instance::provision::YqEdit) -> String {
             .unwrap_or_else(|| "None".into()),
         a = json(&serde_json::to_string(&assignments).unwrap_or_default()),
     )
+}
+
+/// Whether guest path `path` is `dir` or below it.
+fn inside(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// Shell command (run by `bootcmd` at every boot) that mounts a shared
@@ -639,13 +661,13 @@ mod tests {
             crate::instance::shares::SharedDir {
                 index: 0,
                 location: "/home/alice".into(),
-                mount_point: "/home/alice".into(),
+                mount_point: "/srv/alice".into(),
                 writable: false,
             },
             crate::instance::shares::SharedDir {
                 index: 1,
                 location: "/tmp/lima".into(),
-                mount_point: "/tmp/it's".into(),
+                mount_point: "/home/alice/src/it's".into(),
                 writable: true,
             },
         ];
@@ -657,18 +679,25 @@ mod tests {
             shares: &shares,
         };
         let doc = yaml(&user_data(&inputs));
+        // Outside the user's home: early, by bootcmd.
         assert_eq!(
             doc["bootcmd"][1],
-            "mountpoint -q '/home/alice' || { mkdir -p '/home/alice' && mount -t virtiofs -o ro fs0 '/home/alice'; } || true"
+            "mountpoint -q '/srv/alice' || { mkdir -p '/srv/alice' && mount -t virtiofs -o ro fs0 '/srv/alice'; } || true"
         );
         assert!(
-            doc["bootcmd"][2]
-                .as_str()
-                .unwrap()
-                .contains("-o rw fs1 '/tmp/it'\\''s'"),
+            doc["bootcmd"].as_sequence().unwrap().len() == 2,
             "{:?}",
-            doc["bootcmd"][2]
+            doc["bootcmd"]
         );
+        // In it: once the user exists, the directories on the way its.
+        let per_boot = file_content(&doc, PER_BOOT_SCRIPT);
+        assert!(
+            per_boot.contains(
+                "mkparents '/home/alice/src/it'\\''s'/. 'alice'\nmountpoint -q '/home/alice/src/it'\\''s' || { mkdir -p '/home/alice/src/it'\\''s' && mount -t virtiofs -o rw fs1 '/home/alice/src/it'\\''s'; } || true\n"
+            ),
+            "{per_boot}"
+        );
+        assert!(inside("/home/alice", "/home/alice/") && !inside("/home/alicex", "/home/alice"));
     }
 
     #[test]
