@@ -227,12 +227,15 @@ fn requests(shares: &Shares) -> Vec<MountRequest> {
 /// Mount every share in the guest (before the start reports ready). A share
 /// the guest cannot mount fails the start: never a silent no-mount.
 pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), String> {
-    for (request, daemon) in requests(shares).into_iter().zip(&shares.daemons) {
+    for request in requests(shares) {
+        let describe = shares
+            .daemons
+            .iter()
+            .find(|d| d.share.tag() == request.tag)
+            .map(|d| d.share.describe())
+            .unwrap_or_default();
         link.mount(request, MOUNT_TIMEOUT).await.map_err(|e| {
-            format!(
-                "the guest could not mount the shared directory {}: {e}",
-                daemon.share.describe()
-            )
+            format!("the guest could not mount the shared directory {describe}: {e}")
         })?;
     }
     Ok(())
@@ -324,5 +327,63 @@ pub async fn stop(shares: &Shares) {
             let _ = daemon.process.kill();
             let _ = tokio::time::timeout(EXIT_GRACE, daemon.process.exited()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn daemon(index: usize, mount_point: &str, writable: bool) -> Daemon {
+        // Any process of ours stands for the daemon: only its share is read.
+        let program = crate::os::process::Program::new(std::path::Path::new("/bin/true"), &[""; 0]);
+        let log = tempfile::tempfile().unwrap();
+        let process = crate::os::process::spawn_in_own_group(&program, log).unwrap();
+        Daemon {
+            share: SharedDir {
+                index,
+                location: "/src".into(),
+                mount_point: mount_point.into(),
+                writable,
+            },
+            process: Arc::new(process),
+        }
+    }
+
+    #[test]
+    fn each_share_is_asked_for_with_its_tag_and_mode_and_an_unknown_one_is_left_alone() {
+        let shares = Shares {
+            daemons: vec![
+                daemon(0, "/src", true),
+                // Adopted, no longer in the config: nobody mounts it.
+                daemon(1, "", false),
+                daemon(2, "/home/u", false),
+            ],
+        };
+        let asked = requests(&shares);
+        assert_eq!(
+            asked,
+            [
+                MountRequest {
+                    tag: "fs0".into(),
+                    mount_point: "/src".into(),
+                    read_only: false,
+                },
+                MountRequest {
+                    tag: "fs2".into(),
+                    mount_point: "/home/u".into(),
+                    read_only: true,
+                },
+            ]
+        );
+        for daemon in &shares.daemons {
+            daemon.process.reap();
+        }
+    }
+
+    #[test]
+    fn a_failed_mount_fails_only_a_start_this_agent_booted() {
+        assert!(must_stop(true, "cannot mount"));
+        assert!(!must_stop(false, "cannot mount"));
     }
 }
