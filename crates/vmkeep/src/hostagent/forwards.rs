@@ -204,3 +204,55 @@ async fn round(
     }
     failed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forwarding::{self, Forward};
+    use vmkeep_protocol::{ListenSocket, Proto};
+
+    fn tcp(ip: &str, port: u16) -> ListenSocket {
+        ListenSocket {
+            proto: Proto::Tcp,
+            ip: ip.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn the_setup_reserves_the_ssh_port_and_keeps_the_configs_rules_first() {
+        let config =
+            Config::parse("portForwards:\n- guestPort: 8080\n  hostPort: 18080\n").unwrap();
+        let setup = Setup::of(&config, Some(40022));
+        assert_eq!(setup.reserved, [40022]);
+        let listening = Listening {
+            sockets: vec![
+                tcp("0.0.0.0", 8080),
+                tcp("127.0.0.1", 3000),
+                tcp("0.0.0.0", 22),
+                tcp("0.0.0.0", 40022),
+            ],
+            truncated: false,
+        };
+        let plan = forwarding::plan(&setup.rules, &listening);
+        let to = |host_port, guest_port| Forward {
+            proto: forwarding::Transport::Tcp,
+            host_ip: std::net::Ipv4Addr::LOCALHOST,
+            host_port,
+            guest_port,
+        };
+        let forwards: Vec<Forward> = plan.forwards.iter().copied().collect();
+        assert!(forwards.contains(&to(18080, 8080)), "{forwards:?}");
+        assert!(forwards.contains(&to(3000, 3000)), "{forwards:?}");
+        assert!(
+            !forwards
+                .iter()
+                .any(|f| f.guest_port == 22 || f.host_port == 40022),
+            "ssh is never forwarded: {forwards:?}"
+        );
+        // The loopback-only listener is relayed by the guest agent.
+        assert!(plan.relays.contains_key(&3000), "{:?}", plan.relays);
+        // Without ssh (the tiny image) nothing is reserved.
+        assert!(Setup::of(&config, None).reserved.is_empty());
+    }
+}

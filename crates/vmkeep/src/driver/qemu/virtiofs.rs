@@ -332,6 +332,37 @@ mod tests {
     }
 
     #[test]
+    fn ready_is_what_virtiofsd_logged_since_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("fs0.log");
+        assert!(!says_ready(&log, 0), "no log yet");
+        std::fs::write(&log, format!("virtio_session_mount: {READY_LINE}...\n")).unwrap();
+        let earlier = std::fs::metadata(&log).unwrap().len();
+        assert!(says_ready(&log, 0));
+        // An earlier run's line does not count for this one.
+        assert!(!says_ready(&log, earlier));
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut file, b"fuse: something else\n").unwrap();
+        assert!(!says_ready(&log, earlier));
+        std::io::Write::write_all(&mut file, format!("x: {READY_LINE}\n").as_bytes()).unwrap();
+        assert!(says_ready(&log, earlier));
+    }
+
+    #[test]
+    fn its_socket_is_bound_by_us_mode_0600_replacing_a_stale_one() {
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("fs0.sock");
+        std::fs::write(&socket, "stale").unwrap();
+        let listener = listen(&socket).unwrap();
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        std::os::unix::net::UnixStream::connect(&socket).expect("it listens");
+        drop(listener);
+    }
+
+    #[test]
     fn nothing_is_needed_without_shares_and_a_missing_location_is_made() {
         assert!(preflight(&[], Path::new("/c")).unwrap().is_none());
         if !rustix::process::geteuid().is_root() {
