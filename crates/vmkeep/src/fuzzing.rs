@@ -25,6 +25,7 @@ use serde_json::Value;
 use vmkeep_protocol::{FromGuest, Reply};
 
 use crate::driver::qemu::qmp::{self, Message, QmpEvent};
+use crate::driver::qemu::usernet;
 use crate::guest_link::{GuestEvent, Readiness, check_exposed, check_guest_info, check_listening};
 use crate::journal;
 use crate::line_rpc::model::{model_lines, split_lines};
@@ -148,6 +149,23 @@ pub fn qmp_lines(data: &[u8]) {
         }
         assert_printable(&untrusted::shown_bytes(line, 50), 100);
     }
+    // The same bytes as `info usernet`'s text, whose connection table lists
+    // what the guest opened: the forwards read back are printable, and a
+    // table of just them reads back the same.
+    let forwards = usernet::parse_info_usernet(&String::from_utf8_lossy(data));
+    let mut table = String::new();
+    for forward in &forwards {
+        assert_printable(&usernet::rule_text(forward), 64);
+        let proto = match forward.proto {
+            crate::forwarding::Transport::Tcp => "TCP",
+            crate::forwarding::Transport::Udp => "UDP",
+        };
+        table.push_str(&format!(
+            "  {proto}[HOST_FORWARD] 3 {} {} 10.0.2.15 {} 0 0\r\n",
+            forward.host_ip, forward.host_port, forward.guest_port
+        ));
+    }
+    assert_eq!(usernet::parse_info_usernet(&table), forwards);
 }
 
 /// A journal's bytes, through its reader.
