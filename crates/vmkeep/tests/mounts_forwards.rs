@@ -213,6 +213,28 @@ fn vm_virtiofsd_is_adopted_with_its_vm_ends_with_it_and_a_lost_one_shows() {
     assert_eq!(env.status("a"), "Stopped");
     nothing_left(&env);
     assert!(virtiofsds_left(&env).is_empty());
+
+    // A virtiofsd that ends while no agent runs: the adopting agent finds
+    // it gone, journals it, and `list` shows it; stop still ends it all.
+    env.run_within(&["start", "a"], BOOT);
+    env.agent("a").unwrap().kill().unwrap();
+    env.wait_status("a", "Broken", SHORT);
+    let lost_before = env.count_events("a", "shared-dir-lost");
+    virtiofsd(&env, "a", 0).unwrap().kill().unwrap();
+    wait_until(SHORT, || virtiofsd(&env, "a", 0).is_none().then_some(()))
+        .expect("the killed virtiofsd's lock is free");
+    let start = env.run_within(&["start", "a"], SHORT);
+    assert!(
+        start.stderr().contains("adopting QEMU"),
+        "{}",
+        start.describe()
+    );
+    assert!(env.count_events("a", "shared-dir-lost") > lost_before);
+    assert_eq!(reason_code(&env, "a"), "shared-dirs-lost");
+    assert_eq!(shell(&env, "a", "cat /mnt/ro/adopted"), "after adoption");
+    env.run_within(&["stop", "a"], SHORT);
+    assert_eq!(env.status("a"), "Stopped");
+    nothing_left(&env);
 }
 
 // ---- port forwards -----------------------------------------------------

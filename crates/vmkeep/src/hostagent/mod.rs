@@ -400,8 +400,13 @@ impl Agent<'_, '_> {
                 if self.settle_adopted(&vm).await? {
                     self.record(Event::Adopted { qemu_pid: vm.pid() });
                     self.set_info(|info| info.qemu_pid = Some(vm.pid()));
-                    // [mounts] the virtiofsds the dead agent started.
-                    self.shares = mounts::adopt(&self.dir, &self.config);
+                    // The virtiofsds the dead agent started; one that
+                    // ended meanwhile is journaled (and `list` shows it).
+                    let (shares, lost) = mounts::adopt(&self.dir, &self.config);
+                    self.shares = shares;
+                    for event in lost {
+                        self.record(event);
+                    }
                     return Ok(Some((vm, events)));
                 }
             }

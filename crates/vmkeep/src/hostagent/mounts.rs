@@ -44,11 +44,14 @@ pub struct Daemon {
 #[derive(Debug, Clone, Default)]
 pub struct Shares {
     pub daemons: Vec<Daemon>,
+    /// Tags of shares whose virtiofsd was found gone at adoption: the
+    /// guest is told, so that its power-off leaves them alone.
+    pub lost: Vec<String>,
 }
 
 impl Shares {
     pub fn is_empty(&self) -> bool {
-        self.daemons.is_empty()
+        self.daemons.is_empty() && self.lost.is_empty()
     }
 }
 
@@ -144,10 +147,12 @@ pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDev
 
 /// The virtiofsds of an adopted QEMU, found by their locks (the config
 /// tells each one's mount point; a directory no longer in it is kept
-/// running, unmounted by nobody).
-pub fn adopt(dir: &InstanceDir, config: &Config) -> Shares {
+/// running, unmounted by nobody), and a `shared-dir-lost` event for each
+/// one that ended while no agent watched.
+pub fn adopt(dir: &InstanceDir, config: &Config) -> (Shares, Vec<Event>) {
     let known = resolve(dir, config).unwrap_or_default();
     let mut shares = Shares::default();
+    let mut lost = Vec::new();
     for (index, _) in dir.share_locks() {
         match virtiofs::find_running(dir, index) {
             Ok(Some(process)) => {
@@ -171,13 +176,26 @@ pub fn adopt(dir: &InstanceDir, config: &Config) -> Shares {
                     process: Arc::new(process),
                 });
             }
-            Ok(None) => tracing::warn!(
-                "the virtiofsd of mounts[{index}] is gone; the guest's mount of it fails until the VM restarts"
-            ),
+            Ok(None) => {
+                let share = known
+                    .iter()
+                    .find(|s| s.index == index)
+                    .map(SharedDir::describe)
+                    .unwrap_or_else(|| format!("mounts[{index}]"));
+                tracing::warn!(
+                    "the virtiofsd of {share} is gone; the guest's mount of it fails until the VM restarts"
+                );
+                shares.lost.push(shares::tag(index));
+                lost.push(Event::SharedDirLost {
+                    index,
+                    share,
+                    exit: "ended while no host agent ran".into(),
+                });
+            }
             Err(e) => tracing::warn!("{e}"),
         }
     }
-    shares
+    (shares, lost)
 }
 
 /// With no QEMU running: end the virtiofsds left by a dead agent (one that
@@ -310,6 +328,11 @@ pub async fn keep(shares: Shares, mut guest: watch::Receiver<Option<GuestLink>>,
             tracing::warn!("{e}");
         }
         first = false;
+        for tag in &shares.lost {
+            if let Err(e) = link.share_lost(tag, MOUNT_TIMEOUT).await {
+                tracing::warn!("cannot tell the guest that {tag} is gone: {e}");
+            }
+        }
         link.closed().await;
     }
 }
@@ -359,6 +382,7 @@ mod tests {
                 daemon(1, "", false),
                 daemon(2, "/home/u", false),
             ],
+            lost: vec![],
         };
         let asked = requests(&shares);
         assert_eq!(
