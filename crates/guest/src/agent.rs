@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use vmkeep_protocol::{DataDisk, ExecResult, FromGuest, GuestInfo, GuestTime, Reply};
 
+use crate::ports::{Relays, Watcher};
+
 use crate::channel::Channel;
 use crate::exec::{self, SpawnError};
 use crate::flags::Flags;
@@ -63,6 +65,12 @@ pub struct Agent {
     /// Set by the first request to end the machine.
     ending: AtomicBool,
     channel: OnceLock<Channel>,
+    /// The listening sockets, watched for the host's port forwards.
+    ports: Watcher,
+    /// Loopback listeners made reachable for those forwards.
+    relays: Relays,
+    /// Shares whose host side is gone (left out of the power-off).
+    lost_shares: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Agent {
@@ -82,6 +90,9 @@ impl Agent {
             data_disk: OnceLock::new(),
             ending: AtomicBool::new(false),
             channel: OnceLock::new(),
+            ports: Watcher::new(),
+            relays: Relays::new(),
+            lost_shares: Mutex::new(std::collections::BTreeSet::new()),
         }))
     }
 
@@ -239,6 +250,56 @@ impl Agent {
                     );
                 }
             }
+            Action::Mount(request) => {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("mount-{id}"))
+                    .spawn(move || {
+                        let body = match crate::shares::mount(&request) {
+                            Ok(mounted) => Reply::Mounted(mounted),
+                            Err(message) => Reply::Error { message },
+                        };
+                        self.reply(id, body);
+                    });
+                if let Err(e) = spawned {
+                    self.reply(
+                        id,
+                        Reply::Error {
+                            message: format!("cannot start a thread for the mount: {e}"),
+                        },
+                    );
+                }
+            }
+            Action::ShareLost(lost) => {
+                let mounts = crate::shares::mounts_of(&lost.tag);
+                log!(
+                    "the host's {} is gone: what touches its {mounts} mount(s) waits until the VM restarts",
+                    lost.tag
+                );
+                self.lost_shares
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(lost.tag);
+                self.reply(id, Reply::ShareLost { mounts });
+            }
+            Action::WatchPorts => {
+                let Some(channel) = self.channel.get() else {
+                    return;
+                };
+                let now = self.ports.watch(
+                    channel.generation(),
+                    &self.relays,
+                    move || channel.generation(),
+                    move |listening| channel.send(&FromGuest::Ports(listening)),
+                );
+                self.reply(id, Reply::Ports(now));
+            }
+            Action::Expose(exposure) => {
+                let exposed = self.relays.set(&exposure);
+                for failure in &exposed.failed {
+                    log!("cannot relay port {}: {}", failure.port, failure.error);
+                }
+                self.reply(id, Reply::Exposed(exposed));
+            }
             Action::Poweroff { honoured } => {
                 self.reply(id, Reply::PoweroffAccepted);
                 if honoured {
@@ -295,7 +356,22 @@ impl Agent {
 
     fn end_as_init(&self, ending: Ending) {
         stop_all_processes();
-        sys::sync();
+        let lost = self
+            .lost_shares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        // A sync reaches every file system, and one of a lost share would
+        // never answer: then only the data disk is synced.
+        let sync = || {
+            if lost.is_empty() {
+                sys::sync();
+            } else {
+                sys::syncfs(Path::new(DATA_MOUNT));
+            }
+        };
+        sync();
+        crate::shares::unmount_all(&lost);
         if self.data_mounted.load(Ordering::SeqCst) {
             let target = Path::new(DATA_MOUNT);
             if let Err(e) = sys::umount(target, 0) {
@@ -305,7 +381,7 @@ impl Agent {
                 }
             }
         }
-        sys::sync();
+        sync();
         let err = match ending {
             Ending::PowerOff => sys::power_off_now(),
             Ending::Reboot => sys::reboot_now(),

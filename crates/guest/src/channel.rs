@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vmkeep_protocol::FromGuest;
@@ -143,6 +143,9 @@ pub struct Channel {
     write_lock: Mutex<()>,
     /// A failed write was logged since the host last connected.
     failure_logged: AtomicBool,
+    /// Counts host connections: it moves on when a host sends after the
+    /// guest found none connected (see [`Channel::generation`]).
+    generation: AtomicU64,
 }
 
 enum WriteFailure {
@@ -163,6 +166,7 @@ impl Channel {
             path: path.to_path_buf(),
             write_lock: Mutex::new(()),
             failure_logged: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -172,6 +176,13 @@ impl Channel {
 
     fn fd(&self) -> libc::c_int {
         self.file.as_raw_fd()
+    }
+
+    /// Which host connection the requests read now came from: a request
+    /// that subscribes to something (ports) remembers it, and what it
+    /// subscribed to stops when a later connection starts.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Whether a host has the other end open right now.
@@ -239,9 +250,12 @@ impl Channel {
         let mut error_logged = false;
         // Since when no host has been connected, if none is.
         let mut alone_since: Option<Instant> = None;
+        // No host was connected at some point since the last read.
+        let lost_host = AtomicBool::new(false);
         let pause_alone = |lines: &mut LineBuffer, alone_since: &mut Option<Instant>| {
             // Whatever half line we had is stale.
             lines.reset();
+            lost_host.store(true, Ordering::Relaxed);
             let since = *alone_since.get_or_insert_with(Instant::now);
             std::thread::sleep(no_host_pause(since));
         };
@@ -250,6 +264,9 @@ impl Channel {
                 Ok(0) => pause_alone(&mut lines, &mut alone_since),
                 Ok(n) => {
                     alone_since = None;
+                    if lost_host.swap(false, Ordering::Relaxed) {
+                        self.generation.fetch_add(1, Ordering::SeqCst);
+                    }
                     self.failure_logged.store(false, Ordering::Relaxed);
                     error_logged = false;
                     for event in lines.push(&chunk[..n]) {

@@ -1,6 +1,8 @@
 //! What to do with one request line: pure decisions, acted on by the agent.
 
-use vmkeep_protocol::{ClockAdjustment, ExecRequest, GuestInfo, Op, Reply, Request};
+use vmkeep_protocol::{
+    ClockAdjustment, ExecRequest, Exposure, GuestInfo, MountRequest, Op, Reply, Request, ShareLost,
+};
 
 use crate::flags::Flags;
 
@@ -17,6 +19,14 @@ pub enum Action {
     ReadClock,
     /// Step the wall clock and answer `ClockAdjusted` (or the error).
     AdjustClock(ClockAdjustment),
+    /// Mount a virtio-fs share (in its own thread) and answer `Mounted`.
+    Mount(MountRequest),
+    /// Remember that a share is gone, and answer `ShareLost`.
+    ShareLost(ShareLost),
+    /// Answer `Ports` now, then report changes to this connection.
+    WatchPorts,
+    /// Relay exactly these loopback ports, and answer `Exposed`.
+    Expose(Exposure),
 }
 
 /// Decide how to answer `op`. `info` is only called when the answer needs it.
@@ -37,6 +47,10 @@ pub fn plan(op: Op, ready: bool, flags: Flags, info: impl FnOnce() -> GuestInfo)
         },
         Op::Time => Action::ReadClock,
         Op::AdjustClock(adjustment) => Action::AdjustClock(adjustment),
+        Op::Mount(request) => Action::Mount(request),
+        Op::ShareLost(lost) => Action::ShareLost(lost),
+        Op::WatchPorts => Action::WatchPorts,
+        Op::Expose(exposure) => Action::Expose(exposure),
     }
 }
 
@@ -154,6 +168,33 @@ mod tests {
         assert_eq!(
             plan(Op::AdjustClock(step), true, Flags::default(), no_info),
             Action::AdjustClock(step)
+        );
+    }
+
+    #[test]
+    fn shares_and_ports_are_acted_on_without_gathering_info() {
+        let no_info = || -> GuestInfo { panic!("info not needed") };
+        let mount = MountRequest {
+            tag: "fs0".into(),
+            mount_point: "/mnt".into(),
+            read_only: true,
+        };
+        assert_eq!(
+            plan(Op::Mount(mount.clone()), true, Flags::default(), no_info),
+            Action::Mount(mount)
+        );
+        assert_eq!(
+            plan(Op::WatchPorts, false, Flags::default(), no_info),
+            Action::WatchPorts
+        );
+        assert_eq!(
+            plan(
+                Op::Expose(Exposure::default()),
+                true,
+                Flags::default(),
+                no_info
+            ),
+            Action::Expose(Exposure::default())
         );
     }
 

@@ -19,7 +19,10 @@ mod handler;
 mod init_signals;
 mod input;
 mod log;
+mod net;
+mod ports;
 mod reaper;
+mod shares;
 mod sys;
 
 use std::time::Duration;
@@ -113,6 +116,7 @@ fn run_init() -> ! {
 
     boot::install_busybox(agent);
     boot::load_modules();
+    net::configure();
     boot::watch_power_button(agent);
     agent.set_data_disk(boot::mount_data_disk(agent));
     if flags.poweroff_at_boot {

@@ -90,6 +90,15 @@ pub fn sync() {
     unsafe { libc::sync() }
 }
 
+/// syncfs(2) of the file system holding `path`; failures are ignored (a
+/// power-off goes on).
+pub fn syncfs(path: &Path) {
+    if let Ok(file) = File::open(path) {
+        // SAFETY: the descriptor is open for the duration of the call.
+        unsafe { libc::syncfs(file.as_raw_fd()) };
+    }
+}
+
 /// reboot(RB_POWER_OFF): only returns on failure.
 pub fn power_off_now() -> io::Error {
     // SAFETY: reboot has no memory-safety preconditions.

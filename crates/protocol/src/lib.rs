@@ -74,6 +74,120 @@ pub enum Op {
     /// [`Reply::ClockAdjusted`]. Relative, not absolute, so that the time the
     /// request spends on its way does not add to the error.
     AdjustClock(ClockAdjustment),
+    /// Mount a host directory shared over virtio-fs (its `tag`) at
+    /// `mount_point`, answered with [`Reply::Mounted`]. Idempotent: a tag
+    /// already mounted there is answered `already: true`.
+    Mount(MountRequest),
+    /// Report the guest's listening sockets: answered at once with
+    /// [`Reply::Ports`], then [`FromGuest::Ports`] whenever the set changes,
+    /// to this host connection only (a host that reconnects asks again).
+    WatchPorts,
+    /// A shared directory's host side (its virtiofsd) is gone. Linux's
+    /// virtio-fs cannot abort such a connection (no fusectl entry, no forced
+    /// unmount), so what touches the mount blocks until the VM restarts; the
+    /// guest agent leaves it out of its power-off (no sync, no unmount of
+    /// it, either of which would block). Answered with [`Reply::ShareLost`].
+    ShareLost(ShareLost),
+    /// Make these TCP ports of the guest's loopback reachable on the guest's
+    /// user-network address ([`GUEST_ADDRESS`]), where QEMU's port forwards
+    /// arrive: the guest agent relays each connection to the loopback
+    /// listener. The full set each time (ports not named stop being
+    /// relayed); answered with [`Reply::Exposed`].
+    Expose(Exposure),
+}
+
+/// The guest's address on QEMU's user-mode network (slirp's default).
+pub const GUEST_ADDRESS: &str = "10.0.2.15";
+/// The host as the guest sees it on QEMU's user-mode network.
+pub const GATEWAY_ADDRESS: &str = "10.0.2.2";
+/// QEMU's user-mode DNS forwarder.
+pub const DNS_ADDRESS: &str = "10.0.2.3";
+
+/// Most listening sockets a guest reports (and a host accepts) at once.
+pub const MAX_LISTENING: usize = 1024;
+
+/// A virtio-fs mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRequest {
+    /// The virtio-fs tag QEMU gives the shared directory.
+    pub tag: String,
+    /// An absolute path in the guest; made if missing.
+    pub mount_point: String,
+    /// Mount it read-only (the host enforces it too).
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Which share is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareLost {
+    pub tag: String,
+}
+
+/// What the guest did about a [`MountRequest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mounted {
+    /// The tag was mounted there already (by an earlier request, or at boot
+    /// by cloud-init).
+    #[serde(default)]
+    pub already: bool,
+}
+
+/// A socket's transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+    /// A protocol this version does not know (from a newer guest agent).
+    #[serde(other)]
+    Unknown,
+}
+
+/// One listening socket of the guest: a TCP socket in `LISTEN`, or an
+/// unconnected bound UDP socket.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ListenSocket {
+    pub proto: Proto,
+    /// The address it is bound to (`0.0.0.0`, `::`, `127.0.0.1`, ...).
+    pub ip: String,
+    pub port: u16,
+}
+
+/// The guest's listening sockets, sorted, at most [`MAX_LISTENING`].
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Listening {
+    pub sockets: Vec<ListenSocket>,
+    /// More sockets listened than were reported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+/// The loopback listeners to relay from [`GUEST_ADDRESS`] (see [`Op::Expose`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Exposure {
+    pub tcp: Vec<Relay>,
+}
+
+/// One relay: connections to `GUEST_ADDRESS:port` go to `to:port`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Relay {
+    pub port: u16,
+    /// The loopback address the guest's listener is bound to.
+    pub to: String,
+}
+
+/// The relays that could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Exposed {
+    #[serde(default)]
+    pub failed: Vec<RelayFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayFailure {
+    pub port: u16,
+    pub error: String,
 }
 
 /// How far to move the guest's wall clock.
@@ -117,6 +231,9 @@ pub enum FromGuest {
     /// The guest is ready: the power button is watched and the data disk
     /// was dealt with ([`GuestInfo::data_disk`] says how).
     Ready(GuestInfo),
+    /// The guest's listening sockets changed (only after [`Op::WatchPorts`]
+    /// on this connection).
+    Ports(Listening),
 }
 
 /// The answer to one [`Request`].
@@ -135,6 +252,14 @@ pub enum Reply {
     Time(GuestTime),
     /// The guest's wall clock right after the step.
     ClockAdjusted(GuestTime),
+    Mounted(Mounted),
+    /// How many mounts of that share the guest has.
+    ShareLost {
+        mounts: u32,
+    },
+    /// The listening sockets now.
+    Ports(Listening),
+    Exposed(Exposed),
     Error {
         message: String,
     },
@@ -358,6 +483,79 @@ mod tests {
                 message
             );
         }
+    }
+
+    #[test]
+    fn mount_ports_and_expose_have_a_stable_wire_form() {
+        let mount = Request {
+            id: 5,
+            op: Op::Mount(MountRequest {
+                tag: "fs0".into(),
+                mount_point: "/mnt/src".into(),
+                read_only: true,
+            }),
+        };
+        let line = encode_line(&mount);
+        assert_eq!(
+            line,
+            b"{\"id\":5,\"op\":{\"mount\":{\"tag\":\"fs0\",\"mount_point\":\"/mnt/src\",\"read_only\":true}}}\n"
+        );
+        assert_eq!(decode_line::<Request>(&line).unwrap(), mount);
+        assert_eq!(
+            encode_line(&Request {
+                id: 6,
+                op: Op::WatchPorts
+            }),
+            b"{\"id\":6,\"op\":\"watch-ports\"}\n"
+        );
+        let listening = Listening {
+            sockets: vec![ListenSocket {
+                proto: Proto::Tcp,
+                ip: "127.0.0.1".into(),
+                port: 8080,
+            }],
+            truncated: false,
+        };
+        let event = FromGuest::Ports(listening.clone());
+        let text = String::from_utf8(encode_line(&event)).unwrap();
+        assert_eq!(
+            text,
+            "{\"ports\":{\"sockets\":[{\"proto\":\"tcp\",\"ip\":\"127.0.0.1\",\"port\":8080}]}}\n"
+        );
+        assert_eq!(decode_line::<FromGuest>(text.as_bytes()).unwrap(), event);
+        for body in [
+            Reply::Mounted(Mounted { already: true }),
+            Reply::Ports(listening),
+            Reply::Exposed(Exposed {
+                failed: vec![RelayFailure {
+                    port: 80,
+                    error: "in use".into(),
+                }],
+            }),
+        ] {
+            let message = FromGuest::Reply { id: 1, body };
+            assert_eq!(
+                decode_line::<FromGuest>(&encode_line(&message)).unwrap(),
+                message
+            );
+        }
+        let expose = Request {
+            id: 7,
+            op: Op::Expose(Exposure {
+                tcp: vec![Relay {
+                    port: 3000,
+                    to: "::1".into(),
+                }],
+            }),
+        };
+        assert_eq!(
+            decode_line::<Request>(&encode_line(&expose)).unwrap(),
+            expose
+        );
+        // A protocol a newer guest names is kept as unknown, not an error.
+        let newer: ListenSocket =
+            serde_json::from_str(r#"{"proto":"sctp","ip":"::","port":9}"#).unwrap();
+        assert_eq!(newer.proto, Proto::Unknown);
     }
 
     #[test]

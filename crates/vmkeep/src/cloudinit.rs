@@ -65,6 +65,10 @@ pub struct SeedInputs<'a> {
     /// The config with its template variables expanded
     /// ([`crate::template::vars::expand`]).
     pub config: &'a Config,
+    /// Host directories shared over virtio-fs: mounted at every boot by
+    /// `bootcmd`, early, so that provision scripts and services see them
+    /// (the guest agent mounts them again, idempotently, for the host).
+    pub shares: &'a [crate::instance::shares::SharedDir],
 }
 
 /// The systemd unit of the guest agent. It starts after cloud-init's first
@@ -241,6 +245,22 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
          install_data() {\n  if [ \"$5\" = false ] && [ -e \"$2\" ]; then return 0; fi\n  mkparents \"$2\" \"$3\"\n  \
          cp \"$1\" \"$2.vmkeep-new\" && chown \"$3\" \"$2.vmkeep-new\" && chmod \"$4\" \"$2.vmkeep-new\" && mv -f \"$2.vmkeep-new\" \"$2\"\n}\n",
     );
+    for share in inputs.shares {
+        if inside(&share.mount_point, &user.home) {
+            // Not before the user exists (bootcmd runs first): its home
+            // would be made root's. The per-boot script runs after users
+            // are made and before provision scripts; missing directories
+            // on the way are the user's.
+            per_boot.push_str(&format!(
+                "mkparents {}/. {}\n{}\n",
+                shell_quote(&share.mount_point),
+                shell_quote(&user.name),
+                mount_share_command(share)
+            ));
+        } else {
+            bootcmd.push(serde_yaml_ng::Value::from(mount_share_command(share)));
+        }
+    }
     // Dependency steps first, then the others in their order.
     let ordered = config
         .provision
@@ -409,6 +429,27 @@ fn yq_script(yq: &crate::instance::provision::YqEdit) -> String {
     )
 }
 
+/// Whether guest path `path` is `dir` or below it.
+fn inside(path: &str, dir: &str) -> bool {
+    let dir = dir.trim_end_matches('/');
+    path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// Shell command (run by `bootcmd` at every boot) that mounts a shared
+/// directory, unless it is mounted; a failure is left to the guest agent,
+/// which the host asks to mount it and which reports why it cannot.
+pub fn mount_share_command(share: &crate::instance::shares::SharedDir) -> String {
+    let point = shell_quote(&share.mount_point);
+    let options = if share.writable { "rw" } else { "ro" };
+    format!(
+        "mountpoint -q {point} || {{ mkdir -p {point} && mount -t virtiofs -o {options} {} {point}; }} || true",
+        share.tag()
+    )
+}
+
 /// Shell command (run by `bootcmd` at every boot) that copies the agent from
 /// the seed volume into the guest.
 fn install_agent_command() -> String {
@@ -517,6 +558,7 @@ mod tests {
             user: &user,
             ssh_public_keys: vec!["ssh-ed25519 AAAAC3Nza vmkeep\n".into()],
             config,
+            shares: &[],
         };
         yaml(&user_data(&inputs))
     }
@@ -575,6 +617,7 @@ mod tests {
             user: &user,
             ssh_public_keys: vec![],
             config: &config,
+            shares: &[],
         };
         let meta = yaml(&meta_data(&inputs));
         assert_eq!(meta["instance-id"], "vmkeep-web_1.b");
@@ -608,6 +651,53 @@ mod tests {
         assert!(run[1].contains(&AGENT_UNIT.to_string()), "{run:?}");
         assert_eq!(run.last().unwrap(), &["touch", PROVISIONED_MARKER]);
         assert!(doc.get("package_upgrade").is_none() && doc.get("ca_certs").is_none());
+    }
+
+    #[test]
+    fn shared_directories_are_mounted_at_every_boot_before_provisioning() {
+        let user = alice();
+        let config = cloud("");
+        let shares = [
+            crate::instance::shares::SharedDir {
+                index: 0,
+                location: "/home/alice".into(),
+                mount_point: "/srv/alice".into(),
+                writable: false,
+            },
+            crate::instance::shares::SharedDir {
+                index: 1,
+                location: "/tmp/lima".into(),
+                mount_point: "/home/alice/src/it's".into(),
+                writable: true,
+            },
+        ];
+        let inputs = SeedInputs {
+            instance: "web_1",
+            user: &user,
+            ssh_public_keys: vec![],
+            config: &config,
+            shares: &shares,
+        };
+        let doc = yaml(&user_data(&inputs));
+        // Outside the user's home: early, by bootcmd.
+        assert_eq!(
+            doc["bootcmd"][1],
+            "mountpoint -q '/srv/alice' || { mkdir -p '/srv/alice' && mount -t virtiofs -o ro fs0 '/srv/alice'; } || true"
+        );
+        assert!(
+            doc["bootcmd"].as_sequence().unwrap().len() == 2,
+            "{:?}",
+            doc["bootcmd"]
+        );
+        // In it: once the user exists, the directories on the way its.
+        let per_boot = file_content(&doc, PER_BOOT_SCRIPT);
+        assert!(
+            per_boot.contains(
+                "mkparents '/home/alice/src/it'\\''s'/. 'alice'\nmountpoint -q '/home/alice/src/it'\\''s' || { mkdir -p '/home/alice/src/it'\\''s' && mount -t virtiofs -o rw fs1 '/home/alice/src/it'\\''s'; } || true\n"
+            ),
+            "{per_boot}"
+        );
+        assert!(inside("/home/alice", "/home/alice/") && !inside("/home/alicex", "/home/alice"));
     }
 
     #[test]
@@ -771,6 +861,7 @@ mod tests {
             user: &user,
             ssh_public_keys: vec!["ssh-ed25519 AAAA vmkeep".into()],
             config: &config,
+            shares: &[],
         };
         write_seed(&path, &inputs, &agent).unwrap();
         let mut file = std::fs::File::open(&path).unwrap();

@@ -25,7 +25,8 @@ use serde_json::Value;
 use vmkeep_protocol::{FromGuest, Reply};
 
 use crate::driver::qemu::qmp::{self, Message, QmpEvent};
-use crate::guest_link::{Readiness, check_guest_info};
+use crate::driver::qemu::usernet;
+use crate::guest_link::{GuestEvent, Readiness, check_exposed, check_guest_info, check_listening};
 use crate::journal;
 use crate::line_rpc::model::{model_lines, split_lines};
 use crate::line_rpc::{Incoming, MalformedLine};
@@ -65,8 +66,21 @@ pub fn guest_lines(data: &[u8]) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match readiness.classify(line) {
             Ok(Incoming::Response { id, payload }) => {
-                if let Reply::Hello { info, .. } | Reply::Info(info) = &payload {
-                    assert_eq!(check_guest_info(info), Ok(()), "accepted unchecked info");
+                match &payload {
+                    Reply::Hello { info, .. } | Reply::Info(info) => {
+                        assert_eq!(check_guest_info(info), Ok(()), "accepted unchecked info")
+                    }
+                    Reply::Ports(listening) => {
+                        assert_eq!(
+                            check_listening(listening),
+                            Ok(()),
+                            "accepted unchecked ports"
+                        )
+                    }
+                    Reply::Exposed(exposed) => {
+                        assert_eq!(check_exposed(exposed), Ok(()), "accepted unchecked relays")
+                    }
+                    _ => {}
                 }
                 let again = vmkeep_protocol::encode_line(&FromGuest::Reply {
                     id,
@@ -79,12 +93,25 @@ pub fn guest_lines(data: &[u8]) {
                     other => panic!("a reply re-encoded as {other:?}"),
                 }
             }
-            Ok(Incoming::Event(info)) => {
+            Ok(Incoming::Event(GuestEvent::Ready(info))) => {
                 assert_eq!(
                     check_guest_info(&info),
                     Ok(()),
                     "accepted an unchecked ready"
                 );
+            }
+            Ok(Incoming::Event(GuestEvent::Ports(listening))) => {
+                assert_eq!(
+                    check_listening(&listening),
+                    Ok(()),
+                    "accepted an unchecked port report"
+                );
+                // What the forwarding rules make of it is bounded too.
+                let forwards = crate::forwarding::wanted(
+                    &crate::forwarding::default_rules(&[], None),
+                    &listening,
+                );
+                assert!(forwards.len() <= vmkeep_protocol::MAX_LISTENING);
             }
             Ok(Incoming::PeerRestarted | Incoming::Ignore) => {}
             Err(malformed) => {
@@ -122,6 +149,23 @@ pub fn qmp_lines(data: &[u8]) {
         }
         assert_printable(&untrusted::shown_bytes(line, 50), 100);
     }
+    // The same bytes as `info usernet`'s text, whose connection table lists
+    // what the guest opened: the forwards read back are printable, and a
+    // table of just them reads back the same.
+    let forwards = usernet::parse_info_usernet(&String::from_utf8_lossy(data));
+    let mut table = String::new();
+    for forward in &forwards {
+        assert_printable(&usernet::rule_text(forward), 64);
+        let proto = match forward.proto {
+            crate::forwarding::Transport::Tcp => "TCP",
+            crate::forwarding::Transport::Udp => "UDP",
+        };
+        table.push_str(&format!(
+            "  {proto}[HOST_FORWARD] 3 {} {} 10.0.2.15 {} 0 0\r\n",
+            forward.host_ip, forward.host_port, forward.guest_port
+        ));
+    }
+    assert_eq!(usernet::parse_info_usernet(&table), forwards);
 }
 
 /// A journal's bytes, through its reader.

@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::UnixStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 use vmkeep_protocol::{
-    ClockAdjustment, ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES,
-    MAX_MESSAGE_BYTES, Op, Reply, Request,
+    ClockAdjustment, ExecRequest, ExecResult, Exposed, Exposure, FromGuest, GuestInfo, Listening,
+    MAX_LINE_BYTES, MAX_LISTENING, MAX_MESSAGE_BYTES, MountRequest, Mounted, Op, Reply, Request,
 };
 
 use crate::line_rpc::{
@@ -60,6 +61,10 @@ pub enum GuestOp {
     Poweroff,
     Time,
     AdjustClock,
+    Mount,
+    ShareLost,
+    WatchPorts,
+    Expose,
 }
 
 impl GuestOp {
@@ -72,6 +77,10 @@ impl GuestOp {
             Op::Poweroff => GuestOp::Poweroff,
             Op::Time => GuestOp::Time,
             Op::AdjustClock(_) => GuestOp::AdjustClock,
+            Op::Mount(_) => GuestOp::Mount,
+            Op::ShareLost(_) => GuestOp::ShareLost,
+            Op::WatchPorts => GuestOp::WatchPorts,
+            Op::Expose(_) => GuestOp::Expose,
         }
     }
 }
@@ -86,6 +95,10 @@ impl fmt::Display for GuestOp {
             GuestOp::Poweroff => "poweroff",
             GuestOp::Time => "time",
             GuestOp::AdjustClock => "adjust-clock",
+            GuestOp::Mount => "mount",
+            GuestOp::ShareLost => "share-lost",
+            GuestOp::WatchPorts => "watch-ports",
+            GuestOp::Expose => "expose",
         })
     }
 }
@@ -150,6 +163,16 @@ pub struct Hello {
 #[derive(Debug, Clone)]
 pub struct GuestLink {
     conn: Connection<Reply>,
+    /// The latest listening-socket report the guest volunteered (after
+    /// [`GuestLink::watch_ports`]); only the newest is kept.
+    ports: watch::Receiver<Option<Listening>>,
+}
+
+/// What the guest volunteers on a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum GuestEvent {
+    Ready(GuestInfo),
+    Ports(Listening),
 }
 
 /// `Ready` announcements the guest sends on this connection. Ends when the
@@ -192,9 +215,22 @@ impl GuestLink {
             }
         };
         let mut readiness = Readiness::default();
-        let (conn, rx) =
-            Connection::new(stream, LIMITS, move |line: &[u8]| readiness.classify(line));
-        let link = GuestLink { conn };
+        let (ports_tx, ports) = watch::channel(None);
+        let (conn, rx) = Connection::new(stream, LIMITS, move |line: &[u8]| {
+            Ok(match readiness.classify(line)? {
+                Incoming::Event(GuestEvent::Ready(info)) => Incoming::Event(info),
+                // Held as the newest only: a guest reporting often costs
+                // the host one report, whatever its pace.
+                Incoming::Event(GuestEvent::Ports(listening)) => {
+                    ports_tx.send_replace(Some(listening));
+                    Incoming::Ignore
+                }
+                Incoming::Response { id, payload } => Incoming::Response { id, payload },
+                Incoming::Ignore => Incoming::Ignore,
+                Incoming::PeerRestarted => Incoming::PeerRestarted,
+            })
+        });
+        let link = GuestLink { conn, ports };
         let hello = link
             .hello(deadline.saturating_duration_since(Instant::now()))
             .await?;
@@ -272,6 +308,54 @@ impl GuestLink {
         }
     }
 
+    /// Mount a shared directory in the guest (idempotent).
+    pub async fn mount(
+        &self,
+        request: MountRequest,
+        timeout: Duration,
+    ) -> Result<Mounted, GuestLinkError> {
+        match self.call(Op::Mount(request), timeout).await? {
+            Reply::Mounted(mounted) => Ok(mounted),
+            other => Err(unexpected(GuestOp::Mount, other)),
+        }
+    }
+
+    /// Tell the guest a share's virtiofsd is gone (see [`Op::ShareLost`]);
+    /// returns how many mounts of it the guest has.
+    pub async fn share_lost(&self, tag: &str, timeout: Duration) -> Result<u32, GuestLinkError> {
+        let lost = vmkeep_protocol::ShareLost { tag: tag.into() };
+        match self.call(Op::ShareLost(lost), timeout).await? {
+            Reply::ShareLost { mounts } => Ok(mounts),
+            other => Err(unexpected(GuestOp::ShareLost, other)),
+        }
+    }
+
+    /// The guest's listening sockets now; from then on the guest reports
+    /// changes on this connection ([`GuestLink::port_reports`]).
+    pub async fn watch_ports(&self, timeout: Duration) -> Result<Listening, GuestLinkError> {
+        match self.call(Op::WatchPorts, timeout).await? {
+            Reply::Ports(listening) => Ok(listening),
+            other => Err(unexpected(GuestOp::WatchPorts, other)),
+        }
+    }
+
+    /// The newest listening-socket report the guest volunteered.
+    pub fn port_reports(&self) -> watch::Receiver<Option<Listening>> {
+        self.ports.clone()
+    }
+
+    /// Relay exactly these loopback ports from the guest's network address.
+    pub async fn expose(
+        &self,
+        exposure: Exposure,
+        timeout: Duration,
+    ) -> Result<Exposed, GuestLinkError> {
+        match self.call(Op::Expose(exposure), timeout).await? {
+            Reply::Exposed(exposed) => Ok(exposed),
+            other => Err(unexpected(GuestOp::Expose, other)),
+        }
+    }
+
     /// Give the connection up because the guest restarted (QEMU reported a
     /// reset): requests in flight fail now instead of waiting for answers
     /// that will never come.
@@ -329,6 +413,10 @@ fn unexpected(op: GuestOp, reply: Reply) -> GuestLinkError {
         Reply::PoweroffAccepted => "poweroff-accepted",
         Reply::Time(_) => "time",
         Reply::ClockAdjusted(_) => "clock-adjusted",
+        Reply::Mounted(_) => "mounted",
+        Reply::ShareLost { .. } => "share-lost",
+        Reply::Ports(_) => "ports",
+        Reply::Exposed(_) => "exposed",
         Reply::Error { .. } => "error",
     };
     GuestLinkError::UnexpectedReply { op, reply }
@@ -440,11 +528,13 @@ impl Readiness {
     pub(crate) fn classify(
         &mut self,
         line: &[u8],
-    ) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
+    ) -> Result<Incoming<Reply, GuestEvent>, MalformedLine> {
         let incoming = sort_line(line)?;
         match &incoming {
-            Incoming::Event(_) if self.heard_ready => return Ok(Incoming::PeerRestarted),
-            Incoming::Event(_)
+            Incoming::Event(GuestEvent::Ready(_)) if self.heard_ready => {
+                return Ok(Incoming::PeerRestarted);
+            }
+            Incoming::Event(GuestEvent::Ready(_))
             | Incoming::Response {
                 payload: Reply::Hello { ready: true, .. },
                 ..
@@ -455,21 +545,34 @@ impl Readiness {
     }
 }
 
-/// Sort one line from the guest into reply or `Ready` event.
-pub(crate) fn sort_line(line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, MalformedLine> {
+/// Sort one line from the guest into reply or event.
+pub(crate) fn sort_line(line: &[u8]) -> Result<Incoming<Reply, GuestEvent>, MalformedLine> {
     match vmkeep_protocol::decode_line::<FromGuest>(line) {
         Ok(FromGuest::Reply { id, body }) => {
-            if let Reply::Hello { info, .. } | Reply::Info(info) = &body {
-                check_guest_info(info).map_err(|problem| {
-                    MalformedLine::for_request(id, format!("the guest's info: {problem}"))
-                })?;
-            }
+            let problem = match &body {
+                Reply::Hello { info, .. } | Reply::Info(info) => {
+                    check_guest_info(info).map_err(|p| format!("the guest's info: {p}"))
+                }
+                Reply::Ports(listening) => {
+                    check_listening(listening).map_err(|p| format!("the guest's ports: {p}"))
+                }
+                Reply::Exposed(exposed) => {
+                    check_exposed(exposed).map_err(|p| format!("the guest's relays: {p}"))
+                }
+                _ => Ok(()),
+            };
+            problem.map_err(|problem| MalformedLine::for_request(id, problem))?;
             Ok(Incoming::Response { id, payload: body })
         }
         Ok(FromGuest::Ready(info)) => {
             check_guest_info(&info)
                 .map_err(|problem| MalformedLine::new(format!("the guest's ready: {problem}")))?;
-            Ok(Incoming::Event(info))
+            Ok(Incoming::Event(GuestEvent::Ready(info)))
+        }
+        Ok(FromGuest::Ports(listening)) => {
+            check_listening(&listening)
+                .map_err(|problem| MalformedLine::new(format!("the guest's ports: {problem}")))?;
+            Ok(Incoming::Event(GuestEvent::Ports(listening)))
         }
         Err(error) => {
             // Fail the request the line answers, if its id can be read.
@@ -482,6 +585,55 @@ pub(crate) fn sort_line(line: &[u8]) -> Result<Incoming<Reply, GuestInfo>, Malfo
             ))
         }
     }
+}
+
+/// Longest address text accepted in a port report (an IPv6 address with
+/// an embedded IPv4 one is 45).
+const MAX_IP_BYTES: usize = 45;
+/// Longest relay error shown.
+const MAX_RELAY_ERROR_BYTES: usize = 256;
+
+/// Check a listening-socket report: at most [`MAX_LISTENING`] sockets, each
+/// an IP address and a port other than 0. (What they ask for is for the
+/// forwarding rules to decide; this only bounds what the host holds and
+/// makes every entry well-formed.)
+pub fn check_listening(listening: &Listening) -> Result<(), String> {
+    if listening.sockets.len() > MAX_LISTENING {
+        return Err(format!(
+            "{} sockets; at most {MAX_LISTENING} are accepted",
+            listening.sockets.len()
+        ));
+    }
+    for socket in &listening.sockets {
+        if socket.ip.len() > MAX_IP_BYTES || socket.ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!(
+                "{} is not an IP address",
+                untrusted::shown(&socket.ip, untrusted::SHOWN_BYTES)
+            ));
+        }
+        if socket.port == 0 {
+            return Err("a socket on port 0".into());
+        }
+    }
+    Ok(())
+}
+
+/// Check the guest's answer to an expose request: short, printable errors.
+pub fn check_exposed(exposed: &Exposed) -> Result<(), String> {
+    if exposed.failed.len() > MAX_LISTENING {
+        return Err(format!("{} failures reported", exposed.failed.len()));
+    }
+    for failure in &exposed.failed {
+        if failure.error.len() > MAX_RELAY_ERROR_BYTES
+            || failure.error.chars().any(char::is_control)
+        {
+            return Err(format!(
+                "the error for port {} is over {MAX_RELAY_ERROR_BYTES} bytes or not printable",
+                failure.port
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Longest kernel release accepted (Linux's `utsname` holds 64 bytes).
@@ -736,7 +888,10 @@ mod tests {
             guest.answer(&request, Reply::PoweroffAccepted).await;
         });
         let (conn, _rx) = Connection::new(ours, LIMITS, sort_line);
-        let link = GuestLink { conn };
+        let link = GuestLink {
+            conn,
+            ports: watch::channel(None).1,
+        };
 
         let request = ExecRequest {
             argv: vec!["cat".into()],
@@ -927,7 +1082,7 @@ mod tests {
             })
         };
         let is_restart =
-            |incoming: Incoming<Reply, GuestInfo>| matches!(incoming, Incoming::PeerRestarted);
+            |incoming: Incoming<Reply, GuestEvent>| matches!(incoming, Incoming::PeerRestarted);
 
         // Booting: "not ready", then the announcement, then a reboot.
         let mut booting = Readiness::default();
@@ -944,6 +1099,71 @@ mod tests {
         let mut connected_late = Readiness::default();
         assert!(!is_restart(connected_late.classify(&hello(true)).unwrap()));
         assert!(is_restart(connected_late.classify(&ready).unwrap()));
+    }
+
+    #[test]
+    fn port_reports_are_checked_and_do_not_count_as_readiness() {
+        use vmkeep_protocol::{ListenSocket, Proto};
+        let line = |message: &FromGuest| {
+            let mut line = encode_line(message);
+            line.pop();
+            line
+        };
+        let socket = |ip: &str, port| ListenSocket {
+            proto: Proto::Tcp,
+            ip: ip.into(),
+            port,
+        };
+        let good = Listening {
+            sockets: vec![socket("127.0.0.1", 8080), socket("::", 3000)],
+            truncated: false,
+        };
+        let mut readiness = Readiness::default();
+        assert!(matches!(
+            readiness.classify(&line(&FromGuest::Ports(good.clone()))).unwrap(),
+            Incoming::Event(GuestEvent::Ports(got)) if got == good
+        ));
+        // A report after readiness is no new boot.
+        readiness
+            .classify(&line(&FromGuest::Ready(info())))
+            .unwrap();
+        assert!(matches!(
+            readiness.classify(&line(&FromGuest::Ports(good))).unwrap(),
+            Incoming::Event(GuestEvent::Ports(_))
+        ));
+        for bad in [
+            Listening {
+                sockets: vec![socket("\x1b[2J", 1)],
+                truncated: false,
+            },
+            Listening {
+                sockets: vec![socket("0.0.0.0", 0)],
+                truncated: false,
+            },
+            Listening {
+                sockets: (1..=MAX_LISTENING as u16 + 1)
+                    .map(|p| socket("0.0.0.0", p))
+                    .collect(),
+                truncated: false,
+            },
+        ] {
+            assert!(check_listening(&bad).is_err(), "{bad:?}");
+            let error = sort_line(&line(&FromGuest::Ports(bad.clone()))).unwrap_err();
+            assert!(error.message.starts_with("the guest's ports"), "{error}");
+            let reply = sort_line(&line(&FromGuest::Reply {
+                id: 3,
+                body: Reply::Ports(bad),
+            }))
+            .unwrap_err();
+            assert_eq!(reply.id, Some(3));
+        }
+        let exposed = Exposed {
+            failed: vec![vmkeep_protocol::RelayFailure {
+                port: 1,
+                error: "x".repeat(MAX_RELAY_ERROR_BYTES + 1),
+            }],
+        };
+        assert!(check_exposed(&exposed).is_err());
     }
 
     #[test]

@@ -178,6 +178,16 @@ pub enum Event {
     StateDiscarded {
         reason: String,
     },
+    /// The virtiofsd of a shared directory ended while QEMU runs: the
+    /// guest's mount of it fails until the VM restarts (QEMU 7.2's
+    /// vhost-user-fs device does not reconnect).
+    SharedDirLost {
+        index: usize,
+        /// The share, as `LOCATION on MOUNT_POINT (read-only|writable)`.
+        share: String,
+        /// How its virtiofsd ended, if known.
+        exit: String,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -245,6 +255,7 @@ impl Event {
             Event::Continued { .. } => "continued",
             Event::GuestClockSet { .. } => "guest-clock-set",
             Event::StateDiscarded { .. } => "state-discarded",
+            Event::SharedDirLost { .. } => "shared-dir-lost",
             Event::Unknown => "unknown",
         }
     }
@@ -283,6 +294,8 @@ pub enum StopCause {
     DataDisk,
     /// A suspend failed and the request said to stop instead.
     SuspendFailed,
+    /// The guest could not mount a shared directory (`mounts:`).
+    SharedDir,
 }
 
 /// Why the VM is no longer running.
@@ -453,7 +466,8 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::Resumed { .. }
             | Event::Paused { .. }
             | Event::Continued { .. }
-            | Event::GuestClockSet { .. } => LastRun::Unclean,
+            | Event::GuestClockSet { .. }
+            | Event::SharedDirLost { .. } => LastRun::Unclean,
             Event::StateDiscarded { .. }
             | Event::StartFailed { .. }
             | Event::UncleanEnd { .. }

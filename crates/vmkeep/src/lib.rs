@@ -12,6 +12,7 @@ pub mod cloudinit;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
+pub mod forwarding;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod gotmpl;

@@ -720,3 +720,101 @@ fn vm_cloud_download_failures_leave_no_instance_and_no_cached_image() {
     );
     assert_eq!(env.processes(), vec![]);
 }
+
+/// Host directories and port forwards in a real cloud image (systemd,
+/// cloud-init, Debian's cloud kernel with virtiofs.ko), in one boot: a
+/// writable and a read-only share at the guest user's paths, read and
+/// written both ways, the read-only one refused for writing; a server the
+/// guest user starts is reached on the host's localhost, then gone when it
+/// ends.
+#[test]
+fn vm_cloud_mounts_and_automatic_port_forwards() {
+    let image = test_image();
+    let env = TestEnv::new();
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let src = env.home().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    // The guest user (uid 1000) writes in it: virtiofsd checks as that uid.
+    std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::write(src.join("from-host"), "hello from the host\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
+         images:\n- location: {disk}\n  arch: x86_64\n  digest: sha256:{sum}\n\
+         \x20 kernel:\n    location: {kernel}\n    cmdline: root=/dev/vda console=ttyS0\n\
+         \x20 initrd:\n    location: {initrd}\n\
+         containerd:\n  system: false\n  user: false\n\
+         mounts:\n- location: {src}\n  mountPoint: \"{{{{.Home}}}}/rw\"\n  writable: true\n\
+         - location: {src}\n  mountPoint: /mnt/ro\n",
+        disk = image.file("disk.qcow2").display(),
+        sum = image.disk_sha256,
+        kernel = image.file("vmlinuz").display(),
+        initrd = image.file("initrd.img").display(),
+        src = src.display(),
+    );
+    let created = create(&env, cache.path(), "share", &yaml);
+    assert!(created.output.status.success(), "{}", created.describe());
+    ok_in(&env, cache.path(), &["start", "share"]);
+    let sh = |script: &str| {
+        command_in(
+            &env,
+            cache.path(),
+            &["shell", "share", "--", "sh", "-c", script],
+        )
+    };
+    let out = |script: &str| {
+        let run = sh(script);
+        assert!(run.output.status.success(), "{script}: {}", run.describe());
+        run.stdout()
+    };
+    assert_eq!(
+        out("cat ~/rw/from-host /mnt/ro/from-host"),
+        "hello from the host\nhello from the host\n"
+    );
+    out("echo hello from the guest > ~/rw/from-guest && sync");
+    assert_eq!(
+        std::fs::read_to_string(src.join("from-guest")).unwrap(),
+        "hello from the guest\n"
+    );
+    assert_eq!(out("findmnt -n -o FSTYPE /mnt/ro"), "virtiofs\n");
+    let refused = sh("sudo sh -c 'mount -o remount,rw /mnt/ro; echo no > /mnt/ro/refused'");
+    assert!(!refused.output.status.success(), "{}", refused.describe());
+    assert!(!src.join("refused").exists());
+
+    // A server the guest user starts: on the host's localhost, same port.
+    out(&format!(
+        "cd ~/rw && nohup python3 -m http.server {port} --bind 0.0.0.0 \
+         </dev/null >/dev/null 2>&1 & echo $! > ~/server.pid"
+    ));
+    let get = || -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream.write_all(b"GET /from-host HTTP/1.0\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        Some(response)
+    };
+    let started = Instant::now();
+    common::wait_until(Duration::from_secs(60), || {
+        get().filter(|r| r.ends_with("hello from the host\n"))
+    })
+    .expect("the guest's server answers on the host's localhost");
+    eprintln!(
+        "guest server -> answering on the host: {:?}",
+        started.elapsed()
+    );
+    out("kill $(cat ~/server.pid)");
+    common::wait_until(Duration::from_secs(60), || {
+        TcpStream::connect(("127.0.0.1", port))
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            .then_some(())
+    })
+    .expect("the host port closes with the guest's server");
+
+    ok_in(&env, cache.path(), &["stop", "share"]);
+    assert_eq!(env.wait_no_processes(Duration::from_secs(10)), vec![]);
+}

@@ -297,7 +297,7 @@ impl AgentClient {
                     .expect("the guest sends valid messages")
                 {
                     FromGuest::Reply { id: reply_id, body } if reply_id == id => return Some(body),
-                    FromGuest::Reply { .. } | FromGuest::Ready(_) => continue,
+                    FromGuest::Reply { .. } | FromGuest::Ready(_) | FromGuest::Ports(_) => continue,
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());

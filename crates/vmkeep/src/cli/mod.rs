@@ -119,8 +119,10 @@ Config fields (vmkeep.yaml; Lima's names, README.md \"Coming from Lima\" says wh
   ssh: {localPort, loadDotSSHPubKeys, forwardAgent, forwardX11}
   user: {name, comment, uid, home, shell}          caCerts: {removeDefaults, files, certs}
   upgradePackages         timezone                 hostResolver: {hosts}
-  minimumLimaVersion, containerd: {system: false, user: false}, mounts, portForwards,
-  copyToHost: accepted (mounts, port forwards and copies are not applied yet)";
+  mounts: [{location, mountPoint, writable}]       (virtio-fs; needs root)
+  portForwards: [{guestPort(Range), hostPort(Range), guestIP, hostIP, proto, ignore}]
+  minimumLimaVersion, containerd: {system: false, user: false},
+  copyToHost: accepted (copies are not applied)";
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {

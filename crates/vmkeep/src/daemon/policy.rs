@@ -207,7 +207,12 @@ pub fn decide(memory: &mut Memory, seen: &Seen<'_>) -> Vec<Action> {
         | Status::Starting
         | Status::Paused(_)
         | Status::Stopping
-        | Status::Broken(Broken::QemuGone { .. } | Broken::AgentUnresponsive { .. }) => {
+        // A VM whose shared directory lost its virtiofsd still runs.
+        | Status::Broken(
+            Broken::QemuGone { .. }
+            | Broken::AgentUnresponsive { .. }
+            | Broken::SharedDirsLost { .. },
+        ) => {
             memory.start_at = None;
             if !memory.watching {
                 actions.push(Action::WatchAgent);

@@ -8,7 +8,9 @@ pub mod api;
 pub mod binary;
 pub mod clock;
 mod data_disk;
+pub mod forwards;
 pub mod inbox;
+mod mounts;
 pub mod report;
 pub mod serial_log;
 pub mod server;
@@ -231,6 +233,7 @@ async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_>) -> Agent
         resumed: false,
         launched_at: None,
         guest_shutdown: false,
+        shares: mounts::Shares::default(),
         last_io_error: None,
         pause_tx,
         guest_reset: Arc::new(AtomicBool::new(false)),
@@ -266,6 +269,8 @@ struct Agent<'r, 'n> {
     launched_at: Option<Instant>,
     /// QEMU reported a shutdown the guest asked for.
     guest_shutdown: bool,
+    /// The virtiofsd of each shared directory (hostagent/mounts.rs).
+    shares: mounts::Shares,
     /// The last disk error QEMU reported (what a pause for `io-error` was).
     last_io_error: Option<BlockIoError>,
     /// Why QEMU paused the guest, while it is paused (the API reads it).
@@ -395,6 +400,13 @@ impl Agent<'_, '_> {
                 if self.settle_adopted(&vm).await? {
                     self.record(Event::Adopted { qemu_pid: vm.pid() });
                     self.set_info(|info| info.qemu_pid = Some(vm.pid()));
+                    // The virtiofsds the dead agent started; one that
+                    // ended meanwhile is journaled (and `list` shows it).
+                    let (shares, lost) = mounts::adopt(&self.dir, &self.config);
+                    self.shares = shares;
+                    for event in lost {
+                        self.record(event);
+                    }
                     return Ok(Some((vm, events)));
                 }
             }
@@ -417,6 +429,8 @@ impl Agent<'_, '_> {
             }
             None => {}
         }
+        // [mounts] No QEMU: a virtiofsd left by a dead agent waits for nobody.
+        let ended = mounts::end_leftovers(&self.dir);
         let mut stale = self
             .remove_runtime_files()
             .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?;
@@ -426,6 +440,7 @@ impl Agent<'_, '_> {
             snapshot::remove_unclaimed(&self.dir, false)
                 .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?,
         );
+        stale.extend(ended);
         if !stale.is_empty() {
             let detail = stale.join(", ");
             self.reporter
@@ -513,7 +528,7 @@ impl Agent<'_, '_> {
 
     async fn boot(
         &mut self,
-        spec: LaunchSpec,
+        mut spec: LaunchSpec,
         accel: accel::Accel,
         why: String,
     ) -> Result<(QemuVm, QmpEvents), String> {
@@ -530,7 +545,17 @@ impl Agent<'_, '_> {
                 self.dir.config().display()
             )
         })?;
-        let (vm, events) = self.start_qemu(&spec).await?;
+        // [mounts] virtiofsd first: QEMU connects to it as it starts.
+        let (shares, devices) = mounts::start(&self.dir, &self.config)?;
+        self.shares = shares;
+        spec.shares = devices;
+        let (vm, events) = match self.start_qemu(&spec).await {
+            Ok(launched) => launched,
+            Err(error) => {
+                mounts::abandon(&self.shares);
+                return Err(error);
+            }
+        };
         self.record(Event::Booting {
             qemu_pid: vm.pid(),
             accel: accel.as_str().into(),
@@ -633,7 +658,9 @@ impl Agent<'_, '_> {
         )
         .await;
         let reason = match cause {
-            StopCause::BootTimeout | StopCause::DataDisk => StoppedReason::StartFailed,
+            StopCause::BootTimeout | StopCause::DataDisk | StopCause::SharedDir => {
+                StoppedReason::StartFailed
+            }
             StopCause::Request | StopCause::Signal | StopCause::SuspendFailed => {
                 StoppedReason::Requested
             }
@@ -672,6 +699,8 @@ impl Agent<'_, '_> {
         if let Some(server) = self.server.take() {
             let _ = tokio::time::timeout(server::DRAIN * 2, server).await;
         }
+        // [mounts] virtiofsd ends with QEMU; its lock file goes after it.
+        mounts::stop(&self.shares).await;
         if let Err(e) = self.remove_runtime_files() {
             tracing::warn!("cleaning runtime files: {e}");
         }

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use super::inbox::Incoming;
 use super::report::Report;
 use super::server::Command;
-use super::{Agent, AgentOutcome, clock, fail, now_rfc3339, stopped_as_failed};
+use super::{Agent, AgentOutcome, clock, fail, forwards, mounts, now_rfc3339, stopped_as_failed};
 use crate::driver::Vm;
 use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
@@ -117,6 +117,19 @@ impl Agent<'_, '_> {
         {
             return Some(outcome);
         }
+        // Shared directories are mounted before the start is ready (an
+        // adopted guest had them mounted already: only said if not).
+        if let Err(error) = mounts::mount_all(&link, &self.shares).await
+            && mounts::must_stop(self.launched_at.is_some(), &error)
+        {
+            self.record(Event::StartFailed {
+                error: error.clone(),
+            });
+            let deadline = self.config.stop_timeout.0;
+            let stopped = self.stop(vm, StopCause::SharedDir, deadline, false).await;
+            fail(self.reporter, error);
+            return Some(stopped_as_failed(stopped));
+        }
         // A reset before this boot was ready says nothing of the next one.
         self.guest_reset
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -147,6 +160,18 @@ impl Agent<'_, '_> {
             self.guest_rx.clone(),
             Arc::clone(&self.clock_nudge),
             self.dir.journal(),
+        )));
+        // Remount after a guest reboot; journal a lost virtiofsd.
+        self.tasks.push(tokio::spawn(mounts::keep(
+            self.shares.clone(),
+            self.guest_rx.clone(),
+            self.dir.clone(),
+        )));
+        // The guest's listening ports, forwarded as Lima does.
+        self.tasks.push(tokio::spawn(forwards::keep(
+            self.guest_rx.clone(),
+            vm.qmp().clone(),
+            forwards::Setup::of(&self.config, crate::image::cloud::ssh_port(&self.dir)),
         )));
         self.record(Event::Running {
             qemu_pid: vm.pid(),

@@ -122,6 +122,11 @@ impl Agent<'_, '_> {
                  install qemu-system-x86); the saved state is kept"
             )
         })?;
+        // A state saved before every VM had a network device resumes
+        // without one (no port forwards until the next boot).
+        if !saved.machine.network {
+            spec.network = false;
+        }
         let device_state = snapshot::check_resumable(&self.dir, &saved, &spec, &binary)
             .map_err(|e| LaunchFailed::from(error_chain(&e)))?;
         self.reporter.progress(format!(

@@ -58,6 +58,8 @@ pub enum CloudError {
         "ssh.localPort {port} is taken on 127.0.0.1 ({source}); free it, or set ssh.localPort: 0 in vmkeep.yaml for a free port at each start"
     )]
     PortTaken { port: u16, source: std::io::Error },
+    #[error("{0}\n  fix it in the instance's vmkeep.yaml")]
+    Shares(String),
 }
 
 /// What `create` chose for a cloud-image instance (`image.json`).
@@ -269,11 +271,25 @@ pub fn launch_spec(
     if ssh.load_dot_ssh_pub_keys == Some(true) {
         ssh_public_keys.extend(host_public_keys());
     }
+    let shares = crate::instance::shares::resolve(
+        config,
+        dir.name().as_str(),
+        dir.dir(),
+        &crate::instance::shares::HostSide::current(),
+        &crate::instance::shares::GuestSide {
+            user: user.name.clone(),
+            uid: user.uid,
+            home: user.home.clone(),
+            cloud: true,
+        },
+    )
+    .map_err(|e| CloudError::Shares(e.to_string()))?;
     let inputs = SeedInputs {
         instance: dir.name().as_str(),
         user: &user,
         ssh_public_keys,
         config: &expanded,
+        shares: &shares,
     };
     cloudinit::write_seed(&seed, &inputs, super::tiny::GUEST_AGENT).map_err(|source| {
         CloudError::Io {

@@ -162,7 +162,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub networks: MustBeEmpty<lima::Networks>,
     #[serde(default, deserialize_with = "nullable")]
-    pub port_forwards: Option<Vec<serde_yaml_ng::Value>>,
+    pub port_forwards: Option<Vec<lima::PortForward>>,
     #[serde(default, deserialize_with = "nullable")]
     pub copy_to_host: Option<Vec<serde_yaml_ng::Value>>,
     /// Shown after `start` (a template with list fields: `{{.Dir}}`, ...).

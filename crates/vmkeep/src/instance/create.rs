@@ -33,6 +33,8 @@ pub enum CreateError {
     Expand(#[from] ExpandError),
     #[error("invalid template: message: {0}\n  nothing was created")]
     Message(crate::gotmpl::TemplateError),
+    #[error("invalid template: {0}\n  nothing was created")]
+    Shares(super::shares::ShareError),
     #[error("cannot create the data disk: {0}")]
     Disk(#[from] ToolError),
     #[error("cannot create the instance from its cloud image: {0}\n  nothing was created")]
@@ -54,7 +56,10 @@ impl CreateError {
             CreateError::Template(TemplateError::Read { .. } | TemplateError::Fetch { .. }) => {
                 false
             }
-            CreateError::Template(_) | CreateError::Expand(_) | CreateError::Message(_) => true,
+            CreateError::Template(_)
+            | CreateError::Expand(_)
+            | CreateError::Message(_)
+            | CreateError::Shares(_) => true,
             CreateError::SocketPath(_)
             | CreateError::Exists { .. }
             | CreateError::Disk(_)
@@ -124,6 +129,24 @@ pub fn check(
     if let Some(message) = &config.raw.message {
         crate::gotmpl::check(message).map_err(CreateError::Message)?;
     }
+    let guest = if config.is_cloud() {
+        super::shares::GuestSide {
+            user: guest_user.name.clone(),
+            uid: guest_user.uid,
+            home: guest_user.home.clone(),
+            cloud: true,
+        }
+    } else {
+        super::shares::GuestSide::tiny()
+    };
+    super::shares::resolve(
+        config,
+        name.as_str(),
+        dir.dir(),
+        &super::shares::HostSide::current(),
+        &guest,
+    )
+    .map_err(CreateError::Shares)?;
     Ok(Checked {
         dir,
         resolved,

@@ -28,6 +28,11 @@
 //!   cidata.img              cloud images: the cloud-init seed (rewritten at start)
 //!   ssh.config              cloud images: the ssh config `shell` uses
 //!   ssh.port    runtime     cloud images: the loopback port forwarded to ssh
+//!   fsN.sock    runtime     virtiofsd of shared directory N (`mounts[N]`): its
+//!                           vhost-user socket, which QEMU connects to
+//!   fsN.pid     runtime     that virtiofsd's liveness lock (held by it; it
+//!                           names the directory and its mount point)
+//!   fsN.log                 that virtiofsd's output
 //! ```
 //! Runtime files are recognised by suffix (`.pid`, `.sock`, `.port`), and
 //! unfinished atomic writes by their `.tmp-` infix (see `instance::runtime`).
@@ -61,7 +66,16 @@ const MIGRATION_SOCKET: &str = "mig.sock";
 const GUEST_RAM: &str = "guest-ram";
 const SAVED_STATE_RECORD: &str = "saved-state.json";
 const SAVED_DEVICE_STATE: &str = "saved-state.bin";
-const SOCKETS: [&str; 4] = [API_SOCKET, QMP_SOCKET, GUEST_SOCKET, MIGRATION_SOCKET];
+/// The longest name a shared directory's socket gets (at most
+/// `instance::shares::MAX_SHARES`, so `fs9.sock`: no longer than QMP's).
+const LONGEST_SHARE_SOCKET: &str = "fs9.sock";
+const SOCKETS: [&str; 5] = [
+    API_SOCKET,
+    QMP_SOCKET,
+    GUEST_SOCKET,
+    MIGRATION_SOCKET,
+    LONGEST_SHARE_SOCKET,
+];
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -180,6 +194,37 @@ impl InstanceDir {
     }
     pub fn ssh_port(&self) -> PathBuf {
         self.dir.join(SSH_PORT)
+    }
+    /// The vhost-user socket of shared directory `index`'s virtiofsd.
+    pub fn share_socket(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("fs{index}.sock"))
+    }
+    /// The liveness lock that virtiofsd holds.
+    pub fn share_lock(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("fs{index}.pid"))
+    }
+    /// That virtiofsd's output.
+    pub fn share_log(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("fs{index}.log"))
+    }
+    /// The shared-directory locks present (`fsN.pid`), by index, sorted.
+    pub fn share_locks(&self) -> Vec<(usize, PathBuf)> {
+        let mut found: Vec<(usize, PathBuf)> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let index = name
+                    .strip_prefix("fs")?
+                    .strip_suffix(".pid")?
+                    .parse()
+                    .ok()?;
+                Some((index, entry.path()))
+            })
+            .collect();
+        found.sort();
+        found
     }
 }
 

@@ -3,8 +3,11 @@
 //! Three kinds:
 //! - applied: `ssh`, `user`, `env`, `param`, `message`, `caCerts`,
 //!   `upgradePackages`, `timezone`, `hostResolver.hosts` (cloud images);
-//! - accepted, not applied (reported by [`RawConfig::notices`]): `mounts`,
-//!   `portForwards`, `copyToHost`, `plain`, `guestInstallPrefix`, ...;
+//!   `mounts` (see `instance::shares`) and `portForwards` (see
+//!   `forwarding`);
+//! - accepted, not applied (reported by [`RawConfig::notices`]): `copyToHost`,
+//!   `plain`, `guestInstallPrefix`, unix socket forwards, `mountType` other
+//!   than virtiofs, ...;
 //! - refused, one line each saying what is not supported and what to do:
 //!   `vmType: vz`, `os: Darwin`, `rosetta`, `video`, `audio`, `containerd`
 //!   set to true, `networks`, `additionalDisks`, `dns`, `cpuType`, ...
@@ -108,8 +111,9 @@ impl<'de> Deserialize<'de> for GuestOs {
     }
 }
 
-/// One `mounts:` entry: accepted, not applied yet (host directory sharing is
-/// its own issue).
+/// One `mounts:` entry: a host directory shared with the guest over
+/// virtio-fs (resolved by `instance::shares`). `sshfs`, `9p` and `virtiofs`
+/// tuning is accepted and not used.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Mount {
@@ -124,6 +128,194 @@ pub struct Mount {
     pub nine_p: Option<serde_yaml_ng::Value>,
     #[serde(default, deserialize_with = "nullable")]
     pub virtiofs: Option<serde_yaml_ng::Value>,
+}
+
+/// The protocols a `portForwards` rule applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RuleProto {
+    #[default]
+    Tcp,
+    Udp,
+    /// Both.
+    Any,
+}
+
+/// A `portForwards` rule that forwards (or ignores) guest ports, with
+/// Lima's defaults filled in: guest IP 127.0.0.1 (which also matches
+/// listeners on 0.0.0.0, `::` and `::1`), every guest port, host IP
+/// 127.0.0.1, the same host port as the guest's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRule {
+    pub proto: RuleProto,
+    pub guest_ip: std::net::IpAddr,
+    /// Match listeners on `0.0.0.0` only (Lima's `guestIPMustBeZero`).
+    pub guest_ip_must_be_zero: bool,
+    /// First and last guest port matched.
+    pub guest_ports: (u16, u16),
+    /// Where forwards listen on the host: IPv4 only (QEMU's user network
+    /// cannot listen on IPv6 host addresses).
+    pub host_ip: std::net::Ipv4Addr,
+    /// The host port of the first guest port (the rest follow in order).
+    pub host_port_start: u16,
+    pub ignore: bool,
+}
+
+/// One `portForwards` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortForward {
+    Ports(PortRule),
+    /// A unix socket forward (`guestSocket`/`hostSocket`): accepted, not
+    /// applied (QEMU's user network forwards ports only).
+    Socket {
+        guest_socket: String,
+        host_socket: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawPortForward {
+    #[serde(default, rename = "guestIP", deserialize_with = "nullable")]
+    guest_ip: Option<String>,
+    #[serde(default, rename = "guestIPMustBeZero", deserialize_with = "nullable")]
+    guest_ip_must_be_zero: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    guest_port: Option<u32>,
+    #[serde(default, deserialize_with = "nullable")]
+    guest_port_range: Option<[u32; 2]>,
+    #[serde(default, deserialize_with = "nullable")]
+    guest_socket: Option<String>,
+    #[serde(default, rename = "hostIP", deserialize_with = "nullable")]
+    host_ip: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    host_port: Option<u32>,
+    #[serde(default, deserialize_with = "nullable")]
+    host_port_range: Option<[u32; 2]>,
+    #[serde(default, deserialize_with = "nullable")]
+    host_socket: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    proto: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    reverse: Option<bool>,
+    #[serde(default, deserialize_with = "nullable")]
+    ignore: Option<bool>,
+}
+
+/// A port range as Lima fills it: `port` alone, `range` alone (each end
+/// 1-65535, in order), both (they must agree), or `default`.
+fn port_range(
+    name: &str,
+    port: Option<u32>,
+    range: Option<[u32; 2]>,
+    default: (u16, u16),
+) -> Result<(u16, u16), String> {
+    let valid = |n: u32, what: &str| -> Result<u16, String> {
+        u16::try_from(n)
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| format!("{what} {n} is not a port; use 1 to 65535"))
+    };
+    let port = port.filter(|p| *p != 0);
+    let range = range.filter(|r| *r != [0, 0]);
+    match (port, range) {
+        (None, None) => Ok(default),
+        (Some(p), None) => {
+            let p = valid(p, &format!("{name}Port"))?;
+            Ok((p, p))
+        }
+        (port, Some([a, b])) => {
+            let (a, b) = (
+                valid(a, &format!("{name}PortRange"))?,
+                valid(b, &format!("{name}PortRange"))?,
+            );
+            if a > b {
+                return Err(format!(
+                    "{name}PortRange [{a}, {b}] is not in order; write the lower port first"
+                ));
+            }
+            if let Some(p) = port
+                && p != u32::from(a)
+            {
+                return Err(format!(
+                    "{name}Port {p} must be the first port of {name}PortRange [{a}, {b}]"
+                ));
+            }
+            Ok((a, b))
+        }
+    }
+}
+
+impl RawPortForward {
+    fn check(self) -> Result<PortForward, String> {
+        if self.guest_socket.is_some() || self.host_socket.is_some() {
+            return Ok(PortForward::Socket {
+                guest_socket: self.guest_socket.unwrap_or_default(),
+                host_socket: self.host_socket.unwrap_or_default(),
+            });
+        }
+        if self.reverse == Some(true) {
+            return Err(
+                "reverse: true applies to unix sockets only (guestSocket/hostSocket); remove it"
+                    .into(),
+            );
+        }
+        let proto = match self
+            .proto
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("tcp") => RuleProto::Tcp,
+            Some("udp") => RuleProto::Udp,
+            Some("any") => RuleProto::Any,
+            Some(other) => {
+                return Err(format!(
+                    "proto: {other:?} is not a protocol; use tcp, udp or any"
+                ));
+            }
+        };
+        let guest_ip = match &self.guest_ip {
+            None => std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            Some(text) => text
+                .parse()
+                .map_err(|_| format!("guestIP: {text:?} is not an IP address"))?,
+        };
+        let host_ip = match &self.host_ip {
+            None => std::net::Ipv4Addr::LOCALHOST,
+            Some(text) => match text.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V4(ip)) => ip,
+                Ok(std::net::IpAddr::V6(_)) => {
+                    return Err(format!(
+                        "hostIP: {text} is an IPv6 address; QEMU's user network forwards from IPv4 host addresses only: use 127.0.0.1 or 0.0.0.0"
+                    ));
+                }
+                Err(_) => return Err(format!("hostIP: {text:?} is not an IP address")),
+            },
+        };
+        let guest_ports = port_range("guest", self.guest_port, self.guest_port_range, (1, 65535))?;
+        let host_ports = port_range("host", self.host_port, self.host_port_range, guest_ports)?;
+        if host_ports.1 - host_ports.0 != guest_ports.1 - guest_ports.0 {
+            return Err(format!(
+                "hostPortRange [{}, {}] and guestPortRange [{}, {}] must have the same number of ports",
+                host_ports.0, host_ports.1, guest_ports.0, guest_ports.1
+            ));
+        }
+        Ok(PortForward::Ports(PortRule {
+            proto,
+            guest_ip,
+            guest_ip_must_be_zero: self.guest_ip_must_be_zero == Some(true),
+            guest_ports,
+            host_ip,
+            host_port_start: host_ports.0,
+            ignore: self.ignore == Some(true),
+        }))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortForward {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        checked_map(d, "a port forwarding rule", RawPortForward::check)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -353,19 +545,29 @@ impl RawConfig {
     /// What is accepted but not applied, one line each, for `create` to show.
     pub fn notices(&self) -> Vec<String> {
         let mut notices = Vec::new();
-        let mounts = self.mounts.clone().unwrap_or_default();
-        if !mounts.is_empty() {
-            let places: Vec<String> = mounts.iter().map(|m| m.location.clone()).collect();
+        if let Some(kind) = &self.mount_type
+            && !matches!(kind.0.as_str(), "virtiofs" | "default" | "")
+            && self.mounts.as_ref().is_some_and(|m| !m.is_empty())
+        {
             notices.push(format!(
-                "mounts: not applied yet ({}): vmkeep does not share host directories yet; the guest sees none of them",
-                places.join(", ")
+                "mountType: {} not available: vmkeep mounts with virtiofs (the Debian cloud kernel has no 9p; sshfs is not built in)",
+                kind.0
             ));
         }
-        let forwards = self.port_forwards.clone().unwrap_or_default();
-        if !forwards.is_empty() {
+        if self.mount_inotify == Some(true) {
+            notices.push(
+                "mountInotify: not applied: a change made on the host raises no inotify event in the guest".into(),
+            );
+        }
+        let sockets = self
+            .port_forwards
+            .iter()
+            .flatten()
+            .filter(|f| matches!(f, PortForward::Socket { .. }))
+            .count();
+        if sockets > 0 {
             notices.push(format!(
-                "portForwards: not applied yet ({} rule(s)): vmkeep forwards only ssh for now; use `ssh -F <(vmkeep ssh-config NAME)` with -L to forward a port",
-                forwards.len()
+                "portForwards: {sockets} unix socket rule(s) (guestSocket/hostSocket) not applied: vmkeep forwards TCP and UDP ports; forward a socket with `ssh -F <(vmkeep ssh-config NAME) -L`"
             ));
         }
         let copies = self.copy_to_host.clone().unwrap_or_default();
@@ -377,7 +579,7 @@ impl RawConfig {
         }
         if self.plain == Some(true) {
             notices.push(
-                "plain: vmkeep still runs its guest agent (it is how start knows the guest is ready); mounts and port forwards are not applied anyway".into(),
+                "plain: vmkeep still runs its guest agent (it is how start knows the guest is ready), and applies mounts and port forwards".into(),
             );
         }
         if let Some(prefix) = &self.guest_install_prefix
@@ -449,20 +651,126 @@ mod tests {
     }
 
     #[test]
-    fn mounts_port_forwards_and_copies_are_reported_as_not_applied() {
+    fn what_is_not_applied_is_reported_and_mounts_and_ports_are_not() {
         let lima = parse(
-            "mounts:\n- location: \"~\"\n- location: /tmp/lima\n  writable: true\n\
-             portForwards:\n- guestSocket: /run/x.sock\n  hostSocket: x.sock\n\
+            "mounts:\n- location: \"~\"\n- location: /tmp/lima\n  writable: true\nmountType: 9p\n\
+             portForwards:\n- guestSocket: /run/x.sock\n  hostSocket: x.sock\n- guestPort: 80\n  hostPort: 8080\n\
              copyToHost:\n- guest: /etc/k\n  host: \"{{.Dir}}/k\"\n",
         )
         .unwrap();
         let notices = lima.notices().join("\n");
-        for word in [
-            "mounts: not applied yet (~, /tmp/lima)",
-            "portForwards",
-            "copyToHost",
-        ] {
+        for word in ["mountType: 9p", "1 unix socket rule(s)", "copyToHost"] {
             assert!(notices.contains(word), "{notices}");
+        }
+        assert!(!notices.contains("not applied yet"), "{notices}");
+        let plain = parse("mounts:\n- location: /src\nportForwards:\n- guestPort: 80\n").unwrap();
+        assert!(plain.notices().is_empty(), "{:?}", plain.notices());
+    }
+
+    #[test]
+    fn port_forwards_get_limas_defaults() {
+        let lima = parse(
+            "portForwards:\n- guestPort: 443\n  hostIP: 0.0.0.0\n- guestPortRange: [4000, 4999]\n\
+             - guestPort: 80\n  hostPort: 8080\n  proto: udp\n- guestIP: 0.0.0.0\n  guestIPMustBeZero: true\n  guestPort: 7443\n\
+             - guestPort: 8888\n  ignore: true\n- guestIP: \"::1\"\n  hostPortRange: [10001, 10002]\n  guestPortRange: [1, 2]\n  proto: any\n",
+        )
+        .unwrap();
+        let rules: Vec<PortRule> = lima
+            .port_forwards
+            .unwrap()
+            .into_iter()
+            .map(|f| match f {
+                PortForward::Ports(rule) => rule,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let local = std::net::Ipv4Addr::LOCALHOST;
+        assert_eq!(
+            rules[0],
+            PortRule {
+                proto: RuleProto::Tcp,
+                guest_ip: local.into(),
+                guest_ip_must_be_zero: false,
+                guest_ports: (443, 443),
+                host_ip: std::net::Ipv4Addr::UNSPECIFIED,
+                host_port_start: 443,
+                ignore: false,
+            }
+        );
+        assert_eq!(
+            (rules[1].guest_ports, rules[1].host_port_start),
+            ((4000, 4999), 4000)
+        );
+        assert_eq!(
+            (rules[2].proto, rules[2].host_port_start),
+            (RuleProto::Udp, 8080)
+        );
+        assert!(rules[3].guest_ip_must_be_zero && rules[3].guest_ip.is_unspecified());
+        assert!(rules[4].ignore);
+        assert_eq!(
+            (
+                rules[5].proto,
+                rules[5].guest_ports,
+                rules[5].host_port_start
+            ),
+            (RuleProto::Any, (1, 2), 10001)
+        );
+        assert_eq!(
+            rules[5].guest_ip,
+            "::1".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn bad_port_forwards_name_the_line_and_the_fix() {
+        for (yaml, says, line) in [
+            ("portForwards:\n- guestPort: 70000\n", "1 to 65535", 2),
+            (
+                "portForwards:\n- guestPortRange: [20, 10]\n",
+                "not in order",
+                2,
+            ),
+            (
+                "portForwards:\n- guestPortRange: [1, 10]\n  hostPortRange: [1, 5]\n",
+                "same number of ports",
+                2,
+            ),
+            (
+                "portForwards:\n- guestPort: 5\n  guestPortRange: [6, 7]\n",
+                "first port of guestPortRange",
+                2,
+            ),
+            (
+                "portForwards:\n- guestPort: 80\n  hostIP: \"::1\"\n",
+                "IPv4",
+                2,
+            ),
+            (
+                "portForwards:\n- guestPort: 80\n  proto: sctp\n",
+                "tcp, udp or any",
+                2,
+            ),
+            (
+                "portForwards:\n- guestPort: 80\n  guestIP: localhost\n",
+                "not an IP",
+                2,
+            ),
+            (
+                "portForwards:\n- guestPort: 80\n  reverse: true\n",
+                "unix sockets only",
+                2,
+            ),
+            (
+                "portForwards:\n- guestPort: 80\n  hostport: 81\n",
+                "hostPort",
+                3,
+            ),
+        ] {
+            let err = parse(yaml).unwrap_err();
+            assert!(
+                err.contains(says) && err.contains(&format!("line {line}")),
+                "{yaml:?} gave {err}"
+            );
         }
     }
 

@@ -12,6 +12,7 @@ pub mod ownership;
 pub mod pause;
 pub mod provision;
 pub mod runtime;
+pub mod shares;
 pub mod status;
 pub mod suggest;
 pub mod yaml_de;

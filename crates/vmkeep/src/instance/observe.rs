@@ -39,15 +39,20 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
     let seen = consistent_snapshot(
         || pid_of(&dir.agent_lock()),
         |agent_pid| {
+            let qemu_pid = pid_of(&dir.qemu_pid())?;
             Ok(Observations {
                 config: config.clone(),
                 disk_present,
                 agent_pid,
                 agent_frozen: agent_pid.is_some_and(os::process::is_stopped),
-                qemu_pid: pid_of(&dir.qemu_pid())?,
+                qemu_pid,
                 runtime_files: runtime_files(dir)?,
                 last_event: journal::last(&dir.journal()).unwrap_or(None),
                 service_failure: None,
+                shares_lost: match qemu_pid {
+                    Some(_) => shares_lost(dir)?,
+                    None => Vec::new(),
+                },
                 saved_state: crate::driver::qemu::snapshot::exists(dir),
             })
         },
@@ -62,6 +67,30 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
         ..seen
     };
     Ok((seen, loaded))
+}
+
+/// The shared directories whose virtiofsd no longer holds its lock, as
+/// their lock files describe them (`LOCATION on MOUNT_POINT (...)`).
+fn shares_lost(dir: &InstanceDir) -> io::Result<Vec<String>> {
+    let mut lost = Vec::new();
+    for (index, lock) in dir.share_locks() {
+        let free = match os::lock::holder(&lock) {
+            Ok(holder) => holder.is_none(),
+            // Removed meanwhile: its agent cleaned up.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        };
+        if free {
+            let said = std::fs::read_to_string(&lock).unwrap_or_default();
+            let said = said.lines().next().unwrap_or("").trim();
+            lost.push(if said.is_empty() {
+                format!("mounts[{index}]")
+            } else {
+                said.to_string()
+            });
+        }
+    }
+    Ok(lost)
 }
 
 /// Whether the service manager is worth asking (a subprocess): nothing runs

@@ -26,6 +26,9 @@ pub struct Observations {
     /// The service manager gave up on the unit that runs it (asked only when
     /// nothing runs and the last run failed).
     pub service_failure: Option<UnitFailure>,
+    /// Shared directories whose virtiofsd is gone (its `fsN.pid` lock is
+    /// free) while QEMU runs, as their lock files describe them.
+    pub shares_lost: Vec<String>,
     /// A saved state (`vmkeep suspend`) waits to be resumed.
     pub saved_state: bool,
 }
@@ -103,6 +106,11 @@ pub enum Broken {
     DataDisk {
         problem: DataDiskProblem,
     },
+    /// The VM runs, but the virtiofsd of a shared directory is gone: the
+    /// guest's mount of it fails until the VM restarts.
+    SharedDirsLost {
+        mounts: Vec<String>,
+    },
 }
 
 impl Broken {
@@ -119,6 +127,7 @@ impl Broken {
             Broken::ServiceGaveUp { .. } => "service-gave-up",
             Broken::GaveUp { .. } => "gave-up",
             Broken::DataDisk { .. } => "data-disk",
+            Broken::SharedDirsLost { .. } => "shared-dirs-lost",
         }
     }
 
@@ -150,6 +159,11 @@ impl Broken {
                 "the daemon stopped restarting it after {failures} failed starts; last: {last_error}"
             ),
             Broken::DataDisk { problem } => problem.message(),
+            Broken::SharedDirsLost { mounts } => format!(
+                "it runs, but the virtiofsd of {} is gone: the guest cannot read or write {} until the VM restarts",
+                mounts.join(", "),
+                if mounts.len() == 1 { "it" } else { "them" }
+            ),
         }
     }
 
@@ -182,6 +196,9 @@ impl Broken {
                 "the host agent cleans up within a moment; then start again".into()
             }
             Broken::DataDisk { problem } => problem.hint(),
+            Broken::SharedDirsLost { .. } => {
+                "restart it: `vmkeep stop NAME && vmkeep start NAME` (QEMU cannot reconnect a shared directory); its log is fsN.log in the instance directory".into()
+            }
         }
     }
 
@@ -190,7 +207,8 @@ impl Broken {
         match self {
             Broken::OrphanedQemu { .. }
             | Broken::AgentUnresponsive { .. }
-            | Broken::QemuGone { .. } => true,
+            | Broken::QemuGone { .. }
+            | Broken::SharedDirsLost { .. } => true,
             Broken::ConfigMissing
             | Broken::ConfigInvalid { .. }
             | Broken::DiskMissing
@@ -209,7 +227,8 @@ impl Broken {
             Broken::ConfigMissing
             | Broken::ConfigInvalid { .. }
             | Broken::DiskMissing
-            | Broken::DataDisk { .. } => false,
+            | Broken::DataDisk { .. }
+            | Broken::SharedDirsLost { .. } => false,
             Broken::OrphanedQemu { .. }
             | Broken::StaleRuntimeFiles { .. }
             | Broken::AgentUnresponsive { .. }
@@ -275,9 +294,11 @@ impl Status {
             Status::Paused(_) => StartPlan::ContinuePaused,
             Status::Stopping => StartPlan::WaitForStop,
             Status::Broken(broken) => match broken {
-                Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing => {
-                    StartPlan::Refuse
-                }
+                // A restart is the user's call: its guest runs.
+                Broken::ConfigMissing
+                | Broken::ConfigInvalid { .. }
+                | Broken::DiskMissing
+                | Broken::SharedDirsLost { .. } => StartPlan::Refuse,
                 Broken::AgentUnresponsive { .. } => StartPlan::ReplaceFrozenAgent,
                 Broken::QemuGone { .. } => StartPlan::WaitForCleanup,
                 // The guest looks at the data disk again (and changes nothing
@@ -304,7 +325,7 @@ impl Status {
                 Broken::StaleRuntimeFiles { .. } => StopPlan::RemoveStaleFiles,
                 Broken::OrphanedQemu { .. } => StopPlan::AdoptAndStop,
                 Broken::AgentUnresponsive { .. } => StopPlan::ReplaceFrozenAgent,
-                Broken::QemuGone { .. } => StopPlan::AskAgent,
+                Broken::QemuGone { .. } | Broken::SharedDirsLost { .. } => StopPlan::AskAgent,
                 Broken::ConfigMissing
                 | Broken::ConfigInvalid { .. }
                 | Broken::DiskMissing
@@ -315,9 +336,13 @@ impl Status {
         }
     }
 
-    /// Whether commands can run in the guest (`shell`, exec).
+    /// Whether commands can run in the guest (`shell`, exec): also in a VM
+    /// that lost a shared directory, whose guest runs.
     pub fn can_exec(&self) -> bool {
-        matches!(self, Status::Running)
+        matches!(
+            self,
+            Status::Running | Status::Broken(Broken::SharedDirsLost { .. })
+        )
     }
 
     /// Whether `suspend` can save its state now.
@@ -363,6 +388,11 @@ pub fn derive(seen: &Observations) -> Status {
             match phase_from_journal(last, agent_pid) {
                 Phase::Running | Phase::Paused if qemu_pid.is_none() => {
                     Status::Broken(Broken::QemuGone { agent_pid })
+                }
+                Phase::Running if !seen.shares_lost.is_empty() => {
+                    Status::Broken(Broken::SharedDirsLost {
+                        mounts: seen.shares_lost.clone(),
+                    })
                 }
                 Phase::Starting => Status::Starting,
                 Phase::Running => Status::Running,
@@ -431,6 +461,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         | Event::Continued { .. }
         | Event::GuestRebooted { .. }
         | Event::GuestClockSet { .. }
+        | Event::SharedDirLost { .. }
         // A failed suspend leaves the VM running (or a stop follows).
         | Event::SuspendFailed { .. } => Phase::Running,
         // A refused data disk is journaled after the VM stopped.
@@ -475,6 +506,7 @@ mod tests {
             runtime_files: vec![],
             last_event: None,
             service_failure: None,
+            shares_lost: vec![],
             saved_state: false,
         }
     }
@@ -868,6 +900,66 @@ mod tests {
                 Status::Starting,
             ),
             (
+                "running, a shared directory's virtiofsd gone",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(10, running_event()),
+                    shares_lost: vec!["/src on /src (writable)".into()],
+                    ..base()
+                },
+                Status::Broken(Broken::SharedDirsLost {
+                    mounts: vec!["/src on /src (writable)".into()],
+                }),
+            ),
+            (
+                "the loss journaled, the VM still running",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(
+                        10,
+                        Event::SharedDirLost {
+                            index: 0,
+                            share: "/src on /src (writable)".into(),
+                            exit: "killed by signal 9".into(),
+                        },
+                    ),
+                    shares_lost: vec!["/src on /src (writable)".into()],
+                    ..base()
+                },
+                Status::Broken(Broken::SharedDirsLost {
+                    mounts: vec!["/src on /src (writable)".into()],
+                }),
+            ),
+            (
+                "stopping: virtiofsd ends with QEMU, no loss",
+                Observations {
+                    agent_pid: Some(10),
+                    qemu_pid: Some(20),
+                    last_event: record(
+                        10,
+                        Event::Stopping {
+                            cause: StopCause::Request,
+                            deadline_secs: 30.0,
+                            force: false,
+                        },
+                    ),
+                    shares_lost: vec!["/src on /src (writable)".into()],
+                    ..base()
+                },
+                Status::Stopping,
+            ),
+            (
+                "an orphaned QEMU whose virtiofsd is gone is adopted first",
+                Observations {
+                    qemu_pid: Some(20),
+                    shares_lost: vec!["/src on /src (writable)".into()],
+                    ..base()
+                },
+                Status::Broken(Broken::OrphanedQemu { qemu_pid: 20 }),
+            ),
+            (
                 "stale files outrank an old data-disk refusal (start removes them)",
                 Observations {
                     runtime_files: vec!["ha.pid".into()],
@@ -936,6 +1028,9 @@ mod tests {
                     state: Some(no_fs()),
                 },
             },
+            Broken::SharedDirsLost {
+                mounts: vec!["/src on /src (read-only)".into()],
+            },
         ]
     }
 
@@ -973,6 +1068,7 @@ mod tests {
             ("service-gave-up", B::Boot, S::NothingToStop, false, false),
             ("gave-up", B::Boot, S::NothingToStop, false, false),
             ("data-disk", B::Boot, S::NothingToStop, false, false),
+            ("shared-dirs-lost", B::Refuse, S::AskAgent, true, true),
         ];
         let all = every_status();
         assert_eq!(all.len(), expected.len(), "a row per status");
@@ -990,7 +1086,10 @@ mod tests {
                 "live processes when {name}"
             );
             assert_eq!(status.can_exec(), *exec, "exec when {name}");
-            assert_eq!(status.can_suspend(), *exec, "suspend when {name}");
+            // A VM with shared directories cannot be saved (vhost-user-fs
+            // does not migrate), so one that lost one is not suspended.
+            let suspends = *exec && *name != "shared-dirs-lost";
+            assert_eq!(status.can_suspend(), suspends, "suspend when {name}");
             // What start repairs by itself, it must not refuse.
             if let Status::Broken(broken) = status {
                 if broken.repairable() {
@@ -1018,7 +1117,8 @@ mod tests {
                 "config-missing",
                 "config-invalid",
                 "disk-missing",
-                "data-disk"
+                "data-disk",
+                "shared-dirs-lost"
             ]
         );
         for broken in &all {

@@ -4,6 +4,7 @@
 //! keeps them few, reviewed together, and out of the pure logic's way.
 
 pub mod cgroup;
+pub mod confine;
 pub mod fs;
 pub mod lock;
 pub mod process;

@@ -290,7 +290,7 @@ impl Program {
             .join(" ")
     }
 
-    fn command(&self) -> Command {
+    pub(super) fn command(&self) -> Command {
         let mut command = Command::new(&self.path);
         command
             .args(&self.args)
@@ -315,6 +315,12 @@ pub fn spawn_in_own_group(program: &Program, log: File) -> io::Result<ProcessHan
     // Our unreaped child cannot vanish or be replaced, so its pid is safe to
     // open. The std handle is dropped without waiting: the pidfd reaps it.
     ProcessHandle::open(child.id(), true)
+}
+
+/// A handle to a child just spawned (`std::process::Child::id`): an
+/// unreaped child cannot vanish or be replaced, so its pid is safe to open.
+pub(super) fn handle_of_child(pid: u32) -> io::Result<ProcessHandle> {
+    ProcessHandle::open(pid, true)
 }
 
 /// Spawn `program` detached from our terminal: its own session, stdin from

@@ -24,7 +24,8 @@ pub struct GuestUser {
 
 /// The user for `config` on this host: Lima's `user:` settings, else the
 /// host user's name (or `vmkeep`) and uid (1000 for root or a system user),
-/// home `/home/NAME`, shell `/bin/bash`.
+/// home `/home/NAME` (Lima's `/home/NAME.linux` when a mount would hide
+/// `/home/NAME`, as Lima's default home mount would), shell `/bin/bash`.
 pub fn guest_user(config: &Config, instance: &str) -> Result<GuestUser, ExpandError> {
     let settings = config.raw.user();
     let name = settings
@@ -52,7 +53,15 @@ pub fn guest_user(config: &Config, instance: &str) -> Result<GuestUser, ExpandEr
                 error: error.to_string(),
             })?
         }
-        None => format!("/home/{name}"),
+        None => {
+            let home = format!("/home/{name}");
+            let host = crate::instance::shares::HostSide::current();
+            if crate::instance::shares::default_mount_hides(config, instance, &host, &home) {
+                format!("{home}.linux")
+            } else {
+                home
+            }
+        }
     };
     Ok(GuestUser {
         name,

@@ -5,6 +5,8 @@ pub mod accel;
 pub mod args;
 pub mod qmp;
 pub mod snapshot;
+pub mod usernet;
+pub mod virtiofs;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +85,11 @@ pub struct Unresponsive {
 impl QemuVm {
     pub fn is_child(&self) -> bool {
         self.process.is_child()
+    }
+
+    /// Its QMP connection (shared; for port forwards and the like).
+    pub fn qmp(&self) -> &Qmp {
+        &self.qmp
     }
 
     /// QEMU's run state (`query-status`): running, or why not.

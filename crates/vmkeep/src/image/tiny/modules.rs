@@ -21,6 +21,9 @@ pub const MODULES: &[&str] = &[
     "failover",
     "net_failover",
     "virtio_net",
+    // Host directories (`mounts:`): virtiofs needs fuse and virtio.
+    "fuse",
+    "virtiofs",
 ];
 
 /// Which of the wanted modules a kernel has.

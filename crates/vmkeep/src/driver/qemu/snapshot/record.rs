@@ -84,6 +84,11 @@ pub struct MachineShape {
     pub seed: bool,
     /// A network device is attached.
     pub network: bool,
+    /// Shared directories attached (vhost-user-fs devices). QEMU 7.2 cannot
+    /// save a VM that has one, so a saved state has none; a record of an
+    /// older vmkeep, which had no such devices, reads as none.
+    #[serde(default)]
+    pub shared_dirs: u32,
 }
 
 impl MachineShape {
@@ -118,6 +123,10 @@ impl MachineShape {
             firmware_boot: values("-kernel").is_empty(),
             seed: values("-drive").iter().any(|d| d.contains("id=seed,")),
             network: !values("-netdev").is_empty(),
+            shared_dirs: values("-device")
+                .iter()
+                .filter(|d| d.starts_with("vhost-user-fs-pci"))
+                .count() as u32,
         }
     }
 }
@@ -294,6 +303,11 @@ pub fn check(record: &StateRecord, present: &Present) -> Vec<Mismatch> {
         attached(saved.network).into(),
         attached(now.network).into(),
     );
+    differs(
+        "shared directories",
+        saved.shared_dirs.to_string(),
+        now.shared_dirs.to_string(),
+    );
     match &present.ram {
         None => found.push(Mismatch::RamFileMissing),
         Some(ram) if !same_file(&record.ram, ram) => found.push(Mismatch::RamFileChanged),
@@ -357,6 +371,7 @@ mod tests {
             firmware_boot: false,
             seed: false,
             network: false,
+            shared_dirs: 0,
         }
     }
 
@@ -418,7 +433,20 @@ mod tests {
     #[test]
     fn the_shape_is_read_back_from_the_arguments_vmkeep_writes() {
         let spec = launch_spec();
-        assert_eq!(MachineShape::of(&spec), shape());
+        assert_eq!(
+            MachineShape::of(&spec),
+            MachineShape {
+                network: true,
+                ..shape()
+            },
+            "every VM has the user network"
+        );
+        let mut shared = spec.clone();
+        shared.shares = vec![args::ShareDevice {
+            tag: "fs0".into(),
+            socket: "/h/vm/fs0.sock".into(),
+        }];
+        assert_eq!(MachineShape::of(&shared).shared_dirs, 1);
         let mut cloud = spec.clone();
         cloud.cpus = 2;
         cloud.memory_mib = 1024;
@@ -434,6 +462,7 @@ mod tests {
                 firmware_boot: true,
                 seed: true,
                 network: true,
+                shared_dirs: 0,
             }
         );
         // Resuming launches the same shape.

@@ -87,6 +87,11 @@ pub enum SaveFailure {
         ram_file.display()
     )]
     RamNotInFile { ram_file: PathBuf },
+    #[error(
+        "this VM shares {count} host director{} (mounts:), and QEMU {qemu} cannot save a virtio-fs device (it is not migratable before QEMU 8.2), so it cannot be suspended; stop it instead (`vmkeep stop`), or remove mounts from its config and restart it to suspend it later",
+        if *count == 1 { "y" } else { "ies" }
+    )]
+    SharedDirectories { count: u32, qemu: String },
     #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,
@@ -192,6 +197,17 @@ pub async fn save(
             after: StateAfterFailure::Gone { outcome },
         });
     };
+    let shared_dirs = MachineShape::of_args(&args).shared_dirs;
+    if shared_dirs > 0 {
+        return Err(running(SaveFailure::SharedDirectories {
+            count: shared_dirs,
+            qemu: vm
+                .qmp
+                .qemu_version()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "7.2".into()),
+        }));
+    }
     let ram_file = dir.guest_ram();
     if !record::ram_in_shared_file(&args, &ram_file) {
         return Err(running(SaveFailure::RamNotInFile { ram_file }));
