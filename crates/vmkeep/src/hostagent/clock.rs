@@ -171,12 +171,8 @@ pub async fn keep(
     journal_path: PathBuf,
 ) {
     loop {
-        let link = match guest
-            .wait_for(|link| link.as_ref().is_some_and(|l| !l.is_closed()))
-            .await
-        {
-            Ok(link) => link.clone().expect("waited for a link"),
-            Err(_) => return,
+        let Some(link) = super::open_link(&mut guest).await else {
+            return;
         };
         match correct(&link).await {
             Ok(Correction::Stepped { before }) => journal_step(&journal_path, &before),
@@ -186,9 +182,7 @@ pub async fn keep(
                      the guest's clock is left alone until it reconnects"
                 );
                 // Until this link is replaced.
-                let _ = guest
-                    .wait_for(|now| now.as_ref().is_none_or(|l| l.is_closed()))
-                    .await;
+                super::link_gone(&mut guest).await;
                 continue;
             }
             Ok(Correction::InTolerance(_) | Correction::Unsure) => {}

@@ -72,12 +72,8 @@ struct State {
 pub async fn keep(mut guest: watch::Receiver<Option<GuestLink>>, qmp: Qmp, setup: Setup) {
     let mut state = State::default();
     loop {
-        let link = match guest
-            .wait_for(|link| link.as_ref().is_some_and(|l| !l.is_closed()))
-            .await
-        {
-            Ok(link) => link.clone().expect("waited for a link"),
-            Err(_) => return,
+        let Some(link) = super::open_link(&mut guest).await else {
+            return;
         };
         let mut listening = match link.watch_ports(GUEST_TIMEOUT).await {
             Ok(listening) => listening,
@@ -85,9 +81,7 @@ pub async fn keep(mut guest: watch::Receiver<Option<GuestLink>>, qmp: Qmp, setup
                 tracing::info!(
                     "the guest agent does not report its ports ({message}); no automatic port forwards until it reconnects"
                 );
-                let _ = guest
-                    .wait_for(|now| now.as_ref().is_none_or(|l| l.is_closed()))
-                    .await;
+                super::link_gone(&mut guest).await;
                 continue;
             }
             Err(e) => {

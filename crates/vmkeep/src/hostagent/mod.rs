@@ -721,6 +721,23 @@ fn stopped_as_failed(stopped: AgentOutcome) -> AgentOutcome {
     }
 }
 
+/// The guest link the agent publishes, once one is open (the current one
+/// if it still is); `None` once the agent is gone.
+pub(crate) async fn open_link(guest: &mut watch::Receiver<Option<GuestLink>>) -> Option<GuestLink> {
+    let open = |link: &Option<GuestLink>| link.as_ref().is_some_and(|l| !l.is_closed());
+    guest
+        .wait_for(open)
+        .await
+        .ok()
+        .and_then(|link| link.clone())
+}
+
+/// Until the published link is closed or withdrawn (or the agent is gone).
+pub(crate) async fn link_gone(guest: &mut watch::Receiver<Option<GuestLink>>) {
+    let gone = |link: &Option<GuestLink>| link.as_ref().is_none_or(|l| l.is_closed());
+    let _ = guest.wait_for(gone).await;
+}
+
 /// Keep a guest-agent connection available: when it drops (guest reboot,
 /// channel reset), reconnect and publish the new one. `on_reboot` hears of
 /// each new boot of the guest: a new boot id after QEMU reset the machine

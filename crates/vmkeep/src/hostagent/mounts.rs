@@ -317,12 +317,8 @@ pub async fn keep(shares: Shares, mut guest: watch::Receiver<Option<GuestLink>>,
     // The link the start mounted on is the first one published.
     let mut first = true;
     loop {
-        let link = match guest
-            .wait_for(|link| link.as_ref().is_some_and(|l| !l.is_closed()))
-            .await
-        {
-            Ok(link) => link.clone().expect("waited for a link"),
-            Err(_) => return,
+        let Some(link) = super::open_link(&mut guest).await else {
+            return;
         };
         if !first && let Err(e) = mount_all(&link, &shares).await {
             tracing::warn!("{e}");

@@ -176,16 +176,6 @@ fn is_same_or_ancestor(a: &str, b: &str) -> bool {
     a == "/" || a == b || b.strip_prefix(a).is_some_and(|rest| rest.starts_with('/'))
 }
 
-fn params(config: &Config) -> Value {
-    gotmpl::map(
-        config
-            .raw
-            .params()
-            .into_iter()
-            .map(|(k, v)| (k, Value::Str(v))),
-    )
-}
-
 /// Expand `~` and the host variables in a location.
 fn location_of(
     index: usize,
@@ -202,7 +192,7 @@ fn location_of(
         ("Name", Value::from(instance)),
         ("UID", Value::Int(host.uid.into())),
         ("User", Value::from(host.user.as_str())),
-        ("Param", params(config)),
+        ("Param", crate::template::vars::params(config)),
     ]);
     let rendered = gotmpl::render(raw, &values).map_err(|e| ShareError::Template {
         index,
@@ -252,7 +242,7 @@ pub fn resolve(
         ),
         ("UID", Value::Int(guest.uid.into())),
         ("User", Value::from(guest.user.as_str())),
-        ("Param", params(config)),
+        ("Param", crate::template::vars::params(config)),
     ]);
     let system = if guest.cloud {
         CLOUD_SYSTEM

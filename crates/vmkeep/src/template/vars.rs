@@ -72,7 +72,8 @@ pub fn guest_user(config: &Config, instance: &str) -> Result<GuestUser, ExpandEr
     })
 }
 
-fn params(config: &Config) -> Value {
+/// `{{.Param.X}}`: the instance's `param:` values.
+pub(crate) fn params(config: &Config) -> Value {
     gotmpl::map(
         config
             .raw
