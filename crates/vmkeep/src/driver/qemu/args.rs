@@ -220,7 +220,11 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
             "-netdev".into(),
             netdev,
             "-device".into(),
-            format!("virtio-net-pci,netdev={NETDEV}"),
+            // No option ROM: nothing boots from the network (the kernel is
+            // given, or SeaBIOS boots the disk), and its 256 KiB would be
+            // guest memory outside the shared RAM file, saved and loaded at
+            // every suspend and resume.
+            format!("virtio-net-pci,netdev={NETDEV},romfile="),
         ]);
     }
     for share in &spec.shares {
@@ -361,7 +365,7 @@ mod tests {
         );
         let devices = value_after(&args, "-device");
         assert!(
-            devices.contains(&"virtio-net-pci,netdev=net0"),
+            devices.contains(&"virtio-net-pci,netdev=net0,romfile="),
             "{devices:?}"
         );
         assert!(
