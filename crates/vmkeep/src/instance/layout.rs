@@ -214,18 +214,22 @@ impl InstanceDir {
             .flatten()
             .flatten()
             .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let index = name
-                    .strip_prefix("fs")?
-                    .strip_suffix(".pid")?
-                    .parse()
-                    .ok()?;
+                let index = share_lock_index(&entry.file_name().to_string_lossy())?;
                 Some((index, entry.path()))
             })
             .collect();
         found.sort();
         found
     }
+}
+
+/// The share index of a virtiofsd lock file's name (`fsN.pid`), pure.
+pub fn share_lock_index(file_name: &str) -> Option<usize> {
+    file_name
+        .strip_prefix("fs")?
+        .strip_suffix(".pid")?
+        .parse()
+        .ok()
 }
 
 /// The instances under `root`: its directories named like an instance,

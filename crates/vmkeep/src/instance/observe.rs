@@ -4,7 +4,7 @@
 use std::io;
 
 use super::config::Config;
-use super::layout::InstanceDir;
+use super::layout::{InstanceDir, share_lock_index};
 use super::runtime::runtime_files;
 use super::status::{ConfigState, Observations};
 use crate::journal;
@@ -40,19 +40,20 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
         || pid_of(&dir.agent_lock()),
         |agent_pid| {
             let qemu_pid = pid_of(&dir.qemu_pid())?;
+            let runtime_files = runtime_files(dir)?;
             Ok(Observations {
                 config: config.clone(),
                 disk_present,
                 agent_pid,
                 agent_frozen: agent_pid.is_some_and(os::process::is_stopped),
                 qemu_pid,
-                runtime_files: runtime_files(dir)?,
-                last_event: journal::last(&dir.journal()).unwrap_or(None),
-                service_failure: None,
                 shares_lost: match qemu_pid {
-                    Some(_) => shares_lost(dir)?,
+                    Some(_) => shares_lost(dir, &runtime_files)?,
                     None => Vec::new(),
                 },
+                runtime_files,
+                last_event: journal::last(&dir.journal()).unwrap_or(None),
+                service_failure: None,
                 saved_state: crate::driver::qemu::snapshot::exists(dir),
             })
         },
@@ -70,10 +71,14 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
 }
 
 /// The shared directories whose virtiofsd no longer holds its lock, as
-/// their lock files describe them (`LOCATION on MOUNT_POINT (...)`).
-fn shares_lost(dir: &InstanceDir) -> io::Result<Vec<String>> {
+/// their lock files describe them (`LOCATION on MOUNT_POINT (...)`), among
+/// the runtime files already read.
+fn shares_lost(dir: &InstanceDir, runtime_files: &[String]) -> io::Result<Vec<String>> {
     let mut lost = Vec::new();
-    for (index, lock) in dir.share_locks() {
+    let locks = runtime_files
+        .iter()
+        .filter_map(|name| Some((share_lock_index(name)?, dir.dir().join(name))));
+    for (index, lock) in locks {
         let free = match os::lock::holder(&lock) {
             Ok(holder) => holder.is_none(),
             // Removed meanwhile: its agent cleaned up.
