@@ -277,6 +277,36 @@ fn vm_fault_agent_killed_while_stopping() {
     recovers(&env, "s", "guest-agent-poweroff");
 }
 
+/// `vmkeep stop` asks over the API; a SIGTERM that reaches the agent
+/// meanwhile (the daemon seeing the instance should stay stopped, `stop`'s
+/// own fallback when the API is slow, a host shutdown) asks for the same
+/// thing again and must not turn the graceful stop into a power cut.
+#[test]
+fn vm_a_sigterm_to_an_agent_already_stopping_keeps_the_stop_graceful() {
+    let env = TestEnv::new();
+    env.create("s", SLOW_STOPPER);
+    boot_with_marker(&env, "s");
+    let agent = env.agent("s").expect("a host agent");
+    let before = env.count_events("s", "stop-step");
+    let stop = env.spawn(&["stop", "s"]);
+    env.wait_event("s", "stop-step", before, SHORT);
+    agent.terminate().unwrap();
+    let stopped = stop.wait_within(SHORT);
+    assert_eq!(stopped.code(), Some(0), "{}", stopped.describe());
+    let steps: Vec<String> = env
+        .events("s")
+        .into_iter()
+        .filter(|e| e["event"] == "stop-step")
+        .filter_map(|e| e["step"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !steps.iter().any(|s| s == "quit" || s == "kill"),
+        "{steps:?}"
+    );
+    assert_eq!(env.last_stopped("s")["by"], "guest-agent-poweroff");
+    settled_stopped(&env, "s");
+}
+
 // ---- QEMU --------------------------------------------------------------
 
 #[test]

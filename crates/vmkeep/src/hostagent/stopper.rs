@@ -25,7 +25,12 @@ pub struct Stopped {
 }
 
 /// Run the ladder to the end. Returns only once the VM process has exited.
-/// A further signal, or a forced stop request, skips to the hard stop.
+/// A forced stop request, or a second Ctrl-C (SIGINT), skips to the hard
+/// stop. SIGTERM and SIGHUP change nothing: they ask for what is already
+/// under way, and more than one party may ask (`vmkeep stop` falls back to
+/// SIGTERM when the API is slow to answer, the daemon SIGTERMs an agent whose
+/// instance should stay stopped, a host shutdown SIGTERMs every agent), so
+/// none of them may turn a graceful stop into a power cut.
 pub async fn stop<V: Vm>(
     vm: &V,
     guest: &watch::Receiver<Option<GuestLink>>,
@@ -91,8 +96,12 @@ pub async fn stop<V: Vm>(
             () = sleep => {}
             incoming = inbox.next() => match incoming {
                 Incoming::Signal(name) => {
-                    tracing::info!("{name} while stopping: forcing the stop");
-                    progress.force();
+                    if forces(name) {
+                        tracing::info!("{name} while stopping: forcing the stop");
+                        progress.force();
+                    } else {
+                        tracing::info!("{name} while stopping: the ladder goes on");
+                    }
                 }
                 Incoming::Command(Command::Stop { force: true, .. }) => progress.force(),
                 Incoming::Command(Command::Stop { force: false, .. }) => {}
@@ -104,5 +113,23 @@ pub async fn stop<V: Vm>(
                 }
             },
         }
+    }
+}
+
+/// Whether a signal that arrives while the ladder runs skips to the hard
+/// stop: only an interactive second Ctrl-C does.
+fn forces(signal: &str) -> bool {
+    signal == "SIGINT"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_second_ctrl_c_forces_a_stop_under_way() {
+        assert!(forces("SIGINT"));
+        assert!(!forces("SIGTERM"), "a repeated request, not a power cut");
+        assert!(!forces("SIGHUP"));
     }
 }
