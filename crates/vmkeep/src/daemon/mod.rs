@@ -221,6 +221,8 @@ impl Daemon {
         let status = status::derive(&observe(dir)?);
         let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)?;
         let (last, decided_by) = journal::last_run(&records);
+        let watch = self.watches.entry(name.clone()).or_default();
+        let agent_pid = watch.agent.as_ref().map(|agent| agent.pid());
         let seen = Seen {
             status: &status,
             strategy,
@@ -228,10 +230,9 @@ impl Daemon {
             last: &last,
             last_key: decided_by.map(|r| r.ts.as_str()),
             now,
-            stop_limit: config.stop_timeout.0 + timeouts::STOP_MARGIN,
+            stop_limit: policy::stop_limit(config.stop_timeout.0, agent_pid, &records),
             limits: &self.options.limits,
         };
-        let watch = self.watches.entry(name.clone()).or_default();
         let actions = policy::decide(&mut watch.memory, &seen);
         for action in actions {
             self.act(dir, config, action)?;

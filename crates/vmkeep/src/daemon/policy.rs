@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::instance::config::RunStrategy;
 use crate::instance::desired::Desired;
 use crate::instance::status::{Broken, Status};
-use crate::journal::LastRun;
+use crate::journal::{Event, LastRun, Record};
+use crate::timeouts;
 
 /// Whether the instance should be running now that its last run ended so.
 /// `witnessed`: the daemon saw the run end (else it is looking at an ending
@@ -39,6 +40,22 @@ pub fn should_run(
             _ => false,
         },
     }
+}
+
+/// How long an agent asked to stop may take before the daemon forces the
+/// stop: the deadline that agent journaled for the stop it runs (a `vmkeep
+/// stop --timeout` may grant more than the instance's `stopTimeout`), at
+/// least `stop_timeout`, plus the margin.
+pub fn stop_limit(stop_timeout: Duration, agent_pid: Option<u32>, records: &[Record]) -> Duration {
+    let journaled = agent_pid.and_then(|pid| {
+        records.iter().rev().find_map(|record| match record.event {
+            Event::Stopping { deadline_secs, .. } if record.pid == pid => {
+                Duration::try_from_secs_f64(deadline_secs).ok()
+            }
+            _ => None,
+        })
+    });
+    stop_timeout.max(journaled.unwrap_or_default()) + timeouts::STOP_MARGIN
 }
 
 /// Restart pacing: exponential backoff, and a start limit after which the
@@ -371,6 +388,52 @@ mod tests {
             stop_limit: 45 * S,
             limits,
         }
+    }
+
+    #[test]
+    fn the_force_limit_follows_the_deadline_the_agent_journaled() {
+        use crate::journal::StopCause;
+        let stopping = |pid, deadline_secs| Record {
+            ts: "2026-12-01T00:00:00.000Z".into(),
+            pid,
+            event: Event::Stopping {
+                cause: StopCause::Request,
+                deadline_secs,
+                force: false,
+            },
+        };
+        let margin = timeouts::STOP_MARGIN;
+        // `vmkeep stop --timeout 5m`: the agent's own deadline counts.
+        assert_eq!(
+            stop_limit(20 * S, Some(7), &[stopping(7, 300.0)]),
+            300 * S + margin
+        );
+        // Never less than the instance's, and another agent's says nothing.
+        assert_eq!(
+            stop_limit(20 * S, Some(7), &[stopping(7, 4.0)]),
+            20 * S + margin
+        );
+        assert_eq!(
+            stop_limit(20 * S, Some(8), &[stopping(7, 300.0)]),
+            20 * S + margin
+        );
+        assert_eq!(
+            stop_limit(20 * S, None, &[stopping(7, 300.0)]),
+            20 * S + margin
+        );
+        // The latest stop of that agent wins; a damaged figure is ignored.
+        assert_eq!(
+            stop_limit(20 * S, Some(7), &[stopping(7, 300.0), stopping(7, 30.0)]),
+            30 * S + margin
+        );
+        assert_eq!(
+            stop_limit(20 * S, Some(7), &[stopping(7, f64::NAN)]),
+            20 * S + margin
+        );
+        assert_eq!(
+            stop_limit(20 * S, Some(7), &[stopping(7, -1.0)]),
+            20 * S + margin
+        );
     }
 
     #[test]
