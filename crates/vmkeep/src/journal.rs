@@ -8,7 +8,7 @@
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -359,6 +359,17 @@ pub fn read_all(path: &Path) -> io::Result<Vec<Record>> {
 /// The last readable record, reading only the end of the file.
 pub fn last(path: &Path) -> io::Result<Option<Record>> {
     Ok(tail(path, 16 * 1024)?.pop())
+}
+
+/// The deadline of the stop that the process `pid` journaled last (a host
+/// agent's ladder), if any; a damaged figure counts as none.
+pub fn stop_deadline(records: &[Record], pid: u32) -> Option<Duration> {
+    records.iter().rev().find_map(|record| match record.event {
+        Event::Stopping { deadline_secs, .. } if record.pid == pid => {
+            Duration::try_from_secs_f64(deadline_secs).ok()
+        }
+        _ => None,
+    })
 }
 
 /// How much of a journal's end tells how its last run ended.

@@ -60,6 +60,18 @@ impl Plan {
             quit_grace: Duration::from_secs(2),
         }
     }
+
+    /// A further stop request, while this ladder runs, may grant the guest
+    /// more time (the longest deadline asked for wins), never less: only
+    /// `force` hastens a stop. `deadline` is measured, like every time here,
+    /// from the start of the ladder. Returns whether the deadline moved.
+    pub fn extend_to(&mut self, deadline: Duration) -> bool {
+        if deadline <= self.deadline {
+            return false;
+        }
+        self.deadline = deadline;
+        true
+    }
 }
 
 /// Which ways of reaching the VM are available now.
@@ -218,6 +230,23 @@ mod tests {
             }
         }
         panic!("the ladder did not finish: {steps:?}");
+    }
+
+    #[test]
+    fn a_later_request_may_grant_more_time_never_less() {
+        let mut plan = Plan::new(4 * S);
+        assert!(!plan.extend_to(2 * S), "a shorter deadline changes nothing");
+        assert!(!plan.extend_to(4 * S));
+        assert_eq!(plan.deadline, 4 * S);
+        assert!(plan.extend_to(12 * S));
+        let steps = run(plan, BOTH, None);
+        let quit = steps.iter().find(|(s, _)| *s == Step::Quit).unwrap();
+        assert_eq!(
+            quit.1, 12_000,
+            "the hard stop waits for the longer deadline"
+        );
+        let asked = steps.iter().find(|(s, _)| *s == Step::GuestAgentPoweroff);
+        assert_eq!(asked.unwrap().1, 2000, "the fallback keeps its time");
     }
 
     const BOTH: Channels = Channels {

@@ -69,6 +69,28 @@ fn settled_stopped(env: &TestEnv, name: &str) {
     assert_eq!(env.runtime_files(name), Vec::<String>::new());
 }
 
+/// Boot `name` with a guest that ignores the power button and the guest
+/// agent's power-off, so that only the hard stop ends it; returns how many
+/// stop steps its journal had.
+fn boot_numb(env: &TestEnv, name: &str, stop_timeout: &str) -> usize {
+    env.create(
+        name,
+        &format!(
+            "stopTimeout: {stop_timeout}\nkernel:\n  cmdline: vmkeep.ignore_power_button=1 vmkeep.ignore_poweroff_request=1\n"
+        ),
+    );
+    env.run_within(&["start", name], BOOT);
+    env.count_events(name, "stop-step")
+}
+
+/// When the stop ladder took its hard stop (seconds into the ladder).
+fn quit_at(events: &[serde_json::Value]) -> Option<f64> {
+    events
+        .iter()
+        .filter(|e| e["event"] == "stop-step" && e["step"] == "quit")
+        .find_map(|e| e["at_secs"].as_f64())
+}
+
 // ---- CLI ---------------------------------------------------------------
 
 #[test]
@@ -305,6 +327,51 @@ fn vm_a_sigterm_to_an_agent_already_stopping_keeps_the_stop_graceful() {
     );
     assert_eq!(env.last_stopped("s")["by"], "guest-agent-poweroff");
     settled_stopped(&env, "s");
+}
+
+/// A SIGTERM (the daemon, a host shutdown) began the ladder with the
+/// instance's stopTimeout; a `vmkeep stop --timeout` that comes after it
+/// grants the guest its longer deadline instead of being ignored.
+#[test]
+fn vm_a_longer_timeout_asked_during_a_stop_is_granted() {
+    let env = TestEnv::new();
+    let before = boot_numb(&env, "n", "4s");
+    env.agent("n").expect("a host agent").terminate().unwrap();
+    env.wait_event("n", "stop-step", before, SHORT);
+    let stop = env.run_within(&["stop", "n", "--timeout", "12s"], SHORT);
+    assert_eq!(stop.code(), Some(0), "{}", stop.describe());
+    let quit_at = quit_at(&env.events("n"));
+    assert!(
+        quit_at.is_some_and(|at| at >= 12.0),
+        "the hard stop waits for the longer deadline: quit at {quit_at:?}"
+    );
+    settled_stopped(&env, "n");
+}
+
+/// One `stop --timeout 25s` runs; a plain `stop` (stopTimeout 2s) that
+/// joins it waits for the agent's own deadline instead of forcing the stop
+/// at its own deadline plus margin.
+#[test]
+fn vm_a_second_stop_waits_for_the_deadline_the_first_granted() {
+    let env = TestEnv::new();
+    let before = boot_numb(&env, "n", "2s");
+    let patient = env.spawn(&["stop", "n", "--timeout", "25s"]);
+    env.wait_event("n", "stop-step", before, SHORT);
+    let second = env.run_within(&["stop", "n"], Duration::from_secs(60));
+    assert_eq!(second.code(), Some(0), "{}", second.describe());
+    let first = patient.wait_within(SHORT);
+    assert_eq!(first.code(), Some(0), "{}", first.describe());
+    let events = env.events("n");
+    let quit_at = quit_at(&events);
+    assert!(
+        quit_at.is_some_and(|at| at >= 25.0),
+        "the hard stop comes at the granted deadline: quit at {quit_at:?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["event"] == "repaired"),
+        "nothing forced: {events:#?}"
+    );
+    settled_stopped(&env, "n");
 }
 
 // ---- QEMU --------------------------------------------------------------

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::instance::config::RunStrategy;
 use crate::instance::desired::Desired;
 use crate::instance::status::{Broken, Status};
-use crate::journal::{Event, LastRun, Record};
+use crate::journal::{self, LastRun, Record};
 use crate::timeouts;
 
 /// Whether the instance should be running now that its last run ended so.
@@ -47,15 +47,10 @@ pub fn should_run(
 /// stop --timeout` may grant more than the instance's `stopTimeout`), at
 /// least `stop_timeout`, plus the margin.
 pub fn stop_limit(stop_timeout: Duration, agent_pid: Option<u32>, records: &[Record]) -> Duration {
-    let journaled = agent_pid.and_then(|pid| {
-        records.iter().rev().find_map(|record| match record.event {
-            Event::Stopping { deadline_secs, .. } if record.pid == pid => {
-                Duration::try_from_secs_f64(deadline_secs).ok()
-            }
-            _ => None,
-        })
-    });
-    stop_timeout.max(journaled.unwrap_or_default()) + timeouts::STOP_MARGIN
+    let journaled = agent_pid.and_then(|pid| journal::stop_deadline(records, pid));
+    stop_timeout
+        .max(journaled.unwrap_or_default())
+        .saturating_add(timeouts::STOP_MARGIN)
 }
 
 /// Restart pacing: exponential backoff, and a start limit after which the
@@ -392,7 +387,7 @@ mod tests {
 
     #[test]
     fn the_force_limit_follows_the_deadline_the_agent_journaled() {
-        use crate::journal::StopCause;
+        use crate::journal::{Event, StopCause};
         let stopping = |pid, deadline_secs| Record {
             ts: "2026-12-01T00:00:00.000Z".into(),
             pid,

@@ -237,14 +237,26 @@ fn stop_through_agent(
             return Ok(AgentAnswer::Hung);
         }
     }
-    let limit = deadline + timeouts::STOP_MARGIN;
-    if !agent.wait_timeout(limit) {
+    // The agent may run a ladder with a longer deadline than ours (another
+    // `stop --timeout`): it is overrunning only past the one it journaled.
+    let began = Instant::now();
+    let mut limit = deadline + timeouts::STOP_MARGIN;
+    while !agent.wait_timeout(limit.saturating_sub(began.elapsed())) {
+        let granted = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)
+            .ok()
+            .and_then(|records| journal::stop_deadline(&records, agent.pid()))
+            .map(|journaled| journaled.saturating_add(timeouts::STOP_MARGIN));
+        if let Some(granted) = granted.filter(|granted| *granted > limit) {
+            limit = granted;
+            continue;
+        }
         notice.warn(&format!(
             "{}: the host agent did not finish within {:.1}s; forcing the stop",
             dir.name(),
             limit.as_secs_f64()
         ));
         force_stop(dir, ForceCause::Overran, notice)?;
+        break;
     }
     Ok(AgentAnswer::Done)
 }

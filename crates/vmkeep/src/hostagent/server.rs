@@ -44,9 +44,16 @@ pub enum Command {
 
 /// A request's `timeout_secs` (`default` when absent): a positive number of
 /// seconds that a deadline can hold.
+/// The longest deadline a request may ask for (the CLI allows an hour).
+const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
+
 fn deadline_of(secs: Option<f64>, default: Duration) -> Result<Duration, String> {
     match secs {
         None => Ok(default),
+        Some(secs) if secs > MAX_DEADLINE.as_secs_f64() => Err(format!(
+            "timeout_secs {secs} is longer than the {} s a deadline may be",
+            MAX_DEADLINE.as_secs()
+        )),
         Some(secs) if secs > 0.0 => Duration::try_from_secs_f64(secs).map_err(|_| {
             format!("timeout_secs {secs} is not a number of seconds a deadline can hold")
         }),
@@ -371,4 +378,22 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Byt
 
 fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     json(status, &ApiErrorBody { error: message })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_requested_deadline_is_positive_and_bounded() {
+        let default = Duration::from_secs(30);
+        assert_eq!(deadline_of(None, default), Ok(default));
+        assert_eq!(
+            deadline_of(Some(12.5), default),
+            Ok(Duration::from_millis(12_500))
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e30, 86_401.0] {
+            assert!(deadline_of(Some(bad), default).is_err(), "{bad}");
+        }
+    }
 }

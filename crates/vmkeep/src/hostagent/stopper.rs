@@ -10,7 +10,7 @@ use super::inbox::{Inbox, Incoming};
 use super::server::Command;
 use crate::driver::Vm;
 use crate::guest_link::GuestLink;
-use crate::journal::{Event, Journal};
+use crate::journal::{Event, Journal, StopCause};
 use crate::os::process::ExitOutcome;
 use crate::stop_ladder::{self, Channels, Decision, Plan, Progress, Step};
 
@@ -26,7 +26,8 @@ pub struct Stopped {
 
 /// Run the ladder to the end. Returns only once the VM process has exited.
 /// A forced stop request, or a second Ctrl-C (SIGINT), skips to the hard
-/// stop. SIGTERM and SIGHUP change nothing: they ask for what is already
+/// stop; a further graceful request may grant a longer deadline, never a
+/// shorter one. SIGTERM and SIGHUP change nothing: they ask for what is already
 /// under way, and more than one party may ask (`vmkeep stop` falls back to
 /// SIGTERM when the API is slow to answer, the daemon SIGTERMs an agent whose
 /// instance should stay stopped, a host shutdown SIGTERMs every agent), so
@@ -39,7 +40,7 @@ pub async fn stop<V: Vm>(
     journal: &mut Journal,
     inbox: &mut Inbox,
 ) -> Stopped {
-    let plan = Plan::new(deadline);
+    let mut plan = Plan::new(deadline);
     let mut progress = Progress::default();
     if force {
         progress.force();
@@ -104,7 +105,18 @@ pub async fn stop<V: Vm>(
                     }
                 }
                 Incoming::Command(Command::Stop { force: true, .. }) => progress.force(),
-                Incoming::Command(Command::Stop { force: false, .. }) => {}
+                Incoming::Command(Command::Stop { force: false, deadline }) => {
+                    if plan.extend_to(started.elapsed().saturating_add(deadline)) {
+                        tracing::info!(?deadline, "a further stop request grants the guest more time");
+                        if let Err(e) = journal.record(Event::Stopping {
+                            cause: StopCause::Request,
+                            deadline_secs: deadline.as_secs_f64(),
+                            force: false,
+                        }) {
+                            tracing::warn!("journal: {e}");
+                        }
+                    }
+                }
                 Incoming::Command(Command::Suspend { answer, .. }) => {
                     let _ = answer.send(Err("the VM is being stopped; it cannot be suspended now".into()));
                 }
