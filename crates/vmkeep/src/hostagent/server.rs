@@ -42,11 +42,11 @@ pub enum Command {
     },
 }
 
-/// A request's `timeout_secs` (`default` when absent): a positive number of
-/// seconds that a deadline can hold.
 /// The longest deadline a request may ask for (the CLI allows an hour).
 const MAX_DEADLINE: Duration = Duration::from_secs(24 * 3600);
 
+/// A request's `timeout_secs` (`default` when absent): a positive number of
+/// seconds, at most [`MAX_DEADLINE`].
 fn deadline_of(secs: Option<f64>, default: Duration) -> Result<Duration, String> {
     match secs {
         None => Ok(default),
