@@ -501,11 +501,7 @@ fn vm_cloud_lima_provision_modes_probes_and_settings() {
     let image = test_image();
     let env = TestEnv::new();
     let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let yaml = format!(
         "minimumLimaVersion: 1.1.0\ncpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
          images:\n- location: {disk}\n  arch: x86_64\n  digest: sha256:{sum}\n\
@@ -737,11 +733,7 @@ fn vm_cloud_mounts_and_automatic_port_forwards() {
     // The guest user (uid 1000) writes in it: virtiofsd checks as that uid.
     std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     std::fs::write(src.join("from-host"), "hello from the host\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let yaml = format!(
         "cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
          images:\n- location: {disk}\n  arch: x86_64\n  digest: sha256:{sum}\n\

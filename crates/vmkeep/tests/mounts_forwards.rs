@@ -14,11 +14,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, wait_until};
+use common::{TestEnv, free_port, wait_until};
 use vmkeep::os::process::ProcessHandle;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -238,15 +238,6 @@ fn vm_virtiofsd_is_adopted_with_its_vm_ends_with_it_and_a_lost_one_shows() {
 }
 
 // ---- port forwards -----------------------------------------------------
-
-/// A TCP port free on the host's loopback now.
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The body of `GET /` on the host's localhost port, if something answers.
 fn http_get(port: u16) -> Option<String> {

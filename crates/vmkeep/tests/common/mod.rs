@@ -412,3 +412,12 @@ impl TestEnv {
         .to_string()
     }
 }
+
+/// A TCP port free on the host's loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
