@@ -37,12 +37,28 @@ fn shell_status(env: &TestEnv, name: &str, script: &str) -> (Option<i32>, String
     (run.code(), run.stderr())
 }
 
-/// The directory a test shares: inside the test's home, so that it goes
-/// with it.
-fn shared_dir(env: &TestEnv) -> PathBuf {
-    let dir = env.home().join("src");
+/// The directory a test shares, removed with the returned guard. Run as
+/// root, it belongs to a normal user (root never serves a guest's writes as
+/// root: a share is served as its directory's owner); it lies outside the
+/// test's home, which vmkeep keeps 0700.
+fn shared_dir(env: &TestEnv) -> (tempfile::TempDir, PathBuf) {
+    let guard = tempfile::Builder::new()
+        .prefix("vksrc")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = guard.path().join("src");
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    let owner = match env.user() {
+        Some(user) => Some(user.clone()),
+        None if common::host_user::running_as_root() => Some(common::host_user::test_user()),
+        None => None,
+    };
+    if let Some(owner) = owner {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(guard.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        common::host_user::give(&dir, &owner);
+    }
+    (guard, dir)
 }
 
 /// The live virtiofsd of share `index`, by the lock it holds.
@@ -84,7 +100,7 @@ fn mounts_yaml(dir: &Path) -> String {
 #[test]
 fn vm_mount_is_read_and_written_both_ways_and_read_only_refuses_writes() {
     let env = TestEnv::new();
-    let src = shared_dir(&env);
+    let (_src_guard, src) = shared_dir(&env);
     std::fs::write(src.join("from-host"), "hello from the host\n").unwrap();
     env.create("m", &mounts_yaml(&src));
     env.run_within(&["start", "m"], BOOT);
@@ -108,6 +124,11 @@ fn vm_mount_is_read_and_written_both_ways_and_read_only_refuses_writes() {
     assert_eq!(
         std::fs::read_to_string(src.join("from-guest")).unwrap(),
         "hello from the guest\n"
+    );
+    assert_eq!(
+        common::host_user::owner(&src.join("from-guest")),
+        common::host_user::owner(&src),
+        "what the guest's root writes belongs to the share's owner"
     );
     // A change on the host while mounted is seen (cache=auto: within a
     // second or so), and the guest's file is seen on its read-only side.
@@ -153,7 +174,7 @@ fn vm_mount_is_read_and_written_both_ways_and_read_only_refuses_writes() {
 #[test]
 fn vm_virtiofsd_is_adopted_with_its_vm_ends_with_it_and_a_lost_one_shows() {
     let env = TestEnv::new();
-    let src = shared_dir(&env);
+    let (_src_guard, src) = shared_dir(&env);
     env.create("a", &mounts_yaml(&src));
     env.run_within(&["start", "a"], BOOT);
     let qemu = env.qemu("a").unwrap().pid();

@@ -147,6 +147,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
 /// The binary's `main`: run the agent and return the process exit code (2
 /// for a bad command line, as for `vmkeep`).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
+    let args: Vec<OsString> = args.into_iter().collect();
+    // The agent re-executes itself as the sandbox of the daemons it starts
+    // (virtiofsd): see `os::confine`.
+    if args.first().is_some_and(|a| a == os::confine::SHIM_FLAG) {
+        return os::confine::run_shim(&args[1..]);
+    }
     let (name, foreground, repair_data) = match parse(args) {
         Ok(Invocation::Run {
             name,

@@ -18,6 +18,7 @@ use vmkeep_protocol::MountRequest;
 use crate::driver::qemu::args::ShareDevice;
 use crate::driver::qemu::virtiofs;
 use crate::guest_link::GuestLink;
+use crate::instance::share_owner::Ids;
 use crate::instance::shares::{self, GuestSide, HostSide, SharedDir};
 use crate::instance::{Config, InstanceDir};
 use crate::journal::{Event, Journal};
@@ -55,31 +56,42 @@ impl Shares {
     }
 }
 
-/// The config's shares for this instance (its guest user comes from the
-/// cloud image's record; the tiny image's is root).
+/// The guest side of the shares: its user comes from the cloud image's
+/// record; the tiny image's is root.
+fn guest_side(dir: &InstanceDir, config: &Config) -> Result<GuestSide, String> {
+    if !config.is_cloud() {
+        return Ok(GuestSide::tiny());
+    }
+    let user = crate::image::cloud::ImageRecord::load(dir)
+        .map_err(|e| e.to_string())?
+        .guest_user();
+    Ok(GuestSide {
+        user: user.name,
+        uid: user.uid,
+        home: user.home,
+        cloud: true,
+    })
+}
+
+/// The config's shares for this instance.
 pub fn resolve(dir: &InstanceDir, config: &Config) -> Result<Vec<SharedDir>, String> {
     if config.raw.mounts.as_ref().is_none_or(|m| m.is_empty()) {
         return Ok(Vec::new());
     }
-    let guest = if config.is_cloud() {
-        let user = crate::image::cloud::ImageRecord::load(dir)
-            .map_err(|e| e.to_string())?
-            .guest_user();
-        GuestSide {
-            user: user.name,
-            uid: user.uid,
-            home: user.home,
-            cloud: true,
-        }
-    } else {
-        GuestSide::tiny()
-    };
+    resolve_for(dir, config, &guest_side(dir, config)?)
+}
+
+fn resolve_for(
+    dir: &InstanceDir,
+    config: &Config,
+    guest: &GuestSide,
+) -> Result<Vec<SharedDir>, String> {
     shares::resolve(
         config,
         dir.name().as_str(),
         dir.dir(),
         &HostSide::current(),
-        &guest,
+        guest,
     )
     .map_err(|e| format!("{e}\n  fix it in {}", dir.config().display()))
 }
@@ -87,15 +99,30 @@ pub fn resolve(dir: &InstanceDir, config: &Config) -> Result<Vec<SharedDir>, Str
 /// Start a virtiofsd for each share, before QEMU (which connects to their
 /// sockets as it starts). On failure, what was started is ended.
 pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDevice>), String> {
-    let wanted = resolve(dir, config)?;
-    let Some(binary) = virtiofs::preflight(&wanted, &dir.config()).map_err(|e| e.to_string())?
-    else {
+    if config.raw.mounts.as_ref().is_none_or(|m| m.is_empty()) {
         return Ok((Shares::default(), Vec::new()));
+    }
+    let guest = guest_side(dir, config)?;
+    let wanted = resolve_for(dir, config, &guest)?;
+    // The guest user's primary group has the uid's number (cloud-init makes
+    // it with the user, as useradd does on a fresh image).
+    let guest_ids = Ids {
+        uid: guest.uid,
+        gid: guest.uid,
     };
+    let plans = virtiofs::preflight(
+        &wanted,
+        &dir.config(),
+        config.raw.mount_owner.as_ref(),
+        guest_ids,
+    )
+    .map_err(|e| e.to_string())?;
+    let shim = super::binary::path().map_err(|e| e.to_string())?;
     let placement = cgroup::placement().ok();
     let mut shares = Shares::default();
     let mut devices = Vec::new();
-    for share in wanted {
+    for plan in plans {
+        let share = plan.share.clone();
         let name = dir.name().as_str();
         let pid = std::process::id().to_string();
         let index = format!("fs{}", share.index);
@@ -104,10 +131,10 @@ pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDev
             format!("virtiofsd of vmkeep instance {name}: {}", share.describe()),
         );
         let started = virtiofs::start(
-            &binary,
+            &plan,
             dir,
-            &share,
             placement.as_ref().map(|p| (p, &scope)),
+            &shim,
         )
         .or_else(|e| match (&placement, &e) {
             // As for QEMU: without a scope it runs, and will not outlive
@@ -116,7 +143,7 @@ pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDev
                 if cgroup::scope_failure(log_tail).is_some() =>
             {
                 tracing::warn!("{e}; virtiofsd runs in the host agent's cgroup");
-                virtiofs::start(&binary, dir, &share, None)
+                virtiofs::start(&plan, dir, None, &shim)
             }
             _ => Err(e),
         });

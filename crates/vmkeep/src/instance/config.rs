@@ -115,6 +115,10 @@ pub struct RawConfig {
     pub provision: Option<Vec<Provision>>,
     #[serde(default, deserialize_with = "nullable")]
     pub probes: Option<Vec<Probe>>,
+    /// Who serves the shared directories on the host when vmkeep runs as
+    /// root (see `instance::share_owner`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub mount_owner: Option<super::share_owner::MountOwner>,
 
     /// Resolved (and removed) when an instance is created; kept here only so
     /// that a base file on its own parses.

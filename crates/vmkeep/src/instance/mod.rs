@@ -12,6 +12,7 @@ pub mod ownership;
 pub mod pause;
 pub mod provision;
 pub mod runtime;
+pub mod share_owner;
 pub mod shares;
 pub mod status;
 pub mod suggest;

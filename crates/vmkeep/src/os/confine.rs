@@ -1,24 +1,37 @@
 //! Spawning a helper daemon that must be identifiable and confined without
-//! its cooperation (virtiofsd): between fork and exec the child
+//! its cooperation (virtiofsd), in two stages.
 //!
-//! 1. takes a POSIX lock on a file of ours and keeps that descriptor open:
-//!    record locks survive `execve`, so the daemon itself holds the lock for
-//!    its whole life, and the kernel names it as the holder (`F_GETLK`), as
-//!    QEMU's own pid file does (see `os::lock`). Liveness and identity come
-//!    from that lock, never from a pid written somewhere;
-//! 2. optionally enters a mount namespace of its own in which one directory
-//!    tree is bind-mounted onto itself **read-only**, recursively
-//!    (`mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`). Everything the
-//!    daemon opens below it is then on a read-only mount: the kernel refuses
-//!    every write with `EROFS`, whatever the daemon is asked to do. (The C
-//!    virtiofsd then bind-mounts the tree again inside its own sandbox; a
-//!    bind mount keeps the read-only flag, and the daemon drops
-//!    `CAP_SYS_ADMIN`, so it cannot remount it writable.)
+//! **Holding**, between fork and exec of whatever we spawn (the daemon, or
+//! `systemd-run` that becomes it): the child takes a POSIX lock on a file
+//! of ours and keeps that descriptor open. Record locks survive `execve`,
+//! so the daemon itself holds the lock for its whole life, and the kernel
+//! names it as the holder (`F_GETLK`), as QEMU's own pid file does (see
+//! `os::lock`). Liveness and identity come from that lock, never from a pid
+//! written somewhere. Only async-signal-safe calls run there; every path is
+//! a C string made before the fork.
 //!
-//! Only async-signal-safe system calls run in the child; every path is
-//! turned into a C string before the fork.
+//! **Sandbox**, applied by the host agent's binary re-executed as a shim
+//! (`vmkeep-hostagent --sandboxed ... -- PROGRAM ARGS`) right before it
+//! becomes the daemon, after any wrapper (`systemd-run --scope`) has done
+//! its part as the user who runs vmkeep. In this order:
+//!
+//! 1. optionally, a mount namespace of the daemon's own in which one
+//!    directory tree is bind-mounted onto itself **read-only**, recursively
+//!    (`mount_setattr(AT_RECURSIVE, MOUNT_ATTR_RDONLY)`): every write the
+//!    daemon makes below it fails with `EROFS` in the kernel, whatever it is
+//!    asked to do. As root the namespace is a plain mount namespace; as any
+//!    other user it is inside a user namespace of our own that maps only
+//!    this user to itself (so nothing gains a privilege on the host). The
+//!    daemon's own sandbox (virtiofsd makes mount namespaces of its own)
+//!    inherits the mount locked read-only: a namespace made by a less
+//!    privileged owner cannot remount it;
+//! 2. optionally, a switch to another identity (uid, gid, supplementary
+//!    groups), from root only: a root-run VM's shares are served as an
+//!    unprivileged user (see `instance::shares::ShareOwner`);
+//! 3. optionally, the system-call filter of `os::seccomp`: no setuid or
+//!    setgid file, no device node, whatever the daemon is asked.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -27,21 +40,198 @@ use std::path::{Path, PathBuf};
 
 use super::process::{ProcessHandle, Program};
 
-/// What the child does before it becomes the program.
+/// What the child does before it becomes the program (or its wrapper).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Confinement {
+pub struct Holding {
     /// Locked (created 0600 if missing) and held by the program.
     pub lock_file: Option<PathBuf>,
-    /// Made read-only, recursively, in a mount namespace of the program's own.
-    pub read_only_tree: Option<PathBuf>,
     /// A descriptor of ours the program inherits (its close-on-exec flag
     /// cleared in the child only), under the same number.
     pub inherit_fd: Option<std::os::fd::RawFd>,
 }
 
+/// An identity to run as: set from root only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (the primary one may be among them).
+    pub groups: Vec<u32>,
+}
+
+/// What the shim does right before it becomes the program.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sandbox {
+    /// Made read-only, recursively, in a mount namespace of the program's own.
+    pub read_only_tree: Option<PathBuf>,
+    /// Who the program runs as (from root only).
+    pub identity: Option<Identity>,
+    /// The program may make no setuid/setgid file and no device node.
+    pub no_privileged_files: bool,
+}
+
+/// The shim's first argument.
+pub const SHIM_FLAG: &str = "--sandboxed";
+const READ_ONLY: &str = "--read-only-tree=";
+const RUN_AS: &str = "--as=";
+const NO_PRIVILEGED_FILES: &str = "--no-privileged-files";
+
+impl Sandbox {
+    /// Whether there is anything to do (else the program runs as it is).
+    pub fn is_empty(&self) -> bool {
+        self == &Sandbox::default()
+    }
+
+    /// `program` run through the shim at `shim` (the host agent's binary).
+    pub fn wrap(&self, shim: &Path, program: &Program) -> Program {
+        let mut args: Vec<OsString> = vec![SHIM_FLAG.into()];
+        if let Some(tree) = &self.read_only_tree {
+            let mut arg = OsString::from(READ_ONLY);
+            arg.push(tree);
+            args.push(arg);
+        }
+        if let Some(id) = &self.identity {
+            let groups: Vec<String> = id.groups.iter().map(u32::to_string).collect();
+            args.push(format!("{RUN_AS}{}:{}:{}", id.uid, id.gid, groups.join(",")).into());
+        }
+        if self.no_privileged_files {
+            args.push(NO_PRIVILEGED_FILES.into());
+        }
+        args.push("--".into());
+        args.push(program.path.clone().into_os_string());
+        args.extend(program.args.iter().cloned());
+        Program {
+            path: shim.to_path_buf(),
+            args,
+            env: program.env.clone(),
+        }
+    }
+
+    /// The shim's command line (after [`SHIM_FLAG`]): the sandbox and the
+    /// program it runs.
+    pub fn parse(args: &[OsString]) -> Result<(Sandbox, Program), String> {
+        let mut sandbox = Sandbox::default();
+        let mut rest = args.iter();
+        for arg in rest.by_ref() {
+            let bytes = arg.as_bytes();
+            if bytes == b"--" {
+                break;
+            } else if let Some(tree) = bytes.strip_prefix(READ_ONLY.as_bytes()) {
+                let tree = PathBuf::from(OsStr::from_bytes(tree));
+                if !tree.is_absolute() {
+                    return Err(format!("{READ_ONLY} needs an absolute path"));
+                }
+                sandbox.read_only_tree = Some(tree);
+            } else if let Some(id) = bytes.strip_prefix(RUN_AS.as_bytes()) {
+                sandbox.identity = Some(parse_identity(&String::from_utf8_lossy(id))?);
+            } else if bytes == NO_PRIVILEGED_FILES.as_bytes() {
+                sandbox.no_privileged_files = true;
+            } else {
+                return Err(format!("unknown option {}", arg.to_string_lossy()));
+            }
+        }
+        let mut program = rest.cloned();
+        let path = program.next().ok_or("no program to run after --")?;
+        Ok((
+            sandbox,
+            Program {
+                path: PathBuf::from(path),
+                args: program.collect(),
+                env: Vec::new(),
+            },
+        ))
+    }
+
+    /// Apply the sandbox to this process (the shim: one thread, nothing
+    /// else to disturb), in the order the module documents.
+    pub fn enter(&self) -> io::Result<()> {
+        // Everything is prepared before the first step changes anything.
+        let filter = if self.no_privileged_files {
+            Some(super::seccomp::no_privileged_files().map_err(io::Error::other)?)
+        } else {
+            None
+        };
+        if let Some(tree) = &self.read_only_tree {
+            let tree = c_path(tree)?;
+            let uid = rustix::process::geteuid();
+            if !uid.is_root() {
+                own_user_namespace(uid.as_raw(), rustix::process::getegid().as_raw())?;
+            }
+            read_only_mount_namespace(&tree, has_mounts_below(self.read_only_tree.as_deref()))?;
+        }
+        if let Some(id) = &self.identity {
+            switch_identity(id)?;
+        }
+        if let Some(filter) = &filter {
+            super::seccomp::install(filter).map_err(io::Error::other)?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_identity(text: &str) -> Result<Identity, String> {
+    let bad = || format!("{RUN_AS}{text}: expected UID:GID:GROUP,GROUP...");
+    let mut parts = text.splitn(3, ':');
+    let number = |part: Option<&str>| part.and_then(|p| p.parse::<u32>().ok()).ok_or_else(bad);
+    let uid = number(parts.next())?;
+    let gid = number(parts.next())?;
+    let groups = match parts.next() {
+        None | Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|g| g.parse::<u32>().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Identity { uid, gid, groups })
+}
+
+/// The shim: apply the sandbox and become the program; returns only on
+/// failure (the process exit code; the reason is on stderr, which is the
+/// daemon's log).
+pub fn run_shim(args: &[OsString]) -> i32 {
+    let (sandbox, program) = match Sandbox::parse(args) {
+        Ok(parsed) => parsed,
+        Err(problem) => {
+            eprintln!("vmkeep sandbox: {problem}");
+            return 2;
+        }
+    };
+    if let Err(e) = sandbox.enter() {
+        eprintln!(
+            "vmkeep sandbox: cannot confine {}: {e}",
+            program.path.display()
+        );
+        return 126;
+    }
+    let e = program.command().exec();
+    eprintln!("vmkeep sandbox: cannot run {}: {e}", program.path.display());
+    127
+}
+
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path contains a NUL byte"))
+}
+
+fn check(result: libc::c_long) -> io::Result<()> {
+    if result < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// A user namespace in which this (unprivileged) user is itself, and
+/// nobody else exists: enough to own a mount namespace, nothing more.
+fn own_user_namespace(uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: unshare has no memory arguments.
+    check(unsafe { libc::unshare(libc::CLONE_NEWUSER) }.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot make a user namespace: {e}")))?;
+    // Without "deny", an unprivileged process may not write its gid_map.
+    std::fs::write("/proc/self/setgroups", "deny")?;
+    std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1"))?;
+    std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1"))?;
+    Ok(())
 }
 
 /// `struct mount_attr` of `mount_setattr(2)`.
@@ -55,20 +245,99 @@ struct MountAttr {
 
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
-fn check(result: libc::c_long) -> io::Result<()> {
-    if result < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// A mount namespace where `tree` is bind-mounted onto itself read-only,
+/// recursively (refused on a kernel that could make only its top mount
+/// read-only while mounts lie below it).
+fn read_only_mount_namespace(tree: &CString, mounts_below: bool) -> io::Result<()> {
+    if mounts_below && !has_mount_setattr() {
+        return Err(io::Error::other(
+            "this kernel cannot make a directory with mounts below it read-only (mount_setattr needs Linux 5.12)",
+        ));
     }
+    // SAFETY: unshare and mount take valid C strings or null where the call
+    // allows it.
+    unsafe {
+        check(libc::unshare(libc::CLONE_NEWNS).into())?;
+        check(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+        check(
+            libc::mount(
+                tree.as_ptr(),
+                tree.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+            .into(),
+        )?;
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: a valid C string and a mount_attr of the size given.
+    let recursive = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            tree.as_ptr(),
+            libc::AT_RECURSIVE,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if recursive < 0 {
+        let error = io::Error::last_os_error();
+        // Before Linux 5.12: the top mount only (nothing is mounted below,
+        // checked above).
+        if error.raw_os_error() != Some(libc::ENOSYS) {
+            return Err(error);
+        }
+        // SAFETY: as above.
+        check(
+            unsafe {
+                libc::mount(
+                    std::ptr::null(),
+                    tree.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                    std::ptr::null(),
+                )
+            }
+            .into(),
+        )?;
+    }
+    Ok(())
 }
 
-/// The steps run in the child. No allocation, no locks.
-fn in_child(
-    lock: Option<&CString>,
-    tree: Option<&CString>,
-    inherit: Option<std::os::fd::RawFd>,
-) -> io::Result<()> {
+/// Become `id` for good (real, effective and saved ids), groups first.
+fn switch_identity(id: &Identity) -> io::Result<()> {
+    let groups: Vec<libc::gid_t> = id.groups.clone();
+    // SAFETY: groups points to groups.len() gids; the id calls take numbers.
+    unsafe {
+        check(libc::setgroups(groups.len(), groups.as_ptr()).into())?;
+        check(libc::setresgid(id.gid, id.gid, id.gid).into())?;
+        check(libc::setresuid(id.uid, id.uid, id.uid).into())?;
+    }
+    if rustix::process::geteuid().as_raw() != id.uid || rustix::process::getegid().as_raw() != id.gid
+    {
+        return Err(io::Error::other("the identity switch did not take"));
+    }
+    Ok(())
+}
+
+/// The steps run in the child of a spawn. No allocation, no locks.
+fn hold(lock: Option<&CString>, inherit: Option<std::os::fd::RawFd>) -> io::Result<()> {
     if let Some(fd) = inherit {
         // SAFETY: fcntl(F_SETFD) on a descriptor the parent keeps open
         // until the spawn returned; async-signal-safe.
@@ -87,97 +356,26 @@ fn in_child(
         // SAFETY: fcntl(F_SETLK) with a valid flock on our descriptor.
         check(unsafe { libc::fcntl(fd, libc::F_SETLK, &request) }.into())?;
     }
-    if let Some(tree) = tree {
-        // SAFETY: unshare and mount are async-signal-safe system calls; every
-        // pointer is a valid C string or null where the call allows it.
-        unsafe {
-            check(libc::unshare(libc::CLONE_NEWNS).into())?;
-            check(
-                libc::mount(
-                    std::ptr::null(),
-                    c"/".as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                )
-                .into(),
-            )?;
-            check(
-                libc::mount(
-                    tree.as_ptr(),
-                    tree.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                )
-                .into(),
-            )?;
-            let attr = MountAttr {
-                attr_set: MOUNT_ATTR_RDONLY,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: 0,
-            };
-            let recursive = libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                tree.as_ptr(),
-                libc::AT_RECURSIVE,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            );
-            if recursive < 0 {
-                // Before Linux 5.12: the top mount only (a mount inside the
-                // tree would stay writable, so refuse rather than pretend).
-                if *libc::__errno_location() != libc::ENOSYS {
-                    return Err(io::Error::last_os_error());
-                }
-                check(
-                    libc::mount(
-                        std::ptr::null(),
-                        tree.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
-                        std::ptr::null(),
-                    )
-                    .into(),
-                )?;
-            }
-        }
-    }
     Ok(())
 }
 
 /// Spawn `program` as our child in its own process group (as
-/// `process::spawn_in_own_group` does for QEMU), confined as `confinement`
+/// `process::spawn_in_own_group` does for QEMU), holding what `holding`
 /// says, its output appended to `log`.
 pub fn spawn_in_own_group(
     program: &Program,
     log: File,
-    confinement: &Confinement,
+    holding: &Holding,
 ) -> io::Result<ProcessHandle> {
-    let lock = confinement.lock_file.as_deref().map(c_path).transpose()?;
-    let tree = confinement
-        .read_only_tree
-        .as_deref()
-        .map(c_path)
-        .transpose()?;
-    if tree.is_some()
-        && has_mounts_below(confinement.read_only_tree.as_deref())
-        && !has_mount_setattr()
-    {
-        return Err(io::Error::other(
-            "this kernel cannot make a directory with mounts below it read-only (mount_setattr needs Linux 5.12)",
-        ));
-    }
+    let lock = holding.lock_file.as_deref().map(c_path).transpose()?;
     let mut command = program.command();
     let stderr = log.try_clone()?;
     command.stdout(log).stderr(stderr).process_group(0);
     // SAFETY: the closure only makes async-signal-safe system calls on
     // memory prepared before the fork.
     unsafe {
-        let inherit = confinement.inherit_fd;
-        command.pre_exec(move || in_child(lock.as_ref(), tree.as_ref(), inherit));
+        let inherit = holding.inherit_fd;
+        command.pre_exec(move || hold(lock.as_ref(), inherit));
     }
     let child = command.spawn()?;
     super::process::handle_of_child(child.id())
@@ -218,10 +416,6 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn root() -> bool {
-        rustix::process::geteuid().is_root()
-    }
-
     #[test]
     fn the_program_holds_the_lock_for_its_life() {
         let dir = tempfile::tempdir().unwrap();
@@ -230,9 +424,9 @@ mod tests {
         let child = spawn_in_own_group(
             &Program::new(Path::new("/bin/sleep"), &["30"]),
             log,
-            &Confinement {
+            &Holding {
                 lock_file: Some(lock.clone()),
-                ..Confinement::default()
+                ..Holding::default()
             },
         )
         .unwrap();
@@ -249,42 +443,45 @@ mod tests {
     }
 
     #[test]
-    fn a_read_only_tree_refuses_writes_to_the_program_only() {
-        if !root() {
-            eprintln!("not root: mount namespaces need CAP_SYS_ADMIN; skipping");
-            return;
+    fn the_shim_command_line_round_trips() {
+        let sandbox = Sandbox {
+            read_only_tree: Some("/home/a b/src".into()),
+            identity: Some(Identity {
+                uid: 1000,
+                gid: 100,
+                groups: vec![100, 27],
+            }),
+            no_privileged_files: true,
+        };
+        let program = Program::new(Path::new("/usr/libexec/virtiofsd"), &["--fd=3", "--"]);
+        let wrapped = sandbox.wrap(Path::new("/opt/vmkeep-hostagent"), &program);
+        assert_eq!(wrapped.path, Path::new("/opt/vmkeep-hostagent"));
+        assert_eq!(wrapped.args[0], SHIM_FLAG);
+        let (parsed, inner) = Sandbox::parse(&wrapped.args[1..]).unwrap();
+        assert_eq!(parsed, sandbox);
+        assert_eq!(inner.path, program.path);
+        assert_eq!(inner.args, program.args, "a -- of the program's is its own");
+        let empty = Sandbox::default();
+        assert!(empty.is_empty());
+        let (parsed, _) = Sandbox::parse(&empty.wrap(Path::new("/s"), &program).args[1..]).unwrap();
+        assert!(parsed.is_empty());
+    }
+
+    #[test]
+    fn a_bad_shim_command_line_is_refused() {
+        let args = |a: &[&str]| a.iter().map(OsString::from).collect::<Vec<_>>();
+        for (bad, problem) in [
+            (args(&["--"]), "no program"),
+            (args(&["--read-only-tree=rel", "--", "x"]), "absolute"),
+            (args(&["--as=1000", "--", "x"]), "UID:GID"),
+            (args(&["--as=a:b:", "--", "x"]), "UID:GID"),
+            (args(&["--as=1:2:x", "--", "x"]), "UID:GID"),
+            (args(&["--frobnicate", "--", "x"]), "unknown option"),
+        ] {
+            let err = Sandbox::parse(&bad).unwrap_err();
+            assert!(err.contains(problem), "{bad:?}: {err}");
         }
-        let dir = tempfile::tempdir().unwrap();
-        let tree = dir.path().join("tree");
-        std::fs::create_dir(&tree).unwrap();
-        std::fs::write(tree.join("kept"), "host").unwrap();
-        let out = dir.path().join("out");
-        let log = super::super::fs::open_append(&out).unwrap();
-        let script = format!(
-            "echo guest > {0}/kept; echo $? ; touch {0}/new; echo $?; cat {0}/kept",
-            tree.display()
-        );
-        let child = spawn_in_own_group(
-            &Program::new(Path::new("/bin/sh"), &["-c", &script]),
-            log,
-            &Confinement {
-                read_only_tree: Some(tree.clone()),
-                ..Confinement::default()
-            },
-        )
-        .unwrap();
-        assert!(child.wait_timeout(Duration::from_secs(10)));
-        child.reap();
-        let said = std::fs::read_to_string(&out).unwrap();
-        assert!(said.contains("Read-only file system"), "{said}");
-        // sh's failed redirection is status 2, touch's failure 1.
-        let lines: Vec<&str> = said.lines().collect();
-        assert!(
-            lines.contains(&"2") && lines.ends_with(&["1", "host"]),
-            "{said:?}"
-        );
-        assert!(!tree.join("new").exists());
-        // Outside the program's namespace the tree stays writable.
-        std::fs::write(tree.join("kept"), "still mine").unwrap();
+        let (sandbox, _) = Sandbox::parse(&args(&["--as=5:6:", "--", "x"])).unwrap();
+        assert_eq!(sandbox.identity.unwrap().groups, Vec::<u32>::new());
     }
 }

@@ -6,8 +6,10 @@
 pub mod cgroup;
 pub mod confine;
 pub mod fs;
+pub mod identity;
 pub mod lock;
 pub mod process;
+pub mod seccomp;
 pub mod service_manager;
 pub mod service_notify;
 pub mod socket;

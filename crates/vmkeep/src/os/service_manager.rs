@@ -2,7 +2,6 @@
 //! detection, `systemctl` / `launchctl` calls through [`Tool`], and writing
 //! service definitions. What to write is decided in `crate::autostart`.
 
-use std::ffi::{CStr, CString};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -333,71 +332,7 @@ impl Launchctl {
     }
 }
 
-/// A user from the user database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub home: PathBuf,
-}
-
-/// The user this process runs as (effective uid).
-pub fn current_user() -> io::Result<User> {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    lookup_user(|pwd, buf, result| {
-        // SAFETY: pwd, buf and result point to live storage of the given sizes.
-        unsafe { libc::getpwuid_r(uid, pwd, buf.as_mut_ptr(), buf.len(), result) }
-    })?
-    .ok_or_else(|| io::Error::other(format!("uid {uid} is not in the user database")))
-}
-
-/// The user named `name`, if there is one.
-pub fn user_by_name(name: &str) -> io::Result<Option<User>> {
-    let Ok(c_name) = CString::new(name) else {
-        return Ok(None);
-    };
-    lookup_user(|pwd, buf, result| {
-        // SAFETY: c_name is NUL-terminated; the other pointers are live storage.
-        unsafe { libc::getpwnam_r(c_name.as_ptr(), pwd, buf.as_mut_ptr(), buf.len(), result) }
-    })
-}
-
-fn lookup_user(
-    call: impl Fn(&mut libc::passwd, &mut Vec<libc::c_char>, &mut *mut libc::passwd) -> libc::c_int,
-) -> io::Result<Option<User>> {
-    let mut buf: Vec<libc::c_char> = vec![0; 4096];
-    loop {
-        // SAFETY: passwd is plain data; an all-zero value is valid to pass as output.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = call(&mut pwd, &mut buf, &mut result);
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if result.is_null() {
-            return Ok(None);
-        }
-        // SAFETY: on success pw_name and pw_dir point to NUL-terminated strings in buf.
-        let (name, home) = unsafe {
-            (
-                CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned(),
-                PathBuf::from(CStr::from_ptr(pwd.pw_dir).to_string_lossy().into_owned()),
-            )
-        };
-        return Ok(Some(User {
-            name,
-            uid: pwd.pw_uid,
-            gid: pwd.pw_gid,
-            home,
-        }));
-    }
-}
+pub use super::identity::{User, current_user, user_by_name};
 
 /// The first directory of `$PATH` holding an executable `program`.
 pub fn find_in_path(program: &str) -> Option<PathBuf> {

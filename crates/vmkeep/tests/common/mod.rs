@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod container;
+pub mod host_user;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -22,6 +23,8 @@ pub struct TestEnv {
     home: tempfile::TempDir,
     /// A tmpfs is mounted on the home (unmounted when dropped).
     tmpfs: bool,
+    /// `vmkeep` runs as this user (else as the test).
+    user: Option<host_user::HostUser>,
 }
 
 impl TestEnv {
@@ -30,7 +33,26 @@ impl TestEnv {
             .prefix("vk")
             .tempdir_in("/tmp")
             .expect("temp home");
-        TestEnv { home, tmpfs: false }
+        TestEnv {
+            home,
+            tmpfs: false,
+            user: None,
+        }
+    }
+
+    /// An environment whose `vmkeep` runs as `user` (the tests run as root):
+    /// its home belongs to the user, `HOME` is that home, and the kernel
+    /// and image cache is the user's own.
+    pub fn as_user(user: &host_user::HostUser) -> TestEnv {
+        let mut env = TestEnv::new();
+        host_user::give(env.home(), user);
+        env.user = Some(user.clone());
+        env
+    }
+
+    /// The user `vmkeep` runs as, when not the test's own.
+    pub fn user(&self) -> Option<&host_user::HostUser> {
+        self.user.as_ref()
     }
 
     /// A home on a tmpfs of `size_mib` MiB of its own, to run out of space
@@ -66,6 +88,17 @@ impl TestEnv {
             .env("VMKEEP_CACHE_DIR", shared_cache())
             .env_remove("VMKEEP_ACCEL")
             .stdin(Stdio::null());
+        if let Some(user) = &self.user {
+            use std::os::unix::process::CommandExt;
+            // std drops root's supplementary groups when it sets the uid.
+            command
+                .uid(user.uid)
+                .gid(user.gid)
+                .env("HOME", self.home())
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name)
+                .env("VMKEEP_CACHE_DIR", user_cache(user));
+        }
         command
     }
 
@@ -221,6 +254,15 @@ impl Run {
 pub fn shared_cache() -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tiny-image-cache");
     std::fs::create_dir_all(&dir).unwrap();
+    dir.canonicalize().unwrap()
+}
+
+/// The kernel and image cache of a test user (its own: the shared one is
+/// root's), downloaded once per machine like the shared one.
+pub fn user_cache(user: &host_user::HostUser) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-image-cache-{}", user.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    host_user::give(&dir, user);
     dir.canonicalize().unwrap()
 }
 

@@ -2,26 +2,36 @@
 //! directory, started before QEMU (which connects to its socket at launch),
 //! ended with it (virtiofsd exits when QEMU's connection closes).
 //!
-//! QEMU 7.2 ships the C virtiofsd (`/usr/lib/qemu/virtiofsd`, Debian's
-//! qemu-system-common). What it needs and does, as measured here:
+//! Two virtiofsds exist, told apart by what `--version` prints (never by
+//! their path):
 //!
-//! - **root**: it creates its own pid file under `/var/run/virtiofsd` and
-//!   sandboxes itself (mount, pid and network namespaces, `pivot_root` into
-//!   the shared directory); as another user, even in a user namespace, it
-//!   stops at once ("Could not create '/var/run/virtiofsd/...': Permission
-//!   denied"). So `mounts:` need vmkeep to run as root ([`VirtiofsError::NotRoot`]).
-//! - **no read-only option**: `writable: false` is enforced under it: it
-//!   runs in a mount namespace where the directory is a recursive
-//!   read-only bind mount of itself (`os::confine`), so any write the guest
-//!   asks for fails with `EROFS` in the host kernel, also from a guest that
-//!   remounted its side read-write. What a hostile guest can still do with a
-//!   read-only share: read everything in that tree that root can read on
-//!   the host (virtiofsd reads as root), and follow nothing out of it (it is
-//!   pivot_root'ed there).
-//! - **a writable share is root's**: virtiofsd creates files with the
-//!   guest's uid and gid, so a guest's root can create root-owned files in
-//!   a writable share, setuid ones included. Share writable only what you
-//!   would let the guest's root own.
+//! - **the Rust virtiofsd** (virtio-fs/virtiofsd; Debian 13's `virtiofsd`
+//!   package, Fedora's, or `cargo install virtiofsd`, which
+//!   `scripts/setup-host` does): vmkeep's choice for every share. It runs as
+//!   a normal user, sandboxed in a user namespace of its own, and maps the
+//!   guest's users (`--translate-uid`/`--translate-gid`): whatever uid and
+//!   gid the guest asks for, a file it creates belongs to the share's owner
+//!   (`instance::share_owner`), and the owner's files appear in the guest as
+//!   the guest user's. vmkeep run as root serves a share as that owner (the
+//!   identity switch of `os::confine`), never as root for a writable one;
+//! - **QEMU 7.2's C virtiofsd** (`/usr/lib/qemu/virtiofsd`, Debian 12's
+//!   qemu-system-common): runs only as root and creates files with the
+//!   guest's own uid and gid, so a guest's root could plant setuid-root files
+//!   and device nodes through it. vmkeep uses it only for **read-only**
+//!   shares run by root, when no Rust virtiofsd is installed; a writable
+//!   share is then refused, naming the fix.
+//!
+//! Whichever runs, it runs through vmkeep's sandbox (`os::confine`):
+//!
+//! - **no privileged files**: a system-call filter (`os::seccomp`) refuses
+//!   every setuid or setgid mode and every device node, so nothing the
+//!   guest sends can make one on the host. Extended attributes are off (no
+//!   `--xattr`), so `security.capability` and ACLs cannot be set either;
+//! - **read-only in the kernel**: `writable: false` runs virtiofsd in a
+//!   mount namespace where the directory is a recursive read-only bind
+//!   mount of itself, so any write the guest asks for fails with `EROFS`
+//!   in the host kernel, also from a guest that remounted its side
+//!   read-write (the Rust virtiofsd is also given `--readonly`);
 //! - **its socket is ours**: the host agent binds and listens on `fsN.sock`
 //!   itself and hands virtiofsd the descriptor (`--fd`). virtiofsd would
 //!   otherwise bind it in its read-only namespace, which fails whenever the
@@ -41,32 +51,114 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::instance::InstanceDir;
+use crate::instance::share_owner::{self, Ids, MountOwner, OwnerFacts, ShareOwner};
 use crate::instance::shares::SharedDir;
 use crate::os::cgroup::{self, Placement, Scope};
-use crate::os::confine::{self, Confinement};
+use crate::os::confine::{self, Holding, Identity, Sandbox};
+use crate::os::identity;
 use crate::os::process::{self, ProcessHandle, Program};
 
-/// Where the C virtiofsd is installed: Debian's qemu-system-common, then
-/// the libexec path other distributions use.
-pub const CANDIDATES: [&str; 2] = ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"];
+/// Where a virtiofsd may be installed, looked at in this order (each one
+/// asked for its version): `VMKEEP_VIRTIOFSD` first when set.
+pub const CANDIDATES: [&str; 6] = [
+    "/usr/libexec/virtiofsd",
+    "/usr/local/libexec/virtiofsd",
+    "/usr/local/bin/virtiofsd",
+    "/usr/bin/virtiofsd",
+    "/usr/lib/virtiofsd",
+    "/usr/lib/qemu/virtiofsd",
+];
+
+/// The environment variable naming the virtiofsd to use.
+pub const OVERRIDE_VAR: &str = "VMKEEP_VIRTIOFSD";
+
+/// The oldest Rust virtiofsd that can map the guest's users
+/// (`--translate-uid`, 1.11).
+const RUST_MINIMUM: (u32, u32) = (1, 11);
 
 /// How long a virtiofsd may take to get ready (to say, in its log, that
 /// it waits for QEMU's connection).
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-/// What the C virtiofsd logs once it accepts on its socket.
+/// What both virtiofsds log once they accept on their socket.
 const READY_LINE: &str = "Waiting for vhost-user socket connection";
+
+/// Which virtiofsd a binary is, from its `--version`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flavour {
+    /// The Rust one, with its version (`1.14.0`).
+    Rust { version: String },
+    /// QEMU's C one (QEMU 7.2 and older), with QEMU's version.
+    C { version: String },
+}
+
+/// A virtiofsd found on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Virtiofsd {
+    pub path: PathBuf,
+    pub flavour: Flavour,
+}
+
+impl Virtiofsd {
+    fn is_rust(&self) -> bool {
+        matches!(self.flavour, Flavour::Rust { .. })
+    }
+}
+
+/// What `virtiofsd --version` printed, read (pure): the Rust one prints
+/// `virtiofsd 1.14.0`, the C one `virtiofsd version 7.2.22 (Debian ...)`.
+pub fn flavour_of(version_output: &str) -> Option<Flavour> {
+    let first = version_output.lines().next()?.trim();
+    let rest = first.strip_prefix("virtiofsd ")?;
+    if let Some(qemu) = rest.strip_prefix("version ") {
+        let version = qemu.split_whitespace().next()?.to_string();
+        return Some(Flavour::C { version });
+    }
+    let version = rest.split_whitespace().next()?;
+    version
+        .split('.')
+        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+        .then(|| Flavour::Rust {
+            version: version.to_string(),
+        })
+}
+
+/// Whether a Rust virtiofsd's version is at least [`RUST_MINIMUM`].
+fn recent_enough(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    (major, minor) >= RUST_MINIMUM
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtiofsError {
     #[error(
-        "mounts: sharing host directories needs root on this host: QEMU {qemu}'s virtiofsd runs only as root (it sandboxes itself in namespaces and keeps its pid file in /var/run/virtiofsd); run vmkeep as root, or remove mounts from {config}"
+        "mounts: sharing host directories as a normal user needs the Rust virtiofsd, and this host has only QEMU {qemu}'s C one, which runs only as root; install the Rust one (scripts/setup-host does, or: apt-get install virtiofsd on Debian 13, cargo install virtiofsd), or remove mounts from {config}"
     )]
-    NotRoot { qemu: &'static str, config: PathBuf },
+    NotRoot { qemu: String, config: PathBuf },
     #[error(
-        "mounts: virtiofsd was not found (looked for {}); install it: apt-get install qemu-system-common (Debian 12) or virtiofsd (Debian 13 and later)",
+        "mounts[{index}] ({location}) is writable, but the only virtiofsd here is QEMU {qemu}'s C one, which would let the guest's root create root-owned and setuid files and device nodes on this host; install the Rust virtiofsd (scripts/setup-host does, or: apt-get install virtiofsd on Debian 13, cargo install virtiofsd), or make the mount read-only in {config}",
+        location = location.display()
+    )]
+    UnsafeWritable {
+        index: usize,
+        location: PathBuf,
+        qemu: String,
+        config: PathBuf,
+    },
+    #[error(
+        "mounts: the Rust virtiofsd {path} is version {version}; vmkeep needs {}.{} or later to map the guest's users; update it (cargo install virtiofsd)",
+        RUST_MINIMUM.0, RUST_MINIMUM.1,
+        path = path.display()
+    )]
+    TooOld { path: PathBuf, version: String },
+    #[error(
+        "mounts: no virtiofsd was found (looked for {} and ${OVERRIDE_VAR}); install the Rust virtiofsd: scripts/setup-host does, or apt-get install virtiofsd (Debian 13 and later), or cargo install virtiofsd",
         CANDIDATES.join(", ")
     )]
     Missing,
+    #[error("{OVERRIDE_VAR}={}: {problem}", path.display())]
+    Override { path: PathBuf, problem: String },
     #[error(
         "mounts[{index}].location: {} {problem}; create it or fix the location in {config}",
         location.display()
@@ -74,6 +166,19 @@ pub enum VirtiofsError {
     Location {
         index: usize,
         location: PathBuf,
+        problem: String,
+        config: PathBuf,
+    },
+    #[error("mounts[{index}] ({}) {source}; fix it in {config}", location.display())]
+    Owner {
+        index: usize,
+        location: PathBuf,
+        source: share_owner::OwnerError,
+        config: PathBuf,
+    },
+    #[error("mountOwner: {owner}: {problem}; fix it in {config}")]
+    UnknownOwner {
+        owner: String,
         problem: String,
         config: PathBuf,
     },
@@ -110,12 +215,25 @@ fn option_value(path: &Path) -> String {
         .replace(',', "\\,")
 }
 
+/// One share, ready to be served: by which virtiofsd, as whom, and who the
+/// owner's files are in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub share: SharedDir,
+    pub daemon: Virtiofsd,
+    pub owner: ShareOwner,
+    /// The guest user the owner's files belong to in the guest.
+    pub guest: Ids,
+    /// Who runs vmkeep.
+    pub running_as: Ids,
+}
+
 /// The virtiofsd command line for one share, listening on the inherited
 /// descriptor `socket_fd` (pure).
-pub fn program(binary: &Path, socket_fd: std::os::fd::RawFd, share: &SharedDir) -> Program {
-    Program::new(
-        binary,
-        &[
+pub fn program(plan: &Plan, socket_fd: std::os::fd::RawFd) -> Program {
+    let share = &plan.share;
+    let args: Vec<String> = match &plan.daemon.flavour {
+        Flavour::C { .. } => vec![
             format!("--fd={socket_fd}"),
             "-o".into(),
             format!("source={}", option_value(&share.location)),
@@ -126,31 +244,188 @@ pub fn program(binary: &Path, socket_fd: std::os::fd::RawFd, share: &SharedDir) 
             "-o".into(),
             "announce_submounts".into(),
         ],
-    )
+        Flavour::Rust { .. } => {
+            let (owner, guest) = (plan.owner.ids, plan.guest);
+            let mut args = vec![
+                format!("--fd={socket_fd}"),
+                format!("--shared-dir={}", share.location.display()),
+                "--cache=auto".into(),
+                "--sandbox=namespace".into(),
+                "--announce-submounts".into(),
+                // Every uid and gid the guest names becomes the owner's...
+                format!("--translate-uid=squash-guest:0:{}:4294967295", owner.uid),
+                format!("--translate-gid=squash-guest:0:{}:4294967295", owner.gid),
+                // ...and the owner's files are the guest user's.
+                format!("--translate-uid=host:{}:{}:1", owner.uid, guest.uid),
+                format!("--translate-gid=host:{}:{}:1", owner.gid, guest.gid),
+            ];
+            if !share.writable {
+                args.push("--readonly".into());
+            }
+            args
+        }
+    };
+    Program::new(&plan.daemon.path, &args)
 }
 
-/// The installed virtiofsd.
-pub fn find_binary() -> Result<PathBuf, VirtiofsError> {
-    CANDIDATES
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or(VirtiofsError::Missing)
-}
-
-/// What can be checked before anything is started: root, the binary, each
-/// location (made if missing, as Lima does, then a directory).
-pub fn preflight(shares: &[SharedDir], config: &Path) -> Result<Option<PathBuf>, VirtiofsError> {
-    if shares.is_empty() {
-        return Ok(None);
+/// What runs around virtiofsd (pure): the filter always, the read-only
+/// namespace for a read-only share, the owner's identity when vmkeep runs
+/// as root and the owner is not root (`groups`: the owner's groups).
+pub fn sandbox(plan: &Plan, groups: Vec<u32>) -> Sandbox {
+    let owner = plan.owner.ids;
+    let switch = plan.running_as.is_root() && !owner.is_root();
+    Sandbox {
+        read_only_tree: (!plan.share.writable).then(|| plan.share.location.clone()),
+        identity: switch.then(|| Identity {
+            uid: owner.uid,
+            gid: owner.gid,
+            groups,
+        }),
+        no_privileged_files: true,
     }
-    if !rustix::process::geteuid().is_root() {
+}
+
+/// The version a binary reports, if it is a virtiofsd.
+fn probe(path: &Path) -> Option<Virtiofsd> {
+    let out = std::process::Command::new(path)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let flavour = flavour_of(&String::from_utf8_lossy(&out.stdout))?;
+    Some(Virtiofsd {
+        path: path.to_path_buf(),
+        flavour,
+    })
+}
+
+/// The virtiofsds installed: `VMKEEP_VIRTIOFSD` alone when set, else every
+/// candidate that answers as one, the Rust ones first.
+pub fn find_installed() -> Result<Vec<Virtiofsd>, VirtiofsError> {
+    if let Some(path) = std::env::var_os(OVERRIDE_VAR).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return probe(&path).map(|found| vec![found]).ok_or_else(|| {
+            VirtiofsError::Override {
+                problem: "is not a virtiofsd (its --version says nothing known)".into(),
+                path,
+            }
+        });
+    }
+    let mut found: Vec<Virtiofsd> = CANDIDATES
+        .iter()
+        .map(Path::new)
+        .filter(|p| p.is_file())
+        .filter_map(probe)
+        .collect();
+    found.sort_by_key(|d| !d.is_rust());
+    if found.is_empty() {
+        return Err(VirtiofsError::Missing);
+    }
+    Ok(found)
+}
+
+/// The virtiofsd to serve `share` with (pure): the first Rust one, else the
+/// C one for a read-only share run by root, else the refusal naming the fix.
+pub fn choose(
+    installed: &[Virtiofsd],
+    share: &SharedDir,
+    running_as: Ids,
+    config: &Path,
+) -> Result<Virtiofsd, VirtiofsError> {
+    if let Some(rust) = installed.iter().find(|d| d.is_rust()) {
+        if let Flavour::Rust { version } = &rust.flavour
+            && !recent_enough(version)
+        {
+            return Err(VirtiofsError::TooOld {
+                path: rust.path.clone(),
+                version: version.clone(),
+            });
+        }
+        return Ok(rust.clone());
+    }
+    let Some(c) = installed.first() else {
+        return Err(VirtiofsError::Missing);
+    };
+    let Flavour::C { version } = &c.flavour else {
+        unreachable!("no Rust virtiofsd among them");
+    };
+    if !running_as.is_root() {
         return Err(VirtiofsError::NotRoot {
-            qemu: "7.2",
+            qemu: version.clone(),
             config: config.to_path_buf(),
         });
     }
-    let binary = find_binary()?;
+    if share.writable {
+        return Err(VirtiofsError::UnsafeWritable {
+            index: share.index,
+            location: share.location.clone(),
+            qemu: version.clone(),
+            config: config.to_path_buf(),
+        });
+    }
+    Ok(c.clone())
+}
+
+/// The ids of `mountOwner:`, from the user and group databases.
+fn resolve_owner(owner: &MountOwner, config: &Path) -> Result<Ids, VirtiofsError> {
+    use share_owner::NameOrId;
+    let unknown = |problem: String| VirtiofsError::UnknownOwner {
+        owner: owner.to_string(),
+        problem,
+        config: config.to_path_buf(),
+    };
+    let user = match &owner.user {
+        NameOrId::Name(name) => identity::user_by_name(name)
+            .map_err(|e| unknown(e.to_string()))?
+            .ok_or_else(|| unknown(format!("no user {name} on this host")))?,
+        NameOrId::Id(uid) => match identity::user_by_uid(*uid).map_err(|e| unknown(e.to_string()))? {
+            Some(user) => user,
+            None if owner.group.is_some() => identity::User {
+                name: String::new(),
+                uid: *uid,
+                gid: u32::MAX,
+                home: PathBuf::new(),
+            },
+            None => return Err(unknown(format!("no user has uid {uid}; write UID:GID"))),
+        },
+    };
+    let gid = match &owner.group {
+        None => user.gid,
+        Some(NameOrId::Id(gid)) => *gid,
+        Some(NameOrId::Name(name)) => identity::group_by_name(name)
+            .map_err(|e| unknown(e.to_string()))?
+            .ok_or_else(|| unknown(format!("no group {name} on this host")))?,
+    };
+    Ok(Ids { uid: user.uid, gid })
+}
+
+/// Who runs vmkeep.
+fn running_as() -> Ids {
+    Ids {
+        uid: rustix::process::geteuid().as_raw(),
+        gid: rustix::process::getegid().as_raw(),
+    }
+}
+
+/// What can be checked before anything is started: the virtiofsd, each
+/// location (made if missing, as Lima does, then a directory), who serves
+/// each share. `guest`: whom the owner's files belong to in the guest.
+pub fn preflight(
+    shares: &[SharedDir],
+    config: &Path,
+    mount_owner: Option<&MountOwner>,
+    guest: Ids,
+) -> Result<Vec<Plan>, VirtiofsError> {
+    if shares.is_empty() {
+        return Ok(Vec::new());
+    }
+    let installed = find_installed()?;
+    let running_as = running_as();
+    let configured = mount_owner
+        .map(|owner| resolve_owner(owner, config))
+        .transpose()?;
+    let mut plans = Vec::new();
     for share in shares {
         let problem = |problem: String| VirtiofsError::Location {
             index: share.index,
@@ -158,26 +433,55 @@ pub fn preflight(shares: &[SharedDir], config: &Path) -> Result<Option<PathBuf>,
             problem,
             config: config.to_path_buf(),
         };
+        let daemon = choose(&installed, share, running_as, config)?;
         if !share.location.exists() {
             std::fs::create_dir_all(&share.location)
                 .map_err(|e| problem(format!("does not exist and cannot be created ({e})")))?;
+            // Made by root for a configured owner: the owner's.
+            if let Some(owner) = configured.filter(|_| running_as.is_root()) {
+                std::os::unix::fs::chown(&share.location, Some(owner.uid), Some(owner.gid))
+                    .map_err(|e| problem(format!("was made but cannot be given to its owner ({e})")))?;
+            }
         }
         if !share.location.is_dir() {
             return Err(problem("is not a directory".into()));
         }
+        let (uid, gid) = identity::owner_of(&share.location)
+            .map_err(|e| problem(format!("cannot be inspected ({e})")))?;
+        let owner = share_owner::decide(&OwnerFacts {
+            running_as,
+            configured,
+            location_owner: Ids { uid, gid },
+            writable: share.writable,
+        })
+        .map_err(|source| VirtiofsError::Owner {
+            index: share.index,
+            location: share.location.clone(),
+            source,
+            config: config.to_path_buf(),
+        })?;
+        plans.push(Plan {
+            share: share.clone(),
+            daemon,
+            owner,
+            guest,
+            running_as,
+        });
     }
-    Ok(Some(binary))
+    Ok(plans)
 }
 
-/// Start the virtiofsd of `share` (in its own process group and, under
-/// systemd, its own scope, so that it outlives the host agent as QEMU
-/// does), and wait until its socket exists.
+/// Start the virtiofsd of `plan` through the sandbox shim at `shim` (the
+/// host agent's own binary: see `os::confine`), in its own process group
+/// and, under systemd, its own scope, so that it outlives the host agent as
+/// QEMU does, and wait until it listens.
 pub fn start(
-    binary: &Path,
+    plan: &Plan,
     dir: &InstanceDir,
-    share: &SharedDir,
     scope: Option<(&Placement, &Scope)>,
+    shim: &Path,
 ) -> Result<ProcessHandle, VirtiofsError> {
+    let share = &plan.share;
     let socket = dir.share_socket(share.index);
     let lock = dir.share_lock(share.index);
     let log_path = dir.share_log(share.index);
@@ -192,16 +496,16 @@ pub fn start(
     let listener = listen(&socket)?;
     let log = crate::os::fs::open_append(&log_path).map_err(spawn_err)?;
     let logged_before = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut program = program(binary, listener.as_raw_fd(), share);
+    let groups = owner_groups(plan.owner.ids);
+    let mut program = sandbox(plan, groups).wrap(shim, &program(plan, listener.as_raw_fd()));
     if let Some((placement, scope)) = scope {
         program = cgroup::wrap(placement, scope, &program);
     }
-    let confinement = Confinement {
+    let holding = Holding {
         lock_file: Some(lock),
-        read_only_tree: (!share.writable).then(|| share.location.clone()),
         inherit_fd: Some(listener.as_raw_fd()),
     };
-    let process = confine::spawn_in_own_group(&program, log, &confinement).map_err(spawn_err)?;
+    let process = confine::spawn_in_own_group(&program, log, &holding).map_err(spawn_err)?;
     // virtiofsd has its copy; QEMU's connection waits in its backlog.
     drop(listener);
     let started = Instant::now();
@@ -226,6 +530,15 @@ pub fn start(
             return Ok(process);
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The groups of the share owner `ids` (its primary group and the
+/// supplementary ones of the user with that uid, if it has a name).
+fn owner_groups(ids: Ids) -> Vec<u32> {
+    match identity::user_by_uid(ids.uid) {
+        Ok(Some(user)) if user.gid == ids.gid => identity::groups_of(&user.name, ids.gid),
+        _ => vec![ids.gid],
     }
 }
 
@@ -292,22 +605,95 @@ pub fn qemu_args(socket: &Path, tag: &str) -> [String; 4] {
 mod tests {
     use super::*;
 
-    #[test]
-    fn virtiofsd_is_given_the_share_its_socket_and_the_sandbox() {
-        let share = SharedDir {
+    fn share(writable: bool) -> SharedDir {
+        SharedDir {
             index: 1,
             location: "/home/a,b".into(),
             mount_point: "/src".into(),
-            writable: false,
-        };
-        let program = program(Path::new("/usr/lib/qemu/virtiofsd"), 7, &share);
-        let args: Vec<String> = program
+            writable,
+        }
+    }
+
+    fn rust() -> Virtiofsd {
+        Virtiofsd {
+            path: "/usr/libexec/virtiofsd".into(),
+            flavour: Flavour::Rust {
+                version: "1.14.0".into(),
+            },
+        }
+    }
+
+    fn c() -> Virtiofsd {
+        Virtiofsd {
+            path: "/usr/lib/qemu/virtiofsd".into(),
+            flavour: Flavour::C {
+                version: "7.2.22".into(),
+            },
+        }
+    }
+
+    const ALICE: Ids = Ids {
+        uid: 1000,
+        gid: 1000,
+    };
+
+    fn plan(daemon: Virtiofsd, writable: bool, running_as: Ids, guest: Ids) -> Plan {
+        Plan {
+            share: share(writable),
+            daemon,
+            owner: ShareOwner {
+                ids: ALICE,
+                reason: share_owner::OwnerReason::DirectoryOwner,
+            },
+            guest,
+            running_as,
+        }
+    }
+
+    fn args(program: &Program) -> Vec<String> {
+        program
             .args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn the_rust_virtiofsd_squashes_every_guest_id_to_the_owner() {
+        let program = program(&plan(rust(), true, Ids::ROOT, Ids::ROOT), 7);
+        assert_eq!(program.path, Path::new("/usr/libexec/virtiofsd"));
         assert_eq!(
-            args,
+            args(&program),
+            [
+                "--fd=7",
+                "--shared-dir=/home/a,b",
+                "--cache=auto",
+                "--sandbox=namespace",
+                "--announce-submounts",
+                "--translate-uid=squash-guest:0:1000:4294967295",
+                "--translate-gid=squash-guest:0:1000:4294967295",
+                "--translate-uid=host:1000:0:1",
+                "--translate-gid=host:1000:0:1",
+            ]
+        );
+        let guest_user = Ids {
+            uid: 1001,
+            gid: 1001,
+        };
+        let read_only = args(&program_of(&plan(rust(), false, ALICE, guest_user)));
+        assert!(read_only.contains(&"--translate-uid=host:1000:1001:1".to_string()));
+        assert_eq!(read_only.last().unwrap(), "--readonly");
+        assert!(!read_only.iter().any(|a| a.contains("xattr")), "no xattrs");
+    }
+
+    fn program_of(plan: &Plan) -> Program {
+        program(plan, 3)
+    }
+
+    #[test]
+    fn the_c_virtiofsd_is_given_the_share_its_socket_and_its_sandbox() {
+        assert_eq!(
+            args(&program(&plan(c(), false, Ids::ROOT, Ids::ROOT), 7)),
             [
                 "--fd=7",
                 "-o",
@@ -329,6 +715,89 @@ mod tests {
                 "vhost-user-fs-pci,chardev=fs1-chr,tag=fs1,queue-size=1024"
             ]
         );
+    }
+
+    #[test]
+    fn the_sandbox_filters_always_drops_root_and_is_read_only_when_asked() {
+        let as_root = sandbox(&plan(rust(), true, Ids::ROOT, Ids::ROOT), vec![1000, 27]);
+        assert!(as_root.no_privileged_files);
+        assert_eq!(as_root.read_only_tree, None);
+        assert_eq!(
+            as_root.identity,
+            Some(Identity {
+                uid: 1000,
+                gid: 1000,
+                groups: vec![1000, 27]
+            })
+        );
+        let as_alice = sandbox(&plan(rust(), false, ALICE, Ids::ROOT), vec![]);
+        assert_eq!(as_alice.identity, None, "no switch for a normal user");
+        assert_eq!(as_alice.read_only_tree, Some("/home/a,b".into()));
+        let mut root_owned = plan(c(), false, Ids::ROOT, Ids::ROOT);
+        root_owned.owner.ids = Ids::ROOT;
+        assert_eq!(sandbox(&root_owned, vec![0]).identity, None);
+    }
+
+    #[test]
+    fn versions_tell_the_two_virtiofsds_apart() {
+        assert_eq!(
+            flavour_of("virtiofsd 1.14.0\n"),
+            Some(Flavour::Rust {
+                version: "1.14.0".into()
+            })
+        );
+        assert_eq!(
+            flavour_of(
+                "virtiofsd version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022\n"
+            ),
+            Some(Flavour::C {
+                version: "7.2.22".into()
+            })
+        );
+        for other in ["", "qemu-img version 7.2", "virtiofsd", "virtiofsd banana\n"] {
+            assert_eq!(flavour_of(other), None, "{other:?}");
+        }
+        assert!(recent_enough("1.14.0") && recent_enough("1.11.1") && recent_enough("2.0"));
+        assert!(!recent_enough("1.10.1") && !recent_enough("0.9"));
+    }
+
+    #[test]
+    fn the_rust_virtiofsd_is_chosen_and_the_c_one_only_for_root_read_only() {
+        let config = Path::new("/h/vm/vmkeep.yaml");
+        let both = [c(), rust()];
+        for writable in [false, true] {
+            for running in [Ids::ROOT, ALICE] {
+                assert_eq!(
+                    choose(&both, &share(writable), running, config).unwrap(),
+                    rust()
+                );
+            }
+        }
+        let only_c = [c()];
+        assert_eq!(choose(&only_c, &share(false), Ids::ROOT, config).unwrap(), c());
+        let err = choose(&only_c, &share(true), Ids::ROOT, config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mounts[1] (/home/a,b) is writable") && err.contains("setuid") && err.contains("install the Rust virtiofsd"),
+            "{err}"
+        );
+        let err = choose(&only_c, &share(false), ALICE, config)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("as a normal user needs the Rust virtiofsd"), "{err}");
+        let old = Virtiofsd {
+            flavour: Flavour::Rust {
+                version: "1.10.1".into(),
+            },
+            ..rust()
+        };
+        let err = choose(&[old], &share(false), ALICE, config).unwrap_err().to_string();
+        assert!(err.contains("1.10.1") && err.contains("1.11 or later"), "{err}");
+        assert!(matches!(
+            choose(&[], &share(false), ALICE, config),
+            Err(VirtiofsError::Missing)
+        ));
     }
 
     #[test]
@@ -364,20 +833,10 @@ mod tests {
 
     #[test]
     fn nothing_is_needed_without_shares_and_a_missing_location_is_made() {
-        assert!(preflight(&[], Path::new("/c")).unwrap().is_none());
-        if !rustix::process::geteuid().is_root() {
-            let share = SharedDir {
-                index: 0,
-                location: "/tmp".into(),
-                mount_point: "/tmp".into(),
-                writable: true,
-            };
-            let err = preflight(&[share], Path::new("/h/vm/vmkeep.yaml")).unwrap_err();
-            assert!(err.to_string().contains("needs root"), "{err}");
-            return;
-        }
-        if find_binary().is_err() {
-            eprintln!("no virtiofsd here; skipping");
+        let none = preflight(&[], Path::new("/c"), None, Ids::ROOT).unwrap();
+        assert!(none.is_empty());
+        if find_installed().is_err() {
+            eprintln!("no virtiofsd here; skipping the location checks");
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -385,9 +844,14 @@ mod tests {
             index: 0,
             location: dir.path().join("made/here"),
             mount_point: "/m".into(),
-            writable: true,
+            writable: false,
         };
-        preflight(std::slice::from_ref(&share), Path::new("/c")).unwrap();
+        match preflight(std::slice::from_ref(&share), Path::new("/c"), None, Ids::ROOT) {
+            Ok(plans) => assert_eq!(plans[0].share, share),
+            // Only the C virtiofsd, and not root: refused before anything.
+            Err(VirtiofsError::NotRoot { .. }) => return,
+            Err(e) => panic!("{e}"),
+        }
         assert!(share.location.is_dir());
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
@@ -395,7 +859,7 @@ mod tests {
             location: file,
             ..share
         };
-        let err = preflight(&[not_dir], Path::new("/c"))
+        let err = preflight(&[not_dir], Path::new("/c"), None, Ids::ROOT)
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not a directory"), "{err}");
