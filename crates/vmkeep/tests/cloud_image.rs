@@ -728,10 +728,9 @@ fn vm_cloud_mounts_and_automatic_port_forwards() {
     let image = test_image();
     let env = TestEnv::new();
     let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let src = env.home().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    // The guest user (uid 1000) writes in it: virtiofsd checks as that uid.
-    std::fs::set_permissions(&src, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // Owned by a normal host user, mode 0755: the guest user writes in it
+    // because the owner's files are the guest user's in the guest.
+    let (_src_guard, src) = common::shared_dir(&env);
     std::fs::write(src.join("from-host"), "hello from the host\n").unwrap();
     let port = common::free_port();
     let yaml = format!(
@@ -772,6 +771,32 @@ fn vm_cloud_mounts_and_automatic_port_forwards() {
         std::fs::read_to_string(src.join("from-guest")).unwrap(),
         "hello from the guest\n"
     );
+    // The owner's files are the guest user's; what the guest writes is the
+    // owner's on the host, and root in the guest plants nothing privileged:
+    // no setuid bit, no file capability, no device node.
+    assert_eq!(out("stat -c %u ~/rw/from-host"), out("id -u"));
+    assert_eq!(
+        common::host_user::owner(&src.join("from-guest")),
+        common::host_user::owner(&src)
+    );
+    let said = out(
+        "cd ~/rw && cp /bin/true t && sudo chown 0:0 t; sudo chmod 4755 t; echo chmod=$?; \
+         sudo python3 -c 'import os; os.setxattr(\"t\", \"security.capability\", bytes([1, 0, 0, 2]) + bytes(16))'; echo xattr=$?; \
+         sudo mknod disk b 254 0; echo mknod=$?; true",
+    );
+    for refused in ["chmod=0", "xattr=0", "mknod=0"] {
+        assert!(!said.contains(refused), "{said}");
+    }
+    let planted = std::fs::metadata(src.join("t")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&planted.permissions()) & 0o6000,
+        0
+    );
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&planted),
+        common::host_user::owner(&src)
+    );
+    assert!(!src.join("disk").exists());
     assert_eq!(out("findmnt -n -o FSTYPE /mnt/ro"), "virtiofs\n");
     let refused = sh("sudo sh -c 'mount -o remount,rw /mnt/ro; echo no > /mnt/ro/refused'");
     assert!(!refused.output.status.success(), "{}", refused.describe());

@@ -15,7 +15,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{TestEnv, free_port, wait_until};
@@ -35,30 +35,6 @@ fn shell(env: &TestEnv, name: &str, script: &str) -> String {
 fn shell_status(env: &TestEnv, name: &str, script: &str) -> (Option<i32>, String) {
     let run = env.run(&["shell", name, "--", "sh", "-c", script]);
     (run.code(), run.stderr())
-}
-
-/// The directory a test shares, removed with the returned guard. Run as
-/// root, it belongs to a normal user (root never serves a guest's writes as
-/// root: a share is served as its directory's owner); it lies outside the
-/// test's home, which vmkeep keeps 0700.
-fn shared_dir(env: &TestEnv) -> (tempfile::TempDir, PathBuf) {
-    let guard = tempfile::Builder::new()
-        .prefix("vksrc")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let dir = guard.path().join("src");
-    std::fs::create_dir_all(&dir).unwrap();
-    let owner = match env.user() {
-        Some(user) => Some(user.clone()),
-        None if common::host_user::running_as_root() => Some(common::host_user::test_user()),
-        None => None,
-    };
-    if let Some(owner) = owner {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(guard.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        common::host_user::give(&dir, &owner);
-    }
-    (guard, dir)
 }
 
 /// The live virtiofsd of share `index`, by the lock it holds.
@@ -100,7 +76,7 @@ fn mounts_yaml(dir: &Path) -> String {
 #[test]
 fn vm_mount_is_read_and_written_both_ways_and_read_only_refuses_writes() {
     let env = TestEnv::new();
-    let (_src_guard, src) = shared_dir(&env);
+    let (_src_guard, src) = common::shared_dir(&env);
     std::fs::write(src.join("from-host"), "hello from the host\n").unwrap();
     env.create("m", &mounts_yaml(&src));
     env.run_within(&["start", "m"], BOOT);
@@ -174,7 +150,7 @@ fn vm_mount_is_read_and_written_both_ways_and_read_only_refuses_writes() {
 #[test]
 fn vm_virtiofsd_is_adopted_with_its_vm_ends_with_it_and_a_lost_one_shows() {
     let env = TestEnv::new();
-    let (_src_guard, src) = shared_dir(&env);
+    let (_src_guard, src) = common::shared_dir(&env);
     env.create("a", &mounts_yaml(&src));
     env.run_within(&["start", "a"], BOOT);
     let qemu = env.qemu("a").unwrap().pid();

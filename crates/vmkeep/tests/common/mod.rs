@@ -257,6 +257,30 @@ pub fn shared_cache() -> PathBuf {
     dir.canonicalize().unwrap()
 }
 
+/// The directory a test shares, removed with the returned guard. Run as
+/// root, it belongs to a normal user (root never serves a guest's writes as
+/// root: a share is served as its directory's owner); it lies outside the
+/// test's home, which vmkeep keeps 0700.
+pub fn shared_dir(env: &TestEnv) -> (tempfile::TempDir, PathBuf) {
+    let guard = tempfile::Builder::new()
+        .prefix("vksrc")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = guard.path().join("src");
+    std::fs::create_dir_all(&dir).unwrap();
+    let owner = match env.user() {
+        Some(user) => Some(user.clone()),
+        None if host_user::running_as_root() => Some(host_user::test_user()),
+        None => None,
+    };
+    if let Some(owner) = owner {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(guard.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        host_user::give(&dir, &owner);
+    }
+    (guard, dir)
+}
+
 /// The kernel and image cache of a test user (its own: the shared one is
 /// root's), downloaded once per machine like the shared one.
 pub fn user_cache(user: &host_user::HostUser) -> PathBuf {
