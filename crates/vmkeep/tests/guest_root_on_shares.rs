@@ -72,9 +72,7 @@ fn guest_root_plants_nothing(env: &TestEnv, src: &Path, owner: &HostUser) {
     assert_eq!(env.status("g"), "Running");
     let said = shell(env, "g", ATTACK);
     eprintln!("the guest's attempts:\n{said}");
-    for refused in [
-        "suid", "sgid", "sgid-dir", "block", "char", "link", "read",
-    ] {
+    for refused in ["suid", "sgid", "sgid-dir", "block", "char", "link", "read"] {
         assert!(
             !said.contains(&format!("{refused}=0")),
             "{refused} should have failed in the guest:\n{said}"
@@ -82,7 +80,10 @@ fn guest_root_plants_nothing(env: &TestEnv, src: &Path, owner: &HostUser) {
     }
     // What is harmless works: a FIFO, and a chown (to the owner, whatever
     // the guest named).
-    assert!(said.contains("fifo=0") && said.contains("chown=0"), "{said}");
+    assert!(
+        said.contains("fifo=0") && said.contains("chown=0"),
+        "{said}"
+    );
 
     let mut entries = Vec::new();
     walk(src, &mut entries);
@@ -115,7 +116,11 @@ fn guest_root_plants_nothing(env: &TestEnv, src: &Path, owner: &HostUser) {
     assert!(src.join("x").is_file(), "the copy itself was allowed");
     assert!(!src.join("hard").exists() && !src.join("disk").exists());
     let kept = std::fs::metadata(&secret).unwrap();
-    assert_eq!((kept.uid(), kept.nlink()), (0, 1), "the host's file untouched");
+    assert_eq!(
+        (kept.uid(), kept.nlink()),
+        (0, 1),
+        "the host's file untouched"
+    );
 
     env.run_within(&["stop", "g"], SHORT);
     assert_eq!(env.status("g"), "Stopped");
@@ -155,7 +160,11 @@ fn vm_a_normal_users_mounts_work_both_ways_and_read_only_is_the_kernels() {
         shell(&env, "u", "cat /mnt/rw/from-host /mnt/ro/from-host"),
         "hello from the host\nhello from the host"
     );
-    shell(&env, "u", "echo hello from the guest > /mnt/rw/from-guest && sync");
+    shell(
+        &env,
+        "u",
+        "echo hello from the guest > /mnt/rw/from-guest && sync",
+    );
     let written = src.join("from-guest");
     assert_eq!(
         std::fs::read_to_string(&written).unwrap(),

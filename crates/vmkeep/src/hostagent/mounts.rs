@@ -130,23 +130,18 @@ pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDev
             &["vmkeep", name, &index, &pid],
             format!("virtiofsd of vmkeep instance {name}: {}", share.describe()),
         );
-        let started = virtiofs::start(
-            &plan,
-            dir,
-            placement.as_ref().map(|p| (p, &scope)),
-            &shim,
-        )
-        .or_else(|e| match (&placement, &e) {
-            // As for QEMU: without a scope it runs, and will not outlive
-            // this agent's unit.
-            (Some(_), virtiofs::VirtiofsError::Exited { log_tail, .. })
-                if cgroup::scope_failure(log_tail).is_some() =>
-            {
-                tracing::warn!("{e}; virtiofsd runs in the host agent's cgroup");
-                virtiofs::start(&plan, dir, None, &shim)
-            }
-            _ => Err(e),
-        });
+        let started = virtiofs::start(&plan, dir, placement.as_ref().map(|p| (p, &scope)), &shim)
+            .or_else(|e| match (&placement, &e) {
+                // As for QEMU: without a scope it runs, and will not outlive
+                // this agent's unit.
+                (Some(_), virtiofs::VirtiofsError::Exited { log_tail, .. })
+                    if cgroup::scope_failure(log_tail).is_some() =>
+                {
+                    tracing::warn!("{e}; virtiofsd runs in the host agent's cgroup");
+                    virtiofs::start(&plan, dir, None, &shim)
+                }
+                _ => Err(e),
+            });
         match started {
             Ok(process) => {
                 tracing::info!(

@@ -52,7 +52,9 @@ fn name_or_id(text: &str) -> Result<NameOrId, String> {
     if valid {
         Ok(NameOrId::Name(text.to_string()))
     } else {
-        Err(format!("{text:?} is not a user or group name, nor a number"))
+        Err(format!(
+            "{text:?} is not a user or group name, nor a number"
+        ))
     }
 }
 
@@ -209,7 +211,12 @@ mod tests {
         gid: 100,
     };
 
-    fn facts(running_as: Ids, configured: Option<Ids>, location_owner: Ids, writable: bool) -> OwnerFacts {
+    fn facts(
+        running_as: Ids,
+        configured: Option<Ids>,
+        location_owner: Ids,
+        writable: bool,
+    ) -> OwnerFacts {
         OwnerFacts {
             running_as,
             configured,
@@ -226,7 +233,10 @@ mod tests {
             // A normal user serves as itself, whoever owns the directory.
             (facts(ALICE, None, BOB, true), Ok((ALICE, RunningUser))),
             (facts(ALICE, None, root, true), Ok((ALICE, RunningUser))),
-            (facts(ALICE, Some(ALICE), BOB, true), Ok((ALICE, RunningUser))),
+            (
+                facts(ALICE, Some(ALICE), BOB, true),
+                Ok((ALICE, RunningUser)),
+            ),
             (
                 facts(ALICE, Some(BOB), BOB, false),
                 Err(OwnerError::NeedsRoot { running: 1000 }),
@@ -234,10 +244,19 @@ mod tests {
             // Root: mountOwner, else the directory's owner; never root for writes.
             (facts(root, Some(BOB), ALICE, true), Ok((BOB, Configured))),
             (facts(root, None, ALICE, true), Ok((ALICE, DirectoryOwner))),
-            (facts(root, None, root, true), Err(OwnerError::RootOwnedWritable)),
+            (
+                facts(root, None, root, true),
+                Err(OwnerError::RootOwnedWritable),
+            ),
             (facts(root, None, root, false), Ok((root, DirectoryOwner))),
-            (facts(root, Some(root), ALICE, true), Err(OwnerError::ConfiguredRoot)),
-            (facts(root, Some(root), ALICE, false), Ok((root, Configured))),
+            (
+                facts(root, Some(root), ALICE, true),
+                Err(OwnerError::ConfiguredRoot),
+            ),
+            (
+                facts(root, Some(root), ALICE, false),
+                Ok((root, Configured)),
+            ),
         ] {
             let got = decide(&facts).map(|o| (o.ids, o.reason));
             assert_eq!(got, expected, "{facts:?}");

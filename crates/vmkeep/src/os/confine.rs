@@ -329,7 +329,8 @@ fn switch_identity(id: &Identity) -> io::Result<()> {
         check(libc::setresgid(id.gid, id.gid, id.gid).into())?;
         check(libc::setresuid(id.uid, id.uid, id.uid).into())?;
     }
-    if rustix::process::geteuid().as_raw() != id.uid || rustix::process::getegid().as_raw() != id.gid
+    if rustix::process::geteuid().as_raw() != id.uid
+        || rustix::process::getegid().as_raw() != id.gid
     {
         return Err(io::Error::other("the identity switch did not take"));
     }

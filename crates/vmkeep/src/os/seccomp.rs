@@ -225,7 +225,10 @@ print("openat2", r, ctypes.get_errno())
         assert!(said.contains("refused 0o4755"), "{said}");
         assert!(said.contains("refused 0o2755"), "{said}");
         assert!(said.contains("made 0o755"), "{said}");
-        assert!(said.contains(&format!("openat2 -1 {}", libc::EPERM)), "{said}");
+        assert!(
+            said.contains(&format!("openat2 -1 {}", libc::EPERM)),
+            "{said}"
+        );
         assert!(!dir.path().join("c4755").exists());
     }
 

@@ -57,9 +57,7 @@ pub fn test_user() -> HostUser {
 
 fn lookup() -> Option<HostUser> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let line = passwd
-        .lines()
-        .find(|l| l.split(':').next() == Some(NAME))?;
+    let line = passwd.lines().find(|l| l.split(':').next() == Some(NAME))?;
     let fields: Vec<&str> = line.split(':').collect();
     Some(HostUser {
         name: NAME.into(),

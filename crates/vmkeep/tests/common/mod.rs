@@ -284,7 +284,8 @@ pub fn shared_dir(env: &TestEnv) -> (tempfile::TempDir, PathBuf) {
 /// The kernel and image cache of a test user (its own: the shared one is
 /// root's), downloaded once per machine like the shared one.
 pub fn user_cache(user: &host_user::HostUser) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-image-cache-{}", user.name));
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tiny-image-cache-{}", user.name));
     std::fs::create_dir_all(&dir).unwrap();
     host_user::give(&dir, user);
     dir.canonicalize().unwrap()

@@ -276,7 +276,7 @@ pub fn sandbox(plan: &Plan, groups: Vec<u32>) -> Sandbox {
     let switch = plan.running_as.is_root() && !owner.is_root();
     Sandbox {
         read_only_tree: (!plan.share.writable).then(|| plan.share.location.clone()),
-        identity: switch.then(|| Identity {
+        identity: switch.then_some(Identity {
             uid: owner.uid,
             gid: owner.gid,
             groups,
@@ -305,12 +305,12 @@ fn probe(path: &Path) -> Option<Virtiofsd> {
 pub fn find_installed() -> Result<Vec<Virtiofsd>, VirtiofsError> {
     if let Some(path) = std::env::var_os(OVERRIDE_VAR).filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
-        return probe(&path).map(|found| vec![found]).ok_or_else(|| {
-            VirtiofsError::Override {
+        return probe(&path)
+            .map(|found| vec![found])
+            .ok_or_else(|| VirtiofsError::Override {
                 problem: "is not a virtiofsd (its --version says nothing known)".into(),
                 path,
-            }
-        });
+            });
     }
     let mut found: Vec<Virtiofsd> = CANDIDATES
         .iter()
@@ -379,16 +379,18 @@ fn resolve_owner(owner: &MountOwner, config: &Path) -> Result<Ids, VirtiofsError
         NameOrId::Name(name) => identity::user_by_name(name)
             .map_err(|e| unknown(e.to_string()))?
             .ok_or_else(|| unknown(format!("no user {name} on this host")))?,
-        NameOrId::Id(uid) => match identity::user_by_uid(*uid).map_err(|e| unknown(e.to_string()))? {
-            Some(user) => user,
-            None if owner.group.is_some() => identity::User {
-                name: String::new(),
-                uid: *uid,
-                gid: u32::MAX,
-                home: PathBuf::new(),
-            },
-            None => return Err(unknown(format!("no user has uid {uid}; write UID:GID"))),
-        },
+        NameOrId::Id(uid) => {
+            match identity::user_by_uid(*uid).map_err(|e| unknown(e.to_string()))? {
+                Some(user) => user,
+                None if owner.group.is_some() => identity::User {
+                    name: String::new(),
+                    uid: *uid,
+                    gid: u32::MAX,
+                    home: PathBuf::new(),
+                },
+                None => return Err(unknown(format!("no user has uid {uid}; write UID:GID"))),
+            }
+        }
     };
     let gid = match &owner.group {
         None => user.gid,
@@ -440,7 +442,9 @@ pub fn preflight(
             // Made by root for a configured owner: the owner's.
             if let Some(owner) = configured.filter(|_| running_as.is_root()) {
                 std::os::unix::fs::chown(&share.location, Some(owner.uid), Some(owner.gid))
-                    .map_err(|e| problem(format!("was made but cannot be given to its owner ({e})")))?;
+                    .map_err(|e| {
+                        problem(format!("was made but cannot be given to its owner ({e})"))
+                    })?;
             }
         }
         if !share.location.is_dir() {
@@ -754,7 +758,12 @@ mod tests {
                 version: "7.2.22".into()
             })
         );
-        for other in ["", "qemu-img version 7.2", "virtiofsd", "virtiofsd banana\n"] {
+        for other in [
+            "",
+            "qemu-img version 7.2",
+            "virtiofsd",
+            "virtiofsd banana\n",
+        ] {
             assert_eq!(flavour_of(other), None, "{other:?}");
         }
         assert!(recent_enough("1.14.0") && recent_enough("1.11.1") && recent_enough("2.0"));
@@ -774,26 +783,39 @@ mod tests {
             }
         }
         let only_c = [c()];
-        assert_eq!(choose(&only_c, &share(false), Ids::ROOT, config).unwrap(), c());
+        assert_eq!(
+            choose(&only_c, &share(false), Ids::ROOT, config).unwrap(),
+            c()
+        );
         let err = choose(&only_c, &share(true), Ids::ROOT, config)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("mounts[1] (/home/a,b) is writable") && err.contains("setuid") && err.contains("install the Rust virtiofsd"),
+            err.contains("mounts[1] (/home/a,b) is writable")
+                && err.contains("setuid")
+                && err.contains("install the Rust virtiofsd"),
             "{err}"
         );
         let err = choose(&only_c, &share(false), ALICE, config)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("as a normal user needs the Rust virtiofsd"), "{err}");
+        assert!(
+            err.contains("as a normal user needs the Rust virtiofsd"),
+            "{err}"
+        );
         let old = Virtiofsd {
             flavour: Flavour::Rust {
                 version: "1.10.1".into(),
             },
             ..rust()
         };
-        let err = choose(&[old], &share(false), ALICE, config).unwrap_err().to_string();
-        assert!(err.contains("1.10.1") && err.contains("1.11 or later"), "{err}");
+        let err = choose(&[old], &share(false), ALICE, config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("1.10.1") && err.contains("1.11 or later"),
+            "{err}"
+        );
         assert!(matches!(
             choose(&[], &share(false), ALICE, config),
             Err(VirtiofsError::Missing)
@@ -846,7 +868,12 @@ mod tests {
             mount_point: "/m".into(),
             writable: false,
         };
-        match preflight(std::slice::from_ref(&share), Path::new("/c"), None, Ids::ROOT) {
+        match preflight(
+            std::slice::from_ref(&share),
+            Path::new("/c"),
+            None,
+            Ids::ROOT,
+        ) {
             Ok(plans) => assert_eq!(plans[0].share, share),
             // Only the C virtiofsd, and not root: refused before anything.
             Err(VirtiofsError::NotRoot { .. }) => return,
