@@ -732,6 +732,14 @@ fn vm_cloud_mounts_and_automatic_port_forwards() {
     // because the owner's files are the guest user's in the guest.
     let (_src_guard, src) = common::shared_dir(&env);
     std::fs::write(src.join("from-host"), "hello from the host\n").unwrap();
+    std::os::unix::fs::lchown(
+        src.join("from-host"),
+        Some(common::host_user::owner(&src)),
+        Some(std::os::unix::fs::MetadataExt::gid(
+            &std::fs::metadata(&src).unwrap(),
+        )),
+    )
+    .unwrap();
     let port = common::free_port();
     let yaml = format!(
         "cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
