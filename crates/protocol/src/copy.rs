@@ -1068,3 +1068,540 @@ fn special_names(bits: u32) -> String {
         if names.len() > 1 { "s" } else { "" }
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::archive::tests::{raw_end, raw_entry};
+    use crate::archive::{DecodeErrorKind, MAGIC};
+
+    /// A scratch directory, removed (made writable first) when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "vmkeep-copy-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn path(&self, rel: &str) -> PathBuf {
+            self.0.join(rel)
+        }
+    }
+
+    fn make_writable(path: &Path) {
+        if let Ok(meta) = fs::symlink_metadata(path)
+            && meta.is_dir()
+        {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o700));
+            if let Ok(entries) = fs::read_dir(path) {
+                for entry in entries.flatten() {
+                    make_writable(&entry.path());
+                }
+            }
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            make_writable(&self.0);
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn set_mtime(path: &Path, secs: u64) {
+        let when = SystemTime::UNIX_EPOCH + Duration::new(secs, 250_000_000);
+        let file = fs::File::open(path).unwrap();
+        file.set_modified(when).unwrap();
+    }
+
+    /// What a tree holds, to compare two: path, kind, mode, mtime, content
+    /// or target.
+    fn listing(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            let mut entries: Vec<_> = fs::read_dir(dir).unwrap().flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let path = entry.path();
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let what = if meta.file_type().is_symlink() {
+                    format!("link -> {}", fs::read_link(&path).unwrap().display())
+                } else if meta.is_dir() {
+                    format!(
+                        "dir {:o} {}.{}",
+                        meta.mode() & 0o7777,
+                        meta.mtime(),
+                        meta.mtime_nsec()
+                    )
+                } else {
+                    let content = fs::read(&path).unwrap();
+                    format!(
+                        "file {:o} {}.{} {} bytes, sum {}",
+                        meta.mode() & 0o7777,
+                        meta.mtime(),
+                        meta.mtime_nsec(),
+                        content.len(),
+                        content
+                            .iter()
+                            .enumerate()
+                            .map(|(i, b)| (i as u64 + 1) * u64::from(*b))
+                            .sum::<u64>()
+                    )
+                };
+                out.push(format!("{rel}: {what}"));
+                if meta.is_dir() {
+                    walk(root, &path, out);
+                }
+            }
+        }
+        walk(root, root, &mut out);
+        out
+    }
+
+    /// A tree with modes, mtimes, symlinks, an empty file, a bigger file
+    /// and a read-only directory with contents.
+    fn make_tree(root: &Path) {
+        fs::create_dir_all(root.join("src/sub/deeper")).unwrap();
+        fs::create_dir_all(root.join("src/readonly")).unwrap();
+        fs::write(root.join("src/a.txt"), b"hello\n").unwrap();
+        fs::write(root.join("src/empty"), b"").unwrap();
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        fs::write(root.join("src/sub/big.bin"), &big).unwrap();
+        fs::write(root.join("src/sub/deeper/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+        fs::write(root.join("src/readonly/inside"), b"x").unwrap();
+        fs::write(
+            root.join(OsStr::from_bytes(b"src/caf\xe9")),
+            b"latin-1 name",
+        )
+        .unwrap();
+        symlink("a.txt", root.join("src/rel-link")).unwrap();
+        symlink("/etc/passwd", root.join("src/abs-link")).unwrap();
+        symlink("../nowhere", root.join("src/sub/dangling")).unwrap();
+        for (rel, mode) in [
+            ("src/a.txt", 0o640),
+            ("src/empty", 0o600),
+            ("src/sub/big.bin", 0o444),
+            ("src/sub/deeper/run.sh", 0o755),
+            ("src/readonly/inside", 0o644),
+            ("src/sub", 0o750),
+            ("src/sub/deeper", 0o700),
+        ] {
+            fs::set_permissions(root.join(rel), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        for (i, rel) in [
+            "src/a.txt",
+            "src/empty",
+            "src/sub/big.bin",
+            "src/sub/deeper/run.sh",
+            "src/readonly/inside",
+            "src/sub/deeper",
+            "src/sub",
+            "src/readonly",
+            "src",
+        ]
+        .iter()
+        .enumerate()
+        {
+            set_mtime(&root.join(rel), 1_600_000_000 + i as u64 * 1000);
+        }
+        fs::set_permissions(root.join("src/readonly"), fs::Permissions::from_mode(0o555)).unwrap();
+    }
+
+    use std::ffi::OsStr;
+
+    fn pack_to_vec(sources: &[&Path], recursive: bool) -> (Vec<u8>, Summary, Vec<Notice>) {
+        let mut notices = Vec::new();
+        let (bytes, summary) = pack(sources, PackOptions { recursive }, Vec::new(), |n| {
+            notices.push(n)
+        })
+        .unwrap();
+        (bytes, summary, notices)
+    }
+
+    fn unpack_bytes(
+        bytes: &[u8],
+        dest: &Path,
+        options: UnpackOptions,
+    ) -> (Result<Unpacked, UnpackError>, Vec<Notice>) {
+        let mut notices = Vec::new();
+        let result = unpack(bytes, dest, options, |n| notices.push(n));
+        (result, notices)
+    }
+
+    #[test]
+    fn a_tree_round_trips_with_modes_mtimes_and_symlinks() {
+        let scratch = Scratch::new();
+        make_tree(&scratch.path("from"));
+        let (bytes, summary, notices) = pack_to_vec(&[&scratch.path("from/src")], true);
+        assert!(notices.is_empty(), "{notices:?}");
+        assert_eq!(summary.errors, 0);
+        assert_eq!(summary.entries, 13);
+        // Into an existing directory: dest/src/...
+        fs::create_dir(scratch.path("into")).unwrap();
+        let (result, notices) =
+            unpack_bytes(&bytes, &scratch.path("into"), UnpackOptions::default());
+        let done = result.unwrap();
+        assert!(notices.is_empty(), "{notices:?}");
+        assert_eq!((done.written, done.problems), (13, 0));
+        assert_eq!(
+            listing(&scratch.path("into")),
+            listing(&scratch.path("from"))
+        );
+        // As a new name: new/...
+        let (result, _) = unpack_bytes(&bytes, &scratch.path("new"), UnpackOptions::default());
+        result.unwrap();
+        assert_eq!(
+            listing(&scratch.path("new")),
+            listing(&scratch.path("from/src"))
+        );
+        // No temporary file is left behind anywhere.
+        assert!(
+            !listing(&scratch.0)
+                .iter()
+                .any(|l| l.contains(".vmkeep-copy")),
+            "{:?}",
+            listing(&scratch.0)
+        );
+    }
+
+    #[test]
+    fn single_files_follow_scp_rules() {
+        let scratch = Scratch::new();
+        fs::write(scratch.path("f"), b"content").unwrap();
+        fs::set_permissions(scratch.path("f"), fs::Permissions::from_mode(0o604)).unwrap();
+        set_mtime(&scratch.path("f"), 1_500_000_000);
+        let (bytes, _, _) = pack_to_vec(&[&scratch.path("f")], false);
+        // To a new name.
+        unpack_bytes(&bytes, &scratch.path("g"), UnpackOptions::default())
+            .0
+            .unwrap();
+        assert_eq!(fs::read(scratch.path("g")).unwrap(), b"content");
+        let meta = fs::metadata(scratch.path("g")).unwrap();
+        assert_eq!((meta.mode() & 0o7777, meta.mtime()), (0o604, 1_500_000_000));
+        // Over an existing file.
+        fs::write(scratch.path("old"), b"old content, longer").unwrap();
+        unpack_bytes(&bytes, &scratch.path("old"), UnpackOptions::default())
+            .0
+            .unwrap();
+        assert_eq!(fs::read(scratch.path("old")).unwrap(), b"content");
+        // Into a directory, given with a trailing slash.
+        fs::create_dir(scratch.path("d")).unwrap();
+        let dest = PathBuf::from(format!("{}/", scratch.path("d").display()));
+        unpack_bytes(&bytes, &dest, UnpackOptions::default())
+            .0
+            .unwrap();
+        assert_eq!(fs::read(scratch.path("d/f")).unwrap(), b"content");
+        // A trailing slash on something missing is an error.
+        let missing = PathBuf::from(format!("{}/", scratch.path("missing").display()));
+        assert!(matches!(
+            unpack_bytes(&bytes, &missing, UnpackOptions::default()).0,
+            Err(UnpackError::Destination(_))
+        ));
+        // A missing parent is an error.
+        assert!(matches!(
+            unpack_bytes(
+                &bytes,
+                &scratch.path("no/such/dir"),
+                UnpackOptions::default()
+            )
+            .0,
+            Err(UnpackError::Destination(_))
+        ));
+        // A directory without recursion: an error record.
+        let (bytes, summary, notices) = pack_to_vec(&[&scratch.path("d")], false);
+        assert_eq!((summary.entries, summary.errors), (0, 1));
+        assert!(notices[0].message.contains("is a directory"), "{notices:?}");
+        let (result, notices) = unpack_bytes(&bytes, &scratch.path("d2"), UnpackOptions::default());
+        assert_eq!(result.unwrap().problems, 1);
+        assert_eq!(notices.len(), 1);
+        // A missing source: an error record too.
+        let (_, summary, _) = pack_to_vec(&[&scratch.path("nope")], false);
+        assert_eq!(summary.errors, 1);
+    }
+
+    #[test]
+    fn several_sources_need_a_directory() {
+        let scratch = Scratch::new();
+        fs::write(scratch.path("a"), b"a").unwrap();
+        fs::write(scratch.path("b"), b"b").unwrap();
+        let (bytes, _, _) = pack_to_vec(&[&scratch.path("a"), &scratch.path("b")], false);
+        let (result, notices) =
+            unpack_bytes(&bytes, &scratch.path("new"), UnpackOptions::default());
+        assert_eq!(result.unwrap().problems, 1);
+        assert!(
+            notices[0].message.contains("one source only"),
+            "{notices:?}"
+        );
+        fs::create_dir(scratch.path("dir")).unwrap();
+        let (result, _) = unpack_bytes(&bytes, &scratch.path("dir"), UnpackOptions::default());
+        assert_eq!(result.unwrap().written, 2);
+        assert_eq!(fs::read(scratch.path("dir/b")).unwrap(), b"b");
+    }
+
+    #[test]
+    fn sources_are_named_by_their_real_names_and_symlinks_are_not_followed() {
+        let scratch = Scratch::new();
+        fs::create_dir_all(scratch.path("real/inner")).unwrap();
+        fs::write(scratch.path("real/inner/x"), b"x").unwrap();
+        symlink("real", scratch.path("link")).unwrap();
+        // The link itself.
+        let (bytes, _, _) = pack_to_vec(&[&scratch.path("link")], true);
+        let events = crate::archive::tests::decode_all(&bytes, 1000).unwrap();
+        assert!(
+            matches!(&events[0], crate::archive::tests::Owned::Entry(e) if e.kind == EntryKind::Symlink),
+            "{events:?}"
+        );
+        // With a trailing slash, the directory it names, under the link's target name.
+        let slash = PathBuf::from(format!("{}/", scratch.path("link").display()));
+        let (bytes, _, _) = pack_to_vec(&[&slash], true);
+        fs::create_dir(scratch.path("out")).unwrap();
+        unpack_bytes(&bytes, &scratch.path("out"), UnpackOptions::default())
+            .0
+            .unwrap();
+        assert_eq!(fs::read(scratch.path("out/real/inner/x")).unwrap(), b"x");
+        // `..` by its real name.
+        let dotdot = scratch.path("real/inner/..");
+        let (bytes, _, _) = pack_to_vec(&[&dotdot], true);
+        let events = crate::archive::tests::decode_all(&bytes, 1000).unwrap();
+        assert!(
+            matches!(&events[0], crate::archive::tests::Owned::Entry(e) if e.path.as_bytes() == b"real"),
+            "{events:?}"
+        );
+        // `/` cannot be named.
+        let (_, summary, notices) = pack_to_vec(&[Path::new("/")], true);
+        assert_eq!(summary.errors, 1, "{notices:?}");
+    }
+
+    #[test]
+    fn special_files_are_skipped_with_an_error_record() {
+        let scratch = Scratch::new();
+        fs::create_dir(scratch.path("d")).unwrap();
+        let fifo = std::ffi::CString::new(scratch.path("d/fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        fs::write(scratch.path("d/ok"), b"ok").unwrap();
+        let (bytes, summary, notices) = pack_to_vec(&[&scratch.path("d")], true);
+        assert_eq!((summary.entries, summary.errors), (2, 1));
+        assert!(
+            notices[0].to_string().contains("d/fifo: skipped: a fifo"),
+            "{notices:?}"
+        );
+        let (result, _) = unpack_bytes(&bytes, &scratch.path("e"), UnpackOptions::default());
+        let done = result.unwrap();
+        assert_eq!((done.written, done.problems), (2, 1));
+    }
+
+    #[test]
+    fn special_bits_are_dropped_unless_kept() {
+        let scratch = Scratch::new();
+        fs::write(scratch.path("suid"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(scratch.path("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+        fs::create_dir(scratch.path("shared")).unwrap();
+        fs::set_permissions(scratch.path("shared"), fs::Permissions::from_mode(0o3775)).unwrap();
+        let (bytes, _, _) = pack_to_vec(&[&scratch.path("suid"), &scratch.path("shared")], true);
+        fs::create_dir(scratch.path("stripped")).unwrap();
+        let (result, notices) =
+            unpack_bytes(&bytes, &scratch.path("stripped"), UnpackOptions::default());
+        let done = result.unwrap();
+        assert_eq!((done.problems, done.stripped), (0, 2));
+        assert!(notices.iter().all(|n| n.warning), "{notices:?}");
+        assert!(
+            notices[0].to_string().contains("setuid bit dropped"),
+            "{notices:?}"
+        );
+        assert!(
+            notices[1]
+                .to_string()
+                .contains("setgid and sticky bits dropped"),
+            "{notices:?}"
+        );
+        let mode = |p: &str| fs::metadata(scratch.path(p)).unwrap().mode() & 0o7777;
+        assert_eq!(
+            (mode("stripped/suid"), mode("stripped/shared")),
+            (0o755, 0o775)
+        );
+        fs::create_dir(scratch.path("kept")).unwrap();
+        let options = UnpackOptions {
+            keep_special_bits: true,
+        };
+        let (result, notices) = unpack_bytes(&bytes, &scratch.path("kept"), options);
+        assert_eq!(result.unwrap().stripped, 0);
+        assert!(notices.is_empty());
+        assert_eq!((mode("kept/suid"), mode("kept/shared")), (0o4755, 0o3775));
+    }
+
+    fn archive_of(records: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        for record in records {
+            bytes.extend_from_slice(record);
+        }
+        bytes
+    }
+
+    #[test]
+    fn traversal_is_refused_and_nothing_is_written_outside() {
+        let scratch = Scratch::new();
+        fs::create_dir_all(scratch.path("dest/inner")).unwrap();
+        for bad in [&b"../escaped"[..], b"/tmp/escaped", b"inner/../../escaped"] {
+            let mut bytes = archive_of(&[raw_entry(b'f', 0o644, 3, bad, b"")]);
+            bytes.extend_from_slice(b"bad");
+            bytes.extend_from_slice(&raw_end(1, 0, 3));
+            let (result, _) = unpack_bytes(&bytes, &scratch.path("dest"), UnpackOptions::default());
+            assert!(
+                matches!(
+                    &result,
+                    Err(UnpackError::Archive(e)) if matches!(e.kind, DecodeErrorKind::BadPath(_))
+                ),
+                "{result:?}"
+            );
+        }
+        assert!(!scratch.path("escaped").exists());
+        assert!(!Path::new("/tmp/escaped").exists());
+        assert_eq!(listing(&scratch.path("dest")).len(), 1, "only inner");
+    }
+
+    #[test]
+    fn symlinks_are_never_followed_when_writing() {
+        let scratch = Scratch::new();
+        fs::create_dir_all(scratch.path("outside")).unwrap();
+        fs::write(scratch.path("outside/precious"), b"precious").unwrap();
+        fs::create_dir_all(scratch.path("dest")).unwrap();
+        // 1. A symlink the archive makes, then a path through it: refused by
+        // the decoder (a symlink is no directory).
+        let outside = scratch.path("outside");
+        let mut bytes = archive_of(&[
+            raw_entry(b'l', 0o777, 0, b"hop", outside.as_os_str().as_bytes()),
+            raw_entry(b'f', 0o644, 1, b"hop/precious", b""),
+        ]);
+        bytes.push(b'X');
+        bytes.extend_from_slice(&raw_end(2, 0, 1));
+        let (result, _) = unpack_bytes(&bytes, &scratch.path("dest"), UnpackOptions::default());
+        assert!(matches!(result, Err(UnpackError::Archive(_))), "{result:?}");
+        // 2. A symlink already in the destination where the archive has a
+        // directory: not entered.
+        symlink(&outside, scratch.path("dest/trap")).unwrap();
+        let mut bytes = archive_of(&[
+            raw_entry(b'd', 0o755, 0, b"trap", b""),
+            raw_entry(b'f', 0o644, 1, b"trap/precious", b""),
+        ]);
+        bytes.push(b'X');
+        bytes.extend_from_slice(&raw_end(2, 0, 1));
+        let (result, notices) =
+            unpack_bytes(&bytes, &scratch.path("dest"), UnpackOptions::default());
+        assert_eq!(result.unwrap().problems, 1, "{notices:?}");
+        assert!(
+            notices[0].message.contains("not a directory"),
+            "{notices:?}"
+        );
+        // 3. A symlink already in the destination where the archive has a
+        // file: the link is replaced, its target untouched.
+        symlink(scratch.path("outside/precious"), scratch.path("dest/file")).unwrap();
+        let mut bytes = archive_of(&[raw_entry(b'f', 0o644, 3, b"file", b"")]);
+        bytes.extend_from_slice(b"new");
+        bytes.extend_from_slice(&raw_end(1, 0, 3));
+        unpack_bytes(&bytes, &scratch.path("dest"), UnpackOptions::default())
+            .0
+            .unwrap();
+        assert!(
+            !fs::symlink_metadata(scratch.path("dest/file"))
+                .unwrap()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(scratch.path("dest/file")).unwrap(), b"new");
+        assert_eq!(
+            fs::read(scratch.path("outside/precious")).unwrap(),
+            b"precious"
+        );
+        // 4. DEST itself a symlink to a file: replaced, not written through.
+        symlink(scratch.path("outside/precious"), scratch.path("dest-link")).unwrap();
+        unpack_bytes(&bytes, &scratch.path("dest-link"), UnpackOptions::default())
+            .0
+            .unwrap();
+        assert_eq!(
+            fs::read(scratch.path("outside/precious")).unwrap(),
+            b"precious"
+        );
+        assert_eq!(fs::read(scratch.path("dest-link")).unwrap(), b"new");
+        assert_eq!(listing(&scratch.path("outside")).len(), 1);
+    }
+
+    #[test]
+    fn a_file_never_replaces_a_directory_nor_the_other_way_round() {
+        let scratch = Scratch::new();
+        fs::create_dir_all(scratch.path("dest/name/keep")).unwrap();
+        fs::write(scratch.path("dest/plain"), b"plain").unwrap();
+        let mut bytes = archive_of(&[raw_entry(b'f', 0o644, 1, b"name", b"")]);
+        bytes.push(b'X');
+        bytes.extend_from_slice(&raw_entry(b'd', 0o755, 0, b"plain", b""));
+        bytes.extend_from_slice(&raw_end(2, 0, 1));
+        let (result, notices) =
+            unpack_bytes(&bytes, &scratch.path("dest"), UnpackOptions::default());
+        assert_eq!(result.unwrap().problems, 2, "{notices:?}");
+        assert!(scratch.path("dest/name/keep").is_dir());
+        assert_eq!(fs::read(scratch.path("dest/plain")).unwrap(), b"plain");
+    }
+
+    #[test]
+    fn a_truncated_archive_fails_and_leaves_no_half_file() {
+        let scratch = Scratch::new();
+        fs::write(scratch.path("f"), vec![7u8; 200_000]).unwrap();
+        let (bytes, _, _) = pack_to_vec(&[&scratch.path("f")], false);
+        fs::create_dir(scratch.path("dest")).unwrap();
+        for cut in [bytes.len() - 1, bytes.len() - 25, 100_000, 40] {
+            let (result, _) = unpack_bytes(
+                &bytes[..cut],
+                &scratch.path("dest"),
+                UnpackOptions::default(),
+            );
+            assert!(
+                matches!(
+                    &result,
+                    Err(UnpackError::Archive(e)) if matches!(e.kind, DecodeErrorKind::Truncated(_))
+                ),
+                "cut at {cut}: {result:?}"
+            );
+            // Everything but the end record: the file is complete and kept.
+            let complete = cut >= bytes.len() - 25;
+            assert_eq!(scratch.path("dest/f").exists(), complete, "cut at {cut}");
+            let _ = fs::remove_file(scratch.path("dest/f"));
+            assert_eq!(
+                fs::read_dir(scratch.path("dest")).unwrap().count(),
+                0,
+                "cut at {cut}"
+            );
+        }
+        // Trailing garbage after a complete archive is an error too.
+        let mut long = bytes.clone();
+        long.push(0);
+        let (result, _) = unpack_bytes(&long, &scratch.path("dest"), UnpackOptions::default());
+        assert!(matches!(result, Err(UnpackError::Archive(_))), "{result:?}");
+    }
+
+    #[test]
+    fn a_file_that_shrinks_while_read_is_padded_and_reported() {
+        // /proc files say size 0 and have content: "grew".
+        let (bytes, summary, notices) = pack_to_vec(&[Path::new("/proc/self/stat")], false);
+        assert_eq!(summary.errors, 1, "{notices:?}");
+        assert!(
+            notices[0].message.contains("grew while it was read"),
+            "{notices:?}"
+        );
+        let events = crate::archive::tests::decode_all(&bytes, 1 << 20).unwrap();
+        assert!(events.len() >= 3);
+    }
+}
