@@ -242,9 +242,15 @@ impl Channel {
         Ok(())
     }
 
-    /// Read requests forever, calling `on_line` for every complete line and
-    /// `on_too_long` for every line over the size limit.
-    pub fn serve(&self, mut on_line: impl FnMut(&[u8]), mut on_too_long: impl FnMut()) -> ! {
+    /// Read requests forever, calling `on_line` for every complete line,
+    /// `on_too_long` for every line over the size limit, and `on_host_lost`
+    /// each time the host is found gone (its end of the port closed).
+    pub fn serve(
+        &self,
+        mut on_line: impl FnMut(&[u8]),
+        mut on_too_long: impl FnMut(),
+        mut on_host_lost: impl FnMut(),
+    ) -> ! {
         let mut lines = LineBuffer::new(vmkeep_protocol::MAX_LINE_BYTES);
         let mut chunk = vec![0u8; 64 * 1024];
         let mut error_logged = false;
@@ -252,10 +258,12 @@ impl Channel {
         let mut alone_since: Option<Instant> = None;
         // No host was connected at some point since the last read.
         let lost_host = AtomicBool::new(false);
-        let pause_alone = |lines: &mut LineBuffer, alone_since: &mut Option<Instant>| {
+        let mut pause_alone = |lines: &mut LineBuffer, alone_since: &mut Option<Instant>| {
             // Whatever half line we had is stale.
             lines.reset();
-            lost_host.store(true, Ordering::Relaxed);
+            if !lost_host.swap(true, Ordering::Relaxed) {
+                on_host_lost();
+            }
             let since = *alone_since.get_or_insert_with(Instant::now);
             std::thread::sleep(no_host_pause(since));
         };
@@ -298,6 +306,12 @@ impl Channel {
                 }
             }
         }
+    }
+}
+
+impl crate::session::Outbox for Channel {
+    fn send(&self, message: &FromGuest) -> bool {
+        Channel::send(self, message)
     }
 }
 
