@@ -28,14 +28,11 @@ use std::io::{BufWriter, Write};
 use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 
-use vmkeep_protocol::copy::{self, Notice, PackOptions, UnpackError, UnpackOptions};
+use vmkeep_protocol::copy::{
+    self, COPY_IN, COPY_OUT, Notice, PackOptions, UnpackError, UnpackOptions,
+};
 
 use crate::log::log;
-
-/// The first argument of `--copy-out`.
-pub const COPY_OUT: &str = "--copy-out";
-/// The first argument of `--copy-in`.
-pub const COPY_IN: &str = "--copy-in";
 
 const EXIT_INCOMPLETE: i32 = 1;
 const EXIT_USAGE: i32 = 2;

@@ -44,6 +44,32 @@
 //! copy); directories get theirs once their contents are written.
 //! Setuid, setgid and sticky bits are dropped, with a warning, unless
 //! [`UnpackOptions::keep_special_bits`].
+//!
+//! # How the host copies
+//!
+//! Through a session (see [`crate::session`]) that runs the guest agent's
+//! own copy mode: [`AGENT_EXE`] (the session's child is a fork of the agent,
+//! so that path is the agent, wherever it is installed), as the user the
+//! files belong to (`user`), in the directory relative paths are relative
+//! to (`cwd`), without a pty. The session's credits carry the archive, and
+//! its exit code says how it went.
+//!
+//! - **Out of the guest** ([`copy_out_argv`]): the session's stdout is the
+//!   archive of the paths; decode it with [`crate::archive::Decoder`] (or
+//!   give [`unpack`] a reader over it) into the host's destination. Send
+//!   `eof` on stdin at once.
+//! - **Into the guest** ([`copy_in_argv`]): [`pack`] the host's paths into
+//!   the session's stdin (within the stdin credit), then `eof`. Its stdout
+//!   stays empty.
+//!
+//! Either way, stderr carries one line per problem, for the user
+//! (`vmkeep-guest: copy: PATH: ...`; untrusted text), and the exit code is
+//! 0 (all copied), 1 (some entries were not: the archive's error records
+//! and stderr say which), 2 (usage) or 3 (the copy broke off: a bad or
+//! truncated archive, an unusable destination, an output that could not be
+//! written). A copy is complete only with exit code 0 and, when reading an
+//! archive, its end record; anything else is an error to report, never a
+//! silent success.
 
 use std::ffi::{CStr, CString};
 use std::fmt;
@@ -55,6 +81,36 @@ use std::path::{Component, Path};
 use crate::archive::{
     ArchivePath, Decoder, Encoder, Entry, EntryKind, Event, MAX_TARGET_BYTES, Mtime, Summary,
 };
+
+/// The path that is the guest agent in a session's command.
+pub const AGENT_EXE: &str = "/proc/self/exe";
+/// The agent's argument for copying paths out (an archive on stdout).
+pub const COPY_OUT: &str = "--copy-out";
+/// The agent's argument for copying an archive in (from stdin).
+pub const COPY_IN: &str = "--copy-in";
+
+/// The `argv` of a session that copies `paths` out of the guest.
+pub fn copy_out_argv(paths: &[String], recursive: bool) -> Vec<String> {
+    let mut argv = vec![AGENT_EXE.to_string(), COPY_OUT.to_string()];
+    if recursive {
+        argv.push("--recursive".to_string());
+    }
+    argv.push("--".to_string());
+    argv.extend(paths.iter().cloned());
+    argv
+}
+
+/// The `argv` of a session that writes an archive from its stdin under
+/// `dest` in the guest (`keep_special_bits`: see [`UnpackOptions`]).
+pub fn copy_in_argv(dest: &str, keep_special_bits: bool) -> Vec<String> {
+    let mut argv = vec![AGENT_EXE.to_string(), COPY_IN.to_string()];
+    if keep_special_bits {
+        argv.push("--keep-special-bits".to_string());
+    }
+    argv.push("--".to_string());
+    argv.push(dest.to_string());
+    argv
+}
 
 /// Size of the read and write buffers.
 const CHUNK: usize = 64 * 1024;
@@ -1590,6 +1646,25 @@ mod tests {
         long.push(0);
         let (result, _) = unpack_bytes(&long, &scratch.path("dest"), UnpackOptions::default());
         assert!(matches!(result, Err(UnpackError::Archive(_))), "{result:?}");
+    }
+
+    #[test]
+    fn the_copy_commands_are_the_agents_own() {
+        assert_eq!(
+            copy_out_argv(&["a".into(), "-b".into()], true),
+            [
+                "/proc/self/exe",
+                "--copy-out",
+                "--recursive",
+                "--",
+                "a",
+                "-b"
+            ]
+        );
+        assert_eq!(
+            copy_in_argv("/data", false),
+            ["/proc/self/exe", "--copy-in", "--", "/data"]
+        );
     }
 
     #[test]
