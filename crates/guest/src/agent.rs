@@ -82,7 +82,7 @@ struct ChannelOutbox(&'static Channel);
 
 impl session::Outbox for ChannelOutbox {
     fn send(&self, message: &FromGuest) -> bool {
-        self.0.send(message)
+        self.0.send_bulk(message)
     }
 }
 

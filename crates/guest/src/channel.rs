@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vmkeep_protocol::FromGuest;
@@ -146,6 +146,10 @@ pub struct Channel {
     /// Counts host connections: it moves on when a host sends after the
     /// guest found none connected (see [`Channel::generation`]).
     generation: AtomicU64,
+    /// Senders of control messages waiting for the write lock: bulk
+    /// senders (session output) let them go first, so that a reply waits
+    /// behind at most the one line being written.
+    urgent: AtomicUsize,
 }
 
 enum WriteFailure {
@@ -167,6 +171,7 @@ impl Channel {
             write_lock: Mutex::new(()),
             failure_logged: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            urgent: AtomicUsize::new(0),
         })
     }
 
@@ -190,15 +195,40 @@ impl Channel {
         matches!(sys::poll_one(self.fd(), libc::POLLOUT, 0), Ok(events) if events & libc::POLLHUP == 0)
     }
 
-    /// Send one message; failures are logged (once per disconnection) and
-    /// otherwise ignored. Returns whether the message was sent.
+    /// Send one message ahead of bulk ones; failures are logged (once per
+    /// disconnection) and otherwise ignored. Returns whether the message
+    /// was sent.
     pub fn send(&self, message: &FromGuest) -> bool {
         let line = vmkeep_protocol::encode_line(message);
-        let _guard = self
+        self.urgent.fetch_add(1, Ordering::SeqCst);
+        let guard = self
             .write_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match self.write_all(&line) {
+        self.urgent.fetch_sub(1, Ordering::SeqCst);
+        self.write_line(&line, guard)
+    }
+
+    /// Send a message of a stream (session events): like [`Channel::send`],
+    /// but after any control message waiting to be sent.
+    pub fn send_bulk(&self, message: &FromGuest) -> bool {
+        let line = vmkeep_protocol::encode_line(message);
+        loop {
+            while self.urgent.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let guard = self
+                .write_lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if self.urgent.load(Ordering::SeqCst) == 0 {
+                return self.write_line(&line, guard);
+            }
+        }
+    }
+
+    fn write_line(&self, line: &[u8], _guard: std::sync::MutexGuard<'_, ()>) -> bool {
+        match self.write_all(line) {
             Ok(()) => true,
             Err(failure) => {
                 if !self.failure_logged.swap(true, Ordering::Relaxed) {
@@ -306,12 +336,6 @@ impl Channel {
                 }
             }
         }
-    }
-}
-
-impl crate::session::Outbox for Channel {
-    fn send(&self, message: &FromGuest) -> bool {
-        Channel::send(self, message)
     }
 }
 
