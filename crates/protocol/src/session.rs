@@ -8,8 +8,10 @@
 //! the request/reply [`crate::Request`]s on the same channel. The guest
 //! answers with [`crate::FromGuest::Session`] events,
 //! `{"session":{"id":ID,"event":...}}`, unsolicited. `ID` is chosen by the
-//! host: any `u64` not used by another session of this connection that has
-//! not ended.
+//! host, a fresh one for every session of a connection (a counter): never
+//! reuse one, not even once its session ended, since events of a closed
+//! session may still be on their way. The guest refuses an `open` for an id
+//! it has open (an `error` event; the session it has goes on).
 //!
 //! # Lifecycle
 //!
