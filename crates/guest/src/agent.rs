@@ -3,10 +3,10 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use vmkeep_protocol::{DataDisk, ExecResult, FromGuest, GuestInfo, GuestTime, Reply};
+use vmkeep_protocol::{DataDisk, ExecResult, FromGuest, GuestInfo, GuestTime, HostMessage, Reply};
 
 use crate::ports::{Relays, Watcher};
 
@@ -16,7 +16,9 @@ use crate::flags::Flags;
 use crate::handler::{self, Action};
 use crate::log::log;
 use crate::reaper::Reaper;
+use crate::session::{self, Sessions};
 use crate::sys;
+use crate::users;
 
 /// Where the data disk is mounted in init mode.
 pub const DATA_MOUNT: &str = "/data";
@@ -71,6 +73,17 @@ pub struct Agent {
     relays: Relays,
     /// Shares whose host side is gone (left out of the power-off).
     lost_shares: Mutex<std::collections::BTreeSet<String>>,
+    /// Streaming sessions, once the channel is open.
+    sessions: OnceLock<Arc<Sessions>>,
+}
+
+/// Session events go out on the channel.
+struct ChannelOutbox(&'static Channel);
+
+impl session::Outbox for ChannelOutbox {
+    fn send(&self, message: &FromGuest) -> bool {
+        self.0.send_bulk(message)
+    }
 }
 
 impl Agent {
@@ -93,6 +106,7 @@ impl Agent {
             ports: Watcher::new(),
             relays: Relays::new(),
             lost_shares: Mutex::new(std::collections::BTreeSet::new()),
+            sessions: OnceLock::new(),
         }))
     }
 
@@ -104,8 +118,35 @@ impl Agent {
         let _ = self.data_disk.set(state);
     }
 
-    pub fn set_channel(&self, channel: Channel) -> &Channel {
-        self.channel.get_or_init(|| channel)
+    /// Take the channel, and start taking sessions on it.
+    pub fn set_channel(&'static self, channel: Channel) -> &'static Channel {
+        let channel: &'static Channel = self.channel.get_or_init(|| channel);
+        self.sessions.get_or_init(|| {
+            Sessions::new(
+                self.reaper,
+                Arc::new(ChannelOutbox(channel)),
+                session::Settings {
+                    base_env: self.base_env.clone(),
+                    tiny_image: self.mode == Mode::Init,
+                    passwd: users::PASSWD.into(),
+                    group: users::GROUP.into(),
+                },
+            )
+        });
+        channel
+    }
+
+    /// The host link is gone: its sessions end (see `session`).
+    pub fn host_lost(&self) {
+        if let Some(sessions) = self.sessions.get()
+            && sessions.count() > 0
+        {
+            log!(
+                "the host went away; hanging up its {} session(s)",
+                sessions.count()
+            );
+            sessions.hang_up_all();
+        }
     }
 
     /// Run a helper program (busybox, systemctl, ...) with the base environment.
@@ -173,10 +214,18 @@ impl Agent {
     /// Handle one line from the host.
     pub fn handle_line(&'static self, line: &[u8]) {
         let request = match handler::parse(line) {
-            Ok(request) => request,
+            Ok(HostMessage::Request(request)) => request,
+            Ok(HostMessage::Session(frame)) => {
+                if let Some(sessions) = self.sessions.get() {
+                    sessions.handle(frame);
+                }
+                return;
+            }
             Err(bad) => {
                 log!("{}", bad.message);
-                if let Some(id) = bad.id {
+                if let (Some(session), Some(sessions)) = (bad.session, self.sessions.get()) {
+                    sessions.bad_frame(session, bad.op.as_deref(), bad.message);
+                } else if let Some(id) = bad.id {
                     self.reply(
                         id,
                         Reply::Error {

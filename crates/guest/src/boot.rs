@@ -12,7 +12,7 @@ use crate::agent::{Agent, DATA_MOUNT};
 use vmkeep_protocol::{DataDisk, FsckRun};
 
 use crate::disk;
-use crate::flags::FormatToken;
+use crate::flags::{FormatToken, Hostname};
 use crate::input;
 use crate::log::log;
 use crate::sys;
@@ -49,10 +49,19 @@ pub fn ensure_std_fds() {
 /// Mount the pseudo file systems PID 1 needs.
 pub fn mount_early() {
     let nosuid_nodev = libc::MS_NOSUID | libc::MS_NODEV;
-    let mounts: [(&str, &str, &str, libc::c_ulong, &str); 5] = [
+    let mounts: [(&str, &str, &str, libc::c_ulong, &str); 6] = [
         ("proc", "/proc", "proc", nosuid_nodev | libc::MS_NOEXEC, ""),
         ("sysfs", "/sys", "sysfs", nosuid_nodev | libc::MS_NOEXEC, ""),
         ("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755"),
+        // For the ptys of interactive sessions (devtmpfs's /dev/ptmx
+        // opens the instance mounted at /dev/pts).
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0620,ptmxmode=0666",
+        ),
         ("tmpfs", "/run", "tmpfs", nosuid_nodev, "mode=0755"),
         ("tmpfs", "/tmp", "tmpfs", nosuid_nodev, "mode=1777"),
     ];
@@ -65,6 +74,44 @@ pub fn mount_early() {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => log!("cannot mount {fstype} on {}: {e}", target.display()),
+        }
+    }
+}
+
+/// Name the machine after the host's `vmkeep.hostname=` flag (without it,
+/// or with a malformed one, the kernel's `(none)` stays).
+pub fn set_hostname(hostname: Option<Hostname>) {
+    let Some(name) = hostname else {
+        if let Ok(cmdline) = std::fs::read_to_string("/proc/cmdline")
+            && cmdline
+                .split_ascii_whitespace()
+                .any(|w| w.starts_with(vmkeep_protocol::kernel_flags::HOSTNAME_PREFIX))
+        {
+            log!(
+                "ignoring a malformed {}",
+                vmkeep_protocol::kernel_flags::HOSTNAME_PREFIX
+            );
+        }
+        return;
+    };
+    if let Err(e) = sys::sethostname(name.as_str()) {
+        log!("cannot set the hostname to {}: {e}", name.as_str());
+    }
+}
+
+/// `/etc/passwd` and `/etc/group` of the tiny image (it has only root),
+/// unless the image brings its own: `id`, `ls -l`, a shell's `~` and the
+/// agent's sessions read them.
+pub const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n";
+pub const GROUP: &str = "root:x:0:\ntty:x:5:\n";
+
+pub fn write_user_database() {
+    for (path, text) in [(crate::users::PASSWD, PASSWD), (crate::users::GROUP, GROUP)] {
+        if Path::new(path).exists() {
+            continue;
+        }
+        if let Err(e) = std::fs::write(path, text) {
+            log!("cannot write {path}: {e}");
         }
     }
 }

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use vmkeep_protocol::FromGuest;
@@ -146,6 +146,10 @@ pub struct Channel {
     /// Counts host connections: it moves on when a host sends after the
     /// guest found none connected (see [`Channel::generation`]).
     generation: AtomicU64,
+    /// Senders of control messages waiting for the write lock: bulk
+    /// senders (session output) let them go first, so that a reply waits
+    /// behind at most the one line being written.
+    urgent: AtomicUsize,
 }
 
 enum WriteFailure {
@@ -167,6 +171,7 @@ impl Channel {
             write_lock: Mutex::new(()),
             failure_logged: AtomicBool::new(false),
             generation: AtomicU64::new(0),
+            urgent: AtomicUsize::new(0),
         })
     }
 
@@ -190,15 +195,40 @@ impl Channel {
         matches!(sys::poll_one(self.fd(), libc::POLLOUT, 0), Ok(events) if events & libc::POLLHUP == 0)
     }
 
-    /// Send one message; failures are logged (once per disconnection) and
-    /// otherwise ignored. Returns whether the message was sent.
+    /// Send one message ahead of bulk ones; failures are logged (once per
+    /// disconnection) and otherwise ignored. Returns whether the message
+    /// was sent.
     pub fn send(&self, message: &FromGuest) -> bool {
         let line = vmkeep_protocol::encode_line(message);
-        let _guard = self
+        self.urgent.fetch_add(1, Ordering::SeqCst);
+        let guard = self
             .write_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        match self.write_all(&line) {
+        self.urgent.fetch_sub(1, Ordering::SeqCst);
+        self.write_line(&line, guard)
+    }
+
+    /// Send a message of a stream (session events): like [`Channel::send`],
+    /// but after any control message waiting to be sent.
+    pub fn send_bulk(&self, message: &FromGuest) -> bool {
+        let line = vmkeep_protocol::encode_line(message);
+        loop {
+            while self.urgent.load(Ordering::SeqCst) > 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let guard = self
+                .write_lock
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if self.urgent.load(Ordering::SeqCst) == 0 {
+                return self.write_line(&line, guard);
+            }
+        }
+    }
+
+    fn write_line(&self, line: &[u8], _guard: std::sync::MutexGuard<'_, ()>) -> bool {
+        match self.write_all(line) {
             Ok(()) => true,
             Err(failure) => {
                 if !self.failure_logged.swap(true, Ordering::Relaxed) {
@@ -242,9 +272,15 @@ impl Channel {
         Ok(())
     }
 
-    /// Read requests forever, calling `on_line` for every complete line and
-    /// `on_too_long` for every line over the size limit.
-    pub fn serve(&self, mut on_line: impl FnMut(&[u8]), mut on_too_long: impl FnMut()) -> ! {
+    /// Read requests forever, calling `on_line` for every complete line,
+    /// `on_too_long` for every line over the size limit, and `on_host_lost`
+    /// each time the host is found gone (its end of the port closed).
+    pub fn serve(
+        &self,
+        mut on_line: impl FnMut(&[u8]),
+        mut on_too_long: impl FnMut(),
+        mut on_host_lost: impl FnMut(),
+    ) -> ! {
         let mut lines = LineBuffer::new(vmkeep_protocol::MAX_LINE_BYTES);
         let mut chunk = vec![0u8; 64 * 1024];
         let mut error_logged = false;
@@ -252,10 +288,12 @@ impl Channel {
         let mut alone_since: Option<Instant> = None;
         // No host was connected at some point since the last read.
         let lost_host = AtomicBool::new(false);
-        let pause_alone = |lines: &mut LineBuffer, alone_since: &mut Option<Instant>| {
+        let mut pause_alone = |lines: &mut LineBuffer, alone_since: &mut Option<Instant>| {
             // Whatever half line we had is stale.
             lines.reset();
-            lost_host.store(true, Ordering::Relaxed);
+            if !lost_host.swap(true, Ordering::Relaxed) {
+                on_host_lost();
+            }
             let since = *alone_since.get_or_insert_with(Instant::now);
             std::thread::sleep(no_host_pause(since));
         };

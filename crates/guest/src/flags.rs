@@ -17,6 +17,42 @@ pub struct Flags {
     pub format_data: Option<FormatToken>,
     /// The host asks for `e2fsck` on the data disk before mounting it.
     pub repair_data: bool,
+    /// The name the host gives the tiny guest (see
+    /// [`kernel_flags::HOSTNAME_PREFIX`]).
+    pub hostname: Option<Hostname>,
+}
+
+/// A valid hostname (see `vmkeep_protocol::valid_hostname`), kept inline so
+/// that `Flags` stays `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Hostname {
+    bytes: [u8; vmkeep_protocol::MAX_HOSTNAME_BYTES],
+    len: u8,
+}
+
+impl Hostname {
+    pub fn parse(text: &str) -> Option<Hostname> {
+        if !vmkeep_protocol::valid_hostname(text) {
+            return None;
+        }
+        let mut bytes = [0u8; vmkeep_protocol::MAX_HOSTNAME_BYTES];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        Some(Hostname {
+            bytes,
+            len: text.len() as u8,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only a valid (ASCII) hostname gets in.
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Hostname {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Hostname({:?})", self.as_str())
+    }
 }
 
 /// The token of one "this disk is new" decision of the host: 16 lowercase
@@ -53,6 +89,9 @@ impl Flags {
                     if let Some(token) = word.strip_prefix(kernel_flags::FORMAT_DATA_PREFIX) {
                         // A malformed token is no permission to format.
                         flags.format_data = FormatToken::parse(token);
+                    } else if let Some(name) = word.strip_prefix(kernel_flags::HOSTNAME_PREFIX) {
+                        // A malformed name is ignored (logged at boot).
+                        flags.hostname = Hostname::parse(name);
                     }
                 }
             }
@@ -131,5 +170,26 @@ mod tests {
             assert_eq!(flags.format_data, None, "{bad:?}");
         }
         assert_eq!(Flags::parse("vmkeep.repair_data=0"), Flags::default());
+    }
+
+    #[test]
+    fn the_hostname_flag_carries_a_valid_hostname_or_nothing() {
+        let flags = Flags::parse("console=ttyS0 vmkeep.hostname=dev-1 quiet");
+        assert_eq!(
+            flags.hostname.map(|h| h.as_str().to_string()).as_deref(),
+            Some("dev-1")
+        );
+        for bad in ["", "-x", "a_b", "a;b", "é", &"a".repeat(64)] {
+            let flags = Flags::parse(&format!("{}{bad}", kernel_flags::HOSTNAME_PREFIX));
+            assert_eq!(flags.hostname, None, "{bad:?}");
+        }
+        let flag = kernel_flags::hostname("ubuntu-24.04").unwrap();
+        assert_eq!(
+            Flags::parse(&flag)
+                .hostname
+                .map(|h| h.as_str().to_string())
+                .as_deref(),
+            Some("ubuntu-24-04")
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! What to do with one request line: pure decisions, acted on by the agent.
 
 use vmkeep_protocol::{
-    ClockAdjustment, ExecRequest, Exposure, GuestInfo, MountRequest, Op, Reply, Request, ShareLost,
+    ClockAdjustment, ExecRequest, Exposure, GuestInfo, HostMessage, MountRequest, Op, Reply,
+    ShareLost,
 };
 
 use crate::flags::Flags;
@@ -54,25 +55,48 @@ pub fn plan(op: Op, ready: bool, flags: Flags, info: impl FnOnce() -> GuestInfo)
     }
 }
 
-/// A line that is not a valid request; `id` is known when the line had one.
+/// A line that is not a valid message; `id` (a request's) or `session` (a
+/// session frame's, with its op) is known when the line had one.
 #[derive(Debug, PartialEq)]
 pub struct BadRequest {
     pub id: Option<u64>,
+    pub session: Option<u64>,
+    pub op: Option<String>,
     pub message: String,
 }
 
-/// Parse one request line. For an invalid request that still carries an
-/// id, the id is recovered so that the host gets an error reply.
-pub fn parse(line: &[u8]) -> Result<Request, BadRequest> {
-    vmkeep_protocol::decode_line::<Request>(line).map_err(|e| {
-        let id = serde_json::from_slice::<serde_json::Value>(line)
-            .ok()
-            .and_then(|value| value.get("id").and_then(serde_json::Value::as_u64));
-        BadRequest {
-            id,
-            message: format!("invalid request: {e}"),
+/// Parse one line from the host: a request or a session frame. For an
+/// invalid one that still carries an id, the id is recovered so that the
+/// host hears of it. A session frame longer than an `open` may be is
+/// refused (only a legacy exec request carries more).
+pub fn parse(line: &[u8]) -> Result<HostMessage, BadRequest> {
+    match vmkeep_protocol::decode_host_line(line) {
+        Ok(HostMessage::Session(frame))
+            if line.len() > vmkeep_protocol::session::MAX_OPEN_LINE_BYTES =>
+        {
+            Err(BadRequest {
+                id: None,
+                session: Some(frame.session),
+                op: None,
+                message: format!(
+                    "a session frame of {} bytes (at most {})",
+                    line.len(),
+                    vmkeep_protocol::session::MAX_OPEN_LINE_BYTES
+                ),
+            })
         }
-    })
+        Ok(message) => Ok(message),
+        Err(bad) => Err(BadRequest {
+            id: bad.id,
+            session: bad.session,
+            message: if bad.session.is_some() {
+                format!("invalid session frame: {}", bad.error)
+            } else {
+                format!("invalid request: {}", bad.error)
+            },
+            op: bad.op,
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -200,14 +224,52 @@ mod tests {
 
     #[test]
     fn invalid_requests_keep_their_id_when_they_have_one() {
-        assert_eq!(parse(b"{\"id\":5,\"op\":\"ping\"}\n").map(|r| r.id), Ok(5));
+        assert!(matches!(
+            parse(b"{\"id\":5,\"op\":\"ping\"}\n"),
+            Ok(HostMessage::Request(vmkeep_protocol::Request {
+                id: 5,
+                op: Op::Ping
+            }))
+        ));
         let bad = parse(b"{\"id\":9,\"op\":\"dance\"}").unwrap_err();
-        assert_eq!(bad.id, Some(9));
+        assert_eq!((bad.id, bad.session), (Some(9), None));
         assert!(
             bad.message.starts_with("invalid request"),
             "{}",
             bad.message
         );
         assert_eq!(parse(b"not json").unwrap_err().id, None);
+    }
+
+    #[test]
+    fn session_frames_are_told_from_requests_and_keep_their_session_when_bad() {
+        assert!(matches!(
+            parse(b"{\"session\":3,\"op\":\"close\"}"),
+            Ok(HostMessage::Session(
+                vmkeep_protocol::session::SessionRequest {
+                    session: 3,
+                    op: vmkeep_protocol::session::SessionOp::Close
+                }
+            ))
+        ));
+        let bad = parse(b"{\"session\":4,\"op\":{\"stdin\":{\"data\":\"%%%\"}}}").unwrap_err();
+        assert_eq!(
+            (bad.id, bad.session, bad.op.as_deref()),
+            (None, Some(4), Some("stdin"))
+        );
+        assert!(
+            bad.message.starts_with("invalid session frame"),
+            "{}",
+            bad.message
+        );
+        let mut huge = b"{\"session\":5,\"op\":{\"stdin\":{\"data\":\"".to_vec();
+        huge.extend(std::iter::repeat_n(
+            b'A',
+            vmkeep_protocol::session::MAX_OPEN_LINE_BYTES,
+        ));
+        huge.extend_from_slice(b"\"}}}");
+        let bad = parse(&huge).unwrap_err();
+        assert_eq!(bad.session, Some(5));
+        assert!(bad.message.contains("bytes (at most"), "{}", bad.message);
     }
 }

@@ -8,10 +8,14 @@
 //!
 //! PID 1 must never exit: every error is logged and the agent carries on;
 //! a panic (the release build aborts) powers the machine off first.
+//!
+//! With `--copy-out` or `--copy-in` it is neither: a command of its own that
+//! copies files (see `copy_mode`), which the host runs in a session.
 
 mod agent;
 mod boot;
 mod channel;
+mod copy_mode;
 mod disk;
 mod exec;
 mod flags;
@@ -21,9 +25,13 @@ mod input;
 mod log;
 mod net;
 mod ports;
+mod pty;
 mod reaper;
+mod session;
 mod shares;
+mod spawn;
 mod sys;
+mod users;
 
 use std::time::Duration;
 
@@ -37,6 +45,11 @@ use reaper::Reaper;
 const VIRTIO_ID_CONSOLE: u32 = 3;
 
 fn main() {
+    // `--copy-out` / `--copy-in`: a command the host runs in a session.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(code) = copy_mode::run(&args) {
+        std::process::exit(code);
+    }
     let mode = if sys::getpid() == 1 {
         Mode::Init
     } else {
@@ -95,6 +108,8 @@ fn run_init() -> ! {
     // Now that devtmpfs is mounted, a missing console can be opened.
     boot::ensure_std_fds();
     let flags = Flags::from_proc();
+    boot::set_hostname(flags.hostname);
+    boot::write_user_database();
     // Before the first thread, so that every thread inherits the mask.
     if let Err(e) = init_signals::block() {
         log!("cannot block the halt/poweroff/reboot signals: {e}");
@@ -116,7 +131,7 @@ fn run_init() -> ! {
 
     boot::install_busybox(agent);
     boot::load_modules();
-    net::configure();
+    net::configure(flags.hostname.as_ref().map(|name| name.as_str()));
     boot::watch_power_button(agent);
     agent.set_data_disk(boot::mount_data_disk(agent));
     if flags.poweroff_at_boot {
@@ -138,6 +153,7 @@ fn run_init() -> ! {
         Some(channel) => channel.serve(
             |line| agent.handle_line(line),
             || log!("dropped a request line over the size limit"),
+            || agent.host_lost(),
         ),
         None => halt_forever(),
     }
@@ -193,6 +209,7 @@ fn run_service() -> ! {
     channel.serve(
         |line| agent.handle_line(line),
         || log!("dropped a request line over the size limit"),
+        || agent.host_lost(),
     )
 }
 

@@ -22,8 +22,15 @@ pub fn resolv_conf() -> String {
     format!("nameserver {DNS_ADDRESS}\n")
 }
 
-/// `/etc/hosts` of the tiny guest.
-pub const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
+/// `/etc/hosts` of the tiny guest (its own name on 127.0.1.1, as Debian
+/// does, when it has one).
+pub fn hosts(hostname: Option<&str>) -> String {
+    let mut text = "127.0.0.1 localhost\n::1 localhost\n".to_string();
+    if let Some(name) = hostname {
+        text.push_str(&format!("127.0.1.1 {name}\n"));
+    }
+    text
+}
 
 /// The first Ethernet interface listed (a virtio NIC is `eth0`; with
 /// predictable names it would be `enp0s*`).
@@ -50,12 +57,12 @@ fn interfaces() -> Vec<String> {
 
 /// Bring up `lo`, and the NIC if QEMU gave one (waiting up to 2 s for it
 /// to appear once its driver loaded). Every failure is logged; boot goes on.
-pub fn configure() {
+pub fn configure(hostname: Option<&str>) {
     if let Err(e) = set_up("lo") {
         log!("cannot bring up lo: {e}");
     }
     for (path, text) in [
-        ("/etc/hosts", HOSTS.to_string()),
+        ("/etc/hosts", hosts(hostname)),
         ("/etc/resolv.conf", resolv_conf()),
     ] {
         if let Err(e) = std::fs::write(path, text) {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -29,11 +29,27 @@ impl WaitStatus {
             255
         }
     }
+
+    /// The status as a session's `exited` event says it.
+    pub fn exit_status(self) -> vmkeep_protocol::session::ExitStatus {
+        use vmkeep_protocol::session::ExitStatus;
+        let status = self.0;
+        if libc::WIFEXITED(status) {
+            ExitStatus::exited(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            ExitStatus::killed(libc::WTERMSIG(status), libc::WCOREDUMP(status))
+        } else {
+            ExitStatus::exited(255)
+        }
+    }
 }
+
+/// Told a child's exit status, on the reaper thread (so it must be quick).
+pub type OnExit = Box<dyn FnOnce(WaitStatus) + Send>;
 
 #[derive(Default)]
 struct State {
-    waiters: HashMap<i32, Sender<WaitStatus>>,
+    waiters: HashMap<i32, OnExit>,
     /// Bumped on every spawn, so the reaper knows a child may exist now.
     spawned: u64,
 }
@@ -79,14 +95,30 @@ impl Reaper {
     where
         F: FnOnce() -> io::Result<i32>,
     {
+        let (tx, rx) = mpsc::channel::<WaitStatus>();
+        let pid = self.spawn_with(
+            fork,
+            Box::new(move |status| {
+                // The waiter may have given up; that is fine.
+                let _ = tx.send(status);
+            }),
+        )?;
+        Ok((pid, rx))
+    }
+
+    /// Like [`Reaper::spawn_registered`], but `on_exit` is called (on the
+    /// reaper thread) with the exit status.
+    pub fn spawn_with<F>(&self, fork: F, on_exit: OnExit) -> io::Result<i32>
+    where
+        F: FnOnce() -> io::Result<i32>,
+    {
         let mut state = self.lock();
         let pid = fork()?;
-        let (tx, rx) = mpsc::channel();
-        state.waiters.insert(pid, tx);
+        state.waiters.insert(pid, on_exit);
         state.spawned = state.spawned.wrapping_add(1);
         drop(state);
         self.child_spawned.notify_all();
-        Ok((pid, rx))
+        Ok(pid)
     }
 
     fn run(&self) {
@@ -98,8 +130,7 @@ impl Reaper {
             if pid > 0 {
                 let waiter = self.lock().waiters.remove(&pid);
                 if let Some(waiter) = waiter {
-                    // The waiter may have given up; that is fine.
-                    let _ = waiter.send(WaitStatus(status));
+                    waiter(WaitStatus(status));
                 }
                 continue;
             }
@@ -129,6 +160,7 @@ impl Reaper {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vmkeep_protocol::session::ExitStatus;
 
     #[test]
     fn exit_codes_follow_shell_conventions() {
@@ -140,6 +172,15 @@ mod tests {
             WaitStatus(libc::SIGTERM | 0x80).exit_code(),
             128 + 15,
             "core dump bit"
+        );
+        assert_eq!(WaitStatus(3 << 8).exit_status(), ExitStatus::exited(3));
+        assert_eq!(
+            WaitStatus(libc::SIGSEGV | 0x80).exit_status(),
+            ExitStatus::killed(libc::SIGSEGV, true)
+        );
+        assert_eq!(
+            WaitStatus(libc::SIGKILL).exit_status(),
+            ExitStatus::killed(9, false)
         );
     }
 }

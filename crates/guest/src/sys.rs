@@ -228,3 +228,9 @@ pub fn step_realtime(delta_ns: i64) -> io::Result<i64> {
     check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &when) })?;
     Ok(target)
 }
+
+/// sethostname(2).
+pub fn sethostname(name: &str) -> io::Result<()> {
+    // SAFETY: name is valid for name.len() bytes.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
+}

@@ -7,7 +7,20 @@
 //! starts every connection with [`Op::Hello`], whose reply says whether the
 //! guest is ready already.
 //!
+//! Beside requests, the host opens streaming sessions (commands with live
+//! input and output, or a pty): see [`session`]. Their frames are one-way
+//! lines of their own ([`session::SessionRequest`]), and the guest's events
+//! come as [`FromGuest::Session`]. Files are copied through a session that
+//! runs the agent's own copy mode, in the [`archive`] format.
+//!
 //! Both sides use this crate, so a message is defined exactly once.
+
+pub mod archive;
+#[cfg(unix)]
+pub mod copy;
+#[cfg(any(test, fuzzing))]
+pub mod fuzzing;
+pub mod session;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +59,46 @@ pub mod kernel_flags {
     pub const REPAIR_DATA: &str = "vmkeep.repair_data=1";
     /// Kernel message printed on the serial console when the guest is ready.
     pub const READY_MARKER: &str = "vmkeep-guest: ready";
+    /// `vmkeep.hostname=NAME`: the tiny guest names itself NAME (a valid
+    /// hostname, see [`crate::valid_hostname`]; anything else is ignored).
+    pub const HOSTNAME_PREFIX: &str = "vmkeep.hostname=";
+
+    /// The hostname flag for an instance (see [`crate::hostname_for`]).
+    pub fn hostname(instance: &str) -> Option<String> {
+        crate::hostname_for(instance).map(|name| format!("{HOSTNAME_PREFIX}{name}"))
+    }
+}
+
+/// Longest hostname the guest takes (the kernel's limit is 64 bytes).
+pub const MAX_HOSTNAME_BYTES: usize = 63;
+
+/// Whether `name` is a hostname (RFC 1123): dot-separated labels of 1 to 63
+/// ASCII letters, digits and `-`, no label starting or ending with `-`, at
+/// most [`MAX_HOSTNAME_BYTES`] in all.
+pub fn valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_HOSTNAME_BYTES
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// The hostname for an instance name, as Lima makes it: `_` and `.` become
+/// `-`, cut to [`MAX_HOSTNAME_BYTES`]. `None` if nothing valid is left.
+pub fn hostname_for(instance: &str) -> Option<String> {
+    let mapped: String = instance
+        .chars()
+        .map(|c| if c == '_' || c == '.' { '-' } else { c })
+        .take(MAX_HOSTNAME_BYTES)
+        .collect();
+    let name = mapped.trim_matches('-');
+    valid_hostname(name).then(|| name.to_string())
 }
 
 /// A request from the host.
@@ -234,6 +287,11 @@ pub enum FromGuest {
     /// The guest's listening sockets changed (only after [`Op::WatchPorts`]
     /// on this connection).
     Ports(Listening),
+    /// An event of the streaming session `id` (see [`session`]).
+    Session {
+        id: u64,
+        event: session::SessionEvent,
+    },
 }
 
 /// The answer to one [`Request`].
@@ -365,8 +423,67 @@ pub fn decode_line<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, serde_js
     serde_json::from_slice(line)
 }
 
+/// A line from the host: a request, or a frame of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMessage {
+    Request(Request),
+    Session(session::SessionRequest),
+}
+
+/// A line from the host that is not a valid message; `id` or `session` is
+/// known when the line had one, so that the right party hears of it.
+#[derive(Debug)]
+pub struct BadHostLine {
+    pub id: Option<u64>,
+    pub session: Option<u64>,
+    /// The op's name, when the line had one (`"stdin"`, ...).
+    pub op: Option<String>,
+    pub error: serde_json::Error,
+}
+
+/// Parse one line from the host: an object with a `session` key is a
+/// session frame, anything else a request.
+pub fn decode_host_line(line: &[u8]) -> Result<HostMessage, BadHostLine> {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    // One parse: the value is then taken apart without copying its strings.
+    let value: serde_json::Value = serde_json::from_slice(line).map_err(|error| BadHostLine {
+        id: None,
+        session: None,
+        op: None,
+        error,
+    })?;
+    let hint = bad_hint(&value);
+    if value.get("session").is_some() {
+        serde_json::from_value(value)
+            .map(HostMessage::Session)
+            .map_err(hint)
+    } else {
+        serde_json::from_value(value)
+            .map(HostMessage::Request)
+            .map_err(hint)
+    }
+}
+
+/// What a bad line said about itself (its ids and op), kept before the
+/// value is consumed.
+fn bad_hint(value: &serde_json::Value) -> impl FnOnce(serde_json::Error) -> BadHostLine + use<> {
+    let id = value.get("id").and_then(serde_json::Value::as_u64);
+    let session = value.get("session").and_then(serde_json::Value::as_u64);
+    let op = value.get("op").and_then(|op| match op {
+        serde_json::Value::String(name) => Some(name.clone()),
+        serde_json::Value::Object(map) if map.len() == 1 => map.keys().next().cloned(),
+        _ => None,
+    });
+    move |error| BadHostLine {
+        id,
+        session,
+        op,
+        error,
+    }
+}
+
 /// Byte buffers travel as base64 strings.
-mod b64 {
+pub(crate) mod b64 {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -596,6 +713,214 @@ mod tests {
                 formatted: false,
                 repaired: None
             }
+        );
+    }
+
+    #[test]
+    fn session_frames_have_a_stable_wire_form() {
+        use session::*;
+        let cases: Vec<(SessionOp, &str)> = vec![
+            (
+                SessionOp::Open(OpenSession {
+                    argv: vec!["sh".into(), "-c".into(), "id".into()],
+                    env: vec![("A".into(), "b".into())],
+                    cwd: Some("/tmp".into()),
+                    user: Some("alice".into()),
+                    login: true,
+                    pty: Some(PtyRequest {
+                        rows: 24,
+                        cols: 80,
+                        term: Some("xterm".into()),
+                    }),
+                }),
+                r#"{"session":7,"op":{"open":{"argv":["sh","-c","id"],"env":[["A","b"]],"cwd":"/tmp","user":"alice","login":true,"pty":{"rows":24,"cols":80,"term":"xterm"}}}}"#,
+            ),
+            (
+                SessionOp::Open(OpenSession::default()),
+                r#"{"session":7,"op":{"open":{"argv":[]}}}"#,
+            ),
+            (
+                SessionOp::Stdin(StdinData {
+                    data: b"hi\n".to_vec(),
+                    eof: false,
+                }),
+                r#"{"session":7,"op":{"stdin":{"data":"aGkK"}}}"#,
+            ),
+            (
+                SessionOp::Stdin(StdinData {
+                    data: vec![],
+                    eof: true,
+                }),
+                r#"{"session":7,"op":{"stdin":{"eof":true}}}"#,
+            ),
+            (
+                SessionOp::Credit(OutputCredit {
+                    stdout: 65536,
+                    stderr: 0,
+                }),
+                r#"{"session":7,"op":{"credit":{"stdout":65536}}}"#,
+            ),
+            (
+                SessionOp::Signal(SignalRequest {
+                    signal: Signal::Name("INT".into()),
+                }),
+                r#"{"session":7,"op":{"signal":{"signal":"INT"}}}"#,
+            ),
+            (
+                SessionOp::Signal(SignalRequest {
+                    signal: Signal::Number(15),
+                }),
+                r#"{"session":7,"op":{"signal":{"signal":15}}}"#,
+            ),
+            (
+                SessionOp::Resize(WindowSize {
+                    rows: 50,
+                    cols: 132,
+                }),
+                r#"{"session":7,"op":{"resize":{"rows":50,"cols":132}}}"#,
+            ),
+            (SessionOp::Close, r#"{"session":7,"op":"close"}"#),
+        ];
+        for (op, wire) in cases {
+            let frame = SessionRequest { session: 7, op };
+            let line = encode_line(&frame);
+            assert_eq!(String::from_utf8_lossy(&line), format!("{wire}\n"));
+            match decode_host_line(&line) {
+                Ok(HostMessage::Session(back)) => assert_eq!(back, frame),
+                other => panic!("{wire} decoded as {other:?}"),
+            }
+        }
+        // Requests are still requests.
+        match decode_host_line(b"{\"id\":1,\"op\":\"ping\"}\n") {
+            Ok(HostMessage::Request(Request {
+                id: 1,
+                op: Op::Ping,
+            })) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn session_events_have_a_stable_wire_form() {
+        use session::*;
+        let cases: Vec<(SessionEvent, &str)> = vec![
+            (
+                SessionEvent::Started { pid: 42 },
+                r#"{"session":{"id":7,"event":{"started":{"pid":42}}}}"#,
+            ),
+            (
+                SessionEvent::Output(OutputData {
+                    stream: Stream::Stderr,
+                    data: b"oops".to_vec(),
+                }),
+                r#"{"session":{"id":7,"event":{"output":{"stream":"stderr","data":"b29wcw=="}}}}"#,
+            ),
+            (
+                SessionEvent::StdinCredit { bytes: 4096 },
+                r#"{"session":{"id":7,"event":{"stdin-credit":{"bytes":4096}}}}"#,
+            ),
+            (
+                SessionEvent::StdinClosed,
+                r#"{"session":{"id":7,"event":"stdin-closed"}}"#,
+            ),
+            (
+                SessionEvent::Exited(ExitStatus::exited(3)),
+                r#"{"session":{"id":7,"event":{"exited":{"code":3}}}}"#,
+            ),
+            (
+                SessionEvent::Exited(ExitStatus {
+                    output_open: true,
+                    ..ExitStatus::killed(11, true)
+                }),
+                r#"{"session":{"id":7,"event":{"exited":{"signal":11,"core_dumped":true,"output_open":true}}}}"#,
+            ),
+            (
+                SessionEvent::Failed(StartFailure {
+                    reason: FailReason::NoSuchCommand,
+                    message: "no such command: x".into(),
+                }),
+                r#"{"session":{"id":7,"event":{"failed":{"reason":"no-such-command","message":"no such command: x"}}}}"#,
+            ),
+            (
+                SessionEvent::Error {
+                    message: "bad".into(),
+                },
+                r#"{"session":{"id":7,"event":{"error":{"message":"bad"}}}}"#,
+            ),
+        ];
+        for (event, wire) in cases {
+            let message = FromGuest::Session { id: 7, event };
+            let line = encode_line(&message);
+            assert_eq!(String::from_utf8_lossy(&line), format!("{wire}\n"));
+            assert_eq!(decode_line::<FromGuest>(&line).unwrap(), message);
+        }
+        // A reason from a newer guest parses as unknown.
+        let newer: FromGuest = decode_line(
+            br#"{"session":{"id":1,"event":{"failed":{"reason":"quota","message":"m"}}}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            newer,
+            FromGuest::Session {
+                event: SessionEvent::Failed(StartFailure {
+                    reason: FailReason::Unknown,
+                    ..
+                }),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_bad_host_line_says_what_it_was_about() {
+        let bad = decode_host_line(br#"{"session":9,"op":{"stdin":{"data":"*"}}}"#).unwrap_err();
+        assert_eq!(
+            (bad.id, bad.session, bad.op.as_deref()),
+            (None, Some(9), Some("stdin"))
+        );
+        let bad = decode_host_line(br#"{"session":9,"op":"dance"}"#).unwrap_err();
+        assert_eq!(bad.op.as_deref(), Some("dance"));
+        let bad = decode_host_line(br#"{"id":4,"op":{"exec":{}}}"#).unwrap_err();
+        assert_eq!(
+            (bad.id, bad.session, bad.op.as_deref()),
+            (Some(4), None, Some("exec"))
+        );
+        let bad = decode_host_line(b"{").unwrap_err();
+        assert_eq!((bad.id, bad.session, bad.op), (None, None, None));
+    }
+
+    #[test]
+    fn hostnames_are_checked_and_made_from_instance_names() {
+        for good in ["default", "a", "dev-1", "ubuntu-24-04", "x.example", "A0"] {
+            assert!(valid_hostname(good), "{good}");
+        }
+        let long = "a".repeat(64);
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            "a_b",
+            "a b",
+            "é",
+            long.as_str(),
+            "a;reboot",
+        ] {
+            assert!(!valid_hostname(bad), "{bad:?}");
+        }
+        assert_eq!(
+            hostname_for("ubuntu-24.04").as_deref(),
+            Some("ubuntu-24-04")
+        );
+        assert_eq!(hostname_for("my_vm").as_deref(), Some("my-vm"));
+        assert_eq!(hostname_for("x_").as_deref(), Some("x"));
+        assert_eq!(hostname_for("_").as_deref(), None);
+        assert_eq!(hostname_for(&"b".repeat(70)).map(|h| h.len()), Some(63));
+        assert_eq!(
+            kernel_flags::hostname("default").as_deref(),
+            Some("vmkeep.hostname=default")
         );
     }
 }

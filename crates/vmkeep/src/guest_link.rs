@@ -574,6 +574,8 @@ pub(crate) fn sort_line(line: &[u8]) -> Result<Incoming<Reply, GuestEvent>, Malf
                 .map_err(|problem| MalformedLine::new(format!("the guest's ports: {problem}")))?;
             Ok(Incoming::Event(GuestEvent::Ports(listening)))
         }
+        // This host opens no streaming sessions yet.
+        Ok(FromGuest::Session { .. }) => Ok(Incoming::Ignore),
         Err(error) => {
             // Fail the request the line answers, if its id can be read.
             let id = serde_json::from_slice::<serde_json::Value>(line)

@@ -297,7 +297,10 @@ impl AgentClient {
                     .expect("the guest sends valid messages")
                 {
                     FromGuest::Reply { id: reply_id, body } if reply_id == id => return Some(body),
-                    FromGuest::Reply { .. } | FromGuest::Ready(_) | FromGuest::Ports(_) => continue,
+                    FromGuest::Reply { .. }
+                    | FromGuest::Ready(_)
+                    | FromGuest::Ports(_)
+                    | FromGuest::Session { .. } => continue,
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
