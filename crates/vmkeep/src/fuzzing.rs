@@ -26,11 +26,13 @@ use vmkeep_protocol::{FromGuest, Reply};
 
 use crate::driver::qemu::qmp::{self, Message, QmpEvent};
 use crate::driver::qemu::usernet;
-use crate::guest_link::{GuestEvent, Readiness, check_exposed, check_guest_info, check_listening};
 use crate::journal;
-use crate::line_rpc::model::{model_lines, split_lines};
-use crate::line_rpc::{Incoming, MalformedLine};
-use crate::untrusted;
+use crate::link::guest_link::{
+    GuestEvent, Readiness, check_exposed, check_guest_info, check_listening,
+};
+use crate::link::line_rpc::model::{model_lines, split_lines};
+use crate::link::line_rpc::{Incoming, MalformedLine};
+use crate::link::untrusted;
 
 /// One check: arbitrary bytes in, a panic on a failure.
 pub type Check = fn(&[u8]);

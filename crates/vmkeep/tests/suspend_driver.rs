@@ -13,9 +13,9 @@ use vmkeep::driver::qemu::accel::Accel;
 use vmkeep::driver::qemu::args::LaunchSpec;
 use vmkeep::driver::qemu::snapshot::{self, SaveFailure, SaveOptions, StateAfterFailure};
 use vmkeep::driver::qemu::{self, QemuVm};
-use vmkeep::guest_link;
 use vmkeep::image::tiny;
 use vmkeep::instance::InstanceDir;
+use vmkeep::link::guest_link;
 use vmkeep::os;
 
 /// A tmpfs mounted on a temporary directory; unmounted when dropped (after

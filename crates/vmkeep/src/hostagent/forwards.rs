@@ -24,9 +24,9 @@ use vmkeep_protocol::{Exposure, Listening, Relay};
 use crate::driver::qemu::qmp::Qmp;
 use crate::driver::qemu::usernet;
 use crate::forwarding::{self, Transport};
-use crate::guest_link::{GuestLink, GuestLinkError};
 use crate::instance::Config;
 use crate::instance::lima::PortRule;
+use crate::link::guest_link::{GuestLink, GuestLinkError};
 
 /// The shortest time between two rounds of changes.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);

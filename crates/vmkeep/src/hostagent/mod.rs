@@ -37,13 +37,13 @@ use crate::driver::qemu::args::LaunchSpec;
 use crate::driver::qemu::qmp::{BlockIoError, QmpEvents};
 use crate::driver::qemu::snapshot;
 use crate::driver::qemu::{self, QemuError, QemuVm};
-use crate::guest_link::{self, GuestLink};
 use crate::hostagent::api::GuestInfo;
 use crate::image::tiny;
 use crate::instance::pause::PauseReason;
 use crate::instance::status::Phase;
 use crate::instance::{Config, InstanceDir, InstanceName};
 use crate::journal::{self, Event, Journal, Repair, StopCause, StoppedReason};
+use crate::link::guest_link::{self, GuestLink};
 use crate::os::cgroup;
 use crate::os::lock::{self, HeldLock};
 use crate::os::process::ExitOutcome;
@@ -751,7 +751,7 @@ async fn keep_guest_link(
     reset: Arc<AtomicBool>,
     mut on_reboot: impl FnMut(GuestInfo),
 ) {
-    let mut claims = crate::untrusted::LogBudget::default();
+    let mut claims = crate::link::untrusted::LogBudget::default();
     loop {
         link.closed().await;
         let _ = publish.send(None);
@@ -768,7 +768,7 @@ async fn keep_guest_link(
                         tracing::warn!(
                             seen,
                             "the guest agent reports a new boot id ({}) though QEMU did not reset the machine; ignored",
-                            crate::untrusted::shown(&guest.boot_id, 64)
+                            crate::link::untrusted::shown(&guest.boot_id, 64)
                         );
                     }
                 }

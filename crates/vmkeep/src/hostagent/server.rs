@@ -16,9 +16,9 @@ use super::api::{
     self, AgentInfo, ApiErrorBody, ExecRequest, StopAccepted, StopRequest, SuspendCause,
     SuspendDone, SuspendFallback, SuspendRequest,
 };
-use crate::guest_link::GuestLink;
 use crate::instance::pause::PauseReason;
 use crate::instance::status::Phase;
+use crate::link::guest_link::GuestLink;
 
 /// What the API asks the agent's main loop to do.
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use super::inbox::{Inbox, Incoming};
 use super::server::Command;
 use crate::driver::Vm;
-use crate::guest_link::GuestLink;
 use crate::journal::{Event, Journal, StopCause};
+use crate::link::guest_link::GuestLink;
 use crate::os::process::ExitOutcome;
 use crate::stop_ladder::{self, Channels, Decision, Plan, Progress, Step};
 

@@ -18,7 +18,6 @@ use super::{Agent, AgentOutcome, clock, fail, forwards, mounts, now_rfc3339, sto
 use crate::driver::Vm;
 use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
-use crate::guest_link::{self, GuestLink};
 use crate::hostagent::api::{self, GuestInfo};
 use crate::instance::config::{ByteSize, OnHostShutdown};
 use crate::instance::pause::{self, MIN_FREE_TO_CONTINUE, PauseFacts, PauseReason};
@@ -26,6 +25,7 @@ use crate::instance::status::Phase;
 use crate::journal::{
     ContinueCause, Event, Journal, StopCause, StoppedReason, SuspendCause, SuspendFallback,
 };
+use crate::link::guest_link::{self, GuestLink};
 use crate::os;
 use crate::os::process::ExitOutcome;
 

@@ -16,9 +16,9 @@ use crate::driver::qemu::args::LaunchSpec;
 use crate::driver::qemu::qmp::QmpEvents;
 use crate::driver::qemu::snapshot::{self, SaveOptions, Settled, StateAfterFailure, StateRecord};
 use crate::driver::qemu::{QemuVm, find_in_path};
-use crate::guest_link::GuestLink;
 use crate::instance::status::Phase;
 use crate::journal::{Event, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback};
+use crate::link::guest_link::GuestLink;
 use crate::os;
 
 /// How long loading a saved state may take (the tiny guest takes ~10 ms).

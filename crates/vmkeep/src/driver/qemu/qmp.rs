@@ -5,7 +5,7 @@
 //! `{"error": {"class", "desc"}}` carrying the command's `id`, and sends
 //! events (`{"event", "data", "timestamp"}`) at any time, even before the
 //! greeting. The mechanism (ids, one reader, long lines, bounds) is
-//! [`crate::line_rpc`]; this module knows the QMP message shapes.
+//! [`crate::link::line_rpc`]; this module knows the QMP message shapes.
 //!
 //! Every event is logged by name when it arrives, whether vmkeep has a
 //! variant for it or not ([`QmpEvent::Unknown`] keeps the name and data), and
@@ -25,10 +25,10 @@ use tokio::net::UnixStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use crate::line_rpc::{
+use crate::link::line_rpc::{
     CloseReason, Connection, Events, Incoming, Limits, LineRpcError, MalformedLine,
 };
-use crate::untrusted::{self, LogBudget, SHOWN_BYTES};
+use crate::link::untrusted::{self, LogBudget, SHOWN_BYTES};
 
 /// Longest QMP line accepted while no command is in flight: the greeting
 /// and events, which are small (QEMU's longest, `BLOCK_IO_ERROR` with its

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::qmp::{Qmp, QmpError};
 use crate::forwarding::{Forward, Transport};
-use crate::untrusted;
+use crate::link::untrusted;
 
 /// The netdev id vmkeep gives the user network (`-netdev user,id=net0`).
 pub const NETDEV: &str = "net0";

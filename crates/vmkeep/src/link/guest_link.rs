@@ -29,10 +29,10 @@ use vmkeep_protocol::{
     MAX_LINE_BYTES, MAX_LISTENING, MAX_MESSAGE_BYTES, MountRequest, Mounted, Op, Reply, Request,
 };
 
-use crate::line_rpc::{
+use crate::link::line_rpc::{
     CloseReason, Connection, Events, Incoming, Limits, LineRpcError, MalformedLine,
 };
-use crate::untrusted;
+use crate::link::untrusted;
 
 /// What the guest may make the host hold on one connection.
 pub const LIMITS: Limits = Limits {
