@@ -15,7 +15,6 @@ pub mod engine;
 pub mod forwarding;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
-pub mod gotmpl;
 pub mod home;
 pub mod hostagent;
 pub mod image;
@@ -28,4 +27,5 @@ pub mod os;
 pub mod sshkeys;
 pub mod stop_ladder;
 pub mod template;
+pub mod text;
 pub mod timeouts;

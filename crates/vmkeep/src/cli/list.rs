@@ -11,13 +11,13 @@
 use serde::Serialize;
 
 use super::ListArgs;
-use crate::gotmpl::{self, Value};
 use crate::home;
 use crate::instance::observe::observe_with_config;
 use crate::instance::ownership::{self, Ownership};
 use crate::instance::status::{self, Status};
 use crate::instance::{Config, InstanceDir, InstanceName};
 use crate::template::vars;
+use crate::text::gotmpl::{self, Value};
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {

@@ -506,7 +506,7 @@ impl ParseError {
                     line = Some(n + 1);
                 }
             }
-            suggestion = super::suggest::closest(&field, expected.iter().map(String::as_str))
+            suggestion = crate::text::suggest::closest(&field, expected.iter().map(String::as_str))
                 .map(str::to_string);
             if let Some(near) = &suggestion {
                 message.push_str(&format!("; did you mean `{near}`?"));

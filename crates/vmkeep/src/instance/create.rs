@@ -32,7 +32,7 @@ pub enum CreateError {
     #[error("invalid template: {0}\n  nothing was created")]
     Expand(#[from] ExpandError),
     #[error("invalid template: message: {0}\n  nothing was created")]
-    Message(crate::gotmpl::TemplateError),
+    Message(crate::text::gotmpl::TemplateError),
     #[error("invalid template: {0}\n  nothing was created")]
     Shares(super::shares::ShareError),
     #[error("cannot create the data disk: {0}")]
@@ -127,7 +127,7 @@ pub fn check(
         &vars::guest_values(config, name.as_str(), dir.dir(), &guest_user),
     )?;
     if let Some(message) = &config.raw.message {
-        crate::gotmpl::check(message).map_err(CreateError::Message)?;
+        crate::text::gotmpl::check(message).map_err(CreateError::Message)?;
     }
     let guest = if config.is_cloud() {
         super::shares::GuestSide {

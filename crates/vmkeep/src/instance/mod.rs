@@ -14,7 +14,6 @@ pub mod provision;
 pub mod runtime;
 pub mod shares;
 pub mod status;
-pub mod suggest;
 pub mod yaml_de;
 
 pub use config::Config;

@@ -16,8 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gotmpl::{self, Value};
 use crate::instance::config::Config;
+use crate::text::gotmpl::{self, Value};
 
 /// At most this many shared directories per instance (one virtiofsd and
 /// one PCI device each; their sockets, `fs0.sock` to `fs9.sock`, are no

@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::gotmpl::{self, Value};
 use crate::instance::config::Config;
 use crate::instance::provision::{self, ProvisionMode};
+use crate::text::gotmpl::{self, Value};
 
 /// The guest user an instance gets (decided at create, kept in `image.json`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
