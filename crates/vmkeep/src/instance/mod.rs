@@ -4,6 +4,7 @@ pub mod config;
 pub mod create;
 pub mod data_disk;
 pub mod desired;
+pub mod identity;
 pub mod layout;
 pub mod lima;
 pub mod name;

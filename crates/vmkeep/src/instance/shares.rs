@@ -77,7 +77,7 @@ impl HostSide {
             home: std::env::var_os("HOME")
                 .filter(|h| !h.is_empty())
                 .map(PathBuf::from),
-            user: crate::cloudinit::host_user().unwrap_or_else(|| "root".into()),
+            user: crate::instance::identity::host_user().unwrap_or_else(|| "root".into()),
             uid: rustix::process::getuid().as_raw(),
         }
     }
@@ -238,7 +238,7 @@ pub fn resolve(
         ("Name", Value::from(instance)),
         (
             "Hostname",
-            Value::from(crate::cloudinit::hostname(instance)),
+            Value::from(crate::instance::identity::hostname(instance)),
         ),
         ("UID", Value::Int(guest.uid.into())),
         ("User", Value::from(guest.user.as_str())),
