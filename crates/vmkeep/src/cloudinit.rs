@@ -32,7 +32,7 @@ use serde::Serialize;
 use crate::instance::config::{Config, ProvisionMode};
 use crate::instance::identity::hostname;
 use crate::instance::provision;
-use crate::template::vars::{self, GuestUser};
+use crate::instance::vars::{self, GuestUser};
 
 /// FAT volume label cloud-init looks for (it accepts `CIDATA` and `cidata`).
 pub const VOLUME_LABEL: &[u8; 11] = b"CIDATA     ";
@@ -64,7 +64,7 @@ pub struct SeedInputs<'a> {
     /// `ssh.loadDotSSHPubKeys`) the host user's.
     pub ssh_public_keys: Vec<String>,
     /// The config with its template variables expanded
-    /// ([`crate::template::vars::expand`]).
+    /// ([`crate::instance::vars::expand`]).
     pub config: &'a Config,
     /// Host directories shared over virtio-fs: mounted at every boot by
     /// `bootcmd`, early, so that provision scripts and services see them

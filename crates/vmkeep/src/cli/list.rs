@@ -15,8 +15,8 @@ use crate::home;
 use crate::instance::observe::observe_with_config;
 use crate::instance::ownership::{self, Ownership};
 use crate::instance::status::{self, Status};
+use crate::instance::vars;
 use crate::instance::{Config, InstanceDir, InstanceName};
-use crate::template::vars;
 use crate::text::gotmpl::{self, Value};
 
 #[derive(Debug, Clone, Serialize)]

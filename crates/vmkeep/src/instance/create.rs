@@ -10,9 +10,9 @@ use super::layout::{InstanceDir, SocketPathTooLong};
 use super::name::InstanceName;
 use crate::image::cloud::{self, CloudError};
 use crate::image::download::{self, Progress};
+use crate::instance::vars::{self, ExpandError};
 use crate::os;
 use crate::os::tool::{Tool, ToolError};
-use crate::template::vars::{self, ExpandError};
 use crate::template::{self, Source, TemplateError};
 
 /// Where older versions kept the creator's lock: inside the staging

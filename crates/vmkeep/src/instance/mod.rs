@@ -15,6 +15,7 @@ pub mod provision;
 pub mod runtime;
 pub mod shares;
 pub mod status;
+pub mod vars;
 pub mod yaml_de;
 
 pub use config::Config;

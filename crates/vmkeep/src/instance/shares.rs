@@ -192,7 +192,7 @@ fn location_of(
         ("Name", Value::from(instance)),
         ("UID", Value::Int(host.uid.into())),
         ("User", Value::from(host.user.as_str())),
-        ("Param", crate::template::vars::params(config)),
+        ("Param", crate::instance::vars::params(config)),
     ]);
     let rendered = gotmpl::render(raw, &values).map_err(|e| ShareError::Template {
         index,
@@ -242,7 +242,7 @@ pub fn resolve(
         ),
         ("UID", Value::Int(guest.uid.into())),
         ("User", Value::from(guest.user.as_str())),
-        ("Param", crate::template::vars::params(config)),
+        ("Param", crate::instance::vars::params(config)),
     ]);
     let system = if guest.cloud {
         CLOUD_SYSTEM
@@ -306,7 +306,7 @@ pub fn resolve(
 
 /// Whether a mount of `config` would hide `home` with its default mount
 /// point (the location itself): then the guest user gets Lima's default
-/// home, `/home/USER.linux`, instead (see `template::vars::guest_user`).
+/// home, `/home/USER.linux`, instead (see `instance::vars::guest_user`).
 pub fn default_mount_hides(config: &Config, instance: &str, host: &HostSide, home: &str) -> bool {
     let home = normalise(home);
     config
