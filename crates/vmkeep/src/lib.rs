@@ -8,7 +8,6 @@
 
 pub mod autostart;
 pub mod cli;
-pub mod cloudinit;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
@@ -24,7 +23,6 @@ pub mod link;
 pub mod logging;
 pub mod notice;
 pub mod os;
-pub mod sshkeys;
 pub mod stop_ladder;
 pub mod template;
 pub mod text;

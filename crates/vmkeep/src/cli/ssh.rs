@@ -10,9 +10,9 @@
 use anyhow::{Context, bail};
 
 use crate::image::cloud::{self, ImageRecord};
+use crate::image::sshkeys;
 use crate::instance::{InstanceDir, InstanceName, Status};
 use crate::os;
-use crate::sshkeys;
 
 /// The ssh host alias of an instance.
 pub fn host_alias(name: &InstanceName) -> String {
