@@ -26,7 +26,7 @@ use vmkeep_protocol::{FromGuest, Reply};
 
 use crate::driver::qemu::qmp::{self, Message, QmpEvent};
 use crate::driver::qemu::usernet;
-use crate::journal;
+use crate::instance::journal;
 use crate::link::guest_link::{
     GuestEvent, Readiness, check_exposed, check_guest_info, check_listening,
 };

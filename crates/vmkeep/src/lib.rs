@@ -18,7 +18,6 @@ pub mod home;
 pub mod hostagent;
 pub mod image;
 pub mod instance;
-pub mod journal;
 pub mod link;
 pub mod logging;
 pub mod notice;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::EventsArgs;
 use crate::home;
+use crate::instance::journal::Record;
 use crate::instance::{InstanceDir, InstanceName};
-use crate::journal::Record;
 
 pub fn run(args: EventsArgs) -> anyhow::Result<i32> {
     let root = home::instances_root()?;

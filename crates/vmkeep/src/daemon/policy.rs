@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use crate::instance::config::RunStrategy;
 use crate::instance::desired::Desired;
+use crate::instance::journal::{self, LastRun, Record};
 use crate::instance::status::{Broken, Status};
-use crate::journal::{self, LastRun, Record};
 use crate::timeouts;
 
 /// Whether the instance should be running now that its last run ended so.
@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn the_force_limit_follows_the_deadline_the_agent_journaled() {
-        use crate::journal::{Event, StopCause};
+        use crate::instance::journal::{Event, StopCause};
         let stopping = |pid, deadline_secs| Record {
             ts: "2026-12-01T00:00:00.000Z".into(),
             pid,

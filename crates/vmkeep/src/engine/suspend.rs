@@ -12,8 +12,8 @@ use crate::hostagent::api::{
     ApiClient, ApiError, DEFAULT_SUSPEND_TIMEOUT, SuspendCause, SuspendFallback, SuspendRequest,
 };
 use crate::instance::desired::{self, Desired};
+use crate::instance::journal::{Event, Journal};
 use crate::instance::{InstanceDir, Status};
-use crate::journal::{Event, Journal};
 use crate::os::process;
 
 /// Beyond the save's own deadline: the agent's answer and its exit.

@@ -9,8 +9,8 @@ use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::instance::journal::{SuspendCause, SuspendFallback};
 use crate::instance::status::Phase;
-pub use crate::journal::{SuspendCause, SuspendFallback};
 pub use vmkeep_protocol::{ExecRequest, ExecResult, GuestInfo};
 
 /// One endpoint: method and path.

@@ -7,7 +7,7 @@
 use crate::driver::qemu::QemuVm;
 use crate::hostagent::api::GuestInfo;
 use crate::instance::data_disk::{self, DataDisk, DataDiskProblem, Instruction};
-use crate::journal::{Event, StopCause};
+use crate::instance::journal::{Event, StopCause};
 
 use super::{Agent, AgentOutcome, fail, stopped_as_failed};
 

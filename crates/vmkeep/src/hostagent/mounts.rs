@@ -17,9 +17,9 @@ use vmkeep_protocol::MountRequest;
 
 use crate::driver::qemu::args::ShareDevice;
 use crate::driver::qemu::virtiofs;
+use crate::instance::journal::{Event, Journal};
 use crate::instance::shares::{self, GuestSide, HostSide, SharedDir};
 use crate::instance::{Config, InstanceDir};
-use crate::journal::{Event, Journal};
 use crate::link::guest_link::GuestLink;
 use crate::os::cgroup;
 use crate::os::process::ProcessHandle;

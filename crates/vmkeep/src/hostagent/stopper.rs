@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::inbox::{Inbox, Incoming};
 use super::server::Command;
 use crate::driver::Vm;
-use crate::journal::{Event, Journal, StopCause};
+use crate::instance::journal::{Event, Journal, StopCause};
 use crate::link::guest_link::GuestLink;
 use crate::os::process::ExitOutcome;
 use crate::stop_ladder::{self, Channels, Decision, Plan, Progress, Step};

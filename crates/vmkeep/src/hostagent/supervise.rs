@@ -20,11 +20,11 @@ use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
 use crate::hostagent::api::{self, GuestInfo};
 use crate::instance::config::{ByteSize, OnHostShutdown};
-use crate::instance::pause::{self, MIN_FREE_TO_CONTINUE, PauseFacts, PauseReason};
-use crate::instance::status::Phase;
-use crate::journal::{
+use crate::instance::journal::{
     ContinueCause, Event, Journal, StopCause, StoppedReason, SuspendCause, SuspendFallback,
 };
+use crate::instance::pause::{self, MIN_FREE_TO_CONTINUE, PauseFacts, PauseReason};
+use crate::instance::status::Phase;
 use crate::link::guest_link::{self, GuestLink};
 use crate::os;
 use crate::os::process::ExitOutcome;

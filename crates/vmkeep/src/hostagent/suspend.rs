@@ -16,8 +16,10 @@ use crate::driver::qemu::args::LaunchSpec;
 use crate::driver::qemu::qmp::QmpEvents;
 use crate::driver::qemu::snapshot::{self, SaveOptions, Settled, StateAfterFailure, StateRecord};
 use crate::driver::qemu::{QemuVm, find_in_path};
+use crate::instance::journal::{
+    Event, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback,
+};
 use crate::instance::status::Phase;
-use crate::journal::{Event, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback};
 use crate::link::guest_link::GuestLink;
 use crate::os;
 

@@ -5,6 +5,7 @@ pub mod create;
 pub mod data_disk;
 pub mod desired;
 pub mod identity;
+pub mod journal;
 pub mod layout;
 pub mod lima;
 pub mod name;

@@ -7,7 +7,7 @@ use super::config::Config;
 use super::layout::{InstanceDir, share_lock_index};
 use super::runtime::runtime_files;
 use super::status::{ConfigState, Observations};
-use crate::journal;
+use crate::instance::journal;
 use crate::os;
 
 /// Look at an instance without talking to its host agent.
@@ -101,7 +101,7 @@ fn shares_lost(dir: &InstanceDir, runtime_files: &[String]) -> io::Result<Vec<St
 /// Whether the service manager is worth asking (a subprocess): nothing runs
 /// and the last run failed, so a registered unit may have been given up on.
 fn ask_service_manager(seen: &Observations) -> bool {
-    use crate::journal::{Event, StoppedReason};
+    use crate::instance::journal::{Event, StoppedReason};
     let failed = matches!(
         seen.last_event.as_ref().map(|r| &r.event),
         Some(

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use crate::autostart::manager::UnitFailure;
 use crate::instance::data_disk::DataDiskProblem;
+use crate::instance::journal::{Event, Record};
 use crate::instance::pause::PauseReason;
-use crate::journal::{Event, Record};
 
 /// What was seen when looking at an instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -493,7 +493,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
 mod tests {
     use super::*;
     use crate::instance::data_disk::DataDisk;
-    use crate::journal::{StopCause, StoppedReason};
+    use crate::instance::journal::{StopCause, StoppedReason};
     use crate::stop_ladder::Step;
 
     fn stopped_instance() -> Observations {
@@ -679,7 +679,7 @@ mod tests {
                     last_event: record(
                         10,
                         Event::Continued {
-                            by: crate::journal::ContinueCause::SpaceFreed,
+                            by: crate::instance::journal::ContinueCause::SpaceFreed,
                             after_secs: 3.0,
                         },
                     ),
