@@ -17,13 +17,14 @@ use super::server::Command;
 use super::{Agent, AgentOutcome, clock, fail, forwards, mounts, now_rfc3339, stopped_as_failed};
 use crate::driver::Vm;
 use crate::driver::qemu::QemuVm;
+use crate::driver::qemu::pause::{self, PauseFacts};
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
 use crate::hostagent::api::{self, GuestInfo};
 use crate::instance::config::{ByteSize, OnHostShutdown};
 use crate::instance::journal::{
     ContinueCause, Event, Journal, StopCause, StoppedReason, SuspendCause, SuspendFallback,
 };
-use crate::instance::pause::{self, MIN_FREE_TO_CONTINUE, PauseFacts, PauseReason};
+use crate::instance::pause::{MIN_FREE_TO_CONTINUE, PauseReason};
 use crate::instance::status::Phase;
 use crate::link::guest_link::{self, GuestLink};
 use crate::os;
