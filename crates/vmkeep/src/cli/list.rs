@@ -220,7 +220,7 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Option<Row> {
         });
         return Some(row);
     }
-    let (seen, config) = match observe_with_config(&dir) {
+    let (seen, config) = match observe_with_config(&dir, &crate::autostart::manager::failed_unit) {
         Ok(seen) => seen,
         Err(e) => {
             row.reason = Some(Reason {

@@ -218,7 +218,7 @@ impl Daemon {
             tracing::warn!("{message}; host agents now stay in the daemon's cgroup");
         }
 
-        let status = status::derive(&observe(dir)?);
+        let status = status::derive(&observe(dir, &crate::autostart::manager::failed_unit)?);
         let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)?;
         let (last, decided_by) = journal::last_run(&records);
         let watch = self.watches.entry(name.clone()).or_default();

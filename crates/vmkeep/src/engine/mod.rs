@@ -91,13 +91,14 @@ pub fn foreign(dir: &InstanceDir) -> Result<Option<Foreign>, EngineError> {
 
 /// The status, from locks, files and the journal.
 pub fn status_of(dir: &InstanceDir) -> Result<Status, EngineError> {
-    let seen = observe(dir).map_err(EngineError::io("inspect", dir.dir()))?;
+    let seen = observe(dir, &crate::autostart::manager::failed_unit)
+        .map_err(EngineError::io("inspect", dir.dir()))?;
     Ok(status::derive(&seen))
 }
 
 /// The status, as the service hooks observe it.
 fn observed_status(dir: &InstanceDir) -> std::io::Result<Status> {
-    observe(dir).map(|seen| status::derive(&seen))
+    observe(dir, &crate::autostart::manager::failed_unit).map(|seen| status::derive(&seen))
 }
 
 /// Poll the status until `done` says so, or the time is up; returns the

@@ -3,7 +3,6 @@
 
 use serde::Serialize;
 
-use crate::autostart::manager::UnitFailure;
 use crate::instance::data_disk::DataDiskProblem;
 use crate::instance::journal::{Event, Record};
 use crate::instance::pause::PauseReason;
@@ -31,6 +30,18 @@ pub struct Observations {
     pub shares_lost: Vec<String>,
     /// A saved state (`vmkeep suspend`) waits to be resumed.
     pub saved_state: bool,
+}
+
+/// A registered unit that systemd gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFailure {
+    pub unit: String,
+    /// systemd's `Result` of the last run (`exit-code`, `signal`, ...).
+    pub result: String,
+    /// How often keep-alive restarted it before giving up.
+    pub restarts: u32,
+    /// `journalctl` flags naming the manager (`--user`, or nothing).
+    pub journal_flag: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq)]
