@@ -7,10 +7,10 @@ use std::io::Read;
 use anyhow::{Context, bail};
 
 use super::CreateArgs;
+use crate::engine::create::{check, create_from};
 use crate::home;
 use crate::image::templates;
 use crate::instance::InstanceName;
-use crate::instance::create::{check, create_from};
 use crate::template::{self, Source, locator};
 
 /// What the command line asks to create.

@@ -80,11 +80,9 @@ impl CliError {
                 .unwrap_or(ExitCode::Failure),
             CliError::Other(e) => match e.downcast_ref::<EngineError>() {
                 Some(engine) => engine.kind().into(),
-                None => match e.downcast_ref::<crate::instance::create::CreateError>() {
+                None => match e.downcast_ref::<crate::engine::create::CreateError>() {
                     Some(create) if create.is_invalid_template() => ExitCode::InvalidConfig,
-                    Some(crate::instance::create::CreateError::Exists { .. }) => {
-                        ExitCode::WrongState
-                    }
+                    Some(crate::engine::create::CreateError::Exists { .. }) => ExitCode::WrongState,
                     _ => ExitCode::Failure,
                 },
             },

@@ -62,7 +62,7 @@ pub enum EngineError {
     Config(#[from] crate::instance::config::ConfigError),
 
     #[error(transparent)]
-    Create(#[from] crate::instance::create::CreateError),
+    Create(#[from] crate::engine::create::CreateError),
 
     #[error("{name} is broken: {}\n  {}", broken.message(), broken.hint().replace("NAME", name.as_str()))]
     Broken { name: InstanceName, broken: Broken },
@@ -142,7 +142,7 @@ impl EngineError {
             EngineError::NotFound { .. } => ErrorKind::NotFound,
             EngineError::Config(_) => ErrorKind::InvalidConfig,
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,
-            EngineError::Create(crate::instance::create::CreateError::Exists { .. }) => {
+            EngineError::Create(crate::engine::create::CreateError::Exists { .. }) => {
                 ErrorKind::WrongState
             }
             EngineError::Broken { .. }

@@ -9,6 +9,7 @@
 //! Nothing here prints: progress and notes go to a [`Notice`]; failures are
 //! an [`EngineError`] whose [`ErrorKind`] front ends turn into exit codes.
 
+pub mod create;
 pub mod delete;
 pub mod error;
 pub mod start;

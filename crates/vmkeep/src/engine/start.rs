@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use super::{EngineError, Home, Notice, status_of, wait_for_status};
 use crate::autostart::hooks;
+use crate::engine::create::CreateError;
 use crate::hostagent;
 use crate::hostagent::api::{ApiClient, ApiError};
 use crate::hostagent::report::Report;
 use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
-use crate::instance::create::CreateError;
 use crate::instance::desired::{self, Desired};
 use crate::instance::pause::PauseReason;
 use crate::instance::status::{Broken, StartPlan};
@@ -151,12 +151,8 @@ fn create_default(home: &Home, name: &InstanceName) -> Result<bool, EngineError>
     if *name != InstanceName::default_instance() {
         return Err(EngineError::NotFound { name: name.clone() });
     }
-    match crate::instance::create::create(
-        &home.root,
-        name,
-        DEFAULT_TEMPLATE,
-        "the built-in template",
-    ) {
+    match crate::engine::create::create(&home.root, name, DEFAULT_TEMPLATE, "the built-in template")
+    {
         Ok(_) => Ok(true),
         Err(CreateError::Exists { .. }) => Ok(false),
         Err(e) => Err(e.into()),

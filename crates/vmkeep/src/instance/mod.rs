@@ -1,7 +1,6 @@
 //! Instances: names, directory layout, config, observation and status.
 
 pub mod config;
-pub mod create;
 pub mod data_disk;
 pub mod desired;
 pub mod identity;

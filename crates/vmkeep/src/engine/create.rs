@@ -5,11 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use super::data_disk;
-use super::layout::{InstanceDir, SocketPathTooLong};
-use super::name::InstanceName;
 use crate::image::cloud::{self, CloudError};
 use crate::image::download::{self, Progress};
+use crate::instance::data_disk;
+use crate::instance::layout::{InstanceDir, SocketPathTooLong};
+use crate::instance::name::InstanceName;
 use crate::instance::vars::{self, ExpandError};
 use crate::os;
 use crate::os::tool::{Tool, ToolError};
@@ -34,7 +34,7 @@ pub enum CreateError {
     #[error("invalid template: message: {0}\n  nothing was created")]
     Message(crate::text::gotmpl::TemplateError),
     #[error("invalid template: {0}\n  nothing was created")]
-    Shares(super::shares::ShareError),
+    Shares(crate::instance::shares::ShareError),
     #[error("cannot create the data disk: {0}")]
     Disk(#[from] ToolError),
     #[error("cannot create the instance from its cloud image: {0}\n  nothing was created")]
@@ -130,20 +130,20 @@ pub fn check(
         crate::text::gotmpl::check(message).map_err(CreateError::Message)?;
     }
     let guest = if config.is_cloud() {
-        super::shares::GuestSide {
+        crate::instance::shares::GuestSide {
             user: guest_user.name.clone(),
             uid: guest_user.uid,
             home: guest_user.home.clone(),
             cloud: true,
         }
     } else {
-        super::shares::GuestSide::tiny()
+        crate::instance::shares::GuestSide::tiny()
     };
-    super::shares::resolve(
+    crate::instance::shares::resolve(
         config,
         name.as_str(),
         dir.dir(),
-        &super::shares::HostSide::current(),
+        &crate::instance::shares::HostSide::current(),
         &guest,
     )
     .map_err(CreateError::Shares)?;
