@@ -71,7 +71,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Engine(e) => e.kind().into(),
-            CliError::Autostart(e) => e.kind().into(),
+            CliError::Autostart(e) => ErrorKind::from(e).into(),
             CliError::Several { code, .. } => *code,
             CliError::Missing { .. } => ExitCode::NotFound,
             CliError::Other(e) if e.downcast_ref::<CliError>().is_some() => e

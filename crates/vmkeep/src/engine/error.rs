@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::autostart::error::AutostartError;
 use crate::instance::InstanceName;
 use crate::instance::config::ByteSize;
 use crate::instance::status::Broken;
@@ -25,6 +26,35 @@ pub enum ErrorKind {
     Usage,
     /// Anything else: the host (files, tools, processes).
     Host,
+}
+
+/// What kind of failure an autostart operation's error is.
+impl From<&AutostartError> for ErrorKind {
+    fn from(error: &AutostartError) -> ErrorKind {
+        match error {
+            AutostartError::NoInstance { .. } => ErrorKind::NotFound,
+            AutostartError::Config(_) => ErrorKind::InvalidConfig,
+            AutostartError::UnitStopped { .. } | AutostartError::DidNotComeUp { .. } => {
+                ErrorKind::StartFailed
+            }
+            AutostartError::StillRunning { .. } => ErrorKind::StopFailed,
+            AutostartError::UserForLogin { .. } | AutostartError::NoSuchUser(_) => ErrorKind::Usage,
+            AutostartError::Spec(_)
+            | AutostartError::Home(_)
+            | AutostartError::SocketPath(_)
+            | AutostartError::AlreadyRegistered { .. }
+            | AutostartError::NotOurs { .. }
+            | AutostartError::NotOursToRemove { .. }
+            | AutostartError::ManagerNotRunning { .. }
+            | AutostartError::NeedsRoot { .. }
+            | AutostartError::RemovalNeedsRoot { .. }
+            | AutostartError::LingerNeedsRoot { .. }
+            | AutostartError::Rejected { .. }
+            | AutostartError::Tool(_)
+            | AutostartError::Inspect(_)
+            | AutostartError::Io { .. } => ErrorKind::Host,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -155,7 +185,7 @@ impl EngineError {
             EngineError::StillRunning { .. }
             | EngineError::Unkillable { .. }
             | EngineError::SuspendFailed { .. } => ErrorKind::StopFailed,
-            EngineError::Autostart(e) => e.kind(),
+            EngineError::Autostart(e) => ErrorKind::from(e),
             EngineError::Create(_)
             | EngineError::NoRoom { .. }
             | EngineError::Home(_)
