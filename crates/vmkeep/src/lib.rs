@@ -14,7 +14,6 @@ pub mod engine;
 pub mod forwarding;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
-pub mod home;
 pub mod hostagent;
 pub mod image;
 pub mod instance;

@@ -18,7 +18,7 @@ pub enum AutostartError {
     Config(#[from] crate::instance::config::ConfigError),
 
     #[error(transparent)]
-    Home(#[from] crate::home::HomeError),
+    Home(#[from] crate::instance::home::HomeError),
 
     #[error(transparent)]
     SocketPath(#[from] crate::instance::layout::SocketPathTooLong),

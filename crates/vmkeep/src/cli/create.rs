@@ -8,9 +8,9 @@ use anyhow::{Context, bail};
 
 use super::CreateArgs;
 use crate::engine::create::{check, create_from};
-use crate::home;
 use crate::image::templates;
 use crate::instance::InstanceName;
+use crate::instance::home;
 use crate::template::{self, Source, locator};
 
 /// What the command line asks to create.

@@ -11,7 +11,7 @@ use super::{DaemonAction, DaemonArgs};
 use crate::daemon::policy::RestartLimits;
 use crate::daemon::unit::{self, DaemonUnit, UNIT_NAME};
 use crate::daemon::{self, DaemonOptions};
-use crate::home;
+use crate::instance::home;
 use crate::instance::{Config, InstanceDir};
 use crate::os::service_manager as sm;
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::EventsArgs;
-use crate::home;
+use crate::instance::home;
 use crate::instance::journal::Record;
 use crate::instance::{InstanceDir, InstanceName};
 

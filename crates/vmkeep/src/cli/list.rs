@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use super::ListArgs;
-use crate::home;
+use crate::instance::home;
 use crate::instance::observe::observe_with_config;
 use crate::instance::ownership::{self, Ownership};
 use crate::instance::status::{self, Status};

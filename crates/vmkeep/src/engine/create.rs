@@ -40,7 +40,7 @@ pub enum CreateError {
     #[error("cannot create the instance from its cloud image: {0}\n  nothing was created")]
     Cloud(#[from] CloudError),
     #[error(transparent)]
-    Home(#[from] crate::home::HomeError),
+    Home(#[from] crate::instance::home::HomeError),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -193,7 +193,7 @@ pub fn create_from(
         let disk = staging.join(staged.disk().file_name().unwrap_or_default());
         if config.is_cloud() {
             let record = staging.join(staged.image_record().file_name().unwrap_or_default());
-            let cache = crate::home::cache_root()?;
+            let cache = crate::instance::home::cache_root()?;
             cloud::prepare(&cache, config, &guest_user, &disk, &record, progress)?;
         } else {
             Tool::new("qemu-img", "install it: sudo apt-get install qemu-utils")

@@ -83,7 +83,7 @@ pub enum EngineError {
     },
 
     #[error(transparent)]
-    Home(#[from] crate::home::HomeError),
+    Home(#[from] crate::instance::home::HomeError),
 
     #[error(transparent)]
     SocketPath(#[from] crate::instance::layout::SocketPathTooLong),

@@ -38,7 +38,7 @@ impl Home {
     /// The home of this process's environment.
     pub fn from_env() -> Result<Home, EngineError> {
         Ok(Home {
-            root: crate::home::instances_root()?,
+            root: crate::instance::home::instances_root()?,
         })
     }
 

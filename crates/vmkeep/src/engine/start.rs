@@ -349,7 +349,7 @@ fn boot(
                     modules_dir: config.kernel.modules.as_ref().map(|m| m.0.clone()),
                 });
         crate::image::tiny::ensure(
-            &crate::home::cache_root()?,
+            &crate::instance::home::cache_root()?,
             kernel_override.as_ref(),
             &mut |message| notice.step(message),
         )?;

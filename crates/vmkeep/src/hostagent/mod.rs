@@ -39,16 +39,17 @@ use crate::driver::qemu::snapshot;
 use crate::driver::qemu::{self, QemuError, QemuVm};
 use crate::hostagent::api::GuestInfo;
 use crate::image::tiny;
+use crate::instance::home;
 use crate::instance::journal::{self, Event, Journal, Repair, StopCause, StoppedReason};
 use crate::instance::pause::PauseReason;
 use crate::instance::status::Phase;
 use crate::instance::{Config, InstanceDir, InstanceName};
 use crate::link::guest_link::{self, GuestLink};
+use crate::os;
 use crate::os::cgroup;
 use crate::os::lock::{self, HeldLock};
 use crate::os::process::ExitOutcome;
 use crate::stop_ladder::Step;
-use crate::{home, os};
 
 /// What the agent is for.
 #[derive(Debug, Clone, Copy, PartialEq)]

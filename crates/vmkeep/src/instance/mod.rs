@@ -3,6 +3,7 @@
 pub mod config;
 pub mod data_disk;
 pub mod desired;
+pub mod home;
 pub mod identity;
 pub mod journal;
 pub mod layout;
