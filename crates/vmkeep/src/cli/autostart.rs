@@ -13,7 +13,8 @@ use crate::autostart::manager::{self, not_running_reason, running};
 use crate::autostart::record;
 use crate::autostart::registration::{self, Plan};
 use crate::autostart::{Condition, Manager, Options};
-use crate::engine::{self, Home};
+use crate::engine;
+use crate::instance::Home;
 use crate::instance::{InstanceDir, InstanceName, Status};
 
 #[derive(Debug, clap::Args)]

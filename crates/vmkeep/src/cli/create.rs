@@ -251,7 +251,7 @@ pub fn start_target(
     match target {
         Some(text) if locator::looks_like_locator(text) => {
             let plan = plan(Some(text), name.as_ref(), None)?;
-            let dir = crate::engine::Home::from_env()?.layout(&plan.name)?;
+            let dir = crate::instance::Home::from_env()?.layout(&plan.name)?;
             if dir.dir().exists() {
                 bail!(
                     "instance {0} already exists; start it with `vmkeep start {0}`, or create another with --name",

@@ -67,6 +67,18 @@ pub enum CliError {
     Other(#[from] anyhow::Error),
 }
 
+impl From<crate::instance::home::HomeError> for CliError {
+    fn from(error: crate::instance::home::HomeError) -> CliError {
+        CliError::Engine(error.into())
+    }
+}
+
+impl From<crate::instance::home::LookupError> for CliError {
+    fn from(error: crate::instance::home::LookupError) -> CliError {
+        CliError::Engine(error.into())
+    }
+}
+
 impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {

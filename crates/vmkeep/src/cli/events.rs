@@ -15,7 +15,7 @@ use crate::instance::{InstanceDir, InstanceName};
 pub fn run(args: EventsArgs) -> anyhow::Result<i32> {
     let root = home::instances_root()?;
     if let Some(name) = &args.name {
-        crate::engine::Home::from_env()?.existing(name)?;
+        crate::instance::Home::from_env()?.existing(name)?;
     }
     // Bytes of each journal already shown.
     let mut shown: BTreeMap<InstanceName, u64> = BTreeMap::new();

@@ -13,7 +13,7 @@ use crate::hostagent::api::{ApiClient, ExecRequest};
 use crate::instance::Config;
 
 pub fn run(args: ShellArgs) -> anyhow::Result<i32> {
-    let dir = crate::engine::Home::from_env()?.existing(&args.name)?;
+    let dir = crate::instance::Home::from_env()?.existing(&args.name)?;
     let status = crate::engine::status_of(&dir)?;
     if !status.can_exec() {
         let name = &args.name;

@@ -44,7 +44,7 @@ pub fn config_block(dir: &InstanceDir) -> anyhow::Result<String> {
 
 /// `vmkeep ssh-config NAME`
 pub fn print_config(name: &InstanceName) -> anyhow::Result<i32> {
-    let dir = crate::engine::Home::from_env()?.existing(name)?;
+    let dir = crate::instance::Home::from_env()?.existing(name)?;
     print!("{}", config_block(&dir)?);
     Ok(0)
 }

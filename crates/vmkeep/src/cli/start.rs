@@ -4,8 +4,9 @@
 
 use super::progress::{Lines, Progress};
 use super::{CliError, ExitCode, StartArgs};
+use crate::engine;
 use crate::engine::start::{StartOptions, Started, start};
-use crate::engine::{self, Home};
+use crate::instance::Home;
 use crate::instance::InstanceName;
 use crate::os;
 

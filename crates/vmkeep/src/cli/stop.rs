@@ -3,8 +3,8 @@
 
 use super::progress::Lines;
 use super::{CliError, ExitCode, StopArgs};
-use crate::engine::Home;
 use crate::engine::stop::{StopOptions, Stopped, stop};
+use crate::instance::Home;
 use crate::instance::{InstanceDir, InstanceName};
 
 pub fn run(args: StopArgs) -> Result<i32, CliError> {

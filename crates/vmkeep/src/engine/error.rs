@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use crate::autostart::error::AutostartError;
 use crate::instance::InstanceName;
 use crate::instance::config::ByteSize;
+use crate::instance::home::LookupError;
 use crate::instance::status::Broken;
 
 /// What kind of failure it is: the CLI maps each to an exit code.
@@ -59,21 +60,8 @@ impl From<&AutostartError> for ErrorKind {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error(
-        "there is no instance {name}; create it with `vmkeep create {name}` (or see `vmkeep list`)"
-    )]
-    NotFound { name: InstanceName },
-
-    #[error(
-        "{} is not a vmkeep instance: it is {what}; vmkeep leaves it alone \
-         (move it out of the instances' directory, or `vmkeep delete --force {name}` to delete it with everything in it)",
-        dir.display()
-    )]
-    Foreign {
-        name: InstanceName,
-        dir: PathBuf,
-        what: String,
-    },
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
 
     #[error("{} is in use: pid {pid} holds {file}; stop it with the tool that started it, then delete again", dir.display())]
     ForeignInUse {
@@ -169,7 +157,7 @@ pub enum EngineError {
 impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::NotFound { .. } => ErrorKind::NotFound,
+            EngineError::Lookup(LookupError::NotFound { .. }) => ErrorKind::NotFound,
             EngineError::Config(_) => ErrorKind::InvalidConfig,
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,
             EngineError::Create(crate::engine::create::CreateError::Exists { .. }) => {
@@ -177,7 +165,7 @@ impl EngineError {
             }
             EngineError::Broken { .. }
             | EngineError::WrongState { .. }
-            | EngineError::Foreign { .. }
+            | EngineError::Lookup(LookupError::Foreign { .. })
             | EngineError::ForeignInUse { .. } => ErrorKind::WrongState,
             EngineError::StartFailed { .. }
             | EngineError::DidNotComeUp { .. }
@@ -189,6 +177,7 @@ impl EngineError {
             EngineError::Create(_)
             | EngineError::NoRoom { .. }
             | EngineError::Home(_)
+            | EngineError::Lookup(LookupError::SocketPath(_) | LookupError::Read { .. })
             | EngineError::SocketPath(_)
             | EngineError::ForeignLockHolder { .. }
             | EngineError::Image(_)

@@ -16,79 +16,15 @@ pub mod start;
 pub mod stop;
 pub mod suspend;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use self::error::{EngineError, ErrorKind};
 use crate::instance::observe::observe;
-use crate::instance::ownership::{self, Foreign, Ownership};
-use crate::instance::{InstanceDir, InstanceName, Status, status};
+use crate::instance::{InstanceDir, Status, status};
 pub use crate::notice::Notice;
 
 /// How often a wait on an instance's status looks again.
 const STATUS_POLL: Duration = Duration::from_millis(50);
-
-/// Where instances live (`$VMKEEP_HOME`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Home {
-    pub root: PathBuf,
-}
-
-impl Home {
-    /// The home of this process's environment.
-    pub fn from_env() -> Result<Home, EngineError> {
-        Ok(Home {
-            root: crate::instance::home::instances_root()?,
-        })
-    }
-
-    pub fn at(root: &Path) -> Home {
-        Home {
-            root: root.to_path_buf(),
-        }
-    }
-
-    /// The layout of an instance, existing or not. A directory of that name
-    /// that vmkeep did not make (a Lima instance, say) is refused here, so
-    /// that no verb acts on it: only `delete --force` removes it.
-    pub fn layout(&self, name: &InstanceName) -> Result<InstanceDir, EngineError> {
-        let dir = self.layout_any(name)?;
-        if let Some(foreign) = foreign(&dir)? {
-            return Err(EngineError::Foreign {
-                dir: dir.dir().to_path_buf(),
-                what: foreign.describe(),
-                name: name.clone(),
-            });
-        }
-        Ok(dir)
-    }
-
-    /// The layout of `name`, whoever made its directory.
-    pub fn layout_any(&self, name: &InstanceName) -> Result<InstanceDir, EngineError> {
-        Ok(InstanceDir::new(&self.root, name.clone())?)
-    }
-
-    /// The layout of an existing instance, or [`EngineError::NotFound`].
-    pub fn existing(&self, name: &InstanceName) -> Result<InstanceDir, EngineError> {
-        let dir = self.layout(name)?;
-        if !dir.dir().is_dir() {
-            return Err(EngineError::NotFound { name: name.clone() });
-        }
-        Ok(dir)
-    }
-}
-
-/// What the directory of `dir` is when vmkeep did not make it (`None` when
-/// it is vmkeep's, or does not exist).
-pub fn foreign(dir: &InstanceDir) -> Result<Option<Foreign>, EngineError> {
-    if !dir.dir().is_dir() {
-        return Ok(None);
-    }
-    match ownership::inspect(dir.dir()).map_err(EngineError::io("read", dir.dir()))? {
-        Ownership::Vmkeep => Ok(None),
-        Ownership::Foreign(foreign) => Ok(Some(foreign)),
-    }
-}
 
 /// The status, from locks, files and the journal.
 pub fn status_of(dir: &InstanceDir) -> Result<Status, EngineError> {

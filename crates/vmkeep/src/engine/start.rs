@@ -7,7 +7,7 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use super::{EngineError, Home, Notice, status_of, wait_for_status};
+use super::{EngineError, Notice, status_of, wait_for_status};
 use crate::autostart::hooks;
 use crate::engine::create::CreateError;
 use crate::hostagent;
@@ -15,6 +15,7 @@ use crate::hostagent::api::{ApiClient, ApiError};
 use crate::hostagent::report::Report;
 use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
 use crate::instance::desired::{self, Desired};
+use crate::instance::home::{Home, LookupError};
 use crate::instance::pause::PauseReason;
 use crate::instance::status::{Broken, StartPlan};
 use crate::instance::{Config, InstanceDir, InstanceName, Status};
@@ -149,7 +150,7 @@ pub fn resume_quietly(dir: &InstanceDir, notice: &dyn Notice) -> Result<(), Engi
 /// whichever loses finds it made, which is as good.
 fn create_default(home: &Home, name: &InstanceName) -> Result<bool, EngineError> {
     if *name != InstanceName::default_instance() {
-        return Err(EngineError::NotFound { name: name.clone() });
+        return Err(LookupError::NotFound { name: name.clone() }.into());
     }
     match crate::engine::create::create(&home.root, name, DEFAULT_TEMPLATE, "the built-in template")
     {

@@ -20,6 +20,7 @@ pub mod vars;
 pub mod yaml_de;
 
 pub use config::Config;
+pub use home::Home;
 pub use layout::InstanceDir;
 pub use name::InstanceName;
 pub use status::Status;
