@@ -109,10 +109,8 @@ pub fn guest_lines(data: &[u8]) {
                     "accepted an unchecked port report"
                 );
                 // What the forwarding rules make of it is bounded too.
-                let forwards = crate::forwarding::wanted(
-                    &crate::forwarding::default_rules(&[], None),
-                    &listening,
-                );
+                let forwards =
+                    crate::forwards::wanted(&crate::forwards::default_rules(&[], None), &listening);
                 assert!(forwards.len() <= vmkeep_protocol::MAX_LISTENING);
             }
             Ok(Incoming::PeerRestarted | Incoming::Ignore) => {}
@@ -159,8 +157,8 @@ pub fn qmp_lines(data: &[u8]) {
     for forward in &forwards {
         assert_printable(&usernet::rule_text(forward), 64);
         let proto = match forward.proto {
-            crate::forwarding::Transport::Tcp => "TCP",
-            crate::forwarding::Transport::Udp => "UDP",
+            crate::forwards::Transport::Tcp => "TCP",
+            crate::forwards::Transport::Udp => "UDP",
         };
         table.push_str(&format!(
             "  {proto}[HOST_FORWARD] 3 {} {} 10.0.2.15 {} 0 0\r\n",

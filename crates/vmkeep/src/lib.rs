@@ -11,7 +11,7 @@ pub mod cli;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
-pub mod forwarding;
+pub mod forwards;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod hostagent;

@@ -1,5 +1,5 @@
 //! The stop ladder's decisions, as a pure function of what has been done and
-//! how long ago. The host agent executes them (see `hostagent::stopper`).
+//! how long ago. The host agent executes them (see `hostagent::stop_ladder`).
 //!
 //! 1. Ask the guest through the hypervisor: the ACPI power button (QMP
 //!    `system_powerdown`), re-sent periodically because a press that arrives

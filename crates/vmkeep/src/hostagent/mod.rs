@@ -14,7 +14,7 @@ mod mounts;
 pub mod report;
 pub mod serial_log;
 pub mod server;
-pub mod stopper;
+pub mod stop_ladder;
 mod supervise;
 mod suspend;
 
@@ -649,7 +649,7 @@ impl Agent<'_, '_> {
             force,
         });
         let guest = self.guest_rx.clone();
-        let stopped = stopper::stop(
+        let stopped = stop_ladder::stop(
             vm,
             &guest,
             deadline,
