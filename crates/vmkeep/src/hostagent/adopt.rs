@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use super::error::AdoptError;
 use super::{Agent, mounts};
 use crate::driver::Vm;
 use crate::driver::qemu::qmp::QmpEvents;
@@ -13,8 +14,10 @@ use crate::instance::journal::{Event, Repair};
 
 impl Agent<'_, '_> {
     /// Adopt a QEMU that outlived its agent, or clear what dead processes left.
-    pub(super) async fn adopt_or_clean(&mut self) -> Result<Option<(QemuVm, QmpEvents)>, String> {
-        match qemu::adopt(&self.dir).await.map_err(|e| e.to_string())? {
+    pub(super) async fn adopt_or_clean(
+        &mut self,
+    ) -> Result<Option<(QemuVm, QmpEvents)>, AdoptError> {
+        match qemu::adopt(&self.dir).await? {
             Some(Ok((vm, events))) => {
                 self.reporter.progress(format!(
                     "adopting QEMU pid {} left running by a previous host agent",
@@ -41,9 +44,7 @@ impl Agent<'_, '_> {
                 ));
                 let _ = hung.process.kill();
                 if !hung.process.wait_timeout(Duration::from_secs(10)) {
-                    return Err(format!(
-                        "QEMU pid {pid} does not answer and did not die from SIGKILL"
-                    ));
+                    return Err(AdoptError::Unkillable { pid });
                 }
                 self.record(Event::Repaired {
                     action: Repair::KilledUnresponsiveQemu,
@@ -54,15 +55,14 @@ impl Agent<'_, '_> {
         }
         // [mounts] No QEMU: a virtiofsd left by a dead agent waits for nobody.
         let ended = mounts::end_leftovers(&self.dir);
-        let mut stale = self
-            .remove_runtime_files()
-            .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?;
+        let clean = |source| AdoptError::Clean {
+            dir: self.dir.dir().to_path_buf(),
+            source,
+        };
+        let mut stale = self.remove_runtime_files().map_err(clean)?;
         // No QEMU runs: a device state no record claims, and the RAM file
         // of a VM that is gone, are leftovers (a saved state keeps both).
-        stale.extend(
-            snapshot::remove_unclaimed(&self.dir, false)
-                .map_err(|e| format!("cannot clean {}: {e}", self.dir.dir().display()))?,
-        );
+        stale.extend(snapshot::remove_unclaimed(&self.dir, false).map_err(clean)?);
         stale.extend(ended);
         if !stale.is_empty() {
             let detail = stale.join(", ");

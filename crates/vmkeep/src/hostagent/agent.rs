@@ -208,7 +208,7 @@ impl Agent<'_, '_> {
         }
         let adopted = match self.adopt_or_clean().await {
             Ok(adopted) => adopted,
-            Err(error) => return self.fail(error),
+            Err(error) => return self.fail(error.to_string()),
         };
         match os::socket::bind_private(&self.dir.api_socket()) {
             Ok(listener) => {
@@ -231,6 +231,7 @@ impl Agent<'_, '_> {
             (None, Mode::Run) => match self.launch().await {
                 Ok((vm, events)) => (vm, events, self.launched_at.or(Some(Instant::now()))),
                 Err(LaunchFailed { error, qemu_exit }) => {
+                    let error = error.to_string();
                     self.record(Event::StartFailed {
                         error: error.clone(),
                     });

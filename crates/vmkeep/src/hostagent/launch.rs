@@ -5,6 +5,7 @@
 
 use tokio::time::Instant;
 
+use super::error::LaunchError;
 use super::{Agent, mounts};
 use crate::driver::Vm;
 use crate::driver::qemu::accel::{self, HostFacts};
@@ -18,34 +19,31 @@ use crate::instance::journal::Event;
 use crate::os;
 use crate::os::cgroup;
 use crate::os::process::ExitOutcome;
-use crate::text::chain::error_chain;
 
 impl Agent<'_, '_> {
     pub(super) async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
         // Never boot a disk whose saved state exists: its RAM would no
         // longer match the disk. An unreadable record fails the start too.
-        let saved = snapshot::load(&self.dir).map_err(|e| error_chain(&e))?;
+        let saved = snapshot::load(&self.dir).map_err(LaunchError::SavedState)?;
         if saved.is_some() && self.repair_data {
-            let name = self.dir.name();
-            return Err(LaunchFailed::from(format!(
-                "{name} is suspended: its data disk is in use by the saved guest, so it can be \
-                 checked only at a fresh boot; resume it with `vmkeep start {name}`, or discard \
-                 the saved state first"
-            )));
+            return Err(LaunchError::RepairSuspended {
+                name: self.dir.name().clone(),
+            }
+            .into());
         }
-        let env_accel = accel::env_override()?;
+        let env_accel = accel::env_override().map_err(LaunchError::from)?;
         let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
-            .map_err(|e| e.to_string())?;
+            .map_err(LaunchError::from)?;
         if self.config.is_cloud() {
             // Cloud image: seed, ssh port and boot method come from image::cloud.
             let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
-                .map_err(|e| e.to_string())?;
+                .map_err(LaunchError::from)?;
             return match saved {
                 Some(saved) => self.resume(saved, spec, accel, why).await,
                 None => Ok(self.boot(spec, accel, why).await?),
             };
         }
-        let cache = home::cache_root().map_err(|e| e.to_string())?;
+        let cache = home::cache_root().map_err(LaunchError::from)?;
         let kernel_override = self
             .config
             .kernel
@@ -59,7 +57,7 @@ impl Agent<'_, '_> {
         let image = tiny::ensure(&cache, kernel_override.as_ref(), &mut |message| {
             reporter.progress(message)
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(LaunchError::from)?;
         let cmdline = match &saved {
             // The guest booted with it; a reboot inside the resumed QEMU
             // gets it again, as in the QEMU that booted it.
@@ -70,7 +68,7 @@ impl Agent<'_, '_> {
                     cmdline.push(' ');
                     cmdline.push_str(extra);
                 }
-                cmdline.push_str(&self.data_disk_kernel_flags()?);
+                cmdline.push_str(&self.data_disk_kernel_flags().map_err(LaunchError::from)?);
                 cmdline
             }
         };
@@ -94,19 +92,18 @@ impl Agent<'_, '_> {
         mut spec: LaunchSpec,
         accel: accel::Accel,
         why: String,
-    ) -> Result<(QemuVm, QmpEvents), String> {
+    ) -> Result<(QemuVm, QmpEvents), LaunchError> {
         self.reporter.progress(format!("booting QEMU with {why}"));
         // Fresh RAM, its blocks reserved now: a guest must not meet a full
         // disk as a SIGBUS in the middle of running.
         let ram_bytes = spec.memory_mib << 20;
-        os::fs::create_reserved(&spec.ram_file, ram_bytes, 0o600).map_err(|e| {
-            format!(
-                "cannot reserve {} MiB for the guest's RAM in {}: {e}; free some space there, \
-                 or lower `memory` in {}",
-                spec.memory_mib,
-                spec.ram_file.display(),
-                self.dir.config().display()
-            )
+        os::fs::create_reserved(&spec.ram_file, ram_bytes, 0o600).map_err(|source| {
+            LaunchError::ReserveRam {
+                mib: spec.memory_mib,
+                ram_file: spec.ram_file.clone(),
+                config: self.dir.config(),
+                source,
+            }
         })?;
         // [mounts] virtiofsd first: QEMU connects to it as it starts.
         let (shares, devices) = mounts::start(&self.dir, &self.config)?;
@@ -135,7 +132,7 @@ impl Agent<'_, '_> {
     pub(super) async fn start_qemu(
         &mut self,
         spec: &LaunchSpec,
-    ) -> Result<(QemuVm, QmpEvents), String> {
+    ) -> Result<(QemuVm, QmpEvents), LaunchError> {
         let spec = spec.clone();
         let binary = self.config.arch.qemu_binary();
         self.launched_at = Some(Instant::now());
@@ -155,7 +152,7 @@ impl Agent<'_, '_> {
             }
             None => qemu::launch(binary, &spec, &log_path, None).await,
         };
-        let (vm, events) = launched.map_err(|e| e.to_string())?;
+        let (vm, events) = launched?;
         if let Some((placement, scope)) = &scope {
             tracing::info!(
                 "QEMU pid {} runs in {} of {}{}",
@@ -199,12 +196,12 @@ impl Agent<'_, '_> {
 
 /// Why no VM came up, and how its QEMU ended if one was launched.
 pub(super) struct LaunchFailed {
-    pub(super) error: String,
+    pub(super) error: LaunchError,
     pub(super) qemu_exit: Option<ExitOutcome>,
 }
 
-impl From<String> for LaunchFailed {
-    fn from(error: String) -> LaunchFailed {
+impl From<LaunchError> for LaunchFailed {
+    fn from(error: LaunchError) -> LaunchFailed {
         LaunchFailed {
             error,
             qemu_exit: None,

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vmkeep_protocol::MountRequest;
 
+use super::error::MountsError;
 use crate::driver::qemu::args::ShareDevice;
 use crate::driver::qemu::virtiofs;
 use crate::instance::journal::{Event, Journal};
@@ -57,14 +58,12 @@ impl Shares {
 
 /// The config's shares for this instance (its guest user comes from the
 /// cloud image's record; the tiny image's is root).
-pub fn resolve(dir: &InstanceDir, config: &Config) -> Result<Vec<SharedDir>, String> {
+pub fn resolve(dir: &InstanceDir, config: &Config) -> Result<Vec<SharedDir>, MountsError> {
     if config.raw.mounts.as_ref().is_none_or(|m| m.is_empty()) {
         return Ok(Vec::new());
     }
     let guest = if config.is_cloud() {
-        let user = crate::image::cloud::ImageRecord::load(dir)
-            .map_err(|e| e.to_string())?
-            .guest_user();
+        let user = crate::image::cloud::ImageRecord::load(dir)?.guest_user();
         GuestSide {
             user: user.name,
             uid: user.uid,
@@ -81,15 +80,20 @@ pub fn resolve(dir: &InstanceDir, config: &Config) -> Result<Vec<SharedDir>, Str
         &HostSide::current(),
         &guest,
     )
-    .map_err(|e| format!("{e}\n  fix it in {}", dir.config().display()))
+    .map_err(|source| MountsError::Shares {
+        config: dir.config(),
+        source,
+    })
 }
 
 /// Start a virtiofsd for each share, before QEMU (which connects to their
 /// sockets as it starts). On failure, what was started is ended.
-pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDevice>), String> {
+pub fn start(
+    dir: &InstanceDir,
+    config: &Config,
+) -> Result<(Shares, Vec<ShareDevice>), MountsError> {
     let wanted = resolve(dir, config)?;
-    let Some(binary) = virtiofs::preflight(&wanted, &dir.config()).map_err(|e| e.to_string())?
-    else {
+    let Some(binary) = virtiofs::preflight(&wanted, &dir.config())? else {
         return Ok((Shares::default(), Vec::new()));
     };
     let placement = cgroup::placement().ok();
@@ -138,7 +142,7 @@ pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDev
             }
             Err(e) => {
                 end_now(&shares);
-                return Err(e.to_string());
+                return Err(e.into());
             }
         }
     }
@@ -244,7 +248,7 @@ fn requests(shares: &Shares) -> Vec<MountRequest> {
 
 /// Mount every share in the guest (before the start reports ready). A share
 /// the guest cannot mount fails the start: never a silent no-mount.
-pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), String> {
+pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), MountsError> {
     for request in requests(shares) {
         let describe = shares
             .daemons
@@ -252,9 +256,12 @@ pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), String> 
             .find(|d| d.share.tag() == request.tag)
             .map(|d| d.share.describe())
             .unwrap_or_default();
-        link.mount(request, MOUNT_TIMEOUT).await.map_err(|e| {
-            format!("the guest could not mount the shared directory {describe}: {e}")
-        })?;
+        link.mount(request, MOUNT_TIMEOUT)
+            .await
+            .map_err(|source| MountsError::Mount {
+                share: describe,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -262,7 +269,7 @@ pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), String> 
 /// Whether a failed mount fails the start: for a guest this agent booted,
 /// yes (never a silent no-mount); an adopted guest runs on, and the
 /// problem is logged.
-pub fn must_stop(booted_here: bool, error: &str) -> bool {
+pub fn must_stop<E: std::fmt::Display + ?Sized>(booted_here: bool, error: &E) -> bool {
     if !booted_here {
         tracing::warn!("{error}");
     }

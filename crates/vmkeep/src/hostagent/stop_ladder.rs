@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::api::{ErrorCode, Refusal};
 use super::inbox::{Inbox, Incoming};
 use super::server::Command;
 use super::{Agent, AgentOutcome};
@@ -123,10 +124,16 @@ pub async fn stop<V: Vm>(
                     }
                 }
                 Incoming::Command(Command::Suspend { answer, .. }) => {
-                    let _ = answer.send(Err("the VM is being stopped; it cannot be suspended now".into()));
+                    let _ = answer.send(Err(Refusal::new(
+                        ErrorCode::WrongState,
+                        "the VM is being stopped; it cannot be suspended now",
+                    )));
                 }
                 Incoming::Command(Command::Continue { answer }) => {
-                    let _ = answer.send(Err("the VM is being stopped".into()));
+                    let _ = answer.send(Err(Refusal::new(
+                        ErrorCode::WrongState,
+                        "the VM is being stopped",
+                    )));
                 }
             },
         }
