@@ -528,8 +528,9 @@ fn limas_create_forms_through_the_binary() {
     );
     let json = env.ok(&["list", "--format", "{{.CPUs}}", "piped"]).stdout();
     assert_eq!(json, "4\n");
+    // A template on standard input names no instance: a usage error.
     let run = env.run(&["create", "-"]);
-    assert_eq!(run.code(), Some(1));
+    assert_eq!(run.code(), Some(2), "{}", run.describe());
     assert!(run.stderr().contains("--name"), "{}", run.describe());
 
     // template:NAME, checked without downloading.
@@ -678,8 +679,9 @@ fn vm_start_from_a_template_file_names_the_instance_and_shows_its_message() {
     );
     assert!(run.stdout().contains(&expected), "{}", run.describe());
     assert_eq!(env.status("hello"), "Running");
+    // Its instance exists already: a wrong state.
     let again = env.run(&["start", file.to_str().unwrap()]);
-    assert_eq!(again.code(), Some(1));
+    assert_eq!(again.code(), Some(5), "{}", again.describe());
     assert!(
         again.stderr().contains("`vmkeep start hello`"),
         "{}",

@@ -1,6 +1,6 @@
 //! `vmkeep autostart enable|disable|status|show`: arguments and printing;
-//! the work is in `autostart::registration` (and the hooks `start`, `stop`
-//! and `delete` use are in `autostart::hooks`).
+//! the work is `engine::autostart` (registration) and `engine::inspect`
+//! (status).
 
 use std::path::PathBuf;
 
@@ -9,13 +9,13 @@ use serde::Serialize;
 
 use super::progress::Lines;
 use super::{CliError, ExitCode};
-use crate::autostart::manager::{self, not_running_reason, running};
+use crate::autostart::manager::{not_running_reason, running};
 use crate::autostart::record;
-use crate::autostart::registration::{self, Plan};
+use crate::autostart::registration::Plan;
 use crate::autostart::{Condition, Manager, Options};
-use crate::engine;
-use crate::instance::Home;
-use crate::instance::{InstanceDir, InstanceName, Status};
+use crate::engine::inspect::{self, Autostart, Registration};
+use crate::engine::{self, autostart};
+use crate::instance::{Home, InstanceDir, InstanceName, Status};
 
 #[derive(Debug, clap::Args)]
 pub struct AutostartArgs {
@@ -104,7 +104,7 @@ fn plan(name: &InstanceName, service: &ServiceOptions, manager: Manager) -> Resu
     let notice = Lines {
         name: name.as_str(),
     };
-    Ok(registration::plan(
+    Ok(autostart::plan(
         name,
         options,
         service.user.as_deref(),
@@ -119,7 +119,7 @@ fn enable(args: EnableArgs) -> Result<i32, CliError> {
     let name = &args.name;
     let service = plan.service_manager();
     if args.dry_run {
-        registration::check(&plan, true)?;
+        autostart::check(&plan)?;
         println!("# would write {}:", plan.path.display());
         print!("{}", plan.text);
         println!(
@@ -144,7 +144,7 @@ fn enable(args: EnableArgs) -> Result<i32, CliError> {
     let notice = Lines {
         name: name.as_str(),
     };
-    let enabled = registration::enable(&plan, service.as_ref(), args.write_only, &notice)?;
+    let enabled = autostart::enable(&plan, args.write_only, &notice)?;
     if enabled.lingering {
         println!(
             "enabled lingering for {} (their systemd manager now runs from boot)",
@@ -184,11 +184,11 @@ fn enable(args: EnableArgs) -> Result<i32, CliError> {
 }
 
 fn disable(name: &InstanceName) -> Result<i32, CliError> {
-    let dir = Home::from_env()?.existing(name)?;
+    let home = Home::from_env()?;
     let notice = Lines {
         name: name.as_str(),
     };
-    match registration::disable(&dir, &notice)? {
+    match autostart::disable(&home, name, &notice)? {
         None => println!("{name} has no autostart; nothing to do"),
         Some((record, _)) => {
             println!(
@@ -196,7 +196,7 @@ fn disable(name: &InstanceName) -> Result<i32, CliError> {
                 record.path.display(),
                 record.condition
             );
-            if engine::status_of(&dir)? == Status::Running {
+            if engine::status_of(&home.existing(name)?)? == Status::Running {
                 println!("{name} keeps running until it is stopped (`vmkeep stop {name}`)");
             }
         }
@@ -230,7 +230,7 @@ fn status(args: StatusArgs) -> Result<i32, CliError> {
     let home = Home::from_env()?;
     let names = match args.name {
         Some(name) => vec![name],
-        None => crate::instance::layout::instance_names(&home.root),
+        None => home.instance_names(),
     };
     let mut rows = Vec::new();
     for name in &names {
@@ -238,10 +238,7 @@ fn status(args: StatusArgs) -> Result<i32, CliError> {
         rows.push(status_row(&dir)?);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
-        );
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::Success as i32);
     }
     for row in &rows {
@@ -277,10 +274,10 @@ fn status(args: StatusArgs) -> Result<i32, CliError> {
 }
 
 fn status_row(dir: &InstanceDir) -> Result<StatusRow, CliError> {
-    let loaded = record::load(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Some(record) = loaded else {
-        return Ok(StatusRow {
-            name: dir.name().to_string(),
+    let name = dir.name().to_string();
+    Ok(match inspect::autostart(dir)? {
+        Autostart::NotEnabled => StatusRow {
+            name,
             enabled: false,
             manager: None,
             condition: None,
@@ -289,28 +286,26 @@ fn status_row(dir: &InstanceDir) -> Result<StatusRow, CliError> {
             path: None,
             definition_present: None,
             manager_state: None,
-        });
-    };
-    let present = std::fs::read_to_string(&record.path)
-        .map(|t| crate::autostart::managed_marker(&t).is_some())
-        .unwrap_or(false);
-    let state = match manager::for_record(&record) {
-        None => not_running_reason(record.manager),
-        Some(service) => match service.state() {
-            Ok(state) => state.summary,
-            Err(e) => format!("cannot ask: {e}"),
         },
-    };
-    Ok(StatusRow {
-        name: dir.name().to_string(),
-        enabled: true,
-        manager: Some(record.manager),
-        condition: Some(record.condition),
-        keep_alive: Some(record.keep_alive),
-        service: Some(record.service),
-        path: Some(record.path),
-        definition_present: Some(present),
-        manager_state: Some(state),
+        Autostart::Enabled(Registration {
+            manager,
+            condition,
+            keep_alive,
+            service,
+            path,
+            definition_present,
+            manager_state,
+        }) => StatusRow {
+            name,
+            enabled: true,
+            manager: Some(manager),
+            condition: Some(condition),
+            keep_alive: Some(keep_alive),
+            service: Some(service),
+            path: Some(path),
+            definition_present: Some(definition_present),
+            manager_state: Some(manager_state),
+        },
     })
 }
 

@@ -35,5 +35,5 @@ pub fn run(args: SuspendArgs) -> Result<i32, CliError> {
         one(name)?;
         return Ok(ExitCode::Success as i32);
     }
-    super::util::for_each_in_parallel(&args.names, "suspend", one)
+    super::util::for_each_in_parallel(&args.names, one)
 }

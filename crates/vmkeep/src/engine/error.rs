@@ -85,6 +85,11 @@ pub enum EngineError {
     #[error("{name} is broken: {}\n  {}", broken.message(), broken.hint().replace("NAME", name.as_str()))]
     Broken { name: InstanceName, broken: Broken },
 
+    /// The command line asks for something that cannot be (a contradiction,
+    /// a malformed argument); the message says what to give instead.
+    #[error("{message}")]
+    Usage { message: String },
+
     /// The operation makes no sense in the instance's state; the message
     /// says what the state is and what to do.
     #[error("{message}")]
@@ -126,6 +131,31 @@ pub enum EngineError {
         name: InstanceName,
         status: String,
         attempts: usize,
+    },
+
+    /// No ssh server to reach (`why` says so, naming the instance).
+    #[error("{why}")]
+    NoSsh { name: InstanceName, why: String },
+
+    /// The host agent's API refused or failed a request.
+    #[error(transparent)]
+    Agent(#[from] crate::hostagent::api::ApiError),
+
+    /// The QEMU driver could not tell what runs.
+    #[error("find the QEMU of {name}: {source}")]
+    Driver {
+        name: InstanceName,
+        #[source]
+        source: crate::driver::qemu::QemuError,
+    },
+
+    /// A saved state could not be handled.
+    #[error("{action} the saved state of {name}: {source}")]
+    Snapshot {
+        action: &'static str,
+        name: InstanceName,
+        #[source]
+        source: crate::driver::qemu::snapshot::StateError,
     },
 
     #[error("{what} pid {pid} did not exit after SIGKILL")]
@@ -173,6 +203,12 @@ impl EngineError {
             EngineError::StillRunning { .. }
             | EngineError::Unkillable { .. }
             | EngineError::SuspendFailed { .. } => ErrorKind::StopFailed,
+            EngineError::Usage { .. } => ErrorKind::Usage,
+            // The agent said the VM's state does not allow it now.
+            EngineError::Agent(crate::hostagent::api::ApiError::Refused {
+                code: crate::hostagent::api::ErrorCode::WrongState,
+                ..
+            }) => ErrorKind::WrongState,
             EngineError::Autostart(e) => ErrorKind::from(e),
             EngineError::Create(_)
             | EngineError::NoRoom { .. }
@@ -181,6 +217,10 @@ impl EngineError {
             | EngineError::SocketPath(_)
             | EngineError::ForeignLockHolder { .. }
             | EngineError::Image(_)
+            | EngineError::NoSsh { .. }
+            | EngineError::Agent(_)
+            | EngineError::Driver { .. }
+            | EngineError::Snapshot { .. }
             | EngineError::Io { .. }
             | EngineError::Process { .. } => ErrorKind::Host,
         }

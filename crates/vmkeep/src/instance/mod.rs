@@ -9,6 +9,7 @@ pub mod journal;
 pub mod layout;
 pub mod lima;
 pub mod name;
+pub mod not_instance;
 pub mod observe;
 pub mod ownership;
 pub mod pause;
