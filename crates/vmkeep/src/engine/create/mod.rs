@@ -51,7 +51,7 @@ pub enum CreateError {
     Home(#[from] crate::instance::home::HomeError),
     /// Reading the template (a file, a URL, a built-in one) failed.
     #[error(transparent)]
-    Read(TemplateError),
+    Read(Box<TemplateError>),
     #[error(transparent)]
     Locator(LocatorError),
     #[error("cannot read the template from standard input: {0}")]

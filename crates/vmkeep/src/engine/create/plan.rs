@@ -227,7 +227,10 @@ pub fn read(
     let (text, source) = match input {
         Input::Default => {
             let source = Source::Builtin("tiny".into());
-            (template::read(&source).map_err(CreateError::Read)?, source)
+            (
+                template::read(&source).map_err(|e| CreateError::Read(Box::new(e)))?,
+                source,
+            )
         }
         Input::Stdin => {
             let mut text = String::new();
@@ -246,7 +249,10 @@ pub fn read(
         }
         Input::Locator(text) => {
             let source = locator::resolve(text, &cwd_source()).map_err(CreateError::Locator)?;
-            (template::read(&source).map_err(CreateError::Read)?, source)
+            (
+                template::read(&source).map_err(|e| CreateError::Read(Box::new(e)))?,
+                source,
+            )
         }
     };
     Ok(Template {
