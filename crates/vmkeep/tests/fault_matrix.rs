@@ -270,18 +270,7 @@ fn after_the_fault(
         }
         (Who::Agent, Phase::Booting) => {
             // The CLI that was following it reports the failure instead of hanging.
-            let failed = flight.command.expect("the start").wait_within(SHORT);
-            assert_eq!(
-                failed.code(),
-                Some(6),
-                "the start failed: {}",
-                failed.describe()
-            );
-            assert!(
-                failed.stderr().contains("host agent"),
-                "{}",
-                failed.describe()
-            );
+            start_failed(flight, "host agent");
             // QEMU was left booting without an agent: `start` adopts it.
             let qemu = env.qemu(name).expect("QEMU kept running").pid();
             env.run_within(&["start", name], BOOT);
@@ -323,18 +312,7 @@ fn after_the_fault(
             settled_stopped(env, name);
         }
         (Who::Qemu, Phase::Booting) => {
-            let failed = flight.command.expect("the start").wait_within(SHORT);
-            assert_eq!(
-                failed.code(),
-                Some(6),
-                "the start failed: {}",
-                failed.describe()
-            );
-            assert!(
-                failed.stderr().contains("QEMU exited during boot"),
-                "{}",
-                failed.describe()
-            );
+            start_failed(flight, "QEMU exited during boot");
             assert_eq!(env.last_stopped(name)["reason"], "start-failed");
             settled_stopped(env, name);
             boot_with_marker(env, name);
@@ -346,6 +324,18 @@ fn after_the_fault(
             settled_stopped(env, name);
         }
     }
+}
+
+/// The `start` under way ends, saying the start failed and `says` why.
+fn start_failed(flight: InFlight, says: &str) {
+    let failed = flight.command.expect("the start").wait_within(SHORT);
+    assert_eq!(
+        failed.code(),
+        Some(6),
+        "the start failed: {}",
+        failed.describe()
+    );
+    assert!(failed.stderr().contains(says), "{}", failed.describe());
 }
 
 /// The creating cell: the CLI killed the moment its staging directory

@@ -2,8 +2,6 @@
 //! the work is `engine::autostart` (registration) and `engine::inspect`
 //! (status).
 
-use std::path::PathBuf;
-
 use clap::Subcommand;
 use serde::Serialize;
 
@@ -204,26 +202,14 @@ fn disable(name: &InstanceName) -> Result<i32, CliError> {
     Ok(ExitCode::Success as i32)
 }
 
+/// One instance's line of `autostart status` (`--json`: its
+/// registration's fields beside `name` and `enabled`, when it has one).
 #[derive(Debug, Serialize)]
 struct StatusRow {
     name: String,
     enabled: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    manager: Option<Manager>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    condition: Option<Condition>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    keep_alive: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<PathBuf>,
-    /// The definition file exists and carries vmkeep's marker.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    definition_present: Option<bool>,
-    /// What the service manager says, or why it cannot be asked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    manager_state: Option<String>,
+    #[serde(flatten)]
+    registration: Option<Registration>,
 }
 
 fn status(args: StatusArgs) -> Result<i32, CliError> {
@@ -242,70 +228,38 @@ fn status(args: StatusArgs) -> Result<i32, CliError> {
         return Ok(ExitCode::Success as i32);
     }
     for row in &rows {
-        if !row.enabled {
+        let Some(registration) = &row.registration else {
             println!("{}: not enabled", row.name);
             continue;
-        }
+        };
         println!(
             "{}: starts at {} through {} {} (keep-alive {})",
             row.name,
-            row.condition.map(Condition::as_str).unwrap_or("?"),
-            row.manager.map(Manager::as_str).unwrap_or("?"),
-            row.service.as_deref().unwrap_or("?"),
-            if row.keep_alive == Some(true) {
-                "on"
-            } else {
-                "off"
-            }
+            registration.condition.as_str(),
+            registration.manager.as_str(),
+            registration.service,
+            if registration.keep_alive { "on" } else { "off" }
         );
-        let present = if row.definition_present == Some(true) {
+        let present = if registration.definition_present {
             ""
         } else {
             " (MISSING: run `vmkeep autostart enable` again)"
         };
-        if let Some(path) = &row.path {
-            println!("  definition: {}{present}", path.display());
-        }
-        if let Some(state) = &row.manager_state {
-            println!("  service manager: {state}");
-        }
+        println!("  definition: {}{present}", registration.path.display());
+        println!("  service manager: {}", registration.manager_state);
     }
     Ok(ExitCode::Success as i32)
 }
 
 fn status_row(dir: &InstanceDir) -> Result<StatusRow, CliError> {
-    let name = dir.name().to_string();
-    Ok(match inspect::autostart(dir)? {
-        Autostart::NotEnabled => StatusRow {
-            name,
-            enabled: false,
-            manager: None,
-            condition: None,
-            keep_alive: None,
-            service: None,
-            path: None,
-            definition_present: None,
-            manager_state: None,
-        },
-        Autostart::Enabled(Registration {
-            manager,
-            condition,
-            keep_alive,
-            service,
-            path,
-            definition_present,
-            manager_state,
-        }) => StatusRow {
-            name,
-            enabled: true,
-            manager: Some(manager),
-            condition: Some(condition),
-            keep_alive: Some(keep_alive),
-            service: Some(service),
-            path: Some(path),
-            definition_present: Some(definition_present),
-            manager_state: Some(manager_state),
-        },
+    let registration = match inspect::autostart(dir)? {
+        Autostart::NotEnabled => None,
+        Autostart::Enabled(registration) => Some(registration),
+    };
+    Ok(StatusRow {
+        name: dir.name().to_string(),
+        enabled: registration.is_some(),
+        registration,
     })
 }
 

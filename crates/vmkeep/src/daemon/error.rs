@@ -1,4 +1,5 @@
-//! Why the daemon could not run, or its unit not be installed.
+//! Why the daemon could not run, or its unit not be installed. Its file and
+//! process failures are the engine's (`EngineError::io`, `::process`).
 
 use std::path::PathBuf;
 
@@ -9,21 +10,6 @@ use crate::os::tool::ToolError;
 pub enum DaemonError {
     #[error("a vmkeep daemon already supervises {} (pid {pid}); stop it first", root.display())]
     AlreadyRunning { root: PathBuf, pid: String },
-
-    #[error("cannot {action} {}: {source}", path.display())]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    #[error("cannot {what}: {source}")]
-    Setup {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
 
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -39,22 +25,4 @@ pub enum DaemonError {
 
     #[error(transparent)]
     Tool(#[from] ToolError),
-}
-
-impl DaemonError {
-    pub fn io(
-        action: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> DaemonError {
-        let path = path.into();
-        move |source| DaemonError::Io {
-            action,
-            path,
-            source,
-        }
-    }
-
-    pub fn setup(what: &'static str) -> impl FnOnce(std::io::Error) -> DaemonError {
-        move |source| DaemonError::Setup { what, source }
-    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::error::DaemonError;
 use super::unit::{self, DaemonUnit, UNIT_NAME};
+use crate::engine::EngineError;
 use crate::instance::{Config, Home, home};
 use crate::os::service_manager as sm;
 
@@ -20,11 +21,13 @@ pub struct Install {
 pub fn plan(home: &Home) -> Result<Install, DaemonError> {
     let exe = crate::os::process::current_exe()
         .and_then(std::fs::canonicalize)
-        .map_err(DaemonError::setup("resolve the path of the vmkeep binary"))?;
+        .map_err(EngineError::process(
+            "cannot resolve the path of the vmkeep binary",
+        ))?;
     let unit = DaemonUnit {
         exe,
         instances_root: home.root.clone(),
-        cache_root: home::cache_root().map_err(crate::engine::EngineError::from)?,
+        cache_root: home::cache_root().map_err(EngineError::from)?,
         qemu_dir: sm::find_in_path("qemu-system-x86_64"),
         longest_stop_timeout: longest_stop_timeout(home),
     };
@@ -50,7 +53,7 @@ pub fn install(plan: &Install) -> Result<(), DaemonError> {
         return Err(DaemonError::NoSystemd);
     }
     sm::write_definition(&plan.path, &plan.text, None)
-        .map_err(DaemonError::io("write", &plan.path))?;
+        .map_err(EngineError::io("write", &plan.path))?;
     let systemctl = sm::Systemctl::user();
     systemctl.daemon_reload()?;
     systemctl.enable(UNIT_NAME)?;

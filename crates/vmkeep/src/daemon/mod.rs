@@ -73,13 +73,13 @@ struct Watch {
 
 pub fn run(options: &DaemonOptions) -> Result<i32, DaemonError> {
     let root = &options.home.root;
-    os::fs::create_private_dir_all(root).map_err(DaemonError::io("create", root))?;
+    os::fs::create_private_dir_all(root).map_err(EngineError::io("create", root))?;
     let lock_path = root.join(DAEMON_LOCK);
     let Some(mut lock) =
-        HeldLock::try_acquire(&lock_path).map_err(DaemonError::io("lock", &lock_path))?
+        HeldLock::try_acquire(&lock_path).map_err(EngineError::io("lock", &lock_path))?
     else {
         let pid = os::lock::holder(&lock_path)
-            .map_err(DaemonError::io("inspect", &lock_path))?
+            .map_err(EngineError::io("inspect", &lock_path))?
             .map(|p| p.as_raw_nonzero().get().to_string())
             .unwrap_or_else(|| "?".into());
         return Err(DaemonError::AlreadyRunning {
@@ -88,14 +88,14 @@ pub fn run(options: &DaemonOptions) -> Result<i32, DaemonError> {
         });
     };
     lock.write_pid()
-        .map_err(DaemonError::io("write", &lock_path))?;
+        .map_err(EngineError::io("write", &lock_path))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(DaemonError::setup("start an async runtime"))?;
+        .map_err(EngineError::process("cannot start an async runtime"))?;
     let result = runtime.block_on(Daemon::new(options.clone())?.run());
     lock.remove()
-        .map_err(DaemonError::io("remove", &lock_path))?;
+        .map_err(EngineError::io("remove", &lock_path))?;
     result
 }
 
@@ -130,10 +130,9 @@ impl Daemon {
     }
 
     async fn run(mut self) -> Result<i32, DaemonError> {
-        let signals = DaemonError::setup("install signal handlers");
-        let mut terminate = signal(SignalKind::terminate()).map_err(signals)?;
-        let mut interrupt = signal(SignalKind::interrupt())
-            .map_err(DaemonError::setup("install signal handlers"))?;
+        let signals = || EngineError::process("cannot install signal handlers");
+        let mut terminate = signal(SignalKind::terminate()).map_err(signals())?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(signals())?;
         let mut ticks = tokio::time::interval(self.options.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(root = %self.options.home.root.display(), "daemon supervising");
@@ -226,7 +225,7 @@ impl Daemon {
 
         let status = engine::status_of(dir)?;
         let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)
-            .map_err(DaemonError::io("read", dir.journal()))?;
+            .map_err(EngineError::io("read", dir.journal()))?;
         let (last, decided_by) = journal::last_run(&records);
         let watch = self.watches.entry(name.clone()).or_default();
         let agent_pid = watch.agent.as_ref().map(|agent| agent.pid());
@@ -261,7 +260,7 @@ impl Daemon {
             Action::WatchAgent => {
                 // A run the daemon did not start (or a previous daemon did).
                 if let Some(agent) = os::process::open_lock_holder(&dir.agent_lock())
-                    .map_err(DaemonError::io("inspect", dir.agent_lock()))?
+                    .map_err(EngineError::io("inspect", dir.agent_lock()))?
                 {
                     tracing::info!(instance = %name, pid = agent.pid(), "watching host agent");
                     watch.memory.watching_agent(agent.is_child());
@@ -386,7 +385,8 @@ fn spawn_agent(
 fn record(dir: &InstanceDir, event: Event) -> Result<journal::Record, DaemonError> {
     Journal::open(&dir.journal())
         .and_then(|mut journal| journal.record(event))
-        .map_err(DaemonError::io("write the journal", dir.journal()))
+        .map_err(EngineError::io("write the journal", dir.journal()))
+        .map_err(DaemonError::from)
 }
 
 /// Run an engine operation on `dir` in a thread of its own (the daemon's

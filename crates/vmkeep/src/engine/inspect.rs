@@ -119,7 +119,7 @@ pub enum Autostart {
     Enabled(Registration),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Registration {
     pub manager: Manager,
     pub condition: Condition,

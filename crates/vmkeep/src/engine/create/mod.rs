@@ -307,7 +307,7 @@ mod tests {
     use crate::instance::config::DEFAULT_TEMPLATE;
     use crate::os::lock::HeldLock;
 
-    fn name(s: &str) -> InstanceName {
+    pub(super) fn name(s: &str) -> InstanceName {
         s.parse().unwrap()
     }
 

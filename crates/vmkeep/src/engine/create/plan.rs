@@ -289,11 +289,8 @@ fn with_params(text: &str, params: &[String]) -> Result<String, EngineError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::name;
     use super::*;
-
-    fn name(s: &str) -> InstanceName {
-        s.parse().unwrap()
-    }
 
     #[test]
     fn limas_forms_name_the_instance_after_the_template() {
