@@ -16,12 +16,8 @@ use crate::os;
 /// failed.
 pub type ServiceFailure<'a> = &'a dyn Fn(&InstanceDir) -> Option<UnitFailure>;
 
-/// Look at an instance without talking to its host agent.
-pub fn observe(dir: &InstanceDir, service_failure: ServiceFailure<'_>) -> io::Result<Observations> {
-    observe_with_config(dir, service_failure).map(|(seen, _)| seen)
-}
-
-/// [`observe`], also returning the config when it is valid (parsed once).
+/// Look at an instance without talking to its host agent; also its config
+/// when it is valid (parsed once).
 pub fn observe_with_config(
     dir: &InstanceDir,
     service_failure: ServiceFailure<'_>,
