@@ -26,11 +26,13 @@ use vmkeep_protocol::{FromGuest, Reply};
 
 use crate::driver::qemu::qmp::{self, Message, QmpEvent};
 use crate::driver::qemu::usernet;
-use crate::guest_link::{GuestEvent, Readiness, check_exposed, check_guest_info, check_listening};
-use crate::journal;
-use crate::line_rpc::model::{model_lines, split_lines};
-use crate::line_rpc::{Incoming, MalformedLine};
-use crate::untrusted;
+use crate::instance::journal;
+use crate::link::guest_link::{
+    GuestEvent, Readiness, check_exposed, check_guest_info, check_listening,
+};
+use crate::link::line_rpc::model::{model_lines, split_lines};
+use crate::link::line_rpc::{Incoming, MalformedLine};
+use crate::link::untrusted;
 
 /// One check: arbitrary bytes in, a panic on a failure.
 pub type Check = fn(&[u8]);
@@ -107,10 +109,8 @@ pub fn guest_lines(data: &[u8]) {
                     "accepted an unchecked port report"
                 );
                 // What the forwarding rules make of it is bounded too.
-                let forwards = crate::forwarding::wanted(
-                    &crate::forwarding::default_rules(&[], None),
-                    &listening,
-                );
+                let forwards =
+                    crate::forwards::wanted(&crate::forwards::default_rules(&[], None), &listening);
                 assert!(forwards.len() <= vmkeep_protocol::MAX_LISTENING);
             }
             Ok(Incoming::PeerRestarted | Incoming::Ignore) => {}
@@ -157,8 +157,8 @@ pub fn qmp_lines(data: &[u8]) {
     for forward in &forwards {
         assert_printable(&usernet::rule_text(forward), 64);
         let proto = match forward.proto {
-            crate::forwarding::Transport::Tcp => "TCP",
-            crate::forwarding::Transport::Udp => "UDP",
+            crate::forwards::Transport::Tcp => "TCP",
+            crate::forwards::Transport::Udp => "UDP",
         };
         table.push_str(&format!(
             "  {proto}[HOST_FORWARD] 3 {} {} 10.0.2.15 {} 0 0\r\n",

@@ -8,26 +8,20 @@
 
 pub mod autostart;
 pub mod cli;
-pub mod cloudinit;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
-pub mod forwarding;
+pub mod forwards;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
-pub mod gotmpl;
-pub mod guest_link;
-pub mod home;
 pub mod hostagent;
 pub mod image;
 pub mod instance;
-pub mod journal;
-pub mod line_rpc;
+pub mod link;
 pub mod logging;
 pub mod notice;
 pub mod os;
-pub mod sshkeys;
 pub mod stop_ladder;
 pub mod template;
+pub mod text;
 pub mod timeouts;
-pub mod untrusted;

@@ -1,5 +1,5 @@
 //! The stop ladder's decisions, as a pure function of what has been done and
-//! how long ago. The host agent executes them (see `hostagent::stopper`).
+//! how long ago. The host agent executes them (see `hostagent::stop_ladder`).
 //!
 //! 1. Ask the guest through the hypervisor: the ACPI power button (QMP
 //!    `system_powerdown`), re-sent periodically because a press that arrives
@@ -14,6 +14,18 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::timeouts;
+
+/// When whoever asked a host agent to stop (`vmkeep stop`, the daemon, a
+/// host shutdown) forces the stop, counted from the ask: past the longer of
+/// its own `deadline` and the one the agent journaled for the ladder it runs
+/// (a further request may have granted it more), plus the agent's margin.
+pub fn force_after(deadline: Duration, journaled: Option<Duration>) -> Duration {
+    deadline
+        .max(journaled.unwrap_or_default())
+        .saturating_add(timeouts::STOP_MARGIN)
+}
 
 /// A rung of the ladder, in order of escalation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -508,10 +508,6 @@ fn wait_running(env: &TestEnv, name: &str, service: &mut Running) {
     assert!(ran.is_some(), "{name} never ran: {}", env.status(name));
 }
 
-fn row(env: &TestEnv, name: &str) -> serde_json::Value {
-    env.list().into_iter().find(|r| r["name"] == name).unwrap()
-}
-
 fn log_of(env: &TestEnv, name: &str) -> String {
     std::fs::read_to_string(env.instance_dir(name).join("autostart.log")).unwrap_or_default()
 }
@@ -703,7 +699,7 @@ fn vm_service_killed_with_sigkill_comes_back_running_when_restarted() {
     let service = Service::of(&env, "phoenix");
     let mut first = service.spawn();
     wait_running(&env, "phoenix", &mut first);
-    let qemu = common::pid_of(&row(&env, "phoenix"), "qemu_pid").unwrap();
+    let qemu = common::pid_of(&env.row("phoenix"), "qemu_pid").unwrap();
 
     // The host agent dies by SIGKILL: an unclean exit, which
     // Restart=on-failure (and launchd's SuccessfulExit=false) restarts.
@@ -715,7 +711,7 @@ fn vm_service_killed_with_sigkill_comes_back_running_when_restarted() {
     let mut second = service.spawn();
     wait_running(&env, "phoenix", &mut second);
     assert_eq!(
-        common::pid_of(&row(&env, "phoenix"), "qemu_pid"),
+        common::pid_of(&env.row("phoenix"), "qemu_pid"),
         Some(qemu),
         "the same QEMU, adopted"
     );
@@ -747,7 +743,7 @@ fn vm_service_killed_with_sigkill_comes_back_running_when_restarted() {
     );
     let mut third = service.spawn();
     wait_running(&env, "phoenix", &mut third);
-    let new_qemu = common::pid_of(&row(&env, "phoenix"), "qemu_pid").unwrap();
+    let new_qemu = common::pid_of(&env.row("phoenix"), "qemu_pid").unwrap();
     assert_ne!(new_qemu, qemu, "a fresh boot");
 
     // No crash loop: the service stays up, with one QEMU.

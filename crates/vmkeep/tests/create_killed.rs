@@ -5,27 +5,15 @@
 
 mod common;
 
-use common::TestEnv;
+use common::{TestEnv, staging};
 
 #[test]
 fn create_killed_while_staging_leaves_nothing_after_the_next_create() {
     let env = TestEnv::new();
     let mut caught = 0;
     for _ in 0..40 {
-        let mut cli = env.spawn(&["create", "c"]);
-        loop {
-            let staging = std::fs::read_dir(env.home())
-                .unwrap()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
-            if staging {
-                cli.kill9();
-                caught += 1;
-                break;
-            }
-            if cli.child.try_wait().unwrap().is_some() {
-                break;
-            }
+        if env.kill_create_while_staging("c") {
+            caught += 1;
         }
         // Whatever the kill left, the next create sweeps it (and its own
         // staging is gone once it returns).
@@ -33,12 +21,7 @@ fn create_killed_while_staging_leaves_nothing_after_the_next_create() {
             env.ok(&["delete", "c"]);
         }
         env.ok(&["create", "c"]);
-        let leftovers: Vec<String> = std::fs::read_dir(env.home())
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.contains(".tmp-"))
-            .collect();
+        let leftovers = staging(env.home());
         assert_eq!(leftovers, Vec::<String>::new(), "after {caught} kills");
         env.ok(&["delete", "c"]);
     }

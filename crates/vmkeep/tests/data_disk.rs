@@ -45,14 +45,6 @@ fn last_data_disk(env: &TestEnv, name: &str) -> serde_json::Value {
         .expect("a data-disk event")
 }
 
-/// The `list --json` row of `name`.
-fn row(env: &TestEnv, name: &str) -> serde_json::Value {
-    env.list()
-        .into_iter()
-        .find(|r| r["name"] == name)
-        .expect("listed")
-}
-
 /// Boot a new instance, leave a synced marker in /data, stop it.
 fn formatted_with_marker(env: &TestEnv, name: &str) {
     env.create(name, "");
@@ -104,7 +96,7 @@ fn refused(env: &TestEnv, name: &str, disk_sum: &str, says: &str) -> serde_json:
     assert!(!stderr.contains("is running"), "{}", start.describe());
     assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
     assert_eq!(env.runtime_files(name), Vec::<String>::new());
-    let row = row(env, name);
+    let row = env.row(name);
     assert_eq!(row["status"], "Broken", "{row}");
     assert_eq!(row["reason"]["code"], "data-disk", "{row}");
     let message = row["reason"]["message"].as_str().unwrap_or_default();

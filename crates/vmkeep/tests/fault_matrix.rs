@@ -5,15 +5,17 @@
 //! deadline), the final status, no QEMU or agent left, no stale runtime file,
 //! and /data intact.
 //!
-//! The host agent and QEMU do not exist while an instance is being created,
-//! so those two cells of the matrix have no case. One test per cell; nextest
-//! prints a line per case and the total.
+//! The matrix is a table (`matrix!`): one test per cell, each bringing its
+//! instance into the phase, killing the process, checking what that cell
+//! must show, and then the common recovery. The host agent and QEMU do not
+//! exist while an instance is being created, so those two cells have no
+//! case. Nextest prints a line per case and the total.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestEnv;
+use common::{TestEnv, staging};
 
 const BOOT: Duration = Duration::from_secs(120);
 const SHORT: Duration = Duration::from_secs(30);
@@ -91,44 +93,272 @@ fn quit_at(events: &[serde_json::Value]) -> Option<f64> {
         .find_map(|e| e["at_secs"].as_f64())
 }
 
-// ---- CLI ---------------------------------------------------------------
+// ---- the matrix: each process killed in each phase ----------------------
 
-#[test]
-fn vm_fault_cli_killed_while_creating() {
-    let env = TestEnv::new();
-    // Creation takes a few milliseconds: watch for its staging directory and
-    // kill the CLI the moment it appears. Retry if the CLI was faster.
-    let mut caught = false;
-    for _ in 0..40 {
-        let mut cli = env.spawn(&["create", "c"]);
-        loop {
-            let staging = std::fs::read_dir(env.home())
-                .unwrap()
-                .flatten()
-                .any(|e| e.file_name().to_string_lossy().contains(".tmp-"));
-            if staging {
-                cli.kill9();
-                caught = true;
-                break;
+/// The process a cell kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Cli,
+    Agent,
+    Qemu,
+}
+
+/// The phase it is killed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Creating,
+    Booting,
+    Running,
+    Stopping,
+}
+
+impl Phase {
+    /// The instance of a cell of this phase.
+    fn instance(self) -> &'static str {
+        match self {
+            Phase::Creating => "c",
+            Phase::Booting => "b",
+            Phase::Running => "r",
+            Phase::Stopping => "s",
+        }
+    }
+
+    /// How its recovery's stop ends: a guest that ignores the power button
+    /// (the stopping phase's, whose stop takes a window to kill in) powers
+    /// off at the guest agent's request.
+    fn graceful_by(self) -> &'static str {
+        match self {
+            Phase::Stopping => "guest-agent-poweroff",
+            Phase::Creating | Phase::Booting | Phase::Running => "power-button",
+        }
+    }
+}
+
+/// One test per cell (the host agent and QEMU do not exist while an
+/// instance is being created: those two cells have none).
+macro_rules! matrix {
+    ($($test:ident: $who:ident killed while $phase:ident,)*) => {
+        $(
+            #[test]
+            fn $test() {
+                cell(Who::$who, Phase::$phase);
             }
-            if cli.child.try_wait().unwrap().is_some() {
-                break;
+        )*
+    };
+}
+
+matrix! {
+    vm_fault_cli_killed_while_creating: Cli killed while Creating,
+    vm_fault_cli_killed_while_booting: Cli killed while Booting,
+    vm_fault_cli_killed_while_running: Cli killed while Running,
+    vm_fault_cli_killed_while_stopping: Cli killed while Stopping,
+    vm_fault_agent_killed_while_booting: Agent killed while Booting,
+    vm_fault_agent_killed_while_running_is_adopted_without_reboot: Agent killed while Running,
+    vm_fault_agent_killed_while_stopping: Agent killed while Stopping,
+    vm_fault_qemu_killed_while_booting: Qemu killed while Booting,
+    vm_fault_qemu_killed_while_running_is_recorded_as_a_crash: Qemu killed while Running,
+    vm_fault_qemu_killed_while_stopping: Qemu killed while Stopping,
+}
+
+/// What runs when the fault strikes: the command that was under way (the
+/// `start` following a boot, the `stop` running a ladder, a `shell`), and
+/// the guest's boot id when it ran.
+struct InFlight {
+    command: Option<common::Spawned>,
+    boot_id: Option<String>,
+}
+
+/// A cell: bring the instance into `phase`, SIGKILL `who` there, check what
+/// a user sees right after, then that `start` and `stop` recover.
+fn cell(who: Who, phase: Phase) {
+    let env = TestEnv::new();
+    let name = phase.instance();
+    if phase == Phase::Creating {
+        return cli_killed_while_creating(&env, name);
+    }
+    let mut flight = into_phase(&env, name, who, phase);
+    let qemu_before = env.qemu(name).map(|q| q.pid());
+    match who {
+        Who::Cli => flight
+            .command
+            .as_mut()
+            .expect("a command under way")
+            .kill9(),
+        Who::Agent => env.agent(name).expect("a host agent").kill().unwrap(),
+        Who::Qemu => env.qemu(name).expect("QEMU").kill().unwrap(),
+    }
+    after_the_fault(&env, name, who, phase, flight, qemu_before);
+    recovers(&env, name, phase.graceful_by());
+}
+
+/// Bring `name` into `phase`, with the command a cell of `who` needs
+/// under way.
+fn into_phase(env: &TestEnv, name: &str, who: Who, phase: Phase) -> InFlight {
+    match phase {
+        Phase::Creating => unreachable!("a creating cell has its own course"),
+        Phase::Booting => {
+            env.create(name, PLAIN);
+            let start = env.spawn(&["start", name]);
+            env.wait_event(name, "booting", 0, BOOT);
+            InFlight {
+                command: Some(start),
+                boot_id: None,
             }
         }
-        if caught && !env.instance_dir("c").exists() {
+        Phase::Running => {
+            env.create(name, PLAIN);
+            let boot_id = boot_with_marker(env, name);
+            // What a CLI does while the VM runs: a command in the guest.
+            let shell = (who == Who::Cli).then(|| {
+                let shell = env.spawn(&["shell", name, "--", "sleep", "30"]);
+                std::thread::sleep(Duration::from_millis(500));
+                shell
+            });
+            InFlight {
+                command: shell,
+                boot_id: Some(boot_id),
+            }
+        }
+        Phase::Stopping => {
+            env.create(name, SLOW_STOPPER);
+            boot_with_marker(env, name);
+            let before = env.count_events(name, "stop-step");
+            let stop = env.spawn(&["stop", name]);
+            env.wait_event(name, "stop-step", before, SHORT);
+            InFlight {
+                command: Some(stop),
+                boot_id: None,
+            }
+        }
+    }
+}
+
+/// What each cell must show right after its fault (before `recovers`).
+fn after_the_fault(
+    env: &TestEnv,
+    name: &str,
+    who: Who,
+    phase: Phase,
+    flight: InFlight,
+    qemu_before: Option<u32>,
+) {
+    match (who, phase) {
+        (_, Phase::Creating) => unreachable!("a creating cell has its own course"),
+        (Who::Cli, Phase::Booting) => {
+            // The detached host agent carries on without its CLI.
+            env.wait_status(name, "Running", BOOT);
+            env.shell(name, "echo intact > /data/marker && sync");
+            let again = env.run_within(&["start", name], SHORT);
+            assert!(
+                again.stderr().contains("already running"),
+                "{}",
+                again.describe()
+            );
+            env.run_within(&["stop", name], SHORT);
+        }
+        (Who::Cli, Phase::Running) => {
+            assert_eq!(env.status(name), "Running");
+            env.ok(&["shell", name, "--", "true"]);
+            env.run_within(&["stop", name], SHORT);
+            assert_eq!(env.last_stopped(name)["by"], "power-button");
+        }
+        (Who::Cli, Phase::Stopping) => {
+            // The host agent finishes the ladder on its own.
+            env.wait_status(name, "Stopped", SHORT);
+            assert_eq!(env.last_stopped(name)["by"], "guest-agent-poweroff");
+            settled_stopped(env, name);
+        }
+        (Who::Agent, Phase::Booting) => {
+            // The CLI that was following it reports the failure instead of hanging.
+            start_failed(flight, "host agent");
+            // QEMU was left booting without an agent: `start` adopts it.
+            let qemu = env.qemu(name).expect("QEMU kept running").pid();
+            env.run_within(&["start", name], BOOT);
+            assert_eq!(
+                env.qemu(name).map(|q| q.pid()),
+                Some(qemu),
+                "adopted, not rebooted"
+            );
+            assert!(env.count_events(name, "adopted") >= 1);
+            env.shell(name, "echo intact > /data/marker && sync");
+            env.run_within(&["stop", name], SHORT);
+        }
+        (Who::Agent, Phase::Running) => {
+            let qemu = qemu_before.expect("QEMU ran");
+            let boot_id = flight.boot_id.expect("the guest's boot id");
+            env.wait_status(name, "Broken", SHORT);
+            let row = env.row(name);
+            assert_eq!(row["reason"]["code"], "orphaned-qemu", "{row}");
+
+            let start = env.run_within(&["start", name], SHORT);
+            assert!(
+                start.stderr().contains("adopting QEMU"),
+                "{}",
+                start.describe()
+            );
+            assert_eq!(env.status(name), "Running");
+            assert_eq!(env.qemu(name).unwrap().pid(), qemu);
+            assert_eq!(env.boot_id(name), boot_id, "the guest did not reboot");
+            // The adopted QEMU is not the new agent's child: exit detection by pidfd.
+            env.run_within(&["stop", name], SHORT);
+            assert_eq!(env.last_stopped(name)["by"], "power-button");
+            settled_stopped(env, name);
+        }
+        (Who::Agent | Who::Qemu, Phase::Stopping) => {
+            // `stop` notices and ends the stop itself (an orphaned QEMU, or
+            // one already gone).
+            let stopped = flight.command.expect("the stop").wait_within(SHORT);
+            assert_eq!(stopped.code(), Some(0), "{}", stopped.describe());
+            settled_stopped(env, name);
+        }
+        (Who::Qemu, Phase::Booting) => {
+            start_failed(flight, "QEMU exited during boot");
+            assert_eq!(env.last_stopped(name)["reason"], "start-failed");
+            settled_stopped(env, name);
+            boot_with_marker(env, name);
+            env.run_within(&["stop", name], SHORT);
+        }
+        (Who::Qemu, Phase::Running) => {
+            env.wait_status(name, "Stopped", SHORT);
+            assert_eq!(env.last_stopped(name)["reason"], "crashed");
+            settled_stopped(env, name);
+        }
+    }
+}
+
+/// The `start` under way ends, saying the start failed and `says` why.
+fn start_failed(flight: InFlight, says: &str) {
+    let failed = flight.command.expect("the start").wait_within(SHORT);
+    assert_eq!(
+        failed.code(),
+        Some(6),
+        "the start failed: {}",
+        failed.describe()
+    );
+    assert!(failed.stderr().contains(says), "{}", failed.describe());
+}
+
+/// The creating cell: the CLI killed the moment its staging directory
+/// appears (retried if the CLI was faster), leaving a half-made instance
+/// that is none.
+fn cli_killed_while_creating(env: &TestEnv, name: &str) {
+    let mut caught = false;
+    for _ in 0..40 {
+        caught = env.kill_create_while_staging(name);
+        if caught && !env.instance_dir(name).exists() {
             break;
         }
         caught = false;
-        env.ok(&["delete", "c"]);
+        env.ok(&["delete", name]);
     }
     assert!(caught, "never caught the CLI while it was creating");
     // Half-made: invisible to list, not an instance.
     assert!(
-        env.list().iter().all(|row| row["name"] != "c"),
+        env.list().iter().all(|row| row["name"] != name),
         "{:?}",
         env.list()
     );
-    let absent = env.run(&["start", "c"]);
+    let absent = env.run(&["start", name]);
     assert_eq!(
         absent.code(),
         Some(3),
@@ -136,168 +366,19 @@ fn vm_fault_cli_killed_while_creating() {
         absent.describe()
     );
     assert!(
-        absent.stderr().contains("vmkeep create c"),
+        absent.stderr().contains(&format!("vmkeep create {name}")),
         "{}",
         absent.describe()
     );
     // Creating again works and sweeps the abandoned staging directory.
-    env.ok(&["create", "c"]);
-    let leftovers: Vec<_> = std::fs::read_dir(env.home())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains(".tmp-"))
-        .collect();
-    assert_eq!(leftovers, Vec::<String>::new());
-    boot_with_marker(&env, "c");
-    env.run_within(&["stop", "c"], SHORT);
-    recovers(&env, "c", "power-button");
+    env.ok(&["create", name]);
+    assert_eq!(staging(env.home()), Vec::<String>::new());
+    boot_with_marker(env, name);
+    env.run_within(&["stop", name], SHORT);
+    recovers(env, name, Phase::Creating.graceful_by());
 }
 
-#[test]
-fn vm_fault_cli_killed_while_booting() {
-    let env = TestEnv::new();
-    env.create("b", PLAIN);
-    let mut cli = env.spawn(&["start", "b"]);
-    env.wait_event("b", "booting", 0, BOOT);
-    cli.kill9();
-    // The detached host agent carries on without its CLI.
-    env.wait_status("b", "Running", BOOT);
-    env.ok(&[
-        "shell",
-        "b",
-        "--",
-        "sh",
-        "-c",
-        "echo intact > /data/marker && sync",
-    ]);
-    let again = env.run_within(&["start", "b"], SHORT);
-    assert!(
-        again.stderr().contains("already running"),
-        "{}",
-        again.describe()
-    );
-    env.run_within(&["stop", "b"], SHORT);
-    recovers(&env, "b", "power-button");
-}
-
-#[test]
-fn vm_fault_cli_killed_while_running() {
-    let env = TestEnv::new();
-    env.create("r", PLAIN);
-    boot_with_marker(&env, "r");
-    let mut shell = env.spawn(&["shell", "r", "--", "sleep", "30"]);
-    std::thread::sleep(Duration::from_millis(500));
-    shell.kill9();
-    assert_eq!(env.status("r"), "Running");
-    env.ok(&["shell", "r", "--", "true"]);
-    env.run_within(&["stop", "r"], SHORT);
-    assert_eq!(env.last_stopped("r")["by"], "power-button");
-    recovers(&env, "r", "power-button");
-}
-
-#[test]
-fn vm_fault_cli_killed_while_stopping() {
-    let env = TestEnv::new();
-    env.create("s", SLOW_STOPPER);
-    boot_with_marker(&env, "s");
-    let before = env.count_events("s", "stop-step");
-    let mut stop = env.spawn(&["stop", "s"]);
-    env.wait_event("s", "stop-step", before, SHORT);
-    stop.kill9();
-    // The host agent finishes the ladder on its own.
-    env.wait_status("s", "Stopped", SHORT);
-    assert_eq!(env.last_stopped("s")["by"], "guest-agent-poweroff");
-    settled_stopped(&env, "s");
-    recovers(&env, "s", "guest-agent-poweroff");
-}
-
-// ---- host agent --------------------------------------------------------
-
-#[test]
-fn vm_fault_agent_killed_while_booting() {
-    let env = TestEnv::new();
-    env.create("b", PLAIN);
-    let cli = env.spawn(&["start", "b"]);
-    env.wait_event("b", "booting", 0, BOOT);
-    let agent = env.agent("b").expect("a host agent");
-    agent.kill().unwrap();
-    // The CLI that was following it reports the failure instead of hanging.
-    let failed = cli.wait_within(SHORT);
-    assert_eq!(
-        failed.code(),
-        Some(6),
-        "the start failed: {}",
-        failed.describe()
-    );
-    assert!(
-        failed.stderr().contains("host agent"),
-        "{}",
-        failed.describe()
-    );
-    // QEMU was left booting without an agent: `start` adopts it.
-    let qemu = env.qemu("b").expect("QEMU kept running").pid();
-    env.run_within(&["start", "b"], BOOT);
-    assert_eq!(
-        env.qemu("b").map(|q| q.pid()),
-        Some(qemu),
-        "adopted, not rebooted"
-    );
-    assert!(env.count_events("b", "adopted") >= 1);
-    env.ok(&[
-        "shell",
-        "b",
-        "--",
-        "sh",
-        "-c",
-        "echo intact > /data/marker && sync",
-    ]);
-    env.run_within(&["stop", "b"], SHORT);
-    recovers(&env, "b", "power-button");
-}
-
-#[test]
-fn vm_fault_agent_killed_while_running_is_adopted_without_reboot() {
-    let env = TestEnv::new();
-    env.create("r", PLAIN);
-    let boot_id = boot_with_marker(&env, "r");
-    let qemu = env.qemu("r").unwrap().pid();
-    env.agent("r").unwrap().kill().unwrap();
-    env.wait_status("r", "Broken", SHORT);
-    let row = env.list().into_iter().find(|r| r["name"] == "r").unwrap();
-    assert_eq!(row["reason"]["code"], "orphaned-qemu", "{row}");
-
-    let start = env.run_within(&["start", "r"], SHORT);
-    assert!(
-        start.stderr().contains("adopting QEMU"),
-        "{}",
-        start.describe()
-    );
-    assert_eq!(env.status("r"), "Running");
-    assert_eq!(env.qemu("r").unwrap().pid(), qemu);
-    assert_eq!(env.boot_id("r"), boot_id, "the guest did not reboot");
-    // The adopted QEMU is not the new agent's child: exit detection by pidfd.
-    env.run_within(&["stop", "r"], SHORT);
-    assert_eq!(env.last_stopped("r")["by"], "power-button");
-    settled_stopped(&env, "r");
-    recovers(&env, "r", "power-button");
-}
-
-#[test]
-fn vm_fault_agent_killed_while_stopping() {
-    let env = TestEnv::new();
-    env.create("s", SLOW_STOPPER);
-    boot_with_marker(&env, "s");
-    let before = env.count_events("s", "stop-step");
-    let stop = env.spawn(&["stop", "s"]);
-    env.wait_event("s", "stop-step", before, SHORT);
-    env.agent("s").unwrap().kill().unwrap();
-    // `stop` notices its agent died and stops the orphaned QEMU itself.
-    let stopped = stop.wait_within(SHORT);
-    assert_eq!(stopped.code(), Some(0), "{}", stopped.describe());
-    settled_stopped(&env, "s");
-    recovers(&env, "s", "guest-agent-poweroff");
-}
+// ---- more faults of the stop ---------------------------------------------
 
 /// `vmkeep stop` asks over the API; a SIGTERM that reaches the agent
 /// meanwhile (the daemon seeing the instance should stay stopped, `stop`'s
@@ -372,61 +453,6 @@ fn vm_a_second_stop_waits_for_the_deadline_the_first_granted() {
         "nothing forced: {events:#?}"
     );
     settled_stopped(&env, "n");
-}
-
-// ---- QEMU --------------------------------------------------------------
-
-#[test]
-fn vm_fault_qemu_killed_while_booting() {
-    let env = TestEnv::new();
-    env.create("b", PLAIN);
-    let cli = env.spawn(&["start", "b"]);
-    env.wait_event("b", "booting", 0, BOOT);
-    env.qemu("b").expect("QEMU").kill().unwrap();
-    let failed = cli.wait_within(SHORT);
-    assert_eq!(
-        failed.code(),
-        Some(6),
-        "the start failed: {}",
-        failed.describe()
-    );
-    assert!(
-        failed.stderr().contains("QEMU exited during boot"),
-        "{}",
-        failed.describe()
-    );
-    assert_eq!(env.last_stopped("b")["reason"], "start-failed");
-    settled_stopped(&env, "b");
-    boot_with_marker(&env, "b");
-    env.run_within(&["stop", "b"], SHORT);
-    recovers(&env, "b", "power-button");
-}
-
-#[test]
-fn vm_fault_qemu_killed_while_running_is_recorded_as_a_crash() {
-    let env = TestEnv::new();
-    env.create("r", PLAIN);
-    boot_with_marker(&env, "r");
-    env.qemu("r").unwrap().kill().unwrap();
-    env.wait_status("r", "Stopped", SHORT);
-    assert_eq!(env.last_stopped("r")["reason"], "crashed");
-    settled_stopped(&env, "r");
-    recovers(&env, "r", "power-button");
-}
-
-#[test]
-fn vm_fault_qemu_killed_while_stopping() {
-    let env = TestEnv::new();
-    env.create("s", SLOW_STOPPER);
-    boot_with_marker(&env, "s");
-    let before = env.count_events("s", "stop-step");
-    let stop = env.spawn(&["stop", "s"]);
-    env.wait_event("s", "stop-step", before, SHORT);
-    env.qemu("s").unwrap().kill().unwrap();
-    let stopped = stop.wait_within(SHORT);
-    assert_eq!(stopped.code(), Some(0), "{}", stopped.describe());
-    settled_stopped(&env, "s");
-    recovers(&env, "s", "guest-agent-poweroff");
 }
 
 // ---- stale and garbage state --------------------------------------------

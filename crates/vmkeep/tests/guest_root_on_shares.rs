@@ -19,13 +19,6 @@ use common::host_user::{self, HostUser};
 const BOOT: Duration = Duration::from_secs(120);
 const SHORT: Duration = Duration::from_secs(30);
 
-fn shell(env: &TestEnv, name: &str, script: &str) -> String {
-    env.ok(&["shell", name, "--", "sh", "-c", script])
-        .stdout()
-        .trim()
-        .to_string()
-}
-
 fn mounts_yaml(dir: &Path) -> String {
     format!(
         "stopTimeout: 20s\nmounts:\n  - location: {0}\n    mountPoint: /mnt/rw\n    writable: true\n  - location: {0}\n    mountPoint: /mnt/ro\n",
@@ -70,7 +63,7 @@ fn guest_root_plants_nothing(env: &TestEnv, src: &Path, owner: &HostUser) {
     env.create("g", &mounts_yaml(src));
     env.run_within(&["start", "g"], BOOT);
     assert_eq!(env.status("g"), "Running");
-    let said = shell(env, "g", ATTACK);
+    let said = env.shell("g", ATTACK);
     eprintln!("the guest's attempts:\n{said}");
     for refused in ["suid", "sgid", "sgid-dir", "block", "char", "link", "read"] {
         assert!(
@@ -157,11 +150,10 @@ fn vm_a_normal_users_mounts_work_both_ways_and_read_only_is_the_kernels() {
     env.run_within(&["start", "u"], BOOT);
     assert_eq!(env.status("u"), "Running");
     assert_eq!(
-        shell(&env, "u", "cat /mnt/rw/from-host /mnt/ro/from-host"),
+        env.shell("u", "cat /mnt/rw/from-host /mnt/ro/from-host"),
         "hello from the host\nhello from the host"
     );
-    shell(
-        &env,
+    env.shell(
         "u",
         "echo hello from the guest > /mnt/rw/from-guest && sync",
     );
@@ -172,7 +164,7 @@ fn vm_a_normal_users_mounts_work_both_ways_and_read_only_is_the_kernels() {
     );
     assert_eq!(host_user::owner(&written), user.uid);
     // The user's files are root's in the tiny guest.
-    assert_eq!(shell(&env, "u", "stat -c %u:%g /mnt/rw/from-host"), "0:0");
+    assert_eq!(env.shell("u", "stat -c %u:%g /mnt/rw/from-host"), "0:0");
     let run = env.run(&[
         "shell",
         "u",

@@ -23,8 +23,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use vmkeep::driver::qemu::qmp::{self, Qmp, QmpError, QmpEvent, RunState, StatusInfo};
-use vmkeep::guest_link::{self, GuestLink, GuestLinkError, GuestOp};
-use vmkeep::line_rpc::CloseReason;
+use vmkeep::link::guest_link::{self, GuestLink, GuestLinkError, GuestOp};
+use vmkeep::link::line_rpc::CloseReason;
 use vmkeep_protocol::{
     ExecRequest, ExecResult, FromGuest, GuestInfo, MAX_LINE_BYTES, MAX_MESSAGE_BYTES, Op, Reply,
     Request,

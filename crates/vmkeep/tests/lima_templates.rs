@@ -7,15 +7,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use common::TestEnv;
+use common::http::{FileServer, Mode};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lima")
@@ -32,18 +29,6 @@ fn run_lima(env: &TestEnv, args: &[&str]) -> common::Run {
         args: args.iter().map(|s| s.to_string()).collect(),
         output,
     }
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|e| {
-            e.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 #[test]
@@ -142,9 +127,9 @@ fn every_lima_template_is_accepted_in_its_own_form() {
         "Lima's own _images/fedora-41: {podman}"
     );
     assert!(
-        entries(env.home()).is_empty(),
+        common::names(env.home()).is_empty(),
         "a dry run writes nothing: {:?}",
-        entries(env.home())
+        common::names(env.home())
     );
 }
 
@@ -165,7 +150,7 @@ fn a_base_lima_does_not_ship_with_vmkeep_names_what_to_do() {
             && stderr.contains("nothing was created"),
         "{stderr}"
     );
-    assert!(entries(env.home()).is_empty());
+    assert!(common::names(env.home()).is_empty());
 }
 
 #[test]
@@ -273,80 +258,7 @@ fn an_error_in_a_base_names_that_file_and_its_line() {
     std::fs::write(dir.path().join("loop2.yaml"), "base: loop.yaml\n").unwrap();
     let run = env.run(&["create", dir.path().join("loop.yaml").to_str().unwrap()]);
     assert!(run.stderr().contains("template loop"), "{}", run.describe());
-    assert!(entries(env.home()).is_empty());
-}
-
-/// A static file server for templates and images, counting requests.
-struct Server {
-    port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Server {
-    fn start(root: &Path) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (root, halt) = (root.to_path_buf(), stop.clone());
-        let thread = std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if halt.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(stream) = stream {
-                    let _ = serve(stream, &root);
-                }
-            }
-        });
-        Server {
-            port,
-            stop,
-            thread: Some(thread),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}/{path}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(("127.0.0.1", self.port));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn serve(stream: TcpStream, root: &Path) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut stream = stream;
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
-            break;
-        }
-    }
-    match std::fs::File::open(root.join(path.trim_start_matches('/'))) {
-        Ok(mut file) => {
-            let mut body = Vec::new();
-            file.read_to_end(&mut body)?;
-            write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )?;
-            stream.write_all(&body)
-        }
-        Err(_) => stream
-            .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
-    }
+    assert!(common::names(env.home()).is_empty());
 }
 
 fn qemu_img(args: &[&str]) {
@@ -374,7 +286,7 @@ fn a_template_chain_over_http_is_resolved_once_and_stored_whole() {
         site.path().join("disk.qcow2").to_str().unwrap(),
         "64M",
     ]);
-    let server = Server::start(site.path());
+    let server = FileServer::start(site.path(), Mode::Normal);
     let disk_url = server.url("disk.qcow2");
     // The main template on the server; its bases: a relative URL (which has
     // a base of its own) and a built-in; a script file next to it.
@@ -528,8 +440,9 @@ fn limas_create_forms_through_the_binary() {
     );
     let json = env.ok(&["list", "--format", "{{.CPUs}}", "piped"]).stdout();
     assert_eq!(json, "4\n");
+    // A template on standard input names no instance: a usage error.
     let run = env.run(&["create", "-"]);
-    assert_eq!(run.code(), Some(1));
+    assert_eq!(run.code(), Some(2), "{}", run.describe());
     assert!(run.stderr().contains("--name"), "{}", run.describe());
 
     // template:NAME, checked without downloading.
@@ -614,7 +527,7 @@ fn a_directory_vmkeep_did_not_make_is_listed_as_foreign_and_kept_without_force()
         );
     }
     assert_eq!(
-        entries(&env.instance_dir("lima1")).len(),
+        common::names(&env.instance_dir("lima1")).len(),
         7,
         "nothing touched"
     );
@@ -678,8 +591,9 @@ fn vm_start_from_a_template_file_names_the_instance_and_shows_its_message() {
     );
     assert!(run.stdout().contains(&expected), "{}", run.describe());
     assert_eq!(env.status("hello"), "Running");
+    // Its instance exists already: a wrong state.
     let again = env.run(&["start", file.to_str().unwrap()]);
-    assert_eq!(again.code(), Some(1));
+    assert_eq!(again.code(), Some(5), "{}", again.describe());
     assert!(
         again.stderr().contains("`vmkeep start hello`"),
         "{}",

@@ -24,19 +24,6 @@ use vmkeep::os::process::ProcessHandle;
 const BOOT: Duration = Duration::from_secs(120);
 const SHORT: Duration = Duration::from_secs(30);
 
-fn shell(env: &TestEnv, name: &str, script: &str) -> String {
-    env.ok(&["shell", name, "--", "sh", "-c", script])
-        .stdout()
-        .trim()
-        .to_string()
-}
-
-/// Run `script` in the guest; its exit code and stderr.
-fn shell_status(env: &TestEnv, name: &str, script: &str) -> (Option<i32>, String) {
-    let run = env.run(&["shell", name, "--", "sh", "-c", script]);
-    (run.code(), run.stderr())
-}
-
 /// The live virtiofsd of share `index`, by the lock it holds.
 fn virtiofsd(env: &TestEnv, name: &str, index: usize) -> Option<ProcessHandle> {
     vmkeep::os::process::open_lock_holder(&env.instance_dir(name).join(format!("fs{index}.pid")))
@@ -84,16 +71,15 @@ fn vm_mount_is_read_and_written_both_ways_and_read_only_refuses_writes() {
 
     // Host -> guest, on both mounts.
     assert_eq!(
-        shell(&env, "m", "cat /mnt/rw/from-host"),
+        env.shell("m", "cat /mnt/rw/from-host"),
         "hello from the host"
     );
     assert_eq!(
-        shell(&env, "m", "cat /mnt/ro/from-host"),
+        env.shell("m", "cat /mnt/ro/from-host"),
         "hello from the host"
     );
     // Guest -> host through the writable one.
-    shell(
-        &env,
+    env.shell(
         "m",
         "echo hello from the guest > /mnt/rw/from-guest && sync",
     );
@@ -111,28 +97,27 @@ fn vm_mount_is_read_and_written_both_ways_and_read_only_refuses_writes() {
     std::fs::write(src.join("from-host"), "changed on the host\n").unwrap();
     let started = Instant::now();
     wait_until(SHORT, || {
-        (shell(&env, "m", "cat /mnt/rw/from-host") == "changed on the host").then_some(())
+        (env.shell("m", "cat /mnt/rw/from-host") == "changed on the host").then_some(())
     })
     .expect("the host's change reaches the guest");
     eprintln!("host write -> seen in the guest: {:?}", started.elapsed());
     assert_eq!(
-        shell(&env, "m", "cat /mnt/ro/from-guest"),
+        env.shell("m", "cat /mnt/ro/from-guest"),
         "hello from the guest"
     );
 
     // Read-only: refused, also once the guest remounted it read-write
     // (the host enforces it).
-    let (code, stderr) = shell_status(&env, "m", "echo no > /mnt/ro/refused");
+    let (code, stderr) = env.shell_status("m", "echo no > /mnt/ro/refused");
     assert_ne!(code, Some(0), "writing a read-only share failed");
     assert!(stderr.contains("Read-only file system"), "{stderr}");
-    let (code, stderr) = shell_status(
-        &env,
+    let (code, stderr) = env.shell_status(
         "m",
         "mount -o remount,rw /mnt/ro; echo no > /mnt/ro/refused",
     );
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("Read-only file system"), "{stderr}");
-    let (code, _) = shell_status(&env, "m", "rm /mnt/ro/from-host");
+    let (code, _) = env.shell_status("m", "rm /mnt/ro/from-host");
     assert_ne!(code, Some(0), "removing from a read-only share failed");
     assert!(!src.join("refused").exists());
     assert!(src.join("from-host").exists());
@@ -178,7 +163,7 @@ fn vm_virtiofsd_is_adopted_with_its_vm_ends_with_it_and_a_lost_one_shows() {
         .map(|i| virtiofsd(&env, "a", i).expect("still running").pid())
         .collect();
     assert_eq!(adopted, daemons, "the same virtiofsd processes");
-    shell(&env, "a", "echo after adoption > /mnt/rw/adopted && sync");
+    env.shell("a", "echo after adoption > /mnt/rw/adopted && sync");
     assert_eq!(
         std::fs::read_to_string(src.join("adopted")).unwrap(),
         "after adoption\n"
@@ -194,7 +179,7 @@ fn vm_virtiofsd_is_adopted_with_its_vm_ends_with_it_and_a_lost_one_shows() {
     let message = row["reason"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("/mnt/ro"), "{row}");
     // The other share and the guest carry on.
-    assert_eq!(shell(&env, "a", "cat /mnt/rw/adopted"), "after adoption");
+    assert_eq!(env.shell("a", "cat /mnt/rw/adopted"), "after adoption");
 
     // Stop ends the VM (its guest skips the dead mount) and virtiofsd.
     env.run_within(&["stop", "a"], SHORT);
@@ -228,7 +213,7 @@ fn vm_virtiofsd_is_adopted_with_its_vm_ends_with_it_and_a_lost_one_shows() {
     );
     assert!(env.count_events("a", "shared-dir-lost") > lost_before);
     assert_eq!(reason_code(&env, "a"), "shared-dirs-lost");
-    assert_eq!(shell(&env, "a", "cat /mnt/ro/adopted"), "after adoption");
+    assert_eq!(env.shell("a", "cat /mnt/ro/adopted"), "after adoption");
     env.run_within(&["stop", "a"], SHORT);
     assert_eq!(env.status("a"), "Stopped");
     nothing_left(&env);
@@ -262,8 +247,7 @@ fn refused(port: u16) -> bool {
 /// Start a web server in the guest on `listen` (busybox httpd, in the
 /// foreground of a background shell job); its pid.
 fn serve(env: &TestEnv, name: &str, listen: &str) -> u32 {
-    shell(
-        env,
+    env.shell(
         name,
         &format!(
             "mkdir -p /www && echo served > /www/index.html && \
@@ -318,7 +302,7 @@ fn vm_port_forwards_follow_the_guest_and_survive_adoption() {
     eprintln!("loopback listener answers after {:?}", answers(looped));
 
     // The guest closes a port: the host's goes.
-    shell(&env, "p", &format!("kill {auto_server}"));
+    env.shell("p", &format!("kill {auto_server}"));
     eprintln!("closed automatic forward gone after {:?}", closes(auto));
     assert_eq!(http_get(static_host).as_deref(), Some("served"));
 
@@ -339,12 +323,12 @@ fn vm_port_forwards_follow_the_guest_and_survive_adoption() {
         "after adoption, a new port answers after {:?}",
         answers(later)
     );
-    shell(&env, "p", &format!("kill {looped_server}"));
+    env.shell("p", &format!("kill {looped_server}"));
     eprintln!(
         "after adoption, a closed port goes after {:?}",
         closes(looped)
     );
-    shell(&env, "p", &format!("kill {later_server} {static_server}"));
+    env.shell("p", &format!("kill {later_server} {static_server}"));
     closes(later);
     closes(static_host);
 

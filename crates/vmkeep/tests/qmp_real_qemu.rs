@@ -88,7 +88,7 @@ async fn connect_when_listening(path: &Path, guard: &mut QemuGuard, deadline: In
 }
 
 #[tokio::test]
-async fn status_cont_and_quit_against_real_qemu() {
+async fn vm_status_cont_and_quit_against_real_qemu() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("qmp.sock");
     let mut qemu = QemuGuard::start(dir.path());

@@ -33,15 +33,8 @@ struct Guest {
     sleeper: u32,
 }
 
-fn shell(env: &TestEnv, name: &str, script: &str) -> String {
-    env.ok(&["shell", name, "--", "sh", "-c", script])
-        .stdout()
-        .trim()
-        .to_string()
-}
-
 fn uptime(env: &TestEnv, name: &str) -> f64 {
-    let text = shell(env, name, "cat /proc/uptime");
+    let text = env.shell(name, "cat /proc/uptime");
     text.split_whitespace().next().unwrap().parse().unwrap()
 }
 
@@ -51,8 +44,9 @@ fn boot_and_prepare(env: &TestEnv, name: &str) -> Guest {
     env.run_within(&["start", name], BOOT);
     eprintln!("cold boot -> ready: {:?}", started.elapsed());
     assert_eq!(env.status(name), "Running");
-    shell(env, name, "echo intact > /data/marker && sync");
-    let sleeper = shell(env, name, "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!")
+    env.shell(name, "echo intact > /data/marker && sync");
+    let sleeper = env
+        .shell(name, "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!")
         .parse()
         .expect("the pid of the background sleep");
     let boot_id = env.boot_id(name);
@@ -87,8 +81,7 @@ fn same_guest(env: &TestEnv, name: &str, before: &Guest, saved_for: Duration) {
         "uptime does not count the {saved_for:?} saved: {} then {now}, {wall:?} later",
         before.uptime
     );
-    let process = shell(
-        env,
+    let process = env.shell(
         name,
         &format!(
             "kill -0 {0} && cat /proc/{0}/cmdline | tr '\\0' ' '",
@@ -96,7 +89,7 @@ fn same_guest(env: &TestEnv, name: &str, before: &Guest, saved_for: Duration) {
         ),
     );
     assert_eq!(process, "sleep 1000", "the process started before is alive");
-    assert_eq!(shell(env, name, "cat /data/marker"), "intact");
+    assert_eq!(env.shell(name, "cat /data/marker"), "intact");
 }
 
 /// How far the guest's wall clock is from the host's, and how precisely
@@ -161,18 +154,8 @@ fn clock_settles(env: &TestEnv, name: &str, limit: Duration) -> (f64, f64) {
     last
 }
 
-fn file_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn saved_state_files(env: &TestEnv, name: &str) -> Vec<String> {
-    file_names(&env.instance_dir(name))
+    common::names(&env.instance_dir(name))
         .into_iter()
         .filter(|n| n.starts_with("saved-state") || n.starts_with(".saved-state"))
         .collect()
@@ -262,7 +245,7 @@ fn vm_suspend_and_resume_keep_the_boot_processes_data_and_clock() {
     assert_eq!(stop.code(), Some(0), "{}", stop.describe());
     assert_eq!(env.last_stopped("s")["by"], "power-button");
     assert!(
-        !file_names(&env.instance_dir("s")).contains(&"guest-ram".to_string()),
+        !common::names(&env.instance_dir("s")).contains(&"guest-ram".to_string()),
         "a stopped instance gives the RAM file's space back"
     );
     assert_eq!(env.runtime_files("s"), Vec::<String>::new());
@@ -280,7 +263,7 @@ fn strike_during_save(
     let suspend = env.spawn(&["suspend", name]);
     let until = Instant::now() + SHORT;
     let seen = loop {
-        let names = file_names(&dir);
+        let names = common::names(&dir);
         if moment(&names) {
             break names;
         }
@@ -391,7 +374,7 @@ fn vm_suspend_with_qemu_killed_mid_save_leaves_a_whole_state_or_none() {
                 "{failed}"
             );
             assert_ne!(env.boot_id("q"), guest.boot_id, "a fresh boot");
-            assert_eq!(shell(&env, "q", "cat /data/marker"), "intact");
+            assert_eq!(env.shell("q", "cat /data/marker"), "intact");
         }
     }
     assert_eq!(saved_state_files(&env, "q"), Vec::<String>::new());
@@ -526,7 +509,7 @@ fn vm_guest_clock_is_right_again_shortly_after_qemu_was_frozen() {
     env.run_within(&["start", "c"], BOOT);
     // Put the guest's clock 30 s behind (inside the guest: `vmkeep shell`),
     // and freeze QEMU for 20 s right after.
-    shell(&env, "c", "date -s @$(( $(date +%s) - 30 )) >/dev/null");
+    env.shell("c", "date -s @$(( $(date +%s) - 30 )) >/dev/null");
     let qemu = env.qemu("c").expect("QEMU runs");
     qemu.signal(rustix::process::Signal::STOP).unwrap();
     std::thread::sleep(Duration::from_secs(20));
@@ -561,8 +544,7 @@ fn vm_suspended_instance_is_listed_refuses_commands_and_stops_without_losing_wri
     let guest = boot_and_prepare(&env, "p");
     // The guest writes back only when told: what it writes now stays in
     // its page cache until something syncs it.
-    shell(
-        &env,
+    env.shell(
         "p",
         "echo 0 > /proc/sys/vm/dirty_writeback_centisecs && \
          echo 360000 > /proc/sys/vm/dirty_expire_centisecs && \
@@ -609,7 +591,7 @@ fn vm_suspended_instance_is_listed_refuses_commands_and_stops_without_losing_wri
         "a stopped guest boots afresh"
     );
     assert_eq!(
-        shell(&env, "p", "cat /data/unsynced"),
+        env.shell("p", "cat /data/unsynced"),
         "only in memory",
         "what the guest held in memory when suspended reached its disk"
     );
@@ -631,7 +613,7 @@ fn vm_suspended_instance_is_listed_refuses_commands_and_stops_without_losing_wri
     );
     assert_eq!(env.status("p"), "Stopped");
     assert_eq!(saved_state_files(&env, "p"), Vec::<String>::new());
-    assert!(!file_names(&env.instance_dir("p")).contains(&"guest-ram".to_string()));
+    assert!(!common::names(&env.instance_dir("p")).contains(&"guest-ram".to_string()));
 
     // `start --discard-state` boots afresh instead of resuming.
     env.run_within(&["start", "p"], BOOT);
@@ -646,7 +628,7 @@ fn vm_suspended_instance_is_listed_refuses_commands_and_stops_without_losing_wri
         fresh.describe()
     );
     assert_ne!(env.boot_id("p"), booted, "it booted afresh");
-    assert_eq!(shell(&env, "p", "cat /data/marker"), "intact");
+    assert_eq!(env.shell("p", "cat /data/marker"), "intact");
     env.run_within(&["stop", "p"], SHORT);
     assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
 }

@@ -4,6 +4,8 @@
 //! (tests/suspend.rs), so only a disk that fills meanwhile (another writer)
 //! gets here. Skipping that check is what makes it happen here on purpose.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -13,9 +15,9 @@ use vmkeep::driver::qemu::accel::Accel;
 use vmkeep::driver::qemu::args::LaunchSpec;
 use vmkeep::driver::qemu::snapshot::{self, SaveFailure, SaveOptions, StateAfterFailure};
 use vmkeep::driver::qemu::{self, QemuVm};
-use vmkeep::guest_link;
 use vmkeep::image::tiny;
 use vmkeep::instance::InstanceDir;
+use vmkeep::link::guest_link;
 use vmkeep::os;
 
 /// A tmpfs mounted on a temporary directory; unmounted when dropped (after
@@ -64,18 +66,8 @@ impl Drop for QemuGuard<'_> {
     }
 }
 
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
 fn state_files(dir: &InstanceDir) -> Vec<String> {
-    names(dir.dir())
+    common::names(dir.dir())
         .into_iter()
         .filter(|n| n.contains("saved-state"))
         .collect()

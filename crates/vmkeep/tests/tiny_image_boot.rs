@@ -358,7 +358,7 @@ impl AgentClient {
 }
 
 #[test]
-fn tiny_image_boots_runs_commands_keeps_data_and_powers_off() {
+fn vm_tiny_image_boots_runs_commands_keeps_data_and_powers_off() {
     let image = image();
     let _only_one = one_qemu_at_a_time();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -499,7 +499,7 @@ fn tiny_image_boots_runs_commands_keeps_data_and_powers_off() {
 }
 
 #[test]
-fn ignore_flags_make_the_guest_ignore_the_power_button_and_poweroff_requests() {
+fn vm_ignore_flags_make_the_guest_ignore_the_power_button_and_poweroff_requests() {
     let image = image();
     let _only_one = one_qemu_at_a_time();
     let dir = tempfile::tempdir().expect("temp dir");
@@ -541,7 +541,7 @@ fn ignore_flags_make_the_guest_ignore_the_power_button_and_poweroff_requests() {
 }
 
 #[test]
-fn poweroff_at_boot_flag_powers_off_before_ready() {
+fn vm_poweroff_at_boot_flag_powers_off_before_ready() {
     let image = image();
     let _only_one = one_qemu_at_a_time();
     let dir = tempfile::tempdir().expect("temp dir");

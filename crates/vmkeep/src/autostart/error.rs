@@ -18,7 +18,7 @@ pub enum AutostartError {
     Config(#[from] crate::instance::config::ConfigError),
 
     #[error(transparent)]
-    Home(#[from] crate::home::HomeError),
+    Home(#[from] crate::instance::home::HomeError),
 
     #[error(transparent)]
     SocketPath(#[from] crate::instance::layout::SocketPathTooLong),
@@ -138,34 +138,6 @@ pub enum AutostartError {
 }
 
 impl AutostartError {
-    /// What kind of failure it is, for exit codes.
-    pub fn kind(&self) -> crate::engine::ErrorKind {
-        use crate::engine::ErrorKind;
-        match self {
-            AutostartError::NoInstance { .. } => ErrorKind::NotFound,
-            AutostartError::Config(_) => ErrorKind::InvalidConfig,
-            AutostartError::UnitStopped { .. } | AutostartError::DidNotComeUp { .. } => {
-                ErrorKind::StartFailed
-            }
-            AutostartError::StillRunning { .. } => ErrorKind::StopFailed,
-            AutostartError::UserForLogin { .. } | AutostartError::NoSuchUser(_) => ErrorKind::Usage,
-            AutostartError::Spec(_)
-            | AutostartError::Home(_)
-            | AutostartError::SocketPath(_)
-            | AutostartError::AlreadyRegistered { .. }
-            | AutostartError::NotOurs { .. }
-            | AutostartError::NotOursToRemove { .. }
-            | AutostartError::ManagerNotRunning { .. }
-            | AutostartError::NeedsRoot { .. }
-            | AutostartError::RemovalNeedsRoot { .. }
-            | AutostartError::LingerNeedsRoot { .. }
-            | AutostartError::Rejected { .. }
-            | AutostartError::Tool(_)
-            | AutostartError::Inspect(_)
-            | AutostartError::Io { .. } => ErrorKind::Host,
-        }
-    }
-
     pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

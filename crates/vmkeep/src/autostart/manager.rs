@@ -9,19 +9,8 @@ use std::path::Path;
 use super::error::AutostartError;
 use super::record::Record;
 use super::{Domain, Manager};
+pub use crate::instance::status::UnitFailure;
 use crate::os::service_manager::{self as sm, Launchctl, Systemctl, SystemdManager, User};
-
-/// A registered unit that systemd gave up on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnitFailure {
-    pub unit: String,
-    /// systemd's `Result` of the last run (`exit-code`, `signal`, ...).
-    pub result: String,
-    /// How often keep-alive restarted it before giving up.
-    pub restarts: u32,
-    /// `journalctl` flags naming the manager (`--user`, or nothing).
-    pub journal_flag: &'static str,
-}
 
 /// What the service manager says of the service.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -10,10 +10,11 @@ use super::error::AutostartError;
 use super::manager::{self, ServiceManager};
 use super::record::{self, Record};
 use super::{Condition, Domain, Inputs, Manager, Options, ServiceSpec};
+use crate::instance::home;
 use crate::instance::{Config, InstanceDir, InstanceName};
 use crate::notice::Notice;
 use crate::os::service_manager::{self as sm, Systemctl, User};
-use crate::{home, timeouts};
+use crate::timeouts;
 
 /// What `enable` would write, where, for whom.
 #[derive(Debug, Clone)]

@@ -1,20 +1,19 @@
 //! `vmkeep autostart enable|disable|status|show`: arguments and printing;
-//! the work is in `autostart::registration` (and the hooks `start`, `stop`
-//! and `delete` use are in `autostart::hooks`).
-
-use std::path::PathBuf;
+//! the work is `engine::autostart` (registration) and `engine::inspect`
+//! (status).
 
 use clap::Subcommand;
 use serde::Serialize;
 
 use super::progress::Lines;
 use super::{CliError, ExitCode};
-use crate::autostart::manager::{self, not_running_reason, running};
+use crate::autostart::manager::{not_running_reason, running};
 use crate::autostart::record;
-use crate::autostart::registration::{self, Plan};
+use crate::autostart::registration::Plan;
 use crate::autostart::{Condition, Manager, Options};
-use crate::engine::{self, Home};
-use crate::instance::{InstanceDir, InstanceName, Status};
+use crate::engine::inspect::{self, Autostart, Registration};
+use crate::engine::{self, autostart};
+use crate::instance::{Home, InstanceDir, InstanceName, Status};
 
 #[derive(Debug, clap::Args)]
 pub struct AutostartArgs {
@@ -103,7 +102,7 @@ fn plan(name: &InstanceName, service: &ServiceOptions, manager: Manager) -> Resu
     let notice = Lines {
         name: name.as_str(),
     };
-    Ok(registration::plan(
+    Ok(autostart::plan(
         name,
         options,
         service.user.as_deref(),
@@ -118,7 +117,7 @@ fn enable(args: EnableArgs) -> Result<i32, CliError> {
     let name = &args.name;
     let service = plan.service_manager();
     if args.dry_run {
-        registration::check(&plan, true)?;
+        autostart::check(&plan)?;
         println!("# would write {}:", plan.path.display());
         print!("{}", plan.text);
         println!(
@@ -143,7 +142,7 @@ fn enable(args: EnableArgs) -> Result<i32, CliError> {
     let notice = Lines {
         name: name.as_str(),
     };
-    let enabled = registration::enable(&plan, service.as_ref(), args.write_only, &notice)?;
+    let enabled = autostart::enable(&plan, args.write_only, &notice)?;
     if enabled.lingering {
         println!(
             "enabled lingering for {} (their systemd manager now runs from boot)",
@@ -183,11 +182,11 @@ fn enable(args: EnableArgs) -> Result<i32, CliError> {
 }
 
 fn disable(name: &InstanceName) -> Result<i32, CliError> {
-    let dir = Home::from_env()?.existing(name)?;
+    let home = Home::from_env()?;
     let notice = Lines {
         name: name.as_str(),
     };
-    match registration::disable(&dir, &notice)? {
+    match autostart::disable(&home, name, &notice)? {
         None => println!("{name} has no autostart; nothing to do"),
         Some((record, _)) => {
             println!(
@@ -195,7 +194,7 @@ fn disable(name: &InstanceName) -> Result<i32, CliError> {
                 record.path.display(),
                 record.condition
             );
-            if engine::status_of(&dir)? == Status::Running {
+            if engine::status_of(&home.existing(name)?)? == Status::Running {
                 println!("{name} keeps running until it is stopped (`vmkeep stop {name}`)");
             }
         }
@@ -203,33 +202,21 @@ fn disable(name: &InstanceName) -> Result<i32, CliError> {
     Ok(ExitCode::Success as i32)
 }
 
+/// One instance's line of `autostart status` (`--json`: its
+/// registration's fields beside `name` and `enabled`, when it has one).
 #[derive(Debug, Serialize)]
 struct StatusRow {
     name: String,
     enabled: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    manager: Option<Manager>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    condition: Option<Condition>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    keep_alive: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    service: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    path: Option<PathBuf>,
-    /// The definition file exists and carries vmkeep's marker.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    definition_present: Option<bool>,
-    /// What the service manager says, or why it cannot be asked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    manager_state: Option<String>,
+    #[serde(flatten)]
+    registration: Option<Registration>,
 }
 
 fn status(args: StatusArgs) -> Result<i32, CliError> {
     let home = Home::from_env()?;
     let names = match args.name {
         Some(name) => vec![name],
-        None => crate::instance::layout::instance_names(&home.root),
+        None => home.instance_names(),
     };
     let mut rows = Vec::new();
     for name in &names {
@@ -237,79 +224,42 @@ fn status(args: StatusArgs) -> Result<i32, CliError> {
         rows.push(status_row(&dir)?);
     }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).map_err(anyhow::Error::from)?
-        );
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::Success as i32);
     }
     for row in &rows {
-        if !row.enabled {
+        let Some(registration) = &row.registration else {
             println!("{}: not enabled", row.name);
             continue;
-        }
+        };
         println!(
             "{}: starts at {} through {} {} (keep-alive {})",
             row.name,
-            row.condition.map(Condition::as_str).unwrap_or("?"),
-            row.manager.map(Manager::as_str).unwrap_or("?"),
-            row.service.as_deref().unwrap_or("?"),
-            if row.keep_alive == Some(true) {
-                "on"
-            } else {
-                "off"
-            }
+            registration.condition.as_str(),
+            registration.manager.as_str(),
+            registration.service,
+            if registration.keep_alive { "on" } else { "off" }
         );
-        let present = if row.definition_present == Some(true) {
+        let present = if registration.definition_present {
             ""
         } else {
             " (MISSING: run `vmkeep autostart enable` again)"
         };
-        if let Some(path) = &row.path {
-            println!("  definition: {}{present}", path.display());
-        }
-        if let Some(state) = &row.manager_state {
-            println!("  service manager: {state}");
-        }
+        println!("  definition: {}{present}", registration.path.display());
+        println!("  service manager: {}", registration.manager_state);
     }
     Ok(ExitCode::Success as i32)
 }
 
 fn status_row(dir: &InstanceDir) -> Result<StatusRow, CliError> {
-    let loaded = record::load(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Some(record) = loaded else {
-        return Ok(StatusRow {
-            name: dir.name().to_string(),
-            enabled: false,
-            manager: None,
-            condition: None,
-            keep_alive: None,
-            service: None,
-            path: None,
-            definition_present: None,
-            manager_state: None,
-        });
-    };
-    let present = std::fs::read_to_string(&record.path)
-        .map(|t| crate::autostart::managed_marker(&t).is_some())
-        .unwrap_or(false);
-    let state = match manager::for_record(&record) {
-        None => not_running_reason(record.manager),
-        Some(service) => match service.state() {
-            Ok(state) => state.summary,
-            Err(e) => format!("cannot ask: {e}"),
-        },
+    let registration = match inspect::autostart(dir)? {
+        Autostart::NotEnabled => None,
+        Autostart::Enabled(registration) => Some(registration),
     };
     Ok(StatusRow {
         name: dir.name().to_string(),
-        enabled: true,
-        manager: Some(record.manager),
-        condition: Some(record.condition),
-        keep_alive: Some(record.keep_alive),
-        service: Some(record.service),
-        path: Some(record.path),
-        definition_present: Some(present),
-        manager_state: Some(state),
+        enabled: registration.is_some(),
+        registration,
     })
 }
 

@@ -4,8 +4,8 @@
 
 use super::progress::Lines;
 use super::{CliError, DeleteArgs, ExitCode};
-use crate::engine::Home;
 use crate::engine::delete::{Deleted, delete};
+use crate::instance::Home;
 
 pub fn run(args: DeleteArgs) -> Result<i32, CliError> {
     let home = Home::from_env()?;

@@ -11,10 +11,15 @@
 //! | 6 | the start failed: the VM did not come up |
 //! | 7 | the stop or suspend failed: the VM may still run |
 //!
-//! `vmkeep shell` passes the guest command's own exit code through.
+//! `vmkeep shell` passes the guest command's own exit code through. Each
+//! error knows its code: an engine error by its [`ErrorKind`], the command
+//! line's own by its variant.
 
-use crate::autostart::error::AutostartError;
+use std::path::PathBuf;
+
+use crate::daemon::DaemonError;
 use crate::engine::{EngineError, ErrorKind};
+use crate::instance::home::{HomeError, LookupError};
 
 /// An exit code of `vmkeep` (see the module's table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +54,7 @@ pub enum CliError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
-    Autostart(#[from] AutostartError),
+    Daemon(#[from] DaemonError),
     /// Several instances failed (start or stop of many); each message is
     /// already printed.
     #[error("{failed} of {total} failed")]
@@ -61,73 +66,78 @@ pub enum CliError {
     /// Names that are not instances (`list NAME...`).
     #[error("no such instance: {}; `vmkeep list` shows them all", names.join(", "))]
     Missing { names: Vec<String> },
-    /// Failures of the command line's own work (reading a template file,
-    /// printing, the daemon's set-up), with their causes.
-    #[error("{}", chain(.0))]
-    Other(#[from] anyhow::Error),
+    /// The command line asks for what cannot be; the message says what to
+    /// give instead.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing what the command prints (or reading what it passes on)
+    /// failed.
+    #[error("{0}")]
+    Terminal(#[source] std::io::Error),
+    /// `--format`'s template did not render.
+    #[error(transparent)]
+    Format(#[from] crate::text::gotmpl::TemplateError),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Yaml(#[from] serde_yaml_ng::Error),
+    /// A program the command runs is not installed.
+    #[error("{program} was not found in PATH; install it ({install})")]
+    NotInPath {
+        program: &'static str,
+        install: &'static str,
+    },
+    /// A program to run in place of `vmkeep` (ssh, the host agent) did not.
+    #[error("cannot run {what}{}: {source}", program.display())]
+    Exec {
+        /// What the program is, for the message ("the host agent ").
+        what: &'static str,
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<HomeError> for CliError {
+    fn from(error: HomeError) -> CliError {
+        CliError::Engine(error.into())
+    }
+}
+
+impl From<LookupError> for CliError {
+    fn from(error: LookupError) -> CliError {
+        CliError::Engine(error.into())
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(error: std::io::Error) -> CliError {
+        CliError::Terminal(error)
+    }
 }
 
 impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Engine(e) => e.kind().into(),
-            CliError::Autostart(e) => e.kind().into(),
+            CliError::Daemon(DaemonError::Engine(e)) => e.kind().into(),
             CliError::Several { code, .. } => *code,
             CliError::Missing { .. } => ExitCode::NotFound,
-            CliError::Other(e) if e.downcast_ref::<CliError>().is_some() => e
-                .downcast_ref::<CliError>()
-                .map(CliError::exit_code)
-                .unwrap_or(ExitCode::Failure),
-            CliError::Other(e) => match e.downcast_ref::<EngineError>() {
-                Some(engine) => engine.kind().into(),
-                None => match e.downcast_ref::<crate::instance::create::CreateError>() {
-                    Some(create) if create.is_invalid_template() => ExitCode::InvalidConfig,
-                    Some(crate::instance::create::CreateError::Exists { .. }) => {
-                        ExitCode::WrongState
-                    }
-                    _ => ExitCode::Failure,
-                },
-            },
+            CliError::Usage(_) => ExitCode::Usage,
+            CliError::Daemon(_)
+            | CliError::Terminal(_)
+            | CliError::Format(_)
+            | CliError::Json(_)
+            | CliError::Yaml(_)
+            | CliError::NotInPath { .. }
+            | CliError::Exec { .. } => ExitCode::Failure,
         }
     }
-}
-
-/// An error and its causes, each cause once: typed errors of this crate
-/// already say their cause in their own message, which a plain `{:#}` would
-/// then repeat ("cannot write X: No space left: No space left").
-fn chain(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let said = cause.to_string();
-        if text.contains(&said) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&said);
-    }
-    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cause_the_message_already_says_is_not_repeated() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("cannot write /x: {0}")]
-        struct Write(#[source] std::io::Error);
-        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
-        let error = anyhow::Error::new(Write(full)).context("cannot create a");
-        let text = chain(&error);
-        assert_eq!(text.matches("No space left").count(), 1, "{text}");
-        assert!(
-            text.starts_with("cannot create a: cannot write /x: "),
-            "{text}"
-        );
-    }
 
     #[test]
     fn every_kind_has_its_own_code() {
@@ -144,5 +154,22 @@ mod tests {
             kinds.iter().map(|k| ExitCode::from(*k) as i32).collect();
         assert_eq!(codes.len(), kinds.len(), "distinct codes");
         assert!(!codes.contains(&0));
+    }
+
+    #[test]
+    fn usage_and_wrong_state_have_their_codes_whoever_finds_them() {
+        let usage = CliError::Usage("--format x".into());
+        assert_eq!(usage.exit_code(), ExitCode::Usage);
+        let engine_usage = CliError::from(EngineError::Usage {
+            message: "give one".into(),
+        });
+        assert_eq!(engine_usage.exit_code(), ExitCode::Usage);
+        let exists = CliError::from(EngineError::Create(
+            crate::engine::create::CreateError::Exists {
+                name: "a".parse().unwrap(),
+                dir: "/h/a".into(),
+            },
+        ));
+        assert_eq!(exists.exit_code(), ExitCode::WrongState);
     }
 }

@@ -1,39 +1,20 @@
-//! `vmkeep events [NAME] [--follow] [--json]`: the lifecycle events of every
-//! instance (or one), merged in time order from the per-instance journals;
-//! with `--follow`, new ones as they are written.
+//! `vmkeep events [NAME] [--follow] [--json]`: arguments and printing; the
+//! events come from `engine::events` (every instance's journal, or one's,
+//! merged in time order; with `--follow`, new ones as they are written).
 
-use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::io::Write;
 use std::time::Duration;
 
-use super::EventsArgs;
-use crate::home;
-use crate::instance::{InstanceDir, InstanceName};
-use crate::journal::Record;
+use super::{CliError, EventsArgs};
+use crate::engine::events::Events;
+use crate::instance::journal::Record;
+use crate::instance::{Home, InstanceName};
 
-pub fn run(args: EventsArgs) -> anyhow::Result<i32> {
-    let root = home::instances_root()?;
-    if let Some(name) = &args.name {
-        crate::engine::Home::from_env()?.existing(name)?;
-    }
-    // Bytes of each journal already shown.
-    let mut shown: BTreeMap<InstanceName, u64> = BTreeMap::new();
+pub fn run(args: EventsArgs) -> Result<i32, CliError> {
+    let mut events = Events::of(&Home::from_env()?, args.name.as_ref())?;
     let mut out = std::io::stdout().lock();
     loop {
-        let mut batch = Vec::new();
-        for name in names(&root, args.name.as_ref()) {
-            let Ok(dir) = InstanceDir::new(&root, name.clone()) else {
-                continue;
-            };
-            let offset = shown.entry(name.clone()).or_insert(0);
-            let (records, consumed) = read_from(&dir.journal(), *offset)?;
-            *offset += consumed;
-            batch.extend(records.into_iter().map(|r| (name.clone(), r)));
-        }
-        // RFC 3339 UTC timestamps of one width sort as text.
-        batch.sort_by(|a, b| a.1.ts.cmp(&b.1.ts));
-        for (name, record) in batch {
+        for (name, record) in events.next_batch()? {
             writeln!(out, "{}", render(&name, &record, args.json)?)?;
         }
         out.flush()?;
@@ -44,33 +25,7 @@ pub fn run(args: EventsArgs) -> anyhow::Result<i32> {
     }
 }
 
-fn names(root: &Path, only: Option<&InstanceName>) -> Vec<InstanceName> {
-    if let Some(name) = only {
-        return vec![name.clone()];
-    }
-    crate::instance::layout::instance_names(root)
-}
-
-/// Complete lines from `offset` on; returns the records and the bytes
-/// consumed (a torn last line waits for its end).
-fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<Record>, u64)> {
-    let mut file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e),
-    };
-    file.seek(SeekFrom::Start(offset))?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    let records = bytes[..complete]
-        .split(|b| *b == b'\n')
-        .filter_map(|line| serde_json::from_slice(line).ok())
-        .collect();
-    Ok((records, complete as u64))
-}
-
-fn render(name: &InstanceName, record: &Record, json: bool) -> anyhow::Result<String> {
+fn render(name: &InstanceName, record: &Record, json: bool) -> Result<String, CliError> {
     let mut value = serde_json::to_value(record)?;
     let fields = value.as_object_mut().expect("a record is an object");
     if json {

@@ -5,19 +5,17 @@
 //! `--json` is vmkeep's JSON array (its own keys). `--format json` is Lima's
 //! shape: one object per line, Lima's keys where they exist (`hostAgentPID`,
 //! `sshLocalPort`, ...), memory and disk in bytes. A name that does not exist
-//! is an error and gets no row. A directory vmkeep did not make is listed as
-//! `Foreign`, with what was found, and never as Broken.
+//! is an error and gets no row. What a row says comes from the engine's
+//! inspection: an instance's `Status`, or what a directory that is none is
+//! (`NotInstance`: one vmkeep did not make is `Foreign`, never Broken).
 
 use serde::Serialize;
 
-use super::ListArgs;
-use crate::gotmpl::{self, Value};
-use crate::home;
-use crate::instance::observe::observe_with_config;
-use crate::instance::ownership::{self, Ownership};
-use crate::instance::status::{self, Status};
-use crate::instance::{Config, InstanceDir, InstanceName};
-use crate::template::vars;
+use super::{CliError, ListArgs};
+use crate::engine::inspect::{Inspected, inspect, inspect_all};
+use crate::instance::vars;
+use crate::instance::{Config, Home, InstanceDir, InstanceName, Status};
+use crate::text::gotmpl::{self, Value};
 
 #[derive(Debug, Clone, Serialize)]
 struct Row {
@@ -83,7 +81,7 @@ enum Format {
     Template(String),
 }
 
-fn format_of(args: &ListArgs) -> anyhow::Result<Format> {
+fn format_of(args: &ListArgs) -> Result<Format, CliError> {
     if args.json {
         return Ok(Format::VmkeepJson);
     }
@@ -95,45 +93,35 @@ fn format_of(args: &ListArgs) -> anyhow::Result<Format> {
         Some("json") => Format::Json,
         Some("yaml") => Format::Yaml,
         Some(text) if text.contains("{{") => {
-            gotmpl::check(text)?;
+            gotmpl::check(text).map_err(|e| CliError::Usage(e.to_string()))?;
             Format::Template(text.to_string())
         }
-        Some(other) => anyhow::bail!(
-            "--format {other:?}: use table, json, yaml or a Go template such as '{{{{.Name}}}}'"
-        ),
+        Some(other) => {
+            return Err(CliError::Usage(format!(
+                "--format {other:?}: use table, json, yaml or a Go template such as '{{{{.Name}}}}'"
+            )));
+        }
     })
 }
 
-pub fn run(args: ListArgs) -> anyhow::Result<i32> {
+pub fn run(args: ListArgs) -> Result<i32, CliError> {
     let format = format_of(&args)?;
-    let root = home::instances_root()?;
+    let home = Home::from_env()?;
     let names = if args.names.is_empty() {
-        crate::instance::layout::instance_names(&root)
+        home.instance_names()
     } else {
         args.names.clone()
     };
-    let rows: Vec<Row> = std::thread::scope(|scope| {
-        let handles: Vec<_> = names
-            .chunks(names.len().div_ceil(8).max(1))
-            .map(|chunk| {
-                scope.spawn(|| {
-                    chunk
-                        .iter()
-                        .filter_map(|n| row(&root, n))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
+    let rows: Vec<Row> = inspect_all(&home, &names)
+        .into_iter()
+        .map(|(name, inspected)| row(&home, &name, inspected))
+        .collect();
     let missing: Vec<String> = names
         .iter()
         .filter(|n| !rows.iter().any(|r| r.name == n.as_str()))
         .map(ToString::to_string)
         .collect();
+    let root = &home.root;
     match &format {
         Format::VmkeepJson => println!("{}", serde_json::to_string_pretty(&rows)?),
         Format::Json => {
@@ -153,10 +141,7 @@ pub fn run(args: ListArgs) -> anyhow::Result<i32> {
         }
         Format::Template(template) => {
             for row in &rows {
-                println!(
-                    "{}",
-                    gotmpl::render(template, &template_values(row, &root))?
-                );
+                println!("{}", gotmpl::render(template, &template_values(row, root))?);
             }
         }
         Format::Table if rows.is_empty() && missing.is_empty() => {
@@ -169,16 +154,18 @@ pub fn run(args: ListArgs) -> anyhow::Result<i32> {
         }
     }
     if !missing.is_empty() {
-        return Err(super::CliError::Missing { names: missing }.into());
+        return Err(CliError::Missing { names: missing });
     }
     Ok(0)
 }
 
-/// The row of `name`, None when it does not exist.
-fn row(root: &std::path::Path, name: &InstanceName) -> Option<Row> {
+/// The row of an inspected name: what [`Status`] says of an instance, or
+/// [`NotInstance`](crate::instance::not_instance::NotInstance) of a
+/// directory that is none.
+fn row(home: &Home, name: &InstanceName, inspected: Inspected) -> Row {
     let mut row = Row {
         name: name.to_string(),
-        status: "Broken",
+        status: "",
         reason: None,
         agent_pid: None,
         qemu_pid: None,
@@ -190,56 +177,32 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Option<Row> {
         config: None,
         ssh_config: String::new(),
     };
-    let dir = match InstanceDir::new(root, name.clone()) {
-        Ok(dir) => dir,
-        Err(e) => {
+    let dir = match &inspected {
+        Inspected::Instance(found) => Some(&found.dir),
+        Inspected::NotInstance { dir, .. } => dir.as_ref(),
+    };
+    if let Some(dir) = dir {
+        row.dir = dir.dir().display().to_string();
+        row.ssh_config = dir.ssh_config().display().to_string();
+    }
+    let found = match inspected {
+        Inspected::NotInstance { what, .. } => {
+            row.status = what.word();
             row.reason = Some(Reason {
-                code: "socket-path-too-long",
-                message: e.to_string(),
-                hint: String::new(),
+                code: what.code(),
+                message: what.message(),
+                hint: what.hint(&home.root),
                 repairable: false,
             });
-            return Some(row);
+            return row;
         }
+        Inspected::Instance(found) => found,
     };
-    if !dir.dir().is_dir() {
-        return None;
-    }
-    row.dir = dir.dir().display().to_string();
-    row.ssh_config = dir.ssh_config().display().to_string();
-    if let Ok(Ownership::Foreign(foreign)) = ownership::inspect(dir.dir()) {
-        row.status = "Foreign";
-        row.reason = Some(Reason {
-            code: "not-vmkeep",
-            message: format!("not a vmkeep instance: {}", foreign.describe()),
-            hint: format!(
-                "vmkeep did not make it and leaves it alone; move it out of {} to hide it here",
-                root.display()
-            ),
-            repairable: false,
-        });
-        return Some(row);
-    }
-    let (seen, config) = match observe_with_config(&dir) {
-        Ok(seen) => seen,
-        Err(e) => {
-            row.reason = Some(Reason {
-                code: "unreadable",
-                message: e.to_string(),
-                hint: "check the directory's permissions".into(),
-                repairable: false,
-            });
-            return Some(row);
-        }
-    };
-    let status = status::derive(&seen);
-    row.status = status.word();
-    row.agent_pid = seen.agent_pid;
-    row.qemu_pid = seen.qemu_pid;
-    if status == Status::Running {
-        row.ssh_port = crate::image::cloud::ssh_port(&dir);
-    }
-    match &status {
+    row.status = found.status.word();
+    row.agent_pid = found.agent_pid;
+    row.qemu_pid = found.qemu_pid;
+    row.ssh_port = found.ssh_port;
+    match &found.status {
         Status::Broken(broken) => {
             row.reason = Some(Reason {
                 code: broken.code(),
@@ -258,13 +221,13 @@ fn row(root: &std::path::Path, name: &InstanceName) -> Option<Row> {
         }
         _ => {}
     }
-    if let Some(config) = config {
+    if let Some(config) = found.config {
         row.cpus = Some(config.cpus.0);
         row.memory = Some(config.memory.0.to_string());
         row.disk = Some(config.disk.0.to_string());
         row.config = Some(config);
     }
-    Some(row)
+    row
 }
 
 fn lima_row(row: &Row) -> LimaRow {
@@ -342,8 +305,8 @@ fn message_of(row: &Row) -> String {
 /// The `message:` of a running instance, for `start` to show (Lima shows it
 /// after `limactl start`).
 pub fn start_message(dir: &InstanceDir) -> Option<String> {
-    let root = dir.dir().parent()?;
-    let row = row(root, dir.name())?;
+    let home = Home::at(dir.dir().parent()?);
+    let row = row(&home, dir.name(), inspect(&home, dir.name())?);
     let text = message_of(&row);
     (!text.trim().is_empty()).then_some(text)
 }

@@ -273,16 +273,16 @@ pub use self::error::{CliError, ExitCode};
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.verb {
-        Verb::Create(args) => Ok(create::run(args)?),
+        Verb::Create(args) => create::run(args),
         Verb::Start(args) => start::run(args),
         Verb::Stop(args) => stop::run(args),
-        Verb::List(args) => Ok(list::run(args)?),
-        Verb::Shell(args) => Ok(shell::run(args)?),
-        Verb::SshConfig(args) => Ok(ssh::print_config(&args.name)?),
+        Verb::List(args) => list::run(args),
+        Verb::Shell(args) => shell::run(args),
+        Verb::SshConfig(args) => ssh::print_config(&args.name),
         Verb::Delete(args) => delete::run(args),
-        Verb::Daemon(args) => Ok(daemon::run(args)?),
-        Verb::Events(args) => Ok(events::run(args)?),
+        Verb::Daemon(args) => daemon::run(args),
+        Verb::Events(args) => events::run(args),
         Verb::Autostart(args) => autostart::run(args),
-        Verb::Suspend(args) => Ok(suspend::run(args)?),
+        Verb::Suspend(args) => suspend::run(args),
     }
 }

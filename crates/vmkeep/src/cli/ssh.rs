@@ -7,45 +7,17 @@
 //! one, and ssh's exit code. The tiny image has no sshd and keeps using the
 //! guest agent.
 
-use anyhow::{Context, bail};
-
-use crate::image::cloud::{self, ImageRecord};
-use crate::instance::{InstanceDir, InstanceName, Status};
+use super::CliError;
+use crate::engine::guest::{self, SshAccess};
+use crate::instance::{Home, InstanceName};
 use crate::os;
-use crate::sshkeys;
-
-/// The ssh host alias of an instance.
-pub fn host_alias(name: &InstanceName) -> String {
-    format!("vmkeep-{name}")
-}
-
-/// The ssh config block of a running cloud-image instance.
-pub fn config_block(dir: &InstanceDir) -> anyhow::Result<String> {
-    let name = dir.name();
-    let status = crate::engine::status_of(dir)?;
-    if status != Status::Running {
-        bail!(
-            "{name} is {}, not Running; start it with `vmkeep start {name}`",
-            crate::engine::describe(&status)
-        );
-    }
-    let record = ImageRecord::load(dir)
-        .with_context(|| format!("{name} does not boot a cloud image, so it has no ssh server"))?;
-    let port = cloud::ssh_port(dir)
-        .with_context(|| format!("{name} has no ssh port recorded; restart it"))?;
-    let key = sshkeys::key_path(dir.dir().parent().unwrap_or(dir.dir()));
-    let mut block = cloud::ssh_config(&host_alias(name), port, &record.user, &key);
-    // ssh.forwardAgent / forwardX11 / forwardX11Trusted
-    if let Ok(config) = crate::instance::Config::load(&dir.config()) {
-        block.push_str(&cloud::ssh_forwarding(&config));
-    }
-    Ok(block)
-}
 
 /// `vmkeep ssh-config NAME`
-pub fn print_config(name: &InstanceName) -> anyhow::Result<i32> {
-    let dir = crate::engine::Home::from_env()?.existing(name)?;
-    print!("{}", config_block(&dir)?);
+pub fn print_config(name: &InstanceName) -> Result<i32, CliError> {
+    print!(
+        "{}",
+        guest::ssh_access(&Home::from_env()?, name)?.config_block
+    );
     Ok(0)
 }
 
@@ -79,29 +51,31 @@ pub fn remote_command(command: &[String], workdir: Option<&str>) -> Option<Strin
 
 /// Replace this process with ssh into the instance.
 pub fn exec_shell(
-    dir: &InstanceDir,
+    access: &SshAccess,
     command: &[String],
     workdir: Option<&str>,
-) -> anyhow::Result<i32> {
-    let block = config_block(dir)?;
-    let config_path = dir.ssh_config();
-    os::fs::write_atomic(&config_path, block.as_bytes(), 0o600)
-        .with_context(|| format!("cannot write {}", config_path.display()))?;
-    let ssh = crate::driver::qemu::find_in_path("ssh").context(
-        "ssh was not found in PATH; install it (Debian/Ubuntu: sudo apt-get install openssh-client)",
-    )?;
+) -> Result<i32, CliError> {
+    let config_path = access.write_config()?;
+    let ssh = crate::driver::qemu::find_in_path("ssh").ok_or(CliError::NotInPath {
+        program: "ssh",
+        install: "Debian/Ubuntu: sudo apt-get install openssh-client",
+    })?;
     let mut args: Vec<String> = vec!["-F".into(), config_path.to_string_lossy().into_owned()];
     let remote = remote_command(command, workdir);
     if remote.is_some() && workdir.is_some() && command.is_empty() {
         args.push("-t".into());
     }
-    args.push(host_alias(dir.name()));
+    args.push(access.host_alias.clone());
     if let Some(remote) = remote {
         args.push("--".into());
         args.push(remote);
     }
-    let error = os::process::exec_replace(&ssh, &args);
-    bail!("cannot run {}: {error}", ssh.display())
+    let source = os::process::exec_replace(&ssh, &args);
+    Err(CliError::Exec {
+        what: "",
+        program: ssh,
+        source,
+    })
 }
 
 #[cfg(test)]

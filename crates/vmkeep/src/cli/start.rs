@@ -4,30 +4,33 @@
 
 use super::progress::{Lines, Progress};
 use super::{CliError, ExitCode, StartArgs};
+use crate::engine::create::{self, Target};
 use crate::engine::start::{StartOptions, Started, start};
-use crate::engine::{self, Home};
-use crate::instance::InstanceName;
+use crate::engine::{self, EngineError};
+use crate::instance::{Home, InstanceName};
 use crate::os;
 
 pub fn run(args: StartArgs) -> Result<i32, CliError> {
     let home = Home::from_env()?;
     if args.instance_name.is_some() && args.names.len() > 1 {
-        return Err(anyhow::anyhow!(
-            "--name names the instance made from one template argument; give one"
-        )
-        .into());
+        return Err(usage(
+            "--name names the instance made from one template argument; give one",
+        ));
     }
-    let names: Vec<InstanceName> = if args.names.is_empty() {
-        vec![super::create::start_target(
-            None,
-            args.instance_name.clone(),
-        )?]
-    } else {
-        args.names
-            .iter()
-            .map(|target| super::create::start_target(Some(target), args.instance_name.clone()))
-            .collect::<anyhow::Result<_>>()?
+    let targets: Vec<Option<&str>> = match args.names.is_empty() {
+        true => vec![None],
+        false => args.names.iter().map(|t| Some(t.as_str())).collect(),
     };
+    let names = targets
+        .into_iter()
+        .map(
+            |target| match create::start_target(&home, target, args.instance_name.clone())? {
+                Target::Named(name) => Ok(name),
+                // A template argument creates its instance first.
+                Target::Create(plan) => super::create::create_planned(&home, &plan, &[], false),
+            },
+        )
+        .collect::<Result<Vec<InstanceName>, CliError>>()?;
     let options = StartOptions {
         repair_data: args.repair_data,
         foreground: args.foreground,
@@ -35,10 +38,9 @@ pub fn run(args: StartArgs) -> Result<i32, CliError> {
         discard_state: args.discard_state,
     };
     if args.foreground && names.len() > 1 {
-        return Err(anyhow::anyhow!(
-            "--foreground runs one host agent in this process: name one instance"
-        )
-        .into());
+        return Err(usage(
+            "--foreground runs one host agent in this process: name one instance",
+        ));
     }
     if let [name] = names.as_slice() {
         let progress = Progress::new();
@@ -46,7 +48,7 @@ pub fn run(args: StartArgs) -> Result<i32, CliError> {
         progress.finish();
         return finish_one(&home, name, outcome?);
     }
-    super::util::for_each_in_parallel(&names, "start", |name| {
+    super::util::for_each_in_parallel(&names, |name| {
         let notice = Lines {
             name: name.as_str(),
         };
@@ -90,13 +92,20 @@ fn finish_one(
         Started::BecomeAgent(program) => {
             // Become the host agent: the same pid, so a service manager that
             // started `vmkeep start NAME --foreground` supervises the agent.
-            let error = os::process::exec_replace(&program.path, &program.args);
-            return Err(anyhow::anyhow!(
-                "cannot run the host agent {}: {error}",
-                program.path.display()
-            )
-            .into());
+            let source = os::process::exec_replace(&program.path, &program.args);
+            return Err(CliError::Exec {
+                what: "the host agent ",
+                program: program.path,
+                source,
+            });
         }
     }
     Ok(ExitCode::Success as i32)
+}
+
+fn usage(message: &str) -> CliError {
+    EngineError::Usage {
+        message: message.into(),
+    }
+    .into()
 }

@@ -3,8 +3,8 @@
 
 use super::progress::Lines;
 use super::{CliError, ExitCode, StopArgs};
-use crate::engine::Home;
 use crate::engine::stop::{StopOptions, Stopped, stop};
+use crate::instance::Home;
 use crate::instance::{InstanceDir, InstanceName};
 
 pub fn run(args: StopArgs) -> Result<i32, CliError> {
@@ -31,7 +31,7 @@ pub fn run(args: StopArgs) -> Result<i32, CliError> {
         one(name)?;
         return Ok(ExitCode::Success as i32);
     }
-    super::util::for_each_in_parallel(&names, "stop", one)
+    super::util::for_each_in_parallel(&names, one)
 }
 
 /// One line saying how the stop went.

@@ -3,8 +3,8 @@
 
 use super::progress::Lines;
 use super::{CliError, ExitCode, SuspendArgs};
-use crate::engine::Home;
 use crate::engine::suspend::{SuspendOptions, suspend};
+use crate::instance::Home;
 use crate::instance::InstanceName;
 
 pub fn run(args: SuspendArgs) -> Result<i32, CliError> {
@@ -35,5 +35,5 @@ pub fn run(args: SuspendArgs) -> Result<i32, CliError> {
         one(name)?;
         return Ok(ExitCode::Success as i32);
     }
-    super::util::for_each_in_parallel(&args.names, "suspend", one)
+    super::util::for_each_in_parallel(&args.names, one)
 }

@@ -3,12 +3,11 @@
 use super::{CliError, ExitCode};
 use crate::instance::InstanceName;
 
-/// Run `verb` for every name at once, each in its own thread; prints each
+/// Run a verb for every name at once, each in its own thread; prints each
 /// failure as it comes, and fails (with the most telling exit code) if any
 /// did.
 pub fn for_each_in_parallel(
     names: &[InstanceName],
-    verb: &str,
     one: impl Fn(&InstanceName) -> Result<(), CliError> + Sync,
 ) -> Result<i32, CliError> {
     let failures: Vec<ExitCode> = std::thread::scope(|scope| {
@@ -40,17 +39,9 @@ pub fn for_each_in_parallel(
     } else {
         ExitCode::Failure
     };
-    let _ = verb;
     Err(CliError::Several {
         failed: failures.len(),
         total: names.len(),
         code,
     })
-}
-
-/// A runtime for the verbs that talk to a host agent.
-pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
 }

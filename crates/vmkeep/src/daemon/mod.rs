@@ -2,52 +2,55 @@
 //! `runStrategy`. It does not replace the host agents: it runs one per VM
 //! (`vmkeep-hostagent NAME --foreground`, in its own session, so it outlives
 //! a daemon that is killed) and watches each by pidfd. Decisions are pure in
-//! [`policy`]; this module only observes, spawns and signals.
+//! [`policy`]; this module observes and carries them out, spawning, stopping
+//! and suspending only through the engine (`engine::agent`,
+//! `engine::stop`, `engine::suspend`), which every other stop requester
+//! uses too.
 //!
 //! - An agent it did not start (a `vmkeep start`, or one left by a previous
 //!   daemon) is watched, not restarted.
 //! - An orphaned QEMU is adopted by a new agent (or, when it should not run,
 //!   stopped by the engine's adopt-and-stop, in a thread of the daemon).
-//! - An unwanted agent (`halted`, or `vmkeep stop` recorded) gets SIGTERM,
-//!   so it runs the stop ladder; a forced stop (the engine's, in-process)
-//!   comes only after its deadline.
-//! - On SIGTERM/SIGINT the daemon stops every supervised VM at once and waits
-//!   for them together, under one deadline: the slowest stop, not the sum.
-//!   That is a host shutdown for the VMs: those with `onHostShutdown:
-//!   suspend` are suspended instead (their desired state stays, so the next
-//!   daemon resumes them), falling back to their stop ladder.
+//! - An unwanted agent (`halted`, or `vmkeep stop` recorded) is asked to
+//!   stop (`engine::stop::ask_agent`), so it runs the stop ladder; a forced
+//!   stop (the engine's, in-process) comes only past `stop_ladder::force_after`.
+//! - On SIGTERM/SIGINT the daemon takes every supervised VM down at once
+//!   (`engine::stop::shut_down`, one thread each) and waits for them
+//!   together: the slowest stop, not the sum. That is a host shutdown for
+//!   the VMs: those with `onHostShutdown: suspend` are suspended instead
+//!   (their desired state stays, so the next daemon resumes them), falling
+//!   back to their stop ladder.
 
+pub mod error;
+pub mod install;
 pub mod policy;
 pub mod unit;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
+pub use self::error::DaemonError;
 use self::policy::{Action, Memory, RestartLimits, Seen};
+use crate::engine::agent::{self, Reports, Spawned};
 use crate::engine::stop::ForceCause;
-use crate::engine::suspend::SuspendOptions;
 use crate::engine::{self, EngineError, Notice};
-use crate::instance::config::{OnHostShutdown, RunStrategy};
+use crate::instance::config::RunStrategy;
 use crate::instance::desired;
-use crate::instance::observe::observe;
-use crate::instance::status;
-use crate::instance::{Config, InstanceDir, InstanceName};
-use crate::journal::{self, Event, Journal, LastRun};
+use crate::instance::journal::{self, Event, Journal, LastRun};
+use crate::instance::{Config, Home, InstanceDir, InstanceName};
 use crate::os::lock::HeldLock;
-use crate::os::process::{Output, ProcessHandle, Program};
-use crate::{notice, os, timeouts};
+use crate::os::process::ProcessHandle;
+use crate::{notice, os};
 
 /// The daemon's lock (and pid) file, in the instances root.
 pub const DAEMON_LOCK: &str = "daemon.pid";
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
-    pub root: PathBuf,
+    pub home: Home,
     pub limits: RestartLimits,
     /// How often instances are looked at.
     pub tick: Duration,
@@ -68,25 +71,31 @@ struct Watch {
     reported: Option<String>,
 }
 
-pub fn run(options: &DaemonOptions) -> anyhow::Result<i32> {
-    os::fs::create_private_dir_all(&options.root)
-        .with_context(|| format!("cannot create {}", options.root.display()))?;
-    let lock_path = options.root.join(DAEMON_LOCK);
-    let Some(mut lock) = HeldLock::try_acquire(&lock_path)? else {
-        let pid = os::lock::holder(&lock_path)?
+pub fn run(options: &DaemonOptions) -> Result<i32, DaemonError> {
+    let root = &options.home.root;
+    os::fs::create_private_dir_all(root).map_err(EngineError::io("create", root))?;
+    let lock_path = root.join(DAEMON_LOCK);
+    let Some(mut lock) =
+        HeldLock::try_acquire(&lock_path).map_err(EngineError::io("lock", &lock_path))?
+    else {
+        let pid = os::lock::holder(&lock_path)
+            .map_err(EngineError::io("inspect", &lock_path))?
             .map(|p| p.as_raw_nonzero().get().to_string())
             .unwrap_or_else(|| "?".into());
-        bail!(
-            "a vmkeep daemon already supervises {} (pid {pid}); stop it first",
-            options.root.display()
-        );
+        return Err(DaemonError::AlreadyRunning {
+            root: root.clone(),
+            pid,
+        });
     };
-    lock.write_pid()?;
+    lock.write_pid()
+        .map_err(EngineError::io("write", &lock_path))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(EngineError::process("cannot start an async runtime"))?;
     let result = runtime.block_on(Daemon::new(options.clone())?.run());
-    lock.remove()?;
+    lock.remove()
+        .map_err(EngineError::io("remove", &lock_path))?;
     result
 }
 
@@ -99,18 +108,16 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn new(options: DaemonOptions) -> anyhow::Result<Daemon> {
+    fn new(options: DaemonOptions) -> Result<Daemon, DaemonError> {
+        // Fail now, not at the first spawn, if the agent binary is missing.
+        agent::check_binary()?;
         Ok(Daemon {
             options,
-            placement: {
-                // Fail now, not at the first spawn, if the agent binary is missing.
-                crate::hostagent::binary::path()?;
-                match os::cgroup::placement() {
-                    Ok(placement) => Some(placement),
-                    Err(why) => {
-                        tracing::info!("host agents stay in the daemon's cgroup: {why}");
-                        None
-                    }
+            placement: match os::cgroup::placement() {
+                Ok(placement) => Some(placement),
+                Err(why) => {
+                    tracing::info!("host agents stay in the daemon's cgroup: {why}");
+                    None
                 }
             },
             began: Instant::now(),
@@ -122,12 +129,13 @@ impl Daemon {
         self.began.elapsed()
     }
 
-    async fn run(mut self) -> anyhow::Result<i32> {
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
+    async fn run(mut self) -> Result<i32, DaemonError> {
+        let signals = || EngineError::process("cannot install signal handlers");
+        let mut terminate = signal(SignalKind::terminate()).map_err(signals())?;
+        let mut interrupt = signal(SignalKind::interrupt()).map_err(signals())?;
         let mut ticks = tokio::time::interval(self.options.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tracing::info!(root = %self.options.root.display(), "daemon supervising");
+        tracing::info!(root = %self.options.home.root.display(), "daemon supervising");
         let why = loop {
             tokio::select! {
                 _ = ticks.tick() => self.reconcile_all(),
@@ -141,9 +149,10 @@ impl Daemon {
     }
 
     fn supervised(&self) -> Vec<(InstanceDir, Config, RunStrategy)> {
+        let home = &self.options.home;
         let mut found = Vec::new();
-        for name in crate::instance::layout::instance_names(&self.options.root) {
-            let Ok(dir) = InstanceDir::new(&self.options.root, name) else {
+        for name in home.instance_names() {
+            let Ok(dir) = home.layout_any(&name) else {
                 continue;
             };
             // An invalid config shows in `list`; the daemon leaves it alone.
@@ -163,7 +172,7 @@ impl Daemon {
         });
         for (dir, config, strategy) in instances {
             if let Err(e) = self.reconcile(&dir, &config, strategy) {
-                self.report(dir.name(), format!("{e:#}"));
+                self.report(dir.name(), e.to_string());
             }
         }
     }
@@ -181,7 +190,7 @@ impl Daemon {
         dir: &InstanceDir,
         config: &Config,
         strategy: RunStrategy,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), DaemonError> {
         let now = self.now();
         let name = dir.name().clone();
         let watch = self.watches.entry(name.clone()).or_default();
@@ -203,11 +212,7 @@ impl Daemon {
             }
             watch.memory.agent_exited();
             if let Some(start) = watch.log_start.take() {
-                scope_refused = os::cgroup::scope_failure(&os::fs::appended_since(
-                    &dir.agent_log(),
-                    start,
-                    4096,
-                ));
+                scope_refused = agent::scope_refused(dir, start);
             }
         }
         // systemd refused the agent its scope, so it never ran: spawn
@@ -218,8 +223,9 @@ impl Daemon {
             tracing::warn!("{message}; host agents now stay in the daemon's cgroup");
         }
 
-        let status = status::derive(&observe(dir)?);
-        let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)?;
+        let status = engine::status_of(dir)?;
+        let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)
+            .map_err(EngineError::io("read", dir.journal()))?;
         let (last, decided_by) = journal::last_run(&records);
         let watch = self.watches.entry(name.clone()).or_default();
         let agent_pid = watch.agent.as_ref().map(|agent| agent.pid());
@@ -241,14 +247,21 @@ impl Daemon {
     }
 
     /// Carry out one decision about `dir`.
-    fn act(&mut self, dir: &InstanceDir, config: &Config, action: Action) -> anyhow::Result<()> {
+    fn act(
+        &mut self,
+        dir: &InstanceDir,
+        config: &Config,
+        action: Action,
+    ) -> Result<(), DaemonError> {
         let name = dir.name().clone();
         let placement = self.placement.clone();
         let watch = self.watches.entry(name.clone()).or_default();
         match action {
             Action::WatchAgent => {
                 // A run the daemon did not start (or a previous daemon did).
-                if let Some(agent) = os::process::open_lock_holder(&dir.agent_lock())? {
+                if let Some(agent) = os::process::open_lock_holder(&dir.agent_lock())
+                    .map_err(EngineError::io("inspect", dir.agent_lock()))?
+                {
                     tracing::info!(instance = %name, pid = agent.pid(), "watching host agent");
                     watch.memory.watching_agent(agent.is_child());
                     watch.agent = Some(agent);
@@ -257,7 +270,7 @@ impl Daemon {
             Action::AskAgentToStop { why } => {
                 if let Some(agent) = &watch.agent {
                     tracing::info!(instance = %name, "should not run ({why}): stopping it");
-                    agent.terminate()?;
+                    engine::stop::ask_agent(agent)?;
                 }
             }
             Action::ForceStop => {
@@ -275,9 +288,7 @@ impl Daemon {
             }
             Action::AdoptToRun => {
                 tracing::info!(instance = %name, "orphaned QEMU: adopting it");
-                watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
-                watch.agent = Some(spawn_agent(placement.as_ref(), dir, config)?);
-                watch.memory.watching_agent(true);
+                spawn_agent(watch, placement.as_ref(), dir, config)?;
             }
             Action::Start {
                 attempt,
@@ -285,24 +296,28 @@ impl Daemon {
                 backoff,
             } => {
                 if after != LastRun::Never {
-                    Journal::open(&dir.journal())?.record(Event::Restarting {
-                        attempt,
-                        after: after.describe(),
-                        backoff_secs: backoff.as_secs_f64(),
-                    })?;
+                    record(
+                        dir,
+                        Event::Restarting {
+                            attempt,
+                            after: after.describe(),
+                            backoff_secs: backoff.as_secs_f64(),
+                        },
+                    )?;
                 }
                 tracing::info!(instance = %name, attempt, "starting ({})", after.describe());
-                watch.log_start = Some(os::fs::len_of(&dir.agent_log()));
-                watch.agent = Some(spawn_agent(placement.as_ref(), dir, config)?);
-                watch.memory.watching_agent(true);
+                spawn_agent(watch, placement.as_ref(), dir, config)?;
             }
             Action::GiveUp { starts, last_error } => {
                 tracing::error!(instance = %name, starts, "giving up: {last_error}");
-                let record = Journal::open(&dir.journal())?.record(Event::GaveUp {
-                    failures: starts,
-                    within_secs: self.options.limits.interval.as_secs_f64(),
-                    last_error,
-                })?;
+                let record = record(
+                    dir,
+                    Event::GaveUp {
+                        failures: starts,
+                        within_secs: self.options.limits.interval.as_secs_f64(),
+                        last_error,
+                    },
+                )?;
                 watch.memory.decided = Some(Some(record.ts));
             }
             Action::Report(problem) => {
@@ -312,136 +327,66 @@ impl Daemon {
         Ok(())
     }
 
-    /// Stop every supervised VM at once and wait for all of them together.
+    /// Take every supervised VM down at once (the engine's host-shutdown
+    /// stop, one thread each) and wait for all of them together.
     async fn stop_all(&mut self) {
-        /// What a VM's stop waits on.
-        enum Stopping {
-            Agent(ProcessHandle),
-            Helper(std::thread::JoinHandle<Result<(), EngineError>>),
-            /// `onHostShutdown: suspend`: the engine's suspend, whose
-            /// failure makes the agent stop the VM by its ladder.
-            Suspend {
-                agent: ProcessHandle,
-                helper: std::thread::JoinHandle<Result<(), EngineError>>,
-                told_to_stop: bool,
-            },
-        }
-        impl Stopping {
-            fn done(&mut self) -> bool {
-                match self {
-                    Stopping::Agent(agent) => agent.has_exited(),
-                    Stopping::Helper(helper) => helper.is_finished(),
-                    Stopping::Suspend {
-                        agent,
-                        helper,
-                        told_to_stop,
-                    } => {
-                        // A suspend refused before anything began (the VM
-                        // was still starting) leaves it running: stop it.
-                        if helper.is_finished() && !*told_to_stop && !agent.has_exited() {
-                            *told_to_stop = true;
-                            if let Err(e) = agent.terminate() {
-                                tracing::warn!("cannot signal the host agent: {e}");
-                            }
-                        }
-                        helper.is_finished() && agent.has_exited()
-                    }
-                }
-            }
-        }
-        let mut waiting: Vec<(InstanceDir, Stopping)> = Vec::new();
-        let mut longest = Duration::ZERO;
-        for (dir, config, _) in self.supervised() {
-            let name = dir.name().clone();
-            let deadline = config.stop_timeout.0;
-            let suspends = config.on_host_shutdown == OnHostShutdown::Suspend;
-            let watch = self.watches.entry(name.clone()).or_default();
-            let agent = match watch.agent.take() {
-                Some(agent) if !agent.has_exited() => Some(agent),
-                _ => os::process::open_lock_holder(&dir.agent_lock())
-                    .ok()
-                    .flatten(),
-            };
-            let target = if suspends && let Some(agent) = agent {
-                tracing::info!(instance = %name, "suspending it (onHostShutdown: suspend)");
-                let options = SuspendOptions {
-                    timeout: Some(deadline),
-                    or_stop: true,
-                    host_shutdown: true,
-                };
-                Stopping::Suspend {
-                    agent,
-                    helper: in_thread(&dir, move |dir, notice| {
-                        engine::suspend::suspend(dir, &options, notice).map(drop)
-                    }),
-                    told_to_stop: false,
-                }
-            } else if !suspends && let Some(agent) = agent {
-                if let Err(e) = agent.terminate() {
-                    tracing::warn!(instance = %name, "cannot signal the host agent: {e}");
-                }
-                Stopping::Agent(agent)
-            } else if os::lock::holder(&dir.qemu_pid()).ok().flatten().is_some() {
-                Stopping::Helper(in_thread(&dir, move |dir, notice| {
-                    engine::stop::adopt_and_stop(dir, deadline, notice)
-                }))
-            } else {
-                continue;
-            };
-            longest = longest.max(config.host_shutdown_deadline());
-            waiting.push((dir, target));
-        }
         let began = Instant::now();
-        let limit = longest + timeouts::STOP_MARGIN;
-        tracing::info!(
-            count = waiting.len(),
-            "waiting for the VMs to stop (limit {limit:?})"
-        );
-        loop {
-            waiting.retain_mut(|(dir, stopping)| {
-                let done = stopping.done();
-                if done {
-                    if let Stopping::Agent(agent) | Stopping::Suspend { agent, .. } = stopping {
-                        agent.reap();
-                    }
-                    tracing::info!(instance = %dir.name(), after = ?began.elapsed(), "stopped");
-                }
-                !done
-            });
-            if waiting.is_empty() || began.elapsed() > limit {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let forced: Vec<_> = waiting
-            .iter()
-            .map(|(dir, _)| {
-                tracing::warn!(instance = %dir.name(), "still running after {limit:?}: forcing");
-                in_thread(dir, |dir, notice| {
-                    engine::stop::force_stop(dir, ForceCause::Overran, notice)
-                })
+        let stopping: Vec<_> = self
+            .supervised()
+            .into_iter()
+            .map(|(dir, ..)| {
+                let helper = in_thread(&dir, engine::stop::shut_down);
+                (dir, helper)
             })
             .collect();
-        for force in forced {
-            let _ = force.join();
+        tracing::info!(count = stopping.len(), "waiting for the VMs to stop");
+        for (dir, helper) in stopping {
+            while !helper.is_finished() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            match helper.join() {
+                Ok(Ok(())) => {
+                    tracing::info!(instance = %dir.name(), after = ?began.elapsed(), "stopped")
+                }
+                Ok(Err(e)) => tracing::warn!(instance = %dir.name(), "stopping it failed: {e}"),
+                Err(_) => tracing::error!(instance = %dir.name(), "the stop thread panicked"),
+            }
         }
-        for (_, stopping) in waiting {
-            match stopping {
-                Stopping::Agent(agent) => {
-                    agent.wait_timeout(Duration::from_secs(5));
-                    agent.reap();
-                }
-                Stopping::Helper(helper) => {
-                    let _ = helper.join();
-                }
-                Stopping::Suspend { agent, helper, .. } => {
-                    let _ = helper.join();
-                    agent.wait_timeout(Duration::from_secs(5));
-                    agent.reap();
-                }
+        // Reap the agents the daemon spawned (they are its children).
+        for watch in self.watches.values_mut() {
+            if let Some(agent) = watch.agent.take() {
+                agent.wait_timeout(Duration::from_secs(5));
+                agent.reap();
+            }
+            if let Some(helper) = watch.helper.take() {
+                let _ = helper.join();
             }
         }
     }
+}
+
+/// Spawn the host agent of `dir` (through the engine, as `start` does), in
+/// its own session and, under systemd, its own scope (it outlives the
+/// daemon's unit), reporting into the instance's log; watch it.
+fn spawn_agent(
+    watch: &mut Watch,
+    placement: Option<&os::cgroup::Placement>,
+    dir: &InstanceDir,
+    config: &Config,
+) -> Result<(), DaemonError> {
+    let Spawned { agent, log_start } = agent::spawn(dir, config, Reports::Log, false, placement)?;
+    watch.agent = Some(agent);
+    watch.log_start = Some(log_start);
+    watch.memory.watching_agent(true);
+    Ok(())
+}
+
+/// Journal what the daemon decided.
+fn record(dir: &InstanceDir, event: Event) -> Result<journal::Record, DaemonError> {
+    Journal::open(&dir.journal())
+        .and_then(|mut journal| journal.record(event))
+        .map_err(EngineError::io("write the journal", dir.journal()))
+        .map_err(DaemonError::from)
 }
 
 /// Run an engine operation on `dir` in a thread of its own (the daemon's
@@ -457,29 +402,4 @@ fn in_thread(
         };
         operation(&dir, &notice)
     })
-}
-
-/// A host agent for `dir`, in its own session (and, under systemd, its own
-/// scope: it outlives the daemon's unit), logging to the instance's log.
-fn spawn_agent(
-    placement: Option<&os::cgroup::Placement>,
-    dir: &InstanceDir,
-    config: &Config,
-) -> anyhow::Result<ProcessHandle> {
-    let program = crate::hostagent::binary::detached(
-        dir.name(),
-        true,
-        false,
-        placement,
-        config.host_shutdown_deadline(),
-    )?;
-    spawn_program(&program, dir)
-}
-
-fn spawn_program(program: &Program, dir: &InstanceDir) -> anyhow::Result<ProcessHandle> {
-    let log = os::fs::open_append(&dir.agent_log())
-        .with_context(|| format!("cannot open {}", dir.agent_log().display()))?;
-    let stdout = log.try_clone()?;
-    os::process::spawn_detached(program, Output::File(stdout), log)
-        .with_context(|| format!("cannot run {}", program.display()))
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use crate::instance::config::RunStrategy;
 use crate::instance::desired::Desired;
+use crate::instance::journal::{self, LastRun, Record};
 use crate::instance::status::{Broken, Status};
-use crate::journal::{self, LastRun, Record};
-use crate::timeouts;
+use crate::stop_ladder;
 
 /// Whether the instance should be running now that its last run ended so.
 /// `witnessed`: the daemon saw the run end (else it is looking at an ending
@@ -48,9 +48,7 @@ pub fn should_run(
 /// least `stop_timeout`, plus the margin.
 pub fn stop_limit(stop_timeout: Duration, agent_pid: Option<u32>, records: &[Record]) -> Duration {
     let journaled = agent_pid.and_then(|pid| journal::stop_deadline(records, pid));
-    stop_timeout
-        .max(journaled.unwrap_or_default())
-        .saturating_add(timeouts::STOP_MARGIN)
+    stop_ladder::force_after(stop_timeout, journaled)
 }
 
 /// Restart pacing: exponential backoff, and a start limit after which the
@@ -318,6 +316,7 @@ pub fn decide(memory: &mut Memory, seen: &Seen<'_>) -> Vec<Action> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::timeouts;
 
     const S: Duration = Duration::from_secs(1);
 
@@ -387,7 +386,7 @@ mod tests {
 
     #[test]
     fn the_force_limit_follows_the_deadline_the_agent_journaled() {
-        use crate::journal::{Event, StopCause};
+        use crate::instance::journal::{Event, StopCause};
         let stopping = |pid, deadline_secs| Record {
             ts: "2026-12-01T00:00:00.000Z".into(),
             pid,

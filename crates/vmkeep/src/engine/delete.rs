@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 
 use super::stop::{ForceCause, force_stop};
-use super::{EngineError, Home, Notice, status_of};
+use super::{EngineError, Notice, status_of};
 use crate::autostart::registration;
 use crate::instance::InstanceName;
+use crate::instance::home::{Home, LookupError};
 use crate::os;
 use crate::os::lock::HeldLock;
 
@@ -38,16 +39,17 @@ pub fn delete(
     if !dir.dir().is_dir() {
         return match force {
             true => Ok(Deleted::WasMissing),
-            false => Err(EngineError::NotFound { name: name.clone() }),
+            false => Err(LookupError::NotFound { name: name.clone() }.into()),
         };
     }
-    if let Some(foreign) = super::foreign(&dir)? {
+    if let Some(foreign) = crate::instance::home::foreign(&dir)? {
         if !force {
-            return Err(EngineError::Foreign {
+            return Err(LookupError::Foreign {
                 name: name.clone(),
                 dir: dir.dir().to_path_buf(),
                 what: foreign.describe(),
-            });
+            }
+            .into());
         }
         // Never while a process holds one of its pid files: its VM runs.
         if let Some((file, pid)) = foreign.live.first() {

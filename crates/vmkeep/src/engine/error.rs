@@ -4,8 +4,10 @@
 
 use std::path::PathBuf;
 
+use crate::autostart::error::AutostartError;
 use crate::instance::InstanceName;
 use crate::instance::config::ByteSize;
+use crate::instance::home::LookupError;
 use crate::instance::status::Broken;
 
 /// What kind of failure it is: the CLI maps each to an exit code.
@@ -27,23 +29,39 @@ pub enum ErrorKind {
     Host,
 }
 
+/// What kind of failure an autostart operation's error is.
+impl From<&AutostartError> for ErrorKind {
+    fn from(error: &AutostartError) -> ErrorKind {
+        match error {
+            AutostartError::NoInstance { .. } => ErrorKind::NotFound,
+            AutostartError::Config(_) => ErrorKind::InvalidConfig,
+            AutostartError::UnitStopped { .. } | AutostartError::DidNotComeUp { .. } => {
+                ErrorKind::StartFailed
+            }
+            AutostartError::StillRunning { .. } => ErrorKind::StopFailed,
+            AutostartError::UserForLogin { .. } | AutostartError::NoSuchUser(_) => ErrorKind::Usage,
+            AutostartError::Spec(_)
+            | AutostartError::Home(_)
+            | AutostartError::SocketPath(_)
+            | AutostartError::AlreadyRegistered { .. }
+            | AutostartError::NotOurs { .. }
+            | AutostartError::NotOursToRemove { .. }
+            | AutostartError::ManagerNotRunning { .. }
+            | AutostartError::NeedsRoot { .. }
+            | AutostartError::RemovalNeedsRoot { .. }
+            | AutostartError::LingerNeedsRoot { .. }
+            | AutostartError::Rejected { .. }
+            | AutostartError::Tool(_)
+            | AutostartError::Inspect(_)
+            | AutostartError::Io { .. } => ErrorKind::Host,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error(
-        "there is no instance {name}; create it with `vmkeep create {name}` (or see `vmkeep list`)"
-    )]
-    NotFound { name: InstanceName },
-
-    #[error(
-        "{} is not a vmkeep instance: it is {what}; vmkeep leaves it alone \
-         (move it out of the instances' directory, or `vmkeep delete --force {name}` to delete it with everything in it)",
-        dir.display()
-    )]
-    Foreign {
-        name: InstanceName,
-        dir: PathBuf,
-        what: String,
-    },
+    #[error(transparent)]
+    Lookup(#[from] LookupError),
 
     #[error("{} is in use: pid {pid} holds {file}; stop it with the tool that started it, then delete again", dir.display())]
     ForeignInUse {
@@ -53,7 +71,7 @@ pub enum EngineError {
     },
 
     #[error(transparent)]
-    Home(#[from] crate::home::HomeError),
+    Home(#[from] crate::instance::home::HomeError),
 
     #[error(transparent)]
     SocketPath(#[from] crate::instance::layout::SocketPathTooLong),
@@ -62,10 +80,15 @@ pub enum EngineError {
     Config(#[from] crate::instance::config::ConfigError),
 
     #[error(transparent)]
-    Create(#[from] crate::instance::create::CreateError),
+    Create(#[from] crate::engine::create::CreateError),
 
     #[error("{name} is broken: {}\n  {}", broken.message(), broken.hint().replace("NAME", name.as_str()))]
     Broken { name: InstanceName, broken: Broken },
+
+    /// The command line asks for something that cannot be (a contradiction,
+    /// a malformed argument); the message says what to give instead.
+    #[error("{message}")]
+    Usage { message: String },
 
     /// The operation makes no sense in the instance's state; the message
     /// says what the state is and what to do.
@@ -110,6 +133,31 @@ pub enum EngineError {
         attempts: usize,
     },
 
+    /// No ssh server to reach (`why` says so, naming the instance).
+    #[error("{why}")]
+    NoSsh { name: InstanceName, why: String },
+
+    /// The host agent's API refused or failed a request.
+    #[error(transparent)]
+    Agent(#[from] crate::hostagent::api::ApiError),
+
+    /// The QEMU driver could not tell what runs.
+    #[error("find the QEMU of {name}: {source}")]
+    Driver {
+        name: InstanceName,
+        #[source]
+        source: crate::driver::qemu::QemuError,
+    },
+
+    /// A saved state could not be handled.
+    #[error("{action} the saved state of {name}: {source}")]
+    Snapshot {
+        action: &'static str,
+        name: InstanceName,
+        #[source]
+        source: crate::driver::qemu::snapshot::StateError,
+    },
+
     #[error("{what} pid {pid} did not exit after SIGKILL")]
     Unkillable { what: &'static str, pid: u32 },
 
@@ -139,15 +187,15 @@ pub enum EngineError {
 impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            EngineError::NotFound { .. } => ErrorKind::NotFound,
+            EngineError::Lookup(LookupError::NotFound { .. }) => ErrorKind::NotFound,
             EngineError::Config(_) => ErrorKind::InvalidConfig,
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,
-            EngineError::Create(crate::instance::create::CreateError::Exists { .. }) => {
+            EngineError::Create(crate::engine::create::CreateError::Exists { .. }) => {
                 ErrorKind::WrongState
             }
             EngineError::Broken { .. }
             | EngineError::WrongState { .. }
-            | EngineError::Foreign { .. }
+            | EngineError::Lookup(LookupError::Foreign { .. })
             | EngineError::ForeignInUse { .. } => ErrorKind::WrongState,
             EngineError::StartFailed { .. }
             | EngineError::DidNotComeUp { .. }
@@ -155,13 +203,24 @@ impl EngineError {
             EngineError::StillRunning { .. }
             | EngineError::Unkillable { .. }
             | EngineError::SuspendFailed { .. } => ErrorKind::StopFailed,
-            EngineError::Autostart(e) => e.kind(),
+            EngineError::Usage { .. } => ErrorKind::Usage,
+            // The agent said the VM's state does not allow it now.
+            EngineError::Agent(crate::hostagent::api::ApiError::Refused {
+                code: crate::hostagent::api::ErrorCode::WrongState,
+                ..
+            }) => ErrorKind::WrongState,
+            EngineError::Autostart(e) => ErrorKind::from(e),
             EngineError::Create(_)
             | EngineError::NoRoom { .. }
             | EngineError::Home(_)
+            | EngineError::Lookup(LookupError::SocketPath(_) | LookupError::Read { .. })
             | EngineError::SocketPath(_)
             | EngineError::ForeignLockHolder { .. }
             | EngineError::Image(_)
+            | EngineError::NoSsh { .. }
+            | EngineError::Agent(_)
+            | EngineError::Driver { .. }
+            | EngineError::Snapshot { .. }
             | EngineError::Io { .. }
             | EngineError::Process { .. } => ErrorKind::Host,
         }

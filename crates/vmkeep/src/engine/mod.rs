@@ -1,103 +1,54 @@
-//! The lifecycle engine: one typed operation per verb (start, stop,
-//! force-stop, adopt-and-stop, suspend, delete), shared by every front end. The CLI
-//! (`cli/`) parses arguments and prints outcomes; the daemon (`daemon/`)
-//! calls the same operations in-process; the service hooks
-//! (`autostart::hooks`) are consulted from here. What a verb may do in a
-//! status is decided by `Status::start_plan`/`stop_plan`/`has_live_processes`
+//! The lifecycle engine: one typed operation per verb (create, start, stop,
+//! force-stop, adopt-and-stop, suspend, delete, inspect, the way into a
+//! guest, events, autostart), shared by every front end. The CLI (`cli/`)
+//! parses arguments and prints outcomes; the daemon (`daemon/`) calls the
+//! same operations in-process, and spawns, stops and suspends agents only
+//! through them; the service hooks (`autostart::hooks`) are consulted from
+//! here. What a verb may do in a status is decided by
+//! `Status::start_plan`/`stop_plan`/`can_exec`/`has_live_processes`
 //! (`instance::status`), in one exhaustive place.
 //!
 //! Nothing here prints: progress and notes go to a [`Notice`]; failures are
 //! an [`EngineError`] whose [`ErrorKind`] front ends turn into exit codes.
 
+pub mod agent;
+pub mod autostart;
+pub mod create;
 pub mod delete;
 pub mod error;
+pub mod events;
+pub mod guest;
+pub mod inspect;
 pub mod start;
 pub mod stop;
 pub mod suspend;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use self::error::{EngineError, ErrorKind};
-use crate::instance::observe::observe;
-use crate::instance::ownership::{self, Foreign, Ownership};
-use crate::instance::{InstanceDir, InstanceName, Status, status};
+use crate::instance::observe;
+use crate::instance::status::Observations;
+use crate::instance::{Config, InstanceDir, Status, status};
 pub use crate::notice::Notice;
 
 /// How often a wait on an instance's status looks again.
 const STATUS_POLL: Duration = Duration::from_millis(50);
 
-/// Where instances live (`$VMKEEP_HOME`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Home {
-    pub root: PathBuf,
-}
-
-impl Home {
-    /// The home of this process's environment.
-    pub fn from_env() -> Result<Home, EngineError> {
-        Ok(Home {
-            root: crate::home::instances_root()?,
-        })
-    }
-
-    pub fn at(root: &Path) -> Home {
-        Home {
-            root: root.to_path_buf(),
-        }
-    }
-
-    /// The layout of an instance, existing or not. A directory of that name
-    /// that vmkeep did not make (a Lima instance, say) is refused here, so
-    /// that no verb acts on it: only `delete --force` removes it.
-    pub fn layout(&self, name: &InstanceName) -> Result<InstanceDir, EngineError> {
-        let dir = self.layout_any(name)?;
-        if let Some(foreign) = foreign(&dir)? {
-            return Err(EngineError::Foreign {
-                dir: dir.dir().to_path_buf(),
-                what: foreign.describe(),
-                name: name.clone(),
-            });
-        }
-        Ok(dir)
-    }
-
-    /// The layout of `name`, whoever made its directory.
-    pub fn layout_any(&self, name: &InstanceName) -> Result<InstanceDir, EngineError> {
-        Ok(InstanceDir::new(&self.root, name.clone())?)
-    }
-
-    /// The layout of an existing instance, or [`EngineError::NotFound`].
-    pub fn existing(&self, name: &InstanceName) -> Result<InstanceDir, EngineError> {
-        let dir = self.layout(name)?;
-        if !dir.dir().is_dir() {
-            return Err(EngineError::NotFound { name: name.clone() });
-        }
-        Ok(dir)
-    }
-}
-
-/// What the directory of `dir` is when vmkeep did not make it (`None` when
-/// it is vmkeep's, or does not exist).
-pub fn foreign(dir: &InstanceDir) -> Result<Option<Foreign>, EngineError> {
-    if !dir.dir().is_dir() {
-        return Ok(None);
-    }
-    match ownership::inspect(dir.dir()).map_err(EngineError::io("read", dir.dir()))? {
-        Ownership::Vmkeep => Ok(None),
-        Ownership::Foreign(foreign) => Ok(Some(foreign)),
-    }
+/// The engine's one observation of an instance: locks, files, the
+/// journal's tail and, when the last run failed, the service manager (the
+/// model asks; the engine answers). Also the config, when it is valid.
+fn observe_with_config(dir: &InstanceDir) -> std::io::Result<(Observations, Option<Config>)> {
+    observe::observe_with_config(dir, &crate::autostart::manager::failed_unit)
 }
 
 /// The status, from locks, files and the journal.
 pub fn status_of(dir: &InstanceDir) -> Result<Status, EngineError> {
-    let seen = observe(dir).map_err(EngineError::io("inspect", dir.dir()))?;
-    Ok(status::derive(&seen))
+    observed_status(dir).map_err(EngineError::io("inspect", dir.dir()))
 }
 
 /// The status, as the service hooks observe it.
 fn observed_status(dir: &InstanceDir) -> std::io::Result<Status> {
-    observe(dir).map(|seen| status::derive(&seen))
+    observe_with_config(dir).map(|(seen, _)| status::derive(&seen))
 }
 
 /// Poll the status until `done` says so, or the time is up; returns the

@@ -7,14 +7,14 @@
 use std::io::BufRead;
 use std::time::Duration;
 
-use super::{EngineError, Home, Notice, status_of, wait_for_status};
+use super::{EngineError, Notice, agent, status_of, wait_for_status};
 use crate::autostart::hooks;
-use crate::hostagent;
+use crate::engine::create::CreateError;
 use crate::hostagent::api::{ApiClient, ApiError};
 use crate::hostagent::report::Report;
 use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
-use crate::instance::create::CreateError;
 use crate::instance::desired::{self, Desired};
+use crate::instance::home::{Home, LookupError};
 use crate::instance::pause::PauseReason;
 use crate::instance::status::{Broken, StartPlan};
 use crate::instance::{Config, InstanceDir, InstanceName, Status};
@@ -92,7 +92,7 @@ pub fn start(
             ),
         });
     }
-    if options.discard_state && crate::driver::qemu::snapshot::exists(&dir) {
+    if options.discard_state && dir.has_saved_state() {
         if status_of(&dir)?.has_live_processes() {
             return Err(EngineError::WrongState {
                 name: name.clone(),
@@ -149,9 +149,9 @@ pub fn resume_quietly(dir: &InstanceDir, notice: &dyn Notice) -> Result<(), Engi
 /// whichever loses finds it made, which is as good.
 fn create_default(home: &Home, name: &InstanceName) -> Result<bool, EngineError> {
     if *name != InstanceName::default_instance() {
-        return Err(EngineError::NotFound { name: name.clone() });
+        return Err(LookupError::NotFound { name: name.clone() }.into());
     }
-    match crate::instance::create::create(
+    match crate::engine::create::create_text(
         &home.root,
         name,
         DEFAULT_TEMPLATE,
@@ -169,7 +169,7 @@ fn create_default(home: &Home, name: &InstanceName) -> Result<bool, EngineError>
 fn ensure_room(dir: &InstanceDir, config: &Config) -> Result<(), EngineError> {
     let space = os::fs::free_space(dir.dir())
         .map_err(EngineError::io("inspect the filesystem of", dir.dir()))?;
-    let needed = match crate::driver::qemu::snapshot::exists(dir) {
+    let needed = match dir.has_saved_state() {
         // A saved state keeps its RAM file: nothing more to reserve.
         true => MIN_FREE_TO_RESUME,
         false => MIN_FREE_TO_START + (config.memory.0.mib() << 20),
@@ -353,7 +353,7 @@ fn boot(
                     modules_dir: config.kernel.modules.as_ref().map(|m| m.0.clone()),
                 });
         crate::image::tiny::ensure(
-            &crate::home::cache_root()?,
+            &crate::instance::home::cache_root()?,
             kernel_override.as_ref(),
             &mut |message| notice.step(message),
         )?;
@@ -362,12 +362,10 @@ fn boot(
         // The caller becomes the host agent: the same pid, so a service
         // manager that started `vmkeep start NAME --foreground` supervises
         // the agent itself.
-        let agent = hostagent::binary::path()
-            .map_err(EngineError::io("find", hostagent::binary::FILE_NAME))?;
-        return Ok(Started::BecomeAgent(Program::new(
-            &agent,
-            &hostagent::binary::args_repairing(dir.name(), true, options.repair_data),
-        )));
+        return Ok(Started::BecomeAgent(agent::in_place(
+            dir,
+            options.repair_data,
+        )?));
     }
     let placement = os::cgroup::placement().ok();
     match follow_agent(dir, config, options.repair_data, placement.as_ref(), notice)? {
@@ -405,19 +403,14 @@ fn follow_agent(
 ) -> Result<Followed, EngineError> {
     let name = dir.name();
     let (read_end, write_end) = os::process::pipe().map_err(EngineError::process("make a pipe"))?;
-    let log_start = os::fs::len_of(&dir.agent_log());
-    let log =
-        os::fs::open_append(&dir.agent_log()).map_err(EngineError::io("open", dir.agent_log()))?;
-    let program = hostagent::binary::detached(
-        name,
-        false,
+    let spawned = agent::spawn(
+        dir,
+        config,
+        agent::Reports::Pipe(write_end),
         repair_data,
         placement,
-        config.host_shutdown_deadline(),
-    )
-    .map_err(EngineError::io("find", hostagent::binary::FILE_NAME))?;
-    let agent = os::process::spawn_detached(&program, os::process::Output::Pipe(write_end), log)
-        .map_err(EngineError::process("spawn the host agent"))?;
+    )?;
+    let agent = &spawned.agent;
     notice.step(&format!("starting {name} (host agent pid {})", agent.pid()));
     let reader = std::io::BufReader::new(std::fs::File::from(read_end));
     for line in reader.lines() {
@@ -452,8 +445,7 @@ fn follow_agent(
         .wait_timeout(Duration::from_secs(5))
         .then(|| agent.reap());
     if placement.is_some()
-        && let Some(message) =
-            os::cgroup::scope_failure(&os::fs::appended_since(&dir.agent_log(), log_start, 4096))
+        && let Some(message) = agent::scope_refused(dir, spawned.log_start)
     {
         return Ok(Followed::NoScope(message));
     }

@@ -8,19 +8,21 @@
 
 use std::time::{Duration, Instant};
 
+use super::suspend::SuspendOptions;
 use super::{EngineError, Notice, status_of};
 use crate::autostart::hooks;
 use crate::driver::qemu;
 use crate::hostagent::api::{ApiClient, StopRequest};
 use crate::hostagent::report::Reporter;
 use crate::hostagent::{self, AgentOptions, AgentOutcome, Mode};
+use crate::instance::config::OnHostShutdown;
 use crate::instance::desired::{self, Desired};
+use crate::instance::journal::{self, Event, Journal, Repair, StoppedReason};
 use crate::instance::status::StopPlan;
 use crate::instance::{Config, InstanceDir};
-use crate::journal::{self, Event, Journal, Repair, StoppedReason};
 use crate::os::lock::HeldLock;
 use crate::os::process::{self, ProcessHandle};
-use crate::stop_ladder::Step;
+use crate::stop_ladder::{Step, force_after};
 use crate::timeouts;
 
 /// How many times `stop` acts before it gives up and says so.
@@ -224,10 +226,7 @@ fn stop_through_agent(
             "{}: the host agent's API did not answer ({e}); sending it SIGTERM",
             dir.name()
         ));
-        agent.terminate().map_err(EngineError::process(format!(
-            "signal host agent pid {}",
-            agent.pid()
-        )))?;
+        ask_agent(&agent)?;
         if !agent_reacts(dir, &agent) {
             notice.warn(&format!(
                 "the host agent (pid {}) did not act on SIGTERM within {}s",
@@ -237,16 +236,39 @@ fn stop_through_agent(
             return Ok(AgentAnswer::Hung);
         }
     }
-    // The agent may run a ladder with a longer deadline than ours (another
-    // `stop --timeout`): it is overrunning only past the one it journaled.
+    wait_or_force(dir, &agent, deadline, notice)?;
+    Ok(AgentAnswer::Done)
+}
+
+/// Ask a host agent to stop its VM by its ladder, as a service manager does
+/// (SIGTERM): it journals the stop and runs the ladder under its instance's
+/// `stopTimeout`, and exits once QEMU is gone. Returns at once. The one way
+/// any stop requester signals an agent.
+pub fn ask_agent(agent: &ProcessHandle) -> Result<(), EngineError> {
+    agent.terminate().map_err(EngineError::process(format!(
+        "signal host agent pid {}",
+        agent.pid()
+    )))
+}
+
+/// Wait for an agent asked to stop under `deadline` to exit, and force the
+/// stop once it overruns (`stop_ladder::force_after`: the agent may run a
+/// ladder with a longer deadline than ours, granted by another `stop
+/// --timeout`, and is overrunning only past the one it journaled).
+fn wait_or_force(
+    dir: &InstanceDir,
+    agent: &ProcessHandle,
+    deadline: Duration,
+    notice: &dyn Notice,
+) -> Result<(), EngineError> {
     let began = Instant::now();
-    let mut limit = deadline + timeouts::STOP_MARGIN;
+    let mut limit = force_after(deadline, None);
     while !agent.wait_timeout(limit.saturating_sub(began.elapsed())) {
-        let granted = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)
+        let journaled = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES)
             .ok()
-            .and_then(|records| journal::stop_deadline(&records, agent.pid()))
-            .map(|journaled| journaled.saturating_add(timeouts::STOP_MARGIN));
-        if let Some(granted) = granted.filter(|granted| *granted > limit) {
+            .and_then(|records| journal::stop_deadline(&records, agent.pid()));
+        let granted = force_after(deadline, journaled);
+        if granted > limit {
             limit = granted;
             continue;
         }
@@ -258,7 +280,44 @@ fn stop_through_agent(
         force_stop(dir, ForceCause::Overran, notice)?;
         break;
     }
-    Ok(AgentAnswer::Done)
+    Ok(())
+}
+
+/// Take an instance down for a host shutdown, as the supervisor that runs
+/// it (the daemon at its exit): by its stop plan, nothing recorded as the
+/// desired state (the next boot brings back what the user wanted), its
+/// agent asked as a service manager asks it. `onHostShutdown: suspend`
+/// saves its state first, falling back to the ladder. Forced past its
+/// deadline (`force_after`); returns once it is down.
+pub fn shut_down(dir: &InstanceDir, notice: &dyn Notice) -> Result<(), EngineError> {
+    let config = Config::load(&dir.config()).unwrap_or_default();
+    match status_of(dir)?.stop_plan() {
+        StopPlan::NothingToStop | StopPlan::RemoveStaleFiles | StopPlan::ResumeToStop => Ok(()),
+        StopPlan::AdoptAndStop => adopt_and_stop(dir, config.stop_timeout.0, notice),
+        StopPlan::AskAgent | StopPlan::ReplaceFrozenAgent => {
+            let Some(agent) = agent_of(dir)? else {
+                return Ok(());
+            };
+            if config.on_host_shutdown == OnHostShutdown::Suspend {
+                notice.step("suspending it (onHostShutdown: suspend)");
+                let options = SuspendOptions {
+                    timeout: Some(config.stop_timeout.0),
+                    or_stop: true,
+                    host_shutdown: true,
+                };
+                if let Err(e) = super::suspend::suspend(dir, &options, notice) {
+                    notice.warn(&format!("the suspend failed: {e}"));
+                }
+            }
+            // A suspend refused before anything began (the VM was still
+            // starting) leaves it running: stop it. (An agent stopping
+            // already carries on.)
+            if !agent.has_exited() {
+                ask_agent(&agent)?;
+            }
+            wait_or_force(dir, &agent, config.host_shutdown_deadline(), notice)
+        }
+    }
 }
 
 /// Whether an agent sent SIGTERM shows within [`AGENT_REACTION`] that it
@@ -415,9 +474,9 @@ fn our_qemu(dir: &InstanceDir) -> Result<Option<ProcessHandle>, EngineError> {
         qemu::QemuError::ForeignLockHolder { path, pid, .. } => {
             EngineError::ForeignLockHolder { path, pid }
         }
-        other => EngineError::Process {
-            context: format!("find the QEMU of {}", dir.name()),
-            source: std::io::Error::other(other.to_string()),
+        other => EngineError::Driver {
+            name: dir.name().clone(),
+            source: other,
         },
     })
 }

@@ -12,8 +12,8 @@ use crate::hostagent::api::{
     ApiClient, ApiError, DEFAULT_SUSPEND_TIMEOUT, SuspendCause, SuspendFallback, SuspendRequest,
 };
 use crate::instance::desired::{self, Desired};
+use crate::instance::journal::{Event, Journal};
 use crate::instance::{InstanceDir, Status};
-use crate::journal::{Event, Journal};
 use crate::os::process;
 
 /// Beyond the save's own deadline: the agent's answer and its exit.
@@ -133,9 +133,10 @@ pub fn suspend(
 /// Throw a saved state away (asked for explicitly), journaled.
 pub fn discard_state(dir: &InstanceDir, notice: &dyn Notice) -> Result<(), EngineError> {
     let name = dir.name();
-    let had = snapshot::discard(dir, false).map_err(|e| EngineError::Process {
-        context: format!("discard the saved state of {name}"),
-        source: std::io::Error::other(e.to_string()),
+    let had = snapshot::discard(dir, false).map_err(|source| EngineError::Snapshot {
+        action: "discard",
+        name: name.clone(),
+        source,
     })?;
     if had {
         notice.step(&format!(

@@ -9,8 +9,8 @@ use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use crate::instance::journal::{SuspendCause, SuspendFallback};
 use crate::instance::status::Phase;
-pub use crate::journal::{SuspendCause, SuspendFallback};
 pub use vmkeep_protocol::{ExecRequest, ExecResult, GuestInfo};
 
 /// One endpoint: method and path.
@@ -122,10 +122,55 @@ pub struct SuspendDone {
     pub secs: f64,
 }
 
+/// What kind of refusal an error answer is, for a machine to act on (the
+/// message beside it is for people).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// No such route.
+    NoRoute,
+    /// The route takes another method.
+    WrongMethod,
+    /// The request is malformed: its body, or a deadline out of bounds.
+    BadRequest,
+    /// The VM's state does not allow it now (starting, stopping, paused, a
+    /// guest agent away, a cause of a pause that lasts).
+    WrongState,
+    /// The agent tried and it failed (a save, QEMU refusing to go on).
+    Failed,
+    /// The guest agent did not carry the command out.
+    GuestFailed,
+    /// The agent is exiting.
+    Exiting,
+    /// A code this client does not know, or none (an older agent).
+    #[default]
+    #[serde(other)]
+    Unknown,
+}
+
+/// A refusal: its code, and its message for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
 /// The body of every non-2xx answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiErrorBody {
     pub error: String,
+    #[serde(default)]
+    pub code: ErrorCode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +188,11 @@ pub enum ApiError {
     #[error("HTTP error talking to the host agent: {0}")]
     Http(#[from] hyper::Error),
     #[error("the host agent refused {path}: {message}")]
-    Refused { path: &'static str, message: String },
+    Refused {
+        path: &'static str,
+        code: ErrorCode,
+        message: String,
+    },
     #[error("unexpected answer from the host agent on {path}: {message}")]
     BadAnswer { path: &'static str, message: String },
 }
@@ -247,11 +296,13 @@ impl ApiClient {
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         if !status.is_success() {
-            let message = serde_json::from_slice::<ApiErrorBody>(&body)
-                .map(|b| b.error)
-                .unwrap_or_else(|_| format!("HTTP {status}"));
+            let (code, message) = match serde_json::from_slice::<ApiErrorBody>(&body) {
+                Ok(body) => (body.code, body.error),
+                Err(_) => (ErrorCode::Unknown, format!("HTTP {status}")),
+            };
             return Err(ApiError::Refused {
                 path: route.path,
+                code,
                 message,
             });
         }
@@ -259,5 +310,29 @@ impl ApiClient {
             path: route.path,
             message: e.to_string(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_body_carries_its_code_and_one_without_reads_as_unknown() {
+        let body = ApiErrorBody {
+            error: "the instance is stopping".into(),
+            code: ErrorCode::WrongState,
+        };
+        let text = serde_json::to_string(&body).unwrap();
+        assert_eq!(
+            text,
+            r#"{"error":"the instance is stopping","code":"wrong-state"}"#
+        );
+        assert_eq!(serde_json::from_str::<ApiErrorBody>(&text).unwrap(), body);
+        let old: ApiErrorBody = serde_json::from_str(r#"{"error":"no"}"#).unwrap();
+        assert_eq!(old.code, ErrorCode::Unknown);
+        let newer: ApiErrorBody =
+            serde_json::from_str(r#"{"error":"no","code":"from-the-future"}"#).unwrap();
+        assert_eq!(newer.code, ErrorCode::Unknown);
     }
 }

@@ -15,9 +15,10 @@ use std::path::PathBuf;
 use super::report::Reporter;
 use super::{AgentOptions, Mode};
 use crate::instance::InstanceName;
+use crate::instance::home;
+use crate::os;
 use crate::os::cgroup;
 use crate::os::process::Program;
-use crate::{home, os};
 
 /// The file name; it sits next to the `vmkeep` binary.
 pub const FILE_NAME: &str = "vmkeep-hostagent";

@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
-use crate::guest_link::{GuestLink, GuestLinkError};
-use crate::journal::{Event, Journal};
+use crate::instance::journal::{Event, Journal};
+use crate::link::guest_link::{GuestLink, GuestLinkError};
 
 /// Offsets within this are left alone (a step backwards is a jolt for the
 /// guest's programs; this much is not worth one).

@@ -6,17 +6,16 @@
 
 use crate::driver::qemu::QemuVm;
 use crate::hostagent::api::GuestInfo;
-use crate::instance::data_disk::{self, DataDisk, DataDiskProblem, Instruction};
-use crate::journal::{Event, StopCause};
+use crate::instance::data_disk::{self, DataDisk, DataDiskProblem, Instruction, PrepareError};
+use crate::instance::journal::{Event, StopCause};
 
 use super::{Agent, AgentOutcome, fail, stopped_as_failed};
 
 impl Agent<'_, '_> {
     /// The kernel-command-line words that tell the guest what to do with
     /// the data disk at this boot (with a leading space, or empty).
-    pub(super) fn data_disk_kernel_flags(&mut self) -> Result<String, String> {
-        let (_, instruction) =
-            data_disk::prepare(&self.dir, self.repair_data).map_err(|e| e.to_string())?;
+    pub(super) fn data_disk_kernel_flags(&mut self) -> Result<String, PrepareError> {
+        let (_, instruction) = data_disk::prepare(&self.dir, self.repair_data)?;
         match &instruction {
             Instruction::Mount => {}
             Instruction::Format(_) => self

@@ -1,7 +1,7 @@
 //! The host agent's port forwards: while the VM runs, the guest agent
 //! reports its listening sockets (polled every 200 ms in the guest, sent
 //! when they change); the agent turns them into forwards by Lima's rules
-//! (`forwarding`), asks the guest to relay loopback-only listeners, and
+//! (`crate::forwards`), asks the guest to relay loopback-only listeners, and
 //! adds and removes QEMU's forwards to match (`driver::qemu::usernet`).
 //!
 //! What QEMU has is read back from QEMU (`info usernet`) before each change,
@@ -23,10 +23,10 @@ use vmkeep_protocol::{Exposure, Listening, Relay};
 
 use crate::driver::qemu::qmp::Qmp;
 use crate::driver::qemu::usernet;
-use crate::forwarding::{self, Transport};
-use crate::guest_link::{GuestLink, GuestLinkError};
+use crate::forwards::{self, Transport};
 use crate::instance::Config;
 use crate::instance::lima::PortRule;
+use crate::link::guest_link::{GuestLink, GuestLinkError};
 
 /// The shortest time between two rounds of changes.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -47,7 +47,7 @@ impl Setup {
     /// Lima's rules for `config`, with the ssh port of a cloud image.
     pub fn of(config: &Config, ssh_port: Option<u16>) -> Setup {
         Setup {
-            rules: forwarding::default_rules(
+            rules: forwards::default_rules(
                 &config.raw.port_forwards.clone().unwrap_or_default(),
                 ssh_port,
             ),
@@ -124,7 +124,7 @@ async fn round(
     listening: &Listening,
     state: &mut State,
 ) -> bool {
-    let plan = forwarding::plan(&setup.rules, listening);
+    let plan = forwards::plan(&setup.rules, listening);
     for socket in &plan.unreachable {
         if state
             .unreachable_logged
@@ -135,7 +135,7 @@ async fn round(
                 socket.port,
                 socket.proto,
                 socket.ip,
-                forwarding::MAX_FORWARDS
+                forwards::MAX_FORWARDS
             );
         }
     }
@@ -171,7 +171,7 @@ async fn round(
             return true;
         }
     };
-    let changes = forwarding::reconcile(&plan.forwards, &present, &setup.reserved);
+    let changes = forwards::reconcile(&plan.forwards, &present, &setup.reserved);
     for forward in &changes.remove {
         match usernet::remove(qmp, forward).await {
             Ok(()) => tracing::info!("stopped forwarding {forward}"),
@@ -202,7 +202,7 @@ async fn round(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::forwarding::{self, Forward};
+    use crate::forwards::{self, Forward};
     use vmkeep_protocol::{ListenSocket, Proto};
 
     fn tcp(ip: &str, port: u16) -> ListenSocket {
@@ -228,9 +228,9 @@ mod tests {
             ],
             truncated: false,
         };
-        let plan = forwarding::plan(&setup.rules, &listening);
+        let plan = forwards::plan(&setup.rules, &listening);
         let to = |host_port, guest_port| Forward {
-            proto: forwarding::Transport::Tcp,
+            proto: forwards::Transport::Tcp,
             host_ip: std::net::Ipv4Addr::LOCALHOST,
             host_port,
             guest_port,

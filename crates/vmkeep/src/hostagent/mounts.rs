@@ -15,13 +15,14 @@ use std::time::Duration;
 use tokio::sync::watch;
 use vmkeep_protocol::MountRequest;
 
+use super::error::MountsError;
 use crate::driver::qemu::args::ShareDevice;
 use crate::driver::qemu::virtiofs;
-use crate::guest_link::GuestLink;
+use crate::instance::journal::{Event, Journal};
 use crate::instance::share_owner::Ids;
 use crate::instance::shares::{self, GuestSide, HostSide, SharedDir};
 use crate::instance::{Config, InstanceDir};
-use crate::journal::{Event, Journal};
+use crate::link::guest_link::GuestLink;
 use crate::os::cgroup;
 use crate::os::process::ProcessHandle;
 
@@ -58,13 +59,11 @@ impl Shares {
 
 /// The guest side of the shares: its user comes from the cloud image's
 /// record; the tiny image's is root.
-fn guest_side(dir: &InstanceDir, config: &Config) -> Result<GuestSide, String> {
+fn guest_side(dir: &InstanceDir, config: &Config) -> Result<GuestSide, MountsError> {
     if !config.is_cloud() {
         return Ok(GuestSide::tiny());
     }
-    let user = crate::image::cloud::ImageRecord::load(dir)
-        .map_err(|e| e.to_string())?
-        .guest_user();
+    let user = crate::image::cloud::ImageRecord::load(dir)?.guest_user();
     Ok(GuestSide {
         user: user.name,
         uid: user.uid,
@@ -74,7 +73,7 @@ fn guest_side(dir: &InstanceDir, config: &Config) -> Result<GuestSide, String> {
 }
 
 /// The config's shares for this instance.
-pub fn resolve(dir: &InstanceDir, config: &Config) -> Result<Vec<SharedDir>, String> {
+pub fn resolve(dir: &InstanceDir, config: &Config) -> Result<Vec<SharedDir>, MountsError> {
     if config.raw.mounts.as_ref().is_none_or(|m| m.is_empty()) {
         return Ok(Vec::new());
     }
@@ -85,7 +84,7 @@ fn resolve_for(
     dir: &InstanceDir,
     config: &Config,
     guest: &GuestSide,
-) -> Result<Vec<SharedDir>, String> {
+) -> Result<Vec<SharedDir>, MountsError> {
     shares::resolve(
         config,
         dir.name().as_str(),
@@ -93,12 +92,18 @@ fn resolve_for(
         &HostSide::current(),
         guest,
     )
-    .map_err(|e| format!("{e}\n  fix it in {}", dir.config().display()))
+    .map_err(|source| MountsError::Shares {
+        config: dir.config(),
+        source,
+    })
 }
 
 /// Start a virtiofsd for each share, before QEMU (which connects to their
 /// sockets as it starts). On failure, what was started is ended.
-pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDevice>), String> {
+pub fn start(
+    dir: &InstanceDir,
+    config: &Config,
+) -> Result<(Shares, Vec<ShareDevice>), MountsError> {
     if config.raw.mounts.as_ref().is_none_or(|m| m.is_empty()) {
         return Ok((Shares::default(), Vec::new()));
     }
@@ -115,9 +120,8 @@ pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDev
         &dir.config(),
         config.raw.mount_owner.as_ref(),
         guest_ids,
-    )
-    .map_err(|e| e.to_string())?;
-    let shim = super::binary::path().map_err(|e| e.to_string())?;
+    )?;
+    let shim = super::binary::path().map_err(MountsError::Shim)?;
     let placement = cgroup::placement().ok();
     let mut shares = Shares::default();
     let mut devices = Vec::new();
@@ -160,7 +164,7 @@ pub fn start(dir: &InstanceDir, config: &Config) -> Result<(Shares, Vec<ShareDev
             }
             Err(e) => {
                 end_now(&shares);
-                return Err(e.to_string());
+                return Err(e.into());
             }
         }
     }
@@ -266,7 +270,7 @@ fn requests(shares: &Shares) -> Vec<MountRequest> {
 
 /// Mount every share in the guest (before the start reports ready). A share
 /// the guest cannot mount fails the start: never a silent no-mount.
-pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), String> {
+pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), MountsError> {
     for request in requests(shares) {
         let describe = shares
             .daemons
@@ -274,9 +278,12 @@ pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), String> 
             .find(|d| d.share.tag() == request.tag)
             .map(|d| d.share.describe())
             .unwrap_or_default();
-        link.mount(request, MOUNT_TIMEOUT).await.map_err(|e| {
-            format!("the guest could not mount the shared directory {describe}: {e}")
-        })?;
+        link.mount(request, MOUNT_TIMEOUT)
+            .await
+            .map_err(|source| MountsError::Mount {
+                share: describe,
+                source,
+            })?;
     }
     Ok(())
 }
@@ -284,7 +291,7 @@ pub async fn mount_all(link: &GuestLink, shares: &Shares) -> Result<(), String> 
 /// Whether a failed mount fails the start: for a guest this agent booted,
 /// yes (never a silent no-mount); an adopted guest runs on, and the
 /// problem is logged.
-pub fn must_stop(booted_here: bool, error: &str) -> bool {
+pub fn must_stop<E: std::fmt::Display + ?Sized>(booted_here: bool, error: &E) -> bool {
     if !booted_here {
         tracing::warn!("{error}");
     }

@@ -26,8 +26,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::link::untrusted::LogBudget;
 use crate::os;
-use crate::untrusted::LogBudget;
 
 /// How often the host agent looks at the log's size.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);

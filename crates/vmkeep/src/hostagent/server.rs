@@ -13,12 +13,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::api::{
-    self, AgentInfo, ApiErrorBody, ExecRequest, StopAccepted, StopRequest, SuspendCause,
-    SuspendDone, SuspendFallback, SuspendRequest,
+    self, AgentInfo, ApiErrorBody, ErrorCode, ExecRequest, Refusal, StopAccepted, StopRequest,
+    SuspendCause, SuspendDone, SuspendFallback, SuspendRequest,
 };
-use crate::guest_link::GuestLink;
 use crate::instance::pause::PauseReason;
 use crate::instance::status::Phase;
+use crate::link::guest_link::GuestLink;
+use crate::text::chain::error_chain;
 
 /// What the API asks the agent's main loop to do.
 #[derive(Debug)]
@@ -27,18 +28,18 @@ pub enum Command {
         deadline: Duration,
         force: bool,
     },
-    /// Save the VM's state and end; the outcome goes to `answer` (an error
-    /// is the message for the API's caller).
     /// Let a paused guest run on; `answer` hears whether it was paused, or
     /// why it cannot go on yet.
     Continue {
-        answer: oneshot::Sender<Result<api::Continued, String>>,
+        answer: oneshot::Sender<Result<api::Continued, Refusal>>,
     },
+    /// Save the VM's state and end; the outcome goes to `answer` (a
+    /// refusal is for the API's caller).
     Suspend {
         deadline: Duration,
         fallback: SuspendFallback,
         cause: SuspendCause,
-        answer: oneshot::Sender<Result<SuspendDone, String>>,
+        answer: oneshot::Sender<Result<SuspendDone, Refusal>>,
     },
 }
 
@@ -194,12 +195,14 @@ async fn handle(
             .collect();
         return Ok(error(
             StatusCode::NOT_FOUND,
+            ErrorCode::NoRoute,
             format!("no route {method} {path}; routes: {}", known.join(", ")),
         ));
     };
     if route.method != method {
         return Ok(error(
             StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::WrongMethod,
             format!("{path} takes {}", route.method),
         ));
     }
@@ -208,6 +211,7 @@ async fn handle(
         Err(e) => {
             return Ok(error(
                 StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
                 format!("reading the request body: {e}"),
             ));
         }
@@ -224,11 +228,11 @@ async fn handle(
         api::STOP => {
             let stop: StopRequest = match parse_or_default(&body) {
                 Ok(stop) => stop,
-                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e)),
             };
             let deadline = match deadline_of(stop.timeout_secs, shared.default_stop_timeout) {
                 Ok(deadline) => deadline,
-                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e)),
             };
             if shared
                 .commands
@@ -240,6 +244,7 @@ async fn handle(
             {
                 return Ok(error(
                     StatusCode::SERVICE_UNAVAILABLE,
+                    ErrorCode::Exiting,
                     "the host agent is exiting".into(),
                 ));
             }
@@ -253,11 +258,11 @@ async fn handle(
         api::SUSPEND => {
             let suspend: SuspendRequest = match parse_or_default(&body) {
                 Ok(suspend) => suspend,
-                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e)),
             };
             let deadline = match deadline_of(suspend.timeout_secs, api::DEFAULT_SUSPEND_TIMEOUT) {
                 Ok(deadline) => deadline,
-                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, e)),
+                Err(e) => return Ok(error(StatusCode::BAD_REQUEST, ErrorCode::BadRequest, e)),
             };
             let phase = shared
                 .info
@@ -267,6 +272,7 @@ async fn handle(
             if phase != Phase::Running {
                 return Ok(error(
                     StatusCode::CONFLICT,
+                    ErrorCode::WrongState,
                     format!(
                         "the instance is {}; only a running VM can be suspended",
                         match phase {
@@ -293,6 +299,7 @@ async fn handle(
                 Err(e) => {
                     return Ok(error(
                         StatusCode::BAD_REQUEST,
+                        ErrorCode::BadRequest,
                         format!("invalid exec request: {e}"),
                     ));
                 }
@@ -300,18 +307,21 @@ async fn handle(
             if exec.argv.is_empty() {
                 return Ok(error(
                     StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
                     "exec needs a command".into(),
                 ));
             }
             if let Some(reason) = shared.pause.borrow().clone() {
                 return Ok(error(
                     StatusCode::CONFLICT,
+                    ErrorCode::WrongState,
                     paused_refusal(&shared, &reason),
                 ));
             }
             match connected_guest(&shared).await {
                 None => error(
                     StatusCode::CONFLICT,
+                    ErrorCode::WrongState,
                     "the guest agent is not connected (the instance is starting, stopping or stopped, or its guest did not come back from a reboot)".into(),
                 ),
                 Some(link) => {
@@ -319,10 +329,11 @@ async fn handle(
                     tokio::select! {
                         result = link.exec(exec, EXEC_TIMEOUT) => match result {
                             Ok(result) => json(StatusCode::OK, &result),
-                            Err(e) => error(StatusCode::BAD_GATEWAY, format!("{:#}", anyhow::Error::new(e))),
+                            Err(e) => error(StatusCode::BAD_GATEWAY, ErrorCode::GuestFailed, error_chain(&e)),
                         },
                         reason = paused_for(&mut pause, PAUSED_EXEC_GRACE) => error(
                             StatusCode::CONFLICT,
+                            ErrorCode::WrongState,
                             format!(
                                 "{}; the command may still finish in the guest once it runs again",
                                 paused_refusal(&shared, &reason)
@@ -332,7 +343,11 @@ async fn handle(
                 }
             }
         }
-        _ => error(StatusCode::NOT_FOUND, format!("no handler for {path}")),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NoRoute,
+            format!("no handler for {path}"),
+        ),
     })
 }
 
@@ -340,20 +355,22 @@ async fn handle(
 /// 200 with the outcome, 409 with its refusal.
 async fn ask_main_loop<T: serde::Serialize>(
     shared: &Shared,
-    command: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    command: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Command,
 ) -> Response<Full<Bytes>> {
     let (answer, answered) = oneshot::channel();
     if shared.commands.send(command(answer)).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Exiting,
             "the host agent is exiting".into(),
         );
     }
     match answered.await {
         Ok(Ok(done)) => json(StatusCode::OK, &done),
-        Ok(Err(message)) => error(StatusCode::CONFLICT, message),
+        Ok(Err(refusal)) => error(StatusCode::CONFLICT, refusal.code, refusal.message),
         Err(_) => error(
             StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Exiting,
             "the host agent ended before it answered".into(),
         ),
     }
@@ -376,8 +393,14 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Byt
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
-fn error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
-    json(status, &ApiErrorBody { error: message })
+fn error(status: StatusCode, code: ErrorCode, message: String) -> Response<Full<Bytes>> {
+    json(
+        status,
+        &ApiErrorBody {
+            error: message,
+            code,
+        },
+    )
 }
 
 #[cfg(test)]

@@ -11,21 +11,24 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::api::{ErrorCode, Refusal};
+use super::error::ContinueError;
 use super::inbox::Incoming;
 use super::report::Report;
 use super::server::Command;
 use super::{Agent, AgentOutcome, clock, fail, forwards, mounts, now_rfc3339, stopped_as_failed};
 use crate::driver::Vm;
 use crate::driver::qemu::QemuVm;
+use crate::driver::qemu::pause::{self, PauseFacts};
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
-use crate::guest_link::{self, GuestLink};
 use crate::hostagent::api::{self, GuestInfo};
 use crate::instance::config::{ByteSize, OnHostShutdown};
-use crate::instance::pause::{self, MIN_FREE_TO_CONTINUE, PauseFacts, PauseReason};
-use crate::instance::status::Phase;
-use crate::journal::{
+use crate::instance::journal::{
     ContinueCause, Event, Journal, StopCause, StoppedReason, SuspendCause, SuspendFallback,
 };
+use crate::instance::pause::{MIN_FREE_TO_CONTINUE, PauseReason};
+use crate::instance::status::Phase;
+use crate::link::guest_link::{self, GuestLink};
 use crate::os;
 use crate::os::process::ExitOutcome;
 
@@ -122,6 +125,7 @@ impl Agent<'_, '_> {
         if let Err(error) = mounts::mount_all(&link, &self.shares).await
             && mounts::must_stop(self.launched_at.is_some(), &error)
         {
+            let error = error.to_string();
             self.record(Event::StartFailed {
                 error: error.clone(),
             });
@@ -365,17 +369,15 @@ impl Agent<'_, '_> {
         vm: &QemuVm,
         state: &mut Supervised,
         by: ContinueCause,
-    ) -> Result<(), String> {
-        vm.continue_running()
-            .await
-            .map_err(|e| format!("QEMU did not let it run on: {e}"))?;
+    ) -> Result<(), ContinueError> {
+        vm.continue_running().await.map_err(ContinueError::Cont)?;
         match vm.run_state().await {
             Ok(run_state) if run_state.is_running() => {
                 self.end_pause(state, by);
                 Ok(())
             }
-            Ok(run_state) => Err(format!("QEMU paused it again at once ({run_state})")),
-            Err(e) => Err(format!("cannot ask QEMU whether it runs: {e}")),
+            Ok(run_state) => Err(ContinueError::PausedAgain(run_state)),
+            Err(e) => Err(ContinueError::RunState(e)),
         }
     }
 
@@ -412,22 +414,26 @@ impl Agent<'_, '_> {
             }) => match state {
                 Supervised::Running => self.suspend(vm, deadline, fallback, cause, answer).await,
                 Supervised::Booting => {
-                    let _ = answer.send(Err(
-                        "the VM is still starting; suspend it once it runs".into()
-                    ));
+                    let _ = answer.send(Err(Refusal::new(
+                        ErrorCode::WrongState,
+                        "the VM is still starting; suspend it once it runs",
+                    )));
                     None
                 }
                 Supervised::Paused { reason, .. } => {
-                    let _ = answer.send(Err(format!(
-                        "the VM is paused ({}); let it run on first (`vmkeep start`)",
-                        reason.message()
+                    let _ = answer.send(Err(Refusal::new(
+                        ErrorCode::WrongState,
+                        format!(
+                            "the VM is paused ({}); let it run on first (`vmkeep start`)",
+                            reason.message()
+                        ),
                     )));
                     None
                 }
             },
             Incoming::Command(Command::Continue { answer }) => {
                 let answered = self.continue_asked(vm, state).await;
-                let _ = answer.send(answered);
+                let _ = answer.send(answered.map_err(Refusal::from));
                 None
             }
             Incoming::Signal("SIGTERM")
@@ -465,25 +471,21 @@ impl Agent<'_, '_> {
         &mut self,
         vm: &QemuVm,
         state: &mut Supervised,
-    ) -> Result<api::Continued, String> {
+    ) -> Result<api::Continued, ContinueError> {
         let Supervised::Paused { reason, .. } = state else {
             return Ok(api::Continued { was_paused: false });
         };
         if let PauseReason::HostDiskFull { .. } = reason {
-            let free = os::fs::free_space(self.dir.dir()).map_err(|e| {
-                format!(
-                    "cannot see how much room {} has: {e}",
-                    self.dir.dir().display()
-                )
-            })?;
+            let free =
+                os::fs::free_space(self.dir.dir()).map_err(|source| ContinueError::Room {
+                    dir: self.dir.dir().to_path_buf(),
+                    source,
+                })?;
             if !reason.continues_with_room(free.available_bytes) {
-                return Err(format!(
-                    "the host disk is still full: {} free on {}; free at least {} there \
-                     (the VM then continues by itself)",
-                    ByteSize(free.available_bytes).approx(),
-                    free.mount_point.display(),
-                    ByteSize(MIN_FREE_TO_CONTINUE).approx()
-                ));
+                return Err(ContinueError::StillFull {
+                    available: free.available_bytes,
+                    mount_point: free.mount_point,
+                });
             }
         }
         self.continue_guest(vm, state, ContinueCause::Start).await?;

@@ -9,6 +9,8 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::api::SuspendDone;
+use super::api::{ErrorCode, Refusal};
+use super::error::{AdoptError, LaunchError};
 use super::{Agent, AgentOutcome, LaunchFailed, clock, error_chain};
 use crate::driver::Vm;
 use crate::driver::qemu::accel::Accel;
@@ -16,9 +18,11 @@ use crate::driver::qemu::args::LaunchSpec;
 use crate::driver::qemu::qmp::QmpEvents;
 use crate::driver::qemu::snapshot::{self, SaveOptions, Settled, StateAfterFailure, StateRecord};
 use crate::driver::qemu::{QemuVm, find_in_path};
-use crate::guest_link::GuestLink;
+use crate::instance::journal::{
+    Event, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback,
+};
 use crate::instance::status::Phase;
-use crate::journal::{Event, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback};
+use crate::link::guest_link::GuestLink;
 use crate::os;
 
 /// How long loading a saved state may take (the tiny guest takes ~10 ms).
@@ -37,7 +41,7 @@ impl Agent<'_, '_> {
         deadline: Duration,
         fallback: SuspendFallback,
         cause: SuspendCause,
-        answer: oneshot::Sender<Result<SuspendDone, String>>,
+        answer: oneshot::Sender<Result<SuspendDone, Refusal>>,
     ) -> Option<AgentOutcome> {
         self.set_info(|info| info.phase = Phase::Stopping);
         os::service_notify::stopping("saving the VM's state (suspend)");
@@ -77,7 +81,7 @@ impl Agent<'_, '_> {
                 });
                 match failed.after {
                     StateAfterFailure::Gone { outcome } => {
-                        let _ = answer.send(Err(error));
+                        let _ = answer.send(Err(Refusal::new(ErrorCode::Failed, error)));
                         self.record_stopped(StoppedReason::Crashed, None, None, outcome);
                         Some(AgentOutcome::Stopped {
                             reason: StoppedReason::Crashed,
@@ -87,7 +91,10 @@ impl Agent<'_, '_> {
                     StateAfterFailure::Running | StateAfterFailure::Paused { .. }
                         if fallback == SuspendFallback::Stop =>
                     {
-                        let _ = answer.send(Err(format!("{error}; stopping it instead")));
+                        let _ = answer.send(Err(Refusal::new(
+                            ErrorCode::Failed,
+                            format!("{error}; stopping it instead"),
+                        )));
                         let deadline = self.config.stop_timeout.0;
                         Some(
                             self.stop(vm, StopCause::SuspendFailed, deadline, false)
@@ -95,7 +102,7 @@ impl Agent<'_, '_> {
                         )
                     }
                     StateAfterFailure::Running | StateAfterFailure::Paused { .. } => {
-                        let _ = answer.send(Err(error));
+                        let _ = answer.send(Err(Refusal::new(ErrorCode::Failed, error)));
                         self.set_info(|info| info.phase = Phase::Running);
                         self.clock_nudge.notify_one();
                         None
@@ -116,11 +123,8 @@ impl Agent<'_, '_> {
         why: String,
     ) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
         let binary_name = self.config.arch.qemu_binary();
-        let binary = find_in_path(binary_name).ok_or_else(|| {
-            format!(
-                "{binary_name} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get \
-                 install qemu-system-x86); the saved state is kept"
-            )
+        let binary = find_in_path(binary_name).ok_or(LaunchError::NoQemuToResume {
+            binary: binary_name,
         })?;
         // A state saved before every VM had a network device resumes
         // without one (no port forwards until the next boot).
@@ -128,7 +132,7 @@ impl Agent<'_, '_> {
             spec.network = false;
         }
         let device_state = snapshot::check_resumable(&self.dir, &saved, &spec, &binary)
-            .map_err(|e| LaunchFailed::from(error_chain(&e)))?;
+            .map_err(LaunchError::Resume)?;
         self.reporter.progress(format!(
             "resuming the state saved at {} with {why}",
             saved.saved_at
@@ -158,7 +162,7 @@ impl Agent<'_, '_> {
             Err(error) => {
                 let _ = vm.kill();
                 Err(LaunchFailed {
-                    error: error_chain(&error),
+                    error: LaunchError::Resume(error),
                     qemu_exit: Some(vm.exited().await),
                 })
             }
@@ -167,10 +171,10 @@ impl Agent<'_, '_> {
 
     /// Put right an adopted QEMU (see `snapshot::settle_adopted`); false
     /// when it was ended and the start goes on without it.
-    pub(super) async fn settle_adopted(&mut self, vm: &QemuVm) -> Result<bool, String> {
+    pub(super) async fn settle_adopted(&mut self, vm: &QemuVm) -> Result<bool, AdoptError> {
         let settled = snapshot::settle_adopted(vm, &self.dir)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(AdoptError::Settle)?;
         let detail = match &settled {
             Settled::Running {
                 discarded_state: false,

@@ -11,15 +11,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::download::{self, DownloadError, Progress};
-use crate::cloudinit::{self, SeedInputs};
 use crate::driver::qemu::accel::Accel;
 use crate::driver::qemu::args::{Boot, LaunchSpec};
+use crate::image::cloudinit::{self, SeedInputs};
+use crate::image::sshkeys::{self, SshKeyError};
 use crate::instance::InstanceDir;
 use crate::instance::config::{Config, ImageArch, ImageEntry};
+use crate::instance::vars::{self, ExpandError, GuestUser};
 use crate::os;
 use crate::os::tool::{Tool, ToolError};
-use crate::sshkeys::{self, SshKeyError};
-use crate::template::vars::{self, ExpandError, GuestUser};
 
 /// Kernel command line of a direct boot when the image entry gives none.
 pub const DEFAULT_CMDLINE: &str = "root=/dev/vda console=ttyS0";
@@ -519,7 +519,7 @@ mod tests {
         .unwrap();
         let disk = dir.path().join("disk.qcow2");
         let record_path = dir.path().join("image.json");
-        let user = crate::template::vars::guest_user(&config, "t").unwrap();
+        let user = crate::instance::vars::guest_user(&config, "t").unwrap();
         let record = prepare(
             &dir.path().join("cache"),
             &config,

@@ -179,6 +179,10 @@ impl InstanceDir {
     pub fn saved_state_record(&self) -> PathBuf {
         self.dir.join(SAVED_STATE_RECORD)
     }
+    /// Whether a saved state waits to be resumed (its record is there).
+    pub fn has_saved_state(&self) -> bool {
+        self.saved_state_record().exists()
+    }
     /// The device state of a saved (suspended) VM.
     pub fn saved_device_state(&self) -> PathBuf {
         self.dir.join(SAVED_DEVICE_STATE)

@@ -4,7 +4,7 @@
 //! - applied: `ssh`, `user`, `env`, `param`, `message`, `caCerts`,
 //!   `upgradePackages`, `timezone`, `hostResolver.hosts` (cloud images);
 //!   `mounts` (see `instance::shares`) and `portForwards` (see
-//!   `forwarding`);
+//!   `forwards`);
 //! - accepted, not applied (reported by [`RawConfig::notices`]): `copyToHost`,
 //!   `plain`, `guestInstallPrefix`, unix socket forwards, `mountType` other
 //!   than virtiofs, ...;

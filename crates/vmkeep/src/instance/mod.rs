@@ -1,12 +1,15 @@
 //! Instances: names, directory layout, config, observation and status.
 
 pub mod config;
-pub mod create;
 pub mod data_disk;
 pub mod desired;
+pub mod home;
+pub mod identity;
+pub mod journal;
 pub mod layout;
 pub mod lima;
 pub mod name;
+pub mod not_instance;
 pub mod observe;
 pub mod ownership;
 pub mod pause;
@@ -15,10 +18,11 @@ pub mod runtime;
 pub mod share_owner;
 pub mod shares;
 pub mod status;
-pub mod suggest;
+pub mod vars;
 pub mod yaml_de;
 
 pub use config::Config;
+pub use home::Home;
 pub use layout::InstanceDir;
 pub use name::InstanceName;
 pub use status::Status;

@@ -6,17 +6,22 @@ use std::io;
 use super::config::Config;
 use super::layout::{InstanceDir, share_lock_index};
 use super::runtime::runtime_files;
-use super::status::{ConfigState, Observations};
-use crate::journal;
+use super::status::{ConfigState, Observations, UnitFailure};
+use crate::instance::journal;
 use crate::os;
 
-/// Look at an instance without talking to its host agent.
-pub fn observe(dir: &InstanceDir) -> io::Result<Observations> {
-    observe_with_config(dir).map(|(seen, _)| seen)
-}
+/// What the model asks of the service manager that may run an instance:
+/// whether it gave up on the instance's unit. The engine answers (the model
+/// knows no service manager); asked only when nothing runs and the last run
+/// failed.
+pub type ServiceFailure<'a> = &'a dyn Fn(&InstanceDir) -> Option<UnitFailure>;
 
-/// [`observe`], also returning the config when it is valid (parsed once).
-pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Option<Config>)> {
+/// Look at an instance without talking to its host agent; also its config
+/// when it is valid (parsed once).
+pub fn observe_with_config(
+    dir: &InstanceDir,
+    service_failure: ServiceFailure<'_>,
+) -> io::Result<(Observations, Option<Config>)> {
     let pid_of = |path: &std::path::Path| -> io::Result<Option<u32>> {
         Ok(os::lock::holder(path)?.map(|pid| pid.as_raw_nonzero().get() as u32))
     };
@@ -54,7 +59,7 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
                 runtime_files,
                 last_event: journal::last(&dir.journal()).unwrap_or(None),
                 service_failure: None,
-                saved_state: crate::driver::qemu::snapshot::exists(dir),
+                saved_state: dir.has_saved_state(),
             })
         },
         // No agent and no trace of one: a stopped instance as of the first
@@ -63,7 +68,7 @@ pub fn observe_with_config(dir: &InstanceDir) -> io::Result<(Observations, Optio
     )?;
     let seen = Observations {
         service_failure: ask_service_manager(&seen)
-            .then(|| crate::autostart::manager::failed_unit(dir))
+            .then(|| service_failure(dir))
             .flatten(),
         ..seen
     };
@@ -101,7 +106,7 @@ fn shares_lost(dir: &InstanceDir, runtime_files: &[String]) -> io::Result<Vec<St
 /// Whether the service manager is worth asking (a subprocess): nothing runs
 /// and the last run failed, so a registered unit may have been given up on.
 fn ask_service_manager(seen: &Observations) -> bool {
-    use crate::journal::{Event, StoppedReason};
+    use crate::instance::journal::{Event, StoppedReason};
     let failed = matches!(
         seen.last_event.as_ref().map(|r| &r.event),
         Some(

@@ -16,8 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gotmpl::{self, Value};
 use crate::instance::config::Config;
+use crate::text::gotmpl::{self, Value};
 
 /// At most this many shared directories per instance (one virtiofsd and
 /// one PCI device each; their sockets, `fs0.sock` to `fs9.sock`, are no
@@ -77,7 +77,7 @@ impl HostSide {
             home: std::env::var_os("HOME")
                 .filter(|h| !h.is_empty())
                 .map(PathBuf::from),
-            user: crate::cloudinit::host_user().unwrap_or_else(|| "root".into()),
+            user: crate::instance::identity::host_user().unwrap_or_else(|| "root".into()),
             uid: rustix::process::getuid().as_raw(),
         }
     }
@@ -192,7 +192,7 @@ fn location_of(
         ("Name", Value::from(instance)),
         ("UID", Value::Int(host.uid.into())),
         ("User", Value::from(host.user.as_str())),
-        ("Param", crate::template::vars::params(config)),
+        ("Param", crate::instance::vars::params(config)),
     ]);
     let rendered = gotmpl::render(raw, &values).map_err(|e| ShareError::Template {
         index,
@@ -238,11 +238,11 @@ pub fn resolve(
         ("Name", Value::from(instance)),
         (
             "Hostname",
-            Value::from(crate::cloudinit::hostname(instance)),
+            Value::from(crate::instance::identity::hostname(instance)),
         ),
         ("UID", Value::Int(guest.uid.into())),
         ("User", Value::from(guest.user.as_str())),
-        ("Param", crate::template::vars::params(config)),
+        ("Param", crate::instance::vars::params(config)),
     ]);
     let system = if guest.cloud {
         CLOUD_SYSTEM
@@ -306,7 +306,7 @@ pub fn resolve(
 
 /// Whether a mount of `config` would hide `home` with its default mount
 /// point (the location itself): then the guest user gets Lima's default
-/// home, `/home/USER.linux`, instead (see `template::vars::guest_user`).
+/// home, `/home/USER.linux`, instead (see `instance::vars::guest_user`).
 pub fn default_mount_hides(config: &Config, instance: &str, host: &HostSide, home: &str) -> bool {
     let home = normalise(home);
     config

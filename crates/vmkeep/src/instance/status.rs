@@ -3,10 +3,9 @@
 
 use serde::Serialize;
 
-use crate::autostart::manager::UnitFailure;
 use crate::instance::data_disk::DataDiskProblem;
+use crate::instance::journal::{Event, Record};
 use crate::instance::pause::PauseReason;
-use crate::journal::{Event, Record};
 
 /// What was seen when looking at an instance.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +30,18 @@ pub struct Observations {
     pub shares_lost: Vec<String>,
     /// A saved state (`vmkeep suspend`) waits to be resumed.
     pub saved_state: bool,
+}
+
+/// A registered unit that systemd gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitFailure {
+    pub unit: String,
+    /// systemd's `Result` of the last run (`exit-code`, `signal`, ...).
+    pub result: String,
+    /// How often keep-alive restarted it before giving up.
+    pub restarts: u32,
+    /// `journalctl` flags naming the manager (`--user`, or nothing).
+    pub journal_flag: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -493,7 +504,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
 mod tests {
     use super::*;
     use crate::instance::data_disk::DataDisk;
-    use crate::journal::{StopCause, StoppedReason};
+    use crate::instance::journal::{StopCause, StoppedReason};
     use crate::stop_ladder::Step;
 
     fn stopped_instance() -> Observations {
@@ -679,7 +690,7 @@ mod tests {
                     last_event: record(
                         10,
                         Event::Continued {
-                            by: crate::journal::ContinueCause::SpaceFreed,
+                            by: crate::instance::journal::ContinueCause::SpaceFreed,
                             after_secs: 3.0,
                         },
                     ),

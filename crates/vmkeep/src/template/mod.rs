@@ -8,7 +8,7 @@
 //! at create (as Lima stores its filled template), so a later change to a
 //! base file or URL never changes an existing VM, and `start` works offline.
 //! Template variables (`{{.User}}`, `{{.Param.X}}`, ...) stay as written and
-//! are expanded when the seed is written ([`vars`]); create checks that they
+//! are expanded when the seed is written ([`crate::instance::vars`]); create checks that they
 //! expand.
 //!
 //! Each file is checked on its own first, so an error names the file and the
@@ -17,7 +17,6 @@
 
 pub mod locator;
 pub mod merge;
-pub mod vars;
 
 use std::path::PathBuf;
 

@@ -12,6 +12,7 @@
 
 pub mod container;
 pub mod host_user;
+pub mod http;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -127,6 +128,14 @@ impl TestEnv {
     pub fn list(&self) -> Vec<serde_json::Value> {
         let run = self.ok(&["list", "--json"]);
         serde_json::from_slice(&run.output.stdout).expect("list --json is JSON")
+    }
+
+    /// The `list --json` row of `name`.
+    pub fn row(&self, name: &str) -> serde_json::Value {
+        self.list()
+            .into_iter()
+            .find(|r| r["name"] == name)
+            .expect("listed")
     }
 
     pub fn status(&self, name: &str) -> String {
@@ -465,6 +474,37 @@ impl TestEnv {
         .unwrap_or_else(|| panic!("{name} is {last}, not {status}, after {limit:?}"));
     }
 
+    /// Run `script` with `sh -c` in the guest; require success; its
+    /// output, trimmed.
+    pub fn shell(&self, name: &str, script: &str) -> String {
+        self.ok(&["shell", name, "--", "sh", "-c", script])
+            .stdout()
+            .trim()
+            .to_string()
+    }
+
+    /// Run `script` in the guest; its exit code and stderr.
+    pub fn shell_status(&self, name: &str, script: &str) -> (Option<i32>, String) {
+        let run = self.run(&["shell", name, "--", "sh", "-c", script]);
+        (run.code(), run.stderr())
+    }
+
+    /// Run `vmkeep create NAME` and SIGKILL it the moment its staging
+    /// directory appears (creation takes a few milliseconds); whether it
+    /// was caught so (else it had finished).
+    pub fn kill_create_while_staging(&self, name: &str) -> bool {
+        let mut cli = self.spawn(&["create", name]);
+        loop {
+            if !staging(self.home()).is_empty() {
+                cli.kill9();
+                return true;
+            }
+            if cli.child.try_wait().unwrap().is_some() {
+                return false;
+            }
+        }
+    }
+
     /// The guest's boot id (changes on every boot).
     pub fn boot_id(&self, name: &str) -> String {
         self.ok(&[
@@ -487,4 +527,24 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The names of the entries of `dir`, sorted.
+pub fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// What unfinished creates left in a home: staging directories and their
+/// locks (`.NAME.tmp-*`).
+pub fn staging(home: &Path) -> Vec<String> {
+    names(home)
+        .into_iter()
+        .filter(|n| n.contains(".tmp-"))
+        .collect()
 }

@@ -110,14 +110,21 @@ pub fn choose(
     }
 }
 
+/// An accelerator override in the environment that is none.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{ACCEL_ENV}: {reason}")]
+pub struct BadAccelOverride {
+    pub reason: String,
+}
+
 /// The override from the environment, if set; an invalid value is an error
 /// that names the variable.
-pub fn env_override() -> Result<Option<AccelSetting>, String> {
+pub fn env_override() -> Result<Option<AccelSetting>, BadAccelOverride> {
     match std::env::var(ACCEL_ENV) {
         Ok(value) if !value.is_empty() => value
             .parse()
             .map(Some)
-            .map_err(|e| format!("{ACCEL_ENV}: {e}")),
+            .map_err(|reason| BadAccelOverride { reason }),
         _ => Ok(None),
     }
 }

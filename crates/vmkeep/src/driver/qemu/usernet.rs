@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::qmp::{Qmp, QmpError};
-use crate::forwarding::{Forward, Transport};
-use crate::untrusted;
+use crate::forwards::{Forward, Transport};
+use crate::link::untrusted;
 
 /// The netdev id vmkeep gives the user network (`-netdev user,id=net0`).
 pub const NETDEV: &str = "net0";

@@ -70,7 +70,7 @@ pub enum StateError {
 
 /// Whether a saved state exists (its record is there).
 pub fn exists(dir: &InstanceDir) -> bool {
-    dir.saved_state_record().exists()
+    dir.has_saved_state()
 }
 
 /// The saved state's record, if there is one.

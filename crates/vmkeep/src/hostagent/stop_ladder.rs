@@ -6,11 +6,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::api::{ErrorCode, Refusal};
 use super::inbox::{Inbox, Incoming};
 use super::server::Command;
+use super::{Agent, AgentOutcome};
 use crate::driver::Vm;
-use crate::guest_link::GuestLink;
-use crate::journal::{Event, Journal, StopCause};
+use crate::driver::qemu::QemuVm;
+use crate::instance::journal::StoppedReason;
+use crate::instance::journal::{Event, Journal, StopCause};
+use crate::instance::status::Phase;
+use crate::link::guest_link::GuestLink;
+use crate::os;
 use crate::os::process::ExitOutcome;
 use crate::stop_ladder::{self, Channels, Decision, Plan, Progress, Step};
 
@@ -118,10 +124,16 @@ pub async fn stop<V: Vm>(
                     }
                 }
                 Incoming::Command(Command::Suspend { answer, .. }) => {
-                    let _ = answer.send(Err("the VM is being stopped; it cannot be suspended now".into()));
+                    let _ = answer.send(Err(Refusal::new(
+                        ErrorCode::WrongState,
+                        "the VM is being stopped; it cannot be suspended now",
+                    )));
                 }
                 Incoming::Command(Command::Continue { answer }) => {
-                    let _ = answer.send(Err("the VM is being stopped".into()));
+                    let _ = answer.send(Err(Refusal::new(
+                        ErrorCode::WrongState,
+                        "the VM is being stopped",
+                    )));
                 }
             },
         }
@@ -132,6 +144,66 @@ pub async fn stop<V: Vm>(
 /// stop: only an interactive second Ctrl-C does.
 fn forces(signal: &str) -> bool {
     signal == "SIGINT"
+}
+
+impl Agent<'_, '_> {
+    pub(super) async fn stop(
+        &mut self,
+        vm: &QemuVm,
+        cause: StopCause,
+        deadline: Duration,
+        force: bool,
+    ) -> AgentOutcome {
+        self.set_info(|info| info.phase = Phase::Stopping);
+        os::service_notify::stopping(&format!(
+            "stopping the VM (deadline {:.0}s)",
+            deadline.as_secs_f64()
+        ));
+        self.record(Event::Stopping {
+            cause,
+            deadline_secs: deadline.as_secs_f64(),
+            force,
+        });
+        let guest = self.guest_rx.clone();
+        let stopped = self::stop(
+            vm,
+            &guest,
+            deadline,
+            force,
+            &mut self.journal,
+            &mut self.inbox,
+        )
+        .await;
+        let reason = match cause {
+            StopCause::BootTimeout | StopCause::DataDisk | StopCause::SharedDir => {
+                StoppedReason::StartFailed
+            }
+            StopCause::Request | StopCause::Signal | StopCause::SuspendFailed => {
+                StoppedReason::Requested
+            }
+        };
+        self.record_stopped(reason, stopped.by, Some(stopped.elapsed), stopped.exit);
+        AgentOutcome::Stopped {
+            reason,
+            by: stopped.by,
+        }
+    }
+
+    pub(super) fn record_stopped(
+        &mut self,
+        reason: StoppedReason,
+        by: Option<Step>,
+        after: Option<Duration>,
+        exit: ExitOutcome,
+    ) {
+        let _ = self.guest_tx.send(None);
+        self.record(Event::Stopped {
+            reason,
+            by,
+            after_secs: after.map(|d| d.as_secs_f64()),
+            qemu_exit: exit.to_string(),
+        });
+    }
 }
 
 #[cfg(test)]

@@ -8,9 +8,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::gotmpl::{self, Value};
 use crate::instance::config::Config;
 use crate::instance::provision::{self, ProvisionMode};
+use crate::text::gotmpl::{self, Value};
 
 /// The guest user an instance gets (decided at create, kept in `image.json`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -28,10 +28,9 @@ pub struct GuestUser {
 /// `/home/NAME`, as Lima's default home mount would), shell `/bin/bash`.
 pub fn guest_user(config: &Config, instance: &str) -> Result<GuestUser, ExpandError> {
     let settings = config.raw.user();
-    let name = settings
-        .name
-        .clone()
-        .unwrap_or_else(|| crate::cloudinit::guest_user(crate::cloudinit::host_user().as_deref()));
+    let name = settings.name.clone().unwrap_or_else(|| {
+        crate::instance::identity::guest_user(crate::instance::identity::host_user().as_deref())
+    });
     let host_uid = rustix::process::getuid().as_raw();
     let uid = settings
         .uid
@@ -42,7 +41,7 @@ pub fn guest_user(config: &Config, instance: &str) -> Result<GuestUser, ExpandEr
                 ("Name", Value::from(instance)),
                 (
                     "Hostname",
-                    Value::from(crate::cloudinit::hostname(instance)),
+                    Value::from(crate::instance::identity::hostname(instance)),
                 ),
                 ("User", Value::from(name.as_str())),
                 ("UID", Value::Int(uid.into())),
@@ -89,7 +88,7 @@ pub fn guest_values(config: &Config, instance: &str, dir: &Path, user: &GuestUse
         ("Name", Value::from(instance)),
         (
             "Hostname",
-            Value::from(crate::cloudinit::hostname(instance)),
+            Value::from(crate::instance::identity::hostname(instance)),
         ),
         ("User", Value::from(user.name.as_str())),
         ("UID", Value::Int(user.uid.into())),

@@ -519,7 +519,7 @@ fn missing_message(path: &[String], parent: &Value) -> String {
         Value::Map(map) if !map.is_empty() => {
             let known: Vec<&str> = map.keys().map(String::as_str).collect();
             let last = path.last().map(String::as_str).unwrap_or("");
-            match crate::instance::suggest::closest(last, known.iter().copied()) {
+            match crate::text::suggest::closest(last, known.iter().copied()) {
                 Some(near) => format!("{name} does not exist; did you mean {near}?"),
                 None => format!("{name} does not exist; known here: {}", known.join(", ")),
             }

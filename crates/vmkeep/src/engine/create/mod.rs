@@ -1,19 +1,27 @@
-//! Creating an instance atomically: everything is built in a hidden
-//! temporary directory that is renamed into place when complete, so a crash
-//! or a kill mid-way never leaves a half-made instance. Bad input is rejected
-//! before anything is written.
+//! `create`: make an instance from a template, atomically: everything is
+//! built in a hidden temporary directory that is renamed into place when
+//! complete, so a crash or a kill mid-way never leaves a half-made
+//! instance. Bad input is rejected before anything is written. What the
+//! command line asks for is [`plan`]'s.
+
+pub mod plan;
 
 use std::path::{Path, PathBuf};
 
-use super::data_disk;
-use super::layout::{InstanceDir, SocketPathTooLong};
-use super::name::InstanceName;
 use crate::image::cloud::{self, CloudError};
 use crate::image::download::{self, Progress};
+use crate::instance::Home;
+use crate::instance::data_disk;
+use crate::instance::layout::{InstanceDir, SocketPathTooLong};
+use crate::instance::name::InstanceName;
+use crate::instance::vars::{self, ExpandError};
 use crate::os;
 use crate::os::tool::{Tool, ToolError};
-use crate::template::vars::{self, ExpandError};
+use crate::template::locator::LocatorError;
 use crate::template::{self, Source, TemplateError};
+
+pub use self::plan::{Input, Plan, Target, Template, plan, read, start_target};
+use super::EngineError;
 
 /// Where older versions kept the creator's lock: inside the staging
 /// directory (still honoured, so that a mixed-version home stays clean).
@@ -32,15 +40,26 @@ pub enum CreateError {
     #[error("invalid template: {0}\n  nothing was created")]
     Expand(#[from] ExpandError),
     #[error("invalid template: message: {0}\n  nothing was created")]
-    Message(crate::gotmpl::TemplateError),
+    Message(crate::text::gotmpl::TemplateError),
     #[error("invalid template: {0}\n  nothing was created")]
-    Shares(super::shares::ShareError),
+    Shares(crate::instance::shares::ShareError),
     #[error("cannot create the data disk: {0}")]
     Disk(#[from] ToolError),
     #[error("cannot create the instance from its cloud image: {0}\n  nothing was created")]
     Cloud(#[from] CloudError),
     #[error(transparent)]
-    Home(#[from] crate::home::HomeError),
+    Home(#[from] crate::instance::home::HomeError),
+    /// Reading the template (a file, a URL, a built-in one) failed.
+    #[error(transparent)]
+    Read(Box<TemplateError>),
+    #[error(transparent)]
+    Locator(LocatorError),
+    #[error("cannot read the template from standard input: {0}")]
+    Stdin(std::io::Error),
+    #[error("the template on standard input is larger than {limit} bytes")]
+    StdinTooLarge { limit: u64 },
+    #[error("cannot add the --param settings to the template: {0}")]
+    Params(serde_yaml_ng::Error),
     #[error("cannot write {path}: {source}")]
     Io {
         path: PathBuf,
@@ -61,6 +80,11 @@ impl CreateError {
             | CreateError::Message(_)
             | CreateError::Shares(_) => true,
             CreateError::SocketPath(_)
+            | CreateError::Read(_)
+            | CreateError::Locator(_)
+            | CreateError::Stdin(_)
+            | CreateError::StdinTooLarge { .. }
+            | CreateError::Params(_)
             | CreateError::Exists { .. }
             | CreateError::Disk(_)
             | CreateError::Cloud(_)
@@ -77,10 +101,37 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> CreateError + '_ {
     }
 }
 
+/// Check `template` for instance `name` of `home` as `create` would, and
+/// write nothing (`create --dry-run`).
+pub fn dry_run(
+    home: &Home,
+    name: &InstanceName,
+    template: &Template,
+) -> Result<Checked, EngineError> {
+    Ok(check(&home.root, name, &template.text, &template.source)?)
+}
+
+/// Create instance `name` of `home` from `template`; reports the progress
+/// of image downloads.
+pub fn create(
+    home: &Home,
+    name: &InstanceName,
+    template: &Template,
+    progress: &mut dyn Progress,
+) -> Result<Created, EngineError> {
+    Ok(create_from(
+        &home.root,
+        name,
+        &template.text,
+        &template.source,
+        progress,
+    )?)
+}
+
 /// Create instance `name` under `root` from YAML `template` (whose origin,
 /// for messages, is `source_name`; relative bases resolve against the
 /// current directory).
-pub fn create(
+pub fn create_text(
     root: &Path,
     name: &InstanceName,
     template: &str,
@@ -127,23 +178,23 @@ pub fn check(
         &vars::guest_values(config, name.as_str(), dir.dir(), &guest_user),
     )?;
     if let Some(message) = &config.raw.message {
-        crate::gotmpl::check(message).map_err(CreateError::Message)?;
+        crate::text::gotmpl::check(message).map_err(CreateError::Message)?;
     }
     let guest = if config.is_cloud() {
-        super::shares::GuestSide {
+        crate::instance::shares::GuestSide {
             user: guest_user.name.clone(),
             uid: guest_user.uid,
             home: guest_user.home.clone(),
             cloud: true,
         }
     } else {
-        super::shares::GuestSide::tiny()
+        crate::instance::shares::GuestSide::tiny()
     };
-    super::shares::resolve(
+    crate::instance::shares::resolve(
         config,
         name.as_str(),
         dir.dir(),
-        &super::shares::HostSide::current(),
+        &crate::instance::shares::HostSide::current(),
         &guest,
     )
     .map_err(CreateError::Shares)?;
@@ -193,7 +244,7 @@ pub fn create_from(
         let disk = staging.join(staged.disk().file_name().unwrap_or_default());
         if config.is_cloud() {
             let record = staging.join(staged.image_record().file_name().unwrap_or_default());
-            let cache = crate::home::cache_root()?;
+            let cache = crate::instance::home::cache_root()?;
             cloud::prepare(&cache, config, &guest_user, &disk, &record, progress)?;
         } else {
             Tool::new("qemu-img", "install it: sudo apt-get install qemu-utils")
@@ -256,14 +307,14 @@ mod tests {
     use crate::instance::config::DEFAULT_TEMPLATE;
     use crate::os::lock::HeldLock;
 
-    fn name(s: &str) -> InstanceName {
+    pub(super) fn name(s: &str) -> InstanceName {
         s.parse().unwrap()
     }
 
     #[test]
     fn creates_config_and_disk_and_nothing_else() {
         let root = tempfile::tempdir().unwrap();
-        let dir = create(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap();
+        let dir = create_text(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap();
         assert_eq!(
             std::fs::read_to_string(dir.config()).unwrap(),
             DEFAULT_TEMPLATE
@@ -291,7 +342,7 @@ mod tests {
     fn an_invalid_template_writes_nothing() {
         let root = tempfile::tempdir().unwrap();
         let home = root.path().join("home");
-        let err = create(&home, &name("dev"), "cpus: 0\n", "t.yaml").unwrap_err();
+        let err = create_text(&home, &name("dev"), "cpus: 0\n", "t.yaml").unwrap_err();
         assert!(
             err.to_string().contains("cpus") && err.to_string().contains("t.yaml"),
             "{err}"
@@ -302,8 +353,8 @@ mod tests {
     #[test]
     fn an_existing_instance_is_not_touched() {
         let root = tempfile::tempdir().unwrap();
-        create(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap();
-        let err = create(root.path(), &name("dev"), "cpus: 2\n", "other").unwrap_err();
+        create_text(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap();
+        let err = create_text(root.path(), &name("dev"), "cpus: 2\n", "other").unwrap_err();
         assert!(matches!(err, CreateError::Exists { .. }), "{err}");
         let text = std::fs::read_to_string(root.path().join("dev/vmkeep.yaml")).unwrap();
         assert_eq!(text, DEFAULT_TEMPLATE);
@@ -359,8 +410,8 @@ mod tests {
     #[test]
     fn a_finished_create_leaves_neither_staging_nor_lock() {
         let root = tempfile::tempdir().unwrap();
-        create(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap();
-        let err = create(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap_err();
+        create_text(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap();
+        let err = create_text(root.path(), &name("dev"), DEFAULT_TEMPLATE, "built-in").unwrap_err();
         assert!(matches!(err, CreateError::Exists { .. }), "{err}");
         assert_eq!(os::fs::entry_names(root.path()).unwrap(), ["dev"]);
     }

@@ -41,7 +41,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::AbortHandle;
 
-use crate::untrusted::{self, LogBudget};
+use crate::link::untrusted::{self, LogBudget};
 
 /// What the classifier made of one incoming line.
 #[derive(Debug, Clone, PartialEq)]

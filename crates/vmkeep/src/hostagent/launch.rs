@@ -1,0 +1,210 @@
+//! Launching QEMU: the accelerator, the image (a cloud image's spec, or the
+//! tiny image built here), the guest's RAM reserved on the host, the
+//! virtiofsds, QEMU in a scope of its own; a saved state is resumed instead
+//! of booted (`suspend`).
+
+use tokio::time::Instant;
+
+use super::error::LaunchError;
+use super::{Agent, mounts};
+use crate::driver::Vm;
+use crate::driver::qemu::accel::{self, HostFacts};
+use crate::driver::qemu::args::LaunchSpec;
+use crate::driver::qemu::qmp::QmpEvents;
+use crate::driver::qemu::snapshot;
+use crate::driver::qemu::{self, QemuError, QemuVm};
+use crate::image::tiny;
+use crate::instance::home;
+use crate::instance::journal::Event;
+use crate::os;
+use crate::os::cgroup;
+use crate::os::process::ExitOutcome;
+
+impl Agent<'_, '_> {
+    pub(super) async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        // Never boot a disk whose saved state exists: its RAM would no
+        // longer match the disk. An unreadable record fails the start too.
+        let saved = snapshot::load(&self.dir).map_err(LaunchError::SavedState)?;
+        if saved.is_some() && self.repair_data {
+            return Err(LaunchError::RepairSuspended {
+                name: self.dir.name().clone(),
+            }
+            .into());
+        }
+        let env_accel = accel::env_override().map_err(LaunchError::from)?;
+        let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
+            .map_err(LaunchError::from)?;
+        if self.config.is_cloud() {
+            // Cloud image: seed, ssh port and boot method come from image::cloud.
+            let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
+                .map_err(LaunchError::from)?;
+            return match saved {
+                Some(saved) => self.resume(saved, spec, accel, why).await,
+                None => Ok(self.boot(spec, accel, why).await?),
+            };
+        }
+        let cache = home::cache_root().map_err(LaunchError::from)?;
+        let kernel_override = self
+            .config
+            .kernel
+            .path
+            .as_ref()
+            .map(|kernel| tiny::KernelOverride {
+                kernel: kernel.0.clone(),
+                modules_dir: self.config.kernel.modules.as_ref().map(|m| m.0.clone()),
+            });
+        let reporter = &mut *self.reporter;
+        let image = tiny::ensure(&cache, kernel_override.as_ref(), &mut |message| {
+            reporter.progress(message)
+        })
+        .map_err(LaunchError::from)?;
+        let cmdline = match &saved {
+            // The guest booted with it; a reboot inside the resumed QEMU
+            // gets it again, as in the QEMU that booted it.
+            Some(saved) => saved.kernel_cmdline.clone().unwrap_or_default(),
+            None => {
+                let mut cmdline = image.base_cmdline();
+                if let Some(extra) = &self.config.kernel.cmdline {
+                    cmdline.push(' ');
+                    cmdline.push_str(extra);
+                }
+                cmdline.push_str(&self.data_disk_kernel_flags().map_err(LaunchError::from)?);
+                cmdline
+            }
+        };
+        let spec = LaunchSpec::for_instance(
+            &self.dir,
+            accel,
+            self.config.cpus.0,
+            self.config.memory.0.mib(),
+            image.kernel.clone(),
+            image.initrd.clone(),
+            cmdline,
+        );
+        match saved {
+            Some(saved) => self.resume(saved, spec, accel, why).await,
+            None => Ok(self.boot(spec, accel, why).await?),
+        }
+    }
+
+    async fn boot(
+        &mut self,
+        mut spec: LaunchSpec,
+        accel: accel::Accel,
+        why: String,
+    ) -> Result<(QemuVm, QmpEvents), LaunchError> {
+        self.reporter.progress(format!("booting QEMU with {why}"));
+        // Fresh RAM, its blocks reserved now: a guest must not meet a full
+        // disk as a SIGBUS in the middle of running.
+        let ram_bytes = spec.memory_mib << 20;
+        os::fs::create_reserved(&spec.ram_file, ram_bytes, 0o600).map_err(|source| {
+            LaunchError::ReserveRam {
+                mib: spec.memory_mib,
+                ram_file: spec.ram_file.clone(),
+                config: self.dir.config(),
+                source,
+            }
+        })?;
+        // [mounts] virtiofsd first: QEMU connects to it as it starts.
+        let (shares, devices) = mounts::start(&self.dir, &self.config)?;
+        self.shares = shares;
+        spec.shares = devices;
+        let (vm, events) = match self.start_qemu(&spec).await {
+            Ok(launched) => launched,
+            Err(error) => {
+                mounts::abandon(&self.shares);
+                return Err(error);
+            }
+        };
+        self.record(Event::Booting {
+            qemu_pid: vm.pid(),
+            accel: accel.as_str().into(),
+        });
+        self.set_info(|info| {
+            info.qemu_pid = Some(vm.pid());
+            info.accel = Some(accel.as_str().into());
+        });
+        Ok((vm, events))
+    }
+
+    /// Launch QEMU for `spec` (in a scope of its own where systemd can give
+    /// one).
+    pub(super) async fn start_qemu(
+        &mut self,
+        spec: &LaunchSpec,
+    ) -> Result<(QemuVm, QmpEvents), LaunchError> {
+        let spec = spec.clone();
+        let binary = self.config.arch.qemu_binary();
+        self.launched_at = Some(Instant::now());
+        let log_path = self.dir.qemu_log();
+        let scope = self.qemu_scope();
+        let launched = match &scope {
+            Some((placement, scope)) => {
+                match qemu::launch(binary, &spec, &log_path, Some((placement, scope))).await {
+                    Err(QemuError::NoScope { message }) => {
+                        tracing::warn!(
+                            "{message}; QEMU runs in the host agent's cgroup and will not outlive it"
+                        );
+                        qemu::launch(binary, &spec, &log_path, None).await
+                    }
+                    other => other,
+                }
+            }
+            None => qemu::launch(binary, &spec, &log_path, None).await,
+        };
+        let (vm, events) = launched?;
+        if let Some((placement, scope)) = &scope {
+            tracing::info!(
+                "QEMU pid {} runs in {} of {}{}",
+                vm.pid(),
+                scope.unit,
+                placement.manager.describe(),
+                placement
+                    .before
+                    .as_ref()
+                    .map(|b| format!(", stopped after {b}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok((vm, events))
+    }
+
+    /// The cgroup QEMU gets under systemd: a scope of its own, so that it
+    /// outlives this agent's unit (see `os::cgroup`). `None` without
+    /// systemd, or where systemd cannot be asked.
+    fn qemu_scope(&self) -> Option<(cgroup::Placement, cgroup::Scope)> {
+        match cgroup::placement() {
+            Ok(placement) => {
+                let name = self.dir.name().as_str();
+                let pid = std::process::id().to_string();
+                let scope = cgroup::Scope::named(
+                    &["vmkeep", name, "qemu", &pid],
+                    format!(
+                        "QEMU of vmkeep instance {name} ({})",
+                        self.dir.dir().display()
+                    ),
+                );
+                Some((placement, scope))
+            }
+            Err(why) => {
+                tracing::debug!("QEMU stays in the host agent's cgroup: {why}");
+                None
+            }
+        }
+    }
+}
+
+/// Why no VM came up, and how its QEMU ended if one was launched.
+pub(super) struct LaunchFailed {
+    pub(super) error: LaunchError,
+    pub(super) qemu_exit: Option<ExitOutcome>,
+}
+
+impl From<LaunchError> for LaunchFailed {
+    fn from(error: LaunchError) -> LaunchFailed {
+        LaunchFailed {
+            error,
+            qemu_exit: None,
+        }
+    }
+}
