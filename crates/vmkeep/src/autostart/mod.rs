@@ -46,7 +46,7 @@ use crate::stop_ladder::Plan;
 use crate::timeouts;
 
 /// The file, in the instance directory, that the service's output is appended to.
-pub const LOG_FILE: &str = "autostart.log";
+pub const LOG_FILE: &str = crate::instance::layout::AUTOSTART_LOG;
 
 /// Pause before a keep-alive restart: short, since the VM runs unsupervised
 /// until the restarted agent adopts it.

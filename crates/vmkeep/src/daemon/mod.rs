@@ -37,10 +37,12 @@ use self::policy::{Action, Memory, RestartLimits, Seen};
 use crate::engine::agent::{self, Reports, Spawned};
 use crate::engine::stop::ForceCause;
 use crate::engine::{self, EngineError, Notice};
+use crate::hostagent::bounded_logs;
 use crate::instance::config::RunStrategy;
 use crate::instance::desired;
 use crate::instance::journal::{self, Event, Journal, LastRun};
 use crate::instance::{Config, Home, InstanceDir, InstanceName};
+use crate::link::untrusted::LogBudget;
 use crate::os::lock::HeldLock;
 use crate::os::process::ProcessHandle;
 use crate::{notice, os};
@@ -136,9 +138,19 @@ impl Daemon {
         let mut ticks = tokio::time::interval(self.options.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(root = %self.options.home.root.display(), "daemon supervising");
+        // Its own log, when a unit sends its output there (see `unit::LOG_FILE`).
+        let log = [bounded_logs::Watched {
+            file: os::capped::CappedFile::at(self.options.home.root.join(unit::LOG_FILE)),
+            bound: bounded_logs::log_bound(),
+            own: true,
+        }];
+        let (mut cuts, mut failures) = (LogBudget::default(), LogBudget::default());
         let why = loop {
             tokio::select! {
-                _ = ticks.tick() => self.reconcile_all(),
+                _ = ticks.tick() => {
+                    self.reconcile_all();
+                    bounded_logs::check_all(&log, &mut cuts, &mut failures);
+                }
                 _ = terminate.recv() => break "SIGTERM",
                 _ = interrupt.recv() => break "SIGINT",
             }

@@ -12,6 +12,12 @@ use std::time::Duration;
 use crate::autostart::systemd::{exec_word, quoted, secs, specifiers};
 use crate::autostart::{RESTART_DELAY, service_path, service_stop_timeout};
 
+/// The daemon's log, in the instances' root: the unit's output goes there
+/// (`StandardOutput=append:`), and the daemon keeps it bounded itself
+/// (`os::capped`: cut past `VMKEEP_LOG_MAX`, its newest quarter kept in
+/// `daemon.log.1`), which an `O_APPEND` writer such as systemd survives.
+pub const LOG_FILE: &str = "daemon.log";
+
 /// The unit's file name.
 pub const UNIT_NAME: &str = "vmkeep-daemon.service";
 
@@ -54,7 +60,7 @@ pub fn render(unit: &DaemonUnit) -> String {
     ] {
         let _ = writeln!(w, "Environment={}", quoted(&format!("{key}={value}")));
     }
-    let log = specifiers(&format!("{home}/daemon.log"));
+    let log = specifiers(&format!("{home}/{LOG_FILE}"));
     let _ = writeln!(w, "StandardOutput=append:{log}");
     let _ = writeln!(w, "StandardError=append:{log}");
     let _ = writeln!(w, "KillMode=mixed");

@@ -14,7 +14,7 @@ use super::api::AgentInfo;
 use super::inbox::Inbox;
 use super::report::{Report, Reporter};
 use super::server::{self, Shared};
-use super::{AgentOptions, AgentOutcome, LaunchFailed, Mode, fail, mounts, serial_log};
+use super::{AgentOptions, AgentOutcome, LaunchFailed, Mode, bounded_logs, fail, mounts};
 use crate::driver::qemu::qmp::BlockIoError;
 use crate::driver::qemu::snapshot;
 use crate::instance::journal::{self, Event, Journal, StopCause, StoppedReason};
@@ -242,11 +242,13 @@ impl Agent<'_, '_> {
                 }
             },
         };
-        // A guest flooding its console must not fill the host's disk.
-        self.tasks.push(tokio::spawn(serial_log::keep_bounded(
-            serial_log::SerialLog::of(&self.dir),
-            serial_log::Bound::from_env(),
-        )));
+        // A guest flooding its console, or anything else, must not fill
+        // the host's disk.
+        self.tasks
+            .push(tokio::spawn(bounded_logs::keep_bounded(bounded_logs::of(
+                &self.dir,
+                crate::instance::shares::MAX_SHARES,
+            ))));
         match mode {
             Mode::Run => self.supervise(vm, events, launched_at).await,
             Mode::StopOnly { deadline, force } => {

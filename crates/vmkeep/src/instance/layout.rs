@@ -7,8 +7,13 @@
 //!   disk.qcow2              data disk
 //!   data-disk.new           the data disk is new: made by vmkeep, never formatted
 //!                           (holds the format token; see instance::data_disk)
-//!   events.jsonl            append-only event journal
-//!   ha.log                  host agent log
+//!   events.jsonl            append-only event journal (rotated: see instance::journal)
+//!   events.jsonl.1          its part before the last rotation
+//!   events.lock             its writers' lock (shared to append, exclusive to rotate)
+//!   ha.log                  host agent log (every log: cut by the host agent past
+//!   ha.log.1                its bound, the newest quarter kept in FILE.1; see
+//!                           hostagent::bounded_logs)
+//!   autostart.log           a service unit's output (the agent's log under it)
 //!   qemu.log                QEMU's own output
 //!   serial.log              guest serial console (bounded by the host agent)
 //!   serial.log.1            its newest output before it was last cut
@@ -49,7 +54,10 @@ const CONFIG: &str = "vmkeep.yaml";
 const DISK: &str = "disk.qcow2";
 const DATA_DISK_NEW: &str = "data-disk.new";
 const JOURNAL: &str = "events.jsonl";
+const JOURNAL_LOCK: &str = "events.lock";
 const AGENT_LOG: &str = "ha.log";
+/// A service unit's output (`StandardOutput=append:`): see `autostart`.
+pub const AUTOSTART_LOG: &str = "autostart.log";
 const SERIAL_LOG: &str = "serial.log";
 const SERIAL_LOG_PREVIOUS: &str = "serial.log.1";
 const QEMU_LOG: &str = "qemu.log";
@@ -132,8 +140,16 @@ impl InstanceDir {
     pub fn journal(&self) -> PathBuf {
         self.dir.join(JOURNAL)
     }
+    /// The lock the journal's writers take (see `instance::journal`).
+    pub fn journal_lock(&self) -> PathBuf {
+        self.dir.join(JOURNAL_LOCK)
+    }
     pub fn agent_log(&self) -> PathBuf {
         self.dir.join(AGENT_LOG)
+    }
+    /// What a service unit running the agent writes (its stdout and stderr).
+    pub fn autostart_log(&self) -> PathBuf {
+        self.dir.join(AUTOSTART_LOG)
     }
     pub fn serial_log(&self) -> PathBuf {
         self.dir.join(SERIAL_LOG)

@@ -3,6 +3,7 @@
 //! Everything else decides; this module acts. Keeping the side effects here
 //! keeps them few, reviewed together, and out of the pure logic's way.
 
+pub mod capped;
 pub mod cgroup;
 pub mod confine;
 pub mod fs;
