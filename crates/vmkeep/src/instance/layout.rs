@@ -9,7 +9,7 @@
 //!                           (holds the format token; see instance::data_disk)
 //!   events.jsonl            append-only event journal (rotated: see instance::journal)
 //!   events.jsonl.1          its part before the last rotation
-//!   events.lock             its writers' lock (shared to append, exclusive to rotate)
+//!   events.jsonl.lock       its writers' lock (shared to append, exclusive to rotate)
 //!   ha.log                  host agent log (every log: cut by the host agent past
 //!   ha.log.1                its bound, the newest quarter kept in FILE.1; see
 //!                           hostagent::bounded_logs)
@@ -54,7 +54,6 @@ const CONFIG: &str = "vmkeep.yaml";
 const DISK: &str = "disk.qcow2";
 const DATA_DISK_NEW: &str = "data-disk.new";
 const JOURNAL: &str = "events.jsonl";
-const JOURNAL_LOCK: &str = "events.lock";
 const AGENT_LOG: &str = "ha.log";
 /// A service unit's output (`StandardOutput=append:`): see `autostart`.
 pub const AUTOSTART_LOG: &str = "autostart.log";
@@ -139,10 +138,6 @@ impl InstanceDir {
     }
     pub fn journal(&self) -> PathBuf {
         self.dir.join(JOURNAL)
-    }
-    /// The lock the journal's writers take (see `instance::journal`).
-    pub fn journal_lock(&self) -> PathBuf {
-        self.dir.join(JOURNAL_LOCK)
     }
     pub fn agent_log(&self) -> PathBuf {
         self.dir.join(AGENT_LOG)

@@ -496,6 +496,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         | Event::Restarting { .. }
         | Event::GaveUp { .. }
         | Event::DataDisk { .. }
+        | Event::Rotated { .. }
         | Event::Unknown => Phase::Starting,
     }
 }

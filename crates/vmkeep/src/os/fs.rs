@@ -180,6 +180,31 @@ pub fn reserve_after_end(file: &File, bytes: u64) {
     );
 }
 
+/// [`reserve_after_end`], but failing when the room cannot be had (a file
+/// system that cannot reserve at all counts as success: it never could).
+pub fn try_reserve_after_end(file: &File, bytes: u64) -> io::Result<()> {
+    let len = file.metadata()?.len();
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, len, bytes) {
+        Ok(()) | Err(rustix::io::Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Give back what [`reserve_after_end`] kept past the end of the file at
+/// `path` (a file no longer appended to). Best effort.
+pub fn release_after_end(path: &Path, bytes: u64) {
+    let Ok(file) = OpenOptions::new().write(true).open(path) else {
+        return;
+    };
+    let Ok(meta) = file.metadata() else { return };
+    let _ = rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::KEEP_SIZE | rustix::fs::FallocateFlags::PUNCH_HOLE,
+        meta.len(),
+        bytes,
+    );
+}
+
 /// The bytes of `path` from `offset` to its end; when there are more than
 /// `max`, only the last `max` (as of when it was opened). Also returns the
 /// offset the bytes end at.

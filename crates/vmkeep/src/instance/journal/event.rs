@@ -180,6 +180,16 @@ pub enum Event {
         /// How its virtiofsd ended, if known.
         exit: String,
     },
+    /// The journal was rotated: what it held is in `events.jsonl.1`, and
+    /// this first line of the new file carries the records of it that
+    /// status derivation reads (see `journal::carry`), so that no rotation
+    /// changes what `list`, `start`, `stop` or the daemon conclude. Readers
+    /// put the carried records in its place; `vmkeep events` shows neither.
+    Rotated {
+        /// The size of the file moved aside.
+        previous_bytes: u64,
+        carried: Vec<Record>,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -248,6 +258,7 @@ impl Event {
             Event::GuestClockSet { .. } => "guest-clock-set",
             Event::StateDiscarded { .. } => "state-discarded",
             Event::SharedDirLost { .. } => "shared-dir-lost",
+            Event::Rotated { .. } => "rotated",
             Event::Unknown => "unknown",
         }
     }

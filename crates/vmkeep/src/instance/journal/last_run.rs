@@ -97,6 +97,7 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::DataDisk { .. }
             | Event::Repaired { .. }
             | Event::Restarting { .. }
+            | Event::Rotated { .. }
             | Event::Unknown => continue,
         };
         return (ended, Some(record));
@@ -106,12 +107,20 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
 
 /// The error of the failed start that `records` end with.
 fn start_error(records: &[Record]) -> String {
-    for record in records.iter().rev() {
+    match start_failed_at(records).map(|at| &records[at].event) {
+        Some(Event::StartFailed { error }) => error.clone(),
+        _ => "unknown".into(),
+    }
+}
+
+/// Where the `start-failed` record of the start that `records` end with is.
+pub(super) fn start_failed_at(records: &[Record]) -> Option<usize> {
+    for (at, record) in records.iter().enumerate().rev() {
         match &record.event {
-            Event::StartFailed { error } => return error.clone(),
+            Event::StartFailed { .. } => return Some(at),
             Event::Starting { .. } => break,
             _ => {}
         }
     }
-    "unknown".into()
+    None
 }

@@ -1,72 +1,235 @@
 //! The per-instance event journal: `events.jsonl`, one JSON object per line,
-//! appended by whoever changes the instance (the host agent, or the CLI when
-//! it repairs an instance without one).
+//! appended by whoever changes the instance (the host agent; the CLI when it
+//! repairs, stops or suspends an instance without one; the daemon).
 //!
 //! Readers tolerate what they do not understand: a torn or garbage line is
 //! skipped, an unknown event kind reads as [`Event::Unknown`].
 //!
+//! The journal is bounded ([`max_bytes`], `VMKEEP_JOURNAL_MAX`, 1 MiB): the
+//! writer whose record takes it past the cap rotates it ([`rotate`]): the
+//! file becomes `events.jsonl.1` (replacing the older part) and a new one
+//! starts with a `rotated` record carrying what status derivation reads
+//! ([`carry`]), so that no rotation changes what `list`, `start`, `stop`
+//! or the daemon conclude. Readers read across both files: [`tail`] (and
+//! [`last`]) for status, with the carried records put back in place;
+//! [`read_all`] and [`follow::Follower`] (`vmkeep events`, `--follow`) for
+//! the events themselves, without the bookkeeping. On disk: at most two
+//! files of the cap and a record each, plus [`RESERVE`].
+//!
+//! Writers share a lock (`events.jsonl.lock`, `os::lock::SharedFileLock`)
+//! while they append, and the rotation takes it alone, so no record is
+//! appended to a file that is being moved aside; each writer follows the
+//! rotation to the new file before its next append.
+//!
 //! [`event`] says what a line holds; [`last_run`] reads how the last run
-//! ended; this file writes and reads the lines.
+//! ended; [`carry`] what a rotation keeps; [`rotate`] does it; this file
+//! writes and reads the lines.
 
+pub mod carry;
 pub mod event;
+pub mod follow;
 pub mod last_run;
+pub mod rotate;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::path::Path;
-use std::time::SystemTime;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 pub use self::event::{
     ContinueCause, Event, Record, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback,
 };
 pub use self::last_run::{LastRun, last_run, stop_deadline};
 use crate::os;
+use crate::os::lock::SharedFileLock;
 
 /// Space kept allocated past the journal's end, so that events can still be
-/// written when the host filesystem is full (hundreds of events).
-const RESERVE: u64 = 64 * 1024;
+/// written when the host filesystem is full (hundreds of events). A rotation
+/// happens only once the new file has its own (else the full file, with its
+/// room, goes on), so a full disk never keeps a VM from journaling its stop.
+pub const RESERVE: u64 = 64 * 1024;
+
+/// The journal's cap: thousands of events (a reboot loop under the daemon
+/// journals about 700 bytes a cycle).
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 20;
+/// The environment variable that sets the cap (bytes).
+pub const MAX_ENV: &str = "VMKEEP_JOURNAL_MAX";
+
+/// The cap, from [`MAX_ENV`].
+pub fn max_bytes() -> u64 {
+    os::capped::max_from_env(MAX_ENV, DEFAULT_MAX_BYTES)
+}
+
+/// How long an append waits for a rotation by another process to finish
+/// (a few milliseconds, unless that process was frozen mid-way); then the
+/// record is appended regardless: better in the old file than not at all.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// The files of one journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Files {
+    pub current: PathBuf,
+    /// Its part before the last rotation.
+    pub previous: PathBuf,
+    pub lock: PathBuf,
+}
+
+impl Files {
+    pub fn of(path: &Path) -> Files {
+        let mut lock = path.file_name().unwrap_or_default().to_os_string();
+        lock.push(".lock");
+        Files {
+            current: path.to_path_buf(),
+            previous: os::capped::previous_of(path),
+            lock: path.with_file_name(lock),
+        }
+    }
+}
 
 /// Append-only writer for one instance's journal.
 #[derive(Debug)]
 pub struct Journal {
+    files: Files,
     file: File,
+    max_bytes: u64,
 }
 
 impl Journal {
+    /// The journal at `path`, capped at [`max_bytes`].
     pub fn open(path: &Path) -> io::Result<Journal> {
+        Self::open_capped(path, max_bytes())
+    }
+
+    /// The journal at `path`, rotated past `max_bytes`.
+    pub fn open_capped(path: &Path, max_bytes: u64) -> io::Result<Journal> {
         let file = os::fs::open_append(path)?;
         // Room for the events of a host disk that fills up meanwhile: a VM
         // paused because the disk is full, its stop. Best effort.
         os::fs::reserve_after_end(&file, RESERVE);
-        Ok(Journal { file })
+        Ok(Journal {
+            files: Files::of(path),
+            file,
+            max_bytes,
+        })
     }
 
-    /// Append one event as a single line and make it durable.
+    /// Append one event as a single line and make it durable; rotate the
+    /// journal if that took it past its cap.
     pub fn record(&mut self, event: Event) -> io::Result<Record> {
         let record = Record {
-            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            ts: now(),
             pid: std::process::id(),
             event,
         };
         let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
         line.push(b'\n');
-        self.file.write_all(&line)?;
-        self.file.sync_data()?;
-        os::fs::reserve_after_end(&self.file, RESERVE);
+        let len = {
+            // Without the lock (it cannot be made, or a rotation hangs) the
+            // record still goes in, as before rotations existed.
+            let _shared = SharedFileLock::shared(&self.files.lock, LOCK_WAIT)
+                .ok()
+                .flatten();
+            self.follow_rotation()?;
+            self.file.write_all(&line)?;
+            self.file.sync_data()?;
+            os::fs::reserve_after_end(&self.file, RESERVE);
+            self.file.metadata()?.len()
+        };
+        if len > self.max_bytes {
+            // The record is durable already; a rotation that cannot be made
+            // now (no room for the new file, another writer busy) is tried
+            // again at the next record.
+            if let Ok(rotate::Rotated::Yes) =
+                rotate::rotate(&self.files, self.max_bytes, rotate::Step::Done)
+            {
+                let _ = self.follow_rotation();
+            }
+        }
         Ok(record)
+    }
+
+    /// Point the writer at the file now at the journal's path, if a
+    /// rotation replaced the one it had (or it is gone).
+    fn follow_rotation(&mut self) -> io::Result<()> {
+        let ours = self.file.metadata()?;
+        let same = std::fs::metadata(&self.files.current)
+            .is_ok_and(|now| (now.dev(), now.ino()) == (ours.dev(), ours.ino()));
+        if !same {
+            self.file = os::fs::open_append(&self.files.current)?;
+            os::fs::reserve_after_end(&self.file, RESERVE);
+        }
+        Ok(())
     }
 }
 
-/// Every readable record, oldest first. A missing journal is empty.
-pub fn read_all(path: &Path) -> io::Result<Vec<Record>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(parse_lines(&bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+/// Now, as a record's timestamp: RFC 3339 UTC with milliseconds.
+fn now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+fn open_if_exists(path: &Path) -> io::Result<Option<File>> {
+    match File::open(path) {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
 
-/// The last readable record, reading only the end of the file.
+fn id_of(file: &File) -> io::Result<(u64, u64)> {
+    let meta = file.metadata()?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+fn id_at(path: &Path) -> io::Result<Option<(u64, u64)>> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some((meta.dev(), meta.ino()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The journal's two files, opened as one consistent pair: the current
+/// file, and the part rotated out before it (not the one before that).
+/// Without locks: the current file is opened first, and the pair is taken
+/// only if the path still names that file once the older part is open (a
+/// rotation in between would have moved it).
+pub(crate) fn open_pair(path: &Path) -> io::Result<(Option<File>, Option<File>)> {
+    let files = Files::of(path);
+    let mut tries = 0;
+    loop {
+        let current = open_if_exists(&files.current)?;
+        let id = current.as_ref().map(id_of).transpose()?;
+        let previous = open_if_exists(&files.previous)?;
+        tries += 1;
+        if id_at(&files.current)? == id || tries == 16 {
+            return Ok((previous, current));
+        }
+    }
+}
+
+/// Every readable record of the journal, across its rotated part, oldest
+/// first, without the rotations' own records. A missing journal is empty.
+pub fn read_all(path: &Path) -> io::Result<Vec<Record>> {
+    let mut records = both_files(path)?;
+    records.retain(|r| !matches!(r.event, Event::Rotated { .. }));
+    Ok(records)
+}
+
+/// Every readable record of both files, oldest first, as written.
+pub(crate) fn both_files(path: &Path) -> io::Result<Vec<Record>> {
+    let (previous, current) = open_pair(path)?;
+    let mut records = Vec::new();
+    for file in [previous, current].into_iter().flatten() {
+        let mut bytes = Vec::new();
+        (&file).read_to_end(&mut bytes)?;
+        records.extend(parse_lines(&bytes));
+    }
+    Ok(records)
+}
+
+/// The last readable record (what status derivation reads of a live agent),
+/// reading only the journal's end.
 pub fn last(path: &Path) -> io::Result<Option<Record>> {
     Ok(tail(path, 16 * 1024)?.pop())
 }
@@ -74,18 +237,54 @@ pub fn last(path: &Path) -> io::Result<Option<Record>> {
 /// How much of a journal's end tells how its last run ended.
 pub const LAST_RUN_BYTES: u64 = 64 * 1024;
 
-/// The readable records in the last `max_bytes` of the file, oldest first.
+/// The most a rotation's record is read for, at the head of the file.
+const HEAD_BYTES: u64 = 256 * 1024;
+
+/// The readable records in the last `max_bytes` of the journal (across its
+/// rotated part), oldest first, with the records a rotation carried in
+/// place of its record; when the window does not reach the current file's
+/// head, that head's carried records come first all the same.
 pub fn tail(path: &Path, max_bytes: u64) -> io::Result<Vec<Record>> {
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata()?.len();
+    let (previous, current) = open_pair(path)?;
+    let mut records = Vec::new();
+    let mut wanted = max_bytes;
+    let mut current_records = Vec::new();
+    if let Some(mut file) = current {
+        let len = file.metadata()?.len();
+        current_records = tail_of(&mut file, len, wanted)?;
+        if len > wanted {
+            // The window starts inside the current file: its head's
+            // rotated record, if any, still says what came before.
+            file.seek(SeekFrom::Start(0))?;
+            let mut head = Vec::new();
+            (&mut file).take(HEAD_BYTES).read_to_end(&mut head)?;
+            if let Some(line) = head.split(|b| *b == b'\n').next()
+                && let Ok(first) = serde_json::from_slice::<Record>(line)
+                && matches!(first.event, Event::Rotated { .. })
+            {
+                records.push(first);
+            }
+            wanted = 0;
+        } else {
+            wanted -= len;
+        }
+    }
+    if wanted > 0
+        && let Some(mut file) = previous
+    {
+        let len = file.metadata()?.len();
+        records.extend(tail_of(&mut file, len, wanted)?);
+    }
+    records.append(&mut current_records);
+    Ok(carry::expand(records))
+}
+
+/// The readable records in the last `max_bytes` of `file` (`len` long).
+fn tail_of(file: &mut File, len: u64, max_bytes: u64) -> io::Result<Vec<Record>> {
     let start = len.saturating_sub(max_bytes);
     file.seek(SeekFrom::Start(start))?;
     let mut bytes = Vec::with_capacity((len - start) as usize);
-    file.read_to_end(&mut bytes)?;
+    file.take(len - start).read_to_end(&mut bytes)?;
     // Drop a partial first line when we started mid-file.
     let body = if start > 0 {
         bytes.splitn(2, |b| *b == b'\n').nth(1).unwrap_or(&[])
