@@ -174,52 +174,38 @@ fn cannot_create_unnamed(error: &io::Error) -> bool {
 }
 
 /// A `flock(2)` lock on a lock file that guards a file several processes
-/// append to and one of them sometimes replaces (the journal's rotation):
-/// appenders share it, the replacer takes it alone. Unlike the liveness
-/// locks above these are BSD locks, held per open file: two threads of one
-/// process exclude each other too, and closing another descriptor of the
-/// file drops nothing. Released when dropped (or when the holder dies).
+/// append to and one of them sometimes replaces (the journal and its
+/// rotation): each takes it for its append, and the one that rotates does
+/// so before letting it go. Unlike the liveness locks above these are BSD
+/// locks, held per open file: two threads of one process exclude each other
+/// too, and closing another descriptor of the file drops nothing. Released
+/// when dropped (or when the holder dies).
 #[derive(Debug)]
-pub struct SharedFileLock {
+pub struct FileLock {
     _file: File,
 }
 
-impl SharedFileLock {
-    fn open(path: &Path) -> io::Result<File> {
-        OpenOptions::new()
+impl FileLock {
+    /// The lock on `path` (created 0600 if missing), waiting at most `wait`
+    /// for its holder; `Ok(None)` if it did not let go by then.
+    pub fn exclusive(path: &Path, wait: std::time::Duration) -> io::Result<Option<FileLock>> {
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(path)
-    }
-
-    /// The lock on `path` shared, waiting at most `wait` for an exclusive
-    /// holder to finish; `Ok(None)` if it did not.
-    pub fn shared(path: &Path, wait: std::time::Duration) -> io::Result<Option<SharedFileLock>> {
-        let file = Self::open(path)?;
+            .open(path)?;
         let until = std::time::Instant::now() + wait;
         loop {
-            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
-                Ok(()) => return Ok(Some(SharedFileLock { _file: file })),
+            match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Some(FileLock { _file: file })),
                 Err(rustix::io::Errno::WOULDBLOCK) if std::time::Instant::now() < until => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    std::thread::sleep(std::time::Duration::from_millis(2));
                 }
                 Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
-        }
-    }
-
-    /// The lock on `path` alone, without waiting; `Ok(None)` while anyone
-    /// else holds it.
-    pub fn try_exclusive(path: &Path) -> io::Result<Option<SharedFileLock>> {
-        let file = Self::open(path)?;
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => Ok(Some(SharedFileLock { _file: file })),
-            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
-            Err(e) => Err(e.into()),
         }
     }
 }

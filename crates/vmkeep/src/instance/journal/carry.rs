@@ -90,6 +90,47 @@ pub fn expand(records: Vec<Record>) -> Vec<Record> {
     expanded
 }
 
+/// What the journal's readers conclude from `records`, as text: the last
+/// record, how the last run ended and by which record, and the stop
+/// deadline of each of the newest [`STOPPING_PIDS`] agents that journaled
+/// one. A rotation must leave it unchanged (the tests, and the fuzz target).
+pub fn conclusions(records: &[Record]) -> String {
+    let (ended, by) = last_run::last_run(records);
+    let mut pids = Vec::new();
+    for record in records.iter().rev() {
+        if matches!(record.event, Event::Stopping { .. }) && !pids.contains(&record.pid) {
+            pids.push(record.pid);
+        }
+    }
+    let deadlines: Vec<_> = pids
+        .iter()
+        .take(STOPPING_PIDS)
+        .map(|pid| (pid, last_run::stop_deadline(records, *pid)))
+        .collect();
+    format!(
+        "last {:?}; ended {ended:?} by {by:?}; deadlines {deadlines:?}",
+        records.last()
+    )
+}
+
+/// The records of a journal that was rotated after `before` and then got
+/// `after`, as its readers find them.
+pub fn rotated_view(before: &[Record], after: &[Record]) -> Vec<Record> {
+    let rotation = Record {
+        ts: String::new(),
+        pid: 0,
+        event: Event::Rotated {
+            previous_bytes: 0,
+            carried: carry(&expand(before.to_vec())),
+        },
+    };
+    expand(
+        std::iter::once(rotation)
+            .chain(after.iter().cloned())
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::event::{Repair, StopCause};

@@ -16,10 +16,10 @@
 //! the events themselves, without the bookkeeping. On disk: at most two
 //! files of the cap and a record each, plus [`RESERVE`].
 //!
-//! Writers share a lock (`events.jsonl.lock`, `os::lock::SharedFileLock`)
-//! while they append, and the rotation takes it alone, so no record is
-//! appended to a file that is being moved aside; each writer follows the
-//! rotation to the new file before its next append.
+//! Writers take a lock (`events.jsonl.lock`, `os::lock::FileLock`) for
+//! each append, and the one whose append crossed the cap rotates before
+//! letting it go, so no record is appended to a file being moved aside;
+//! each writer follows a rotation to the new file before its next append.
 //!
 //! [`event`] says what a line holds; [`last_run`] reads how the last run
 //! ended; [`carry`] what a rotation keeps; [`rotate`] does it; this file
@@ -42,7 +42,7 @@ pub use self::event::{
 };
 pub use self::last_run::{LastRun, last_run, stop_deadline};
 use crate::os;
-use crate::os::lock::SharedFileLock;
+use crate::os::lock::FileLock;
 
 /// Space kept allocated past the journal's end, so that events can still be
 /// written when the host filesystem is full (hundreds of events). A rotation
@@ -61,9 +61,10 @@ pub fn max_bytes() -> u64 {
     os::capped::max_from_env(MAX_ENV, DEFAULT_MAX_BYTES)
 }
 
-/// How long an append waits for a rotation by another process to finish
-/// (a few milliseconds, unless that process was frozen mid-way); then the
-/// record is appended regardless: better in the old file than not at all.
+/// How long an append waits for another writer's append or rotation (a few
+/// milliseconds, unless that process was frozen mid-way); then the record
+/// is appended regardless, and no rotation made: better in the old file
+/// than not at all, and a `stop` of a frozen agent must not hang on it.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// The files of one journal.
@@ -124,24 +125,22 @@ impl Journal {
         };
         let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
         line.push(b'\n');
-        let len = {
-            // Without the lock (it cannot be made, or a rotation hangs) the
-            // record still goes in, as before rotations existed.
-            let _shared = SharedFileLock::shared(&self.files.lock, LOCK_WAIT)
-                .ok()
-                .flatten();
-            self.follow_rotation()?;
-            self.file.write_all(&line)?;
-            self.file.sync_data()?;
-            os::fs::reserve_after_end(&self.file, RESERVE);
-            self.file.metadata()?.len()
-        };
-        if len > self.max_bytes {
+        // Without the lock (it cannot be made, or its holder hangs) the
+        // record still goes in, as before rotations existed.
+        let held = FileLock::exclusive(&self.files.lock, LOCK_WAIT)
+            .ok()
+            .flatten();
+        self.follow_rotation()?;
+        self.file.write_all(&line)?;
+        self.file.sync_data()?;
+        os::fs::reserve_after_end(&self.file, RESERVE);
+        if let Some(held) = &held
+            && self.file.metadata()?.len() > self.max_bytes
+        {
             // The record is durable already; a rotation that cannot be made
-            // now (no room for the new file, another writer busy) is tried
-            // again at the next record.
+            // now (no room for the new file) is tried at the next record.
             if let Ok(rotate::Rotated::Yes) =
-                rotate::rotate(&self.files, self.max_bytes, rotate::Step::Done)
+                rotate::rotate(&self.files, held, self.max_bytes, rotate::Step::Done)
             {
                 let _ = self.follow_rotation();
             }

@@ -1,7 +1,7 @@
 //! The journal's rotation: what [`carry`](super::carry) decides, done on
 //! disk, crash-safe at every step.
 //!
-//! Under the writers' lock, taken alone (appenders wait meanwhile):
+//! Under the writers' lock (appenders wait meanwhile):
 //!
 //! 1. [`Step::WroteNew`]: the new file is written beside the journal (a
 //!    temporary `.events.jsonl.tmp-PID-N`): one `rotated` record with the
@@ -30,7 +30,7 @@ use std::io::{self, Write};
 use super::event::{Event, Record};
 use super::{Files, RESERVE, both_files, carry};
 use crate::os;
-use crate::os::lock::SharedFileLock;
+use crate::os::lock::FileLock;
 
 /// The steps of a rotation, in order; a rotation runs up to the one asked
 /// (always [`Step::Done`], except in tests that stop it where a kill would).
@@ -50,17 +50,13 @@ impl Step {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rotated {
     Yes,
-    /// Not needed (within the cap, maybe rotated by another writer just
-    /// now), or another writer holds the lock: the next record tries again.
+    /// Not needed: within the cap (or no journal).
     No,
 }
 
 /// Rotate the journal of `files` if it holds more than `max_bytes`, up to
-/// step `until`.
-pub fn rotate(files: &Files, max_bytes: u64, until: Step) -> io::Result<Rotated> {
-    let Some(_alone) = SharedFileLock::try_exclusive(&files.lock)? else {
-        return Ok(Rotated::No);
-    };
+/// step `until`; `_held` is the writers' lock, which the caller holds.
+pub fn rotate(files: &Files, _held: &FileLock, max_bytes: u64, until: Step) -> io::Result<Rotated> {
     let len = match std::fs::metadata(&files.current) {
         Ok(meta) => meta.len(),
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Rotated::No),
@@ -226,7 +222,11 @@ mod tests {
                 read_all(&path).unwrap(),
             );
             let pid = std::process::id();
-            assert_eq!(rotate(&files, CAP, until).unwrap(), Rotated::Yes);
+            let held = FileLock::exclusive(&files.lock, Duration::ZERO)
+                .unwrap()
+                .unwrap();
+            assert_eq!(rotate(&files, &held, CAP, until).unwrap(), Rotated::Yes);
+            drop(held);
             // "Killed" here: what readers find.
             let view = tail(&path, LAST_RUN_BYTES).unwrap();
             assert_eq!(last_run(&view).0, last_run(&before.0).0, "{until:?}");
