@@ -42,6 +42,7 @@ use crate::instance::config::RunStrategy;
 use crate::instance::desired;
 use crate::instance::journal::{self, Event, Journal, LastRun};
 use crate::instance::{Config, Home, InstanceDir, InstanceName};
+use crate::link::repeats;
 use crate::link::untrusted::LogBudget;
 use crate::os::lock::HeldLock;
 use crate::os::process::ProcessHandle;
@@ -220,7 +221,9 @@ impl Daemon {
         if watch.agent.as_ref().is_some_and(|a| a.has_exited()) {
             if let Some(agent) = watch.agent.take() {
                 let outcome = agent.reap();
-                tracing::info!(instance = %name, pid = agent.pid(), %outcome, "host agent exited");
+                if let Some(repeated) = repeats::allow(&format!("agent exited {name}")) {
+                    tracing::info!(instance = %name, pid = agent.pid(), %outcome, "host agent exited{repeated}");
+                }
             }
             watch.memory.agent_exited();
             if let Some(start) = watch.log_start.take() {
@@ -274,7 +277,9 @@ impl Daemon {
                 if let Some(agent) = os::process::open_lock_holder(&dir.agent_lock())
                     .map_err(EngineError::io("inspect", dir.agent_lock()))?
                 {
-                    tracing::info!(instance = %name, pid = agent.pid(), "watching host agent");
+                    if let Some(repeated) = repeats::allow(&format!("watching {name}")) {
+                        tracing::info!(instance = %name, pid = agent.pid(), "watching host agent{repeated}");
+                    }
                     watch.memory.watching_agent(agent.is_child());
                     watch.agent = Some(agent);
                 }
@@ -317,7 +322,9 @@ impl Daemon {
                         },
                     )?;
                 }
-                tracing::info!(instance = %name, attempt, "starting ({})", after.describe());
+                if let Some(repeated) = repeats::allow(&format!("starting {name}")) {
+                    tracing::info!(instance = %name, attempt, "starting ({}){repeated}", after.describe());
+                }
                 spawn_agent(watch, placement.as_ref(), dir, config)?;
             }
             Action::GiveUp { starts, last_error } => {

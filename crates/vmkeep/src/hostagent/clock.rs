@@ -154,10 +154,12 @@ pub fn journal_step(journal_path: &std::path::Path, before: &Reading) {
         offset_ms: before.offset_ns as f64 / 1e6,
         uncertainty_ms: before.uncertainty().as_secs_f64() * 1e3,
     };
-    tracing::info!(
-        offset_ms = before.offset_ns as f64 / 1e6,
-        "stepped the guest's clock to the host's"
-    );
+    if let Some(repeated) = crate::link::repeats::allow("clock set") {
+        tracing::info!(
+            offset_ms = before.offset_ns as f64 / 1e6,
+            "stepped the guest's clock to the host's{repeated}"
+        );
+    }
     if let Err(e) = Journal::open(journal_path).and_then(|mut j| j.record(event)) {
         tracing::warn!("cannot write the journal: {e}");
     }

@@ -12,7 +12,9 @@
 //! only the newest report is kept however fast the guest sends, changes are
 //! made at most every [`MIN_INTERVAL`], at most `MAX_FORWARDS` forwards
 //! exist, and problems are logged once per host port (`ha.log`), not
-//! journaled.
+//! journaled; a port the guest opens and closes again and again is logged
+//! a few times a window (`link::repeats`, one key per forward for its
+//! adding and its removal).
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -27,6 +29,7 @@ use crate::forwards::{self, Transport};
 use crate::instance::Config;
 use crate::instance::lima::PortRule;
 use crate::link::guest_link::{GuestLink, GuestLinkError};
+use crate::link::repeats;
 
 /// The shortest time between two rounds of changes.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -153,29 +156,42 @@ async fn round(
         match link.expose(relays.clone(), GUEST_TIMEOUT).await {
             Ok(exposed) => {
                 for failure in exposed.failed {
-                    tracing::warn!(
-                        "the guest cannot relay its loopback port {}: {}",
-                        failure.port,
-                        failure.error
-                    );
+                    if let Some(repeated) = repeats::allow(&format!("relay {}", failure.port)) {
+                        tracing::warn!(
+                            "the guest cannot relay its loopback port {}: {}{repeated}",
+                            failure.port,
+                            failure.error
+                        );
+                    }
                 }
                 state.relays_sent = Some(relays);
             }
-            Err(e) => tracing::info!("cannot ask the guest to relay its loopback ports: {e}"),
+            Err(e) => {
+                if let Some(repeated) = repeats::allow("relay request") {
+                    tracing::info!(
+                        "cannot ask the guest to relay its loopback ports: {e}{repeated}"
+                    );
+                }
+            }
         }
     }
     let present = match usernet::present(qmp).await {
         Ok(present) => present,
         Err(e) => {
-            tracing::info!("cannot read QEMU's forwards: {e}");
+            if let Some(repeated) = repeats::allow("usernet") {
+                tracing::info!("cannot read QEMU's forwards: {e}{repeated}");
+            }
             return true;
         }
     };
     let changes = forwards::reconcile(&plan.forwards, &present, &setup.reserved);
     for forward in &changes.remove {
-        match usernet::remove(qmp, forward).await {
-            Ok(()) => tracing::info!("stopped forwarding {forward}"),
-            Err(e) => tracing::warn!("cannot stop forwarding {forward}: {e}"),
+        let result = usernet::remove(qmp, forward).await;
+        if let Some(repeated) = repeats::allow(&format!("forward {forward}")) {
+            match result {
+                Ok(()) => tracing::info!("stopped forwarding {forward}{repeated}"),
+                Err(e) => tracing::warn!("cannot stop forwarding {forward}: {e}{repeated}"),
+            }
         }
     }
     let mut failed = false;
@@ -183,13 +199,17 @@ async fn round(
         match usernet::add(qmp, forward).await {
             Ok(()) => {
                 state.refused.remove(&forward.host_key());
-                tracing::info!("forwarding {forward}");
+                if let Some(repeated) = repeats::allow(&format!("forward {forward}")) {
+                    tracing::info!("forwarding {forward}{repeated}");
+                }
             }
             Err(e) => {
                 failed = true;
-                if state.refused.insert(forward.host_key()) {
+                if state.refused.insert(forward.host_key())
+                    && let Some(repeated) = repeats::allow(&format!("forward {forward}"))
+                {
                     tracing::warn!(
-                        "not forwarding {forward}: {e} (the host port is probably taken, or privileged); trying again every {}s",
+                        "not forwarding {forward}: {e} (the host port is probably taken, or privileged); trying again every {}s{repeated}",
                         RETRY_EVERY.as_secs()
                     );
                 }

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::api::GuestInfo;
 use crate::link::guest_link::{self, GuestLink};
+use crate::link::repeats;
 
 /// The guest link the agent publishes, once one is open (the current one
 /// if it still is); `None` once the agent is gone.
@@ -53,7 +54,9 @@ pub(super) async fn keep_guest_link(
                 link = new_link;
                 if guest.boot_id != boot_id {
                     if reset.swap(false, Ordering::SeqCst) {
-                        tracing::info!(boot_id = %guest.boot_id, "the guest rebooted");
+                        if let Some(repeated) = repeats::allow("guest rebooted") {
+                            tracing::info!(boot_id = %guest.boot_id, "the guest rebooted{repeated}");
+                        }
                         boot_id = guest.boot_id.clone();
                         on_reboot(guest);
                     } else if let Some(seen) = claims.tick() {
@@ -67,7 +70,9 @@ pub(super) async fn keep_guest_link(
                 let _ = publish.send(Some(link.clone()));
             }
             Err(e) => {
-                tracing::warn!("guest agent: {e}");
+                if let Some(repeated) = repeats::allow("guest agent") {
+                    tracing::warn!("guest agent: {e}{repeated}");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

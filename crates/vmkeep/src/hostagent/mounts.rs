@@ -23,6 +23,7 @@ use crate::instance::share_owner::Ids;
 use crate::instance::shares::{self, GuestSide, HostSide, SharedDir};
 use crate::instance::{Config, InstanceDir};
 use crate::link::guest_link::GuestLink;
+use crate::link::repeats;
 use crate::os::cgroup;
 use crate::os::process::ProcessHandle;
 
@@ -349,13 +350,18 @@ pub async fn keep(shares: Shares, mut guest: watch::Receiver<Option<GuestLink>>,
         let Some(link) = super::open_link(&mut guest).await else {
             return;
         };
-        if !first && let Err(e) = mount_all(&link, &shares).await {
-            tracing::warn!("{e}");
+        if !first
+            && let Err(e) = mount_all(&link, &shares).await
+            && let Some(repeated) = repeats::allow("mount shares")
+        {
+            tracing::warn!("{e}{repeated}");
         }
         first = false;
         for tag in &shares.lost {
-            if let Err(e) = link.share_lost(tag, MOUNT_TIMEOUT).await {
-                tracing::warn!("cannot tell the guest that {tag} is gone: {e}");
+            if let Err(e) = link.share_lost(tag, MOUNT_TIMEOUT).await
+                && let Some(repeated) = repeats::allow("share lost")
+            {
+                tracing::warn!("cannot tell the guest that {tag} is gone: {e}{repeated}");
             }
         }
         link.closed().await;

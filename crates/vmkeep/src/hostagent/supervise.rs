@@ -29,6 +29,7 @@ use crate::instance::journal::{
 use crate::instance::pause::{MIN_FREE_TO_CONTINUE, PauseReason};
 use crate::instance::status::Phase;
 use crate::link::guest_link::{self, GuestLink};
+use crate::link::repeats;
 use crate::os;
 use crate::os::process::ExitOutcome;
 
@@ -335,7 +336,9 @@ impl Agent<'_, '_> {
             );
             return Some(self.fail_start(vm, error).await);
         }
-        tracing::warn!("QEMU paused the guest: {}", reason.message());
+        if let Some(repeated) = repeats::allow("paused") {
+            tracing::warn!("QEMU paused the guest: {}{repeated}", reason.message());
+        }
         self.record(Event::Paused {
             reason: reason.clone(),
         });
@@ -354,7 +357,9 @@ impl Agent<'_, '_> {
             return;
         };
         let after_secs = since.elapsed().as_secs_f64();
-        tracing::info!(?by, after_secs, "the paused guest runs again");
+        if let Some(repeated) = repeats::allow("continued") {
+            tracing::info!(?by, after_secs, "the paused guest runs again{repeated}");
+        }
         self.record(Event::Continued { by, after_secs });
         self.set_info(|info| info.phase = Phase::Running);
         self.pause_tx.send_replace(None);
