@@ -49,7 +49,9 @@ impl Events {
                 .read
                 .entry(name.clone())
                 .or_insert_with(|| Follower::of(&journal));
-            let records = follower.next().map_err(EngineError::io("read", &journal))?;
+            let records = follower
+                .read_new()
+                .map_err(EngineError::io("read", &journal))?;
             batch.extend(records.into_iter().map(|r| (name.clone(), r)));
         }
         // RFC 3339 UTC timestamps of one width sort as text.

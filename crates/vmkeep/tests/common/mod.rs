@@ -154,12 +154,19 @@ impl TestEnv {
         std::fs::remove_file(template).unwrap();
     }
 
-    /// The journal's events of an instance.
+    /// The journal's events of an instance, across its rotated part
+    /// (`events.jsonl.1`), without the rotations' own records.
     pub fn events(&self, name: &str) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.instance_dir(name).join("events.jsonl"))
-            .unwrap_or_default();
-        text.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
+        let dir = self.instance_dir(name);
+        ["events.jsonl.1", "events.jsonl"]
+            .iter()
+            .flat_map(|file| {
+                let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|e| e["event"] != "rotated")
             .collect()
     }
 

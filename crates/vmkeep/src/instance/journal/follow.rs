@@ -35,7 +35,7 @@ impl Follower {
 
     /// The records written since the last call (at the first, all of them,
     /// from the rotated part on), oldest first, without the rotations' own.
-    pub fn next(&mut self) -> io::Result<Vec<Record>> {
+    pub fn read_new(&mut self) -> io::Result<Vec<Record>> {
         let mut records = Vec::new();
         if !self.started {
             self.started = true;

@@ -161,16 +161,16 @@ mod tests {
         let mut journal = Journal::open_capped(&path, CAP).unwrap();
         fill(&mut journal);
         let mut follower = Follower::of(&path);
-        let mut followed = follower.next().unwrap();
+        let mut followed = follower.read_new().unwrap();
         for n in 0..2000 {
             journal.record(step_event(n)).unwrap();
             let held = sizes(&files);
             assert!(held <= 2 * (CAP + 200), "{held} bytes after {n}");
             if n % 7 == 0 {
-                followed.extend(follower.next().unwrap());
+                followed.extend(follower.read_new().unwrap());
             }
         }
-        followed.extend(follower.next().unwrap());
+        followed.extend(follower.read_new().unwrap());
         // The status view still has the crash and the stop's deadline, rotated
         // out long ago.
         let view = tail(&path, LAST_RUN_BYTES).unwrap();
