@@ -32,7 +32,7 @@ pub mod last_run;
 pub mod rotate;
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -256,9 +256,8 @@ pub fn tail(path: &Path, max_bytes: u64) -> io::Result<Vec<Record>> {
             // rotated record, if any, still says what came before.
             file.seek(SeekFrom::Start(0))?;
             let mut head = Vec::new();
-            (&mut file).take(HEAD_BYTES).read_to_end(&mut head)?;
-            if let Some(line) = head.split(|b| *b == b'\n').next()
-                && let Ok(first) = serde_json::from_slice::<Record>(line)
+            io::BufReader::new((&mut file).take(HEAD_BYTES)).read_until(b'\n', &mut head)?;
+            if let Ok(first) = serde_json::from_slice::<Record>(&head)
                 && matches!(first.event, Event::Rotated { .. })
             {
                 records.push(first);

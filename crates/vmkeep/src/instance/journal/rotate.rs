@@ -260,6 +260,28 @@ mod tests {
     }
 
     #[test]
+    fn carried_records_are_read_from_the_head_when_the_window_does_not_reach_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut journal = Journal::open_capped(&path, CAP).unwrap();
+        fill(&mut journal);
+        while !Files::of(&path).previous.exists() {
+            journal.record(step_event(0)).unwrap();
+        }
+        // A larger cap from now on: the file grows past the status window.
+        let mut journal = Journal::open_capped(&path, u64::MAX).unwrap();
+        for n in 0..1000 {
+            journal.record(step_event(n)).unwrap();
+        }
+        std::fs::remove_file(Files::of(&path).previous).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 2 * LAST_RUN_BYTES);
+        let view = tail(&path, LAST_RUN_BYTES).unwrap();
+        let pid = std::process::id();
+        assert_eq!(stop_deadline(&view, pid), Some(Duration::from_secs(42)));
+        assert_eq!(view.last().unwrap().event, step_event(999));
+    }
+
+    #[test]
     fn writers_in_threads_and_a_rotation_lose_no_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("events.jsonl");
