@@ -80,8 +80,9 @@ struct Inbox {
     stdin_dropping: bool,
     /// Output credit granted and not yet taken by the session thread.
     credit: [u64; 2],
-    signals: Vec<i32>,
-    resize: Option<WindowSize>,
+    /// Signals and window sizes, in the order they came, each after the
+    /// stdin bytes the host sent before it.
+    controls: VecDeque<Pending>,
     /// The host closed the session (or the link is gone).
     closed: bool,
     /// The host broke the input stream: hang the command up.
@@ -95,6 +96,20 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// A signal or a window size the host sent, to be applied once the stdin
+/// it sent before it has been written: a resize then a command typed in
+/// the new size reach the pty in that order.
+struct Pending {
+    /// Queued stdin bytes that go before it.
+    ahead: usize,
+    control: Control,
+}
+
+enum Control {
+    Signal(i32),
+    Resize(WindowSize),
 }
 
 /// An eventfd that wakes a session's thread.
@@ -198,16 +213,42 @@ impl Sessions {
                         }
                         SessionOp::Signal(request) => match request.signal.number() {
                             None => Some(format!("unknown signal {:?}", request.signal)),
-                            Some(_) if inbox.signals.len() >= MAX_PENDING_SIGNALS => Some(format!(
-                                "more than {MAX_PENDING_SIGNALS} signals pending; dropped"
-                            )),
+                            Some(_)
+                                if inbox
+                                    .controls
+                                    .iter()
+                                    .filter(|p| matches!(p.control, Control::Signal(_)))
+                                    .count()
+                                    >= MAX_PENDING_SIGNALS =>
+                            {
+                                Some(format!(
+                                    "more than {MAX_PENDING_SIGNALS} signals pending; dropped"
+                                ))
+                            }
                             Some(number) => {
-                                inbox.signals.push(number);
+                                let ahead = inbox.stdin.len();
+                                inbox.controls.push_back(Pending {
+                                    ahead,
+                                    control: Control::Signal(number),
+                                });
                                 None
                             }
                         },
                         SessionOp::Resize(size) if inbox.pty => {
-                            inbox.resize = Some(size);
+                            // A newer size makes an older one not yet
+                            // applied moot only if no stdin lies between.
+                            let ahead = inbox.stdin.len();
+                            if let Some(last) = inbox.controls.back_mut()
+                                && last.ahead == ahead
+                                && matches!(last.control, Control::Resize(_))
+                            {
+                                last.control = Control::Resize(size);
+                            } else if inbox.controls.len() < 2 * MAX_PENDING_SIGNALS {
+                                inbox.controls.push_back(Pending {
+                                    ahead,
+                                    control: Control::Resize(size),
+                                });
+                            }
                             None
                         }
                         SessionOp::Resize(_) => Some("resize: the session has no pty".to_string()),
@@ -806,11 +847,10 @@ impl Running {
         }
     }
 
-    /// Take what the host sent and write the queued stdin. Returns whether
-    /// the host closed the session, the events to send, the signals to
-    /// deliver and a new window size.
-    #[allow(clippy::type_complexity)]
-    fn take_inbox(&mut self) -> (bool, Vec<SessionEvent>, Vec<i32>, Option<WindowSize>) {
+    /// Take what the host sent, write the queued stdin and apply the
+    /// signals and window sizes in their place among it. Returns whether
+    /// the host closed the session and the events to send.
+    fn take_inbox(&mut self) -> (bool, Vec<SessionEvent>) {
         let mut events = Vec::new();
         let mut inbox = self.shared.lock();
         for (credit, granted) in self.credit.iter_mut().zip(inbox.credit.iter_mut()) {
@@ -820,8 +860,6 @@ impl Running {
             self.exit = inbox.exit;
             self.last_data = Instant::now();
         }
-        let signals = std::mem::take(&mut inbox.signals);
-        let resize = inbox.resize.take();
         let closed = inbox.closed;
         if let Some(message) = inbox.broken_message.take() {
             let message = proto::truncate_message(message, MAX_EVENT_MESSAGE_BYTES);
@@ -832,15 +870,28 @@ impl Running {
             self.hang_up();
             inbox = self.shared.lock();
         }
-        // Write what stdin is queued.
+        // Write what stdin is queued, each control when its turn comes.
         let mut stdin_gone = false;
         if let Some(fd) = self.input_fd() {
             let fd = fd.as_raw_fd();
-            while !inbox.stdin.is_empty() {
+            loop {
+                while inbox.controls.front().is_some_and(|p| p.ahead == 0) {
+                    if let Some(pending) = inbox.controls.pop_front() {
+                        self.apply(pending.control);
+                    }
+                }
+                if inbox.stdin.is_empty() {
+                    break;
+                }
+                let limit = inbox.controls.front().map_or(usize::MAX, |p| p.ahead);
                 let (front, _) = inbox.stdin.as_slices();
-                match sys::write(fd, front) {
+                let chunk = &front[..front.len().min(limit)];
+                match sys::write(fd, chunk) {
                     Ok(n) => {
                         inbox.stdin.drain(..n);
+                        for pending in inbox.controls.iter_mut() {
+                            pending.ahead = pending.ahead.saturating_sub(n);
+                        }
                         self.to_grant += n as u64;
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -854,6 +905,13 @@ impl Running {
             }
             if inbox.stdin.is_empty() && inbox.stdin_eof && !self.pty {
                 self.stdin = None;
+            }
+        }
+        // With no stdin left to write (none queued, or no way to write it),
+        // nothing holds the controls back.
+        if self.input_fd().is_none() || stdin_gone || inbox.stdin.is_empty() {
+            while let Some(pending) = inbox.controls.pop_front() {
+                self.apply(pending.control);
             }
         }
         if stdin_gone && !inbox.stdin_dropping {
@@ -876,7 +934,21 @@ impl Running {
             });
             self.to_grant = 0;
         }
-        (closed, events, signals, resize)
+        (closed, events)
+    }
+
+    /// Deliver a signal or set the pty's size.
+    fn apply(&self, control: Control) {
+        match control {
+            Control::Signal(signal) => self.signal(signal),
+            Control::Resize(size) => {
+                if let Some(master) = &self.master
+                    && let Err(e) = pty::set_size(master, size)
+                {
+                    self.sessions.error(self.id, format!("resize: {e}"));
+                }
+            }
+        }
     }
 
     fn stdin_pending(&self) -> bool {
@@ -885,7 +957,7 @@ impl Running {
 
     /// One round; `false` when the session is over.
     fn step(&mut self) -> bool {
-        let (closed, events, signals, resize) = self.take_inbox();
+        let (closed, events) = self.take_inbox();
         if closed {
             self.hang_up();
             return false;
@@ -894,14 +966,6 @@ impl Running {
             if !self.send(event) {
                 return self.lost();
             }
-        }
-        for signal in signals {
-            self.signal(signal);
-        }
-        if let (Some(size), Some(master)) = (resize, &self.master)
-            && let Err(e) = pty::set_size(master, size)
-        {
-            self.sessions.error(self.id, format!("resize: {e}"));
         }
         if self.exit.is_some() && self.output.iter().all(Option::is_none) {
             return self.finish();

@@ -869,6 +869,24 @@ fn a_pty_session_has_a_size_job_control_ctrl_c_and_an_exit_code() {
 }
 
 #[test]
+fn a_command_sent_right_after_a_resize_sees_the_new_size() {
+    // The resize and the command arrive together (sent without waiting):
+    // the size is set before the command's bytes reach the pty, so the
+    // command cannot run in the old size (it did, now and then, when the
+    // session thread wrote the stdin it found first).
+    let mut host = Host::new();
+    let mut client = host.open(1, pty_open(&["sh", "-i"]));
+    client.started(&mut host);
+    for i in 0..20u16 {
+        let (rows, cols) = (10 + i, 50 + i);
+        host.send(1, SessionOp::Resize(WindowSize { rows, cols }));
+        client.write(&mut host, b"stty size\n", false);
+        client.until_output(&mut host, 0, &format!("{rows} {cols}\r\n"));
+    }
+    host.send(1, SessionOp::Close);
+}
+
+#[test]
 fn a_signal_to_a_pty_session_reaches_its_foreground_job() {
     let mut host = Host::new();
     let mut client = host.open(1, pty_open(&["sh", "-i"]));

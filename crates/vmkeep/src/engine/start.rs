@@ -425,6 +425,13 @@ fn follow_agent(
                 }));
             }
             Ok(Report::Failed { error }) => {
+                // The agent reports before it has cleaned up (QEMU,
+                // virtiofsd, its runtime files): wait for it to end, within
+                // bounds, so that what the user sees next is settled, not
+                // Stopping.
+                if agent.wait_timeout(CLEANUP_WAIT) {
+                    agent.reap();
+                }
                 return Err(EngineError::StartFailed {
                     name: name.clone(),
                     reason: error,
