@@ -15,6 +15,7 @@ pub mod forwards;
 mod guest;
 pub mod inbox;
 mod launch;
+mod mount_inotify;
 mod mounts;
 pub mod report;
 pub mod serial_log;

@@ -32,7 +32,7 @@ pub struct UnknownField {
     /// `portForwards[0].static`, `tpm`.
     pub path: String,
     /// 1-based line of the field.
-    pub line: Option<usize>,
+    pub line: Option<u32>,
     /// The known field it most likely meant (a misspelling).
     pub suggestion: Option<String>,
 }
@@ -75,7 +75,7 @@ pub fn read_noting<T>(
             return Err(error);
         }
         let enclosing = enclosing_path(&error.message);
-        let Some(blanked) = without_entry(&current, at, &enclosing, field) else {
+        let Some(blanked) = without_entry(&current, at as usize, &enclosing, field) else {
             return Err(error);
         };
         unknown.push(UnknownField {
