@@ -139,25 +139,40 @@ impl Agent {
             self.reply(id, Reply::Error { message });
             return;
         }
-        let spawned = std::thread::Builder::new()
-            .name(format!("raise-{id}"))
-            .spawn(move || {
-                let body = match crate::host_changes::raise(&changes) {
-                    Ok(raised) => Reply::Raised(raised),
-                    Err(message) => Reply::Error { message },
-                };
-                lock(&self.raising).remove(&changes.tag);
-                self.reply(id, body);
-            });
-        if let Err(e) = spawned {
+        let started = self.answer_from_thread(id, "raise", move || {
+            let body = match crate::host_changes::raise(&changes) {
+                Ok(raised) => Reply::Raised(raised),
+                Err(message) => Reply::Error { message },
+            };
+            lock(&self.raising).remove(&changes.tag);
+            body
+        });
+        if !started {
             lock(&self.raising).remove(&tag);
+        }
+    }
+
+    /// Answer request `id` with what `work` returns, worked out in a thread
+    /// of its own (`what` names it); whether the thread started (if not, the
+    /// answer says so).
+    fn answer_from_thread(
+        &'static self,
+        id: u64,
+        what: &str,
+        work: impl FnOnce() -> Reply + Send + 'static,
+    ) -> bool {
+        let spawned = std::thread::Builder::new()
+            .name(format!("{what}-{id}"))
+            .spawn(move || self.reply(id, work()));
+        if let Err(e) = &spawned {
             self.reply(
                 id,
                 Reply::Error {
-                    message: format!("cannot start a thread for the host's changes: {e}"),
+                    message: format!("cannot start a thread for the {what}: {e}"),
                 },
             );
         }
+        spawned.is_ok()
     }
 
     /// Remember what became of the data disk, for the host.
@@ -350,23 +365,12 @@ impl Agent {
                 }
             }
             Action::Mount(request) => {
-                let spawned = std::thread::Builder::new()
-                    .name(format!("mount-{id}"))
-                    .spawn(move || {
-                        let body = match crate::shares::mount(&request) {
-                            Ok(mounted) => Reply::Mounted(mounted),
-                            Err(message) => Reply::Error { message },
-                        };
-                        self.reply(id, body);
-                    });
-                if let Err(e) = spawned {
-                    self.reply(
-                        id,
-                        Reply::Error {
-                            message: format!("cannot start a thread for the mount: {e}"),
-                        },
-                    );
-                }
+                self.answer_from_thread(id, "mount", move || {
+                    match crate::shares::mount(&request) {
+                        Ok(mounted) => Reply::Mounted(mounted),
+                        Err(message) => Reply::Error { message },
+                    }
+                });
             }
             Action::ShareLost(lost) => {
                 let mounts = crate::shares::mounts_of(&lost.tag);

@@ -22,7 +22,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{TestEnv, free_port, host_user, wait_until};
 use vmkeep::os::process::ProcessHandle;
@@ -272,22 +272,23 @@ fn guest_events(env: &TestEnv, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Wait until the guest's watcher printed `line`; how long it took.
-fn guest_sees(env: &TestEnv, name: &str, line: &str) -> Duration {
-    let started = Instant::now();
-    wait_until(SHORT, || {
-        guest_events(env, name)
-            .iter()
-            .any(|l| l == line)
-            .then_some(())
+/// Wait until the guest's watcher printed `event`; how long after `since`
+/// the guest read it (by the guest's clock, kept on the host's).
+fn guest_sees(env: &TestEnv, name: &str, event: &str, since: SystemTime) -> Duration {
+    let seen = wait_until(SHORT, || {
+        guest_events(env, name).iter().find_map(|line| {
+            common::guest_tools::watched_event(line)
+                .filter(|(_, what)| *what == event)
+                .map(|(when, _)| when)
+        })
     })
     .unwrap_or_else(|| {
         panic!(
-            "the guest's watcher did not see {line:?} within {SHORT:?}; it saw {:?}",
+            "the guest's watcher did not see {event:?} within {SHORT:?}; it saw {:?}",
             guest_events(env, name)
         )
     });
-    started.elapsed()
+    seen.duration_since(since).unwrap_or_default()
 }
 
 fn host_changes_reach_a_guest_watcher(env: &TestEnv) {
@@ -316,15 +317,26 @@ fn host_changes_reach_a_guest_watcher(env: &TestEnv) {
     .expect("the watcher watches /mnt/rw");
 
     // An edit: IN_MODIFY on the file, named in the directory's watch.
+    let now = SystemTime::now();
     host_write(&src.join("edited"), "two\n");
-    let edit = guest_sees(env, "w", "c\t/mnt/rw\tedited");
+    let edit = guest_sees(env, "w", "c\t/mnt/rw\tedited", now);
     // A file made: IN_MODIFY with its name (not IN_CREATE: the guest agent
     // can only touch what the host made).
+    let now = SystemTime::now();
     host_write(&src.join("created"), "new\n");
-    let create = guest_sees(env, "w", "c\t/mnt/rw\tcreated");
+    let create = guest_sees(env, "w", "c\t/mnt/rw\tcreated", now);
     // A removal: IN_MODIFY on the directory itself.
+    let now = SystemTime::now();
     std::fs::remove_file(src.join("removed")).unwrap();
-    let delete = guest_sees(env, "w", "c\t/mnt/rw");
+    let delete = guest_sees(env, "w", "c\t/mnt/rw", now);
+    // No echo: at most one guest event per host event (a write, then its
+    // chown to the share's owner, may come apart), the guest's touches
+    // raising nothing more.
+    let events = guest_events(env, "w");
+    for name in ["\tedited", "\tcreated"] {
+        let count = events.iter().filter(|l| l.ends_with(name)).count();
+        assert!((1..=2).contains(&count), "{name}: {events:?}");
+    }
     eprintln!(
         "host change -> guest inotify event: edit {edit:?}, create {create:?}, delete {delete:?}; the watcher saw {:?}",
         guest_events(env, "w")

@@ -6,6 +6,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// One line of `inotify-watch`: when the guest read the event (its wall
+/// clock, which the host agent keeps on the host's), and what it was
+/// (`c\t/mnt/rw\tname`).
+pub fn watched_event(line: &str) -> Option<(std::time::SystemTime, &str)> {
+    let (when, what) = line.split_once(' ')?;
+    let secs: f64 = when.parse().ok()?;
+    Some((
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(secs),
+        what,
+    ))
+}
+
 /// The directory holding the built programs (`inotify-watch`).
 pub fn dir() -> PathBuf {
     let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guest-tools");
