@@ -161,6 +161,44 @@ fn every_lima_template_is_accepted_in_its_own_form() {
 }
 
 #[test]
+fn limas_own_default_mounts_win_where_lima_is_installed_and_vmkeeps_has_no_tmp_lima() {
+    let env = TestEnv::new();
+    let lima = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(lima.path().join("_default")).unwrap();
+    std::fs::write(
+        lima.path().join("_default/mounts.yaml"),
+        "mounts:\n- location: /srv/limas-own\n",
+    )
+    .unwrap();
+    let app = lima.path().join("app.yaml");
+    std::fs::write(&app, "base: template:_default/mounts\n").unwrap();
+    let stored = |templates: &Path| {
+        let run = env
+            .command(&["create", "--dry-run", app.to_str().unwrap()])
+            .env("LIMA_TEMPLATES_PATH", templates)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        String::from_utf8_lossy(&run.stdout).into_owned()
+    };
+    let with_lima = stored(lima.path());
+    assert!(
+        with_lima.contains("location: /srv/limas-own"),
+        "{with_lima}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let without = stored(empty.path());
+    assert!(
+        without.contains("location: '~'") && !without.contains("/tmp/lima"),
+        "vmkeep's own, as Lima 2.0's: {without}"
+    );
+}
+
+#[test]
 fn a_base_lima_does_not_ship_with_vmkeep_names_what_to_do() {
     let env = TestEnv::new();
     let empty = tempfile::tempdir().unwrap();
