@@ -73,6 +73,9 @@ pub struct Agent {
     relays: Relays,
     /// Shares whose host side is gone (left out of the power-off).
     lost_shares: Mutex<std::collections::BTreeSet<String>>,
+    /// Shares whose host changes are being raised (at most one thread
+    /// each: a touch may wait on the host).
+    raising: Mutex<std::collections::BTreeSet<String>>,
     /// Streaming sessions, once the channel is open.
     sessions: OnceLock<Arc<Sessions>>,
 }
@@ -106,8 +109,70 @@ impl Agent {
             ports: Watcher::new(),
             relays: Relays::new(),
             lost_shares: Mutex::new(std::collections::BTreeSet::new()),
+            raising: Mutex::new(std::collections::BTreeSet::new()),
             sessions: OnceLock::new(),
         }))
+    }
+
+    /// Touch what changed on the host side of a share, in a thread of its
+    /// own (a touch goes to the host, which may be slow or gone); one at a
+    /// time per share, none on a share whose host side is gone.
+    fn raise_host_changes(
+        &'static self,
+        id: u64,
+        changes: vmkeep_protocol::host_changes::HostChanges,
+    ) {
+        let lock = |m: &'static Mutex<std::collections::BTreeSet<String>>| {
+            m.lock().unwrap_or_else(|e| e.into_inner())
+        };
+        let tag = changes.tag.clone();
+        let refusal = if lock(&self.lost_shares).contains(&tag) {
+            Some(format!("the host's side of {tag} is gone"))
+        } else if !lock(&self.raising).insert(tag.clone()) {
+            Some(format!(
+                "the changes of {tag} sent before are still being raised"
+            ))
+        } else {
+            None
+        };
+        if let Some(message) = refusal {
+            self.reply(id, Reply::Error { message });
+            return;
+        }
+        let started = self.answer_from_thread(id, "raise", move || {
+            let body = match crate::host_changes::raise(&changes) {
+                Ok(raised) => Reply::Raised(raised),
+                Err(message) => Reply::Error { message },
+            };
+            lock(&self.raising).remove(&changes.tag);
+            body
+        });
+        if !started {
+            lock(&self.raising).remove(&tag);
+        }
+    }
+
+    /// Answer request `id` with what `work` returns, worked out in a thread
+    /// of its own (`what` names it); whether the thread started (if not, the
+    /// answer says so).
+    fn answer_from_thread(
+        &'static self,
+        id: u64,
+        what: &str,
+        work: impl FnOnce() -> Reply + Send + 'static,
+    ) -> bool {
+        let spawned = std::thread::Builder::new()
+            .name(format!("{what}-{id}"))
+            .spawn(move || self.reply(id, work()));
+        if let Err(e) = &spawned {
+            self.reply(
+                id,
+                Reply::Error {
+                    message: format!("cannot start a thread for the {what}: {e}"),
+                },
+            );
+        }
+        spawned.is_ok()
     }
 
     /// Remember what became of the data disk, for the host.
@@ -300,23 +365,12 @@ impl Agent {
                 }
             }
             Action::Mount(request) => {
-                let spawned = std::thread::Builder::new()
-                    .name(format!("mount-{id}"))
-                    .spawn(move || {
-                        let body = match crate::shares::mount(&request) {
-                            Ok(mounted) => Reply::Mounted(mounted),
-                            Err(message) => Reply::Error { message },
-                        };
-                        self.reply(id, body);
-                    });
-                if let Err(e) = spawned {
-                    self.reply(
-                        id,
-                        Reply::Error {
-                            message: format!("cannot start a thread for the mount: {e}"),
-                        },
-                    );
-                }
+                self.answer_from_thread(id, "mount", move || {
+                    match crate::shares::mount(&request) {
+                        Ok(mounted) => Reply::Mounted(mounted),
+                        Err(message) => Reply::Error { message },
+                    }
+                });
             }
             Action::ShareLost(lost) => {
                 let mounts = crate::shares::mounts_of(&lost.tag);
@@ -349,6 +403,7 @@ impl Agent {
                 }
                 self.reply(id, Reply::Exposed(exposed));
             }
+            Action::RaiseHostChanges(changes) => self.raise_host_changes(id, changes),
             Action::Poweroff { honoured } => {
                 self.reply(id, Reply::PoweroffAccepted);
                 if honoured {

@@ -1,5 +1,6 @@
 //! What to do with one request line: pure decisions, acted on by the agent.
 
+use vmkeep_protocol::host_changes::HostChanges;
 use vmkeep_protocol::{
     ClockAdjustment, ExecRequest, Exposure, GuestInfo, HostMessage, MountRequest, Op, Reply,
     ShareLost,
@@ -28,6 +29,9 @@ pub enum Action {
     WatchPorts,
     /// Relay exactly these loopback ports, and answer `Exposed`.
     Expose(Exposure),
+    /// Touch what changed on the host side of a share (in its own thread),
+    /// and answer `Raised`.
+    RaiseHostChanges(HostChanges),
 }
 
 /// Decide how to answer `op`. `info` is only called when the answer needs it.
@@ -52,6 +56,7 @@ pub fn plan(op: Op, ready: bool, flags: Flags, info: impl FnOnce() -> GuestInfo)
         Op::ShareLost(lost) => Action::ShareLost(lost),
         Op::WatchPorts => Action::WatchPorts,
         Op::Expose(exposure) => Action::Expose(exposure),
+        Op::HostChanges(changes) => Action::RaiseHostChanges(changes),
     }
 }
 

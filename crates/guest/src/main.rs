@@ -20,6 +20,7 @@ mod disk;
 mod exec;
 mod flags;
 mod handler;
+mod host_changes;
 mod init_signals;
 mod input;
 mod log;

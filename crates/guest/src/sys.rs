@@ -234,3 +234,75 @@ pub fn sethostname(name: &str) -> io::Result<()> {
     // SAFETY: name is valid for name.len() bytes.
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
 }
+
+/// A directory below `root` (`path` relative to it, `.` for `root`
+/// itself), opened `O_PATH`, resolved by the kernel beneath `root` only:
+/// no `..` out of it, no symlink, no other mount on the way (openat2(2)
+/// with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV`).
+pub fn open_dir_beneath(
+    root: &std::os::fd::OwnedFd,
+    path: &str,
+) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let path = cstring(path)?;
+    // SAFETY: open_how is plain old data.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH
+        | libc::RESOLVE_NO_SYMLINKS
+        | libc::RESOLVE_NO_MAGICLINKS
+        | libc::RESOLVE_NO_XDEV;
+    // SAFETY: the path is NUL-terminated and `how` is valid for its size;
+    // the descriptor returned is ours alone.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a new descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Set the modification time of `name` in directory `dir` (never following
+/// a symlink: a link is touched itself) to what it is on the file system
+/// now, read afresh (`AT_STATX_FORCE_SYNC`: a network file system such as
+/// virtio-fs asks its server). Nothing but the times' change remains; the
+/// kernel raises `IN_MODIFY` for it (a change of the modification time
+/// alone). `name` is one path component, or empty for `dir` itself.
+pub fn touch_mtime(dir: &std::os::fd::OwnedFd, name: &str) -> io::Result<()> {
+    let (name, flags) = match name {
+        "" => (cstring("")?, libc::AT_EMPTY_PATH),
+        name => (cstring(name)?, libc::AT_SYMLINK_NOFOLLOW),
+    };
+    // SAFETY: statx is plain old data, filled by the call.
+    let mut stat: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: name is NUL-terminated; stat is a valid, writable statx.
+    check(unsafe {
+        libc::statx(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_MTIME,
+            &mut stat,
+        )
+    })?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: stat.stx_mtime.tv_sec as libc::time_t,
+            tv_nsec: stat.stx_mtime.tv_nsec as libc::c_long,
+        },
+    ];
+    // SAFETY: name is NUL-terminated and times holds two timespecs.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
+}

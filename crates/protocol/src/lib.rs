@@ -20,6 +20,7 @@ pub mod archive;
 pub mod copy;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
+pub mod host_changes;
 pub mod session;
 
 use serde::{Deserialize, Serialize};
@@ -147,6 +148,12 @@ pub enum Op {
     /// listener. The full set each time (ports not named stop being
     /// relayed); answered with [`Reply::Exposed`].
     Expose(Exposure),
+    /// Files changed on the host side of a writable share (Lima's
+    /// `mountInotify`, see [`host_changes`]): the guest agent touches each
+    /// one through its mount so that the guest's inotify sees it. Answered
+    /// with [`Reply::Raised`]; a guest agent older than this op answers
+    /// [`Reply::Error`].
+    HostChanges(host_changes::HostChanges),
 }
 
 /// The guest's address on QEMU's user-mode network (slirp's default).
@@ -318,6 +325,7 @@ pub enum Reply {
     /// The listening sockets now.
     Ports(Listening),
     Exposed(Exposed),
+    Raised(host_changes::Raised),
     Error {
         message: String,
     },

@@ -9,6 +9,12 @@
 //! address) is reached directly; one on the guest's loopback only (Lima's
 //! usual case: a dev server on 127.0.0.1) is reached through a relay the
 //! guest agent runs ([`Plan::relays`]).
+//!
+//! Automatic forwards never take a privileged host port (below
+//! [`FIRST_UNPRIVILEGED_PORT`]): a guest must not get the host's
+//! `127.0.0.1:81` before the host's own service binds it (a vmkeep run as
+//! root could bind it). Only a `portForwards` rule that names its ports
+//! forwards to one ([`Plan::privileged`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -19,6 +25,10 @@ use crate::instance::lima::{PortForward, PortRule, RuleProto};
 
 /// Most forwards made at once; beyond, listeners are left unforwarded.
 pub const MAX_FORWARDS: usize = 512;
+
+/// The lowest host port an automatic forward may take: below it, a port
+/// needs a `portForwards` rule naming it.
+pub const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
 /// The guest port sshd listens on in cloud images.
 pub const SSH_GUEST_PORT: u16 = 22;
@@ -90,6 +100,8 @@ pub fn default_rules(config: &[PortForward], ssh_local_port: Option<u16>) -> Vec
         host_ip: Ipv4Addr::LOCALHOST,
         host_port_start: port,
         ignore: true,
+        names_ports: true,
+        static_forward: false,
     };
     let mut rules = vec![blocked(SSH_GUEST_PORT)];
     rules.extend(ssh_local_port.map(blocked));
@@ -105,6 +117,8 @@ pub fn default_rules(config: &[PortForward], ssh_local_port: Option<u16>) -> Vec
         host_ip: Ipv4Addr::LOCALHOST,
         host_port_start: 1,
         ignore: false,
+        names_ports: false,
+        static_forward: false,
     });
     rules
 }
@@ -124,6 +138,16 @@ pub fn forward_for(
     ip: IpAddr,
     port: u16,
 ) -> Option<Forward> {
+    matching(rules, transport, ip, port).map(|(forward, _)| forward)
+}
+
+/// The forward of one listener and the rule that made it.
+fn matching(
+    rules: &[PortRule],
+    transport: Transport,
+    ip: IpAddr,
+    port: u16,
+) -> Option<(Forward, &PortRule)> {
     for rule in rules {
         if !proto_matches(rule.proto, transport)
             || port < rule.guest_ports.0
@@ -149,12 +173,13 @@ pub fn forward_for(
         }
         let host_port =
             u32::from(port) - u32::from(rule.guest_ports.0) + u32::from(rule.host_port_start);
-        return Some(Forward {
+        let forward = Forward {
             proto: transport,
             host_ip: rule.host_ip,
             host_port: u16::try_from(host_port).ok()?,
             guest_port: port,
-        });
+        };
+        return Some((forward, rule));
     }
     None
 }
@@ -169,6 +194,9 @@ pub struct Plan {
     /// Listeners a forward was wanted for but that QEMU cannot reach (UDP on
     /// a loopback address), or beyond [`MAX_FORWARDS`].
     pub unreachable: Vec<ListenSocket>,
+    /// Listeners left unforwarded because their host port would be
+    /// privileged (below [`FIRST_UNPRIVILEGED_PORT`]) and no rule names it.
+    pub privileged: Vec<ListenSocket>,
 }
 
 /// Whether a listener on `ip` is reached by QEMU's forwards directly.
@@ -193,9 +221,9 @@ pub fn plan(rules: &[PortRule], listening: &Listening) -> Plan {
     let mut taken = BTreeSet::new();
     for ((transport, port), ips) in &by_port {
         // The first matching listener of the port decides its forward.
-        let Some(forward) = ips
+        let Some((forward, rule)) = ips
             .iter()
-            .find_map(|ip| forward_for(rules, *transport, *ip, *port))
+            .find_map(|ip| matching(rules, *transport, *ip, *port))
         else {
             continue;
         };
@@ -213,6 +241,10 @@ pub fn plan(rules: &[PortRule], listening: &Listening) -> Plan {
             ip: ips[0].to_string(),
             port: *port,
         };
+        if forward.host_port < FIRST_UNPRIVILEGED_PORT && !rule.names_ports {
+            plan.privileged.push(socket());
+            continue;
+        }
         let relay = match (direct, loopback, transport) {
             (true, _, _) => None,
             (false, Some(ip), Transport::Tcp) => Some(ip),
@@ -484,6 +516,51 @@ mod tests {
             plan.unreachable.len(),
             vmkeep_protocol::MAX_LISTENING - MAX_FORWARDS
         );
+    }
+
+    #[test]
+    fn a_privileged_host_port_needs_a_rule_naming_it() {
+        let found = plan(
+            &rules(""),
+            &listening(vec![
+                tcp("0.0.0.0", 81),
+                tcp("127.0.0.1", 443),
+                tcp("0.0.0.0", 1024),
+            ]),
+        );
+        assert_eq!(
+            found.forwards.into_iter().collect::<Vec<_>>(),
+            [fwd(Transport::Tcp, LO, 1024, 1024)],
+            "automatic forwards stay above 1023"
+        );
+        assert_eq!(
+            found.privileged,
+            [tcp("0.0.0.0", 81), tcp("127.0.0.1", 443)]
+        );
+        assert!(found.relays.is_empty(), "nothing relayed for them either");
+        // A rule naming the port (guest or host side, or a range) forwards it;
+        // one of Lima's address-only rules does not name ports.
+        let named = plan(
+            &rules(
+                "portForwards:\n- guestPort: 81\n- guestPortRange: [440, 450]\n- guestPort: 8080\n  hostPort: 80\n\
+                 - guestIP: 0.0.0.0\n  hostIP: 0.0.0.0\n",
+            ),
+            &listening(vec![
+                tcp("0.0.0.0", 81),
+                tcp("0.0.0.0", 443),
+                tcp("0.0.0.0", 8080),
+                tcp("0.0.0.0", 82),
+            ]),
+        );
+        assert_eq!(
+            named.forwards.into_iter().collect::<Vec<_>>(),
+            [
+                fwd(Transport::Tcp, LO, 80, 8080),
+                fwd(Transport::Tcp, LO, 81, 81),
+                fwd(Transport::Tcp, LO, 443, 443),
+            ]
+        );
+        assert_eq!(named.privileged, [tcp("0.0.0.0", 82)]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod image;
 pub mod instance;
 pub mod link;
 pub mod logging;
+pub mod mount_inotify;
 pub mod notice;
 pub mod os;
 pub mod stop_ladder;

@@ -142,6 +142,30 @@ fn command_in(env: &TestEnv, cache: &Path, args: &[&str]) -> common::Run {
     }
 }
 
+/// `vmkeep shell NAME -- sh -c SCRIPT` with this test's cache: the run, or
+/// (`out`) its output once it succeeded.
+struct GuestShell<'a> {
+    env: &'a TestEnv,
+    cache: &'a Path,
+    name: &'a str,
+}
+
+impl GuestShell<'_> {
+    fn sh(&self, script: &str) -> common::Run {
+        command_in(
+            self.env,
+            self.cache,
+            &["shell", self.name, "--", "sh", "-c", script],
+        )
+    }
+
+    fn out(&self, script: &str) -> String {
+        let run = self.sh(script);
+        assert!(run.output.status.success(), "{script}: {}", run.describe());
+        run.stdout()
+    }
+}
+
 fn ok_in(env: &TestEnv, cache: &Path, args: &[&str]) -> common::Run {
     let run = command_in(env, cache, args);
     assert!(
@@ -583,18 +607,13 @@ fn vm_cloud_mounts_and_automatic_port_forwards() {
     let created = create(&env, cache.path(), "share", &yaml);
     assert!(created.output.status.success(), "{}", created.describe());
     ok_in(&env, cache.path(), &["start", "share"]);
-    let sh = |script: &str| {
-        command_in(
-            &env,
-            cache.path(),
-            &["shell", "share", "--", "sh", "-c", script],
-        )
+    let guest = GuestShell {
+        env: &env,
+        cache: cache.path(),
+        name: "share",
     };
-    let out = |script: &str| {
-        let run = sh(script);
-        assert!(run.output.status.success(), "{script}: {}", run.describe());
-        run.stdout()
-    };
+    let sh = |script: &str| guest.sh(script);
+    let out = |script: &str| guest.out(script);
     assert_eq!(
         out("cat ~/rw/from-host /mnt/ro/from-host"),
         "hello from the host\nhello from the host\n"
@@ -666,5 +685,145 @@ fn vm_cloud_mounts_and_automatic_port_forwards() {
     .expect("the host port closes with the guest's server");
 
     ok_in(&env, cache.path(), &["stop", "share"]);
+    assert_eq!(env.wait_no_processes(Duration::from_secs(10)), vec![]);
+}
+
+#[test]
+fn vm_cloud_as_a_user_limas_home_mount_inotify_sudo_and_containerd() {
+    skip_unless_root!();
+    let image = test_image();
+    let user = common::host_user::test_user();
+    // HOME is the user's home; the instance lives in it, as ~/.lima does.
+    let env = TestEnv::as_user(&user);
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    common::host_user::give(cache.path(), &user);
+    let home = env.home().to_path_buf();
+    let as_owner = |path: &Path, text: &str| {
+        std::fs::write(path, text).unwrap();
+        common::host_user::give(path, &user);
+    };
+    as_owner(&home.join("from-host"), "hello from the home\n");
+    as_owner(&home.join("edited"), "one\n");
+    as_owner(&home.join("removed"), "gone soon\n");
+    // Lima's home mount (writable here, to go both ways) with mountInotify;
+    // Lima 2.2's passwordlessSudo: false; containerd from Debian's packages.
+    let yaml = format!(
+        "cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 900s\nstopTimeout: 90s\n\
+         images:\n- location: {disk}\n  arch: x86_64\n  digest: sha256:{sum}\n\
+         \x20 kernel:\n    location: {kernel}\n    cmdline: root=/dev/vda console=ttyS0\n\
+         \x20 initrd:\n    location: {initrd}\n\
+         user:\n  passwordlessSudo: false\n\
+         containerd:\n  system: true\n  user: false\n\
+         mountInotify: true\n\
+         mounts:\n- location: \"~\"\n  writable: true\n\
+         - location: {tools}\n  mountPoint: /mnt/tools\n",
+        disk = image.file("disk.qcow2").display(),
+        sum = image.disk_sha256,
+        kernel = image.file("vmlinuz").display(),
+        initrd = image.file("initrd.img").display(),
+        tools = common::guest_tools::dir().display(),
+    );
+    let created = create(&env, cache.path(), "home", &yaml);
+    assert!(created.output.status.success(), "{}", created.describe());
+    assert!(
+        created
+            .stderr()
+            .contains("containerd.system: installed at the first boot"),
+        "{}",
+        created.describe()
+    );
+    let began = Instant::now();
+    ok_in(&env, cache.path(), &["start", "home"]);
+    eprintln!(
+        "start -> ready (containerd installed): {:?}",
+        began.elapsed()
+    );
+    let guest = GuestShell {
+        env: &env,
+        cache: cache.path(),
+        name: "home",
+    };
+    let sh = |script: &str| guest.sh(script);
+    let out = |script: &str| guest.out(script);
+    let h = home.display().to_string();
+
+    // The home, both ways, with the user's ownership on the host.
+    assert_eq!(out(&format!("cat {h}/from-host")), "hello from the home\n");
+    assert_eq!(out(&format!("stat -c %u {h}/from-host")), out("id -u"));
+    out(&format!(
+        "echo hello from the guest > {h}/from-guest && sync"
+    ));
+    let written = home.join("from-guest");
+    assert_eq!(
+        std::fs::read_to_string(&written).unwrap(),
+        "hello from the guest\n"
+    );
+    assert_eq!(common::host_user::owner(&written), user.uid);
+
+    // mountInotify: a watcher on the home in the guest sees a host edit, a
+    // file made and one removed (docs/mounts.md says which events).
+    out(&format!(
+        "nohup /mnt/tools/inotify-watch {h} > /tmp/events 2> /tmp/watching </dev/null &"
+    ));
+    common::wait_until(Duration::from_secs(60), || {
+        (out("cat /tmp/watching") == "watching\n").then_some(())
+    })
+    .expect("the guest's watcher runs");
+    // When the guest read the event (its clock is kept on the host's),
+    // after `since`.
+    let sees = |event: String, since: std::time::SystemTime| {
+        let seen = common::wait_until(Duration::from_secs(60), || {
+            out("cat /tmp/events").lines().find_map(|line| {
+                common::guest_tools::watched_event(line)
+                    .filter(|(_, what)| *what == event)
+                    .map(|(when, _)| when)
+            })
+        })
+        .unwrap_or_else(|| panic!("the guest saw no {event:?}: {}", out("cat /tmp/events")));
+        seen.duration_since(since).unwrap_or_default()
+    };
+    let now = std::time::SystemTime::now();
+    as_owner(&home.join("edited"), "two\n");
+    let edit = sees(format!("c\t{h}\tedited"), now);
+    let now = std::time::SystemTime::now();
+    as_owner(&home.join("created"), "new\n");
+    let create = sees(format!("c\t{h}\tcreated"), now);
+    let now = std::time::SystemTime::now();
+    std::fs::remove_file(home.join("removed")).unwrap();
+    let delete = sees(format!("c\t{h}"), now);
+    eprintln!(
+        "host change -> guest inotify event: edit {edit:?}, create {create:?}, delete {delete:?}"
+    );
+    assert_eq!(out(&format!("cat {h}/edited")), "two\n");
+
+    // passwordlessSudo: false: sudo asks for the password Lima keeps in
+    // ~/password (the guest's home).
+    let no_password = sh("sudo -n true");
+    assert!(
+        !no_password.output.status.success(),
+        "{}",
+        no_password.describe()
+    );
+    assert_eq!(
+        out("stat -c %a:%U ~/password"),
+        format!("600:{}\n", user.name)
+    );
+    assert_eq!(out("sudo -S -p '' id -u < ~/password"), "0\n");
+
+    // containerd.system from Debian's containerd, running; Debian 12 has
+    // no nerdctl, which is said on the console.
+    assert_eq!(out("systemctl is-active containerd"), "active\n");
+    assert!(
+        out("sudo -S -p '' ctr version < ~/password").contains("Server:"),
+        "containerd answers"
+    );
+    let serial =
+        std::fs::read_to_string(env.instance_dir("home").join("serial.log")).unwrap_or_default();
+    assert!(
+        serial.contains("vmkeep: containerd: the distribution has no nerdctl package"),
+        "the console says what Debian 12 lacks"
+    );
+
+    ok_in(&env, cache.path(), &["stop", "home"]);
     assert_eq!(env.wait_no_processes(Duration::from_secs(10)), vec![]);
 }

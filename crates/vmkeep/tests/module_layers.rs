@@ -16,7 +16,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["os", "link", "text", "notice", "timeouts", "logging"],
     ),
     // The instance model and the pure decisions over it.
-    ("domain", &["stop_ladder", "instance", "forwards"]),
+    (
+        "domain",
+        &["stop_ladder", "instance", "forwards", "mount_inotify"],
+    ),
     // Runs an instance's VM: reads its layout and config values.
     ("drivers", &["driver"]),
     // Images, templates, service managers.

@@ -1,10 +1,13 @@
 //! `vmkeep create [--name NAME] [FILE.yaml | template:NAME | URL | -]`
 //! (Lima's form) and `vmkeep create NAME [--template FILE|NAME]` (vmkeep's):
 //! arguments and printing; the work is `engine::create`. Also what
-//! `vmkeep start FILE.yaml` creates first.
+//! `vmkeep start FILE.yaml` creates first. `--strict` refuses the fields
+//! vmkeep does not know (noted otherwise, as Lima does); with `--dry-run` it
+//! is Lima's `limactl validate`.
 
 use super::{CliError, CreateArgs, ExitCode};
 use crate::engine::create::{self, Plan};
+use crate::instance::config::FieldPolicy;
 use crate::instance::{Home, InstanceName};
 
 pub fn run(args: CreateArgs) -> Result<i32, CliError> {
@@ -13,7 +16,17 @@ pub fn run(args: CreateArgs) -> Result<i32, CliError> {
         args.name.as_ref(),
         args.template.as_deref(),
     )?;
-    create_planned(&Home::from_env()?, &plan, &args.params, args.dry_run)?;
+    let fields = match args.strict {
+        true => FieldPolicy::Refuse,
+        false => FieldPolicy::Note,
+    };
+    create_planned(
+        &Home::from_env()?,
+        &plan,
+        &args.params,
+        args.dry_run,
+        fields,
+    )?;
     Ok(ExitCode::Success as i32)
 }
 
@@ -24,15 +37,17 @@ pub fn create_planned(
     plan: &Plan,
     params: &[String],
     dry_run: bool,
+    fields: FieldPolicy,
 ) -> Result<InstanceName, CliError> {
     if let Some(note) = &plan.note {
         eprintln!("note: {note}");
     }
-    let template = create::read(&plan.template, params, &mut std::io::stdin())?;
+    let mut template = create::read(&plan.template, params, &mut std::io::stdin())?;
+    template.fields = fields;
     if dry_run {
         let checked = create::dry_run(home, &plan.name, &template)?;
         print!("{}", checked.resolved.text);
-        for notice in checked.resolved.config.raw.notices() {
+        for notice in checked.resolved.notices() {
             eprintln!("note: {notice}");
         }
         eprintln!(

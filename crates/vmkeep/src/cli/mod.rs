@@ -102,6 +102,10 @@ pub struct CreateArgs {
     /// store and what is not applied; create nothing, download nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Refuse fields vmkeep does not know (exit 4), instead of noting and
+    /// ignoring them as Lima does; with --dry-run, a validation.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// The fields of `vmkeep.yaml`, shown by `vmkeep create --help`.
@@ -117,11 +121,13 @@ Config fields (vmkeep.yaml; Lima's names, README.md \"Coming from Lima\" says wh
   base: template:NAME | PATH | URL | [...]         (merged when the instance is created)
   param: {KEY: VALUE}     env: {KEY: VALUE}        message: TEXT (shown after start)
   ssh: {localPort, loadDotSSHPubKeys, forwardAgent, forwardX11}
-  user: {name, comment, uid, home, shell}          caCerts: {removeDefaults, files, certs}
+  user: {name, comment, uid, home, shell, passwordlessSudo}
+  caCerts: {removeDefaults, files, certs}
   upgradePackages         timezone                 hostResolver: {hosts}
-  mounts: [{location, mountPoint, writable}]       (virtio-fs; needs root)
-  portForwards: [{guestPort(Range), hostPort(Range), guestIP, hostIP, proto, ignore}]
-  minimumLimaVersion, containerd: {system: false, user: false},
+  mounts: [{location, mountPoint, writable}]       mountInotify (virtio-fs)
+  portForwards: [{guestPort(Range), hostPort(Range), guestIP, hostIP, proto, ignore, static}]
+  minimumLimaVersion, containerd: {system, user} (the guest's own packages),
+  a field vmkeep does not know: noted and ignored (--strict refuses it),
   copyToHost: accepted (copies are not applied)";
 
 #[derive(Debug, clap::Args)]

@@ -27,7 +27,13 @@ pub fn run(args: StartArgs) -> Result<i32, CliError> {
             |target| match create::start_target(&home, target, args.instance_name.clone())? {
                 Target::Named(name) => Ok(name),
                 // A template argument creates its instance first.
-                Target::Create(plan) => super::create::create_planned(&home, &plan, &[], false),
+                Target::Create(plan) => super::create::create_planned(
+                    &home,
+                    &plan,
+                    &[],
+                    false,
+                    crate::instance::config::FieldPolicy::Note,
+                ),
             },
         )
         .collect::<Result<Vec<InstanceName>, CliError>>()?;

@@ -67,6 +67,8 @@ struct State {
     refused: BTreeSet<(Transport, std::net::Ipv4Addr, u16)>,
     /// Listeners said to be unreachable, already logged.
     unreachable_logged: BTreeSet<(u16, String)>,
+    /// Privileged ports said to be left unforwarded, already logged.
+    privileged_logged: BTreeSet<(vmkeep_protocol::Proto, u16)>,
 }
 
 /// Keep QEMU's forwards on what the guest listens on, for as long as the
@@ -139,6 +141,18 @@ async fn round(
                 socket.proto,
                 socket.ip,
                 forwards::MAX_FORWARDS
+            );
+        }
+    }
+    for socket in &plan.privileged {
+        if state.privileged_logged.insert((socket.proto, socket.port)) {
+            tracing::warn!(
+                "guest port {} ({:?} on {}) is not forwarded: a host port below {} is forwarded only by a portForwards rule that names it (guestPort: {})",
+                socket.port,
+                socket.proto,
+                socket.ip,
+                forwards::FIRST_UNPRIVILEGED_PORT,
+                socket.port
             );
         }
     }

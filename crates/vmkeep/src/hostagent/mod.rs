@@ -16,6 +16,7 @@ pub mod forwards;
 mod guest;
 pub mod inbox;
 mod launch;
+mod mount_inotify;
 mod mounts;
 pub mod report;
 pub mod server;

@@ -16,7 +16,10 @@ use super::error::ContinueError;
 use super::inbox::Incoming;
 use super::report::Report;
 use super::server::Command;
-use super::{Agent, AgentOutcome, clock, fail, forwards, mounts, now_rfc3339, stopped_as_failed};
+use super::{
+    Agent, AgentOutcome, clock, fail, forwards, mount_inotify, mounts, now_rfc3339,
+    stopped_as_failed,
+};
 use crate::driver::Vm;
 use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::pause::{self, PauseFacts};
@@ -172,6 +175,17 @@ impl Agent<'_, '_> {
             self.guest_rx.clone(),
             self.dir.clone(),
         )));
+        // Lima's mountInotify: host changes raised in the guest.
+        if self.config.raw.mount_inotify == Some(true) {
+            self.tasks.push(tokio::spawn(mount_inotify::keep(
+                self.shares
+                    .daemons
+                    .iter()
+                    .map(|d| d.share.clone())
+                    .collect(),
+                self.guest_rx.clone(),
+            )));
+        }
         // The guest's listening ports, forwarded as Lima does.
         self.tasks.push(tokio::spawn(forwards::keep(
             self.guest_rx.clone(),

@@ -79,6 +79,16 @@ pub const NOT_SHIPPED: &[&str] = &[
     "_default/memory-tuning",
 ];
 
+/// Built-in templates where Lima's own, when Lima is installed, is the one
+/// to use: vmkeep's `_default/mounts` is Lima's as of 2.0 (the home,
+/// read-only), for when Lima is not there.
+const LIMAS_FIRST: &[&str] = &["_default/mounts"];
+
+/// Whether Lima's installed copy of `name` goes before vmkeep's.
+pub fn prefers_limas(name: &str) -> bool {
+    LIMAS_FIRST.contains(&name.strip_suffix(".yaml").unwrap_or(name))
+}
+
 /// The built-in template called `name` (`.yaml` may be added, as Lima allows).
 pub fn find(name: &str) -> Option<&'static str> {
     let name = name.strip_suffix(".yaml").unwrap_or(name);

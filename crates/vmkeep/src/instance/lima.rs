@@ -1,16 +1,19 @@
 //! Lima's settings beyond vmkeep's core fields, in Lima's names and shapes.
 //!
 //! Three kinds:
-//! - applied: `ssh`, `user`, `env`, `param`, `message`, `caCerts`,
-//!   `upgradePackages`, `timezone`, `hostResolver.hosts` (cloud images);
+//! - applied: `ssh`, `user` (with `passwordlessSudo`), `env`, `param`,
+//!   `message`, `caCerts`, `upgradePackages`, `timezone`,
+//!   `hostResolver.hosts`, `containerd` (cloud images: see
+//!   `image::cloudinit::containerd`);
 //!   `mounts` (see `instance::shares`) and `portForwards` (see
 //!   `forwards`);
 //! - accepted, not applied (reported by [`RawConfig::notices`]): `copyToHost`,
 //!   `plain`, `guestInstallPrefix`, unix socket forwards, `mountType` other
-//!   than virtiofs, ...;
+//!   than virtiofs, `tpm`, `audio`, `video`, `portForwards[].static`, ...
+//!   (and any field vmkeep does not know: `config::unknown_fields`);
 //! - refused, one line each saying what is not supported and what to do:
-//!   `vmType: vz`, `os: Darwin`, `rosetta`, `video`, `audio`, `containerd`
-//!   set to true, `networks`, `additionalDisks`, `dns`, `cpuType`, ...
+//!   `vmType: vz`, `os: Darwin`, `rosetta`, `networks`, `additionalDisks`,
+//!   `dns`, `cpuType`, ...
 //!
 //! Refusals happen while the YAML is read (see [`super::yaml_de`]), so each
 //! names its own line.
@@ -22,8 +25,7 @@ use serde::de::Deserializer;
 
 use super::config::RawConfig;
 use super::yaml_de::{
-    MustBeEmpty, MustBeOff, MustBeOffWord, OffWords, Refusal, ScalarString, checked_map, nullable,
-    parse_checked,
+    MustBeEmpty, MustBeOff, Refusal, ScalarString, checked_map, nullable, parse_checked,
 };
 
 macro_rules! refusal {
@@ -32,12 +34,6 @@ macro_rules! refusal {
         pub struct $name;
         impl Refusal for $name {
             const MESSAGE: &'static str = $message;
-        }
-    };
-    ($name:ident, $message:expr, off = $off:expr) => {
-        refusal!($name, $message);
-        impl OffWords for $name {
-            const OFF: &'static [&'static str] = $off;
         }
     };
 }
@@ -63,30 +59,12 @@ refusal!(
     "firmware.images is not supported by vmkeep (it boots cloud images with SeaBIOS or their kernel); remove it"
 );
 refusal!(
-    AudioDevice,
-    "audio is not supported by vmkeep (its VMs have no sound device); remove audio or set audio.device: none",
-    off = &["", "none"]
-);
-refusal!(
-    VideoDisplay,
-    "video is not supported by vmkeep (its VMs run headless; use `vmkeep shell`); remove video or set video.display: none",
-    off = &["", "none"]
-);
-refusal!(
     Networks,
     "networks is not supported by vmkeep (QEMU user-mode networking only, with ssh forwarded); remove it"
 );
 refusal!(
     Dns,
     "dns is not supported by vmkeep: QEMU's user-mode network gives the guest its own resolver (10.0.2.3); remove it"
-);
-refusal!(
-    ContainerdSystem,
-    "containerd is not installed by vmkeep; set containerd.system: false and install it with a provision script"
-);
-refusal!(
-    ContainerdUser,
-    "containerd is not installed by vmkeep; set containerd.user: false and install it with a provision script"
 );
 refusal!(
     NestedVirtualization,
@@ -158,6 +136,13 @@ pub struct PortRule {
     /// The host port of the first guest port (the rest follow in order).
     pub host_port_start: u16,
     pub ignore: bool,
+    /// The rule gives its ports (`guestPort`, `guestPortRange`, `hostPort`
+    /// or `hostPortRange`), rather than Lima's default of every port: only
+    /// such a rule forwards to a privileged host port (below 1024).
+    pub names_ports: bool,
+    /// Lima's `static: true` (forwarded before the guest agent runs):
+    /// accepted, forwarded as any rule, while the guest listens.
+    pub static_forward: bool,
 }
 
 /// One `portForwards` entry.
@@ -199,6 +184,8 @@ struct RawPortForward {
     reverse: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
     ignore: Option<bool>,
+    #[serde(default, rename = "static", deserialize_with = "nullable")]
+    static_forward: Option<bool>,
 }
 
 /// A port range as Lima fills it: `port` alone, `range` alone (each end
@@ -292,6 +279,12 @@ impl RawPortForward {
                 Err(_) => return Err(format!("hostIP: {text:?} is not an IP address")),
             },
         };
+        let names_ports = [self.guest_port, self.host_port]
+            .iter()
+            .any(|p| p.is_some_and(|p| p != 0))
+            || [self.guest_port_range, self.host_port_range]
+                .iter()
+                .any(|r| r.is_some_and(|r| r != [0, 0]));
         let guest_ports = port_range("guest", self.guest_port, self.guest_port_range, (1, 65535))?;
         let host_ports = port_range("host", self.host_port, self.host_port_range, guest_ports)?;
         if host_ports.1 - host_ports.0 != guest_ports.1 - guest_ports.0 {
@@ -308,6 +301,8 @@ impl RawPortForward {
             host_ip,
             host_port_start: host_ports.0,
             ignore: self.ignore == Some(true),
+            names_ports,
+            static_forward: self.static_forward == Some(true),
         }))
     }
 }
@@ -356,10 +351,12 @@ pub struct CaCerts {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Containerd {
-    #[serde(default)]
-    pub system: MustBeOff<ContainerdSystem>,
-    #[serde(default)]
-    pub user: MustBeOff<ContainerdUser>,
+    /// containerd as a system service (root's `nerdctl`).
+    #[serde(default, deserialize_with = "nullable")]
+    pub system: Option<bool>,
+    /// Rootless containerd for the guest user (Lima's default on Linux).
+    #[serde(default, deserialize_with = "nullable")]
+    pub user: Option<bool>,
     #[serde(default, deserialize_with = "nullable")]
     pub archives: Option<serde_yaml_ng::Value>,
 }
@@ -379,6 +376,10 @@ pub struct User {
     pub home: Option<String>,
     #[serde(default, deserialize_with = "nullable")]
     pub shell: Option<String>,
+    /// `sudo` without a password (Lima's default: true); false gives the
+    /// user a random password, in `~/password` in the guest.
+    #[serde(default, deserialize_with = "nullable")]
+    pub passwordless_sudo: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
@@ -403,16 +404,21 @@ pub struct Firmware {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Audio {
+    /// QEMU's audiodev (Lima's `device`): accepted, not applied.
     #[serde(default, deserialize_with = "nullable")]
-    pub device: Option<MustBeOffWord<AudioDevice>>,
+    pub device: Option<ScalarString>,
+    /// The sound card's kind (`hda`, `virtio`): accepted, not applied.
+    #[serde(default, deserialize_with = "nullable")]
+    pub interface: Option<ScalarString>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Video {
+    /// Accepted, not applied: vmkeep's VMs run headless.
     #[serde(default, deserialize_with = "nullable")]
-    pub display: Option<MustBeOffWord<VideoDisplay>>,
-    /// Only used with `display: vnc`, which is refused.
+    pub display: Option<ScalarString>,
+    /// Only used with `display: vnc`, which is not applied.
     #[serde(default, deserialize_with = "nullable")]
     pub vnc: Option<serde_yaml_ng::Value>,
 }
@@ -554,9 +560,15 @@ impl RawConfig {
                 kind.0
             ));
         }
-        if self.mount_inotify == Some(true) {
+        if self.mount_inotify == Some(true)
+            && !self
+                .mounts
+                .iter()
+                .flatten()
+                .any(|m| m.writable == Some(true))
+        {
             notices.push(
-                "mountInotify: not applied: a change made on the host raises no inotify event in the guest".into(),
+                "mountInotify: no writable mount: the guest cannot be told of host changes on a read-only one (as in Lima)".into(),
             );
         }
         let sockets = self
@@ -589,12 +601,74 @@ impl RawConfig {
                 "guestInstallPrefix: {prefix} not applied: vmkeep installs its guest agent in /usr/local/sbin"
             ));
         }
+        notices.extend(self.lima_extras_notices());
         let (_, skipped) = self.etc_hosts();
         if !skipped.is_empty() {
             notices.push(format!(
                 "hostResolver.hosts: {} not applied: vmkeep writes names that point to an address or to host.lima.internal",
                 skipped.join(", ")
             ));
+        }
+        notices
+    }
+}
+
+impl RawConfig {
+    /// Lima's newer settings vmkeep accepts without applying them, and
+    /// `containerd`, one line each.
+    fn lima_extras_notices(&self) -> Vec<String> {
+        let mut notices = Vec::new();
+        let set = |value: &Option<ScalarString>| {
+            value
+                .as_ref()
+                .map(|v| v.0.trim().to_string())
+                .filter(|v| !v.is_empty() && v != "none")
+        };
+        if self.tpm == Some(true) {
+            notices.push("tpm: not applied: vmkeep's VMs have no TPM device".into());
+        }
+        let audio = self.audio.clone().unwrap_or_default();
+        for (field, value) in [
+            ("device", set(&audio.device)),
+            ("interface", set(&audio.interface)),
+        ] {
+            if let Some(value) = value {
+                notices.push(format!(
+                    "audio.{field}: {value} not applied: vmkeep's VMs have no sound device"
+                ));
+            }
+        }
+        if let Some(display) = self.video.as_ref().and_then(|v| set(&v.display)) {
+            notices.push(format!(
+                "video.display: {display} not applied: vmkeep's VMs run headless (use `vmkeep shell`)"
+            ));
+        }
+        for (index, forward) in self.port_forwards.iter().flatten().enumerate() {
+            if let PortForward::Ports(rule) = forward
+                && rule.static_forward
+            {
+                notices.push(format!(
+                    "portForwards[{index}].static: accepted; the port is forwarded while the guest listens on it, as by every rule"
+                ));
+            }
+        }
+        let containerd = self.containerd.clone().unwrap_or_default();
+        let wanted: Vec<&str> = [("system", containerd.system), ("user", containerd.user)]
+            .into_iter()
+            .filter(|(_, on)| *on == Some(true))
+            .map(|(mode, _)| mode)
+            .collect();
+        if !wanted.is_empty() {
+            let cloud = self.images.as_ref().is_some_and(|i| !i.is_empty());
+            notices.push(if cloud {
+                format!(
+                    "containerd.{}: installed at the first boot from the guest distribution's own packages \
+                     (containerd, and nerdctl where its release ships it: Debian 12 does not); what it lacks is said on the console",
+                    wanted.join(", containerd.")
+                )
+            } else {
+                "containerd: not applied: the tiny image has no packages; use a cloud image (base: template:debian-12)".into()
+            });
         }
         notices
     }
@@ -625,13 +699,6 @@ mod tests {
         for (yaml, says, line) in [
             ("# c\nos: Darwin\n", "Linux only", 2),
             ("rosetta:\n  enabled: true\n", "vmType: vz", 2),
-            ("video:\n  display: cocoa\n", "video.display: none", 2),
-            ("audio:\n  device: coreaudio\n", "audio.device: none", 2),
-            (
-                "containerd:\n  system: false\n  user: true\n",
-                "containerd.user: false",
-                3,
-            ),
             (
                 "networks:\n- lima: shared\n",
                 "networks is not supported",
@@ -668,6 +735,45 @@ mod tests {
     }
 
     #[test]
+    fn limas_newer_settings_are_accepted_with_one_line_each() {
+        let lima = parse(
+            "images:\n- location: /i\ntpm: true\naudio:\n  device: pa\n  interface: virtio\nvideo:\n  display: vnc\n\
+             portForwards:\n- guestPort: 80\n  static: true\nuser:\n  passwordlessSudo: false\n\
+             containerd:\n  system: false\n  user: true\nosOpts:\n  Windows: {}\n",
+        )
+        .unwrap();
+        let notices = lima.notices();
+        for word in [
+            "tpm: not applied",
+            "audio.device: pa not applied",
+            "audio.interface: virtio not applied",
+            "video.display: vnc not applied",
+            "portForwards[0].static: accepted",
+            "containerd.user: installed at the first boot",
+        ] {
+            assert_eq!(
+                notices.iter().filter(|n| n.starts_with(word)).count(),
+                1,
+                "{word}: {notices:#?}"
+            );
+        }
+        assert_eq!(notices.len(), 6, "{notices:#?}");
+        assert_eq!(lima.user().passwordless_sudo, Some(false));
+        // Lima's defaults say nothing; the tiny image cannot have containerd.
+        let quiet = parse(
+            "tpm: false\naudio:\n  device: none\n  interface: null\nvideo:\n  display: none\n",
+        )
+        .unwrap();
+        assert!(quiet.notices().is_empty(), "{:?}", quiet.notices());
+        let tiny = parse("containerd:\n  system: true\n").unwrap();
+        assert!(
+            tiny.notices()[0].contains("tiny image"),
+            "{:?}",
+            tiny.notices()
+        );
+    }
+
+    #[test]
     fn port_forwards_get_limas_defaults() {
         let lima = parse(
             "portForwards:\n- guestPort: 443\n  hostIP: 0.0.0.0\n- guestPortRange: [4000, 4999]\n\
@@ -695,6 +801,8 @@ mod tests {
                 host_ip: std::net::Ipv4Addr::UNSPECIFIED,
                 host_port_start: 443,
                 ignore: false,
+                names_ports: true,
+                static_forward: false,
             }
         );
         assert_eq!(

@@ -182,27 +182,6 @@ impl<'de, R: Refusal> Deserialize<'de> for MustBeOff<R> {
     }
 }
 
-/// A scalar that is accepted only as one of a few "off" words (e.g. `none`);
-/// anything else is refused with [`Refusal::MESSAGE`].
-pub trait OffWords: Refusal {
-    const OFF: &'static [&'static str];
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct MustBeOffWord<R>(PhantomData<R>);
-
-impl<'de, R: OffWords> Deserialize<'de> for MustBeOffWord<R> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parse_checked(d, |text| {
-            if R::OFF.contains(&text.trim()) {
-                Ok(MustBeOffWord(PhantomData))
-            } else {
-                Err(R::MESSAGE.to_string())
-            }
-        })
-    }
-}
-
 /// Any scalar, kept as text (Lima writes `param:` values and `env:` values
 /// as strings, numbers or booleans alike).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod confine;
 pub mod fs;
 pub mod identity;
+pub mod inotify;
 pub mod lock;
 pub mod process;
 pub mod seccomp;

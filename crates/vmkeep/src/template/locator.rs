@@ -42,6 +42,10 @@ pub enum LocatorError {
     Github(String),
     #[error("{0:?}: unsupported scheme; use template:NAME, http(s)://, file:// or a path")]
     Scheme(String),
+    #[error(
+        "{locator:?}: Lima resolves {scheme}: with its URL plugin limactl-url-{scheme}, and vmkeep runs no Lima plugins; give the template's file or URL instead"
+    )]
+    Plugin { locator: String, scheme: String },
     #[error("{0:?}: a file:// URL needs an absolute path")]
     RelativeFileUrl(String),
     #[error("{0:?}: standard input can only be the main template")]
@@ -92,6 +96,12 @@ pub fn resolve(text: &str, from: &Source) -> Result<Source, LocatorError> {
     if text.contains("://") {
         return Err(LocatorError::Scheme(text.into()));
     }
+    if let Some(scheme) = plugin_scheme(text) {
+        return Err(LocatorError::Plugin {
+            locator: text.into(),
+            scheme: scheme.into(),
+        });
+    }
     if text == "-" {
         return Err(LocatorError::StdinBase(text.into()));
     }
@@ -114,6 +124,17 @@ pub fn resolve(text: &str, from: &Source) -> Result<Source, LocatorError> {
             Source::File(PathBuf::from(normalize(&cwd.join(&path))))
         }
     })
+}
+
+/// The scheme of a Lima URL-plugin locator (`fedora-rawhide:_images/x`):
+/// letters, digits, `+`, `-`, `.` before the first `:`, which comes before
+/// any `/`.
+fn plugin_scheme(text: &str) -> Option<&str> {
+    let (scheme, _) = text.split_once(':')?;
+    let mut chars = scheme.chars();
+    let valid = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some(scheme)
 }
 
 fn expand_home(text: &str) -> PathBuf {
@@ -260,6 +281,13 @@ mod tests {
             resolve("-", &from),
             Err(LocatorError::StdinBase(_))
         ));
+        let plugin = resolve("fedora-rawhide:_images/fedora-rawhide", &from).unwrap_err();
+        assert!(
+            plugin.to_string().contains("limactl-url-fedora-rawhide"),
+            "{plugin}"
+        );
+        // A colon after a slash is a path.
+        assert_eq!(resolve("./a:b.yaml", &from).unwrap(), file("/t/a:b.yaml"));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! line it is on. Loops (a base that includes itself) and chains deeper than
 //! [`MAX_DEPTH`] are refused; every file read is at most [`SIZE_LIMIT`] bytes.
 
+pub mod lima_dirs;
 pub mod locator;
 pub mod merge;
 
@@ -27,7 +28,9 @@ use self::locator::LocatorError;
 pub use self::locator::Source;
 use crate::image::download::{self, DownloadError};
 use crate::image::templates;
-use crate::instance::config::{Config, Digest, DigestAlgorithm, ParseError, RawConfig};
+use crate::instance::config::{
+    Config, Digest, DigestAlgorithm, FieldPolicy, ParseError, RawConfig, UnknownField,
+};
 
 /// Largest template or script file read (Lima's limit too).
 pub const SIZE_LIMIT: u64 = 4 << 20;
@@ -88,11 +91,16 @@ pub enum TemplateError {
 fn unknown_builtin(name: &str) -> String {
     let shipped = templates::names().join(", ");
     if templates::is_lima_only(name) {
+        let searched: Vec<String> = lima_dirs::template_dirs(&lima_dirs::LookupEnv::current())
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         format!(
             "template:{name} is one of Lima's templates that vmkeep does not ship, and no Lima installation has it \
-             (searched ${LIMA_TEMPLATES_PATH} or Lima's share/lima/templates); give Lima's file instead \
+             (searched {}); give Lima's file instead \
              (`vmkeep create ./{}.yaml`, vmkeep reads it as it is), or set {LIMA_TEMPLATES_PATH} to Lima's templates \
              directory. vmkeep's: {shipped}",
+            searched.join(", "),
             name.rsplit('/').next().unwrap_or(name)
         )
     } else {
@@ -108,6 +116,23 @@ pub struct Resolved {
     pub config: Config,
     /// Every file read, the main template first.
     pub sources: Vec<Source>,
+    /// The fields vmkeep does not know, noted and left out, by the file
+    /// that has them (`--strict` refuses them instead).
+    pub unknown_fields: Vec<(Source, UnknownField)>,
+}
+
+impl Resolved {
+    /// What `create` says about the template, one line each: what is
+    /// accepted but not applied, then the fields vmkeep does not know.
+    pub fn notices(&self) -> Vec<String> {
+        let mut notices = self.config.raw.notices();
+        notices.extend(
+            self.unknown_fields
+                .iter()
+                .map(|(source, field)| format!("{source}: {field}")),
+        );
+        notices
+    }
 }
 
 /// Read the template at `source` (not standard input).
@@ -119,13 +144,24 @@ fn read_bytes(source: &Source, digest: Option<&Digest>) -> Result<String, Templa
     let source_name = source.to_string();
     let bytes = match source {
         Source::Builtin(name) => {
-            if let Some(text) = templates::find(name) {
-                return Ok(text.to_string());
-            }
-            // A name vmkeep does not ship: Lima's own copy, where Lima is installed.
-            match lima_template_file(name) {
-                Some(path) => read_file(&path)?,
-                None => return Err(TemplateError::UnknownBuiltin { name: name.clone() }),
+            // Lima's own copy first where Lima's is the one to use (its
+            // `_default/mounts`), else vmkeep's built-in one; a name vmkeep
+            // does not ship is Lima's, where Lima is installed.
+            let lima = || {
+                lima_dirs::find(
+                    name,
+                    &lima_dirs::template_dirs(&lima_dirs::LookupEnv::current()),
+                )
+            };
+            let builtin = templates::find(name);
+            let lima_first = templates::prefers_limas(name);
+            match (lima_first.then(lima).flatten(), builtin) {
+                (Some(path), _) => read_file(&path)?,
+                (None, Some(text)) => return Ok(text.to_string()),
+                (None, None) => match lima() {
+                    Some(path) => read_file(&path)?,
+                    None => return Err(TemplateError::UnknownBuiltin { name: name.clone() }),
+                },
             }
         }
         Source::File(path) => read_file(path)?,
@@ -163,29 +199,7 @@ fn read_bytes(source: &Source, digest: Option<&Digest>) -> Result<String, Templa
     String::from_utf8(bytes).map_err(|_| TemplateError::NotText { source_name })
 }
 
-/// Environment variable: directories (`:`-separated) holding Lima's
-/// templates, searched for `template:NAME` names vmkeep does not ship (Lima
-/// reads the same variable).
-pub const LIMA_TEMPLATES_PATH: &str = "LIMA_TEMPLATES_PATH";
-
-/// Where Lima installs its templates (`share/lima/templates`).
-const LIMA_TEMPLATE_DIRS: [&str; 3] = [
-    "/usr/local/share/lima/templates",
-    "/opt/homebrew/share/lima/templates",
-    "/usr/share/lima/templates",
-];
-
-/// Lima's file for a template name vmkeep does not ship: from
-/// `$LIMA_TEMPLATES_PATH` when set, else from Lima's install directories.
-fn lima_template_file(name: &str) -> Option<PathBuf> {
-    let dirs: Vec<PathBuf> = match std::env::var_os(LIMA_TEMPLATES_PATH) {
-        Some(list) => std::env::split_paths(&list).collect(),
-        None => LIMA_TEMPLATE_DIRS.iter().map(PathBuf::from).collect(),
-    };
-    dirs.into_iter()
-        .map(|dir| dir.join(format!("{name}.yaml")))
-        .find(|path| path.is_file())
-}
+pub use self::lima_dirs::LIMA_TEMPLATES_PATH;
 
 fn read_file(path: &PathBuf) -> Result<Vec<u8>, TemplateError> {
     use std::io::Read;
@@ -207,12 +221,33 @@ fn read_file(path: &PathBuf) -> Result<Vec<u8>, TemplateError> {
     Ok(bytes)
 }
 
-/// Resolve the template `text` read from `source`.
+/// Resolve the template `text` read from `source`, by Lima's policy for
+/// fields vmkeep does not know (noted).
 pub fn resolve(text: &str, source: &Source) -> Result<Resolved, TemplateError> {
-    let mut sources = vec![source.clone()];
-    let mut inlined = false;
+    resolve_with(text, source, FieldPolicy::Note)
+}
+
+/// Resolve the template `text` read from `source`; each file's unknown
+/// fields are noted or refused as `policy` says.
+pub fn resolve_with(
+    text: &str,
+    source: &Source,
+    policy: FieldPolicy,
+) -> Result<Resolved, TemplateError> {
+    let mut reading = Reading {
+        policy,
+        sources: vec![source.clone()],
+        inlined: false,
+        unknown_fields: Vec::new(),
+    };
     let mut stack = vec![source.clone()];
-    let mut merged = load(text, source, &mut stack, &mut sources, &mut inlined)?;
+    let mut merged = load(text, source, &mut stack, &mut reading)?;
+    let Reading {
+        sources,
+        inlined,
+        unknown_fields,
+        ..
+    } = reading;
     merge::combine_mounts(&mut merged);
     let chain = sources
         .iter()
@@ -250,7 +285,18 @@ pub fn resolve(text: &str, source: &Source) -> Result<Resolved, TemplateError> {
         text: stored,
         config,
         sources,
+        unknown_fields,
     })
+}
+
+/// What reading a chain of files gathers.
+struct Reading {
+    policy: FieldPolicy,
+    /// Every file read, the main template first.
+    sources: Vec<Source>,
+    /// Whether a `file:` was read into the text.
+    inlined: bool,
+    unknown_fields: Vec<(Source, UnknownField)>,
 }
 
 /// Check one file, read what it includes, and merge its bases into it.
@@ -258,20 +304,23 @@ fn load(
     text: &str,
     source: &Source,
     stack: &mut Vec<Source>,
-    sources: &mut Vec<Source>,
-    inlined: &mut bool,
+    reading: &mut Reading,
 ) -> Result<Mapping, TemplateError> {
     let source_name = source.to_string();
-    RawConfig::parse(text).map_err(|error| TemplateError::Invalid {
-        source_name: source_name.clone(),
-        error,
-    })?;
+    let (_, unknown) =
+        RawConfig::read(text, reading.policy).map_err(|error| TemplateError::Invalid {
+            source_name: source_name.clone(),
+            error,
+        })?;
+    reading
+        .unknown_fields
+        .extend(unknown.into_iter().map(|field| (source.clone(), field)));
     let mut doc = match serde_yaml_ng::from_str::<Value>(text) {
         Ok(Value::Mapping(map)) => map,
         Ok(Value::Null) => Mapping::new(),
         _ => return Err(TemplateError::NotMapping { source_name }),
     };
-    *inlined |= inline_files(&mut doc, source)?;
+    reading.inlined |= inline_files(&mut doc, source)?;
     let bases = take_bases(&mut doc, &source_name)?;
     for (text_locator, digest) in bases {
         let base =
@@ -295,8 +344,8 @@ fn load(
         }
         let base_text = read_bytes(&base, digest.as_ref())?;
         stack.push(base.clone());
-        sources.push(base.clone());
-        let base_doc = load(&base_text, &base, stack, sources, inlined)?;
+        reading.sources.push(base.clone());
+        let base_doc = load(&base_text, &base, stack, reading)?;
         stack.pop();
         merge::merge(&mut doc, &base_doc);
     }
@@ -452,7 +501,11 @@ mod tests {
             scripts,
             ["echo base", "#!/bin/sh\necho hello {{.Param.Who}}\n"]
         );
-        assert_eq!(c.raw.mounts.as_ref().map(Vec::len), Some(2));
+        assert_eq!(
+            c.raw.mounts.as_ref().map(Vec::len),
+            Some(1),
+            "Lima 2.0's _default/mounts: the home, no /tmp/lima"
+        );
         assert_eq!(resolved.sources.len(), 4);
         assert!(
             resolved.text.starts_with("# Created by vmkeep from "),
@@ -480,13 +533,61 @@ mod tests {
     #[test]
     fn an_error_in_a_base_names_that_file_and_its_line() {
         let dir = tempfile::tempdir().unwrap();
-        let base = write(dir.path(), "b.yaml", "cpus: 2\nmemroy: 1GiB\n");
+        let base = write(dir.path(), "b.yaml", "cpus: 2\nmemory: lots\n");
         let main = write(dir.path(), "m.yaml", "base: b.yaml\n");
         let err = resolve_file(&main).unwrap_err().to_string();
         assert!(
-            err.contains(&base.display().to_string())
-                && err.contains("line 2")
-                && err.contains("did you mean `memory`"),
+            err.contains(&base.display().to_string()) && err.contains("line 2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_noted_by_the_file_that_has_them_or_refused_under_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = write(dir.path(), "b.yaml", "cpus: 2\nmemroy: 1GiB\n");
+        let main = write(
+            dir.path(),
+            "m.yaml",
+            "base: b.yaml\ntpm: false\nfuture: {a: 1}\n",
+        );
+        let resolved = resolve_file(&main).unwrap();
+        assert_eq!(resolved.config.cpus.0, 2);
+        assert_eq!(
+            resolved.notices(),
+            [
+                format!(
+                    "{}: line 3: future: not a field vmkeep knows; ignored",
+                    main.display()
+                ),
+                format!(
+                    "{}: line 2: memroy: not a field vmkeep knows; ignored (did you mean `memory`?)",
+                    base.display()
+                ),
+            ]
+        );
+        // What the instance stores still has them, and still loads.
+        assert!(resolved.text.contains("future:"), "{}", resolved.text);
+        assert!(Config::parse(&resolved.text).is_ok());
+        let text = std::fs::read_to_string(&main).unwrap();
+        let err = resolve_with(&text, &Source::File(main.clone()), FieldPolicy::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&main.display().to_string())
+                && err.contains("unknown field `future`")
+                && err.contains("line 3"),
+            "{err}"
+        );
+        let err = resolve_with(
+            "base: b.yaml\n",
+            &Source::File(dir.path().join("n.yaml")),
+            FieldPolicy::Refuse,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains(&base.display().to_string()) && err.contains("did you mean `memory`"),
             "{err}"
         );
     }

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod container;
+pub mod guest_tools;
 pub mod host_user;
 pub mod http;
 

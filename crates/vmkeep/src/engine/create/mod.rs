@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use crate::image::cloud::{self, CloudError};
 use crate::image::download::{self, Progress};
 use crate::instance::Home;
+use crate::instance::config::FieldPolicy;
 use crate::instance::data_disk;
 use crate::instance::layout::{InstanceDir, SocketPathTooLong};
 use crate::instance::name::InstanceName;
@@ -108,7 +109,13 @@ pub fn dry_run(
     name: &InstanceName,
     template: &Template,
 ) -> Result<Checked, EngineError> {
-    Ok(check(&home.root, name, &template.text, &template.source)?)
+    Ok(check(
+        &home.root,
+        name,
+        &template.text,
+        &template.source,
+        template.fields,
+    )?)
 }
 
 /// Create instance `name` of `home` from `template`; reports the progress
@@ -124,6 +131,7 @@ pub fn create(
         name,
         &template.text,
         &template.source,
+        template.fields,
         progress,
     )?)
 }
@@ -141,7 +149,15 @@ pub fn create_text(
         label: source_name.to_string(),
         cwd: std::env::current_dir().unwrap_or_else(|_| "/".into()),
     };
-    create_from(root, name, template, &source, &mut download::Silent).map(|c| c.dir)
+    create_from(
+        root,
+        name,
+        template,
+        &source,
+        FieldPolicy::default(),
+        &mut download::Silent,
+    )
+    .map(|c| c.dir)
 }
 
 /// A created instance, and what its template has that is accepted but not
@@ -162,15 +178,17 @@ pub struct Checked {
 
 /// Resolve and check the template `text` read from `source` for instance
 /// `name` under `root`: bases merged, the whole valid, template variables
-/// expanding. Writes nothing (`create --dry-run` stops here).
+/// expanding; fields vmkeep does not know noted or refused as `fields`
+/// says. Writes nothing (`create --dry-run` stops here).
 pub fn check(
     root: &Path,
     name: &InstanceName,
     text: &str,
     source: &Source,
+    fields: FieldPolicy,
 ) -> Result<Checked, CreateError> {
     let dir = InstanceDir::new(root, name.clone())?;
-    let resolved = template::resolve(text, source)?;
+    let resolved = template::resolve_with(text, source, fields)?;
     let config = &resolved.config;
     let guest_user = vars::guest_user(config, name.as_str())?;
     vars::expand(
@@ -214,13 +232,14 @@ pub fn create_from(
     name: &InstanceName,
     text: &str,
     source: &Source,
+    fields: FieldPolicy,
     progress: &mut dyn Progress,
 ) -> Result<Created, CreateError> {
     let Checked {
         dir,
         resolved,
         guest_user,
-    } = check(root, name, text, source)?;
+    } = check(root, name, text, source, fields)?;
     let config = &resolved.config;
     let template = resolved.text.as_str();
     if dir.dir().exists() {
@@ -282,7 +301,7 @@ pub fn create_from(
     }
     result.map(|()| Created {
         dir,
-        notices: config.raw.notices(),
+        notices: resolved.notices(),
     })
 }
 

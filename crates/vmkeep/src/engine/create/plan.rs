@@ -13,6 +13,7 @@ use std::io::Read;
 use super::CreateError;
 use crate::engine::EngineError;
 use crate::image::templates;
+use crate::instance::config::FieldPolicy;
 use crate::instance::{Home, InstanceName};
 use crate::template::{self, Source, locator};
 
@@ -215,6 +216,9 @@ pub fn start_target(
 pub struct Template {
     pub text: String,
     pub source: Source,
+    /// What a field vmkeep does not know does: noted (Lima's policy), or
+    /// refused (`create --strict`).
+    pub fields: FieldPolicy,
 }
 
 /// Read the template of a plan (`stdin` for `-`), with the `--param
@@ -258,6 +262,7 @@ pub fn read(
     Ok(Template {
         text: with_params(&text, params)?,
         source,
+        fields: FieldPolicy::default(),
     })
 }
 

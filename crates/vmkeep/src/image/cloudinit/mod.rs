@@ -24,9 +24,14 @@
 //!   the first boot and from the per-boot script on later ones; the guest
 //!   agent reports ready only after cloud-init, and so the probes, finished.
 //!
+//! Lima's `containerd` is a first-boot script after the dependency steps
+//! ([`containerd`]); `user.passwordlessSudo: false` gives the user a random
+//! password in `~/password` and a sudo rule that asks for it.
+//!
 //! This file holds what the seed is made of and `meta-data`; [`user_data`]
 //! renders `user-data`, [`volume`] writes the volume.
 
+pub mod containerd;
 pub mod user_data;
 pub mod volume;
 

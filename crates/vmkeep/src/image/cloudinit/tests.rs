@@ -342,3 +342,61 @@ fn the_seed_volume_is_fat_labelled_cidata_with_the_files() {
         .collect();
     assert_eq!(names, ["cidata.img"], "no temporary left");
 }
+
+#[test]
+fn passwordless_sudo_false_gives_a_password_and_a_rule_that_asks_for_it() {
+    let doc = seed(&cloud("user:\n  passwordlessSudo: false\n"));
+    assert_eq!(doc["users"][0]["sudo"], "ALL=(ALL) ALL");
+    let run = runcmd(&doc);
+    let script = &run[0][0];
+    let text = file_content(&doc, script);
+    assert!(
+        text.contains("chpasswd") && text.contains("'/home/alice/password'"),
+        "{text}"
+    );
+    for unset in [
+        "user:\n  passwordlessSudo: true\n",
+        "user:\n  passwordlessSudo: null\n",
+        "",
+    ] {
+        let doc = seed(&cloud(unset));
+        assert_eq!(
+            doc["users"][0]["sudo"], "ALL=(ALL) NOPASSWD:ALL",
+            "{unset:?}"
+        );
+        assert!(!files(&doc).iter().any(|(p, _)| p.ends_with("password.sh")));
+    }
+}
+
+#[test]
+fn containerd_is_installed_after_the_dependency_steps_and_before_the_others() {
+    let doc = seed(&cloud(
+        "containerd:\n  system: true\nprovision:\n- mode: user\n  script: nerdctl ps\n- mode: dependency\n  script: echo deps\n",
+    ));
+    let run: Vec<String> = runcmd(&doc).into_iter().map(|c| c.join(" ")).collect();
+    let position = |what: &str| {
+        run.iter()
+            .position(|c| c.contains(what))
+            .unwrap_or_else(|| panic!("{what} in {run:?}"))
+    };
+    assert!(
+        position("dependency") < position("containerd.sh"),
+        "{run:?}"
+    );
+    assert!(position("containerd.sh") < position("-user.sh"), "{run:?}");
+    let script = file_content(&doc, "/var/lib/vmkeep/provision/containerd.sh");
+    assert!(script.contains("packages=containerd"), "{script}");
+    // With no provision steps at all, and not at all when not asked.
+    let alone = seed(&cloud("containerd:\n  user: true\n"));
+    assert!(
+        runcmd(&alone)
+            .iter()
+            .any(|c| c.join(" ").contains("containerd.sh"))
+    );
+    let none = seed(&cloud("containerd:\n  system: false\n  user: false\n"));
+    assert!(
+        !runcmd(&none)
+            .iter()
+            .any(|c| c.join(" ").contains("containerd"))
+    );
+}

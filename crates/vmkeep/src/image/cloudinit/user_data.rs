@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{
     AGENT_FILE, AGENT_GUEST_PATH, AGENT_UNIT, ENV_FILE, PER_BOOT_SCRIPT, PROBE_RUNNER,
-    PROVISION_DIR, PROVISIONED_MARKER, STATE_DIR, SeedInputs, agent_unit,
+    PROVISION_DIR, PROVISIONED_MARKER, STATE_DIR, SeedInputs, agent_unit, containerd,
 };
 use crate::instance::config::ProvisionMode;
 use crate::instance::identity::hostname;
@@ -187,7 +187,25 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
                 .enumerate()
                 .filter(|(_, p)| p.mode != ProvisionMode::Dependency),
         );
-    for (index, step) in ordered {
+    let dependencies = config
+        .provision
+        .iter()
+        .filter(|p| p.mode == ProvisionMode::Dependency)
+        .count();
+    let containerd = raw.containerd.clone().unwrap_or_default();
+    let containerd_script = containerd::script(
+        containerd.system == Some(true),
+        containerd.user == Some(true),
+        &user.name,
+    );
+    for (position, (index, step)) in ordered.enumerate() {
+        // Lima's containerd comes after the dependency steps, before the rest.
+        if position == dependencies
+            && let Some(script) = containerd_script.clone()
+        {
+            write_files.push(file(CONTAINERD_SCRIPT, "0755", script));
+            runcmd.push(as_root(CONTAINERD_SCRIPT));
+        }
         let path = provision_path(index, step.mode);
         match step.mode {
             ProvisionMode::Boot => {
@@ -229,6 +247,17 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
                 runcmd.push(vec!["python3".into(), path]);
             }
         }
+    }
+    if config.provision.len() == dependencies
+        && let Some(script) = containerd_script
+    {
+        write_files.push(file(CONTAINERD_SCRIPT, "0755", script));
+        runcmd.push(as_root(CONTAINERD_SCRIPT));
+    }
+    let passwordless_sudo = raw.user().passwordless_sudo != Some(false);
+    if !passwordless_sudo {
+        write_files.push(file(PASSWORD_SCRIPT, "0700", password_script(user)));
+        runcmd.insert(0, vec![PASSWORD_SCRIPT.into()]);
     }
     let (hosts, _) = raw.etc_hosts();
     for (address, name) in &hosts {
@@ -280,7 +309,11 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
             uid: user.uid,
             homedir: &user.home,
             shell: &user.shell,
-            sudo: "ALL=(ALL) NOPASSWD:ALL",
+            sudo: if passwordless_sudo {
+                "ALL=(ALL) NOPASSWD:ALL"
+            } else {
+                "ALL=(ALL) ALL"
+            },
             lock_passwd: true,
             ssh_authorized_keys: inputs.ssh_public_keys.iter().map(|k| k.trim()).collect(),
         }],
@@ -294,6 +327,26 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
     };
     let yaml = serde_yaml_ng::to_string(&document).expect("user-data always serializes");
     format!("#cloud-config\n{yaml}")
+}
+
+/// Where the containerd script (`containerd::script`) is written.
+const CONTAINERD_SCRIPT: &str = "/var/lib/vmkeep/provision/containerd.sh";
+/// Where the password script (`passwordlessSudo: false`) is written.
+const PASSWORD_SCRIPT: &str = "/var/lib/vmkeep/provision/password.sh";
+
+/// `passwordlessSudo: false`, as Lima does it: a random password of 16
+/// letters and digits, set at the first boot and kept in `~/password`
+/// (0600, the user's), for the sudo rule that asks for it.
+fn password_script(user: &vars::GuestUser) -> String {
+    let name = shell_quote(&user.name);
+    let file = shell_quote(&format!("{}/password", user.home.trim_end_matches('/')));
+    format!(
+        "#!/bin/sh\n# vmkeep: user.passwordlessSudo: false (Lima's ~/password).\nset -e\n\
+         password=$(tr -dc 'A-Za-z0-9' </dev/urandom | head -c 16)\n\
+         echo {name}:\"$password\" | chpasswd\n\
+         (umask 077 && printf '%s\\n' \"$password\" > {file})\n\
+         chown {name}: {file}\n"
+    )
 }
 
 /// A python3 program applying a yq step's assignments (JSON or YAML file).

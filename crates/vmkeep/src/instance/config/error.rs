@@ -26,7 +26,10 @@ pub enum ConfigError {
 pub struct ParseError {
     pub message: String,
     /// 1-based line of the offending value, when known.
-    pub line: Option<usize>,
+    pub line: Option<u32>,
+    /// Byte offset of the offending value (for an unknown field: its key)
+    /// in the text, when known (a template is at most a few MiB).
+    pub at: Option<u32>,
     /// The misspelt field of an "unknown field" error.
     pub unknown_field: Option<String>,
     /// The known field it most likely meant.
@@ -39,6 +42,7 @@ impl ParseError {
         ParseError {
             message: message.into(),
             line: None,
+            at: None,
             unknown_field: None,
             suggestion: None,
         }
@@ -46,18 +50,24 @@ impl ParseError {
 
     pub(super) fn from_yaml(error: &serde_yaml_ng::Error, text: &str) -> ParseError {
         let mut message = without_repeated_field(&error.to_string());
-        let mut line = error.location().map(|l| l.line());
+        let mut line = error.location().and_then(|l| u32::try_from(l.line()).ok());
+        let mut at = error.location().and_then(|l| u32::try_from(l.index()).ok());
         let mut unknown_field = None;
         let mut suggestion = None;
         if let Some((field, expected)) = unknown_field_of(&message) {
             if message.starts_with("unknown field") {
                 // A top-level key: serde_yaml_ng gives the position of the
                 // document, not of the key, and prints none; find the key.
-                if let Some(n) = text.lines().position(|l| {
-                    l.strip_prefix(field.as_str())
+                let mut offset = 0;
+                for (n, l) in text.split_inclusive('\n').enumerate() {
+                    if l.strip_prefix(field.as_str())
                         .is_some_and(|rest| rest.trim_start().starts_with(':'))
-                }) {
-                    line = Some(n + 1);
+                    {
+                        line = u32::try_from(n + 1).ok();
+                        at = u32::try_from(offset).ok();
+                        break;
+                    }
+                    offset += l.len();
                 }
             }
             suggestion = crate::text::suggest::closest(&field, expected.iter().map(String::as_str))
@@ -75,6 +85,7 @@ impl ParseError {
         ParseError {
             message,
             line,
+            at,
             unknown_field,
             suggestion,
         }

@@ -3,19 +3,23 @@
 //! Lima's other settings are in `lima.rs`).
 //!
 //! Every value is checked while it is parsed, so an error carries the line
-//! and column of the offending field; an unknown field is an error with its
-//! line and the nearest known name. A config that parses is valid on its own;
+//! and column of the offending field. A field vmkeep does not know is noted
+//! and left out, as Lima does, or refused with its line and the nearest
+//! known name under `--strict` ([`unknown_fields`]). A config that parses is
+//! valid on its own;
 //! [`Config::check_whole`] adds the checks that need the whole, merged
 //! template (a tiny-image instance cannot take provision scripts, ...).
 //!
 //! [`schema`] is what the YAML may say, [`image`] its image references,
-//! [`units`] the checked values, [`error`] why a config is refused; this
+//! [`units`] the checked values, [`error`] why a config is refused,
+//! [`unknown_fields`] the parsing policy; this
 //! file fills the defaults and holds the whole, valid [`Config`].
 
 pub mod error;
 pub mod image;
 pub mod schema;
 pub mod units;
+pub mod unknown_fields;
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,13 +33,15 @@ pub use self::image::{
 };
 pub use self::schema::RawConfig;
 pub use self::units::{AbsolutePath, ByteSize, Cpus, DiskSize, GIB, MIB, Memory, Timeout};
+pub use self::unknown_fields::{FieldPolicy, UnknownField};
 pub use super::provision::{DataFile, Probe, Provision, ProvisionMode, YqEdit};
 use super::yaml_de::parse_checked;
 use crate::timeouts;
 
 /// The built-in template `vmkeep create` writes when no `--template` is given.
 pub const DEFAULT_TEMPLATE: &str = "\
-# vmkeep instance configuration. Unknown fields are errors.
+# vmkeep instance configuration. Unknown fields are noted and ignored
+# (`vmkeep create --strict` refuses them).
 # Boots the built-in tiny image: a Debian cloud kernel and vmkeep's own
 # initramfs (guest agent as PID 1, busybox), with the data disk at /data.
 
@@ -167,6 +173,16 @@ impl Config {
     /// one entry point from text (create, load and the fuzz target use it).
     pub fn parse(text: &str) -> Result<Config, ParseError> {
         Ok(Config::from_raw(RawConfig::parse(text)?))
+    }
+
+    /// Parse YAML text with the fields vmkeep does not know, noted or
+    /// refused as `policy` says.
+    pub fn read(
+        text: &str,
+        policy: FieldPolicy,
+    ) -> Result<(Config, Vec<UnknownField>), ParseError> {
+        let (raw, unknown) = RawConfig::read(text, policy)?;
+        Ok((Config::from_raw(raw), unknown))
     }
 
     /// Fill the defaults of a raw config.
@@ -435,16 +451,51 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_named_with_their_line() {
-        let err = Config::parse("cpus: 1\ncpu: 2\n").unwrap_err().to_string();
+    fn unknown_fields_are_refused_with_their_line_under_strict() {
+        let strict = |yaml: &str| {
+            Config::read(yaml, FieldPolicy::Refuse)
+                .unwrap_err()
+                .to_string()
+        };
+        let err = strict("cpus: 1\ncpu: 2\n");
         assert!(
             err.contains("unknown field `cpu`") && err.contains("line 2"),
             "{err}"
         );
-        let err = Config::parse("kernel:\n  cmdline: x\n  modulez: /m\n")
-            .unwrap_err()
-            .to_string();
+        let err = strict("kernel:\n  cmdline: x\n  modulez: /m\n");
         assert!(err.contains("modulez") && err.contains("line 3"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_noted_with_their_path_line_and_nearest_name_and_left_out() {
+        let (config, unknown) = Config::read(
+            "# Lima's\ncpus: 2\ntpmx: true\nuser:\n  name: bob\n  futureField: [1, 2]\n\
+             portForwards:\n- {guestPort: 80, static2: true}\n- guestPort: 81\n  Static: true\nmemroy: 1GiB\n",
+            FieldPolicy::Note,
+        )
+        .unwrap();
+        assert_eq!(config.cpus, Cpus(2));
+        assert_eq!(config.raw.user().name.as_deref(), Some("bob"));
+        assert_eq!(config.raw.port_forwards.as_ref().map(Vec::len), Some(2));
+        let said: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            said,
+            [
+                "line 3: tpmx: not a field vmkeep knows; ignored (did you mean `tpm`?)",
+                "line 6: user.futureField: not a field vmkeep knows; ignored",
+                "line 8: portForwards[0].static2: not a field vmkeep knows; ignored (did you mean `static`?)",
+                "line 10: portForwards[1].Static: not a field vmkeep knows; ignored (did you mean `static`?)",
+                "line 11: memroy: not a field vmkeep knows; ignored (did you mean `memory`?)",
+            ]
+        );
+        // A value that is wrong is still refused, at its own line.
+        let err = Config::parse("tpmx: 1\ncpus: 0\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        // Noting stops at a bound.
+        let many: String = (0..=unknown_fields::MAX_UNKNOWN)
+            .map(|i| format!("x{i}: 1\n"))
+            .collect();
+        assert!(Config::parse(&many).is_err());
     }
 
     #[test]
@@ -541,11 +592,6 @@ mod tests {
                 3,
             ),
             ("images:\n- location: /x\n  arch: sparc\n", "sparc", 3),
-            (
-                "images:\n- location: /x\n  url: /y\n",
-                "unknown field `url`",
-                3,
-            ),
             ("images:\n- arch: x86_64\n", "missing field `location`", 2),
             ("provision:\n- mode: root\n  script: x\n", "root", 2),
         ];
@@ -561,6 +607,12 @@ mod tests {
     #[test]
     fn a_misspelt_field_names_its_line_and_the_nearest_field_at_any_depth() {
         for (yaml, field, near, line) in [
+            (
+                "images:\n- location: /x\n  digets: /y\n",
+                "digets",
+                "digest",
+                3,
+            ),
             ("cpu: 2\n", "cpu", "cpus", 1),
             ("# c\ncpus: 1\nmemroy: 1GiB\n", "memroy", "memory", 3),
             ("provisions:\n- script: x\n", "provisions", "provision", 1),
@@ -572,7 +624,7 @@ mod tests {
                 3,
             ),
         ] {
-            let err = Config::parse(yaml).unwrap_err();
+            let err = Config::read(yaml, FieldPolicy::Refuse).unwrap_err();
             assert_eq!(err.unknown_field.as_deref(), Some(field), "{err}");
             assert_eq!(err.suggestion.as_deref(), Some(near), "{err}");
             assert_eq!(err.line, Some(line), "{yaml:?}: {err}");

@@ -3,6 +3,7 @@
 
 use serde::Deserialize;
 
+use super::unknown_fields::{self, FieldPolicy, UnknownField};
 use super::{
     AccelSetting, Arch, Cpus, DiskSize, ImageEntry, KernelSettings, Memory, OnHostShutdown,
     ParseError, Probe, Provision, RunStrategy, Timeout, VmType,
@@ -123,18 +124,36 @@ pub struct RawConfig {
     pub plain: Option<bool>,
     #[serde(default)]
     pub nested_virtualization: MustBeOff<lima::NestedVirtualization>,
+    /// Lima's emulated TPM (swtpm): accepted, not applied.
+    #[serde(default, deserialize_with = "nullable")]
+    pub tpm: Option<bool>,
+    /// Settings of other guest OSes (Windows): accepted, not used.
+    #[serde(default, deserialize_with = "nullable")]
+    pub os_opts: Option<serde_yaml_ng::Value>,
 }
 
 impl RawConfig {
-    /// Parse YAML text without filling defaults. An empty document (or
-    /// only comments) means nothing set.
+    /// Parse YAML text without filling defaults, by Lima's policy: a field
+    /// vmkeep does not know is left out (see [`RawConfig::read`]). An empty
+    /// document (or only comments) means nothing set.
     pub fn parse(text: &str) -> Result<RawConfig, ParseError> {
+        Ok(RawConfig::read(text, FieldPolicy::Note)?.0)
+    }
+
+    /// Parse YAML text, with the fields vmkeep does not know: noted and
+    /// left out, or refused, as `policy` says.
+    pub fn read(
+        text: &str,
+        policy: FieldPolicy,
+    ) -> Result<(RawConfig, Vec<UnknownField>), ParseError> {
         if text
             .lines()
             .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
         {
-            return Ok(RawConfig::default());
+            return Ok((RawConfig::default(), Vec::new()));
         }
-        serde_yaml_ng::from_str(text).map_err(|e| ParseError::from_yaml(&e, text))
+        unknown_fields::read_noting(text, policy, |text| {
+            serde_yaml_ng::from_str(text).map_err(|e| ParseError::from_yaml(&e, text))
+        })
     }
 }

@@ -39,6 +39,7 @@ pub enum GuestOp {
     ShareLost,
     WatchPorts,
     Expose,
+    HostChanges,
 }
 
 impl GuestOp {
@@ -55,6 +56,7 @@ impl GuestOp {
             Op::ShareLost(_) => GuestOp::ShareLost,
             Op::WatchPorts => GuestOp::WatchPorts,
             Op::Expose(_) => GuestOp::Expose,
+            Op::HostChanges(_) => GuestOp::HostChanges,
         }
     }
 }
@@ -73,6 +75,7 @@ impl fmt::Display for GuestOp {
             GuestOp::ShareLost => "share-lost",
             GuestOp::WatchPorts => "watch-ports",
             GuestOp::Expose => "expose",
+            GuestOp::HostChanges => "host-changes",
         })
     }
 }
@@ -330,6 +333,19 @@ impl GuestLink {
         }
     }
 
+    /// Tell the guest what changed on the host side of a share, so that its
+    /// inotify sees it (Lima's `mountInotify`); what it could raise.
+    pub async fn raise_host_changes(
+        &self,
+        changes: vmkeep_protocol::host_changes::HostChanges,
+        timeout: Duration,
+    ) -> Result<vmkeep_protocol::host_changes::Raised, GuestLinkError> {
+        match self.call(Op::HostChanges(changes), timeout).await? {
+            Reply::Raised(raised) => Ok(raised),
+            other => Err(unexpected(GuestOp::HostChanges, other)),
+        }
+    }
+
     /// Give the connection up because the guest restarted (QEMU reported a
     /// reset): requests in flight fail now instead of waiting for answers
     /// that will never come.
@@ -391,6 +407,7 @@ fn unexpected(op: GuestOp, reply: Reply) -> GuestLinkError {
         Reply::ShareLost { .. } => "share-lost",
         Reply::Ports(_) => "ports",
         Reply::Exposed(_) => "exposed",
+        Reply::Raised(_) => "raised",
         Reply::Error { .. } => "error",
     };
     GuestLinkError::UnexpectedReply { op, reply }
