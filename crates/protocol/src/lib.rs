@@ -21,6 +21,8 @@ pub mod copy;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
 pub mod session;
+#[cfg(unix)]
+pub mod unix_relay;
 
 use serde::{Deserialize, Serialize};
 

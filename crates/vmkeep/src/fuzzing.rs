@@ -113,6 +113,7 @@ pub fn guest_lines(data: &[u8]) {
                     crate::forwards::wanted(&crate::forwards::default_rules(&[], None), &listening);
                 assert!(forwards.len() <= vmkeep_protocol::MAX_LISTENING);
             }
+            Ok(Incoming::Event(GuestEvent::Session { .. })) => {}
             Ok(Incoming::PeerRestarted | Incoming::Ignore) => {}
             Err(malformed) => {
                 assert_printable(&malformed.message, MalformedLine::MAX_MESSAGE_BYTES)

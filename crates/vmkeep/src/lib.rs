@@ -21,6 +21,7 @@ pub mod link;
 pub mod logging;
 pub mod notice;
 pub mod os;
+pub mod session;
 pub mod stop_ladder;
 pub mod template;
 pub mod text;
