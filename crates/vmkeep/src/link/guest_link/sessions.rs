@@ -541,3 +541,221 @@ impl Drop for GuestSession {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixStream;
+    use vmkeep_protocol::FromGuest;
+    use vmkeep_protocol::session::{
+        ExitStatus, INITIAL_OUTPUT_CREDIT, MAX_CHUNK_BYTES, OutputData, STDIN_WINDOW,
+    };
+
+    use super::*;
+    use crate::link::guest_link::LIMITS;
+    use crate::link::guest_link::client::GuestEvent;
+    use crate::link::line_rpc::Incoming;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// A link whose guest is `peer`: session events go to the table as the
+    /// real client routes them.
+    fn link_and_peer() -> (Arc<SessionTable>, Connection<Reply>, UnixStream) {
+        let (ours, peer) = UnixStream::pair().unwrap();
+        let table = Arc::new(SessionTable::default());
+        let routed = Arc::clone(&table);
+        let (conn, _events) = Connection::new(ours, LIMITS, move |line: &[u8]| {
+            Ok(match crate::link::guest_link::sort_line(line)? {
+                Incoming::Event(GuestEvent::Session { id, event }) => {
+                    routed.deliver(id, event);
+                    Incoming::<Reply, ()>::Ignore
+                }
+                _ => Incoming::Ignore,
+            })
+        });
+        (table, conn, peer)
+    }
+
+    async fn send(peer: &mut UnixStream, id: u64, event: SessionEvent) {
+        let line = vmkeep_protocol::encode_line(&FromGuest::Session { id, event });
+        peer.write_all(&line).await.unwrap();
+    }
+
+    fn output(len: usize) -> SessionEvent {
+        SessionEvent::Output(OutputData {
+            stream: Stream::Stdout,
+            data: vec![b'x'; len],
+        })
+    }
+
+    async fn next(session: &GuestSession) -> Update {
+        tokio::time::timeout(T, session.next_update())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_session_opens_streams_and_ends_and_its_frames_reach_the_guest() {
+        let (table, conn, peer) = link_and_peer();
+        let session = table.open(&conn, OpenSession::default()).unwrap();
+        let id = session.id();
+        let (read, write) = peer.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let frame = |line: String| -> SessionRequest { serde_json::from_str(&line).unwrap() };
+        let open = frame(lines.next_line().await.unwrap().unwrap());
+        assert_eq!(
+            (open.session, open.op),
+            (id, SessionOp::Open(OpenSession::default()))
+        );
+        let mut peer = write.reunite(lines.into_inner().into_inner()).unwrap();
+        session.send_stdin(b"abc".to_vec(), false).unwrap();
+        send(&mut peer, id, SessionEvent::Started { pid: 7 }).await;
+        send(&mut peer, id, output(5)).await;
+        send(&mut peer, id, SessionEvent::StdinCredit { bytes: 3 }).await;
+        send(&mut peer, id, SessionEvent::Exited(ExitStatus::exited(4))).await;
+        // Updates come as the events arrive; the end comes last.
+        let mut seen = Vec::new();
+        loop {
+            let update = next(&session).await;
+            if let Update::Output { stream, data } = &update {
+                session.grant(*stream, data.len());
+            }
+            let end = matches!(update, Update::End(_));
+            seen.push(update);
+            if end {
+                break;
+            }
+        }
+        // (Output and the credit may come in either order.)
+        seen[1..3].sort_by_key(|u| format!("{u:?}"));
+        assert_eq!(
+            seen,
+            [
+                Update::Started { pid: 7 },
+                Update::Output {
+                    stream: Stream::Stdout,
+                    data: vec![b'x'; 5]
+                },
+                Update::StdinCredit(3),
+                Update::End(End::Exited(ExitStatus::exited(4))),
+            ]
+        );
+        assert_eq!(table.open_count(), 0, "an exited session leaves the table");
+        // A late event for it is dropped.
+        send(&mut peer, id, output(1)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(table.open_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn output_beyond_the_credit_breaks_the_session_and_the_guest_is_told_to_close_it() {
+        let (table, conn, peer) = link_and_peer();
+        let session = table.open(&conn, OpenSession::default()).unwrap();
+        let id = session.id();
+        let (read, mut write) = peer.into_split();
+        let mut lines = BufReader::new(read).lines();
+        lines.next_line().await.unwrap(); // open
+        let started = FromGuest::Session {
+            id,
+            event: SessionEvent::Started { pid: 7 },
+        };
+        write
+            .write_all(&vmkeep_protocol::encode_line(&started))
+            .await
+            .unwrap();
+        // Exactly the credit, then one byte more, without a grant between.
+        let chunks = INITIAL_OUTPUT_CREDIT as usize / MAX_CHUNK_BYTES;
+        for _ in 0..chunks {
+            let line = vmkeep_protocol::encode_line(&FromGuest::Session {
+                id,
+                event: output(MAX_CHUNK_BYTES),
+            });
+            write.write_all(&line).await.unwrap();
+        }
+        let line = vmkeep_protocol::encode_line(&FromGuest::Session {
+            id,
+            event: output(1),
+        });
+        write.write_all(&line).await.unwrap();
+        let mut outputs = 0;
+        let end = loop {
+            match next(&session).await {
+                Update::Output { .. } => outputs += 1,
+                Update::End(end) => break end,
+                _ => {}
+            }
+        };
+        assert_eq!(outputs, chunks, "what came within the credit was delivered");
+        assert!(
+            matches!(&end, End::Broken(why) if why.contains("protocol")),
+            "{end:?}"
+        );
+        drop(session);
+        let close = lines.next_line().await.unwrap().unwrap();
+        let close: SessionRequest = serde_json::from_str(&close).unwrap();
+        assert_eq!((close.session, close.op), (id, SessionOp::Close));
+    }
+
+    #[tokio::test]
+    async fn stdin_is_held_to_the_window_and_a_lost_link_ends_every_session() {
+        let (table, conn, peer) = link_and_peer();
+        let a = table.open(&conn, OpenSession::default()).unwrap();
+        let b = table.open(&conn, OpenSession::default()).unwrap();
+        assert_ne!(a.id(), b.id());
+        assert_eq!(a.stdin_credit(), STDIN_WINDOW);
+        for _ in 0..STDIN_WINDOW as usize / MAX_CHUNK_BYTES {
+            a.send_stdin(vec![0; MAX_CHUNK_BYTES], false).unwrap();
+        }
+        assert!(matches!(
+            a.send_stdin(vec![0], false),
+            Err(SessionError::Refused(_))
+        ));
+        drop(peer);
+        for session in [&a, &b] {
+            assert!(
+                matches!(next(session).await, Update::End(End::Broken(why)) if why.contains("link was lost"))
+            );
+        }
+        assert!(matches!(
+            table.open(&conn, OpenSession::default()),
+            Err(OpenError::LinkClosed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn at_most_max_sessions_are_open_and_refusals_are_kept_bounded() {
+        let (table, conn, mut peer) = link_and_peer();
+        let sessions: Vec<GuestSession> = (0..MAX_SESSIONS)
+            .map(|_| table.open(&conn, OpenSession::default()).unwrap())
+            .collect();
+        assert!(matches!(
+            table.open(&conn, OpenSession::default()),
+            Err(OpenError::TooMany)
+        ));
+        let id = sessions[0].id();
+        for _ in 0..10 * MAX_QUEUED_NOTICES {
+            let message = "\u{1b}[2J".repeat(MAX_EVENT_MESSAGE_BYTES / 4);
+            send(&mut peer, id, SessionEvent::Error { message }).await;
+        }
+        send(&mut peer, id, SessionEvent::Started { pid: 1 }).await;
+        // Once started is in, every refusal before it was handled: what is
+        // held is bounded, the rest counted.
+        let slot = &sessions[0].slot;
+        let until = tokio::time::Instant::now() + T;
+        while slot.lock().started.is_none() {
+            assert!(tokio::time::Instant::now() < until, "started never arrived");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        {
+            let state = slot.lock();
+            assert_eq!(state.notices.len(), MAX_QUEUED_NOTICES);
+            assert_eq!(state.notices_dropped as usize, 9 * MAX_QUEUED_NOTICES);
+            assert!(
+                state.notices.iter().all(|n| !n.contains('\u{1b}')),
+                "escaped"
+            );
+        }
+    }
+}
