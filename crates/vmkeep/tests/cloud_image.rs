@@ -691,7 +691,7 @@ fn vm_cloud_shell_copy_socket_forward_and_copy_to_host() {
          \x20 initrd:\n    location: {initrd}\n\
          provision:\n- mode: system\n  script: |\n\
          \x20   systemctl start podman.socket\n\
-         \x20   chgrp \"$(id -gn {{{{.User}}}})\" /run/podman/podman.sock\n\
+         \x20   chmod 0711 /run/podman && chgrp \"$(id -gn {{{{.User}}}})\" /run/podman/podman.sock\n\
          \x20   echo kubeconfig-of-{{{{.Name}}}} > /etc/real-config && ln -sf /etc/real-config /etc/linked-config\n\
          portForwards:\n- guestSocket: /run/podman/podman.sock\n  hostSocket: \"{{{{.Dir}}}}/sock/podman.sock\"\n\
          copyToHost:\n- guest: /etc/linked-config\n  host: \"{{{{.Dir}}}}/copied-from-guest/kubeconfig.yaml\"\n  deleteOnStop: true\n",
@@ -770,13 +770,32 @@ fn vm_cloud_shell_copy_socket_forward_and_copy_to_host() {
             .arg("http://podman/version")
             .output()
             .expect("curl");
-        String::from_utf8_lossy(&curl.stdout).into_owned()
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&curl.stdout),
+            String::from_utf8_lossy(&curl.stderr)
+        )
     };
     let answer = version();
-    assert!(
-        answer.contains("\"Version\""),
-        "podman's /version: {answer:?}"
-    );
+    if !answer.contains("\"Version\"") {
+        let guest = command_in(
+            &env,
+            cache.path(),
+            &[
+                "shell",
+                "cloud",
+                "sh",
+                "-c",
+                "ls -l /run/podman; id; systemctl status podman.socket podman.service | cat",
+            ],
+        );
+        let log = std::fs::read_to_string(dir.join("ha.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "podman's /version: {answer:?}\nin the guest: {}\nha.log: {tail:#?}",
+            guest.describe()
+        );
+    }
     eprintln!("podman through the forwarded socket: {}", answer.trim());
 
     // The agent's unit restarted: a nohup'd process of a session lives on.

@@ -790,7 +790,10 @@ mod hostile_copy {
     }
 
     fn event(peer: &mut Peer, id: u64, event: SessionEvent) -> bool {
-        peer.send(&vmkeep_protocol::encode_line(&FromGuest::Session { id, event }))
+        peer.send(&vmkeep_protocol::encode_line(&FromGuest::Session {
+            id,
+            event,
+        }))
     }
 
     /// Play the guest of one copy-out session: `archive` as its stdout
@@ -914,8 +917,8 @@ mod hostile_copy {
 }
 
 use hostile_copy::{contents, copy_from, end, entry, joined};
-use vmkeep_protocol::archive::MAGIC;
 use vmkeep::session::copy_out::{CopyOutError, Limits};
+use vmkeep_protocol::archive::MAGIC;
 
 #[tokio::test]
 async fn a_copy_from_a_guest_writes_only_below_its_destination() {
@@ -941,15 +944,56 @@ async fn a_copy_from_a_guest_writes_only_below_its_destination() {
     // the archive itself made: each is refused, the copy breaks off, and
     // nothing appears outside the destination.
     let attacks: Vec<(&str, Vec<Vec<u8>>)> = vec![
-        ("dot-dot", archive(vec![file(b"../outside/victim", b"pwned\n")], 1, 6)),
-        ("deep dot-dot", archive(vec![entry(b'd', 0o755, 0, b"d", b""), file(b"d/../../outside/victim", b"pwned\n")], 2, 6)),
-        ("absolute", archive(vec![file(format!("{}/victim", outside.display()).as_bytes(), b"pwned\n")], 1, 6)),
-        ("through a symlink", archive(vec![entry(b'd', 0o755, 0, b"d", b""), entry(b'l', 0o777, 0, b"d/link", &target), file(b"d/link/victim", b"pwned\n")], 3, 6)),
+        (
+            "dot-dot",
+            archive(vec![file(b"../outside/victim", b"pwned\n")], 1, 6),
+        ),
+        (
+            "deep dot-dot",
+            archive(
+                vec![
+                    entry(b'd', 0o755, 0, b"d", b""),
+                    file(b"d/../../outside/victim", b"pwned\n"),
+                ],
+                2,
+                6,
+            ),
+        ),
+        (
+            "absolute",
+            archive(
+                vec![file(
+                    format!("{}/victim", outside.display()).as_bytes(),
+                    b"pwned\n",
+                )],
+                1,
+                6,
+            ),
+        ),
+        (
+            "through a symlink",
+            archive(
+                vec![
+                    entry(b'd', 0o755, 0, b"d", b""),
+                    entry(b'l', 0o777, 0, b"d/link", &target),
+                    file(b"d/link/victim", b"pwned\n"),
+                ],
+                3,
+                6,
+            ),
+        ),
     ];
     for (what, records) in attacks {
         let result = copy_from(records, &dest, Limits::default()).await;
-        assert!(matches!(result, Err(CopyOutError::Broke(_))), "{what}: {result:?}");
-        assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "host data\n", "{what}");
+        assert!(
+            matches!(result, Err(CopyOutError::Broke(_))),
+            "{what}: {result:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "host data\n",
+            "{what}"
+        );
         assert_eq!(contents(&outside), ["victim"], "{what}");
     }
     // A symlink the guest sent is made as a symlink (never followed), and
@@ -966,13 +1010,27 @@ async fn a_copy_from_a_guest_writes_only_below_its_destination() {
     );
     let done = copy_from(records, &dest, Limits::default()).await.unwrap();
     assert!(!done.warnings.is_empty(), "the setuid bit's drop is said");
-    assert!(std::fs::symlink_metadata(dest.join("link")).unwrap().file_type().is_symlink());
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dest.join("suid")).unwrap().permissions());
+    assert!(
+        std::fs::symlink_metadata(dest.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dest.join("suid")).unwrap().permissions(),
+    );
     assert_eq!(mode & 0o7777, 0o755);
     let records = archive(vec![file(b"link", b"replaced\n")], 1, 9);
     copy_from(records, &dest, Limits::default()).await.unwrap();
-    assert!(std::fs::symlink_metadata(dest.join("link")).unwrap().is_file());
-    assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "host data\n");
+    assert!(
+        std::fs::symlink_metadata(dest.join("link"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.join("victim")).unwrap(),
+        "host data\n"
+    );
     assert_eq!(contents(&outside), ["victim"]);
 }
 
@@ -1003,10 +1061,20 @@ async fn a_guest_sending_endless_data_is_stopped_at_the_limit_and_leaves_no_half
     drop(session);
     drop(link);
     let sent = joined(guest).await;
-    assert!(matches!(result, Err(CopyOutError::TooLarge { .. })), "{result:?}");
+    assert!(
+        matches!(result, Err(CopyOutError::TooLarge { .. })),
+        "{result:?}"
+    );
     assert!(result.unwrap_err().to_string().contains("limit"));
-    assert!(sent < 32 * MIB as u64, "the host stopped reading: {sent} bytes sent");
-    assert_eq!(contents(scratch.path()), Vec::<String>::new(), "no half-written file");
+    assert!(
+        sent < 32 * MIB as u64,
+        "the host stopped reading: {sent} bytes sent"
+    );
+    assert_eq!(
+        contents(scratch.path()),
+        Vec::<String>::new(),
+        "no half-written file"
+    );
     assert!(held < 4 * MIB, "the host side held {held} bytes");
 }
 
@@ -1076,7 +1144,11 @@ async fn a_guest_cannot_fill_the_hosts_disk_through_a_copy() {
     assert!(*free >= 60 * MIB as u64, "stopped with {free} bytes free");
     let message = result.unwrap_err().to_string();
     assert!(message.contains("removed"), "{message}");
-    assert_eq!(contents(env.home()), Vec::<String>::new(), "no half-written file");
+    assert_eq!(
+        contents(env.home()),
+        Vec::<String>::new(),
+        "no half-written file"
+    );
     let (_, free_now) = vmkeep::os::fs::space_of(env.home()).unwrap();
     assert!(free_now > 90 * MIB as u64, "the space is back: {free_now}");
 }

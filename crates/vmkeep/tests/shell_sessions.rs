@@ -190,6 +190,25 @@ fn exit_codes_and_signals(env: &TestEnv, name: &str) {
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(128 + number), "signal {number}");
     }
+    // vmkeep's own stdout closed (`| head`): SIGPIPE's code, no message,
+    // and the endless command is hung up.
+    let mut child = env
+        .command(&["shell", name, "yes"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut head = [0u8; 64];
+    child
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut head)
+        .unwrap();
+    drop(child.stdout.take());
+    let done = child.wait_with_output().unwrap();
+    assert_eq!(done.status.code(), Some(141));
+    assert_eq!(String::from_utf8_lossy(&done.stderr), "");
     // A trap in the command sees the signal and decides the code.
     let mut child = env
         .command(&[

@@ -125,9 +125,10 @@ Config fields (vmkeep.yaml; Lima's names, README.md \"Coming from Lima\" says wh
   user: {name, comment, uid, home, shell}          caCerts: {removeDefaults, files, certs}
   upgradePackages         timezone                 hostResolver: {hosts}
   mounts: [{location, mountPoint, writable}]       (virtio-fs; needs root)
-  portForwards: [{guestPort(Range), hostPort(Range), guestIP, hostIP, proto, ignore}]
-  minimumLimaVersion, containerd: {system: false, user: false},
-  copyToHost: accepted (copies are not applied)";
+  portForwards: [{guestPort(Range), hostPort(Range), guestIP, hostIP, proto, ignore}
+                 | {guestSocket, hostSocket}]  (a unix socket, 0600, relayed to the guest's)
+  copyToHost: [{guest, host, deleteOnStop, skipIfMissing}]  (copied before start returns)
+  minimumLimaVersion, containerd: {system: false, user: false}";
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {

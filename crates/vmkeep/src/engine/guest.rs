@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{EngineError, describe, status_of};
-use crate::hostagent::api::{ApiClient, ExecRequest, ExecResult, SessionClient};
+use crate::hostagent::api::SessionClient;
 use crate::image::cloud::{self, CloudError, ImageRecord};
 use crate::image::sshkeys;
 use crate::instance::shares::SharedDir;
@@ -23,9 +23,6 @@ use crate::instance::vars::GuestUser;
 use crate::instance::{Config, Home, InstanceDir, InstanceName, Status};
 use crate::os;
 use vmkeep_protocol::session::OpenSession;
-
-/// Longest a command run in the guest may take.
-const EXEC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// How long opening a session may take (the agent waits up to two minutes
 /// for a rebooting guest to come back).
@@ -138,14 +135,6 @@ impl SshAccess {
 }
 
 impl AgentAccess {
-    /// Run a command in the guest and collect its output (the one-shot
-    /// exec, output capped by the guest; `session` streams instead).
-    pub fn exec(&self, request: &ExecRequest) -> Result<ExecResult, EngineError> {
-        super::runtime()?
-            .block_on(ApiClient::new(&self.dir.api_socket()).exec(request, EXEC_TIMEOUT))
-            .map_err(EngineError::from)
-    }
-
     /// The user name sessions run as (`None`: root).
     pub fn user_name(&self) -> Option<String> {
         self.user.as_ref().map(|u| u.name.clone())

@@ -213,10 +213,20 @@ where
                     Stream::Stdout => write_flushed(stdout, &data).await,
                     Stream::Stderr => write_flushed(stderr, &data).await,
                 };
-                if let Err(e) = written {
-                    // Our own output is gone (a closed pipe): the command
-                    // is hung up by closing the session, as ssh's would be.
-                    return End::Broken(format!("cannot write the command's output here: {e}"));
+                match written {
+                    Ok(()) => {}
+                    // Our own output's reader is gone (`| head`): end as a
+                    // pipeline's member does, by SIGPIPE's code, quietly;
+                    // the session closes and the guest hangs the command up.
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                        return End::Exited(vmkeep_protocol::session::ExitStatus::killed(
+                            libc::SIGPIPE,
+                            false,
+                        ));
+                    }
+                    Err(e) => {
+                        return End::Broken(format!("cannot write the command's output here: {e}"));
+                    }
                 }
             }
             Update::StdinCredit(bytes) => credit.grant(bytes),

@@ -223,9 +223,23 @@ impl SessionTable {
         if conn.is_closed() {
             return Err(OpenError::LinkClosed);
         }
+        let (id, slot) = self.register(&open)?;
+        let frames = Arc::new(FrameQueue::new(open));
+        tokio::spawn(write_frames(id, Arc::clone(&frames), conn.clone()));
+        Ok(GuestSession {
+            id,
+            slot,
+            frames,
+            table: Arc::clone(self),
+            conn: conn.clone(),
+        })
+    }
+
+    /// A new session's id and slot, in the table.
+    fn register(&self, open: &OpenSession) -> Result<(u64, Arc<Slot>), OpenError> {
         let slot = Arc::new(Slot {
             state: Mutex::new(SlotState {
-                rules: SessionState::new(&open),
+                rules: SessionState::new(open),
                 started: None,
                 started_told: false,
                 output: VecDeque::new(),
@@ -250,15 +264,7 @@ impl SessionTable {
             table.open.insert(id, Arc::clone(&slot));
             id
         };
-        let frames = Arc::new(FrameQueue::new(open));
-        tokio::spawn(write_frames(id, Arc::clone(&frames), conn.clone()));
-        Ok(GuestSession {
-            id,
-            slot,
-            frames,
-            table: Arc::clone(self),
-            conn: conn.clone(),
-        })
+        Ok((id, slot))
     }
 }
 
@@ -539,6 +545,97 @@ impl Drop for GuestSession {
                 q.close = true;
             }
         });
+    }
+}
+
+/// The fuzz check of what guest lines make a session table hold
+/// (`fuzzing::guest_sessions`): byte 0 picks how many sessions are open
+/// (1 to 4, the first on a pty) and how the owner takes updates; the rest
+/// are lines of the guest's, their session ids mapped onto the open ones
+/// (and one that is not). Whatever comes, each session holds no more output
+/// than it granted, no more than [`MAX_QUEUED_NOTICES`] refusals, each
+/// escaped, and a session that ended has left the table.
+#[cfg(any(test, fuzzing))]
+pub(crate) fn fuzz_deliveries(data: &[u8]) {
+    use vmkeep_protocol::session::{INITIAL_OUTPUT_CREDIT, PtyRequest};
+
+    use crate::link::guest_link::client::GuestEvent;
+    use crate::link::line_rpc::Incoming;
+
+    let Some((&mode, lines)) = data.split_first() else {
+        return;
+    };
+    let count = usize::from(mode % 4) + 1;
+    let table = SessionTable::default();
+    let base = table.lock().next_id;
+    let mut slots = Vec::new();
+    for i in 0..count {
+        let open = OpenSession {
+            pty: (i == 0).then_some(PtyRequest {
+                rows: 24,
+                cols: 80,
+                term: None,
+            }),
+            ..OpenSession::default()
+        };
+        let (_, slot) = table.register(&open).expect("room for four");
+        slots.push((slot, [INITIAL_OUTPUT_CREDIT; 2], [0u64; 2]));
+    }
+    for (n, line) in lines.split(|b| *b == b'\n').enumerate() {
+        if let Ok(Incoming::Event(GuestEvent::Session { id, event })) =
+            crate::link::guest_link::sort_line(line)
+        {
+            table.deliver(base + id % (count as u64 + 1), event);
+        }
+        for (index, (slot, granted, taken)) in slots.iter_mut().enumerate() {
+            let mut state = slot.lock();
+            let mut held = [0u64; 2];
+            for (stream, data) in &state.output {
+                held[stream.index()] += data.len() as u64;
+                assert!(
+                    !data.is_empty() && data.len() <= vmkeep_protocol::session::MAX_CHUNK_BYTES
+                );
+            }
+            for stream in 0..2 {
+                assert!(
+                    held[stream] <= granted[stream] - taken[stream],
+                    "holding {} bytes with {} granted and {} taken",
+                    held[stream],
+                    granted[stream],
+                    taken[stream]
+                );
+            }
+            assert!(state.notices.len() <= MAX_QUEUED_NOTICES);
+            for notice in &state.notices {
+                assert!(!notice.chars().any(char::is_control), "{notice:?}");
+            }
+            if let Some(End::Failed(failure)) = &state.end {
+                assert!(!failure.message.chars().any(char::is_control));
+            }
+            if state.end.is_some() {
+                assert!(!table.lock().open.contains_key(&(base + index as u64)));
+            }
+            // The owner takes the oldest output now and then, and grants it back.
+            if (usize::from(mode) >> 2).is_multiple_of(n % 3 + 1)
+                && let Some((stream, data)) = state.output.pop_front()
+            {
+                let len = data.len() as u64;
+                taken[stream.index()] += len;
+                granted[stream.index()] += len;
+                let credit = match stream {
+                    Stream::Stdout => OutputCredit {
+                        stdout: len,
+                        stderr: 0,
+                    },
+                    Stream::Stderr => OutputCredit {
+                        stdout: 0,
+                        stderr: len,
+                    },
+                };
+                let _ = state.rules.grant(credit);
+            }
+            state.notices.pop_front();
+        }
     }
 }
 
