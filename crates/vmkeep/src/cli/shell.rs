@@ -71,7 +71,7 @@ pub fn run(args: ShellArgs) -> Result<i32, CliError> {
             &mut tokio::io::stdout(),
             &mut tokio::io::stderr(),
             controls,
-            |notice| eprint!("vmkeep: the guest refused: {notice}{line_end}"),
+            |notice| eprint!("vmkeep: {notice}{line_end}"),
         )
         .await;
         drop(raw);

@@ -106,10 +106,10 @@ async fn connected_guest(shared: &Shared) -> Option<GuestLink> {
 
 /// How long a command in flight waits for a guest that QEMU paused meanwhile
 /// before its caller hears why it does not finish.
-const PAUSED_EXEC_GRACE: Duration = Duration::from_secs(5);
+pub(super) const PAUSED_EXEC_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a command cannot run now in a paused guest.
-fn paused_refusal(shared: &Shared, reason: &PauseReason) -> String {
+pub(super) fn paused_refusal(shared: &Shared, reason: &PauseReason) -> String {
     let name = shared
         .info
         .lock()
@@ -123,7 +123,7 @@ fn paused_refusal(shared: &Shared, reason: &PauseReason) -> String {
 }
 
 /// Once the guest has been paused for `grace` without a break: why.
-async fn paused_for(
+pub(super) async fn paused_for(
     pause: &mut watch::Receiver<Option<PauseReason>>,
     grace: Duration,
 ) -> PauseReason {
@@ -421,10 +421,17 @@ async fn open_session(shared: &Shared, mut request: Request<Incoming>) -> Respon
             return error(StatusCode::CONFLICT, ErrorCode::WrongState, e.to_string());
         }
     };
+    let pause = shared.pause.clone();
+    let name = shared
+        .info
+        .lock()
+        .map(|info| info.name.clone())
+        .unwrap_or_default();
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                super::session_relay::relay(session, hyper_util::rt::TokioIo::new(upgraded)).await
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                super::session_relay::relay(session, io, pause, name).await
             }
             Err(e) => tracing::warn!("a session's connection was not upgraded: {e}"),
         }

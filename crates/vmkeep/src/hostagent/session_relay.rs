@@ -3,21 +3,30 @@
 //! client, and the guest gets output credit back only once it is written to
 //! the client's connection; what the client sends goes to the guest within
 //! the stdin credit the client was told of. The client's end of the
-//! connection ends the session (the guest hangs the command up).
+//! connection ends the session (the guest hangs the command up). A guest
+//! that QEMU paused for a while under a session is said to the client (a
+//! notice: the command goes on once the guest runs again).
 
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 use vmkeep_protocol::session::Signal;
 
+use super::server::{PAUSED_EXEC_GRACE, paused_for};
 use super::session_api::{AgentFrame, ClientFrame};
+use crate::instance::pause::PauseReason;
 use crate::link::guest_link::GuestSession;
 use crate::session::{SessionError, Update};
 
 /// Relay `session` and the client's connection `io` until the session ends
 /// or the client goes.
-pub async fn relay<IO>(session: GuestSession, io: IO)
-where
+pub async fn relay<IO>(
+    session: GuestSession,
+    io: IO,
+    mut pause: watch::Receiver<Option<PauseReason>>,
+    instance: String,
+) where
     IO: AsyncRead + AsyncWrite + Send + 'static,
 {
     let id = session.id();
@@ -39,8 +48,24 @@ where
             }
         }
     });
+    let mut told_paused = false;
+    let mut resumed = pause.clone();
     let broken = loop {
         tokio::select! {
+            reason = paused_for(&mut pause, PAUSED_EXEC_GRACE), if !told_paused => {
+                told_paused = true;
+                let notice = format!(
+                    "{instance} is paused: {}; the command goes on once it runs again ({})",
+                    reason.message(),
+                    reason.hint().replace("NAME", &instance)
+                );
+                if write(&mut to_client, &AgentFrame::Notice(notice)).await.is_err() {
+                    break None;
+                }
+            }
+            _ = async { resumed.wait_for(Option::is_none).await.is_ok() }, if told_paused => {
+                told_paused = false;
+            }
             ended = &mut client => {
                 match ended.ok().flatten() {
                     Some(why) => break Some(why),

@@ -181,7 +181,9 @@ impl SessionTable {
             SessionEvent::Error { message } => {
                 if state.notices.len() < MAX_QUEUED_NOTICES {
                     let shown = untrusted::shown(&message, MAX_EVENT_MESSAGE_BYTES);
-                    state.notices.push_back(shown);
+                    state
+                        .notices
+                        .push_back(format!("the guest refused: {shown}"));
                 } else {
                     state.notices_dropped += 1;
                 }
