@@ -34,20 +34,21 @@ fn run_lima(env: &TestEnv, args: &[&str]) -> common::Run {
 #[test]
 fn every_lima_template_is_accepted_in_its_own_form() {
     let env = TestEnv::new();
+    let none: &[&str] = &[];
     for (file, name, notes) in [
-        // Mounts and port forwards apply; a unix socket forward does not.
-        ("default.yaml", "default", &[][..]),
+        // Mounts, port forwards, unix socket forwards and copyToHost apply.
+        ("default.yaml", "default", none),
         (
             "docker.yaml",
             "docker",
-            &["portForwards: 1 unix socket rule(s) (guestSocket/hostSocket) not applied"],
+            &[],
         ),
         (
             "podman.yaml",
             "podman",
-            &["portForwards: 1 unix socket rule(s)"],
+            &[],
         ),
-        ("k3s.yaml", "k3s", &["copyToHost: not applied"]),
+        ("k3s.yaml", "k3s", &[]),
         ("alpine.yaml", "alpine", &[]),
         ("archlinux.yaml", "archlinux", &[]),
         ("debian-12.yaml", "debian-12", &[]),
@@ -71,6 +72,12 @@ fn every_lima_template_is_accepted_in_its_own_form() {
                 run.describe()
             );
         }
+        // Socket forwards (docker, podman) and copyToHost (k3s) are applied.
+        assert!(
+            !run.stderr().contains("unix socket rule") && !run.stderr().contains("copyToHost"),
+            "{file}: {}",
+            run.describe()
+        );
         assert!(
             !run.stderr().contains("mounts:") && !run.stderr().contains("not applied yet"),
             "{file}: {}",

@@ -171,7 +171,7 @@ pub async fn copy_in<S: SessionStream>(
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
             let l = l.strip_prefix("vmkeep-guest: copy: ").unwrap_or(l);
-            crate::link::untrusted::shown(l, 1024)
+            super::shown(l.as_bytes(), 1024)
         })
         .collect();
     let mut problems: Vec<String> = notices

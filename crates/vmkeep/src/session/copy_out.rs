@@ -188,7 +188,7 @@ impl GuestMessages {
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
                 let l = l.strip_prefix("vmkeep-guest: copy: ").unwrap_or(l);
-                crate::link::untrusted::shown(l, 1024)
+                super::shown(l.as_bytes(), 1024)
             })
             .collect()
     }
@@ -303,7 +303,7 @@ pub async fn copy_out<S: SessionStream>(
         let mut lines: Vec<String> = notices
             .iter()
             .filter(|n| !n.warning)
-            .map(|n| crate::link::untrusted::shown(&n.to_string(), 1024))
+            .map(|n| super::shown(n.to_string().as_bytes(), 1024))
             .collect();
         if dropped > 0 {
             lines.push(format!("... and {dropped} more"));
@@ -342,7 +342,7 @@ fn done_by_code(
     let warnings = notices
         .iter()
         .filter(|n| n.warning)
-        .map(|n| crate::link::untrusted::shown(&n.to_string(), 1024))
+        .map(|n| super::shown(n.to_string().as_bytes(), 1024))
         .collect();
     let copied = CopiedOut {
         entries: done.written,

@@ -103,6 +103,12 @@ pub enum SessionError {
     Refused(String),
 }
 
+/// A guest's text as it may be shown (in a message, a log line): control
+/// characters and invalid bytes escaped, cut to `max` bytes.
+pub(crate) fn shown(bytes: &[u8], max: usize) -> String {
+    vmkeep_protocol::session::truncate_message(vmkeep_protocol::archive::shown(bytes), max)
+}
+
 /// What a session's stdin may still take, as its user counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StdinCredit(u64);

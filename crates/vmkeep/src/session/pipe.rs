@@ -36,7 +36,7 @@ where
     let mut reading = true;
     let mut stderr: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; MAX_CHUNK_BYTES];
-    let shown = |stderr: &[u8]| crate::link::untrusted::shown_bytes(stderr, MAX_STDERR_BYTES);
+    let shown = |stderr: &[u8]| super::shown(stderr, MAX_STDERR_BYTES);
     loop {
         let can_read = reading && credit.available() > 0;
         let want = (credit.available() as usize).min(MAX_CHUNK_BYTES);
