@@ -10,7 +10,8 @@
 //! a panic (the release build aborts) powers the machine off first.
 //!
 //! With `--copy-out` or `--copy-in` it is neither: a command of its own that
-//! copies files (see `copy_mode`), which the host runs in a session.
+//! copies files (see `copy_mode`), which the host runs in a session; with
+//! `--connect-unix` one that relays a forwarded socket (`relay_mode`).
 
 mod agent;
 mod boot;
@@ -28,6 +29,7 @@ mod net;
 mod ports;
 mod pty;
 mod reaper;
+mod relay_mode;
 mod session;
 mod shares;
 mod spawn;
@@ -48,7 +50,7 @@ const VIRTIO_ID_CONSOLE: u32 = 3;
 fn main() {
     // `--copy-out` / `--copy-in`: a command the host runs in a session.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(code) = copy_mode::run(&args) {
+    if let Some(code) = copy_mode::run(&args).or_else(|| relay_mode::run(&args)) {
         std::process::exit(code);
     }
     let mode = if sys::getpid() == 1 {

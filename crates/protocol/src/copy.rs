@@ -65,9 +65,10 @@
 //! Either way, stderr carries one line per problem, for the user
 //! (`vmkeep-guest: copy: PATH: ...`; untrusted text), and the exit code is
 //! 0 (all copied), 1 (some entries were not: the archive's error records
-//! and stderr say which), 2 (usage) or 3 (the copy broke off: a bad or
+//! and stderr say which), 2 (usage), 3 (the copy broke off: a bad or
 //! truncated archive, an unusable destination, an output that could not be
-//! written). A copy is complete only with exit code 0 and, when reading an
+//! written) or, out of the guest only, 4 (a source does not exist; the
+//! others were copied): see [`exit`]. A copy is complete only with exit code 0 and, when reading an
 //! archive, its end record; anything else is an error to report, never a
 //! silent success.
 
@@ -89,11 +90,35 @@ pub const COPY_OUT: &str = "--copy-out";
 /// The agent's argument for copying an archive in (from stdin).
 pub const COPY_IN: &str = "--copy-in";
 
-/// The `argv` of a session that copies `paths` out of the guest.
-pub fn copy_out_argv(paths: &[String], recursive: bool) -> Vec<String> {
+/// Copy-out's argument that resolves each source's symlinks in the guest
+/// first (`realpath`): the copy is of what the link points to, by the
+/// target's name. Without it a source that is a symlink is copied as one.
+pub const DEREFERENCE: &str = "--dereference";
+
+/// The copy mode's exit codes (see the module docs).
+pub mod exit {
+    /// Everything was copied.
+    pub const COMPLETE: i32 = 0;
+    /// Some entries were not (the archive's error records and stderr say which).
+    pub const INCOMPLETE: i32 = 1;
+    /// The command line was wrong.
+    pub const USAGE: i32 = 2;
+    /// The copy broke off.
+    pub const BROKEN: i32 = 3;
+    /// Copy-out only: a source does not exist, and nothing else went wrong
+    /// (the others were copied).
+    pub const MISSING: i32 = 4;
+}
+
+/// The `argv` of a session that copies `paths` out of the guest
+/// (`dereference`: see [`DEREFERENCE`]).
+pub fn copy_out_argv(paths: &[String], recursive: bool, dereference: bool) -> Vec<String> {
     let mut argv = vec![AGENT_EXE.to_string(), COPY_OUT.to_string()];
     if recursive {
         argv.push("--recursive".to_string());
+    }
+    if dereference {
+        argv.push(DEREFERENCE.to_string());
     }
     argv.push("--".to_string());
     argv.extend(paths.iter().cloned());
@@ -1651,7 +1676,7 @@ mod tests {
     #[test]
     fn the_copy_commands_are_the_agents_own() {
         assert_eq!(
-            copy_out_argv(&["a".into(), "-b".into()], true),
+            copy_out_argv(&["a".into(), "-b".into()], true, false),
             [
                 "/proc/self/exe",
                 "--copy-out",
@@ -1660,6 +1685,10 @@ mod tests {
                 "a",
                 "-b"
             ]
+        );
+        assert_eq!(
+            copy_out_argv(&["k".into()], false, true),
+            ["/proc/self/exe", "--copy-out", "--dereference", "--", "k"]
         );
         assert_eq!(
             copy_in_argv("/data", false),

@@ -22,6 +22,8 @@ pub mod copy;
 pub mod fuzzing;
 pub mod host_changes;
 pub mod session;
+#[cfg(unix)]
+pub mod unix_relay;
 
 use serde::{Deserialize, Serialize};
 

@@ -11,6 +11,10 @@
 //! - [`guest_lines`]: the guest link's decoding of a connection's lines;
 //!   whatever it accepts passes [`check_guest_info`], round-trips, and what
 //!   it rejects is described in a short, printable message;
+//! - [`guest_sessions`]: a guest's session events, delivered to the host's
+//!   session table: each session holds no more output than it granted and
+//!   at most a bounded number of refusals, escaped; an ended one leaves the
+//!   table;
 //! - [`qmp_lines`]: QMP decoding; every event keeps QEMU's name, shows as a
 //!   short printable line, and `query-status` replies parse or fail cleanly;
 //! - [`journal`]: every record read from a journal writes back as itself;
@@ -38,9 +42,10 @@ use crate::link::untrusted;
 pub type Check = fn(&[u8]);
 
 /// The fuzz targets, by name (the names of `fuzz/fuzz_targets/*.rs`).
-pub const TARGETS: [(&str, Check); 5] = [
+pub const TARGETS: [(&str, Check); 6] = [
     ("line_splitter", line_splitter),
     ("guest_lines", guest_lines),
+    ("guest_sessions", guest_sessions),
     ("qmp_lines", qmp_lines),
     ("journal", journal),
     ("config", config),
@@ -113,12 +118,19 @@ pub fn guest_lines(data: &[u8]) {
                     crate::forwards::wanted(&crate::forwards::default_rules(&[], None), &listening);
                 assert!(forwards.len() <= vmkeep_protocol::MAX_LISTENING);
             }
+            Ok(Incoming::Event(GuestEvent::Session { .. })) => {}
             Ok(Incoming::PeerRestarted | Incoming::Ignore) => {}
             Err(malformed) => {
                 assert_printable(&malformed.message, MalformedLine::MAX_MESSAGE_BYTES)
             }
         }
     }
+}
+
+/// A guest's session events through the host's session table (see
+/// `link::guest_link::sessions::fuzz_deliveries`).
+pub fn guest_sessions(data: &[u8]) {
+    crate::link::guest_link::sessions::fuzz_deliveries(data);
 }
 
 /// QMP lines, through the client's decoder; each also as a `query-status`

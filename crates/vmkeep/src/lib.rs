@@ -22,6 +22,7 @@ pub mod logging;
 pub mod mount_inotify;
 pub mod notice;
 pub mod os;
+pub mod session;
 pub mod stop_ladder;
 pub mod template;
 pub mod text;

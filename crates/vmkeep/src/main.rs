@@ -2,12 +2,13 @@
 //! codes are documented in `cli::error`: 0 success, 1 failure, 2 invalid
 //! command line, 3 no such instance, 4 invalid config, 5 wrong state, 6 the
 //! start failed, 7 the stop or suspend failed; `vmkeep shell` passes the guest
-//! command's code through).
+//! command's code through). Invoked as `lima`, it is Lima's `lima`
+//! (`vmkeep::cli::lima_args`).
 
 use clap::Parser;
 
 fn main() {
-    let cli = vmkeep::cli::Cli::parse();
+    let cli = vmkeep::cli::Cli::parse_from(vmkeep::cli::lima_args(std::env::args_os()));
     vmkeep::logging::init(matches!(cli.verb, vmkeep::cli::Verb::Daemon(_)));
     let code = match vmkeep::cli::run(cli) {
         Ok(code) => code,

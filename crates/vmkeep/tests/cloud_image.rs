@@ -827,3 +827,174 @@ fn vm_cloud_as_a_user_limas_home_mount_inotify_sudo_and_containerd() {
     ok_in(&env, cache.path(), &["stop", "home"]);
     assert_eq!(env.wait_no_processes(Duration::from_secs(10)), vec![]);
 }
+
+/// `shell`, `copy`, a socket forward and copyToHost in a real cloud image,
+/// in one boot, all through the guest agent (no ssh): the user's login
+/// shell on a pty in the user's home, commands as the user, copies both
+/// ways owned by the user in the guest; podman's API service (a real
+/// daemon, socket-activated by systemd) reached from the host through
+/// `{{.Dir}}/sock/podman.sock` (0600 in a 0700 directory), again after the
+/// host agent was killed and the VM adopted; a guest file (a symlink)
+/// copied to the host before `start` returns and removed at stop; a
+/// nohup'd process that outlives a restart of the guest agent's unit
+/// (`KillMode=process`).
+#[test]
+fn vm_cloud_shell_copy_socket_forward_and_copy_to_host() {
+    let image = test_image();
+    let env = TestEnv::new();
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let yaml = format!(
+        "cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
+         images:\n- location: {disk}\n  arch: x86_64\n  digest: sha256:{sum}\n\
+         \x20 kernel:\n    location: {kernel}\n    cmdline: root=/dev/vda console=ttyS0\n\
+         \x20 initrd:\n    location: {initrd}\n\
+         provision:\n- mode: system\n  script: |\n\
+         \x20   systemctl start podman.socket\n\
+         \x20   chmod 0711 /run/podman && chgrp \"$(id -gn {{{{.User}}}})\" /run/podman/podman.sock\n\
+         \x20   echo kubeconfig-of-{{{{.Name}}}} > /etc/real-config && ln -sf /etc/real-config /etc/linked-config\n\
+         portForwards:\n- guestSocket: /run/podman/podman.sock\n  hostSocket: \"{{{{.Dir}}}}/sock/podman.sock\"\n\
+         copyToHost:\n- guest: /etc/linked-config\n  host: \"{{{{.Dir}}}}/copied-from-guest/kubeconfig.yaml\"\n  deleteOnStop: true\n",
+        disk = image.file("disk.qcow2").display(),
+        sum = image.disk_sha256,
+        kernel = image.file("vmlinuz").display(),
+        initrd = image.file("initrd.img").display(),
+    );
+    let created = create(&env, cache.path(), "cloud", &yaml);
+    assert!(created.output.status.success(), "{}", created.describe());
+    ok_in(&env, cache.path(), &["start", "cloud"]);
+    let dir = env.instance_dir("cloud");
+
+    // copyToHost: there before `start` returned, the link's target.
+    let copied = dir.join("copied-from-guest/kubeconfig.yaml");
+    assert!(std::fs::symlink_metadata(&copied).unwrap().is_file());
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap(),
+        "kubeconfig-of-cloud\n"
+    );
+
+    // Commands run as the user, in the home, without ssh.
+    let out = |args: &[&str]| {
+        let run = command_in(&env, cache.path(), args);
+        assert!(run.output.status.success(), "{args:?}: {}", run.describe());
+        run.stdout()
+    };
+    assert_eq!(out(&["shell", "cloud", "id", "-un"]), "vmkeep\n");
+    assert_eq!(out(&["shell", "cloud", "pwd"]), "/home/vmkeep\n");
+
+    // The user's login shell on a pty.
+    let (mut terminal, mut child) =
+        common::terminal::Terminal::spawn(&env, &["shell", "cloud"], 24, 80);
+    terminal.until("$ ");
+    terminal.type_in(b"echo $0 $(pwd) $(tty)\r");
+    let said = terminal.until("$ ");
+    assert!(said.contains("-bash /home/vmkeep /dev/pts/"), "{said:?}");
+    terminal.type_in(b"exit 3\r");
+    assert_eq!(child.wait().unwrap().code(), Some(3));
+
+    // Copies both ways: the guest's files are the user's.
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("sub/f.txt"), "from the host\n").unwrap();
+    out(&["copy", "-r", tree.to_str().unwrap(), "cloud:"]);
+    assert_eq!(
+        out(&[
+            "shell",
+            "cloud",
+            "sh",
+            "-c",
+            "cat tree/sub/f.txt; stat -c %U tree/sub/f.txt"
+        ]),
+        "from the host\nvmkeep\n"
+    );
+    let back = work.path().join("back");
+    out(&["copy", "-r", "cloud:tree", back.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_to_string(back.join("sub/f.txt")).unwrap(),
+        "from the host\n"
+    );
+
+    // The socket forward: the user's only, answered by podman.
+    let socket = dir.join("sock/podman.sock");
+    let mode = |path: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(path).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&socket), 0o600);
+    assert_eq!(mode(socket.parent().unwrap()), 0o700);
+    let version = || {
+        let curl = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "60", "--unix-socket"])
+            .arg(&socket)
+            .arg("http://podman/version")
+            .output()
+            .expect("curl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&curl.stdout),
+            String::from_utf8_lossy(&curl.stderr)
+        )
+    };
+    let answer = version();
+    if !answer.contains("\"Version\"") {
+        let guest = command_in(
+            &env,
+            cache.path(),
+            &[
+                "shell",
+                "cloud",
+                "sh",
+                "-c",
+                "ls -l /run/podman; id; systemctl status podman.socket podman.service | cat",
+            ],
+        );
+        let log = std::fs::read_to_string(dir.join("ha.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        panic!(
+            "podman's /version: {answer:?}\nin the guest: {}\nha.log: {tail:#?}",
+            guest.describe()
+        );
+    }
+    eprintln!("podman through the forwarded socket: {}", answer.trim());
+
+    // The agent's unit restarted: a nohup'd process of a session lives on.
+    let pid = out(&[
+        "shell",
+        "cloud",
+        "sh",
+        "-c",
+        "nohup sleep 1000 >/dev/null 2>&1 & echo $!",
+    ]);
+    let pid = pid.trim();
+    let _ = command_in(
+        &env,
+        cache.path(),
+        &[
+            "shell",
+            "cloud",
+            "sudo",
+            "systemctl",
+            "restart",
+            "vmkeep-guest",
+        ],
+    );
+    let alive = common::wait_until(Duration::from_secs(120), || {
+        let run = command_in(&env, cache.path(), &["shell", "cloud", "kill", "-0", pid]);
+        run.output.status.success().then_some(())
+    });
+    assert!(
+        alive.is_some(),
+        "the nohup'd process died with the agent's restart"
+    );
+
+    // The host agent killed and the VM adopted: the forward is made again.
+    env.agent("cloud").unwrap().kill().unwrap();
+    ok_in(&env, cache.path(), &["start", "cloud"]);
+    let answer = version();
+    assert!(answer.contains("\"Version\""), "after adoption: {answer:?}");
+
+    ok_in(&env, cache.path(), &["stop", "cloud"]);
+    assert!(!copied.exists(), "deleteOnStop");
+    assert!(!socket.exists(), "the forwarded socket goes with the VM");
+    assert_eq!(env.wait_no_processes(Duration::from_secs(10)), vec![]);
+}

@@ -17,6 +17,7 @@ use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -47,6 +48,38 @@ fn count(delta: isize) {
         live.set(now);
         let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
     });
+    // The host side across its threads (the fake peer's excluded): for
+    // memory handed from one thread to another (a copy's chunks, freed by
+    // the thread that writes them). nextest runs each test in a process of
+    // its own, so no other test counts here.
+    if !PEER_THREAD.try_with(Cell::get).unwrap_or(true) {
+        let now = HOST_LIVE.fetch_add(delta, Ordering::Relaxed) + delta;
+        HOST_PEAK.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+thread_local! {
+    /// This thread plays the peer (its allocations are not the host's).
+    static PEER_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+static HOST_LIVE: AtomicIsize = AtomicIsize::new(0);
+static HOST_PEAK: AtomicIsize = AtomicIsize::new(0);
+
+/// Measures the peak of bytes the host side held, on all its threads.
+struct HostPeak {
+    base: isize,
+}
+
+impl HostPeak {
+    fn start() -> HostPeak {
+        let base = HOST_LIVE.load(Ordering::Relaxed);
+        HOST_PEAK.store(base, Ordering::Relaxed);
+        HostPeak { base }
+    }
+
+    fn bytes(&self) -> usize {
+        (HOST_PEAK.load(Ordering::Relaxed) - self.base).max(0) as usize
+    }
 }
 
 // SAFETY: every call is forwarded to the system allocator unchanged; the
@@ -216,7 +249,10 @@ fn fake_guest<T: Send + 'static>(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ga.sock");
     let listener = UnixListener::bind(&path).unwrap();
-    let guest = std::thread::spawn(move || play(Peer::new(listener.accept().unwrap().0)));
+    let guest = std::thread::spawn(move || {
+        PEER_THREAD.with(|peer| peer.set(true));
+        play(Peer::new(listener.accept().unwrap().0))
+    });
     (dir, path, guest)
 }
 
@@ -710,4 +746,409 @@ fn vm_a_guest_flooding_its_console_cannot_grow_serial_log_beyond_its_bound() {
     let echo = env.ok(&["shell", "flood", "--", "echo", "still-here"]);
     assert_eq!(echo.stdout(), "still-here\n");
     env.ok(&["stop", "flood"]);
+}
+
+// ---------------------------------------------------------------------------
+// Copies out of a hostile guest: the fake guest answers a copy-out session
+// with an archive of its own making.
+
+mod hostile_copy {
+    use super::*;
+    use vmkeep::session::copy_out::{CopyOutError, Limits, copy_out};
+    use vmkeep_protocol::session::{
+        ExitStatus, MAX_CHUNK_BYTES, OpenSession, OutputData, SessionEvent, SessionOp,
+        SessionRequest, Stream,
+    };
+
+    /// An archive entry as raw bytes (the format of
+    /// `vmkeep_protocol::archive`), whatever its path says.
+    pub fn entry(kind: u8, mode: u32, size: u64, path: &[u8], target: &[u8]) -> Vec<u8> {
+        let mut bytes = vec![b'E', kind];
+        bytes.extend_from_slice(&mode.to_le_bytes());
+        bytes.extend_from_slice(&1_600_000_000i64.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&size.to_le_bytes());
+        bytes.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(&(target.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(path);
+        bytes.extend_from_slice(target);
+        bytes
+    }
+
+    pub fn end(entries: u64, bytes: u64) -> Vec<u8> {
+        let mut out = vec![b'Z'];
+        for n in [entries, 0, bytes] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        out
+    }
+
+    /// A session frame from the host.
+    fn frame(peer: &mut Peer) -> Option<SessionRequest> {
+        let line = peer.recv_line()?;
+        Some(serde_json::from_str(&line).expect("a session frame"))
+    }
+
+    fn event(peer: &mut Peer, id: u64, event: SessionEvent) -> bool {
+        peer.send(&vmkeep_protocol::encode_line(&FromGuest::Session {
+            id,
+            event,
+        }))
+    }
+
+    /// Play the guest of one copy-out session: `archive` as its stdout
+    /// (`honour_credit`: within the host's credit, as a guest must; else all
+    /// at once), then exit 0. Returns how many bytes of it went out.
+    pub fn serve(peer: Peer, archive: impl Iterator<Item = Vec<u8>>, honour_credit: bool) -> u64 {
+        serve_reporting(peer, archive, honour_credit, None)
+    }
+
+    fn serve_reporting(
+        mut peer: Peer,
+        mut archive: impl Iterator<Item = Vec<u8>>,
+        honour_credit: bool,
+        report: Option<std::sync::mpsc::Sender<u64>>,
+    ) -> u64 {
+        hello(&mut peer);
+        let open = frame(&mut peer).unwrap();
+        assert!(matches!(open.op, SessionOp::Open(_)), "{open:?}");
+        let id = open.session;
+        event(&mut peer, id, SessionEvent::Started { pid: 42 });
+        let mut credit: u64 = 256 * 1024;
+        let mut sent = 0u64;
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            if pending.is_empty() {
+                match archive.next() {
+                    Some(chunk) => pending = chunk,
+                    None => break,
+                }
+            }
+            while honour_credit && credit == 0 {
+                match frame(&mut peer) {
+                    Some(SessionRequest {
+                        op: SessionOp::Credit(granted),
+                        ..
+                    }) => credit += granted.stdout,
+                    Some(SessionRequest {
+                        op: SessionOp::Close,
+                        ..
+                    })
+                    | None => return sent,
+                    Some(_) => {}
+                }
+            }
+            let mut n = pending.len().min(MAX_CHUNK_BYTES);
+            if honour_credit {
+                n = n.min(credit as usize);
+                credit -= n as u64;
+            }
+            let rest = pending.split_off(n);
+            let data = std::mem::replace(&mut pending, rest);
+            sent += n as u64;
+            let output = SessionEvent::Output(OutputData {
+                stream: Stream::Stdout,
+                data,
+            });
+            if !event(&mut peer, id, output) {
+                return sent;
+            }
+        }
+        event(&mut peer, id, SessionEvent::Exited(ExitStatus::exited(0)));
+        if let Some(report) = report {
+            let _ = report.send(sent);
+        }
+        // Keep the link until the host has read the end.
+        while frame(&mut peer).is_some() {}
+        sent
+    }
+
+    /// [`serve`], telling `sent` how much went out before it waits for
+    /// the host to end the link.
+    pub fn serve_then(
+        peer: Peer,
+        archive: impl Iterator<Item = Vec<u8>>,
+        honour_credit: bool,
+        sent: std::sync::mpsc::Sender<u64>,
+    ) -> u64 {
+        serve_reporting(peer, archive, honour_credit, Some(sent))
+    }
+
+    /// Copy out of a fake guest playing `archive` into `dest`.
+    pub async fn copy_from(
+        archive: Vec<Vec<u8>>,
+        dest: &Path,
+        limits: Limits,
+    ) -> Result<vmkeep::session::copy_out::CopiedOut, CopyOutError> {
+        let (_dir, path, guest) = fake_guest(move |peer| serve(peer, archive.into_iter(), true));
+        let (link, _hello, _events) = GuestLink::connect(&path, T).await.unwrap();
+        let session = link.open_session(OpenSession::default()).unwrap();
+        let result = copy_out(&session, dest, limits, |_| {}).await;
+        drop(session);
+        drop(link);
+        joined(guest).await;
+        result
+    }
+
+    /// The fake guest's end, while the runtime goes on (the host's last
+    /// frames are sent by its tasks).
+    pub async fn joined<T: Send + 'static>(guest: JoinHandle<T>) -> T {
+        tokio::task::spawn_blocking(move || guest.join().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// What `dir` holds, as paths relative to it.
+    pub fn contents(dir: &Path) -> Vec<String> {
+        let mut found = Vec::new();
+        fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                found.push(path.strip_prefix(root).unwrap().display().to_string());
+                if std::fs::symlink_metadata(&path).unwrap().is_dir() {
+                    walk(root, &path, found);
+                }
+            }
+        }
+        walk(dir, dir, &mut found);
+        found.sort();
+        found
+    }
+}
+
+use hostile_copy::{contents, copy_from, end, entry, joined};
+use vmkeep::session::copy_out::{CopyOutError, Limits};
+use vmkeep_protocol::archive::MAGIC;
+
+#[tokio::test]
+async fn a_copy_from_a_guest_writes_only_below_its_destination() {
+    let scratch = tempfile::tempdir().unwrap();
+    let outside = scratch.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), "host data\n").unwrap();
+    let dest = scratch.path().join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let target = outside.to_str().unwrap().as_bytes().to_vec();
+    let file = |path: &[u8], content: &[u8]| {
+        let mut bytes = entry(b'f', 0o644, content.len() as u64, path, b"");
+        bytes.extend_from_slice(content);
+        bytes
+    };
+    let archive = |records: Vec<Vec<u8>>, entries: u64, bytes: u64| {
+        let mut all = vec![MAGIC.to_vec()];
+        all.extend(records);
+        all.push(end(entries, bytes));
+        all
+    };
+    // Names that climb out, absolute names, and a path through a symlink
+    // the archive itself made: each is refused, the copy breaks off, and
+    // nothing appears outside the destination.
+    let attacks: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        (
+            "dot-dot",
+            archive(vec![file(b"../outside/victim", b"pwned\n")], 1, 6),
+        ),
+        (
+            "deep dot-dot",
+            archive(
+                vec![
+                    entry(b'd', 0o755, 0, b"d", b""),
+                    file(b"d/../../outside/victim", b"pwned\n"),
+                ],
+                2,
+                6,
+            ),
+        ),
+        (
+            "absolute",
+            archive(
+                vec![file(
+                    format!("{}/victim", outside.display()).as_bytes(),
+                    b"pwned\n",
+                )],
+                1,
+                6,
+            ),
+        ),
+        (
+            "through a symlink",
+            archive(
+                vec![
+                    entry(b'd', 0o755, 0, b"d", b""),
+                    entry(b'l', 0o777, 0, b"d/link", &target),
+                    file(b"d/link/victim", b"pwned\n"),
+                ],
+                3,
+                6,
+            ),
+        ),
+    ];
+    for (what, records) in attacks {
+        let result = copy_from(records, &dest, Limits::default()).await;
+        assert!(
+            matches!(result, Err(CopyOutError::Broke(_))),
+            "{what}: {result:?}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim")).unwrap(),
+            "host data\n",
+            "{what}"
+        );
+        assert_eq!(contents(&outside), ["victim"], "{what}");
+    }
+    // A symlink the guest sent is made as a symlink (never followed), and
+    // a file of the same name later replaces the link, not its target; a
+    // setuid file loses the bit.
+    let records = archive(
+        vec![
+            entry(b'l', 0o777, 0, b"link", &target),
+            entry(b'f', 0o4755, 5, b"suid", b""),
+            b"#!/x\n".to_vec(),
+        ],
+        2,
+        5,
+    );
+    let done = copy_from(records, &dest, Limits::default()).await.unwrap();
+    assert!(!done.warnings.is_empty(), "the setuid bit's drop is said");
+    assert!(
+        std::fs::symlink_metadata(dest.join("link"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dest.join("suid")).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o7777, 0o755);
+    let records = archive(vec![file(b"link", b"replaced\n")], 1, 9);
+    copy_from(records, &dest, Limits::default()).await.unwrap();
+    assert!(
+        std::fs::symlink_metadata(dest.join("link"))
+            .unwrap()
+            .is_file()
+    );
+    assert_eq!(
+        std::fs::read_to_string(outside.join("victim")).unwrap(),
+        "host data\n"
+    );
+    assert_eq!(contents(&outside), ["victim"]);
+}
+
+/// An archive that never ends: one file of an enormous size, its data
+/// forever.
+fn endless_file(name: &[u8]) -> impl Iterator<Item = Vec<u8>> + Send + 'static {
+    let mut head = MAGIC.to_vec();
+    head.extend(entry(b'f', 0o644, u64::MAX / 2, name, b""));
+    std::iter::once(head).chain(std::iter::repeat(vec![0x41; 64 * 1024]))
+}
+
+#[tokio::test]
+async fn a_guest_sending_endless_data_is_stopped_at_the_limit_and_leaves_no_half_file() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dest = scratch.path().join("big");
+    let (_dir, path, guest) =
+        fake_guest(move |peer| hostile_copy::serve(peer, endless_file(b"big"), true));
+    let (link, _hello, _events) = GuestLink::connect(&path, T).await.unwrap();
+    let session = link
+        .open_session(vmkeep_protocol::session::OpenSession::default())
+        .unwrap();
+    let peak = HostPeak::start();
+    let limits = Limits {
+        max_bytes: Some(16 * MIB as u64),
+    };
+    let result = vmkeep::session::copy_out::copy_out(&session, &dest, limits, |_| {}).await;
+    let held = peak.bytes();
+    drop(session);
+    drop(link);
+    let sent = joined(guest).await;
+    assert!(
+        matches!(result, Err(CopyOutError::TooLarge { .. })),
+        "{result:?}"
+    );
+    assert!(result.unwrap_err().to_string().contains("limit"));
+    assert!(
+        sent < 32 * MIB as u64,
+        "the host stopped reading: {sent} bytes sent"
+    );
+    assert_eq!(
+        contents(scratch.path()),
+        Vec::<String>::new(),
+        "no half-written file"
+    );
+    assert!(held < 4 * MIB, "the host side held {held} bytes");
+}
+
+#[tokio::test]
+async fn a_guest_sending_beyond_its_credit_breaks_the_session_holding_little() {
+    // The host takes nothing until the guest has sent 4 MiB without
+    // waiting for credit: what it holds is the credit it gave, the session
+    // is broken, and the guest is told to close it.
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    let (_dir, path, guest) = fake_guest(move |peer| {
+        hostile_copy::serve_then(peer, endless_file(b"big").take(64), false, sent_tx)
+    });
+    let (link, _hello, _events) = GuestLink::connect(&path, T).await.unwrap();
+    let peak = HostPeak::start();
+    let session = link
+        .open_session(vmkeep_protocol::session::OpenSession::default())
+        .unwrap();
+    let sent = tokio::task::spawn_blocking(move || sent_rx.recv().unwrap())
+        .await
+        .unwrap();
+    assert!(sent >= 3 * MIB as u64, "the guest sent {sent} bytes");
+    // Nothing is granted while the updates are taken: past the first 256
+    // KiB, the guest is out of credit.
+    let mut held = 0;
+    let end = loop {
+        match session.next_update().await {
+            vmkeep::session::Update::Output { data, .. } => held += data.len(),
+            vmkeep::session::Update::End(end) => break end,
+            _ => {}
+        }
+    };
+    let peak = peak.bytes();
+    assert!(
+        matches!(&end, vmkeep::session::End::Broken(why) if why.contains("protocol")),
+        "{end:?}"
+    );
+    assert!(held <= 256 * 1024, "{held} bytes of output were kept");
+    assert!(peak < 2 * MIB, "the host side held {peak} bytes");
+    drop(session);
+    drop(link);
+    joined(guest).await;
+}
+
+#[tokio::test]
+async fn a_guest_cannot_fill_the_hosts_disk_through_a_copy() {
+    if !common::host_user::running_as_root() {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root");
+        return;
+    }
+    let env = common::TestEnv::on_small_tmpfs(96);
+    let dest = env.home().join("big");
+    let (_dir, path, guest) =
+        fake_guest(move |peer| hostile_copy::serve(peer, endless_file(b"big"), true));
+    let (link, _hello, _events) = GuestLink::connect(&path, T).await.unwrap();
+    let session = link
+        .open_session(vmkeep_protocol::session::OpenSession::default())
+        .unwrap();
+    let result =
+        vmkeep::session::copy_out::copy_out(&session, &dest, Limits::default(), |_| {}).await;
+    drop(session);
+    drop(link);
+    joined(guest).await;
+    let Err(CopyOutError::NoRoom { free, reserve, .. }) = &result else {
+        panic!("{result:?}");
+    };
+    assert_eq!(*reserve, 64 * MIB as u64);
+    assert!(*free >= 60 * MIB as u64, "stopped with {free} bytes free");
+    let message = result.unwrap_err().to_string();
+    assert!(message.contains("removed"), "{message}");
+    assert_eq!(
+        contents(env.home()),
+        Vec::<String>::new(),
+        "no half-written file"
+    );
+    let (_, free_now) = vmkeep::os::fs::space_of(env.home()).unwrap();
+    assert!(free_now > 90 * MIB as u64, "the space is back: {free_now}");
 }

@@ -13,7 +13,9 @@ const LAYERS: &[(&str, &[&str])] = &[
     // Know nothing of instances.
     (
         "leaves",
-        &["os", "link", "text", "notice", "timeouts", "logging"],
+        &[
+            "os", "link", "session", "text", "notice", "timeouts", "logging",
+        ],
     ),
     // The instance model and the pure decisions over it.
     (

@@ -2,6 +2,7 @@
 //! dispatches.
 
 mod autostart;
+mod copy;
 mod create;
 mod daemon;
 mod delete;
@@ -46,9 +47,13 @@ pub enum Verb {
     /// List instances and their status.
     #[command(alias = "ls")]
     List(ListArgs),
-    /// Run a command in a running instance; its exit code becomes vmkeep's.
-    /// Cloud images: an ssh session as the instance's user (interactive without a command).
+    /// Run a command in a running instance (or a login shell on a pty without
+    /// one); its exit code becomes vmkeep's. Cloud images: as the instance's user.
     Shell(ShellArgs),
+    /// Copy files and directories between the host and a running instance
+    /// (NAME:PATH on one side).
+    #[command(alias = "cp")]
+    Copy(CopyArgs),
     /// Print an ssh config block for a running cloud-image instance.
     SshConfig(SshConfigArgs),
     /// Delete an instance and its disk.
@@ -125,10 +130,11 @@ Config fields (vmkeep.yaml; Lima's names, README.md \"Coming from Lima\" says wh
   caCerts: {removeDefaults, files, certs}
   upgradePackages         timezone                 hostResolver: {hosts}
   mounts: [{location, mountPoint, writable}]       mountInotify (virtio-fs)
-  portForwards: [{guestPort(Range), hostPort(Range), guestIP, hostIP, proto, ignore, static}]
+  portForwards: [{guestPort(Range), hostPort(Range), guestIP, hostIP, proto, ignore, static}
+                 | {guestSocket, hostSocket}]  (a unix socket, 0600, relayed to the guest's)
+  copyToHost: [{guest, host, deleteOnStop, skipIfMissing}]  (copied before start returns)
   minimumLimaVersion, containerd: {system, user} (the guest's own packages),
-  a field vmkeep does not know: noted and ignored (--strict refuses it),
-  copyToHost: accepted (copies are not applied)";
+  a field vmkeep does not know: noted and ignored (--strict refuses it)";
 
 #[derive(Debug, clap::Args)]
 pub struct StartArgs {
@@ -186,16 +192,51 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(after_long_help = SHELL_HELP)]
 pub struct ShellArgs {
     /// Instance name.
     pub name: InstanceName,
-    /// Command and arguments to run in the guest (after `--`). Required for
-    /// the tiny image; cloud images open an interactive ssh session without one.
-    #[arg(last = true, value_name = "COMMAND")]
+    /// Command and arguments to run in the guest: everything after NAME (a
+    /// `--` before it is allowed). None: the user's login shell on a pty.
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
     pub command: Vec<String>,
-    /// Working directory in the guest.
+    /// Working directory in the guest (default: the host's current
+    /// directory's path when it is inside a shared directory, else the home).
     #[arg(long)]
     pub workdir: Option<String>,
+    /// The shell to run the command with (or to log in with), instead of the
+    /// user's login shell, e.g. /bin/bash.
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// Force a pty (as `ssh -t` and `docker exec -t`).
+    #[arg(short = 't', long = "tty", conflicts_with = "no_tty")]
+    pub tty: bool,
+    /// Never a pty, even for an interactive shell (as `ssh -T`).
+    #[arg(short = 'T', long = "no-tty")]
+    pub no_tty: bool,
+}
+
+const SHELL_HELP: &str = "\
+Exit codes: the command's own; 128+N for a command killed by signal N; 127 or 126
+for a command not found or not executable; 255 when the session broke (the guest
+link was lost, the host agent went away), with a message; 5 when the instance is
+not running. SIGINT, SIGTERM, SIGHUP and SIGQUIT to vmkeep go to the command.
+Invoked as `lima` (a symlink or copy of vmkeep), vmkeep runs
+`vmkeep shell ${LIMA_INSTANCE:-default} ARGS...`, as Lima's `lima` does.";
+
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// Copy directories with everything in them.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// Sources, then the destination; exactly one side is NAME:PATH (relative
+    /// guest paths are in the user's home; the tiny image's: in /).
+    #[arg(required = true, num_args = 2.., value_name = "SRC... DST")]
+    pub paths: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -276,6 +317,27 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 pub use self::error::{CliError, ExitCode};
 
+/// The command line as vmkeep reads it: invoked as `lima` (a symlink or a
+/// copy named so), Lima's `lima ARGS...` is `vmkeep shell
+/// ${LIMA_INSTANCE:-default} ARGS...`; any other name leaves it as it is.
+pub fn lima_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    let invoked_as = args
+        .first()
+        .and_then(|argv0| std::path::Path::new(argv0).file_name())
+        .map(|name| name.to_os_string());
+    if invoked_as.as_deref() != Some(std::ffi::OsStr::new("lima")) {
+        return args;
+    }
+    let instance = std::env::var_os("LIMA_INSTANCE")
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "default".into());
+    let rest = args.split_off(1);
+    let mut shell: Vec<std::ffi::OsString> = vec!["vmkeep".into(), "shell".into(), instance];
+    shell.extend(rest);
+    shell
+}
+
 /// Run a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> Result<i32, CliError> {
     match cli.verb {
@@ -284,6 +346,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Verb::Stop(args) => stop::run(args),
         Verb::List(args) => list::run(args),
         Verb::Shell(args) => shell::run(args),
+        Verb::Copy(args) => copy::run(args),
         Verb::SshConfig(args) => ssh::print_config(&args.name),
         Verb::Delete(args) => delete::run(args),
         Verb::Daemon(args) => daemon::run(args),

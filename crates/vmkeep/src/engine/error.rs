@@ -158,6 +158,30 @@ pub enum EngineError {
         source: crate::driver::qemu::snapshot::StateError,
     },
 
+    /// A copy into a guest did not complete.
+    #[error("copy into {name}: {source}")]
+    CopyIn {
+        name: InstanceName,
+        #[source]
+        source: crate::session::copy_in::CopyInError,
+    },
+
+    /// A copy out of a guest did not complete.
+    #[error("copy from {name}: {source}")]
+    CopyOut {
+        name: InstanceName,
+        #[source]
+        source: crate::session::copy_out::CopyOutError,
+    },
+
+    /// A host path given on the command line cannot be used.
+    #[error("{}: {source}", path.display())]
+    HostPath {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("{what} pid {pid} did not exit after SIGKILL")]
     Unkillable { what: &'static str, pid: u32 },
 
@@ -222,6 +246,9 @@ impl EngineError {
             | EngineError::Driver { .. }
             | EngineError::Snapshot { .. }
             | EngineError::Io { .. }
+            | EngineError::CopyIn { .. }
+            | EngineError::CopyOut { .. }
+            | EngineError::HostPath { .. }
             | EngineError::Process { .. } => ErrorKind::Host,
         }
     }

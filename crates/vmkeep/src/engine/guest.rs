@@ -1,35 +1,42 @@
 //! The one gate for reaching into a guest, for every verb that does (`shell`,
-//! `ssh-config`, and `copy` to come): whether the status lets commands run
-//! in the guest (`Status::can_exec`), and which way leads in: the guest
-//! agent, through the host agent's API (the built-in tiny image), or ssh as
-//! the instance's user (cloud images).
+//! `copy`, `ssh-config`): whether the status lets commands run in the guest
+//! (`Status::can_exec`), and the way in: the guest agent, through the host
+//! agent's API, for every image (as the instance's user in a cloud image,
+//! as root in the tiny one); ssh, for those who ask for it
+//! (`ssh-config`), into cloud images.
+//!
+//! Why the guest agent for cloud images too, and not ssh: one path for every
+//! image (the same streaming, flow control, exit codes and signals), no
+//! sshd, key or forwarded port needed for `shell` and `copy`, and a session
+//! that ends with the link ends its command at once. sshd stays in cloud
+//! images for `ssh-config` and whoever wants ssh's own features.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::{EngineError, describe, status_of};
-use crate::hostagent::api::{ApiClient, ExecRequest, ExecResult};
+use crate::hostagent::api::SessionClient;
 use crate::image::cloud::{self, CloudError, ImageRecord};
 use crate::image::sshkeys;
+use crate::instance::shares::SharedDir;
+use crate::instance::vars::GuestUser;
 use crate::instance::{Config, Home, InstanceDir, InstanceName, Status};
 use crate::os;
+use vmkeep_protocol::session::OpenSession;
 
-/// Longest a command run in the guest may take.
-const EXEC_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// How long opening a session may take (the agent waits up to two minutes
+/// for a rebooting guest to come back).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(150);
 
-/// The way into a guest whose status lets commands run.
-#[derive(Debug, Clone)]
-pub enum GuestAccess {
-    /// The tiny image: commands go to its guest agent.
-    Agent(AgentAccess),
-    /// A cloud image: ssh as the instance's user.
-    Ssh(SshAccess),
-}
-
-/// Commands through the host agent's API to the guest agent.
+/// The way into a guest whose status lets commands run: its guest agent.
 #[derive(Debug, Clone)]
 pub struct AgentAccess {
     pub dir: InstanceDir,
+    /// Whom sessions run as: the instance's user (cloud images), or `None`
+    /// for the agent's own root (the tiny image).
+    pub user: Option<GuestUser>,
+    /// The shared directories, for Lima's rule on the working directory.
+    pub shares: Vec<SharedDir>,
 }
 
 /// ssh into a cloud image.
@@ -48,7 +55,28 @@ pub fn host_alias(name: &InstanceName) -> String {
 }
 
 /// The gate: the way into the guest of `name`, or why there is none now.
-pub fn access(home: &Home, name: &InstanceName) -> Result<GuestAccess, EngineError> {
+pub fn access(home: &Home, name: &InstanceName) -> Result<AgentAccess, EngineError> {
+    let dir = running(home, name)?;
+    let config = Config::load(&dir.config())?;
+    let user = match config.is_cloud() {
+        true => Some(
+            ImageRecord::load(&dir)
+                .map_err(|source: CloudError| EngineError::NoSsh {
+                    why: format!(
+                        "{name} boots a cloud image but has no image record ({source}); delete and create it again"
+                    ),
+                    name: name.clone(),
+                })?
+                .guest_user(),
+        ),
+        false => None,
+    };
+    let shares = crate::hostagent::mounts::resolve(&dir, &config).unwrap_or_default();
+    Ok(AgentAccess { dir, user, shares })
+}
+
+/// The instance's directory, if its status lets commands run in it.
+fn running(home: &Home, name: &InstanceName) -> Result<InstanceDir, EngineError> {
     let dir = home.existing(name)?;
     let status = status_of(&dir)?;
     if !status.can_exec() {
@@ -62,20 +90,14 @@ pub fn access(home: &Home, name: &InstanceName) -> Result<GuestAccess, EngineErr
             message: format!("{name} is {}, not Running; {next}", describe(&status)),
         });
     }
-    if Config::load(&dir.config()).is_ok_and(|c| c.is_cloud()) {
-        return Ok(GuestAccess::Ssh(ssh(dir)?));
-    }
-    Ok(GuestAccess::Agent(AgentAccess { dir }))
+    Ok(dir)
 }
 
 /// The way in by ssh (`ssh-config`): through the gate, and only into a
-/// guest that has an ssh server.
+/// guest that has an ssh server (the tiny image has no image record, hence
+/// none).
 pub fn ssh_access(home: &Home, name: &InstanceName) -> Result<SshAccess, EngineError> {
-    match access(home, name)? {
-        GuestAccess::Ssh(ssh) => Ok(ssh),
-        // The tiny image has no image record, hence no ssh server.
-        GuestAccess::Agent(AgentAccess { dir }) => ssh(dir),
-    }
+    ssh(running(home, name)?)
 }
 
 fn ssh(dir: InstanceDir) -> Result<SshAccess, EngineError> {
@@ -113,10 +135,24 @@ impl SshAccess {
 }
 
 impl AgentAccess {
-    /// Run a command in the guest; its output and exit code.
-    pub fn exec(&self, request: &ExecRequest) -> Result<ExecResult, EngineError> {
-        super::runtime()?
-            .block_on(ApiClient::new(&self.dir.api_socket()).exec(request, EXEC_TIMEOUT))
+    /// The user name sessions run as (`None`: root).
+    pub fn user_name(&self) -> Option<String> {
+        self.user.as_ref().map(|u| u.name.clone())
+    }
+
+    /// The guest user's home (`/` for the tiny image's root, whose
+    /// sessions start there).
+    pub fn home(&self) -> String {
+        self.user
+            .as_ref()
+            .map(|u| u.home.clone())
+            .unwrap_or_else(|| "/".into())
+    }
+
+    /// Open a streaming session (inside a runtime: the session lives on it).
+    pub async fn session(&self, open: OpenSession) -> Result<SessionClient, EngineError> {
+        SessionClient::open(&self.dir.api_socket(), open, OPEN_TIMEOUT)
+            .await
             .map_err(EngineError::from)
     }
 }

@@ -13,12 +13,14 @@
 
 pub mod agent;
 pub mod autostart;
+pub mod copy;
 pub mod create;
 pub mod delete;
 pub mod error;
 pub mod events;
 pub mod guest;
 pub mod inspect;
+pub mod shell;
 pub mod start;
 pub mod stop;
 pub mod suspend;
@@ -78,7 +80,7 @@ pub fn describe(status: &Status) -> String {
 }
 
 /// A runtime for talking to a host agent from synchronous code.
-fn runtime() -> Result<tokio::runtime::Runtime, EngineError> {
+pub fn runtime() -> Result<tokio::runtime::Runtime, EngineError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -122,6 +122,15 @@ pub(super) async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_
         guest_reset: Arc::new(AtomicBool::new(false)),
     };
     let outcome = agent.run(options.mode).await;
+    // [copyToHost] deleteOnStop: the VM is stopped (not suspended, not
+    // another agent's).
+    if matches!(
+        outcome,
+        AgentOutcome::Stopped { .. } | AgentOutcome::StartFailed { .. }
+    ) && let Ok(rules) = agent.copy_rules(&agent.guest_user())
+    {
+        super::copy_to_host::delete_on_stop(&rules);
+    }
     agent.finish().await;
     if let Err(e) = lock.remove() {
         tracing::warn!("removing the agent lock: {e}");

@@ -9,6 +9,7 @@ use hyper::body::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+pub use super::session_api::{SessionClient, SessionOpen};
 pub use crate::instance::journal::{SuspendCause, SuspendFallback};
 use crate::instance::status::Phase;
 pub use vmkeep_protocol::{ExecRequest, ExecResult, GuestInfo};
@@ -52,7 +53,15 @@ pub const CONTINUE: Route = Route {
     path: "/v1/continue",
 };
 
-pub const ROUTES: [Route; 5] = [INFO, STOP, EXEC, SUSPEND, CONTINUE];
+/// `POST` [`SessionOpen`] with an HTTP/1.1 upgrade ->
+/// `101 Switching Protocols`, then a streaming session in the guest over
+/// the connection: see [`super::session_api`] for the frames.
+pub const SESSION: Route = Route {
+    method: "POST",
+    path: "/v1/session",
+};
+
+pub const ROUTES: [Route; 6] = [INFO, STOP, EXEC, SUSPEND, CONTINUE, SESSION];
 
 /// The answer to [`CONTINUE`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

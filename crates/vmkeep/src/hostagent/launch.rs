@@ -69,6 +69,13 @@ impl Agent<'_, '_> {
                     cmdline.push_str(extra);
                 }
                 cmdline.push_str(&self.data_disk_kernel_flags().map_err(LaunchError::from)?);
+                // The guest names itself after the instance.
+                if let Some(flag) =
+                    vmkeep_protocol::kernel_flags::hostname(self.dir.name().as_str())
+                {
+                    cmdline.push(' ');
+                    cmdline.push_str(&flag);
+                }
                 cmdline
             }
         };

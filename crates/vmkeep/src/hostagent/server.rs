@@ -16,6 +16,7 @@ use super::api::{
     self, AgentInfo, ApiErrorBody, ErrorCode, ExecRequest, Refusal, StopAccepted, StopRequest,
     SuspendCause, SuspendDone, SuspendFallback, SuspendRequest,
 };
+use super::session_api;
 use crate::instance::pause::PauseReason;
 use crate::instance::status::Phase;
 use crate::link::guest_link::GuestLink;
@@ -105,10 +106,10 @@ async fn connected_guest(shared: &Shared) -> Option<GuestLink> {
 
 /// How long a command in flight waits for a guest that QEMU paused meanwhile
 /// before its caller hears why it does not finish.
-const PAUSED_EXEC_GRACE: Duration = Duration::from_secs(5);
+pub(super) const PAUSED_EXEC_GRACE: Duration = Duration::from_secs(5);
 
 /// Why a command cannot run now in a paused guest.
-fn paused_refusal(shared: &Shared, reason: &PauseReason) -> String {
+pub(super) fn paused_refusal(shared: &Shared, reason: &PauseReason) -> String {
     let name = shared
         .info
         .lock()
@@ -122,7 +123,7 @@ fn paused_refusal(shared: &Shared, reason: &PauseReason) -> String {
 }
 
 /// Once the guest has been paused for `grace` without a break: why.
-async fn paused_for(
+pub(super) async fn paused_for(
     pause: &mut watch::Receiver<Option<PauseReason>>,
     grace: Duration,
 ) -> PauseReason {
@@ -168,6 +169,7 @@ pub async fn serve(
                         hyper::service::service_fn(move |request| handle(shared.clone(), request));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .with_upgrades()
                         .await;
                 });
             }
@@ -205,6 +207,9 @@ async fn handle(
             ErrorCode::WrongMethod,
             format!("{path} takes {}", route.method),
         ));
+    }
+    if *route == api::SESSION {
+        return Ok(open_session(&shared, request).await);
     }
     let body = match request.into_body().collect().await {
         Ok(body) => body.to_bytes(),
@@ -322,7 +327,7 @@ async fn handle(
                 None => error(
                     StatusCode::CONFLICT,
                     ErrorCode::WrongState,
-                    "the guest agent is not connected (the instance is starting, stopping or stopped, or its guest did not come back from a reboot)".into(),
+                    GUEST_AWAY.into(),
                 ),
                 Some(link) => {
                     let mut pause = shared.pause.clone();
@@ -350,6 +355,97 @@ async fn handle(
         ),
     })
 }
+
+/// The largest body of a session's opening (its argv and environment).
+const MAX_OPEN_BODY: usize = vmkeep_protocol::session::MAX_OPEN_LINE_BYTES;
+
+/// `POST /v1/session`: open a session in the guest and, once the client's
+/// connection is upgraded, relay it (`session_relay`).
+async fn open_session(shared: &Shared, mut request: Request<Incoming>) -> Response<Full<Bytes>> {
+    let wants_upgrade = request
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(session_api::UPGRADE_PROTOCOL));
+    if !wants_upgrade {
+        return error(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadRequest,
+            format!(
+                "a session needs `Connection: upgrade` and `Upgrade: {}`",
+                session_api::UPGRADE_PROTOCOL
+            ),
+        );
+    }
+    let upgrade = hyper::upgrade::on(&mut request);
+    let body = match http_body_util::Limited::new(request.body_mut(), MAX_OPEN_BODY)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                format!("reading the session request: {e}"),
+            );
+        }
+    };
+    let opening: api::SessionOpen = match serde_json::from_slice(&body) {
+        Ok(opening) => opening,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadRequest,
+                format!("invalid session request: {e}"),
+            );
+        }
+    };
+    if let Some(reason) = shared.pause.borrow().clone() {
+        return error(
+            StatusCode::CONFLICT,
+            ErrorCode::WrongState,
+            paused_refusal(shared, &reason),
+        );
+    }
+    let Some(link) = connected_guest(shared).await else {
+        return error(
+            StatusCode::CONFLICT,
+            ErrorCode::WrongState,
+            GUEST_AWAY.into(),
+        );
+    };
+    let session = match link.open_session(opening.open) {
+        Ok(session) => session,
+        Err(e) => {
+            return error(StatusCode::CONFLICT, ErrorCode::WrongState, e.to_string());
+        }
+    };
+    let pause = shared.pause.clone();
+    let name = shared
+        .info
+        .lock()
+        .map(|info| info.name.clone())
+        .unwrap_or_default();
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let io = hyper_util::rt::TokioIo::new(upgraded);
+                super::session_relay::relay(session, io, pause, name).await
+            }
+            Err(e) => tracing::warn!("a session's connection was not upgraded: {e}"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, session_api::UPGRADE_PROTOCOL)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// Why a command cannot reach the guest agent now.
+const GUEST_AWAY: &str = "the guest agent is not connected (the instance is starting, stopping or stopped, or its guest did not come back from a reboot)";
 
 /// Hand the agent's main loop a command and answer with what it decides:
 /// 200 with the outcome, 409 with its refusal.

@@ -175,9 +175,10 @@ impl Agent<'_, '_> {
         )
         .await;
         let reason = match cause {
-            StopCause::BootTimeout | StopCause::DataDisk | StopCause::SharedDir => {
-                StoppedReason::StartFailed
-            }
+            StopCause::BootTimeout
+            | StopCause::DataDisk
+            | StopCause::SharedDir
+            | StopCause::CopyToHost => StoppedReason::StartFailed,
             StopCause::Request | StopCause::Signal | StopCause::SuspendFailed => {
                 StoppedReason::Requested
             }

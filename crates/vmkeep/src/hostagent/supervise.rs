@@ -17,7 +17,8 @@ use super::inbox::Incoming;
 use super::report::Report;
 use super::server::Command;
 use super::{
-    Agent, AgentOutcome, clock, fail, forwards, mount_inotify, mounts, now_rfc3339,
+    Agent, AgentOutcome, clock, copy_to_host, fail, forwards, mount_inotify, mounts, now_rfc3339,
+    socket_forwards,
     stopped_as_failed,
 };
 use crate::driver::Vm;
@@ -129,14 +130,32 @@ impl Agent<'_, '_> {
         if let Err(error) = mounts::mount_all(&link, &self.shares).await
             && mounts::must_stop(self.launched_at.is_some(), &error)
         {
-            let error = error.to_string();
-            self.record(Event::StartFailed {
-                error: error.clone(),
-            });
-            let deadline = self.config.stop_timeout.0;
-            let stopped = self.stop(vm, StopCause::SharedDir, deadline, false).await;
-            fail(self.reporter, error);
-            return Some(stopped_as_failed(stopped));
+            return Some(
+                self.stop_not_ready(vm, StopCause::SharedDir, error.to_string())
+                    .await,
+            );
+        }
+        // [copyToHost] the guest's files are on the host before the start
+        // is ready (again after an adoption, which fails nothing).
+        let guest_user = self.guest_user();
+        if let Err(error) = self.copy_to_host(&link, &guest_user).await
+            && mounts::must_stop(self.launched_at.is_some(), &error)
+        {
+            return Some(self.stop_not_ready(vm, StopCause::CopyToHost, error).await);
+        }
+        // [socket forwards] the host's sockets, relayed to the guest's.
+        match crate::instance::socket_forwards::resolve(
+            &self.config,
+            self.dir.name().as_str(),
+            self.dir.dir(),
+            &guest_user,
+        ) {
+            Ok(forwards) => self.tasks.push(tokio::spawn(socket_forwards::keep(
+                forwards,
+                self.guest_rx.clone(),
+                self.config.is_cloud().then(|| guest_user.name.clone()),
+            ))),
+            Err(e) => tracing::warn!("socket forwards not applied: {e}"),
         }
         // A reset before this boot was ready says nothing of the next one.
         self.guest_reset
@@ -216,6 +235,68 @@ impl Agent<'_, '_> {
         }
         *state = Supervised::Running;
         None
+    }
+
+    /// Something the start needs failed once the guest was up: journal it,
+    /// stop the VM by its ladder, report the failure.
+    async fn stop_not_ready(
+        &mut self,
+        vm: &QemuVm,
+        cause: StopCause,
+        error: String,
+    ) -> AgentOutcome {
+        self.record(Event::StartFailed {
+            error: error.clone(),
+        });
+        let deadline = self.config.stop_timeout.0;
+        let stopped = self.stop(vm, cause, deadline, false).await;
+        fail(self.reporter, error);
+        stopped_as_failed(stopped)
+    }
+
+    /// The user sessions run as in the guest: the cloud image's (from its
+    /// record), or the tiny image's root.
+    pub(super) fn guest_user(&self) -> crate::instance::vars::GuestUser {
+        match self.config.is_cloud() {
+            true => crate::image::cloud::ImageRecord::load(&self.dir)
+                .map(|record| record.guest_user())
+                .unwrap_or_else(|e| {
+                    tracing::warn!("the image record: {e}; guest templates see root");
+                    crate::instance::vars::tiny_guest_user()
+                }),
+            false => crate::instance::vars::tiny_guest_user(),
+        }
+    }
+
+    /// The `copyToHost` entries, copied (the error is for the user).
+    async fn copy_to_host(
+        &mut self,
+        link: &GuestLink,
+        user: &crate::instance::vars::GuestUser,
+    ) -> Result<(), String> {
+        let rules = self.copy_rules(user)?;
+        if rules.is_empty() {
+            return Ok(());
+        }
+        self.reporter
+            .progress("copying copyToHost files from the guest");
+        copy_to_host::copy_all(link, &rules)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The resolved `copyToHost` entries.
+    pub(super) fn copy_rules(
+        &self,
+        user: &crate::instance::vars::GuestUser,
+    ) -> Result<Vec<crate::instance::copy_to_host::CopyRule>, String> {
+        crate::instance::copy_to_host::resolve(
+            &self.config,
+            self.dir.name().as_str(),
+            self.dir.dir(),
+            user,
+        )
+        .map_err(|e| format!("{}: {e}", self.dir.config().display()))
     }
 
     /// The guest did not become ready in time (or cannot: `error`).

@@ -5,11 +5,12 @@
 //!   `message`, `caCerts`, `upgradePackages`, `timezone`,
 //!   `hostResolver.hosts`, `containerd` (cloud images: see
 //!   `image::cloudinit::containerd`);
-//!   `mounts` (see `instance::shares`) and `portForwards` (see
-//!   `forwards`);
-//! - accepted, not applied (reported by [`RawConfig::notices`]): `copyToHost`,
-//!   `plain`, `guestInstallPrefix`, unix socket forwards, `mountType` other
-//!   than virtiofs, `tpm`, `audio`, `video`, `portForwards[].static`, ...
+//!   `mounts` (see `instance::shares`), `portForwards` (see `forwards`;
+//!   unix sockets: `instance::socket_forwards`) and `copyToHost` (see
+//!   `instance::copy_to_host`);
+//! - accepted, not applied (reported by [`RawConfig::notices`]): `plain`,
+//!   `guestInstallPrefix`, `reverse` socket forwards, `mountType` other than
+//!   virtiofs, `tpm`, `audio`, `video`, `portForwards[].static`, ...
 //!   (and any field vmkeep does not know: `config::unknown_fields`);
 //! - refused, one line each saying what is not supported and what to do:
 //!   `vmType: vz`, `os: Darwin`, `rosetta`, `networks`, `additionalDisks`,
@@ -149,12 +150,31 @@ pub struct PortRule {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortForward {
     Ports(PortRule),
-    /// A unix socket forward (`guestSocket`/`hostSocket`): accepted, not
-    /// applied (QEMU's user network forwards ports only).
+    /// A unix socket forward (`guestSocket`/`hostSocket`, see
+    /// `instance::socket_forwards`); `reverse`: the host's socket served in
+    /// the guest (accepted, not applied).
     Socket {
         guest_socket: String,
         host_socket: String,
+        reverse: bool,
     },
+}
+
+/// One `copyToHost` entry (see `instance::copy_to_host`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CopyToHost {
+    /// The file in the guest (its symlinks resolved in the guest).
+    pub guest: String,
+    /// Where it goes on the host (Lima's template variables; relative to the
+    /// instance directory).
+    pub host: String,
+    /// Remove the host's copy when the instance stops.
+    #[serde(default, deserialize_with = "nullable")]
+    pub delete_on_stop: Option<bool>,
+    /// A guest file that does not exist is skipped instead of failing the start.
+    #[serde(default, deserialize_with = "nullable")]
+    pub skip_if_missing: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -238,6 +258,7 @@ impl RawPortForward {
             return Ok(PortForward::Socket {
                 guest_socket: self.guest_socket.unwrap_or_default(),
                 host_socket: self.host_socket.unwrap_or_default(),
+                reverse: self.reverse == Some(true),
             });
         }
         if self.reverse == Some(true) {
@@ -571,22 +592,15 @@ impl RawConfig {
                 "mountInotify: no writable mount: the guest cannot be told of host changes on a read-only one (as in Lima)".into(),
             );
         }
-        let sockets = self
+        let reversed = self
             .port_forwards
             .iter()
             .flatten()
-            .filter(|f| matches!(f, PortForward::Socket { .. }))
+            .filter(|f| matches!(f, PortForward::Socket { reverse: true, .. }))
             .count();
-        if sockets > 0 {
+        if reversed > 0 {
             notices.push(format!(
-                "portForwards: {sockets} unix socket rule(s) (guestSocket/hostSocket) not applied: vmkeep forwards TCP and UDP ports; forward a socket with `ssh -F <(vmkeep ssh-config NAME) -L`"
-            ));
-        }
-        let copies = self.copy_to_host.clone().unwrap_or_default();
-        if !copies.is_empty() {
-            notices.push(format!(
-                "copyToHost: not applied ({} file(s)): copy them with `vmkeep shell NAME -- cat FILE > FILE`",
-                copies.len()
+                "portForwards: {reversed} reverse unix socket rule(s) (reverse: true) not applied: vmkeep forwards guest sockets to the host only; forward a host socket with `ssh -F <(vmkeep ssh-config NAME) -R`"
             ));
         }
         if self.plain == Some(true) {
@@ -722,13 +736,15 @@ mod tests {
         let lima = parse(
             "mounts:\n- location: \"~\"\n- location: /tmp/lima\n  writable: true\nmountType: 9p\n\
              portForwards:\n- guestSocket: /run/x.sock\n  hostSocket: x.sock\n- guestPort: 80\n  hostPort: 8080\n\
+             - guestSocket: /run/y.sock\n  hostSocket: y.sock\n  reverse: true\n\
              copyToHost:\n- guest: /etc/k\n  host: \"{{.Dir}}/k\"\n",
         )
         .unwrap();
         let notices = lima.notices().join("\n");
-        for word in ["mountType: 9p", "1 unix socket rule(s)", "copyToHost"] {
+        for word in ["mountType: 9p", "1 reverse unix socket rule(s)"] {
             assert!(notices.contains(word), "{notices}");
         }
+        assert!(!notices.contains("copyToHost"), "applied: {notices}");
         assert!(!notices.contains("not applied yet"), "{notices}");
         let plain = parse("mounts:\n- location: /src\nportForwards:\n- guestPort: 80\n").unwrap();
         assert!(plain.notices().is_empty(), "{:?}", plain.notices());

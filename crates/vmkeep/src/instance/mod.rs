@@ -1,6 +1,7 @@
 //! Instances: names, directory layout, config, observation and status.
 
 pub mod config;
+pub mod copy_to_host;
 pub mod data_disk;
 pub mod desired;
 pub mod home;
@@ -17,6 +18,7 @@ pub mod provision;
 pub mod runtime;
 pub mod share_owner;
 pub mod shares;
+pub mod socket_forwards;
 pub mod status;
 pub mod vars;
 pub mod yaml_de;

@@ -100,6 +100,44 @@ pub fn guest_values(config: &Config, instance: &str, dir: &Path, user: &GuestUse
     ])
 }
 
+/// The values a template of a host path sees (Lima's host templates: a
+/// `hostSocket`, a `copyToHost` `host`): the host user's `{{.User}}`,
+/// `{{.UID}}` and `{{.Home}}`, the instance's `{{.Name}}`, `{{.Hostname}}`
+/// and `{{.Dir}}`, `{{.Param.Key}}`, `{{.HostOS}}`, `{{.HostArch}}`.
+pub fn host_values(config: &Config, instance: &str, dir: &Path) -> Value {
+    let host = crate::instance::shares::HostSide::current();
+    let home = host
+        .home
+        .as_ref()
+        .map(|h| h.display().to_string())
+        .unwrap_or_default();
+    gotmpl::map([
+        ("Name", Value::from(instance)),
+        (
+            "Hostname",
+            Value::from(crate::instance::identity::hostname(instance)),
+        ),
+        ("User", Value::from(host.user.as_str())),
+        ("UID", Value::Int(host.uid.into())),
+        ("Home", Value::from(home.as_str())),
+        ("Dir", Value::from(dir.display().to_string())),
+        ("HostOS", Value::from(std::env::consts::OS)),
+        ("HostArch", Value::from(go_arch())),
+        ("Param", params(config)),
+    ])
+}
+
+/// The guest user of the tiny image: root.
+pub fn tiny_guest_user() -> GuestUser {
+    GuestUser {
+        name: "root".into(),
+        uid: 0,
+        home: "/root".into(),
+        shell: "/bin/sh".into(),
+        comment: None,
+    }
+}
+
 /// The host architecture as Go names it (Lima's `{{.HostArch}}`).
 pub fn go_arch() -> &'static str {
     match std::env::consts::ARCH {

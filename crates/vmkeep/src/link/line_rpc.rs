@@ -10,6 +10,9 @@
 //!   a request that ends (timeout, cancellation) before its turn takes its
 //!   line back, so a peer that stops reading holds the host to the requests
 //!   still waiting, not to every one ever sent;
+//! - one-way lines ([`Connection::send_frame`]: the guest link's session
+//!   frames) go through the same writer, each resolving once written, so a
+//!   sender that awaits them has one line queued at most;
 //! - one reader task splits what arrives into lines ([`LineSplitter`]), hands
 //!   each to a caller-supplied classifier, routes replies to the waiting
 //!   request by id and events to the event queue ([`Events`]);
@@ -185,8 +188,8 @@ struct Shared<R> {
     next_id: AtomicU64,
     /// Turns true once, when the connection closes.
     closed: watch::Sender<bool>,
-    /// Request lines not yet taken by the writer, with their ids.
-    outbox: Mutex<VecDeque<(u64, Vec<u8>)>>,
+    /// Lines not yet taken by the writer, with their ids.
+    outbox: Mutex<VecDeque<Outgoing>>,
     /// Wakes the writer when a line is queued.
     queued: Notify,
 }
@@ -222,7 +225,7 @@ impl<R> Shared<R> {
         self.closed.send_replace(true);
     }
 
-    fn outbox(&self) -> MutexGuard<'_, VecDeque<(u64, Vec<u8>)>> {
+    fn outbox(&self) -> MutexGuard<'_, VecDeque<Outgoing>> {
         // As for `lock`: every operation on the queue is a single push or
         // removal.
         self.outbox
@@ -230,15 +233,15 @@ impl<R> Shared<R> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queue a request's line for the writer.
-    fn send(&self, id: u64, line: Vec<u8>) {
-        self.outbox().push_back((id, line));
+    /// Queue a line for the writer.
+    fn send(&self, id: u64, line: Vec<u8>, written: Option<oneshot::Sender<()>>) {
+        self.outbox().push_back(Outgoing { id, line, written });
         self.queued.notify_one();
     }
 
-    /// Take back a request's line if the writer has not taken it yet.
+    /// Take back a line if the writer has not taken it yet.
     fn unsend(&self, id: u64) {
-        self.outbox().retain(|(queued, _)| *queued != id);
+        self.outbox().retain(|queued| queued.id != id);
     }
 
     fn take_waiter(&self, id: u64) -> Option<Waiter<R>> {
@@ -266,6 +269,15 @@ impl<R> Shared<R> {
             State::Closed(reason) => Some(Arc::clone(reason)),
         }
     }
+}
+
+/// A line waiting for the writer.
+struct Outgoing {
+    id: u64,
+    line: Vec<u8>,
+    /// Told once the line is written (one-way frames, see
+    /// [`Connection::send_frame`]).
+    written: Option<oneshot::Sender<()>>,
 }
 
 struct Inner<R> {
@@ -507,7 +519,7 @@ impl<R: Send + 'static> Connection<R> {
                 reason: self.reason_or_stopped(),
             });
         }
-        shared.send(id, line);
+        shared.send(id, line, None);
 
         match tokio::time::timeout(timeout, rx).await {
             Err(_elapsed) => Err(LineRpcError::Timeout { id, after: timeout }),
@@ -518,6 +530,36 @@ impl<R: Send + 'static> Connection<R> {
                 id,
                 reason: self.reason_or_stopped(),
             }),
+        }
+    }
+
+    /// Send one line that is not answered (a session frame of the guest
+    /// link) and wait until it is written to the socket, so that a sender
+    /// that awaits each frame has at most one in the queue. Cancelling the
+    /// future takes the line back if the writer has not taken it yet.
+    pub async fn send_frame(&self, mut line: Vec<u8>) -> Result<(), Arc<CloseReason>> {
+        let shared = &self.inner.shared;
+        if let Some(reason) = shared.close_reason() {
+            return Err(reason);
+        }
+        if self.inner.writer.is_finished() {
+            return Err(self.reason_or_stopped());
+        }
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        debug_assert!(
+            !line[..line.len() - 1].contains(&b'\n'),
+            "a frame must be a single line"
+        );
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (written, was_written) = oneshot::channel();
+        let _take_back = UnsendGuard { shared, id };
+        shared.send(id, line, Some(written));
+        let mut closed = shared.closed.subscribe();
+        tokio::select! {
+            done = was_written => done.map_err(|_| self.reason_or_stopped()),
+            _ = closed.wait_for(|closed| *closed) => Err(self.reason_or_stopped()),
         }
     }
 
@@ -564,6 +606,18 @@ struct ForgetGuard<'a, R> {
 impl<R> Drop for ForgetGuard<'_, R> {
     fn drop(&mut self) {
         drop(self.shared.take_waiter(self.id));
+        self.shared.unsend(self.id);
+    }
+}
+
+/// Takes a frame's line back, if still queued, when its sender stops waiting.
+struct UnsendGuard<'a, R> {
+    shared: &'a Shared<R>,
+    id: u64,
+}
+
+impl<R> Drop for UnsendGuard<'_, R> {
+    fn drop(&mut self) {
         self.shared.unsend(self.id);
     }
 }
@@ -816,21 +870,24 @@ async fn write_loop<R>(mut write_half: OwnedWriteHalf, shared: Arc<Shared<R>>) {
     let mut closed = shared.closed.subscribe();
     loop {
         let next = shared.outbox().pop_front();
-        let Some((_id, line)) = next else {
+        let Some(Outgoing { line, written, .. }) = next else {
             // `notify_one` keeps a wake-up for a line queued meanwhile.
             tokio::select! {
                 () = shared.queued.notified() => continue,
                 _ = closed.wait_for(|closed| *closed) => break,
             }
         };
-        let written = tokio::select! {
+        let result = tokio::select! {
             written = write_half.write_all(&line) => written,
             _ = closed.wait_for(|closed| *closed) => break,
         };
-        if let Err(error) = written {
+        if let Err(error) = result {
             tracing::debug!(%error, "connection writer stopped");
             shared.close(CloseReason::Write(error));
             return;
+        }
+        if let Some(written) = written {
+            let _ = written.send(());
         }
     }
     let _ = write_half.shutdown().await;

@@ -332,6 +332,17 @@ pub fn free_space(path: &Path) -> io::Result<FreeSpace> {
     })
 }
 
+/// The size and the free space (as an unprivileged writer may use it) of
+/// the file system holding `path`, in bytes (statvfs only: cheap enough to
+/// ask often).
+pub fn space_of(path: &Path) -> io::Result<(u64, u64)> {
+    let stat = rustix::fs::statvfs(path)?;
+    Ok((
+        stat.f_blocks.saturating_mul(stat.f_frsize),
+        stat.f_bavail.saturating_mul(stat.f_frsize),
+    ))
+}
+
 /// The mount point of the file system holding `path`: the highest
 /// ancestor on the same device.
 pub fn mount_point_of(path: &Path) -> io::Result<PathBuf> {

@@ -15,4 +15,5 @@ pub mod seccomp;
 pub mod service_manager;
 pub mod service_notify;
 pub mod socket;
+pub mod terminal;
 pub mod tool;

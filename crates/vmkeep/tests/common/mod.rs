@@ -14,6 +14,7 @@ pub mod container;
 pub mod guest_tools;
 pub mod host_user;
 pub mod http;
+pub mod terminal;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

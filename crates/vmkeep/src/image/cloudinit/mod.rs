@@ -83,6 +83,16 @@ pub struct SeedInputs<'a> {
 /// The systemd unit of the guest agent. It starts after cloud-init's first
 /// stage (whose `bootcmd` installs the binary); the agent itself waits for
 /// `cloud-init status --wait` before it reports ready.
+///
+/// `KillMode=process`: the commands of `vmkeep shell` sessions are the
+/// agent's children, in its unit's cgroup, and with systemd's default
+/// (`control-group`) a restart of the agent (a crash, an upgrade) would kill
+/// every one of them, `nohup`ed and `setsid`ed ones included, which an ssh
+/// login's never suffer. With `process` only the agent is stopped: its
+/// sessions end as over a dropped ssh connection (their ptys and pipes
+/// close, the commands get SIGHUP), and what the user put in the
+/// background lives on. At a guest shutdown systemd's final kill still ends
+/// them.
 pub fn agent_unit() -> String {
     format!(
         "[Unit]\n\
@@ -91,6 +101,7 @@ pub fn agent_unit() -> String {
          \n\
          [Service]\n\
          ExecStart={AGENT_GUEST_PATH}\n\
+         KillMode=process\n\
          Restart=always\n\
          RestartSec=1\n\
          \n\

@@ -103,10 +103,13 @@ fn user_data_creates_the_user_with_the_key_and_starts_the_agent() {
     );
     assert_eq!(user["sudo"], "ALL=(ALL) NOPASSWD:ALL");
     assert_eq!(doc["ssh_pwauth"], false);
+    let unit = file_content(&doc, "/etc/systemd/system/vmkeep-guest.service");
     assert!(
-        file_content(&doc, "/etc/systemd/system/vmkeep-guest.service")
-            .contains("ExecStart=/usr/local/sbin/vmkeep-guest")
+        unit.contains("ExecStart=/usr/local/sbin/vmkeep-guest"),
+        "{unit}"
     );
+    // A restart of the agent leaves its sessions' processes alone.
+    assert!(unit.contains("KillMode=process"), "{unit}");
     let bootcmd = doc["bootcmd"][0].as_str().unwrap();
     assert!(
         bootcmd.contains("LABEL=CIDATA") && bootcmd.contains(AGENT_GUEST_PATH),

@@ -99,7 +99,7 @@ pub struct RawConfig {
     #[serde(default, deserialize_with = "nullable")]
     pub port_forwards: Option<Vec<lima::PortForward>>,
     #[serde(default, deserialize_with = "nullable")]
-    pub copy_to_host: Option<Vec<serde_yaml_ng::Value>>,
+    pub copy_to_host: Option<Vec<lima::CopyToHost>>,
     /// Shown after `start` (a template with list fields: `{{.Dir}}`, ...).
     #[serde(default, deserialize_with = "nullable")]
     pub message: Option<String>,

@@ -299,6 +299,8 @@ pub enum StopCause {
     SuspendFailed,
     /// The guest could not mount a shared directory (`mounts:`).
     SharedDir,
+    /// A `copyToHost` file could not be copied.
+    CopyToHost,
 }
 
 /// Why the VM is no longer running.

@@ -1,5 +1,6 @@
 //! The guest link's client: one connection to the guest agent, its
-//! requests (hello, exec, poweroff, clock, mounts, ports) and their errors.
+//! requests (hello, exec, poweroff, clock, mounts, ports) and their errors,
+//! and its streaming sessions (`sessions`).
 
 use std::fmt;
 use std::io;
@@ -17,6 +18,7 @@ use vmkeep_protocol::{
 
 use super::LIMITS;
 use super::ready::Readiness;
+use super::sessions::{GuestSession, OpenError, SessionTable};
 use crate::link::line_rpc::{
     CloseReason, Connection, Events, Incoming, LineRpcError, MalformedLine,
 };
@@ -143,6 +145,8 @@ pub struct GuestLink {
     /// The latest listening-socket report the guest volunteered (after
     /// [`GuestLink::watch_ports`]); only the newest is kept.
     pub(super) ports: watch::Receiver<Option<Listening>>,
+    /// The streaming sessions open on this connection.
+    pub(super) sessions: Arc<SessionTable>,
 }
 
 /// What the guest volunteers on a connection.
@@ -150,6 +154,12 @@ pub struct GuestLink {
 pub(crate) enum GuestEvent {
     Ready(GuestInfo),
     Ports(Listening),
+    /// An event of a streaming session (checked by its session's rules
+    /// when it is delivered).
+    Session {
+        id: u64,
+        event: vmkeep_protocol::session::SessionEvent,
+    },
 }
 
 /// `Ready` announcements the guest sends on this connection. Ends when the
@@ -193,6 +203,8 @@ impl GuestLink {
         };
         let mut readiness = Readiness::default();
         let (ports_tx, ports) = watch::channel(None);
+        let sessions = Arc::new(SessionTable::default());
+        let table = Arc::clone(&sessions);
         let (conn, rx) = Connection::new(stream, LIMITS, move |line: &[u8]| {
             Ok(match readiness.classify(line)? {
                 Incoming::Event(GuestEvent::Ready(info)) => Incoming::Event(info),
@@ -202,12 +214,20 @@ impl GuestLink {
                     ports_tx.send_replace(Some(listening));
                     Incoming::Ignore
                 }
+                Incoming::Event(GuestEvent::Session { id, event }) => {
+                    table.deliver(id, event);
+                    Incoming::Ignore
+                }
                 Incoming::Response { id, payload } => Incoming::Response { id, payload },
                 Incoming::Ignore => Incoming::Ignore,
                 Incoming::PeerRestarted => Incoming::PeerRestarted,
             })
         });
-        let link = GuestLink { conn, ports };
+        let link = GuestLink {
+            conn,
+            ports,
+            sessions,
+        };
         let hello = link
             .hello(deadline.saturating_duration_since(Instant::now()))
             .await?;
@@ -344,6 +364,21 @@ impl GuestLink {
             Reply::Raised(raised) => Ok(raised),
             other => Err(unexpected(GuestOp::HostChanges, other)),
         }
+    }
+
+    /// Open a streaming session (see `vmkeep_protocol::session`): the
+    /// `open` frame is queued at once; the guest's answer is the session's
+    /// first update.
+    pub fn open_session(
+        &self,
+        open: vmkeep_protocol::session::OpenSession,
+    ) -> Result<GuestSession, OpenError> {
+        self.sessions.open(&self.conn, open)
+    }
+
+    /// How many sessions are open on this connection.
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.open_count()
     }
 
     /// Give the connection up because the guest restarted (QEMU reported a

@@ -17,11 +17,14 @@
 //!
 //! [`client`] is the connection and its requests, [`ready`] the wait for a
 //! ready guest and the sorting of its lines, [`reports`] the checks of what
-//! it says about itself.
+//! it says about itself, [`sessions`] its streaming sessions (each event
+//! checked by the session's rules, what it may make the host hold bounded
+//! by the credit the host granted).
 
 pub mod client;
 pub mod ready;
 pub mod reports;
+pub mod sessions;
 
 use vmkeep_protocol::MAX_MESSAGE_BYTES;
 
@@ -32,6 +35,7 @@ pub use self::ready::{HELLO_RETRY, wait_ready};
 #[cfg(any(test, fuzzing))]
 pub(crate) use self::ready::{Readiness, sort_line};
 pub use self::reports::{check_exposed, check_guest_info, check_listening};
+pub use self::sessions::{GuestSession, OpenError};
 use crate::link::line_rpc::Limits;
 
 /// What the guest may make the host hold on one connection.

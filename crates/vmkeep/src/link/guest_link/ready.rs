@@ -172,8 +172,10 @@ pub(crate) fn sort_line(line: &[u8]) -> Result<Incoming<Reply, GuestEvent>, Malf
                 .map_err(|problem| MalformedLine::new(format!("the guest's ports: {problem}")))?;
             Ok(Incoming::Event(GuestEvent::Ports(listening)))
         }
-        // This host opens no streaming sessions yet.
-        Ok(FromGuest::Session { .. }) => Ok(Incoming::Ignore),
+        // Checked by its session's rules when it is delivered.
+        Ok(FromGuest::Session { id, event }) => {
+            Ok(Incoming::Event(GuestEvent::Session { id, event }))
+        }
         Err(error) => {
             // Fail the request the line answers, if its id can be read.
             let id = serde_json::from_slice::<serde_json::Value>(line)

@@ -159,6 +159,7 @@ async fn exec_round_trips_binary_output_and_guest_errors() {
     let link = GuestLink {
         conn,
         ports: watch::channel(None).1,
+        sessions: Default::default(),
     };
 
     let request = ExecRequest {
