@@ -3,6 +3,8 @@
 pub mod config;
 pub mod data_disk;
 pub mod desired;
+pub mod disk_size;
+pub mod edit_flags;
 pub mod home;
 pub mod identity;
 pub mod journal;

@@ -252,6 +252,64 @@ pub fn file_id(path: &Path) -> io::Result<Option<FileId>> {
     }
 }
 
+/// Copy the file `from` to a new file `to` (mode `mode`) byte for byte,
+/// holes kept as holes: only the data extents (`SEEK_DATA`/`SEEK_HOLE`)
+/// are copied, in the kernel (`copy_file_range`), so a sparse 100 GiB raw
+/// disk costs what it holds. The copy is synced before this returns; a
+/// failed copy is removed.
+pub fn copy_sparse(from: &Path, to: &Path, mode: u32) -> io::Result<()> {
+    use rustix::fs::SeekFrom;
+    let source = File::open(from)?;
+    let len = source.metadata()?.len();
+    let target = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(to)?;
+    let result = (|| {
+        target.set_len(len)?;
+        let mut offset = 0u64;
+        while offset < len {
+            let data = match rustix::fs::seek(&source, SeekFrom::Data(offset)) {
+                Ok(at) => at,
+                // No data after `offset`: the rest is a hole.
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let hole = match rustix::fs::seek(&source, SeekFrom::Hole(data)) {
+                Ok(at) => at.min(len),
+                Err(e) => return Err(e.into()),
+            };
+            let mut at = data;
+            while at < hole {
+                let mut from_at = at;
+                let mut to_at = at;
+                let chunk = (hole - at).min(1 << 30) as usize;
+                let copied = rustix::fs::copy_file_range(
+                    &source,
+                    Some(&mut from_at),
+                    &target,
+                    Some(&mut to_at),
+                    chunk,
+                )?;
+                if copied == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} ended while it was copied", from.display()),
+                    ));
+                }
+                at += copied as u64;
+            }
+            offset = hole;
+        }
+        target.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    result
+}
+
 /// Make what was written to the file at `path` durable (by whoever wrote
 /// it, through any descriptor or a shared mapping).
 pub fn sync_file(path: &Path) -> io::Result<()> {
