@@ -10,6 +10,7 @@ pub mod api;
 pub mod binary;
 pub mod clock;
 mod data_disk;
+mod disk_size;
 pub mod error;
 pub mod forwards;
 mod guest;

@@ -606,6 +606,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         | Event::Restarting { .. }
         | Event::GaveUp { .. }
         | Event::DataDisk { .. }
+        | Event::DiskGrown { .. }
         | Event::Unknown => Phase::Starting,
     }
 }
@@ -658,6 +659,7 @@ mod tests {
             mount: "/data".into(),
             formatted: false,
             repaired: None,
+            grown: None,
         }
     }
 

@@ -180,6 +180,13 @@ pub enum Event {
         /// How its virtiofsd ended, if known.
         exit: String,
     },
+    /// The disk was grown to a larger `disk:` before the boot (the guest
+    /// grows its file system: the tiny image's /data, as the `data-disk`
+    /// event after it says; a cloud image's root, by cloud-init).
+    DiskGrown {
+        from_bytes: u64,
+        to_bytes: u64,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -248,6 +255,7 @@ impl Event {
             Event::GuestClockSet { .. } => "guest-clock-set",
             Event::StateDiscarded { .. } => "state-discarded",
             Event::SharedDirLost { .. } => "shared-dir-lost",
+            Event::DiskGrown { .. } => "disk-grown",
             Event::Unknown => "unknown",
         }
     }
