@@ -1,9 +1,9 @@
 //! `vmkeep create [--name NAME] [FILE.yaml | template:NAME | URL | -]`
-//! (Lima's form) and `vmkeep create NAME [--template FILE|NAME]` (vmkeep's):
-//! arguments and printing; the work is `engine::create`. Also what
-//! `vmkeep start FILE.yaml` creates first.
+//! (Lima's form) and `vmkeep create NAME [--template FILE|NAME]` (vmkeep's),
+//! with Lima's edit flags: arguments and printing; the work is
+//! `engine::create`. Also what `vmkeep start FILE.yaml` creates first.
 
-use super::{CliError, CreateArgs, ExitCode};
+use super::{CliError, CreateArgs, EditFlagArgs, ExitCode};
 use crate::engine::create::{self, Plan};
 use crate::instance::{Home, InstanceName};
 
@@ -13,22 +13,27 @@ pub fn run(args: CreateArgs) -> Result<i32, CliError> {
         args.name.as_ref(),
         args.template.as_deref(),
     )?;
-    create_planned(&Home::from_env()?, &plan, &args.params, args.dry_run)?;
+    create_planned(&Home::from_env()?, &plan, &args.flags, args.dry_run)?;
     Ok(ExitCode::Success as i32)
 }
 
-/// Create what `plan` says (or with `dry_run` only check it and print the
-/// config it would store); prints the notices; returns the instance name.
+/// Create what `plan` says, with the edit flags applied (or with `dry_run`
+/// only check it and print the config it would store); prints the notices;
+/// returns the instance name.
 pub fn create_planned(
     home: &Home,
     plan: &Plan,
-    params: &[String],
+    flags: &EditFlagArgs,
     dry_run: bool,
 ) -> Result<InstanceName, CliError> {
     if let Some(note) = &plan.note {
         eprintln!("note: {note}");
     }
-    let template = create::read(&plan.template, params, &mut std::io::stdin())?;
+    let template = create::read(&plan.template, &flags.params, &mut std::io::stdin())?;
+    let (template, notes) = create::with_edit_flags(home, &plan.name, template, &flags.flags())?;
+    for note in notes {
+        eprintln!("note: {note}");
+    }
     if dry_run {
         let checked = create::dry_run(home, &plan.name, &template)?;
         print!("{}", checked.resolved.text);

@@ -82,6 +82,10 @@ pub enum EngineError {
     #[error(transparent)]
     Create(#[from] crate::engine::create::CreateError),
 
+    /// A change to a config was refused; the config is unchanged.
+    #[error(transparent)]
+    Edit(#[from] crate::engine::edit::EditError),
+
     #[error("{name} is broken: {}\n  {}", broken.message(), broken.hint().replace("NAME", name.as_str()))]
     Broken { name: InstanceName, broken: Broken },
 
@@ -189,6 +193,7 @@ impl EngineError {
         match self {
             EngineError::Lookup(LookupError::NotFound { .. }) => ErrorKind::NotFound,
             EngineError::Config(_) => ErrorKind::InvalidConfig,
+            EngineError::Edit(e) => e.kind(),
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,
             EngineError::Create(crate::engine::create::CreateError::Exists { .. }) => {
                 ErrorKind::WrongState
