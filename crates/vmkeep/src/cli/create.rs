@@ -8,6 +8,9 @@ use crate::engine::create::{self, Plan};
 use crate::instance::{Home, InstanceName};
 
 pub fn run(args: CreateArgs) -> Result<i32, CliError> {
+    if let Some(lima) = &args.from_lima {
+        return super::import::from_dir(lima, args.name.clone());
+    }
     let plan = create::plan(
         args.target.as_deref(),
         args.name.as_ref(),

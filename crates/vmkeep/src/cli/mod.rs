@@ -2,12 +2,14 @@
 //! dispatches.
 
 mod autostart;
+mod clone;
 mod create;
 mod daemon;
 mod delete;
 mod edit;
 mod error;
 mod events;
+mod import;
 mod list;
 mod progress;
 mod restart;
@@ -69,6 +71,29 @@ pub enum Verb {
     Edit(EditArgs),
     /// Stop instances by their ladder, then start them again.
     Restart(RestartArgs),
+    /// Copy a stopped instance into a new, independent one (own disk, name,
+    /// ssh port; a fresh machine identity at its first boot).
+    Clone(CloneArgs),
+    /// Make an instance from a stopped Lima instance of $LIMA_HOME (default
+    /// ~/.lima), its disks copied: the Lima instance is left as it was.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CloneArgs {
+    /// The instance to copy (stopped).
+    pub source: InstanceName,
+    /// The new instance's name.
+    pub target: InstanceName,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The Lima instance's name (a directory of $LIMA_HOME).
+    pub name: String,
+    /// The new instance's name (default: the Lima instance's).
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<InstanceName>,
 }
 
 /// Lima's edit flags, as `create`, `start` and `edit` take them.
@@ -179,6 +204,10 @@ pub struct CreateArgs {
     pub template: Option<String>,
     #[command(flatten)]
     pub flags: EditFlagArgs,
+    /// Make the instance from a stopped Lima instance's directory (its
+    /// lima.yaml and disks, copied; see `vmkeep import`).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["target", "template", "dry_run"])]
+    pub from_lima: Option<std::path::PathBuf>,
     /// Resolve and check the template, print the config the instance would
     /// store and what is not applied; create nothing, download nothing.
     #[arg(long)]
@@ -370,5 +399,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Verb::Suspend(args) => suspend::run(args),
         Verb::Edit(args) => edit::run(args),
         Verb::Restart(args) => restart::run(args),
+        Verb::Clone(args) => clone::run(args),
+        Verb::Import(args) => import::run(args),
     }
 }

@@ -82,6 +82,9 @@ pub enum EngineError {
     #[error(transparent)]
     Create(#[from] crate::engine::create::CreateError),
 
+    #[error(transparent)]
+    Import(#[from] crate::engine::import::ImportError),
+
     /// A change to a config was refused; the config is unchanged.
     #[error(transparent)]
     Edit(#[from] crate::engine::edit::EditError),
@@ -188,12 +191,19 @@ pub enum EngineError {
     },
 }
 
+impl From<crate::driver::qemu::disk_image::DiskImageError> for EngineError {
+    fn from(error: crate::driver::qemu::disk_image::DiskImageError) -> EngineError {
+        EngineError::Import(error.into())
+    }
+}
+
 impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             EngineError::Lookup(LookupError::NotFound { .. }) => ErrorKind::NotFound,
             EngineError::Config(_) => ErrorKind::InvalidConfig,
             EngineError::Edit(e) => e.kind(),
+            EngineError::Import(e) => e.kind(),
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,
             EngineError::Create(crate::engine::create::CreateError::Exists { .. }) => {
                 ErrorKind::WrongState

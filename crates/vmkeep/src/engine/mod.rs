@@ -13,12 +13,14 @@
 
 pub mod agent;
 pub mod autostart;
+pub mod clone;
 pub mod create;
 pub mod delete;
 pub mod edit;
 pub mod error;
 pub mod events;
 pub mod guest;
+pub mod import;
 pub mod inspect;
 pub mod restart;
 pub mod start;

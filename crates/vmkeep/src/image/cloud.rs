@@ -89,6 +89,9 @@ pub struct ImageRecord {
     /// whose guests got cloud-init's defaults).
     #[serde(default)]
     pub guest_user: Option<GuestUser>,
+    /// A copy of another instance (absent for a fresh one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<crate::instance::identity::Origin>,
 }
 
 impl ImageRecord {
@@ -105,6 +108,16 @@ impl ImageRecord {
 }
 
 impl ImageRecord {
+    /// Write the record to `path` (atomically).
+    pub fn write(&self, path: &Path) -> Result<(), CloudError> {
+        let json = serde_json::to_vec_pretty(self).expect("the record serializes");
+        os::fs::write_atomic(path, &json, 0o600).map_err(|source| CloudError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     pub fn load(dir: &InstanceDir) -> Result<ImageRecord, CloudError> {
         let path = dir.image_record();
         let text = std::fs::read(&path).map_err(|source| CloudError::Io {
@@ -187,13 +200,9 @@ pub fn prepare(
         cmdline: entry.kernel.as_ref().and_then(|k| k.cmdline.clone()),
         user: guest_user.name.clone(),
         guest_user: Some(guest_user.clone()),
+        origin: None,
     };
-    let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
-    os::fs::write_atomic(record_path, &json, 0o600).map_err(|source| CloudError::Io {
-        action: "write",
-        path: record_path.to_path_buf(),
-        source,
-    })?;
+    record.write(record_path)?;
     Ok(record)
 }
 
@@ -293,6 +302,7 @@ pub fn launch_spec(
         ssh_public_keys,
         config: &expanded,
         shares: &shares,
+        origin: record.origin.as_ref(),
     };
     cloudinit::write_seed(&seed, &inputs, super::tiny::GUEST_AGENT).map_err(|source| {
         CloudError::Io {

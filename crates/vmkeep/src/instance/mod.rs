@@ -10,6 +10,7 @@ pub mod identity;
 pub mod journal;
 pub mod layout;
 pub mod lima;
+pub mod lima_instance;
 pub mod name;
 pub mod not_instance;
 pub mod observe;

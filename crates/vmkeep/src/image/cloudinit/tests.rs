@@ -24,6 +24,7 @@ fn seed(config: &Config) -> serde_yaml_ng::Value {
         ssh_public_keys: vec!["ssh-ed25519 AAAAC3Nza vmkeep\n".into()],
         config,
         shares: &[],
+        origin: None,
     };
     yaml(&user_data(&inputs))
 }
@@ -83,6 +84,7 @@ fn meta_data_names_the_instance_with_a_valid_hostname() {
         ssh_public_keys: vec![],
         config: &config,
         shares: &[],
+        origin: None,
     };
     let meta = yaml(&meta_data(&inputs));
     assert_eq!(meta["instance-id"], "vmkeep-web_1.b");
@@ -142,6 +144,7 @@ fn shared_directories_are_mounted_at_every_boot_before_provisioning() {
         ssh_public_keys: vec![],
         config: &config,
         shares: &shares,
+        origin: None,
     };
     let doc = yaml(&user_data(&inputs));
     // Outside the user's home: early, by bootcmd.
@@ -318,6 +321,7 @@ fn the_seed_volume_is_fat_labelled_cidata_with_the_files() {
         ssh_public_keys: vec!["ssh-ed25519 AAAA vmkeep".into()],
         config: &config,
         shares: &[],
+        origin: None,
     };
     write_seed(&path, &inputs, &agent).unwrap();
     let mut file = std::fs::File::open(&path).unwrap();
