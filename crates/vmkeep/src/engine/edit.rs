@@ -233,10 +233,12 @@ fn change_config(
         kept: kept.map(Path::to_path_buf),
     })?;
     let fields = changed_fields(old, &text);
-    if let Some(note) = disk_note(dir, &config)? {
+    let disk = disk_note(dir, &config)?;
+    let status = status_of(dir)?;
+    // A restart grows the disk now (its start says so).
+    if let Some(note) = disk.filter(|_| status.edit_plan() != EditPlan::Live) {
         notes.push(note);
     }
-    let status = status_of(dir)?;
     let outcome = match status.edit_plan() {
         EditPlan::Write => Some(EditOutcome::Saved),
         EditPlan::WriteIfSavedStateAccepts => {
@@ -364,10 +366,16 @@ fn refuse_what_the_saved_state_cannot_take(
 fn changed_fields(old: &str, new: &str) -> Vec<FieldChange> {
     let old = yaml_edit::parse_mapping(old).unwrap_or_default();
     let new = yaml_edit::parse_mapping(new).unwrap_or_default();
+    // Scalars as YAML, lists and maps on one line as JSON.
     let show = |v: &Value| {
-        let text = serde_yaml_ng::to_string(v).unwrap_or_default();
+        let text = match v {
+            Value::Mapping(_) | Value::Sequence(_) | Value::Tagged(_) => {
+                serde_json::to_string(v).unwrap_or_default()
+            }
+            _ => serde_yaml_ng::to_string(v).unwrap_or_default(),
+        };
         let text = text.trim();
-        if text.contains('\n') || text.len() > 60 {
+        if text.len() > 80 {
             "(changed)".to_string()
         } else {
             text.to_string()
@@ -540,7 +548,7 @@ mod tests {
                 FieldChange {
                     field: "mounts".into(),
                     from: None,
-                    to: Some("(changed)".into())
+                    to: Some(r#"[{"location":"/a"}]"#.into())
                 },
                 FieldChange {
                     field: "disk".into(),

@@ -70,13 +70,13 @@ impl Agent<'_, '_> {
             match grown {
                 Some(g) if g.error.is_none() => self.reporter.progress(format!(
                     "the guest grew /data from {} to {}",
-                    ByteSize(g.from_bytes).approx(),
-                    ByteSize(g.to_bytes).approx()
+                    ByteSize(g.from_bytes),
+                    ByteSize(g.to_bytes)
                 )),
                 Some(g) => self.reporter.progress(format!(
                     "the guest could not grow /data ({}); it is mounted at its old size, {}",
                     g.error.as_deref().unwrap_or_default(),
-                    ByteSize(g.from_bytes).approx()
+                    ByteSize(g.from_bytes)
                 )),
                 None => {}
             }
