@@ -31,11 +31,6 @@ use crate::os;
 use crate::template::Source;
 use crate::text::yaml_edit;
 
-/// The name a copied base disk gets beside the overlay, and what the
-/// overlay names as its backing file: relative, so that the instance can
-/// be built in a staging directory and renamed into place.
-const BASE_NAME: &str = "basedisk";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("there is no Lima instance at {}: no {} there{}", dir.display(), lima_instance::LIMA_YAML, hint)]
@@ -227,14 +222,18 @@ pub fn import(
         os::fs::write_atomic(&staged(to.config()), text.as_bytes(), 0o600)
             .map_err(EngineError::io("write", staged(to.config())))?;
         let disk = staged(to.disk());
-        let base_copy = staging.join(BASE_NAME);
+        // The overlay names the copied base beside it by a relative name, so
+        // that the instance can be built here and renamed into place.
+        let base_name = to.own_file(OwnFile::BaseDisk);
+        let base_name = Path::new(base_name.file_name().unwrap_or_default());
+        let base_copy = staging.join(base_name);
         let base_format = match &base {
             // diffdisk over basedisk: both copied, the copy pointed at the copy.
             Some(base) => {
                 let format = disk_image::info(base)?.format;
                 copy(base, &base_copy)?;
                 copy(&top, &disk)?;
-                disk_image::rebase_onto_copy(&disk, Path::new(BASE_NAME), &format)
+                disk_image::rebase_onto_copy(&disk, base_name, &format)
                     .map_err(ImportError::from)?;
                 format
             }
@@ -242,7 +241,7 @@ pub fn import(
             None => {
                 copy(&top, &base_copy)?;
                 disk_image::create_overlay(
-                    Path::new(BASE_NAME),
+                    base_name,
                     &top_info.format,
                     &disk,
                     top_info.virtual_size,

@@ -33,7 +33,7 @@
 //!   fsN.pid     runtime     that virtiofsd's liveness lock (held by it; it
 //!                           names the directory and its mount point)
 //!   fsN.log                 that virtiofsd's output
-//!   basedisk                imported or cloned cloud images: the base disk,
+//!   base.img                imported or cloned cloud images: the base disk,
 //!   kernel, initrd          and boot files, copied into the instance
 //!   vmkeep.yaml.rejected    the text of the last `vmkeep edit` the config refused
 //! ```
@@ -147,7 +147,7 @@ impl InstanceDir {
     /// cloned cloud image's, copied in rather than shared from the cache.
     pub fn own_file(&self, name: OwnFile) -> PathBuf {
         self.dir.join(match name {
-            OwnFile::BaseDisk => "basedisk",
+            OwnFile::BaseDisk => "base.img",
             OwnFile::Kernel => "kernel",
             OwnFile::Initrd => "initrd",
         })
