@@ -455,4 +455,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         assert!(!remove_file_if_exists(&dir.path().join("nope")).unwrap());
     }
+
+    #[test]
+    fn a_sparse_copy_is_byte_for_byte_and_keeps_its_holes() {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("sparse");
+        let mut file = File::create(&from).unwrap();
+        file.write_all(b"start").unwrap();
+        file.seek(SeekFrom::Start(64 << 20)).unwrap();
+        file.write_all(b"middle").unwrap();
+        file.set_len(256 << 20).unwrap();
+        drop(file);
+        let to = dir.path().join("copy");
+        copy_sparse(&from, &to, 0o600).unwrap();
+        assert_eq!(fs::read(&from).unwrap(), fs::read(&to).unwrap());
+        let copied = fs::metadata(&to).unwrap();
+        assert_eq!(copied.len(), 256 << 20);
+        assert!(
+            copied.blocks() * 512 < 8 << 20,
+            "holes kept: {} blocks",
+            copied.blocks()
+        );
+        assert_eq!(copied.mode() & 0o777, 0o600);
+        assert!(copy_sparse(&from, &to, 0o600).is_err(), "never over a file");
+        let empty = dir.path().join("empty");
+        File::create(&empty).unwrap();
+        copy_sparse(&empty, &dir.path().join("empty-copy"), 0o600).unwrap();
+        assert_eq!(
+            fs::metadata(dir.path().join("empty-copy")).unwrap().len(),
+            0
+        );
+    }
 }

@@ -176,11 +176,16 @@ const LIMA_TEMPLATE_DIRS: [&str; 3] = [
 ];
 
 /// Lima's file for a template name vmkeep does not ship: from
-/// `$LIMA_TEMPLATES_PATH` when set, else from Lima's install directories.
+/// `$LIMA_TEMPLATES_PATH` when set, else, as Lima's default for it, from
+/// `$LIMA_HOME/_templates` (the user's own) and Lima's install directories.
 fn lima_template_file(name: &str) -> Option<PathBuf> {
     let dirs: Vec<PathBuf> = match std::env::var_os(LIMA_TEMPLATES_PATH) {
         Some(list) => std::env::split_paths(&list).collect(),
-        None => LIMA_TEMPLATE_DIRS.iter().map(PathBuf::from).collect(),
+        None => crate::instance::lima_instance::lima_home()
+            .map(|home| home.join("_templates"))
+            .into_iter()
+            .chain(LIMA_TEMPLATE_DIRS.iter().map(PathBuf::from))
+            .collect(),
     };
     dirs.into_iter()
         .map(|dir| dir.join(format!("{name}.yaml")))
