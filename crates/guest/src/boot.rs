@@ -277,7 +277,7 @@ fn mount_rw(device: &str, formatted: bool, repaired: Option<FsckRun>) -> DataDis
 /// host made the disk larger (`disk:` raised): online, by the kernel, so
 /// nothing is unmounted and a failure leaves it whole at its old size.
 /// `None` when it fills the disk already.
-fn grow_to_fill(device: &str, target: &Path) -> Option<vmkeep_protocol::Grown> {
+fn grow_to_fill(device: &str, target: &Path) -> Option<Box<vmkeep_protocol::Grown>> {
     let size = disk::read_head(Path::new(device))
         .ok()
         .and_then(|head| disk::ext_size(&head))?;
@@ -300,19 +300,19 @@ fn grow_to_fill(device: &str, target: &Path) -> Option<vmkeep_protocol::Grown> {
                 "grew the file system on {device} to {} bytes",
                 after.bytes()
             );
-            Some(vmkeep_protocol::Grown {
+            Some(Box::new(vmkeep_protocol::Grown {
                 from_bytes: size.bytes(),
                 to_bytes: after.bytes(),
                 error: None,
-            })
+            }))
         }
         Err(e) => {
             log!("cannot grow the file system on {device}: {e}");
-            Some(vmkeep_protocol::Grown {
+            Some(Box::new(vmkeep_protocol::Grown {
                 from_bytes: size.bytes(),
                 to_bytes: size.bytes(),
                 error: Some(e.to_string()),
-            })
+            }))
         }
     }
 }

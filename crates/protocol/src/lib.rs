@@ -362,7 +362,7 @@ pub enum DataDisk {
         /// The disk was larger than its file system (the host grew it): the
         /// file system was grown to fill it, online, or the attempt failed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        grown: Option<Grown>,
+        grown: Option<Box<Grown>>,
     },
     /// No virtio disk is attached.
     NotAttached,
@@ -550,11 +550,11 @@ mod tests {
                     exit_code: 1,
                     output: "FILE SYSTEM WAS MODIFIED".into(),
                 }),
-                grown: Some(Grown {
+                grown: Some(Box::new(Grown {
                     from_bytes: 1 << 30,
                     to_bytes: 2 << 30,
                     error: None,
-                }),
+                })),
             }),
         };
         for message in [

@@ -789,14 +789,12 @@ fn vm_cloud_lima_instance_imported_with_its_data_user_and_home() {
     std::fs::write(lima.join("lima-version"), "2.0.3").unwrap();
     std::fs::write(
         lima.join("lima.yaml"),
-        format!(
-            "minimumLimaVersion: 2.0.0\nvmType: qemu\n\
+        "minimumLimaVersion: 2.0.0\nvmType: qemu\n\
              images:\n- location: \"https://example.org/debian-12-genericcloud-amd64.qcow2\"\n  arch: \"x86_64\"\n\
              \x20 kernel:\n    location: \"https://example.org/vmlinuz\"\n    cmdline: \"root=/dev/vda console=ttyS0\"\n\
              \x20 initrd:\n    location: \"https://example.org/initrd.img\"\n\
              cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
-             mounts: []\ncontainerd:\n  system: false\n  user: false\n"
-        ),
+             mounts: []\ncontainerd:\n  system: false\n  user: false\n",
     )
     .unwrap();
     std::fs::write(

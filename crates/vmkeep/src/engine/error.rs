@@ -83,11 +83,11 @@ pub enum EngineError {
     Create(#[from] crate::engine::create::CreateError),
 
     #[error(transparent)]
-    Import(#[from] crate::engine::import::ImportError),
+    Import(Box<crate::engine::import::ImportError>),
 
     /// A change to a config was refused; the config is unchanged.
     #[error(transparent)]
-    Edit(#[from] crate::engine::edit::EditError),
+    Edit(Box<crate::engine::edit::EditError>),
 
     #[error("{name} is broken: {}\n  {}", broken.message(), broken.hint().replace("NAME", name.as_str()))]
     Broken { name: InstanceName, broken: Broken },
@@ -191,9 +191,21 @@ pub enum EngineError {
     },
 }
 
+impl From<crate::engine::import::ImportError> for EngineError {
+    fn from(error: crate::engine::import::ImportError) -> EngineError {
+        EngineError::Import(Box::new(error))
+    }
+}
+
+impl From<crate::engine::edit::EditError> for EngineError {
+    fn from(error: crate::engine::edit::EditError) -> EngineError {
+        EngineError::Edit(Box::new(error))
+    }
+}
+
 impl From<crate::driver::qemu::disk_image::DiskImageError> for EngineError {
     fn from(error: crate::driver::qemu::disk_image::DiskImageError) -> EngineError {
-        EngineError::Import(error.into())
+        crate::engine::import::ImportError::from(error).into()
     }
 }
 
