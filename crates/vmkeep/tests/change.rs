@@ -44,16 +44,11 @@ fn editor(env: &TestEnv, name: &str, script: &str) -> String {
 }
 
 fn run_with_editor(env: &TestEnv, editor: &str, args: &[&str]) -> common::Run {
-    let output = env
-        .command(args)
-        .env("EDITOR", editor)
-        .env_remove("VISUAL")
-        .output()
-        .unwrap();
-    common::Run {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        output,
-    }
+    // `$EDITOR` first, as vmkeep reads it (an empty `$VISUAL` is no editor).
+    env.run_env(
+        args,
+        &[("EDITOR", editor.as_ref()), ("VISUAL", "".as_ref())],
+    )
 }
 
 /// create with flags (seen in the guest), edit of a running VM refused and

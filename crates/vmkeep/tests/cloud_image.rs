@@ -818,16 +818,13 @@ fn vm_cloud_lima_instance_imported_with_its_data_user_and_home() {
     assert!(status.success());
     let before = checksums(&lima);
     let with_lima = |args: &[&str]| {
-        let output = env
-            .command(args)
-            .env("VMKEEP_CACHE_DIR", cache.path())
-            .env("LIMA_HOME", &lima_home)
-            .output()
-            .unwrap();
-        common::Run {
-            args: args.iter().map(|s| s.to_string()).collect(),
-            output,
-        }
+        env.run_env(
+            args,
+            &[
+                ("VMKEEP_CACHE_DIR", cache.path().as_os_str()),
+                ("LIMA_HOME", lima_home.as_os_str()),
+            ],
+        )
     };
 
     // `list` names it; while Lima's QEMU holds qemu.pid it is refused.

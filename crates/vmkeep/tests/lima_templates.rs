@@ -20,15 +20,7 @@ fn fixtures() -> PathBuf {
 
 /// `vmkeep ARGS` with Lima's templates found where a Lima install keeps them.
 fn run_lima(env: &TestEnv, args: &[&str]) -> common::Run {
-    let output = env
-        .command(args)
-        .env("LIMA_TEMPLATES_PATH", fixtures())
-        .output()
-        .unwrap();
-    common::Run {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        output,
-    }
+    env.run_env(args, &[("LIMA_TEMPLATES_PATH", fixtures().as_os_str())])
 }
 
 #[test]
