@@ -236,6 +236,24 @@ fn vm_change_clone_is_independent_of_its_source_both_ways() {
         suspended.describe()
     );
     assert!(!env.instance_dir("dst").exists());
+    // A suspended instance takes only a config its saved state resumes with.
+    let config = env.instance_dir("src").join("vmkeep.yaml");
+    let before = sha256(&config);
+    let refused = env.run(&["edit", "src", "--memory", "0.5"]);
+    assert_eq!(refused.code(), Some(5), "{}", refused.describe());
+    assert!(
+        refused.stderr().contains("saved state") && refused.stderr().contains("--discard-state"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(sha256(&config), before, "unchanged");
+    let taken = env.ok(&["edit", "src", "--set", ".stopTimeout = \"45s\""]);
+    assert!(
+        taken.stdout().contains("is suspended"),
+        "{}",
+        taken.describe()
+    );
+    assert_eq!(env.status("src"), "Suspended");
     env.ok(&["stop", "src"]);
 
     let source_disk = env.instance_dir("src").join("disk.qcow2");

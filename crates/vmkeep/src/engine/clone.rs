@@ -300,3 +300,27 @@ pub(super) fn build_in_staging(
     }
     result.map(|()| to.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fixed_ssh_port_becomes_a_free_one_and_comments_stay() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = InstanceDir::new(root.path(), "src".parse().unwrap()).unwrap();
+        let text = "# mine\nimages:\n- location: /i\nssh:\n  # fixed\n  localPort: 2222\n";
+        let config = Config::parse(text).unwrap();
+        let mut notes = Vec::new();
+        let cloned = with_own_ports(&dir, text, &config, &mut notes).unwrap();
+        assert_eq!(
+            cloned,
+            "# mine\nimages:\n- location: /i\nssh:\n  # fixed\n  localPort: 0\n"
+        );
+        assert!(notes[0].contains("2222"), "{notes:?}");
+        let free = "images:\n- location: /i\nssh:\n  localPort: 0\n";
+        let mut notes = Vec::new();
+        let same = with_own_ports(&dir, free, &Config::parse(free).unwrap(), &mut notes).unwrap();
+        assert_eq!((same.as_str(), notes.len()), (free, 0));
+    }
+}

@@ -145,7 +145,8 @@ pub fn default_user(host_user: Option<&str>, uid: u32) -> GuestUser {
     GuestUser {
         home: format!("/home/{name}.linux"),
         name,
-        uid,
+        // Lima never runs as root; its fallback uid is 1000.
+        uid: if uid == 0 { 1000 } else { uid },
         shell: "/bin/bash".into(),
         comment: None,
     }
@@ -177,6 +178,7 @@ mod tests {
         assert_eq!(default_user(Some("Ann Smith"), 501).name, "lima");
         assert_eq!(default_user(Some("admin"), 501).home, "/home/lima.linux");
         assert_eq!(default_user(None, 501).name, "lima");
+        assert_eq!(default_user(Some("root"), 0).uid, 1000, "never root's uid");
     }
 
     #[test]
