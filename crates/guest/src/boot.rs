@@ -264,11 +264,56 @@ fn mount_rw(device: &str, formatted: bool, repaired: Option<FsckRun>) -> DataDis
             mount: DATA_MOUNT.into(),
             formatted,
             repaired,
+            grown: grow_to_fill(device, target),
         },
         Err(e) => DataDisk::MountFailed {
             device: device.into(),
             error: e.to_string(),
         },
+    }
+}
+
+/// Grow the file system just mounted at `target` to fill `device`, when the
+/// host made the disk larger (`disk:` raised): online, by the kernel, so
+/// nothing is unmounted and a failure leaves it whole at its old size.
+/// `None` when it fills the disk already.
+fn grow_to_fill(device: &str, target: &Path) -> Option<Box<vmkeep_protocol::Grown>> {
+    let size = disk::read_head(Path::new(device))
+        .ok()
+        .and_then(|head| disk::ext_size(&head))?;
+    let device_bytes = File::open(device)
+        .and_then(|file| sys::block_device_size(&file))
+        .ok()?;
+    let blocks = disk::grow_target(size, device_bytes)?;
+    log!(
+        "{device} is {device_bytes} bytes, its file system {}: growing it",
+        size.bytes()
+    );
+    let grown = File::open(target).and_then(|dir| sys::ext4_resize(&dir, blocks));
+    let after = disk::read_head(Path::new(device))
+        .ok()
+        .and_then(|head| disk::ext_size(&head))
+        .unwrap_or(size);
+    match grown {
+        Ok(()) => {
+            log!(
+                "grew the file system on {device} to {} bytes",
+                after.bytes()
+            );
+            Some(Box::new(vmkeep_protocol::Grown {
+                from_bytes: size.bytes(),
+                to_bytes: after.bytes(),
+                error: None,
+            }))
+        }
+        Err(e) => {
+            log!("cannot grow the file system on {device}: {e}");
+            Some(Box::new(vmkeep_protocol::Grown {
+                from_bytes: size.bytes(),
+                to_bytes: size.bytes(),
+                error: Some(e.to_string()),
+            }))
+        }
     }
 }
 

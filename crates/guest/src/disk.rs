@@ -39,6 +39,48 @@ pub fn has_ext_superblock(head: &[u8]) -> bool {
         .is_some_and(|magic| u16::from_le_bytes([magic[0], magic[1]]) == EXT_MAGIC)
 }
 
+/// The size an ext2/3/4 superblock gives its file system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtSize {
+    pub blocks: u64,
+    pub block_size: u64,
+}
+
+impl ExtSize {
+    pub fn bytes(self) -> u64 {
+        self.blocks * self.block_size
+    }
+}
+
+/// The file system's size from the start of its disk (`head`, see
+/// [`read_head`]): `s_blocks_count` (with its high half on a 64-bit file
+/// system) and `s_log_block_size`.
+pub fn ext_size(head: &[u8]) -> Option<ExtSize> {
+    if !has_ext_superblock(head) {
+        return None;
+    }
+    let superblock = head.get(1024..2048)?;
+    let u32_at = |at: usize| u32::from_le_bytes(superblock[at..at + 4].try_into().unwrap());
+    let log = u32_at(24);
+    if log > 6 {
+        return None;
+    }
+    let incompat_64bit = u32_at(0x60) & 0x80 != 0;
+    let high = if incompat_64bit { u32_at(0x150) } else { 0 };
+    Some(ExtSize {
+        blocks: (u64::from(high) << 32) | u64::from(u32_at(4)),
+        block_size: 1024 << log,
+    })
+}
+
+/// The block count to grow a file system to so that it fills a device of
+/// `device_bytes`; `None` when it fills it already (a partial block at the
+/// end cannot be used).
+pub fn grow_target(size: ExtSize, device_bytes: u64) -> Option<u64> {
+    let fits = device_bytes / size.block_size;
+    (fits > size.blocks).then_some(fits)
+}
+
 /// Whether any virtio device with the given device id is present.
 pub fn virtio_device_present(sys_devices: &Path, device_id: u32) -> bool {
     let Ok(entries) = std::fs::read_dir(sys_devices) else {
@@ -278,6 +320,35 @@ mod tests {
         head[EXT_MAGIC_OFFSET + 1] = 0x53;
         assert!(!has_ext_superblock(&head), "wrong byte order");
         assert!(!has_ext_superblock(&head[..1081]), "short buffer");
+    }
+
+    #[test]
+    fn the_size_comes_from_the_superblock_and_grows_to_whole_blocks() {
+        let mut head = vec![0u8; 2048];
+        assert_eq!(ext_size(&head), None, "no file system");
+        head[EXT_MAGIC_OFFSET] = 0x53;
+        head[EXT_MAGIC_OFFSET + 1] = 0xEF;
+        head[1024 + 4..1024 + 8].copy_from_slice(&524_288u32.to_le_bytes());
+        head[1024 + 24..1024 + 28].copy_from_slice(&2u32.to_le_bytes());
+        let size = ext_size(&head).unwrap();
+        assert_eq!(
+            size,
+            ExtSize {
+                blocks: 524_288,
+                block_size: 4096
+            }
+        );
+        assert_eq!(size.bytes(), 2 << 30);
+        assert_eq!(grow_target(size, 2 << 30), None, "fills it");
+        assert_eq!(grow_target(size, (2 << 30) + 4095), None, "a partial block");
+        assert_eq!(grow_target(size, 3 << 30), Some(786_432));
+        // A 64-bit file system's high half.
+        head[1024 + 0x60] = 0x80;
+        head[1024 + 0x150..1024 + 0x154].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(ext_size(&head).unwrap().blocks, (1 << 32) + 524_288);
+        // A block size no ext file system has.
+        head[1024 + 24] = 9;
+        assert_eq!(ext_size(&head), None);
     }
 
     #[test]

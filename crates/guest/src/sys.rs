@@ -99,6 +99,24 @@ pub fn syncfs(path: &Path) {
     }
 }
 
+/// The size in bytes of the block device open as `device` (BLKGETSIZE64).
+pub fn block_device_size(device: &File) -> io::Result<u64> {
+    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    let mut size: u64 = 0;
+    // SAFETY: the descriptor is open; the ioctl writes one u64 into `size`.
+    check(unsafe { libc::ioctl(device.as_raw_fd(), BLKGETSIZE64, &mut size) })?;
+    Ok(size)
+}
+
+/// Grow the mounted ext2/3/4 file system whose mount point is open as
+/// `mount` to `blocks` blocks, online (EXT4_IOC_RESIZE_FS, as resize2fs
+/// does it; the kernel adds the block groups and their metadata).
+pub fn ext4_resize(mount: &File, blocks: u64) -> io::Result<()> {
+    const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+    // SAFETY: the descriptor is open; the ioctl reads one u64 from `blocks`.
+    check(unsafe { libc::ioctl(mount.as_raw_fd(), EXT4_IOC_RESIZE_FS, &blocks) })
+}
+
 /// reboot(RB_POWER_OFF): only returns on failure.
 pub fn power_off_now() -> io::Error {
     // SAFETY: reboot has no memory-safety preconditions.

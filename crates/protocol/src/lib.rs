@@ -369,6 +369,10 @@ pub enum DataDisk {
         /// `e2fsck -f -y` ran first (the host asked for a repair).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         repaired: Option<FsckRun>,
+        /// The disk was larger than its file system (the host grew it): the
+        /// file system was grown to fill it, online, or the attempt failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        grown: Option<Box<Grown>>,
     },
     /// No virtio disk is attached.
     NotAttached,
@@ -396,6 +400,19 @@ impl DataDisk {
     pub fn is_mounted(&self) -> bool {
         matches!(self, DataDisk::Mounted { .. })
     }
+}
+
+/// A file system grown to fill its disk at boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grown {
+    /// Its size before and after, in bytes (`to_bytes` equals `from_bytes`
+    /// when the growth failed).
+    pub from_bytes: u64,
+    pub to_bytes: u64,
+    /// Why it could not grow (the file system is intact and mounted at its
+    /// old size).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One run of `e2fsck`.
@@ -543,6 +560,11 @@ mod tests {
                     exit_code: 1,
                     output: "FILE SYSTEM WAS MODIFIED".into(),
                 }),
+                grown: Some(Box::new(Grown {
+                    from_bytes: 1 << 30,
+                    to_bytes: 2 << 30,
+                    error: None,
+                })),
             }),
         };
         for message in [
@@ -721,7 +743,8 @@ mod tests {
             DataDisk::Mounted {
                 mount: "/data".into(),
                 formatted: false,
-                repaired: None
+                repaired: None,
+                grown: None
             }
         );
     }

@@ -182,3 +182,85 @@ fn the_host_agent_binary_rejects_bad_command_lines_and_creates_nothing() {
     );
     assert!(env.list().is_empty(), "nothing was created");
 }
+
+/// The edit flags on `create` and `edit`: bad syntax is a usage error (2),
+/// a value the field refuses a config error (4); neither writes anything.
+/// `edit`, `restart`, `clone` and `import` of what does not exist exit 3.
+#[test]
+fn edit_flags_and_the_new_verbs_refuse_bad_input_and_write_nothing() {
+    let env = TestEnv::new();
+    for (args, code) in [
+        (&["create", "x", "--cpus", "0"][..], 4),
+        (&["create", "x", "--memory", "lots"][..], 4),
+        (&["create", "x", "--port-forward", "8080"][..], 2),
+        (&["create", "x", "--set", ".mounts += []"][..], 2),
+        (&["create", "x", "--mount", ":w"][..], 2),
+    ] {
+        let run = env.run(args);
+        assert_eq!(run.code(), Some(code), "{args:?}: {}", run.describe());
+        assert!(
+            run.stderr().contains("nothing was changed"),
+            "{}",
+            run.describe()
+        );
+    }
+    assert!(common::names(env.home()).is_empty(), "nothing written");
+
+    env.ok(&[
+        "create",
+        "x",
+        "--cpus",
+        "2",
+        "--set",
+        ".stopTimeout = \"20s\"",
+    ]);
+    let config = env.instance_dir("x").join("vmkeep.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("\ncpus: 2\n") && text.contains("\nstopTimeout: 20s\n"),
+        "{text}"
+    );
+    for (args, code) in [
+        (&["edit", "x", "--disk", "1"][..], 4),
+        (&["edit", "x", "--cpus", "65"][..], 4),
+        (&["edit", "x", "--param", "NOPE=1"][..], 4),
+        (&["edit", "x", "--set", "del(.cpus)"][..], 2),
+        (&["edit", "x", "--set", ".cpus = 2 |= 3"][..], 2),
+        (&["edit", "ghost", "--cpus", "2"][..], 3),
+        (&["restart", "ghost"][..], 3),
+        (&["clone", "ghost", "y"][..], 3),
+        (&["clone", "x", "x"][..], 5),
+    ] {
+        let run = env.run(args);
+        assert_eq!(run.code(), Some(code), "{args:?}: {}", run.describe());
+    }
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), text, "unchanged");
+    let lima = env
+        .command(&["import", "nothere"])
+        .env("LIMA_HOME", env.home().join("lima"))
+        .output()
+        .unwrap();
+    assert_eq!(lima.status.code(), Some(3), "{lima:?}");
+    assert!(String::from_utf8_lossy(&lima.stderr).contains("no Lima instance"));
+    let edited = env.ok(&["edit", "x", "--memory", "0.5", "--disk", "3"]);
+    assert!(
+        edited.stdout().contains("memory: 256MiB -> 0.5GiB")
+            && edited
+                .stderr()
+                .contains("grows from 2GiB to 3GiB at the next start"),
+        "{}",
+        edited.describe()
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("# Number of virtual CPUs."),
+        "comments kept:\n{text}"
+    );
+    // A clone of a stopped tiny instance copies its disk and marker.
+    env.ok(&["clone", "x", "y"]);
+    assert!(env.instance_dir("y").join("data-disk.new").exists());
+    assert_eq!(
+        std::fs::read_to_string(env.instance_dir("y").join("vmkeep.yaml")).unwrap(),
+        text
+    );
+}

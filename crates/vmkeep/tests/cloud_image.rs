@@ -998,3 +998,281 @@ fn vm_cloud_shell_copy_socket_forward_and_copy_to_host() {
     assert!(!socket.exists(), "the forwarded socket goes with the VM");
     assert_eq!(env.wait_no_processes(Duration::from_secs(10)), vec![]);
 }
+
+/// `qemu-img` in a test (the image tools are the host's).
+fn qemu_img(args: &[&str]) -> String {
+    let output = std::process::Command::new("qemu-img")
+        .args(args)
+        .output()
+        .expect("run qemu-img");
+    assert!(output.status.success(), "qemu-img {args:?}: {output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// Every file of a directory with its sha256 (the Lima instance's).
+fn checksums(dir: &Path) -> Vec<(String, String)> {
+    common::names(dir)
+        .into_iter()
+        .map(|name| {
+            let sum = sha256_of(&dir.join(&name));
+            (name, sum)
+        })
+        .collect()
+}
+
+/// A Lima instance brought over, as a normal user: a guest booted once
+/// (its user as Lima makes it: the host user's name, home
+/// /home/NAME.linux; a file in that home; Lima's per-boot hook), its disk
+/// laid out as Lima 2.x does (`diffdisk`, a qcow2 overlay of `basedisk`,
+/// with lima.yaml, kernel, initrd, kernel.cmdline, cloud-config.yaml),
+/// refused while Lima's QEMU holds qemu.pid, named by `list`, imported with
+/// a larger disk and booted: the file, the user and the home are there,
+/// the root file system grew, the identity is fresh (machine id, ssh host
+/// keys, hostname), Lima's hook set aside, and the Lima directory is byte
+/// for byte as it was. A clone of the import owns a copy of its base.
+#[test]
+fn vm_cloud_lima_instance_imported_with_its_data_user_and_home() {
+    skip_unless_root!();
+    let image = test_image();
+    let user = common::host_user::test_user();
+    let env = TestEnv::as_user(&user);
+    let cache = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    common::host_user::give(cache.path(), &user);
+    let name = &user.name;
+    let home = format!("/home/{name}.linux");
+    let uid = 1500;
+
+    // The guest as Lima would have made it, booted once.
+    let yaml = format!(
+        "cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
+         images:\n- location: {disk}\n  arch: x86_64\n  digest: sha256:{sum}\n\
+         \x20 kernel:\n    location: {kernel}\n    cmdline: root=/dev/vda console=ttyS0\n\
+         \x20 initrd:\n    location: {initrd}\n\
+         user:\n  name: {name}\n  uid: {uid}\n  home: {home}\n",
+        disk = image.file("disk.qcow2").display(),
+        sum = image.disk_sha256,
+        kernel = image.file("vmlinuz").display(),
+        initrd = image.file("initrd.img").display(),
+    );
+    let created = create(&env, cache.path(), "src", &yaml);
+    assert!(created.output.status.success(), "{}", created.describe());
+    ok_in(&env, cache.path(), &["start", "src"]);
+    let sh = |instance: &str, script: &str| {
+        let run = command_in(
+            &env,
+            cache.path(),
+            &["shell", instance, "--", "sh", "-c", script],
+        );
+        assert!(run.output.status.success(), "{script}: {}", run.describe());
+        run.stdout().trim().to_string()
+    };
+    sh("src", "echo made under Lima > ~/lima-work && sync");
+    // Lima's per-boot hook: it mounts Lima's seed, which vmkeep's is not.
+    sh(
+        "src",
+        "printf '#!/bin/sh\\nset -eu\\nmount -o ro /dev/disk/by-label/cidata /mnt/lima-cidata\\n' \
+         | sudo tee /var/lib/cloud/scripts/per-boot/00-lima.boot.sh >/dev/null \
+         && sudo chmod 0755 /var/lib/cloud/scripts/per-boot/00-lima.boot.sh && sync",
+    );
+    let identity =
+        "cat /etc/machine-id; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub; hostname";
+    let src_identity = sh("src", identity);
+    let src_root = sh("src", "df -k / | tail -1 | awk '{print $2}'")
+        .parse::<u64>()
+        .unwrap();
+    ok_in(&env, cache.path(), &["stop", "src"]);
+
+    // Its disk laid out as Lima 2.x writes an instance directory.
+    // Beside the vmkeep home, not in it (a directory there is foreign).
+    let lima_guard = tempfile::Builder::new()
+        .prefix("vklima")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let lima_home = lima_guard.path().join("lima-home");
+    let lima = lima_home.join("work");
+    std::fs::create_dir_all(&lima).unwrap();
+    std::fs::copy(image.file("disk.qcow2"), lima.join("basedisk")).unwrap();
+    std::fs::copy(
+        env.instance_dir("src").join("disk.qcow2"),
+        lima.join("diffdisk"),
+    )
+    .unwrap();
+    qemu_img(&[
+        "rebase",
+        "-u",
+        "-f",
+        "qcow2",
+        "-F",
+        "qcow2",
+        "-b",
+        lima.join("basedisk").to_str().unwrap(),
+        lima.join("diffdisk").to_str().unwrap(),
+    ]);
+    std::fs::copy(image.file("vmlinuz"), lima.join("kernel")).unwrap();
+    std::fs::copy(image.file("initrd.img"), lima.join("initrd")).unwrap();
+    std::fs::write(lima.join("kernel.cmdline"), "root=/dev/vda console=ttyS0").unwrap();
+    std::fs::write(lima.join("lima-version"), "2.0.3").unwrap();
+    std::fs::write(
+        lima.join("lima.yaml"),
+        "minimumLimaVersion: 2.0.0\nvmType: qemu\n\
+             images:\n- location: \"https://example.org/debian-12-genericcloud-amd64.qcow2\"\n  arch: \"x86_64\"\n\
+             \x20 kernel:\n    location: \"https://example.org/vmlinuz\"\n    cmdline: \"root=/dev/vda console=ttyS0\"\n\
+             \x20 initrd:\n    location: \"https://example.org/initrd.img\"\n\
+             cpus: 2\nmemory: 1GiB\ndisk: 3GiB\nbootTimeout: 600s\nstopTimeout: 90s\n\
+             mounts: []\ncontainerd:\n  system: false\n  user: false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        lima.join("cloud-config.yaml"),
+        format!(
+            "#cloud-config\n# vim:syntax=yaml\n\ngrowpart:\n  mode: auto\n  devices: ['/']\n\nusers:\n  - name: \"{name}\"\n    uid: \"{uid}\"\n    homedir: \"{home}\"\n    shell: /bin/bash\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    lock_passwd: true\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        lima.join("ha.stderr.log"),
+        "{\"level\":\"info\",\"msg\":\"Exiting\"}\n",
+    )
+    .unwrap();
+    let status = std::process::Command::new("chown")
+        .arg("-R")
+        .arg(format!("{}:{}", user.uid, user.gid))
+        .arg(&lima_home)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let before = checksums(&lima);
+    let with_lima = |args: &[&str]| {
+        env.run_env(
+            args,
+            &[
+                ("VMKEEP_CACHE_DIR", cache.path().as_os_str()),
+                ("LIMA_HOME", lima_home.as_os_str()),
+            ],
+        )
+    };
+
+    // `list` names it; while Lima's QEMU holds qemu.pid it is refused.
+    let listed = with_lima(&["list"]);
+    assert!(
+        listed.stderr().contains("Lima instances in") && listed.stderr().contains("work"),
+        "{}",
+        listed.describe()
+    );
+    assert!(
+        !with_lima(&["list", "--format", "json"])
+            .stdout()
+            .contains("work")
+    );
+    std::fs::write(lima.join("qemu.pid"), "1\n").unwrap();
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl,sys,time\nf=open(sys.argv[1],'r+')\nfcntl.lockf(f,fcntl.LOCK_EX)\nprint('held',flush=True)\ntime.sleep(120)",
+            lima.join("qemu.pid").to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let refused = with_lima(&["import", "work"]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    std::fs::remove_file(lima.join("qemu.pid")).unwrap();
+    assert_eq!(refused.code(), Some(5), "{}", refused.describe());
+    assert!(
+        refused.stderr().contains("limactl stop work"),
+        "{}",
+        refused.describe()
+    );
+    assert!(!env.instance_dir("work").exists());
+
+    // Imported, then grown, then booted.
+    let imported = with_lima(&["import", "work", "--as", "lm"]);
+    assert!(imported.output.status.success(), "{}", imported.describe());
+    assert_eq!(
+        checksums(&lima),
+        before,
+        "the Lima instance is left as it was"
+    );
+    let listed = with_lima(&["list"]);
+    assert!(
+        !listed.stderr().contains("can import"),
+        "{}",
+        listed.describe()
+    );
+    let config = std::fs::read_to_string(env.instance_dir("lm").join("vmkeep.yaml")).unwrap();
+    assert!(
+        config.contains(&format!("home: {home}")) && config.contains(&format!("uid: {uid}")),
+        "{config}"
+    );
+    ok_in(&env, cache.path(), &["edit", "lm", "--disk", "5"]);
+    let started = ok_in(&env, cache.path(), &["start", "lm"]);
+    assert!(
+        started.stderr().contains("grew the disk from 3GiB to 5GiB"),
+        "{}",
+        started.describe()
+    );
+    assert_eq!(sh("lm", "cat ~/lima-work"), "made under Lima");
+    assert_eq!(
+        sh("lm", "id -un; id -u; echo $HOME"),
+        format!("{name}\n{uid}\n{home}")
+    );
+    assert_eq!(sh("lm", "stat -c %u ~/lima-work"), uid.to_string());
+    let lm_identity = sh("lm", identity);
+    let (src_lines, lm_lines): (Vec<&str>, Vec<&str>) = (
+        src_identity.lines().collect(),
+        lm_identity.lines().collect(),
+    );
+    assert_ne!(src_lines[0], lm_lines[0], "a new machine id");
+    assert_ne!(src_lines[1], lm_lines[1], "new ssh host keys");
+    assert_eq!(lm_lines[2], "lm");
+    let lm_root = sh("lm", "df -k / | tail -1 | awk '{print $2}'")
+        .parse::<u64>()
+        .unwrap();
+    assert!(
+        lm_root > src_root + (1800 << 10),
+        "cloud-init grew the root file system from {src_root} to {lm_root} KiB"
+    );
+    assert_eq!(
+        sh(
+            "lm",
+            "ls /var/lib/cloud/scripts/per-boot/00-lima.boot.sh 2>/dev/null; ls /var/lib/vmkeep/lima; cloud-init status"
+        ),
+        "00-lima.boot.sh\nstatus: done"
+    );
+    ok_in(&env, cache.path(), &["stop", "lm"]);
+    assert_eq!(checksums(&lima), before, "still as it was after the boot");
+
+    // A clone of the import owns a copy of its base; it outlives lm.
+    ok_in(&env, cache.path(), &["clone", "lm", "lm2"]);
+    let info = qemu_img(&[
+        "info",
+        "-U",
+        "--output=json",
+        env.instance_dir("lm2").join("disk.qcow2").to_str().unwrap(),
+    ]);
+    assert!(
+        info.contains("\"backing-filename\": \"base.img\""),
+        "{info}"
+    );
+    ok_in(&env, cache.path(), &["delete", "lm", "src"]);
+    qemu_img(&[
+        "info",
+        "-U",
+        "--backing-chain",
+        env.instance_dir("lm2").join("disk.qcow2").to_str().unwrap(),
+    ]);
+    ok_in(&env, cache.path(), &["delete", "lm2"]);
+    assert_eq!(env.wait_no_processes(Duration::from_secs(10)), vec![]);
+}

@@ -20,15 +20,7 @@ fn fixtures() -> PathBuf {
 
 /// `vmkeep ARGS` with Lima's templates found where a Lima install keeps them.
 fn run_lima(env: &TestEnv, args: &[&str]) -> common::Run {
-    let output = env
-        .command(args)
-        .env("LIMA_TEMPLATES_PATH", fixtures())
-        .output()
-        .unwrap();
-    common::Run {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        output,
-    }
+    env.run_env(args, &[("LIMA_TEMPLATES_PATH", fixtures().as_os_str())])
 }
 
 #[test]
@@ -38,22 +30,16 @@ fn every_lima_template_is_accepted_in_its_own_form() {
     for (file, name, notes) in [
         // Mounts, port forwards, unix socket forwards and copyToHost apply.
         ("default.yaml", "default", none),
-        (
-            "docker.yaml",
-            "docker",
-            &[],
-        ),
-        (
-            "podman.yaml",
-            "podman",
-            &[],
-        ),
+        ("docker.yaml", "docker", &[]),
+        ("podman.yaml", "podman", &[]),
         ("k3s.yaml", "k3s", &[]),
         // Rootless containerd from the guest's packages.
         (
             "buildkit.yaml",
             "buildkit",
-            &["containerd.user: installed at the first boot from the guest distribution's own packages"],
+            &[
+                "containerd.user: installed at the first boot from the guest distribution's own packages",
+            ],
         ),
         ("alpine.yaml", "alpine", &[]),
         ("archlinux.yaml", "archlinux", &[]),
@@ -720,4 +706,117 @@ fn vm_start_from_a_template_file_names_the_instance_and_shows_its_message() {
     );
     env.ok(&["stop", "hello"]);
     assert_eq!(env.status("hello"), "Stopped");
+}
+
+/// Lima 2.1's layout (one `disk`, here a sparse raw image, no backing
+/// file) and Lima 2.0's migrated one (`disk` a symlink to `diffdisk`):
+/// imported without a boot, the disk copied as the base of a new overlay,
+/// holes kept, the Lima directory unchanged; the same name twice refused.
+#[test]
+fn a_lima_2_1_instance_with_one_disk_is_imported_as_the_base_of_an_overlay() {
+    let env = TestEnv::new();
+    let lima_home = tempfile::Builder::new()
+        .prefix("vklima")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let lima = lima_home.path().join("one");
+    std::fs::create_dir(&lima).unwrap();
+    std::fs::write(
+        lima.join("lima.yaml"),
+        "images:\n- location: \"https://example.org/debian-12.raw\"\n  arch: \"x86_64\"\ndisk: 100MiB\n",
+    )
+    .unwrap();
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut disk = std::fs::File::create(lima.join("disk")).unwrap();
+        disk.write_all(b"guest data at the start").unwrap();
+        disk.seek(SeekFrom::Start(128 << 20)).unwrap();
+        disk.write_all(b"and in the middle").unwrap();
+        disk.set_len(256 << 20).unwrap();
+    }
+    use sha2::Digest;
+    let sums = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        common::names(dir)
+            .into_iter()
+            .map(|n| {
+                let bytes = std::fs::read(dir.join(&n)).unwrap();
+                (n, sha2::Sha256::digest(&bytes).to_vec())
+            })
+            .collect()
+    };
+    let before = sums(&lima);
+    let run = env.run_env(
+        &["import", "one"],
+        &[("LIMA_HOME", lima_home.path().as_os_str())],
+    );
+    assert!(run.output.status.success(), "{}", run.describe());
+    assert!(
+        run.stderr().contains("disk: 4GiB"),
+        "the disk's size kept: {}",
+        run.describe()
+    );
+    assert_eq!(sums(&lima), before, "the Lima instance is left as it was");
+    let dir = env.instance_dir("one");
+    let base = std::fs::read(dir.join("base.img")).unwrap();
+    assert_eq!(
+        base,
+        std::fs::read(lima.join("disk")).unwrap(),
+        "copied byte for byte"
+    );
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        std::fs::metadata(dir.join("base.img")).unwrap().blocks() * 512 < 16 << 20,
+        "holes kept"
+    );
+    let info = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(dir.join("disk.qcow2"))
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("\"backing-filename\": \"base.img\"")
+            && info.contains("\"backing-filename-format\": \"raw\"")
+            && info.contains(&format!("\"virtual-size\": {}", 256u64 << 20)),
+        "{info}"
+    );
+    let config = std::fs::read_to_string(dir.join("vmkeep.yaml")).unwrap();
+    assert!(
+        config.starts_with("# Imported by vmkeep from the Lima instance"),
+        "{config}"
+    );
+    assert_eq!(env.status("one"), "Stopped");
+    let again = env.run_env(
+        &["import", "one"],
+        &[("LIMA_HOME", lima_home.path().as_os_str())],
+    );
+    assert_eq!(again.code(), Some(5), "{}", again.describe());
+
+    // A migrated 2.0 instance: `disk` is a symlink to `diffdisk`.
+    let migrated = lima_home.path().join("old");
+    std::fs::create_dir(&migrated).unwrap();
+    std::fs::copy(lima.join("lima.yaml"), migrated.join("lima.yaml")).unwrap();
+    std::fs::write(migrated.join("diffdisk"), vec![1u8; 1 << 20]).unwrap();
+    std::os::unix::fs::symlink("diffdisk", migrated.join("disk")).unwrap();
+    let run = env.run_env(
+        &[
+            "create",
+            "--from-lima",
+            migrated.to_str().unwrap(),
+            "--name",
+            "old2",
+        ],
+        &[],
+    );
+    assert!(run.output.status.success(), "{}", run.describe());
+    assert_eq!(
+        std::fs::read(env.instance_dir("old2").join("base.img")).unwrap(),
+        vec![1u8; 1 << 20]
+    );
+    assert!(
+        std::fs::symlink_metadata(migrated.join("disk"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
 }

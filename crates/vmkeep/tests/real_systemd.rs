@@ -181,6 +181,27 @@ fn vm_systemd_user_unit_survives_agent_kill9_and_obeys_systemctl() {
     ct.ok_as(USER, "vmkeep start web", BOOT);
     assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "active");
 
+    // `vmkeep restart` goes through systemctl both ways: a new boot, the
+    // unit active again, and systemd counts no failure and no restart of
+    // its own.
+    let (boot_before, _) = boot_id_and_uptime(&ct, USER, "web");
+    let restarts = unit_property(&ct, USER, unit, "NRestarts");
+    let restarted = ct.ok_as(USER, "vmkeep restart web", BOOT * 2);
+    assert!(
+        restarted.stderr.contains("stopping web through systemd")
+            && restarted.stderr.contains("starting web through systemd"),
+        "{}",
+        restarted.describe()
+    );
+    let (boot_after, _) = boot_id_and_uptime(&ct, USER, "web");
+    assert_ne!(boot_after, boot_before, "a fresh boot");
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "active");
+    assert_eq!(unit_property(&ct, USER, unit, "Result"), "success");
+    assert_eq!(unit_property(&ct, USER, unit, "NRestarts"), restarts);
+    let events = ct.events(USER, "web");
+    let last = events_named(&events, "stopped").last().unwrap();
+    assert_eq!(last["reason"], "requested", "{last}");
+
     // A deadline of one's own cannot be passed through systemctl: `stop
     // --timeout` asks the agent directly, which exits 0, so the unit ends
     // inactive without a restart all the same.

@@ -377,7 +377,8 @@ fn vm_tiny_image_boots_runs_commands_keeps_data_and_powers_off() {
         Some(DataDisk::Mounted {
             mount: "/data".into(),
             formatted: true,
-            repaired: None
+            repaired: None,
+            grown: None
         })
     );
     assert!(

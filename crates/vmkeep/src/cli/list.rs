@@ -153,10 +153,39 @@ pub fn run(args: ListArgs) -> Result<i32, CliError> {
             }
         }
     }
+    if matches!(format, Format::Table) && args.names.is_empty() {
+        print_importable(&home);
+    }
     if !missing.is_empty() {
         return Err(CliError::Missing { names: missing });
     }
     Ok(0)
+}
+
+/// A note naming the Lima instances vmkeep could import (never among the
+/// rows: a machine reading `list` sees only vmkeep's instances).
+fn print_importable(home: &Home) {
+    let found = crate::engine::import::importable(home);
+    let Some(first) = found.first() else {
+        return;
+    };
+    let lima_home = first
+        .dir
+        .parent()
+        .unwrap_or(&first.dir)
+        .display()
+        .to_string();
+    let names: Vec<String> = found
+        .iter()
+        .map(|l| match l.running {
+            true => format!("{} (running: stop it in Lima first)", l.name),
+            false => l.name.clone(),
+        })
+        .collect();
+    eprintln!(
+        "note: Lima instances in {lima_home} that vmkeep can import: {} (`vmkeep import NAME`)",
+        names.join(", ")
+    );
 }
 
 /// The row of an inspected name: what [`Status`] says of an instance, or

@@ -2,14 +2,18 @@
 //! dispatches.
 
 mod autostart;
+mod clone;
 mod copy;
 mod create;
 mod daemon;
 mod delete;
+mod edit;
 mod error;
 mod events;
+mod import;
 mod list;
 mod progress;
+mod restart;
 mod shell;
 mod ssh;
 mod start;
@@ -67,6 +71,109 @@ pub enum Verb {
     Autostart(autostart::AutostartArgs),
     /// Save a running instance's state to disk and end its QEMU; `start` resumes it.
     Suspend(SuspendArgs),
+    /// Change an instance's config: Lima's edit flags, or $EDITOR on a copy
+    /// (checked before it replaces vmkeep.yaml).
+    Edit(EditArgs),
+    /// Stop instances by their ladder, then start them again.
+    Restart(RestartArgs),
+    /// Copy a stopped instance into a new, independent one (own disk, name,
+    /// ssh port; a fresh machine identity at its first boot).
+    Clone(CloneArgs),
+    /// Make an instance from a stopped Lima instance of $LIMA_HOME (default
+    /// ~/.lima), its disks copied: the Lima instance is left as it was.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CloneArgs {
+    /// The instance to copy (stopped).
+    pub source: InstanceName,
+    /// The new instance's name.
+    pub target: InstanceName,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ImportArgs {
+    /// The Lima instance's name (a directory of $LIMA_HOME).
+    pub name: String,
+    /// The new instance's name (default: the Lima instance's).
+    #[arg(long = "as", value_name = "NAME")]
+    pub as_name: Option<InstanceName>,
+}
+
+/// Lima's edit flags, as `create`, `start` and `edit` take them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EditFlagArgs {
+    /// Number of virtual CPUs.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Guest memory in GiB, as Lima takes it (4, 0.5), or with a unit (512MiB).
+    #[arg(long, value_name = "GIB")]
+    pub memory: Option<String>,
+    /// Disk size in GiB (or with a unit); a larger one grows the disk at the
+    /// next start, data kept; a smaller one is refused.
+    #[arg(long, value_name = "GIB")]
+    pub disk: Option<String>,
+    /// Share a host directory, at the same path in the guest; `:w` makes it
+    /// writable (repeat, or separate with commas). Put before the config's own.
+    #[arg(long = "mount", value_name = "DIR[:w]", value_delimiter = ',')]
+    pub mounts: Vec<String>,
+    /// Make every shared directory writable.
+    #[arg(long)]
+    pub mount_writable: bool,
+    /// Forward a host port to a guest port (repeat); Lima's `,static=true` is accepted.
+    #[arg(long = "port-forward", value_name = "HOST:GUEST[,static=true]")]
+    pub port_forwards: Vec<String>,
+    /// Change the config with yq assignments, `.a.b = VALUE` joined by `|` (repeat).
+    #[arg(long, value_name = "YQ")]
+    pub set: Vec<String>,
+    /// Set a template parameter ({{.Param.KEY}}; `edit` and `start` take only
+    /// the config's own params).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+}
+
+impl EditFlagArgs {
+    /// The flags, for the engine.
+    pub fn flags(&self) -> crate::instance::edit_flags::EditFlags {
+        crate::instance::edit_flags::EditFlags {
+            cpus: self.cpus.clone(),
+            memory: self.memory.clone(),
+            disk: self.disk.clone(),
+            mounts: self.mounts.clone(),
+            mount_writable: self.mount_writable,
+            port_forwards: self.port_forwards.clone(),
+            set: self.set.clone(),
+            params: self.params.clone(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EditArgs {
+    /// Instance name (default: "default").
+    pub name: Option<InstanceName>,
+    #[command(flatten)]
+    pub flags: EditFlagArgs,
+    /// Change a running instance too: save the change, then restart it (its
+    /// stop ladder, then a start).
+    #[arg(long)]
+    pub restart: bool,
+    /// Start it after the change (when it is not running).
+    #[arg(long, conflicts_with = "restart")]
+    pub start: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestartArgs {
+    /// Instance names (default: "default"); several restart in parallel.
+    pub names: Vec<InstanceName>,
+    /// End the VM at once instead of by its ladder, then start it.
+    #[arg(long, short)]
+    pub force: bool,
+    /// Graceful-stop deadline, e.g. 10s or 2m (default: the instance's stopTimeout).
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,9 +207,12 @@ pub struct CreateArgs {
     /// Lima's names default, ubuntu, debian, fedora).
     #[arg(long, value_name = "FILE|NAME")]
     pub template: Option<String>,
-    /// Set a template parameter ({{.Param.KEY}}), over the template's `param:`.
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    pub params: Vec<String>,
+    #[command(flatten)]
+    pub flags: EditFlagArgs,
+    /// Make the instance from a stopped Lima instance's directory (its
+    /// lima.yaml and disks, copied; see `vmkeep import`).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["target", "template", "dry_run"])]
+    pub from_lima: Option<std::path::PathBuf>,
     /// Resolve and check the template, print the config the instance would
     /// store and what is not applied; create nothing, download nothing.
     #[arg(long)]
@@ -158,6 +268,9 @@ pub struct StartArgs {
     /// was in the guest's memory is lost, its disks keep what was written.
     #[arg(long)]
     pub discard_state: bool,
+    /// Change the config first (Lima's edit flags; not while it runs).
+    #[command(flatten)]
+    pub flags: EditFlagArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -353,5 +466,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Verb::Events(args) => events::run(args),
         Verb::Autostart(args) => autostart::run(args),
         Verb::Suspend(args) => suspend::run(args),
+        Verb::Edit(args) => edit::run(args),
+        Verb::Restart(args) => restart::run(args),
+        Verb::Clone(args) => clone::run(args),
+        Verb::Import(args) => import::run(args),
     }
 }

@@ -1,4 +1,5 @@
-//! `vmkeep start [NAME|TEMPLATE...] [--name NAME] [--foreground] [--repair-data]`:
+//! `vmkeep start [NAME|TEMPLATE...] [--name NAME] [--foreground] [--repair-data]
+//! [edit flags]`:
 //! arguments and printing; the work is `engine::start`. A template argument
 //! (Lima's form: FILE.yaml, template:NAME, URL) creates its instance first.
 
@@ -21,16 +22,37 @@ pub fn run(args: StartArgs) -> Result<i32, CliError> {
         true => vec![None],
         false => args.names.iter().map(|t| Some(t.as_str())).collect(),
     };
+    let flags = args.flags.flags();
     let names = targets
         .into_iter()
         .map(
             |target| match create::start_target(&home, target, args.instance_name.clone())? {
-                Target::Named(name) => Ok(name),
+                // `default` is made on first use, with the flags.
+                Target::Named(name)
+                    if !flags.is_empty()
+                        && name == InstanceName::default_instance()
+                        && !home.layout(&name)?.dir().exists() =>
+                {
+                    let plan = create::plan(None, Some(&name), None)?;
+                    super::create::create_planned(
+                        &home,
+                        &plan,
+                        &args.flags,
+                        false,
+                        crate::instance::config::FieldPolicy::Note,
+                    )
+                }
+                Target::Named(name) => {
+                    if !flags.is_empty() {
+                        super::edit::edit_before_start(&home, &name, &flags)?;
+                    }
+                    Ok(name)
+                }
                 // A template argument creates its instance first.
                 Target::Create(plan) => super::create::create_planned(
                     &home,
                     &plan,
-                    &[],
+                    &args.flags,
                     false,
                     crate::instance::config::FieldPolicy::Note,
                 ),
@@ -52,18 +74,19 @@ pub fn run(args: StartArgs) -> Result<i32, CliError> {
         let progress = Progress::new();
         let outcome = start(&home, name, &options, &progress);
         progress.finish();
-        return finish_one(&home, name, outcome?);
+        return print_outcome(&home, name, outcome?);
     }
     super::util::for_each_in_parallel(&names, |name| {
         let notice = Lines {
             name: name.as_str(),
         };
         let outcome = start(&home, name, &options, &notice)?;
-        finish_one(&home, name, outcome).map(drop)
+        print_outcome(&home, name, outcome).map(drop)
     })
 }
 
-fn finish_one(
+/// Print how a start ended (or, for `--foreground`, become the agent).
+pub fn print_outcome(
     home: &Home,
     name: &InstanceName,
     outcome: engine::start::StartOutcome,

@@ -5,7 +5,7 @@ use super::progress::Lines;
 use super::{CliError, ExitCode, StopArgs};
 use crate::engine::stop::{StopOptions, Stopped, stop};
 use crate::instance::Home;
-use crate::instance::{InstanceDir, InstanceName};
+use crate::instance::InstanceName;
 
 pub fn run(args: StopArgs) -> Result<i32, CliError> {
     let home = Home::from_env()?;
@@ -24,7 +24,7 @@ pub fn run(args: StopArgs) -> Result<i32, CliError> {
             name: name.as_str(),
         };
         let stopped = stop(&dir, &options, &notice)?;
-        println!("{}", summary(&dir, &stopped));
+        println!("{}", summary(dir.name(), &stopped));
         Ok(())
     };
     if let [name] = names.as_slice() {
@@ -35,8 +35,7 @@ pub fn run(args: StopArgs) -> Result<i32, CliError> {
 }
 
 /// One line saying how the stop went.
-fn summary(dir: &InstanceDir, stopped: &Stopped) -> String {
-    let name = dir.name();
+pub fn summary(name: &InstanceName, stopped: &Stopped) -> String {
     match stopped {
         Stopped::WasNotRunning => format!("{name} is not running"),
         Stopped::RemovedStaleFiles { files } => format!(

@@ -82,6 +82,13 @@ pub enum EngineError {
     #[error(transparent)]
     Create(#[from] crate::engine::create::CreateError),
 
+    #[error(transparent)]
+    Import(Box<crate::engine::import::ImportError>),
+
+    /// A change to a config was refused; the config is unchanged.
+    #[error(transparent)]
+    Edit(Box<crate::engine::edit::EditError>),
+
     #[error("{name} is broken: {}\n  {}", broken.message(), broken.hint().replace("NAME", name.as_str()))]
     Broken { name: InstanceName, broken: Broken },
 
@@ -208,11 +215,31 @@ pub enum EngineError {
     },
 }
 
+impl From<crate::engine::import::ImportError> for EngineError {
+    fn from(error: crate::engine::import::ImportError) -> EngineError {
+        EngineError::Import(Box::new(error))
+    }
+}
+
+impl From<crate::engine::edit::EditError> for EngineError {
+    fn from(error: crate::engine::edit::EditError) -> EngineError {
+        EngineError::Edit(Box::new(error))
+    }
+}
+
+impl From<crate::driver::qemu::disk_image::DiskImageError> for EngineError {
+    fn from(error: crate::driver::qemu::disk_image::DiskImageError) -> EngineError {
+        crate::engine::import::ImportError::from(error).into()
+    }
+}
+
 impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             EngineError::Lookup(LookupError::NotFound { .. }) => ErrorKind::NotFound,
             EngineError::Config(_) => ErrorKind::InvalidConfig,
+            EngineError::Edit(e) => e.kind(),
+            EngineError::Import(e) => e.kind(),
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,
             EngineError::Create(crate::engine::create::CreateError::Exists { .. }) => {
                 ErrorKind::WrongState

@@ -1,11 +1,13 @@
 //! The lifecycle engine: one typed operation per verb (create, start, stop,
-//! force-stop, adopt-and-stop, suspend, delete, inspect, the way into a
-//! guest, events, autostart), shared by every front end. The CLI (`cli/`)
+//! force-stop, adopt-and-stop, restart, suspend, delete, edit, clone,
+//! import, inspect, the way into a guest, events, autostart), shared by
+//! every front end. The CLI (`cli/`)
 //! parses arguments and prints outcomes; the daemon (`daemon/`) calls the
 //! same operations in-process, and spawns, stops and suspends agents only
 //! through them; the service hooks (`autostart::hooks`) are consulted from
 //! here. What a verb may do in a status is decided by
-//! `Status::start_plan`/`stop_plan`/`can_exec`/`has_live_processes`
+//! `Status::start_plan`/`stop_plan`/`edit_plan`/`restart_plan`/`clone_plan`/
+//! `can_exec`/`has_live_processes`
 //! (`instance::status`), in one exhaustive place.
 //!
 //! Nothing here prints: progress and notes go to a [`Notice`]; failures are
@@ -13,13 +15,17 @@
 
 pub mod agent;
 pub mod autostart;
+pub mod clone;
 pub mod copy;
 pub mod create;
 pub mod delete;
+pub mod edit;
 pub mod error;
 pub mod events;
 pub mod guest;
+pub mod import;
 pub mod inspect;
+pub mod restart;
 pub mod shell;
 pub mod start;
 pub mod stop;

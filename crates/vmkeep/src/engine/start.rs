@@ -83,15 +83,7 @@ pub fn start(
     let dir = home.layout(name)?;
     let created = !dir.dir().is_dir() && create_default(home, name)?;
     let config = Config::load(&dir.config())?;
-    if config.run_strategy == Some(RunStrategy::Halted) {
-        return Err(EngineError::WrongState {
-            name: name.clone(),
-            message: format!(
-                "{name} has runStrategy: halted, so it is kept stopped; change runStrategy in {} to start it",
-                dir.config().display()
-            ),
-        });
-    }
+    check_startable(&dir, &config)?;
     if options.discard_state && dir.has_saved_state() {
         if status_of(&dir)?.has_live_processes() {
             return Err(EngineError::WrongState {
@@ -129,6 +121,43 @@ pub fn start(
         }
     };
     Ok(StartOutcome { created, started })
+}
+
+/// Refuse what a start would refuse for the config alone, before anything
+/// is touched: `runStrategy: halted`, and a `disk:` smaller than the disk
+/// (never shrunk; a resume keeps the disk as it is, so only a fresh boot
+/// is checked).
+pub fn check_startable(dir: &InstanceDir, config: &Config) -> Result<(), EngineError> {
+    let name = dir.name();
+    if config.run_strategy == Some(RunStrategy::Halted) {
+        return Err(EngineError::WrongState {
+            name: name.clone(),
+            message: format!(
+                "{name} has runStrategy: halted, so it is kept stopped; change runStrategy in {} to start it",
+                dir.config().display()
+            ),
+        });
+    }
+    if dir.has_saved_state() || !dir.disk().is_file() {
+        return Ok(());
+    }
+    match crate::image::disk_size::change(dir, config) {
+        Ok(change) => match change.refusal(name.as_str()) {
+            Some(message) => Err(super::edit::EditError::Shrink {
+                message: format!(
+                    "{message}; `vmkeep edit {name} --disk SIZE` sets it (in {})",
+                    dir.config().display()
+                ),
+            }
+            .into()),
+            None => Ok(()),
+        },
+        // The host agent reports what is wrong with the disk.
+        Err(e) => {
+            tracing::debug!("cannot inspect the disk of {name}: {e}");
+            Ok(())
+        }
+    }
 }
 
 /// Resume a suspended instance without recording that it should run, and

@@ -6,6 +6,7 @@
 
 use crate::driver::qemu::QemuVm;
 use crate::hostagent::api::GuestInfo;
+use crate::instance::config::ByteSize;
 use crate::instance::data_disk::{self, DataDisk, DataDiskProblem, Instruction, PrepareError};
 use crate::instance::journal::{Event, StopCause};
 
@@ -62,9 +63,23 @@ impl Agent<'_, '_> {
         if let Some(DataDisk::Mounted {
             formatted,
             repaired,
+            grown,
             ..
         }) = &guest.data_disk
         {
+            match grown {
+                Some(g) if g.error.is_none() => self.reporter.progress(format!(
+                    "the guest grew /data from {} to {}",
+                    ByteSize(g.from_bytes),
+                    ByteSize(g.to_bytes)
+                )),
+                Some(g) => self.reporter.progress(format!(
+                    "the guest could not grow /data ({}); it is mounted at its old size, {}",
+                    g.error.as_deref().unwrap_or_default(),
+                    ByteSize(g.from_bytes)
+                )),
+                None => {}
+            }
             if *formatted {
                 self.reporter
                     .progress("the guest formatted the new data disk");

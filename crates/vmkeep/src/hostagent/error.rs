@@ -56,6 +56,13 @@ pub enum LaunchError {
     #[error(transparent)]
     DataDisk(#[from] PrepareError),
 
+    /// `disk:` is smaller than the disk (nothing was changed).
+    #[error("{message}")]
+    DiskShrink { message: String },
+
+    #[error("cannot grow the disk: {0}")]
+    DiskImage(#[from] crate::driver::qemu::disk_image::DiskImageError),
+
     #[error(
         "cannot reserve {mib} MiB for the guest's RAM in {}: {source}; free some space there, \
          or lower `memory` in {}",

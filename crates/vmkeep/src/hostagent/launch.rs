@@ -31,6 +31,9 @@ impl Agent<'_, '_> {
             }
             .into());
         }
+        if saved.is_none() {
+            self.fit_disk()?;
+        }
         let env_accel = accel::env_override().map_err(LaunchError::from)?;
         let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
             .map_err(LaunchError::from)?;

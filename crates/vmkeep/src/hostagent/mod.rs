@@ -12,6 +12,7 @@ pub mod bounded_logs;
 pub mod clock;
 pub mod copy_to_host;
 mod data_disk;
+mod disk_size;
 pub mod error;
 pub mod forwards;
 mod guest;

@@ -383,14 +383,12 @@ impl Drop for SessionClient {
 }
 
 impl SessionStream for SessionClient {
-    fn next(&self) -> impl std::future::Future<Output = Update> + Send {
-        async move {
-            let mut updates = self.updates.lock().await;
-            updates
-                .recv()
-                .await
-                .unwrap_or_else(|| agent_gone("the session is over"))
-        }
+    async fn next(&self) -> Update {
+        let mut updates = self.updates.lock().await;
+        updates
+            .recv()
+            .await
+            .unwrap_or_else(|| agent_gone("the session is over"))
     }
 
     fn consumed(
@@ -403,20 +401,14 @@ impl SessionStream for SessionClient {
         std::future::ready(())
     }
 
-    fn stdin(
-        &self,
-        data: Vec<u8>,
-        eof: bool,
-    ) -> impl std::future::Future<Output = Result<(), SessionError>> + Send {
-        async move {
-            if !data.is_empty() {
-                self.send(ClientFrame::Stdin(data)).await?;
-            }
-            if eof {
-                self.send(ClientFrame::StdinEof).await?;
-            }
-            Ok(())
+    async fn stdin(&self, data: Vec<u8>, eof: bool) -> Result<(), SessionError> {
+        if !data.is_empty() {
+            self.send(ClientFrame::Stdin(data)).await?;
         }
+        if eof {
+            self.send(ClientFrame::StdinEof).await?;
+        }
+        Ok(())
     }
 }
 

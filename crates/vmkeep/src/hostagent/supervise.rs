@@ -18,8 +18,7 @@ use super::report::Report;
 use super::server::Command;
 use super::{
     Agent, AgentOutcome, clock, copy_to_host, fail, forwards, mount_inotify, mounts, now_rfc3339,
-    socket_forwards,
-    stopped_as_failed,
+    socket_forwards, stopped_as_failed,
 };
 use crate::driver::Vm;
 use crate::driver::qemu::QemuVm;

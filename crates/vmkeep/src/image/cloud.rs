@@ -13,18 +13,17 @@ use serde::{Deserialize, Serialize};
 use super::download::{self, DownloadError, Progress};
 use crate::driver::qemu::accel::Accel;
 use crate::driver::qemu::args::{Boot, LaunchSpec};
+use crate::driver::qemu::disk_image;
 use crate::image::cloudinit::{self, SeedInputs};
 use crate::image::sshkeys::{self, SshKeyError};
 use crate::instance::InstanceDir;
 use crate::instance::config::{Config, ImageArch, ImageEntry};
 use crate::instance::vars::{self, ExpandError, GuestUser};
 use crate::os;
-use crate::os::tool::{Tool, ToolError};
+use crate::os::tool::ToolError;
 
 /// Kernel command line of a direct boot when the image entry gives none.
 pub const DEFAULT_CMDLINE: &str = "root=/dev/vda console=ttyS0";
-
-const QEMU_IMG_HINT: &str = "install it: sudo apt-get install qemu-utils";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
@@ -62,6 +61,17 @@ pub enum CloudError {
     Shares(String),
 }
 
+impl From<disk_image::DiskImageError> for CloudError {
+    fn from(error: disk_image::DiskImageError) -> CloudError {
+        match error {
+            disk_image::DiskImageError::Tool(e) => CloudError::Tool(e),
+            disk_image::DiskImageError::Info { path, message } => {
+                CloudError::ImageInfo { path, message }
+            }
+        }
+    }
+}
+
 /// What `create` chose for a cloud-image instance (`image.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
@@ -79,6 +89,9 @@ pub struct ImageRecord {
     /// whose guests got cloud-init's defaults).
     #[serde(default)]
     pub guest_user: Option<GuestUser>,
+    /// A copy of another instance (absent for a fresh one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<crate::instance::identity::Origin>,
 }
 
 impl ImageRecord {
@@ -95,6 +108,16 @@ impl ImageRecord {
 }
 
 impl ImageRecord {
+    /// Write the record to `path` (atomically).
+    pub fn write(&self, path: &Path) -> Result<(), CloudError> {
+        let json = serde_json::to_vec_pretty(self).expect("the record serializes");
+        os::fs::write_atomic(path, &json, 0o600).map_err(|source| CloudError::Io {
+            action: "write",
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
     pub fn load(dir: &InstanceDir) -> Result<ImageRecord, CloudError> {
         let path = dir.image_record();
         let text = std::fs::read(&path).map_err(|source| CloudError::Io {
@@ -167,12 +190,7 @@ pub fn prepare(
             config.disk.0
         );
     }
-    Tool::new("qemu-img", QEMU_IMG_HINT)
-        .args(["create", "-q", "-f", "qcow2", "-F", &base_format, "-b"])
-        .arg(&base)
-        .arg(disk)
-        .arg(size.to_string())
-        .output()?;
+    disk_image::create_overlay(&base, &base_format, disk, size)?;
     let record = ImageRecord {
         location: entry.location.to_string(),
         base,
@@ -182,13 +200,9 @@ pub fn prepare(
         cmdline: entry.kernel.as_ref().and_then(|k| k.cmdline.clone()),
         user: guest_user.name.clone(),
         guest_user: Some(guest_user.clone()),
+        origin: None,
     };
-    let json = serde_json::to_vec_pretty(&record).expect("the record serializes");
-    os::fs::write_atomic(record_path, &json, 0o600).map_err(|source| CloudError::Io {
-        action: "write",
-        path: record_path.to_path_buf(),
-        source,
-    })?;
+    record.write(record_path)?;
     Ok(record)
 }
 
@@ -215,11 +229,8 @@ fn fetch_entry(
 
 /// The format and virtual size of an image file.
 fn image_info(path: &Path) -> Result<(String, u64), CloudError> {
-    let text = Tool::new("qemu-img", QEMU_IMG_HINT)
-        .args(["info", "--output=json"])
-        .arg(path)
-        .output()?;
-    parse_image_info(&text).map_err(|message| CloudError::ImageInfo {
+    let info = disk_image::info(path)?;
+    usable(info).map_err(|message| CloudError::ImageInfo {
         path: path.to_path_buf(),
         message,
     })
@@ -227,20 +238,21 @@ fn image_info(path: &Path) -> Result<(String, u64), CloudError> {
 
 /// `qemu-img info --output=json` -> (format, virtual size).
 pub fn parse_image_info(json: &[u8]) -> Result<(String, u64), String> {
-    let value: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
-    let format = value["format"].as_str().ok_or("no \"format\"")?.to_string();
+    usable(disk_image::parse_info(json)?)
+}
+
+/// The format and size of an image vmkeep can boot.
+fn usable(info: disk_image::ImageInfo) -> Result<(String, u64), String> {
     if !matches!(
-        format.as_str(),
+        info.format.as_str(),
         "qcow2" | "raw" | "vmdk" | "vdi" | "vhdx" | "vpc"
     ) {
         return Err(format!(
-            "{format:?} is not a disk image format vmkeep can use"
+            "{:?} is not a disk image format vmkeep can use",
+            info.format
         ));
     }
-    let size = value["virtual-size"]
-        .as_u64()
-        .ok_or("no \"virtual-size\"")?;
-    Ok((format, size))
+    Ok((info.format, info.virtual_size))
 }
 
 /// The launch of a cloud-image instance: writes the seed and the ssh port
@@ -290,6 +302,7 @@ pub fn launch_spec(
         ssh_public_keys,
         config: &expanded,
         shares: &shares,
+        origin: record.origin.as_ref(),
     };
     cloudinit::write_seed(&seed, &inputs, super::tiny::GUEST_AGENT).map_err(|source| {
         CloudError::Io {
@@ -424,6 +437,7 @@ pub fn ssh_config(host: &str, port: u16, user: &str, key: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::os::tool::Tool;
 
     #[test]
     fn image_info_gives_format_and_size() {

@@ -4,6 +4,7 @@
 
 pub mod cloud;
 pub mod cloudinit;
+pub mod disk_size;
 pub mod download;
 pub mod sshkeys;
 pub mod templates;

@@ -463,6 +463,7 @@ mod tests {
             mount: "/data".into(),
             formatted: true,
             repaired: None,
+            grown: None,
         };
         assert_eq!(
             DataDiskProblem::in_report(Some(&mounted), Some("/data")),

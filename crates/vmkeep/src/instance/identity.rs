@@ -3,6 +3,18 @@
 //! from the environment), shared by the template values, the shared
 //! directories and the cloud-init seed.
 
+/// Where an instance came from, when it is not a fresh one: its guest then
+/// carries another instance's identity (machine id, ssh host keys), which
+/// its first boot replaces (see `image::cloudinit`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Origin {
+    /// `vmkeep clone`: a copy of another vmkeep instance.
+    Cloned { from: String },
+    /// `vmkeep import`: a copy of a Lima instance's directory.
+    Imported { from: std::path::PathBuf },
+}
+
 /// A hostname from an instance name (`_` and `.` do not belong in a host
 /// label; Lima turns `ubuntu-24.04` into `lima-ubuntu-24-04` the same way).
 pub fn hostname(instance: &str) -> String {

@@ -38,6 +38,9 @@
 //!   fsN.pid     runtime     that virtiofsd's liveness lock (held by it; it
 //!                           names the directory and its mount point)
 //!   fsN.log                 that virtiofsd's output
+//!   base.img                imported or cloned cloud images: the base disk,
+//!   kernel, initrd          and boot files, copied into the instance
+//!   vmkeep.yaml.rejected    the text of the last `vmkeep edit` the config refused
 //! ```
 //! Runtime files are recognised by suffix (`.pid`, `.sock`, `.port`), and
 //! unfinished atomic writes by their `.tmp-` infix (see `instance::runtime`).
@@ -45,6 +48,14 @@
 use std::path::{Path, PathBuf};
 
 use super::name::InstanceName;
+
+/// The files an instance may own in place of the image cache's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnFile {
+    BaseDisk,
+    Kernel,
+    Initrd,
+}
 
 /// Unix socket paths must fit `sun_path` (108 bytes on Linux, 104 on macOS,
 /// including the terminating NUL). We hold every platform to the smaller.
@@ -128,6 +139,25 @@ impl InstanceDir {
     }
     pub fn config(&self) -> PathBuf {
         self.dir.join(CONFIG)
+    }
+    /// The copy of the config `vmkeep edit` opens in the editor (a
+    /// temporary of this process, so an abandoned one is swept).
+    pub fn config_edit_copy(&self) -> PathBuf {
+        self.dir
+            .join(format!("{CONFIG}.tmp-{}-edit.yaml", std::process::id()))
+    }
+    /// Where the text of an edit the config refused is kept.
+    pub fn config_rejected(&self) -> PathBuf {
+        self.dir.join(format!("{CONFIG}.rejected"))
+    }
+    /// A base disk (or boot file) of the instance's own: an imported or
+    /// cloned cloud image's, copied in rather than shared from the cache.
+    pub fn own_file(&self, name: OwnFile) -> PathBuf {
+        self.dir.join(match name {
+            OwnFile::BaseDisk => "base.img",
+            OwnFile::Kernel => "kernel",
+            OwnFile::Initrd => "initrd",
+        })
     }
     pub fn disk(&self) -> PathBuf {
         self.dir.join(DISK)

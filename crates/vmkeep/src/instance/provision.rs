@@ -339,30 +339,62 @@ impl<'de> Deserialize<'de> for Probe {
 
 /// The assignments of a `yq` step: (path of keys, YAML value text).
 pub fn yq_assignments(expression: &str) -> Result<Vec<(Vec<String>, String)>, String> {
-    let unsupported = || {
+    assignments(expression).ok_or_else(|| {
         format!(
             "expression {expression:?}: vmkeep applies yq assignments of the form `.a.b = VALUE` (several joined by `|`); \
              write other edits as a mode: system script"
         )
-    };
+    })
+}
+
+/// The yq assignments vmkeep understands, `.a.b = VALUE` joined by `|`:
+/// (path of keys, YAML value text); `None` for any other expression.
+pub fn assignments(expression: &str) -> Option<Vec<(Vec<String>, String)>> {
     let mut out = Vec::new();
-    for part in expression.split(" | ") {
-        let (path, value) = part.split_once('=').ok_or_else(unsupported)?;
+    for part in split_pipes(expression)? {
+        let (path, value) = part.split_once('=')?;
         if path.ends_with(['|', '+', '-', '*', '/']) || value.starts_with('=') {
-            return Err(unsupported());
+            return None;
         }
         let path = path.trim();
         let value = value.trim();
-        let Some(keys) = path.strip_prefix('.') else {
-            return Err(unsupported());
-        };
-        let segments = path_keys(keys).ok_or_else(unsupported)?;
+        let keys = path.strip_prefix('.')?;
+        let segments = path_keys(keys)?;
         if value.is_empty() || serde_yaml_ng::from_str::<serde_yaml_ng::Value>(value).is_err() {
-            return Err(unsupported());
+            return None;
         }
         out.push((segments, value.to_string()));
     }
-    Ok(out)
+    Some(out)
+}
+
+/// The parts of `a | b | c` split at each `|` outside quotes and brackets;
+/// `None` for yq's `|=` (an update, not an assignment).
+fn split_pipes(expression: &str) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let (mut start, mut depth, mut quote) = (0usize, 0i32, None::<char>);
+    let bytes: Vec<char> = expression.chars().collect();
+    let mut offset = 0usize;
+    for (i, &c) in bytes.iter().enumerate() {
+        match (quote, c) {
+            (Some(q), _) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{' | '(') => depth += 1,
+            (None, ']' | '}' | ')') => depth -= 1,
+            (None, '|') if depth == 0 => {
+                if bytes.get(i + 1) == Some(&'=') {
+                    return None;
+                }
+                parts.push(&expression[start..offset]);
+                start = offset + 1;
+            }
+            _ => {}
+        }
+        offset += c.len_utf8();
+    }
+    parts.push(&expression[start..]);
+    Some(parts)
 }
 
 /// `a.b."c.d".e` -> [a, b, c.d, e]; None for anything else.
@@ -524,7 +556,21 @@ mod tests {
             yq_assignments(".a = 1 | .\"b.c\".d = \"x\"").unwrap().len(),
             2
         );
-        for bad in [".a |= 1", "del(.a)", ".a += [1]", ".a == 1", "a = 1"] {
+        assert_eq!(
+            yq_assignments(".a=1|.b = \"x|y\"").unwrap(),
+            [
+                (vec!["a".to_string()], "1".to_string()),
+                (vec!["b".to_string()], "\"x|y\"".to_string())
+            ]
+        );
+        for bad in [
+            ".a |= 1",
+            "del(.a)",
+            ".a += [1]",
+            ".a == 1",
+            "a = 1",
+            ".a = 1 |",
+        ] {
             assert!(
                 yq_assignments(bad).unwrap_err().contains("mode: system"),
                 "{bad}"

@@ -295,6 +295,116 @@ pub enum StopPlan {
     ReplaceFrozenAgent,
 }
 
+/// What `edit` (and the edit flags of `start`) may do to the config in a
+/// status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditPlan {
+    /// Nothing runs: write the config; the next start applies it.
+    Write,
+    /// A saved state waits: write only a config it can still be resumed
+    /// with (its machine: CPUs, memory, devices).
+    WriteIfSavedStateAccepts,
+    /// Its processes run (or may): a change applies only at a start, so it
+    /// is refused, or saved and applied by a restart when asked.
+    Live,
+}
+
+/// What `restart` does in a status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPlan {
+    /// Stop it by its ladder, then start it.
+    StopThenStart,
+    /// Nothing runs: start it.
+    Start,
+    /// It could not start again (its config or disk needs a human): refuse
+    /// before stopping anything.
+    Refuse,
+}
+
+/// What `clone` may do with an instance as its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClonePlan {
+    /// Nothing runs and no saved state waits: copy it.
+    Copy,
+    /// A saved state waits: its memory would resume as a second copy of a
+    /// running guest (same identity, same half-written files).
+    RefuseSuspended,
+    /// It runs (or may): its disk is in use.
+    RefuseLive,
+    /// Its config or disk is missing or invalid: nothing whole to copy.
+    RefuseBroken,
+}
+
+impl Status {
+    /// What `edit` may do now.
+    pub fn edit_plan(&self) -> EditPlan {
+        match self {
+            Status::Stopped => EditPlan::Write,
+            Status::Suspended => EditPlan::WriteIfSavedStateAccepts,
+            Status::Starting | Status::Running | Status::Paused(_) | Status::Stopping => {
+                EditPlan::Live
+            }
+            // An invalid or missing config is what an edit fixes.
+            Status::Broken(broken) if broken.has_live_processes() => EditPlan::Live,
+            Status::Broken(_) => EditPlan::Write,
+        }
+    }
+
+    /// What `restart` does now.
+    pub fn restart_plan(&self) -> RestartPlan {
+        match self {
+            Status::Stopped => RestartPlan::Start,
+            // A restart boots afresh: the saved guest powers off first.
+            Status::Suspended
+            | Status::Starting
+            | Status::Running
+            | Status::Paused(_)
+            | Status::Stopping => RestartPlan::StopThenStart,
+            Status::Broken(broken) => match broken {
+                Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing => {
+                    RestartPlan::Refuse
+                }
+                // A stop ends what runs; the start after it is a plain one
+                // (a lost shared directory is what a restart fixes).
+                Broken::OrphanedQemu { .. }
+                | Broken::AgentUnresponsive { .. }
+                | Broken::QemuGone { .. }
+                | Broken::SharedDirsLost { .. } => RestartPlan::StopThenStart,
+                Broken::StaleRuntimeFiles { .. }
+                | Broken::ServiceGaveUp { .. }
+                | Broken::GaveUp { .. }
+                | Broken::DataDisk { .. } => RestartPlan::Start,
+            },
+        }
+    }
+
+    /// Whether the instance can be the source of a `clone` now.
+    pub fn clone_plan(&self) -> ClonePlan {
+        match self {
+            Status::Stopped => ClonePlan::Copy,
+            Status::Suspended => ClonePlan::RefuseSuspended,
+            Status::Starting | Status::Running | Status::Paused(_) | Status::Stopping => {
+                ClonePlan::RefuseLive
+            }
+            Status::Broken(broken) => match broken {
+                Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing => {
+                    ClonePlan::RefuseBroken
+                }
+                Broken::OrphanedQemu { .. }
+                | Broken::AgentUnresponsive { .. }
+                | Broken::QemuGone { .. }
+                | Broken::SharedDirsLost { .. } => ClonePlan::RefuseLive,
+                // Nothing runs: a damaged data disk is copied as it is (a
+                // copy before a repair is a reasonable wish).
+                Broken::StaleRuntimeFiles { .. }
+                | Broken::ServiceGaveUp { .. }
+                | Broken::GaveUp { .. }
+                | Broken::DataDisk { .. } => ClonePlan::Copy,
+            },
+        }
+    }
+}
+
 impl Status {
     pub fn start_plan(&self) -> StartPlan {
         match self {
@@ -497,6 +607,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         | Event::GaveUp { .. }
         | Event::DataDisk { .. }
         | Event::Rotated { .. }
+        | Event::DiskGrown { .. }
         | Event::Unknown => Phase::Starting,
     }
 }
@@ -549,6 +660,7 @@ mod tests {
             mount: "/data".into(),
             formatted: false,
             repaired: None,
+            grown: None,
         }
     }
 
@@ -1082,6 +1194,39 @@ mod tests {
             ("data-disk", B::Boot, S::NothingToStop, false, false),
             ("shared-dirs-lost", B::Refuse, S::AskAgent, true, true),
         ];
+        use ClonePlan as C;
+        use EditPlan as E;
+        use RestartPlan as R;
+        // (code or word, edit, restart, clone), in the same order.
+        let changes: &[(&str, EditPlan, RestartPlan, ClonePlan)] = &[
+            ("Stopped", E::Write, R::Start, C::Copy),
+            (
+                "Suspended",
+                E::WriteIfSavedStateAccepts,
+                R::StopThenStart,
+                C::RefuseSuspended,
+            ),
+            ("Starting", E::Live, R::StopThenStart, C::RefuseLive),
+            ("Running", E::Live, R::StopThenStart, C::RefuseLive),
+            ("Paused", E::Live, R::StopThenStart, C::RefuseLive),
+            ("Stopping", E::Live, R::StopThenStart, C::RefuseLive),
+            ("config-missing", E::Write, R::Refuse, C::RefuseBroken),
+            ("config-invalid", E::Write, R::Refuse, C::RefuseBroken),
+            ("disk-missing", E::Write, R::Refuse, C::RefuseBroken),
+            ("orphaned-qemu", E::Live, R::StopThenStart, C::RefuseLive),
+            ("stale-runtime-files", E::Write, R::Start, C::Copy),
+            (
+                "agent-unresponsive",
+                E::Live,
+                R::StopThenStart,
+                C::RefuseLive,
+            ),
+            ("qemu-gone", E::Live, R::StopThenStart, C::RefuseLive),
+            ("service-gave-up", E::Write, R::Start, C::Copy),
+            ("gave-up", E::Write, R::Start, C::Copy),
+            ("data-disk", E::Write, R::Start, C::Copy),
+            ("shared-dirs-lost", E::Live, R::StopThenStart, C::RefuseLive),
+        ];
         let all = every_status();
         assert_eq!(all.len(), expected.len(), "a row per status");
         for (status, (name, start, stop, live, exec)) in all.iter().zip(expected) {
@@ -1098,6 +1243,18 @@ mod tests {
                 "live processes when {name}"
             );
             assert_eq!(status.can_exec(), *exec, "exec when {name}");
+            let (row, edit, restart, clone) =
+                changes[all.iter().position(|s| s == status).unwrap()];
+            assert_eq!(row, *name, "change rows in order");
+            assert_eq!(status.edit_plan(), edit, "edit when {name}");
+            assert_eq!(status.restart_plan(), restart, "restart when {name}");
+            assert_eq!(status.clone_plan(), clone, "clone when {name}");
+            // A change never lands under a live process unless asked to
+            // restart, and nothing live is copied.
+            assert_eq!(edit == E::Live, *live, "edit when {name}");
+            if *live {
+                assert_eq!(clone, C::RefuseLive, "{name}");
+            }
             // A VM with shared directories cannot be saved (vhost-user-fs
             // does not migrate), so one that lost one is not suspended.
             let suspends = *exec && *name != "shared-dirs-lost";

@@ -277,6 +277,64 @@ pub fn file_id(path: &Path) -> io::Result<Option<FileId>> {
     }
 }
 
+/// Copy the file `from` to a new file `to` (mode `mode`) byte for byte,
+/// holes kept as holes: only the data extents (`SEEK_DATA`/`SEEK_HOLE`)
+/// are copied, in the kernel (`copy_file_range`), so a sparse 100 GiB raw
+/// disk costs what it holds. The copy is synced before this returns; a
+/// failed copy is removed.
+pub fn copy_sparse(from: &Path, to: &Path, mode: u32) -> io::Result<()> {
+    use rustix::fs::SeekFrom;
+    let source = File::open(from)?;
+    let len = source.metadata()?.len();
+    let target = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(to)?;
+    let result = (|| {
+        target.set_len(len)?;
+        let mut offset = 0u64;
+        while offset < len {
+            let data = match rustix::fs::seek(&source, SeekFrom::Data(offset)) {
+                Ok(at) => at,
+                // No data after `offset`: the rest is a hole.
+                Err(rustix::io::Errno::NXIO) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let hole = match rustix::fs::seek(&source, SeekFrom::Hole(data)) {
+                Ok(at) => at.min(len),
+                Err(e) => return Err(e.into()),
+            };
+            let mut at = data;
+            while at < hole {
+                let mut from_at = at;
+                let mut to_at = at;
+                let chunk = (hole - at).min(1 << 30) as usize;
+                let copied = rustix::fs::copy_file_range(
+                    &source,
+                    Some(&mut from_at),
+                    &target,
+                    Some(&mut to_at),
+                    chunk,
+                )?;
+                if copied == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{} ended while it was copied", from.display()),
+                    ));
+                }
+                at += copied as u64;
+            }
+            offset = hole;
+        }
+        target.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(to);
+    }
+    result
+}
+
 /// Make what was written to the file at `path` durable (by whoever wrote
 /// it, through any descriptor or a shared mapping).
 pub fn sync_file(path: &Path) -> io::Result<()> {
@@ -432,5 +490,38 @@ mod tests {
     fn removing_a_missing_file_is_not_an_error() {
         let dir = tempfile::tempdir().unwrap();
         assert!(!remove_file_if_exists(&dir.path().join("nope")).unwrap());
+    }
+
+    #[test]
+    fn a_sparse_copy_is_byte_for_byte_and_keeps_its_holes() {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("sparse");
+        let mut file = File::create(&from).unwrap();
+        file.write_all(b"start").unwrap();
+        file.seek(SeekFrom::Start(64 << 20)).unwrap();
+        file.write_all(b"middle").unwrap();
+        file.set_len(256 << 20).unwrap();
+        drop(file);
+        let to = dir.path().join("copy");
+        copy_sparse(&from, &to, 0o600).unwrap();
+        assert_eq!(fs::read(&from).unwrap(), fs::read(&to).unwrap());
+        let copied = fs::metadata(&to).unwrap();
+        assert_eq!(copied.len(), 256 << 20);
+        assert!(
+            copied.blocks() * 512 < 8 << 20,
+            "holes kept: {} blocks",
+            copied.blocks()
+        );
+        assert_eq!(copied.mode() & 0o777, 0o600);
+        assert!(copy_sparse(&from, &to, 0o600).is_err(), "never over a file");
+        let empty = dir.path().join("empty");
+        File::create(&empty).unwrap();
+        copy_sparse(&empty, &dir.path().join("empty-copy"), 0o600).unwrap();
+        assert_eq!(
+            fs::metadata(dir.path().join("empty-copy")).unwrap().len(),
+            0
+        );
     }
 }

@@ -355,6 +355,18 @@ pub fn silence_stdout() -> io::Result<()> {
     Ok(())
 }
 
+/// Run `program` on our terminal (stdin, stdout and stderr inherited: an
+/// editor) and wait for it.
+pub fn run_on_terminal(program: &Program) -> io::Result<ExitOutcome> {
+    use std::os::unix::process::ExitStatusExt;
+    let status = program.command().stdin(Stdio::inherit()).status()?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => ExitOutcome::Exited(code),
+        (None, Some(signal)) => ExitOutcome::Signaled(signal),
+        (None, None) => ExitOutcome::Unknown,
+    })
+}
+
 /// Replace this process with `program`, keeping our pid, terminal and
 /// descriptors: its exit code becomes ours (ssh for `vmkeep ssh`, the host
 /// agent for `vmkeep start --foreground`). Returns only on failure.

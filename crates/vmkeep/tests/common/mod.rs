@@ -114,6 +114,19 @@ impl TestEnv {
         }
     }
 
+    /// Run `vmkeep` to completion with extra environment variables.
+    pub fn run_env(&self, args: &[&str], vars: &[(&str, &std::ffi::OsStr)]) -> Run {
+        let mut command = self.command(args);
+        for (key, value) in vars {
+            command.env(key, value);
+        }
+        let output = command.output().expect("run vmkeep");
+        Run {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            output,
+        }
+    }
+
     /// Run and require success.
     pub fn ok(&self, args: &[&str]) -> Run {
         let run = self.run(args);

@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod args;
+pub mod disk_image;
 pub mod pause;
 pub mod qmp;
 pub mod snapshot;

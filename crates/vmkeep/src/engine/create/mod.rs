@@ -118,6 +118,45 @@ pub fn dry_run(
     )?)
 }
 
+/// `template` with Lima's edit flags applied to what it resolves to (the
+/// config the instance stores), checked like any template; `--param` is
+/// [`read`]'s, so it is not applied again here.
+pub fn with_edit_flags(
+    home: &Home,
+    name: &InstanceName,
+    template: Template,
+    flags: &crate::instance::edit_flags::EditFlags,
+) -> Result<(Template, Vec<String>), EngineError> {
+    let flags = crate::instance::edit_flags::EditFlags {
+        params: Vec::new(),
+        ..flags.clone()
+    };
+    if flags.is_empty() {
+        return Ok((template, Vec::new()));
+    }
+    let checked = check(
+        &home.root,
+        name,
+        &template.text,
+        &template.source,
+        template.fields,
+    )?;
+    let (text, notes) = super::edit::with_flags(
+        &checked.dir,
+        &checked.resolved.text,
+        &flags,
+        crate::instance::edit_flags::NewParams::Allowed,
+    )?;
+    Ok((
+        Template {
+            text,
+            source: template.source,
+            fields: template.fields,
+        },
+        notes,
+    ))
+}
+
 /// Create instance `name` of `home` from `template`; reports the progress
 /// of image downloads.
 pub fn create(

@@ -78,6 +78,8 @@ pub struct SeedInputs<'a> {
     /// `bootcmd`, early, so that provision scripts and services see them
     /// (the guest agent mounts them again, idempotently, for the host).
     pub shares: &'a [crate::instance::shares::SharedDir],
+    /// A copy of another instance: its first boot takes a fresh identity.
+    pub origin: Option<&'a crate::instance::identity::Origin>,
 }
 
 /// The systemd unit of the guest agent. It starts after cloud-init's first

@@ -24,6 +24,7 @@ fn seed(config: &Config) -> serde_yaml_ng::Value {
         ssh_public_keys: vec!["ssh-ed25519 AAAAC3Nza vmkeep\n".into()],
         config,
         shares: &[],
+        origin: None,
     };
     yaml(&user_data(&inputs))
 }
@@ -83,6 +84,7 @@ fn meta_data_names_the_instance_with_a_valid_hostname() {
         ssh_public_keys: vec![],
         config: &config,
         shares: &[],
+        origin: None,
     };
     let meta = yaml(&meta_data(&inputs));
     assert_eq!(meta["instance-id"], "vmkeep-web_1.b");
@@ -145,6 +147,7 @@ fn shared_directories_are_mounted_at_every_boot_before_provisioning() {
         ssh_public_keys: vec![],
         config: &config,
         shares: &shares,
+        origin: None,
     };
     let doc = yaml(&user_data(&inputs));
     // Outside the user's home: early, by bootcmd.
@@ -321,6 +324,7 @@ fn the_seed_volume_is_fat_labelled_cidata_with_the_files() {
         ssh_public_keys: vec!["ssh-ed25519 AAAA vmkeep".into()],
         config: &config,
         shares: &[],
+        origin: None,
     };
     write_seed(&path, &inputs, &agent).unwrap();
     let mut file = std::fs::File::open(&path).unwrap();
@@ -402,4 +406,64 @@ fn containerd_is_installed_after_the_dependency_steps_and_before_the_others() {
             .iter()
             .any(|c| c.join(" ").contains("containerd"))
     );
+}
+
+#[test]
+fn a_copy_takes_a_fresh_machine_id_once_and_an_import_sets_limas_hook_aside() {
+    let config = cloud("");
+    let user = alice();
+    let bootcmd = |origin: Option<&crate::instance::identity::Origin>| -> Vec<String> {
+        let inputs = SeedInputs {
+            instance: "copy",
+            user: &user,
+            ssh_public_keys: vec![],
+            config: &config,
+            shares: &[],
+            origin,
+        };
+        yaml(&user_data(&inputs))["bootcmd"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c.as_str().map(str::to_string))
+            .collect()
+    };
+    let fresh = bootcmd(None);
+    assert!(!fresh.iter().any(|c| c.contains("machine-id")), "{fresh:?}");
+    let cloned = bootcmd(Some(&crate::instance::identity::Origin::Cloned {
+        from: "src".into(),
+    }));
+    let machine_id: Vec<&String> = cloned.iter().filter(|c| c.contains("machine-id")).collect();
+    assert_eq!(machine_id.len(), 1, "{cloned:?}");
+    assert!(
+        machine_id[0].starts_with("cloud-init-per instance ")
+            && machine_id[0].contains("rm -f /etc/machine-id")
+            && machine_id[0].contains("systemd-machine-id-setup"),
+        "once per instance id: {}",
+        machine_id[0]
+    );
+    assert!(!cloned.iter().any(|c| c.contains("00-lima.boot.sh")));
+    let imported = bootcmd(Some(&crate::instance::identity::Origin::Imported {
+        from: "/home/ann/.lima/dev".into(),
+    }));
+    let hook = imported
+        .iter()
+        .find(|c| c.contains("00-lima.boot.sh"))
+        .expect("Lima's hook set aside");
+    assert!(
+        hook.starts_with("cloud-init-per instance ")
+            && hook.contains("mv -f")
+            && !hook.contains("rm "),
+        "moved, not deleted: {hook}"
+    );
+    // The instance id is the new name's, so cloud-init sees a new instance.
+    let inputs = SeedInputs {
+        instance: "copy",
+        user: &user,
+        ssh_public_keys: vec![],
+        config: &config,
+        shares: &[],
+        origin: None,
+    };
+    assert!(meta_data(&inputs).starts_with("instance-id: vmkeep-copy\n"));
 }

@@ -152,6 +152,9 @@ pub fn user_data(inputs: &SeedInputs<'_>) -> String {
         ],
     ];
     let mut bootcmd = vec![serde_yaml_ng::Value::from(install_agent_command())];
+    if let Some(origin) = inputs.origin {
+        bootcmd.extend(fresh_identity_commands(origin).into_iter().map(Into::into));
+    }
     let mut per_boot = String::from(
         "#!/bin/sh\n# vmkeep: run by cloud-init at every boot (data files, /etc/hosts, probes).\n\
          mkparents() { d=$(dirname \"$1\"); [ -d \"$d\" ] && return 0; mkparents \"$d\" \"$2\"; mkdir \"$d\" && chown \"$2\" \"$d\"; }\n\
@@ -414,6 +417,30 @@ pub fn mount_share_command(share: &crate::instance::shares::SharedDir) -> String
         "mountpoint -q {point} || {{ mkdir -p {point} && mount -t virtiofs -o {options} {} {point}; }} || true",
         share.tag()
     )
+}
+
+/// What the first boot of a copy (a clone, an import) runs before the
+/// guest's services start, once for its instance id (`cloud-init-per
+/// instance`): a new machine id. cloud-init itself makes new ssh host keys
+/// for a new instance id (`ssh_deletekeys`), and sets the hostname; it
+/// leaves `/etc/machine-id` alone, which systemd, DHCP and journald key
+/// on. An imported Lima guest also has Lima's per-boot hook set aside (it
+/// mounts Lima's seed and runs Lima's boot scripts, which fail without
+/// Lima's host agent): kept in /var/lib/vmkeep/lima, not deleted.
+pub fn fresh_identity_commands(origin: &crate::instance::identity::Origin) -> Vec<String> {
+    let mut commands = vec![
+        "cloud-init-per instance vmkeep-machine-id sh -c \
+         'rm -f /etc/machine-id /var/lib/dbus/machine-id; systemd-machine-id-setup >/dev/null 2>&1 || dbus-uuidgen --ensure=/etc/machine-id'"
+            .to_string(),
+    ];
+    if let crate::instance::identity::Origin::Imported { .. } = origin {
+        commands.push(format!(
+            "cloud-init-per instance vmkeep-from-lima sh -c \
+             'mkdir -p {STATE_DIR}/lima; for f in /var/lib/cloud/scripts/per-boot/00-lima.boot.sh; do [ ! -e \"$f\" ] || mv -f \"$f\" {STATE_DIR}/lima/; done; \
+             systemctl disable --no-reload lima-guestagent.service >/dev/null 2>&1 || true'"
+        ));
+    }
+    commands
 }
 
 /// Shell command (run by `bootcmd` at every boot) that copies the agent from

@@ -190,6 +190,13 @@ pub enum Event {
         previous_bytes: u64,
         carried: Vec<Record>,
     },
+    /// The disk was grown to a larger `disk:` before the boot (the guest
+    /// grows its file system: the tiny image's /data, as the `data-disk`
+    /// event after it says; a cloud image's root, by cloud-init).
+    DiskGrown {
+        from_bytes: u64,
+        to_bytes: u64,
+    },
     #[serde(other)]
     Unknown,
 }
@@ -259,6 +266,7 @@ impl Event {
             Event::StateDiscarded { .. } => "state-discarded",
             Event::SharedDirLost { .. } => "shared-dir-lost",
             Event::Rotated { .. } => "rotated",
+            Event::DiskGrown { .. } => "disk-grown",
             Event::Unknown => "unknown",
         }
     }

@@ -98,6 +98,7 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::Repaired { .. }
             | Event::Restarting { .. }
             | Event::Rotated { .. }
+            | Event::DiskGrown { .. }
             | Event::Unknown => continue,
         };
         return (ended, Some(record));

@@ -95,9 +95,15 @@ fn check_data_disk(
     };
     match disk {
         DataDisk::Mounted {
-            mount, repaired, ..
+            mount,
+            repaired,
+            grown,
+            ..
         } => {
             text("data_disk.mount", mount, MAX_MOUNT_BYTES)?;
+            if let Some(error) = grown.as_ref().and_then(|g| g.error.as_ref()) {
+                text("data_disk.grown.error", error, MAX_MOUNT_BYTES)?;
+            }
             repaired.as_ref().map_or(Ok(()), fsck)
         }
         DataDisk::NotAttached | DataDisk::Unknown => Ok(()),

@@ -456,6 +456,7 @@ fn what_the_guest_says_about_itself_is_checked() {
             mount: "/data".into(),
             formatted: false,
             repaired: None,
+            grown: None,
         }),
     };
     assert_eq!(check_guest_info(&real), Ok(()));

@@ -326,6 +326,42 @@ pub fn check(record: &StateRecord, present: &Present) -> Vec<Mismatch> {
     found
 }
 
+/// What of a config the machine a state was saved from would not take:
+/// the CPUs, the memory, shared directories (a saved VM has none) and an
+/// accelerator asked for by name. Checked before a config is changed
+/// (`vmkeep edit` of a suspended instance), so that the change is refused
+/// rather than the resume.
+pub fn config_conflicts(
+    saved: &MachineShape,
+    cpus: u32,
+    memory_mib: u64,
+    shared_dirs: u32,
+    accel: Option<&str>,
+) -> Vec<Mismatch> {
+    let mut found = Vec::new();
+    let mut differs = |what: &'static str, saved: String, now: String| {
+        if saved != now {
+            found.push(Mismatch::Machine { what, saved, now });
+        }
+    };
+    differs("cpus", saved.cpus.to_string(), cpus.to_string());
+    differs(
+        "memory",
+        format!("{} MiB", saved.memory_mib),
+        format!("{memory_mib} MiB"),
+    );
+    differs(
+        "shared directories",
+        saved.shared_dirs.to_string(),
+        shared_dirs.to_string(),
+    );
+    if let Some(accel) = accel {
+        let saved_accel = saved.accel.split(',').next().unwrap_or_default();
+        differs("accelerator", saved_accel.to_string(), accel.to_string());
+    }
+    found
+}
+
 /// Read a record: `format` first, so that a record of another format is
 /// told as such rather than as unreadable.
 pub fn parse(bytes: &[u8]) -> Result<StateRecord, RecordParseError> {
@@ -657,5 +693,32 @@ mod tests {
         let mut old = record();
         old.format = 2;
         assert_eq!(check(&old, &present()), vec![Mismatch::Format { found: 2 }]);
+    }
+
+    #[test]
+    fn a_config_the_saved_machine_would_not_take_is_named() {
+        let saved = MachineShape {
+            accel: "tcg,thread=multi".into(),
+            cpus: 1,
+            memory_mib: 256,
+            firmware_boot: false,
+            seed: false,
+            network: true,
+            shared_dirs: 0,
+        };
+        assert!(config_conflicts(&saved, 1, 256, 0, None).is_empty());
+        assert!(config_conflicts(&saved, 1, 256, 0, Some("tcg")).is_empty());
+        let found = config_conflicts(&saved, 2, 512, 1, Some("kvm"));
+        let what: Vec<&str> = found
+            .iter()
+            .map(|m| match m {
+                Mismatch::Machine { what, .. } => *what,
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(
+            what,
+            ["cpus", "memory", "shared directories", "accelerator"]
+        );
     }
 }
