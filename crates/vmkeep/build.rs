@@ -1,19 +1,28 @@
-//! Builds the guest agent as a static executable and hands its path to the
-//! vmkeep crate, which embeds it in the built-in tiny image.
+//! Builds the guest agent as a static executable for every guest
+//! architecture vmkeep boots, and hands their paths to the vmkeep crate, which
+//! embeds them in the built-in tiny image and the cloud-init seed.
 //!
-//! The guest agent runs as PID 1 of a guest with no C library, so it is built
-//! for the same gnu target with `+crt-static`. Passing `--target` explicitly
-//! keeps that flag away from build scripts and proc macros, which cannot be
-//! static. It gets its own target directory so it never waits on the lock of
-//! the build that runs this script.
+//! The guest agent runs as PID 1 of a guest with no C library, and the guest
+//! is Linux whatever the host is (a macOS host runs aarch64 Linux guests; an
+//! x86_64 host may run aarch64 guests under emulation). So each agent is
+//! built for `<arch>-unknown-linux-musl`, static, and linked by the Rust
+//! toolchain's own `rust-lld` with musl's self-contained C runtime: no C
+//! toolchain of any target is needed, only the two rustup targets
+//! (scripts/setup-host adds them). Passing `--target` explicitly keeps the
+//! flags away from build scripts and proc macros. The agents get their own
+//! target directory so they never wait on the lock of the build that runs
+//! this script.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The guest architectures (as `std::env::consts::ARCH` and QEMU name them)
+/// and the environment variable each agent's path is handed over in.
+const GUEST_ARCHES: [(&str, &str); 2] = [("x86_64", "X86_64"), ("aarch64", "AARCH64")];
+
 fn main() {
     let manifest_dir = PathBuf::from(env("CARGO_MANIFEST_DIR"));
     let workspace = manifest_dir.join("../..");
-    let target = env("TARGET");
     let target_dir = workspace.join("target").join("guest-agent");
 
     for watched in [
@@ -28,10 +37,32 @@ fn main() {
             workspace.join(watched).display()
         );
     }
+    for (arch, env_suffix) in GUEST_ARCHES {
+        let target = format!("{arch}-unknown-linux-musl");
+        build_agent(&workspace, &target_dir, &target);
+        let binary = target_dir
+            .join(&target)
+            .join("release")
+            .join("vmkeep-guest");
+        let bytes =
+            std::fs::read(&binary).unwrap_or_else(|e| panic!("read {}: {e}", binary.display()));
+        let out = PathBuf::from(env("OUT_DIR")).join(format!("vmkeep-guest-{arch}"));
+        write_if_changed(&out, &bytes);
+        println!(
+            "cargo:rustc-env=VMKEEP_GUEST_AGENT_{env_suffix}={}",
+            out.display()
+        );
+        println!(
+            "cargo:rustc-env=VMKEEP_GUEST_AGENT_DIGEST_{env_suffix}={:016x}",
+            fnv1a(&bytes)
+        );
+    }
+}
 
+fn build_agent(workspace: &Path, target_dir: &Path, target: &str) {
     let mut build = Command::new(env("CARGO"));
     build
-        .current_dir(&workspace)
+        .current_dir(workspace)
         .args([
             "build",
             "--release",
@@ -39,11 +70,19 @@ fn main() {
             "-p",
             "vmkeep-guest",
             "--target",
-            &target,
+            target,
         ])
         .arg("--target-dir")
-        .arg(&target_dir)
-        .env("CARGO_ENCODED_RUSTFLAGS", "-Ctarget-feature=+crt-static");
+        .arg(target_dir)
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            [
+                "-Ctarget-feature=+crt-static",
+                "-Clinker=rust-lld",
+                "-Clinker-flavor=ld.lld",
+            ]
+            .join("\x1f"),
+        );
     for inherited in [
         "RUSTFLAGS",
         "CARGO_TARGET_DIR",
@@ -57,20 +96,8 @@ fn main() {
     let status = build.status().expect("run cargo to build the guest agent");
     assert!(
         status.success(),
-        "building the static guest agent failed (see the output above)"
-    );
-
-    let binary = target_dir
-        .join(&target)
-        .join("release")
-        .join("vmkeep-guest");
-    let bytes = std::fs::read(&binary).unwrap_or_else(|e| panic!("read {}: {e}", binary.display()));
-    let out = PathBuf::from(env("OUT_DIR")).join("vmkeep-guest");
-    write_if_changed(&out, &bytes);
-    println!("cargo:rustc-env=VMKEEP_GUEST_AGENT={}", out.display());
-    println!(
-        "cargo:rustc-env=VMKEEP_GUEST_AGENT_DIGEST={:016x}",
-        fnv1a(&bytes)
+        "building the static guest agent for {target} failed (see the output above); \
+         if the target is missing, `rustup target add {target}` (scripts/setup-host does it)"
     );
 }
 

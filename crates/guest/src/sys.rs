@@ -101,10 +101,10 @@ pub fn syncfs(path: &Path) {
 
 /// The size in bytes of the block device open as `device` (BLKGETSIZE64).
 pub fn block_device_size(device: &File) -> io::Result<u64> {
-    const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
+    const BLKGETSIZE64: u32 = 0x8008_1272;
     let mut size: u64 = 0;
     // SAFETY: the descriptor is open; the ioctl writes one u64 into `size`.
-    check(unsafe { libc::ioctl(device.as_raw_fd(), BLKGETSIZE64, &mut size) })?;
+    check(unsafe { libc::ioctl(device.as_raw_fd(), BLKGETSIZE64 as libc::Ioctl, &mut size) })?;
     Ok(size)
 }
 
@@ -112,9 +112,15 @@ pub fn block_device_size(device: &File) -> io::Result<u64> {
 /// `mount` to `blocks` blocks, online (EXT4_IOC_RESIZE_FS, as resize2fs
 /// does it; the kernel adds the block groups and their metadata).
 pub fn ext4_resize(mount: &File, blocks: u64) -> io::Result<()> {
-    const EXT4_IOC_RESIZE_FS: libc::c_ulong = 0x4008_6610;
+    const EXT4_IOC_RESIZE_FS: u32 = 0x4008_6610;
     // SAFETY: the descriptor is open; the ioctl reads one u64 from `blocks`.
-    check(unsafe { libc::ioctl(mount.as_raw_fd(), EXT4_IOC_RESIZE_FS, &blocks) })
+    check(unsafe {
+        libc::ioctl(
+            mount.as_raw_fd(),
+            EXT4_IOC_RESIZE_FS as libc::Ioctl,
+            &blocks,
+        )
+    })
 }
 
 /// reboot(RB_POWER_OFF): only returns on failure.
@@ -239,7 +245,7 @@ pub fn step_realtime(delta_ns: i64) -> io::Result<i64> {
             )
         })?;
     let when = libc::timespec {
-        tv_sec: (target / 1_000_000_000) as libc::time_t,
+        tv_sec: (target / 1_000_000_000) as _,
         tv_nsec: (target % 1_000_000_000) as libc::c_long,
     };
     // SAFETY: clock_settime reads one timespec through a valid pointer.
@@ -317,7 +323,7 @@ pub fn touch_mtime(dir: &std::os::fd::OwnedFd, name: &str) -> io::Result<()> {
             tv_nsec: libc::UTIME_OMIT,
         },
         libc::timespec {
-            tv_sec: stat.stx_mtime.tv_sec as libc::time_t,
+            tv_sec: stat.stx_mtime.tv_sec as _,
             tv_nsec: stat.stx_mtime.tv_nsec as libc::c_long,
         },
     ];

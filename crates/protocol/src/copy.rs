@@ -804,7 +804,7 @@ fn to_timespec(mtime: Mtime) -> [libc::timespec; 2] {
             tv_nsec: libc::UTIME_OMIT,
         },
         libc::timespec {
-            tv_sec: mtime.secs as libc::time_t,
+            tv_sec: mtime.secs as _,
             tv_nsec: libc::c_long::from(mtime.nanos as i32),
         },
     ]

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod forwards;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;
+pub mod guest_arch;
 pub mod hostagent;
 pub mod image;
 pub mod instance;

@@ -14,7 +14,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
         &[
-            "os", "link", "session", "text", "notice", "timeouts", "logging",
+            "os",
+            "link",
+            "session",
+            "text",
+            "notice",
+            "timeouts",
+            "logging",
+            "guest_arch",
         ],
     ),
     // The instance model and the pure decisions over it.

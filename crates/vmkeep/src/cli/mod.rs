@@ -227,7 +227,7 @@ pub struct CreateArgs {
 const CONFIG_FIELDS: &str = "\
 Config fields (vmkeep.yaml; Lima's names, README.md \"Coming from Lima\" says what maps):
   vmType: qemu            arch: x86_64|default     cpus: N
-  memory: 2GiB            disk: 20GiB              accel: auto|kvm|tcg
+  memory: 2GiB            disk: 20GiB              accel: auto|kvm|hvf|tcg
   stopTimeout: 30s        bootTimeout: 180s        runStrategy: always|on-failure|manual|halted
   onHostShutdown: poweroff|suspend                 kernel: {path, modules, cmdline} (tiny image)
   images: [{location, arch, digest, kernel, initrd, variant, archVariant}]

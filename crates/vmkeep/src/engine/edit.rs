@@ -333,6 +333,7 @@ fn refuse_what_the_saved_state_cannot_take(
     let accel = match config.accel {
         AccelSetting::Auto => None,
         AccelSetting::Kvm => Some("kvm"),
+        AccelSetting::Hvf => Some("hvf"),
         AccelSetting::Tcg => Some("tcg"),
     };
     let mounts = config.raw.mounts.as_ref().map_or(0, Vec::len) as u32;

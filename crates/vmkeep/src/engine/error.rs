@@ -140,6 +140,11 @@ pub enum EngineError {
         attempts: usize,
     },
 
+    /// The config asks for what this host cannot do yet (`why` names the
+    /// setting and the fix).
+    #[error("{why}")]
+    NotOnThisHost { why: String },
+
     /// No ssh server to reach (`why` says so, naming the instance).
     #[error("{why}")]
     NoSsh { name: InstanceName, why: String },
@@ -237,7 +242,7 @@ impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             EngineError::Lookup(LookupError::NotFound { .. }) => ErrorKind::NotFound,
-            EngineError::Config(_) => ErrorKind::InvalidConfig,
+            EngineError::Config(_) | EngineError::NotOnThisHost { .. } => ErrorKind::InvalidConfig,
             EngineError::Edit(e) => e.kind(),
             EngineError::Import(e) => e.kind(),
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,

@@ -35,8 +35,13 @@ impl Agent<'_, '_> {
             self.fit_disk()?;
         }
         let env_accel = accel::env_override().map_err(LaunchError::from)?;
-        let (accel, why) = accel::choose(env_accel, self.config.accel, HostFacts::probe())
-            .map_err(LaunchError::from)?;
+        let (accel, why) = accel::choose(
+            env_accel,
+            self.config.accel,
+            HostFacts::probe(),
+            crate::guest_arch::GuestArch::HOST,
+        )
+        .map_err(LaunchError::from)?;
         if self.config.is_cloud() {
             // Cloud image: seed, ssh port and boot method come from image::cloud.
             let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)

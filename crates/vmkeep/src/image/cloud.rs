@@ -304,12 +304,15 @@ pub fn launch_spec(
         shares: &shares,
         origin: record.origin.as_ref(),
     };
-    cloudinit::write_seed(&seed, &inputs, super::tiny::GUEST_AGENT).map_err(|source| {
-        CloudError::Io {
-            action: "write the cloud-init seed",
-            path: seed.clone(),
-            source,
-        }
+    cloudinit::write_seed(
+        &seed,
+        &inputs,
+        super::tiny::guest_agent(crate::guest_arch::GuestArch::HOST).0,
+    )
+    .map_err(|source| CloudError::Io {
+        action: "write the cloud-init seed",
+        path: seed.clone(),
+        source,
     })?;
     let port_err = |source| CloudError::Io {
         action: "pick a free loopback port for ssh and record it in",

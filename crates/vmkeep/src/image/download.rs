@@ -380,6 +380,17 @@ fn read_error(
     }
 }
 
+/// The TLS stack of downloads: rustls with its bundled roots on Linux, the
+/// platform's own TLS and trust store on macOS (see Cargo.toml).
+fn tls_config() -> ureq::tls::TlsConfig {
+    let config = ureq::tls::TlsConfig::builder();
+    #[cfg(target_os = "macos")]
+    let config = config
+        .provider(ureq::tls::TlsProvider::NativeTls)
+        .root_certs(ureq::tls::RootCerts::PlatformVerifier);
+    config.build()
+}
+
 /// GET `url` from byte `from`; returns the body, the full size when known,
 /// and the offset the body starts at (0 when the server ignored the range).
 fn http_get(
@@ -394,6 +405,7 @@ fn http_get(
         .timeout_recv_response(Some(stall))
         .timeout_per_read(Some(stall))
         .user_agent(concat!("vmkeep/", env!("CARGO_PKG_VERSION")))
+        .tls_config(tls_config())
         .build()
         .into();
     let mut request = agent.get(url);

@@ -144,6 +144,20 @@ impl Sandbox {
 
     /// Apply the sandbox to this process (the shim: one thread, nothing
     /// else to disturb), in the order the module documents.
+    #[cfg(not(target_os = "linux"))]
+    pub fn enter(&self) -> io::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the sandbox of shared-directory daemons (namespaces, seccomp) needs Linux",
+        ))
+    }
+
+    /// Apply the sandbox to this process (the shim: one thread, nothing
+    /// else to disturb), in the order the module documents.
+    #[cfg(target_os = "linux")]
     pub fn enter(&self) -> io::Result<()> {
         // Everything is prepared before the first step changes anything.
         let filter = if self.no_privileged_files {
@@ -221,6 +235,7 @@ fn check(result: libc::c_long) -> io::Result<()> {
     }
 }
 
+#[cfg(target_os = "linux")]
 /// A user namespace in which this (unprivileged) user is itself, and
 /// nobody else exists: enough to own a mount namespace, nothing more.
 fn own_user_namespace(uid: u32, gid: u32) -> io::Result<()> {
@@ -234,6 +249,7 @@ fn own_user_namespace(uid: u32, gid: u32) -> io::Result<()> {
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
 struct MountAttr {
@@ -243,8 +259,10 @@ struct MountAttr {
     userns_fd: u64,
 }
 
+#[cfg(target_os = "linux")]
 const MOUNT_ATTR_RDONLY: u64 = 0x1;
 
+#[cfg(target_os = "linux")]
 /// A mount namespace where `tree` is bind-mounted onto itself read-only,
 /// recursively (refused on a kernel that could make only its top mount
 /// read-only while mounts lie below it).
@@ -320,6 +338,7 @@ fn read_only_mount_namespace(tree: &CString, mounts_below: bool) -> io::Result<(
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
 /// Become `id` for good (real, effective and saved ids), groups first.
 fn switch_identity(id: &Identity) -> io::Result<()> {
     let groups: Vec<libc::gid_t> = id.groups.clone();
@@ -382,6 +401,7 @@ pub fn spawn_in_own_group(
     super::process::handle_of_child(child.id())
 }
 
+#[cfg(target_os = "linux")]
 /// Whether anything is mounted below `tree` (from `/proc/self/mountinfo`).
 fn has_mounts_below(tree: Option<&Path>) -> bool {
     let Some(tree) = tree else { return false };
@@ -395,6 +415,7 @@ fn has_mounts_below(tree: Option<&Path>) -> bool {
         .unwrap_or(false)
 }
 
+#[cfg(target_os = "linux")]
 /// Whether the kernel has `mount_setattr(2)` (Linux 5.12).
 fn has_mount_setattr() -> bool {
     // SAFETY: an invalid call (flags out of range) that only tells whether

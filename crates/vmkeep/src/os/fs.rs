@@ -170,18 +170,14 @@ pub fn open_append(path: &Path) -> io::Result<File> {
 /// (`fallocate` with `FALLOC_FL_KEEP_SIZE`): appends then need no new block,
 /// even on a full filesystem. Best effort: filesystems that cannot do it
 /// (or have no room left for it) simply do not reserve.
+/// Hosts without `FALLOC_FL_KEEP_SIZE` (macOS) do not reserve.
 pub fn reserve_after_end(file: &File, bytes: u64) {
-    let Ok(meta) = file.metadata() else { return };
-    let _ = rustix::fs::fallocate(
-        file,
-        rustix::fs::FallocateFlags::KEEP_SIZE,
-        meta.len(),
-        bytes,
-    );
+    let _ = try_reserve_after_end(file, bytes);
 }
 
 /// [`reserve_after_end`], but failing when the room cannot be had (a file
 /// system that cannot reserve at all counts as success: it never could).
+#[cfg(target_os = "linux")]
 pub fn try_reserve_after_end(file: &File, bytes: u64) -> io::Result<()> {
     let len = file.metadata()?.len();
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, len, bytes) {
@@ -190,8 +186,21 @@ pub fn try_reserve_after_end(file: &File, bytes: u64) -> io::Result<()> {
     }
 }
 
+/// [`try_reserve_after_end`] where files cannot be extended without
+/// changing their size: nothing to reserve, as on a file system that cannot.
+#[cfg(not(target_os = "linux"))]
+pub fn try_reserve_after_end(_file: &File, _bytes: u64) -> io::Result<()> {
+    Ok(())
+}
+
 /// Give back what [`reserve_after_end`] kept past the end of the file at
 /// `path` (a file no longer appended to). Best effort.
+#[cfg(not(target_os = "linux"))]
+pub fn release_after_end(_path: &Path, _bytes: u64) {}
+
+/// Give back what [`reserve_after_end`] kept past the end of the file at
+/// `path` (a file no longer appended to). Best effort.
+#[cfg(target_os = "linux")]
 pub fn release_after_end(path: &Path, bytes: u64) {
     let Ok(file) = OpenOptions::new().write(true).open(path) else {
         return;
@@ -240,8 +249,15 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Flush the file system holding `path`, so that a tree renamed into place
 /// is complete on disk even after a crash. Best effort.
 pub fn sync_filesystem(path: &Path) {
+    #[cfg(target_os = "linux")]
     if let Ok(dir) = File::open(path) {
         let _ = rustix::fs::syncfs(&dir);
+    }
+    // No syncfs elsewhere: flush every file system.
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = path;
+        rustix::fs::sync();
     }
 }
 
@@ -310,13 +326,7 @@ pub fn copy_sparse(from: &Path, to: &Path, mode: u32) -> io::Result<()> {
                 let mut from_at = at;
                 let mut to_at = at;
                 let chunk = (hole - at).min(1 << 30) as usize;
-                let copied = rustix::fs::copy_file_range(
-                    &source,
-                    Some(&mut from_at),
-                    &target,
-                    Some(&mut to_at),
-                    chunk,
-                )?;
+                let copied = copy_range(&source, &mut from_at, &target, &mut to_at, chunk)?;
                 if copied == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -524,4 +534,41 @@ mod tests {
             0
         );
     }
+}
+
+/// Copy up to `len` bytes from `from` at `*from_at` to `to` at `*to_at`,
+/// advancing both; in the kernel where it can (`copy_file_range`).
+#[cfg(target_os = "linux")]
+fn copy_range(
+    from: &File,
+    from_at: &mut u64,
+    to: &File,
+    to_at: &mut u64,
+    len: usize,
+) -> io::Result<usize> {
+    Ok(rustix::fs::copy_file_range(
+        from,
+        Some(from_at),
+        to,
+        Some(to_at),
+        len,
+    )?)
+}
+
+/// [`copy_range`] through a buffer, where there is no `copy_file_range`.
+#[cfg(not(target_os = "linux"))]
+fn copy_range(
+    from: &File,
+    from_at: &mut u64,
+    to: &File,
+    to_at: &mut u64,
+    len: usize,
+) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let read = from.read_at(&mut buf, *from_at)?;
+    to.write_all_at(&buf[..read], *to_at)?;
+    *from_at += read as u64;
+    *to_at += read as u64;
+    Ok(read)
 }

@@ -118,12 +118,18 @@ pub fn groups_of(user: &str, gid: u32) -> Vec<u32> {
     let Ok(c_name) = CString::new(user) else {
         return vec![gid];
     };
-    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    // getgrouplist's group type: gid_t on Linux, int on macOS.
+    #[cfg(target_os = "macos")]
+    type Group = libc::c_int;
+    #[cfg(not(target_os = "macos"))]
+    type Group = libc::gid_t;
+    let mut groups: Vec<Group> = vec![0; 64];
     loop {
         let mut count = groups.len() as libc::c_int;
         // SAFETY: c_name is NUL-terminated; groups has room for count entries.
-        let rc =
-            unsafe { libc::getgrouplist(c_name.as_ptr(), gid, groups.as_mut_ptr(), &mut count) };
+        let rc = unsafe {
+            libc::getgrouplist(c_name.as_ptr(), gid as _, groups.as_mut_ptr(), &mut count)
+        };
         if rc >= 0 {
             groups.truncate(count.max(0) as usize);
             break;
@@ -134,7 +140,7 @@ pub fn groups_of(user: &str, gid: u32) -> Vec<u32> {
         groups.resize((count.max(0) as usize).max(groups.len() * 2), 0);
     }
     let mut out = vec![gid];
-    out.extend(groups.into_iter().filter(|g| *g != gid));
+    out.extend(groups.into_iter().map(|g| g as u32).filter(|g| *g != gid));
     out
 }
 

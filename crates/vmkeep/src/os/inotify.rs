@@ -3,14 +3,24 @@
 //! files written and closed, attributes changed, and entries made, removed
 //! or moved; events read in batches with a timeout.
 
+//!
+//! inotify is Linux's: on other hosts [`DirWatcher::new`] fails with
+//! `Unsupported` (mountInotify relays events into shares, which need
+//! virtiofsd, itself Linux only).
+
 use std::ffi::OsString;
 use std::io;
+#[cfg(target_os = "linux")]
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+#[cfg(target_os = "linux")]
+use std::os::fd::AsFd;
+use std::os::fd::OwnedFd;
+#[cfg(target_os = "linux")]
 use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
 use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 
 /// What one event says.
@@ -46,14 +56,37 @@ pub struct DirEvent {
 }
 
 /// Most bytes of events read at once.
+#[cfg(target_os = "linux")]
 const READ_BYTES: usize = 64 * 1024;
 
 /// An inotify instance watching directories.
 #[derive(Debug)]
 pub struct DirWatcher {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fd: OwnedFd,
 }
 
+#[cfg(not(target_os = "linux"))]
+impl DirWatcher {
+    pub fn new() -> io::Result<DirWatcher> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "watching directories (mountInotify) needs Linux's inotify",
+        ))
+    }
+
+    pub fn watch(&self, _dir: &Path) -> io::Result<i32> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    pub fn unwatch(&self, _wd: i32) {}
+
+    pub fn wait(&self, _timeout: Duration) -> io::Result<Vec<DirEvent>> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+#[cfg(target_os = "linux")]
 impl DirWatcher {
     pub fn new() -> io::Result<DirWatcher> {
         let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;

@@ -16,12 +16,15 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+#[cfg(target_os = "linux")]
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rustix::fs::{AtFlags, CWD, FlockOperation, Mode, OFlags, fcntl_lock};
+#[cfg(target_os = "linux")]
+use rustix::fs::{AtFlags, CWD, Mode, OFlags};
+use rustix::fs::{FlockOperation, fcntl_lock};
 use rustix::process::{Flock, FlockOffsetType, FlockType, Pid, fcntl_getlk};
 
 use super::fs::{entry_names, remove_dir_all_if_exists, temp_sibling};
@@ -129,9 +132,17 @@ impl Drop for HeldLock {
     }
 }
 
+/// No `O_TMPFILE` outside Linux: the file is created by name and locked
+/// after (see [`cannot_create_unnamed`]).
+#[cfg(not(target_os = "linux"))]
+fn create_locked(_path: &Path) -> io::Result<Option<HeldLock>> {
+    Err(rustix::io::Errno::OPNOTSUPP.into())
+}
+
 /// Create `path` as a file that is locked before it has a name: an
 /// `O_TMPFILE` file in the same directory, locked, then linked to `path`.
 /// `Ok(None)` when `path` appeared meanwhile.
+#[cfg(target_os = "linux")]
 fn create_locked(path: &Path) -> io::Result<Option<HeldLock>> {
     let parent = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,

@@ -6,11 +6,13 @@
 pub mod capped;
 pub mod cgroup;
 pub mod confine;
+pub mod exit_watch;
 pub mod fs;
 pub mod identity;
 pub mod inotify;
 pub mod lock;
 pub mod process;
+#[cfg(target_os = "linux")]
 pub mod seccomp;
 pub mod service_manager;
 pub mod service_notify;

@@ -1,5 +1,5 @@
 //! Processes: spawning, identity, signals and exit detection, all through
-//! pidfds.
+//! pidfds (on macOS, kqueues: see `os::exit_watch`).
 //!
 //! A [`ProcessHandle`] holds a pidfd, so a signal sent through it reaches the
 //! process it was opened for or nobody: a pid that was recycled in between
@@ -10,17 +10,18 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
-use rustix::process::{
-    Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, pidfd_open, pidfd_send_signal, waitid,
-};
+#[cfg(test)]
+use rustix::process::Pid;
+use rustix::process::Signal;
 
+use super::exit_watch::{ExitWatch, Reaped};
 use super::lock;
 
 /// How a process ended, as far as we can know.
@@ -53,8 +54,7 @@ impl std::fmt::Display for ExitOutcome {
 /// One live (or just exited) process, held by pidfd.
 #[derive(Debug)]
 pub struct ProcessHandle {
-    pid: u32,
-    pidfd: OwnedFd,
+    watch: ExitWatch,
     is_child: bool,
     /// The exit, once seen (a child can be reaped only once).
     outcome: std::sync::OnceLock<ExitOutcome>,
@@ -62,18 +62,15 @@ pub struct ProcessHandle {
 
 impl ProcessHandle {
     fn open(pid: u32, is_child: bool) -> io::Result<ProcessHandle> {
-        let raw = Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("pid 0"))?;
-        let pidfd = pidfd_open(raw, PidfdFlags::empty())?;
         Ok(ProcessHandle {
-            pid,
-            pidfd,
+            watch: ExitWatch::open(pid)?,
             is_child,
             outcome: std::sync::OnceLock::new(),
         })
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.watch.pid()
     }
 
     pub fn is_child(&self) -> bool {
@@ -83,7 +80,7 @@ impl ProcessHandle {
     /// Send `signal` to this process only. A process that already exited is
     /// not an error.
     pub fn signal(&self, signal: Signal) -> io::Result<()> {
-        match pidfd_send_signal(&self.pidfd, signal) {
+        match self.watch.signal(signal) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -111,7 +108,8 @@ impl ProcessHandle {
                 tv_sec: left.as_secs() as i64,
                 tv_nsec: left.subsec_nanos() as _,
             };
-            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            let fd = self.watch.fd();
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
             match poll(&mut fds, Some(&spec)) {
                 Ok(n) => return n > 0,
                 Err(rustix::io::Errno::INTR) => continue,
@@ -128,7 +126,7 @@ impl ProcessHandle {
         }
         // SAFETY: the AsyncFd owns a fresh duplicate of the pidfd, which
         // nothing else closes or replaces while it is registered.
-        let registered = self.pidfd.try_clone().ok().and_then(|fd| {
+        let registered = self.watch.try_clone_fd().ok().and_then(|fd| {
             unsafe {
                 tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
             }
@@ -156,20 +154,11 @@ impl ProcessHandle {
             }
             return ExitOutcome::Unknown;
         }
-        let outcome = match waitid(
-            WaitId::PidFd(self.pidfd.as_fd()),
-            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        ) {
-            Ok(Some(status)) => {
-                if let Some(code) = status.exit_status() {
-                    ExitOutcome::Exited(code)
-                } else if let Some(signal) = status.terminating_signal() {
-                    ExitOutcome::Signaled(signal)
-                } else {
-                    ExitOutcome::Unknown
-                }
-            }
-            _ => return ExitOutcome::Unknown,
+        let outcome = match self.watch.reap_child() {
+            Some(Reaped::Exited(code)) => ExitOutcome::Exited(code),
+            Some(Reaped::Signaled(signal)) => ExitOutcome::Signaled(signal),
+            Some(Reaped::Other) => ExitOutcome::Unknown,
+            None => return ExitOutcome::Unknown,
         };
         let _ = self.outcome.set(outcome);
         outcome
@@ -203,13 +192,29 @@ pub fn open_lock_holder(lock_path: &Path) -> io::Result<Option<ProcessHandle>> {
 /// (the pid may be recycled): only used to keep a file a writer may still
 /// need (see `instance::runtime`).
 pub fn pid_exists(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    #[cfg(target_os = "linux")]
+    return Path::new(&format!("/proc/{pid}")).exists();
+    // Signal 0 checks only; EPERM means it exists but is not ours.
+    #[cfg(not(target_os = "linux"))]
+    return rustix::process::Pid::from_raw(pid as i32).is_some_and(|pid| {
+        !matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        )
+    });
 }
 
 /// Whether the process is stopped (SIGSTOP, a debugger): its state in
 /// `/proc/PID/stat` is `T` or `t`. A stopped process answers nothing until
 /// it is continued.
 pub fn is_stopped(pid: u32) -> bool {
+    // Without /proc (macOS) a stopped agent is not told apart: it is seen
+    // as an agent that does not answer.
+    #[cfg(not(target_os = "linux"))]
+    let _ = pid;
+    #[cfg(not(target_os = "linux"))]
+    return false;
+    #[cfg(target_os = "linux")]
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|stat| {
@@ -221,13 +226,68 @@ pub fn is_stopped(pid: u32) -> bool {
 
 /// The command line of a live process (for identity checks), or `None`.
 pub fn command_line(pid: u32) -> Option<Vec<String>> {
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let raw = raw_command_line(pid)?;
     Some(
         raw.split(|b| *b == 0)
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect(),
     )
+}
+
+/// The NUL-separated arguments of a live process, from `/proc`.
+#[cfg(target_os = "linux")]
+fn raw_command_line(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/cmdline")).ok()
+}
+
+/// The NUL-separated arguments of a live process, from the kernel's
+/// `KERN_PROCARGS2` (argc, the executable's path, then argv).
+#[cfg(target_os = "macos")]
+fn raw_command_line(pid: u32) -> Option<Vec<u8>> {
+    let mut mib = [libc::CTL_KERN, libc::KERN_PROCARGS2, pid as libc::c_int];
+    let mut size: libc::size_t = 0;
+    // SAFETY: a size query (no buffer) for a valid mib.
+    let rc = unsafe {
+        libc::sysctl(
+            mib.as_mut_ptr(),
+            3,
+            std::ptr::null_mut(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 || size < 4 {
+        return None;
+    }
+    let mut buf = vec![0u8; size];
+    // SAFETY: the buffer has room for `size` bytes, which sysctl updates.
+    let rc = unsafe {
+        libc::sysctl(
+            mib.as_mut_ptr(),
+            3,
+            buf.as_mut_ptr().cast(),
+            &mut size,
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    if rc != 0 || size < 4 {
+        return None;
+    }
+    buf.truncate(size);
+    let argc = i32::from_ne_bytes(buf[..4].try_into().ok()?).max(0) as usize;
+    // After argc: the executable's path, NUL padding, then argv.
+    let rest = &buf[4..];
+    let path_end = rest.iter().position(|b| *b == 0)?;
+    let argv_start = path_end + rest[path_end..].iter().position(|b| *b != 0)?;
+    let mut out = Vec::new();
+    for arg in rest[argv_start..].split(|b| *b == 0).take(argc) {
+        out.extend_from_slice(arg);
+        out.push(0);
+    }
+    Some(out)
 }
 
 /// The command line of `process`, or `None` once it has exited. A process
@@ -344,7 +404,19 @@ pub fn spawn_detached(program: &Program, stdout: Output, log: File) -> io::Resul
 /// A pipe whose ends close on exec (the write end is handed to a child
 /// explicitly as its stdout).
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
+    #[cfg(target_os = "linux")]
+    return Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?);
+    // No pipe2 on macOS: the flags are set right after, so a child that
+    // another thread spawns in between may inherit these ends (it holds the
+    // pipe open longer; nothing else).
+    #[cfg(not(target_os = "linux"))]
+    {
+        let (read, write) = rustix::pipe::pipe()?;
+        for end in [&read, &write] {
+            rustix::io::fcntl_setfd(end, rustix::io::FdFlags::CLOEXEC)?;
+        }
+        Ok((read, write))
+    }
 }
 
 /// Point our own stdout at /dev/null (after a detached agent has reported its

@@ -230,7 +230,7 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
     for share in &spec.shares {
         args.extend(super::virtiofs::qemu_args(&share.socket, &share.tag));
     }
-    if spec.accel == Accel::Kvm {
+    if spec.accel.is_hardware() {
         // TCG keeps QEMU's default CPU model, the one measured here.
         args.extend(["-cpu".into(), "host".into()]);
     }

@@ -152,6 +152,12 @@ pub enum VirtiofsError {
         path = path.display()
     )]
     TooOld { path: PathBuf, version: String },
+    /// virtiofsd is Linux only (vhost-user, namespaces, seccomp).
+    #[error(
+        "mounts: sharing host directories needs virtiofsd, which runs on Linux only: vmkeep cannot share directories on this host yet; remove mounts from {}",
+        config.display()
+    )]
+    NotOnThisHost { config: PathBuf },
     #[error(
         "mounts: no virtiofsd was found (looked for {} and ${OVERRIDE_VAR}); install the Rust virtiofsd: scripts/setup-host does, or apt-get install virtiofsd (Debian 13 and later), or cargo install virtiofsd",
         CANDIDATES.join(", ")
@@ -421,6 +427,11 @@ pub fn preflight(
 ) -> Result<Vec<Plan>, VirtiofsError> {
     if shares.is_empty() {
         return Ok(Vec::new());
+    }
+    if !cfg!(target_os = "linux") {
+        return Err(VirtiofsError::NotOnThisHost {
+            config: config.to_path_buf(),
+        });
     }
     let installed = find_installed()?;
     let running_as = running_as();

@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::guest_arch::GuestArch;
 use crate::os::fs::{sync_dir, write_atomic};
 use crate::os::tool::ToolError;
 use debian::find_or_fetch_e2fsck;
@@ -63,9 +64,20 @@ pub const FORMAT_VERSION: u32 = 2;
 pub const KERNEL_OVERRIDE_HINT: &str = "set `kernel.path` (a bzImage/vmlinuz) in the instance config and, if its virtio drivers \
      are modules, `kernel.modules` (its lib/modules/<release> directory)";
 
-/// The guest agent, built static by build.rs.
-pub(crate) static GUEST_AGENT: &[u8] = include_bytes!(env!("VMKEEP_GUEST_AGENT"));
-const GUEST_AGENT_DIGEST: &str = env!("VMKEEP_GUEST_AGENT_DIGEST");
+/// The guest agent for guests of `arch` (a static Linux executable built
+/// by build.rs), and a digest of it for cache keys.
+pub(crate) fn guest_agent(arch: GuestArch) -> (&'static [u8], &'static str) {
+    match arch {
+        GuestArch::X86_64 => (
+            include_bytes!(env!("VMKEEP_GUEST_AGENT_X86_64")),
+            env!("VMKEEP_GUEST_AGENT_DIGEST_X86_64"),
+        ),
+        GuestArch::Aarch64 => (
+            include_bytes!(env!("VMKEEP_GUEST_AGENT_AARCH64")),
+            env!("VMKEEP_GUEST_AGENT_DIGEST_AARCH64"),
+        ),
+    }
+}
 
 /// A built tiny image, ready to boot with `-kernel`/`-initrd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -189,7 +201,7 @@ pub fn ensure(
         .unwrap_or_else(|| "none".into());
     let key = cache_key(&KeyInputs {
         format_version: FORMAT_VERSION,
-        agent_digest: GUEST_AGENT_DIGEST,
+        agent_digest: guest_agent(GuestArch::HOST).1,
         busybox_path: &busybox,
         busybox_size: busybox_meta.len(),
         busybox_mtime_ns: busybox_meta.mtime() as i128 * 1_000_000_000
@@ -312,7 +324,7 @@ fn build(
         None => None,
     };
     let initramfs = build_initramfs(&InitramfsContents {
-        agent: GUEST_AGENT,
+        agent: guest_agent(GuestArch::HOST).0,
         busybox: &busybox_bytes,
         e2fsck: e2fsck_bytes.as_deref(),
         modules,
@@ -416,12 +428,14 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_agent_is_a_static_executable() {
-        assert_eq!(
-            elf_is_static(GUEST_AGENT),
-            Some(true),
-            "build.rs must build the guest agent with +crt-static"
-        );
+    fn the_embedded_agents_are_static_executables() {
+        for arch in GuestArch::ALL {
+            assert_eq!(
+                elf_is_static(guest_agent(arch).0),
+                Some(true),
+                "build.rs must build the {arch} guest agent with +crt-static"
+            );
+        }
     }
 
     #[test]

@@ -371,6 +371,8 @@ pub enum AccelSetting {
     #[default]
     Auto,
     Kvm,
+    /// macOS's Hypervisor.framework.
+    Hvf,
     Tcg,
 }
 
@@ -380,9 +382,10 @@ impl std::str::FromStr for AccelSetting {
         match s {
             "auto" => Ok(AccelSetting::Auto),
             "kvm" => Ok(AccelSetting::Kvm),
+            "hvf" => Ok(AccelSetting::Hvf),
             "tcg" => Ok(AccelSetting::Tcg),
             other => Err(format!(
-                "unknown accelerator {other:?}; use auto, kvm or tcg"
+                "unknown accelerator {other:?}; use auto, kvm, hvf or tcg"
             )),
         }
     }
