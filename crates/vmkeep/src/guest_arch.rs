@@ -1,16 +1,14 @@
 //! The guest architectures vmkeep boots, and every choice that depends on
 //! one: the QEMU binary (and the Debian package holding it), the machine
 //! type, the CPU model under emulation, the serial console's device, the
-//! firmware that boots cloud images, the tiny image's kernel package and
-//! Debian's name for the architecture. Nothing else in vmkeep matches on an
+//! firmware (which, on `virt`, is also what wires the power button), the
+//! tiny image's kernel package and Debian's name for the architecture. Nothing else in vmkeep matches on an
 //! architecture for these facts: it asks here.
 //!
 //! A guest of the host's architecture runs on the host's accelerator where
 //! it really works (KVM, HVF); a guest of another one runs under QEMU's
 //! emulator (TCG), by the same code: an x86_64 host boots aarch64 guests
 //! and an aarch64 host x86_64 ones.
-
-use std::path::Path;
 
 use serde::Serialize;
 
@@ -23,26 +21,15 @@ pub enum GuestArch {
     Aarch64,
 }
 
-/// How the guest's power button reaches it (the stop ladder's first step,
-/// QMP `system_powerdown`).
+/// The firmware QEMU loads before the guest's kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PowerButton {
-    /// q35's ACPI power button: the guest's `button` driver (ACPI).
-    Acpi,
-    /// `virt` with a device tree (direct kernel boot): a `gpio-keys` node
-    /// wired to the PL061 GPIO controller, KEY_POWER on its line 3; the
-    /// guest needs the `gpio_pl061` and `gpio_keys` drivers. Under UEFI
-    /// firmware (cloud images) `virt` describes it in ACPI instead (the
-    /// generic event device), which the guest's `button` driver handles.
-    GpioKeys,
-}
-
-/// The firmware that boots a disk (cloud images without a kernel of their own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskFirmware {
-    /// QEMU's default firmware for the machine (SeaBIOS on q35): nothing to pass.
+pub enum Firmware {
+    /// QEMU's default for the machine (SeaBIOS on q35): nothing to pass.
+    /// Direct kernel boot skips it; a cloud image's disk is booted by it.
     Builtin,
-    /// A UEFI firmware image given with `-bios`, from a Debian package.
+    /// A UEFI firmware image given with `-bios`, from a Debian package,
+    /// for every boot (a direct kernel boot too: QEMU hands the kernel to
+    /// it, which starts it through its EFI stub).
     Uefi {
         path: &'static str,
         package: &'static str,
@@ -124,14 +111,6 @@ impl GuestArch {
         }
     }
 
-    /// How QMP `system_powerdown` reaches the guest.
-    pub fn power_button(self) -> PowerButton {
-        match self {
-            GuestArch::X86_64 => PowerButton::Acpi,
-            GuestArch::Aarch64 => PowerButton::GpioKeys,
-        }
-    }
-
     /// The serial console's device in the guest (`console=` on the kernel
     /// command line): the 8250 UART on PCs, the PL011 on `virt`.
     pub fn console(self) -> &'static str {
@@ -141,14 +120,25 @@ impl GuestArch {
         }
     }
 
-    /// The firmware that boots a cloud image's disk.
-    pub fn disk_firmware(self) -> DiskFirmware {
+    /// The firmware of every boot.
+    ///
+    /// On `virt` it is what makes the stop ladder's first step work: QMP
+    /// `system_powerdown` reaches the guest as an ACPI power-button event
+    /// (`virt`'s generic event device), and `virt` describes itself in ACPI
+    /// only to a firmware. Booted without one, straight from a device tree,
+    /// the button is a `gpio-keys` key on the PL061 GPIO controller, and
+    /// Debian's arm64 cloud kernel has no `gpio_keys` driver
+    /// (`CONFIG_KEYBOARD_GPIO` is not set): the press would be lost. Its
+    /// ACPI `button` driver is built in, as on x86_64 (measured with
+    /// linux-image-6.1.0-57-cloud-arm64: "ACPI: button: Power Button
+    /// [PWRB]"). The firmware is AAVMF (EDK II for `virt`) as one read-only
+    /// image: its variables are not kept across boots, which neither a
+    /// kernel handed over by QEMU nor the removable-media boot path of cloud
+    /// images (\EFI\BOOT\BOOTAA64.EFI) needs.
+    pub fn firmware(self) -> Firmware {
         match self {
-            GuestArch::X86_64 => DiskFirmware::Builtin,
-            // AAVMF (EDK II for `virt`) as one image: its variables are not
-            // kept across boots, which the removable-media boot path of cloud
-            // images (\EFI\BOOT\BOOTAA64.EFI) does not need.
-            GuestArch::Aarch64 => DiskFirmware::Uefi {
+            GuestArch::X86_64 => Firmware::Builtin,
+            GuestArch::Aarch64 => Firmware::Uefi {
                 path: "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
                 package: "qemu-efi-aarch64",
             },
@@ -163,22 +153,12 @@ impl GuestArch {
             GuestArch::Aarch64 => "linux-image-cloud-arm64",
         }
     }
+}
 
-    /// The kernel modules, in load order, that the tiny image's guest needs
-    /// beyond the common virtio set: the power button's drivers.
-    pub fn power_button_modules(self) -> &'static [&'static str] {
-        match self.power_button() {
-            PowerButton::Acpi => &["button"],
-            PowerButton::GpioKeys => &["gpio-pl061", "gpio_keys"],
-        }
-    }
-
-    /// Whether the firmware for disks is installed (always, for the builtin one).
-    pub fn disk_firmware_present(self) -> bool {
-        match self.disk_firmware() {
-            DiskFirmware::Builtin => true,
-            DiskFirmware::Uefi { path, .. } => Path::new(path).is_file(),
-        }
+/// The host's: what `arch: default` (or no `arch:`) means.
+impl Default for GuestArch {
+    fn default() -> Self {
+        GuestArch::HOST
     }
 }
 
@@ -219,6 +199,13 @@ mod tests {
         assert_eq!(GuestArch::X86_64.machine(), "q35");
         assert_eq!(GuestArch::X86_64.console(), "ttyS0");
         assert_eq!(GuestArch::X86_64.emulated_cpu(), None);
-        assert_eq!(GuestArch::X86_64.disk_firmware(), DiskFirmware::Builtin);
+        assert_eq!(GuestArch::X86_64.firmware(), Firmware::Builtin);
+        assert!(matches!(
+            GuestArch::Aarch64.firmware(),
+            Firmware::Uefi {
+                package: "qemu-efi-aarch64",
+                ..
+            }
+        ));
     }
 }

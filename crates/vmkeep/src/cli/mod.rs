@@ -226,7 +226,7 @@ pub struct CreateArgs {
 /// The fields of `vmkeep.yaml`, shown by `vmkeep create --help`.
 const CONFIG_FIELDS: &str = "\
 Config fields (vmkeep.yaml; Lima's names, README.md \"Coming from Lima\" says what maps):
-  vmType: qemu            arch: x86_64|default     cpus: N
+  vmType: qemu            arch: x86_64|aarch64|default cpus: N
   memory: 2GiB            disk: 20GiB              accel: auto|kvm|hvf|tcg
   stopTimeout: 30s        bootTimeout: 180s        runStrategy: always|on-failure|manual|halted
   onHostShutdown: poweroff|suspend                 kernel: {path, modules, cmdline} (tiny image)

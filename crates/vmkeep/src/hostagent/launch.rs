@@ -39,7 +39,7 @@ impl Agent<'_, '_> {
             env_accel,
             self.config.accel,
             HostFacts::probe(),
-            crate::guest_arch::GuestArch::HOST,
+            self.config.arch,
         )
         .map_err(LaunchError::from)?;
         if self.config.is_cloud() {
@@ -62,9 +62,12 @@ impl Agent<'_, '_> {
                 modules_dir: self.config.kernel.modules.as_ref().map(|m| m.0.clone()),
             });
         let reporter = &mut *self.reporter;
-        let image = tiny::ensure(&cache, kernel_override.as_ref(), &mut |message| {
-            reporter.progress(message)
-        })
+        let image = tiny::ensure_for(
+            &cache,
+            self.config.arch,
+            kernel_override.as_ref(),
+            &mut |message| reporter.progress(message),
+        )
         .map_err(LaunchError::from)?;
         let cmdline = match &saved {
             // The guest booted with it; a reboot inside the resumed QEMU
@@ -87,15 +90,18 @@ impl Agent<'_, '_> {
                 cmdline
             }
         };
-        let spec = LaunchSpec::for_instance(
-            &self.dir,
-            accel,
-            self.config.cpus.0,
-            self.config.memory.0.mib(),
-            image.kernel.clone(),
-            image.initrd.clone(),
-            cmdline,
-        );
+        let spec = LaunchSpec {
+            arch: self.config.arch,
+            ..LaunchSpec::for_instance(
+                &self.dir,
+                accel,
+                self.config.cpus.0,
+                self.config.memory.0.mib(),
+                image.kernel.clone(),
+                image.initrd.clone(),
+                cmdline,
+            )
+        };
         match saved {
             Some(saved) => self.resume(saved, spec, accel, why).await,
             None => Ok(self.boot(spec, accel, why).await?),

@@ -23,7 +23,11 @@ use crate::os;
 use crate::os::tool::ToolError;
 
 /// Kernel command line of a direct boot when the image entry gives none.
-pub const DEFAULT_CMDLINE: &str = "root=/dev/vda console=ttyS0";
+/// The kernel command line of a cloud image booted with its own kernel
+/// (`kernel.cmdline` replaces it), for a guest of `arch`.
+pub fn default_cmdline(arch: crate::guest_arch::GuestArch) -> String {
+    format!("root=/dev/vda console={}", arch.console())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
@@ -304,16 +308,13 @@ pub fn launch_spec(
         shares: &shares,
         origin: record.origin.as_ref(),
     };
-    cloudinit::write_seed(
-        &seed,
-        &inputs,
-        super::tiny::guest_agent(crate::guest_arch::GuestArch::HOST).0,
-    )
-    .map_err(|source| CloudError::Io {
-        action: "write the cloud-init seed",
-        path: seed.clone(),
-        source,
-    })?;
+    cloudinit::write_seed(&seed, &inputs, super::tiny::guest_agent(config.arch).0).map_err(
+        |source| CloudError::Io {
+            action: "write the cloud-init seed",
+            path: seed.clone(),
+            source,
+        },
+    )?;
     let port_err = |source| CloudError::Io {
         action: "pick a free loopback port for ssh and record it in",
         path: dir.ssh_port(),
@@ -336,7 +337,7 @@ pub fn launch_spec(
             cmdline: record
                 .cmdline
                 .clone()
-                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+                .unwrap_or_else(|| default_cmdline(config.arch)),
         },
         None => Boot::Firmware,
     };
@@ -349,6 +350,7 @@ pub fn launch_spec(
         PathBuf::new(),
         String::new(),
     );
+    spec.arch = config.arch;
     spec.boot = boot;
     spec.seed = Some(seed);
     spec.ssh_port = Some(port);
@@ -472,6 +474,22 @@ mod tests {
         let only_arm = Config::parse("images:\n- location: /a\n  arch: aarch64\n").unwrap();
         let err = candidates(&only_arm).unwrap_err().to_string();
         assert!(err.contains("arch: x86_64"), "{err}");
+    }
+
+    #[test]
+    fn an_aarch64_instance_takes_the_aarch64_entries_of_limas_per_arch_lists() {
+        let config = Config::parse(
+            "arch: aarch64\nimages:\n- location: /b\n  arch: x86_64\n- location: /a\n  arch: aarch64\n",
+        )
+        .unwrap();
+        let found = candidates(&config).unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].location.to_string(), "/a");
+        let only_x86 =
+            Config::parse("arch: aarch64\nimages:\n- location: /b\n  arch: x86_64\n").unwrap();
+        let err = candidates(&only_x86).unwrap_err().to_string();
+        assert!(err.contains("arch: aarch64"), "{err}");
+        assert!(default_cmdline(config.arch).contains("console=ttyAMA0"));
     }
 
     #[test]

@@ -5,12 +5,16 @@ use std::path::PathBuf;
 
 use super::accel::Accel;
 use super::usernet::NETDEV;
+use crate::guest_arch::{Firmware, GuestArch};
 use crate::instance::InstanceDir;
 
 /// Everything the command line depends on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchSpec {
     pub name: String,
+    /// The guest's architecture: machine type, CPU model and firmware
+    /// come from it (`guest_arch`).
+    pub arch: GuestArch,
     pub accel: Accel,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -101,6 +105,7 @@ impl LaunchSpec {
     ) -> LaunchSpec {
         LaunchSpec {
             name: dir.name().to_string(),
+            arch: GuestArch::HOST,
             accel,
             cpus,
             memory_mib,
@@ -139,7 +144,7 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         "-display".into(),
         "none".into(),
         "-machine".into(),
-        format!("q35,memory-backend={RAM_ID}"),
+        format!("{},memory-backend={RAM_ID}", spec.arch.machine()),
         "-accel".into(),
         spec.accel.as_str().into(),
         "-smp".into(),
@@ -231,8 +236,13 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         args.extend(super::virtiofs::qemu_args(&share.socket, &share.tag));
     }
     if spec.accel.is_hardware() {
-        // TCG keeps QEMU's default CPU model, the one measured here.
         args.extend(["-cpu".into(), "host".into()]);
+    } else if let Some(cpu) = spec.arch.emulated_cpu() {
+        // Else TCG keeps QEMU's default CPU model, the one measured here.
+        args.extend(["-cpu".into(), cpu.into()]);
+    }
+    if let Firmware::Uefi { path, .. } = spec.arch.firmware() {
+        args.extend(["-bios".into(), path.into()]);
     }
     if spec.incoming {
         // Paused after loading too (-S), so that the saved state can be
@@ -289,6 +299,24 @@ mod tests {
                 "if=none,id=data,file=/h/v/dev/disk.qcow2,format=qcow2,discard=unmap,werror=enospc,rerror=report"
             ]
         );
+    }
+
+    #[test]
+    fn an_aarch64_guest_gets_virt_its_cpu_and_the_uefi_firmware() {
+        let arm = LaunchSpec {
+            arch: GuestArch::Aarch64,
+            ..spec()
+        };
+        let args = text(&build(&arm));
+        assert_eq!(value_after(&args, "-machine"), ["virt,memory-backend=ram0"]);
+        assert_eq!(value_after(&args, "-cpu"), ["cortex-a57"]);
+        assert_eq!(
+            value_after(&args, "-bios"),
+            ["/usr/share/qemu-efi-aarch64/QEMU_EFI.fd"]
+        );
+        let x86 = text(&build(&spec()));
+        assert_eq!(value_after(&x86, "-machine"), ["q35,memory-backend=ram0"]);
+        assert!(value_after(&x86, "-cpu").is_empty() && value_after(&x86, "-bios").is_empty());
     }
 
     #[test]

@@ -31,9 +31,21 @@ const QMP_ADOPT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error(
-        "{binary} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get install qemu-system-x86)"
+        "{binary} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get install {package}; macOS: brew install qemu)"
     )]
-    Missing { binary: String },
+    Missing {
+        binary: String,
+        package: &'static str,
+    },
+    /// The guest's architecture boots through a firmware that is not installed.
+    #[error(
+        "an {arch} guest boots through the UEFI firmware {path}, which is not installed; install it (Debian/Ubuntu: sudo apt-get install {package})"
+    )]
+    FirmwareMissing {
+        arch: crate::guest_arch::GuestArch,
+        path: &'static str,
+        package: &'static str,
+    },
     #[error("could not start {binary}: {source}")]
     Spawn {
         binary: String,
@@ -166,7 +178,17 @@ pub async fn launch(
 ) -> Result<(QemuVm, QmpEvents), QemuError> {
     let path = find_in_path(binary).ok_or_else(|| QemuError::Missing {
         binary: binary.into(),
+        package: spec.arch.qemu_package(),
     })?;
+    if let crate::guest_arch::Firmware::Uefi { path, package } = spec.arch.firmware()
+        && !Path::new(path).is_file()
+    {
+        return Err(QemuError::FirmwareMissing {
+            arch: spec.arch,
+            path,
+            package,
+        });
+    }
     let log = crate::os::fs::open_append(log_path).map_err(|source| QemuError::Log {
         path: log_path.into(),
         source,

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::sniff::elf_is_static;
 use super::staging::{TempDir, sweep_abandoned_temporaries};
 use super::{TinyImageError, cache_err};
+use crate::guest_arch::GuestArch;
 use crate::os::fs::sync_filesystem;
 use crate::os::tool::{Tool, ToolError};
 
@@ -17,8 +18,37 @@ pub const E2FSCK_PACKAGE: &str = "e2fsck-static";
 /// The program in that package.
 const E2FSCK_IN_PACKAGE: &str = "sbin/e2fsck.static";
 
-/// Debian's meta package that depends on the current cloud kernel.
+/// Debian's meta package that depends on the current cloud kernel of the
+/// host's architecture.
 pub const KERNEL_META_PACKAGE: &str = "linux-image-cloud-amd64";
+
+/// Debian's static busybox (the host's own busybox serves guests of the
+/// host's architecture).
+const BUSYBOX_PACKAGE: &str = "busybox-static";
+/// The program in that package.
+const BUSYBOX_IN_PACKAGE: &str = "bin/busybox";
+
+/// apt's name of `package` for guests of `arch`: qualified (`:arm64`) for
+/// a foreign architecture (`dpkg --add-architecture` makes it known).
+fn apt_name(package: &str, arch: GuestArch) -> String {
+    if arch.is_host() {
+        package.to_string()
+    } else {
+        format!("{package}:{}", arch.debian_arch())
+    }
+}
+
+/// The cache directory `base` (`kernels`, `tools`) for packages of `arch`:
+/// those of another architecture than the host's beside it, by Debian's
+/// name (`kernels-arm64`), so that the newest of one is never taken for
+/// the other.
+pub(super) fn arch_dir(cache_root: &Path, base: &str, arch: GuestArch) -> PathBuf {
+    if arch.is_host() {
+        cache_root.join(base)
+    } else {
+        cache_root.join(format!("{base}-{}", arch.debian_arch()))
+    }
+}
 
 /// The newest complete unpacked kernel in `kernels` (temporary build
 /// directories start with a dot and are ignored).
@@ -83,6 +113,7 @@ pub(super) fn find_vmlinuz(dir: &Path) -> Option<(PathBuf, String)> {
 enum Fetch {
     Kernel,
     E2fsck,
+    Busybox,
 }
 
 impl Fetch {
@@ -94,6 +125,7 @@ impl Fetch {
             source => match self {
                 Fetch::Kernel => TinyImageError::KernelFetch { step, source },
                 Fetch::E2fsck => TinyImageError::E2fsckFetch { step, source },
+                Fetch::Busybox => TinyImageError::BusyboxFetch { step, source },
             },
         }
     }
@@ -115,17 +147,19 @@ pub fn parse_kernel_dependency(apt_cache_output: &str) -> Option<String> {
 /// Download and unpack the current Debian cloud kernel into `kernels`.
 pub(super) fn fetch_debian_kernel(
     kernels: &Path,
+    arch: GuestArch,
     progress: &mut dyn FnMut(&str),
 ) -> Result<PathBuf, TinyImageError> {
     fs::create_dir_all(kernels).map_err(cache_err("create", kernels))?;
     sweep_abandoned_temporaries(kernels);
+    let meta = apt_name(arch.kernel_meta_package(), arch);
     let depends = Tool::new("apt-cache", "install apt")
-        .args(["depends", KERNEL_META_PACKAGE])
+        .args(["depends", &meta])
         .output_text()
         .map_err(Fetch::Kernel.step_err("apt-cache depends"))?;
     let package = parse_kernel_dependency(&depends).ok_or_else(|| {
         TinyImageError::KernelPackageUnresolved {
-            meta: KERNEL_META_PACKAGE.to_string(),
+            meta: meta.clone(),
             output: depends.trim().to_string(),
         }
     })?;
@@ -151,12 +185,13 @@ pub(super) fn fetch_debian_kernel(
 /// with a note, when this host has no apt.
 pub(super) fn find_or_fetch_e2fsck(
     cache_root: &Path,
+    arch: GuestArch,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Option<(PathBuf, String)>, TinyImageError> {
-    let tools = cache_root.join("tools");
+    let tools = arch_dir(cache_root, "tools", arch);
     let name = match newest_unpacked(&tools, &format!("{E2FSCK_PACKAGE}_")) {
         Some(name) => name,
-        None => match fetch_e2fsck(&tools, progress) {
+        None => match fetch_e2fsck(&tools, arch, progress) {
             Ok(name) => name,
             Err(TinyImageError::AptUnavailable { program }) => {
                 progress(&format!(
@@ -173,23 +208,65 @@ pub(super) fn find_or_fetch_e2fsck(
 
 /// Download and unpack Debian's e2fsck-static into `tools`; returns the
 /// name of its directory there.
-fn fetch_e2fsck(tools: &Path, progress: &mut dyn FnMut(&str)) -> Result<String, TinyImageError> {
+fn fetch_e2fsck(
+    tools: &Path,
+    arch: GuestArch,
+    progress: &mut dyn FnMut(&str),
+) -> Result<String, TinyImageError> {
     fs::create_dir_all(tools).map_err(cache_err("create", tools))?;
     sweep_abandoned_temporaries(tools);
     progress(&format!(
         "downloading {E2FSCK_PACKAGE} (e2fsck for the data disk)"
     ));
-    let (_download, deb, name) = download(tools, E2FSCK_PACKAGE, Fetch::E2fsck)?;
+    let package = apt_name(E2FSCK_PACKAGE, arch);
+    fetch_static_tool(tools, &package, E2FSCK_IN_PACKAGE, Fetch::E2fsck)
+}
+
+/// Download `package` into `tools`, check that its `program` is a static
+/// executable, and rename it into place; returns its directory's name.
+fn fetch_static_tool(
+    tools: &Path,
+    package: &str,
+    program: &str,
+    fetch: Fetch,
+) -> Result<String, TinyImageError> {
+    let (_download, deb, name) = download(tools, package, fetch)?;
     let target = tools.join(&name);
-    let unpacked = unpack(&deb, &target, Fetch::E2fsck)?;
-    let program = unpacked.path().join(E2FSCK_IN_PACKAGE);
-    let bytes = fs::read(&program).map_err(cache_err("read", &program))?;
+    let unpacked = unpack(&deb, &target, fetch)?;
+    let path = unpacked.path().join(program);
+    let bytes = fs::read(&path).map_err(cache_err("read", &path))?;
     if elf_is_static(&bytes) != Some(true) {
-        return Err(TinyImageError::E2fsckNotStatic { path: program });
+        return Err(match fetch {
+            Fetch::Busybox => TinyImageError::BusyboxNotStatic { path },
+            Fetch::Kernel | Fetch::E2fsck => TinyImageError::E2fsckNotStatic { path },
+        });
     }
     sync_filesystem(unpacked.path());
     unpacked.rename_into_place(&target)?;
     Ok(name)
+}
+
+/// Debian's static busybox for guests of a foreign `arch`: the newest in
+/// the cache, else fetched with apt into it.
+pub(super) fn find_or_fetch_busybox(
+    cache_root: &Path,
+    arch: GuestArch,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PathBuf, TinyImageError> {
+    let tools = arch_dir(cache_root, "tools", arch);
+    let package = apt_name(BUSYBOX_PACKAGE, arch);
+    let name = match newest_unpacked(&tools, &format!("{BUSYBOX_PACKAGE}_")) {
+        Some(name) => name,
+        None => {
+            fs::create_dir_all(&tools).map_err(cache_err("create", &tools))?;
+            sweep_abandoned_temporaries(&tools);
+            progress(&format!(
+                "downloading {package} (the {arch} guest's busybox)"
+            ));
+            fetch_static_tool(&tools, &package, BUSYBOX_IN_PACKAGE, Fetch::Busybox)?
+        }
+    };
+    Ok(tools.join(name).join(BUSYBOX_IN_PACKAGE))
 }
 
 /// `apt-get download PACKAGE` into a temporary directory in `parent`: the

@@ -6,9 +6,10 @@ use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::debian::{fetch_debian_kernel, find_vmlinuz, newest_cached_kernel};
+use super::debian::{arch_dir, fetch_debian_kernel, find_vmlinuz, newest_cached_kernel};
 use super::sniff::bzimage_release;
 use super::{KernelOverride, TinyImageError};
+use crate::guest_arch::GuestArch;
 
 /// Where the kernel comes from.
 pub(super) struct KernelSource {
@@ -69,12 +70,13 @@ impl KernelSource {
 
     pub(super) fn from_debian(
         cache_root: &Path,
+        arch: GuestArch,
         progress: &mut dyn FnMut(&str),
     ) -> Result<KernelSource, TinyImageError> {
-        let kernels = cache_root.join("kernels");
+        let kernels = arch_dir(cache_root, "kernels", arch);
         let dir = match newest_cached_kernel(&kernels) {
             Some(dir) => dir,
-            None => fetch_debian_kernel(&kernels, progress)?,
+            None => fetch_debian_kernel(&kernels, arch, progress)?,
         };
         let (vmlinuz, release) = find_vmlinuz(&dir)
             .ok_or_else(|| TinyImageError::NoKernelInPackage { dir: dir.clone() })?;

@@ -48,7 +48,7 @@ use sha2::{Digest, Sha256};
 use crate::guest_arch::GuestArch;
 use crate::os::fs::{sync_dir, write_atomic};
 use crate::os::tool::ToolError;
-use debian::find_or_fetch_e2fsck;
+use debian::{find_or_fetch_busybox, find_or_fetch_e2fsck};
 use kernel::KernelSource;
 use staging::{TempDir, sweep_abandoned_temporaries};
 
@@ -82,6 +82,8 @@ pub(crate) fn guest_agent(arch: GuestArch) -> (&'static [u8], &'static str) {
 /// A built tiny image, ready to boot with `-kernel`/`-initrd`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TinyImage {
+    /// The architecture of its guest.
+    pub arch: GuestArch,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     /// The guest's `uname -r`.
@@ -92,7 +94,7 @@ impl TinyImage {
     /// Recommended kernel command line: console on the first serial port,
     /// reboot at once on a kernel panic, few kernel messages.
     pub fn base_cmdline(&self) -> String {
-        "console=ttyS0 panic=-1 quiet".to_string()
+        format!("console={} panic=-1 quiet", self.arch.console())
     }
 }
 
@@ -153,6 +155,15 @@ pub enum TinyImageError {
     )]
     E2fsckNotStatic { path: PathBuf },
     #[error(
+        "{step} failed: {source}; check the apt sources and the network (`apt-get update`): \
+         a tiny image of another architecture than the host's needs Debian's busybox-static of its architecture \
+         (and `dpkg --add-architecture` of it: scripts/setup-host does it for arm64)"
+    )]
+    BusyboxFetch {
+        step: &'static str,
+        source: ToolError,
+    },
+    #[error(
         "busybox was not found (looked in PATH and /bin/busybox): install it with `apt-get install busybox-static`"
     )]
     BusyboxMissing,
@@ -181,27 +192,43 @@ fn cache_err<'a>(
     }
 }
 
-/// Return the tiny image, building it (and fetching the kernel) if needed.
-/// `progress` hears about work only: a cached image reports nothing.
+/// Return the tiny image of the host's architecture, building it (and
+/// fetching the kernel) if needed. `progress` hears about work only: a
+/// cached image reports nothing.
 pub fn ensure(
     cache_root: &Path,
     kernel_override: Option<&KernelOverride>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<TinyImage, TinyImageError> {
+    ensure_for(cache_root, GuestArch::HOST, kernel_override, progress)
+}
+
+/// [`ensure`] for guests of `arch`: Debian's kernel, static busybox and
+/// e2fsck of that architecture (the host's busybox for its own), and the
+/// guest agent built for it.
+pub fn ensure_for(
+    cache_root: &Path,
+    arch: GuestArch,
+    kernel_override: Option<&KernelOverride>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<TinyImage, TinyImageError> {
     let kernel = match kernel_override {
         Some(over) => KernelSource::from_override(over)?,
-        None => KernelSource::from_debian(cache_root, progress)?,
+        None => KernelSource::from_debian(cache_root, arch, progress)?,
     };
-    let busybox = find_busybox()?;
+    let busybox = match arch.is_host() {
+        true => find_busybox()?,
+        false => find_or_fetch_busybox(cache_root, arch, progress)?,
+    };
     let busybox_meta = fs::metadata(&busybox).map_err(cache_err("read", &busybox))?;
-    let e2fsck = find_or_fetch_e2fsck(cache_root, progress)?;
+    let e2fsck = find_or_fetch_e2fsck(cache_root, arch, progress)?;
     let e2fsck_identity = e2fsck
         .as_ref()
         .map(|(_, identity)| identity.clone())
         .unwrap_or_else(|| "none".into());
     let key = cache_key(&KeyInputs {
         format_version: FORMAT_VERSION,
-        agent_digest: guest_agent(GuestArch::HOST).1,
+        agent_digest: guest_agent(arch).1,
         busybox_path: &busybox,
         busybox_size: busybox_meta.len(),
         busybox_mtime_ns: busybox_meta.mtime() as i128 * 1_000_000_000
@@ -212,16 +239,17 @@ pub fn ensure(
     });
     let tiny_dir = cache_root.join("tiny");
     let dir = tiny_dir.join(&key);
-    if let Some(image) = read_cached(&dir) {
+    if let Some(image) = read_cached(&dir, arch) {
         return Ok(image);
     }
     let e2fsck = e2fsck.as_ref().map(|(path, _)| path.as_path());
-    build(&tiny_dir, &dir, &kernel, &busybox, e2fsck, progress)
+    build(&tiny_dir, &dir, arch, &kernel, &busybox, e2fsck, progress)
 }
 
-fn read_cached(dir: &Path) -> Option<TinyImage> {
+fn read_cached(dir: &Path, arch: GuestArch) -> Option<TinyImage> {
     let release = fs::read_to_string(dir.join("release")).ok()?;
     Some(TinyImage {
+        arch,
         kernel: dir.join("vmlinuz"),
         initrd: dir.join("initrd.img"),
         kernel_release: release.trim().to_string(),
@@ -273,6 +301,7 @@ pub fn cache_key(inputs: &KeyInputs<'_>) -> String {
 fn build(
     tiny_dir: &Path,
     dir: &Path,
+    arch: GuestArch,
     kernel: &KernelSource,
     busybox: &Path,
     e2fsck: Option<&Path>,
@@ -324,7 +353,7 @@ fn build(
         None => None,
     };
     let initramfs = build_initramfs(&InitramfsContents {
-        agent: guest_agent(GuestArch::HOST).0,
+        agent: guest_agent(arch).0,
         busybox: &busybox_bytes,
         e2fsck: e2fsck_bytes.as_deref(),
         modules,
@@ -352,7 +381,7 @@ fn build(
     staging.rename_into_place(dir)?;
     sync_dir(tiny_dir).map_err(cache_err("sync", tiny_dir))?;
 
-    read_cached(dir).ok_or_else(|| TinyImageError::Cache {
+    read_cached(dir, arch).ok_or_else(|| TinyImageError::Cache {
         action: "read back",
         path: dir.join("release"),
         source: io::Error::new(

@@ -81,6 +81,7 @@ impl ImageArch {
     pub fn of(arch: Arch) -> ImageArch {
         match arch {
             Arch::X86_64 => ImageArch::X86_64,
+            Arch::Aarch64 => ImageArch::Aarch64,
         }
     }
 }

@@ -333,33 +333,23 @@ impl<'de> Deserialize<'de> for VmType {
     }
 }
 
-/// `arch:` of the guest: the host's (x86_64) only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-pub enum Arch {
-    #[default]
-    #[serde(rename = "x86_64")]
-    X86_64,
-}
+/// `arch:` of the guest: x86_64 or aarch64 (`default`: the host's). A
+/// guest of another architecture than the host's is emulated (see
+/// `driver::qemu::accel`); every choice that depends on it is made in
+/// [`crate::guest_arch`].
+pub use crate::guest_arch::GuestArch as Arch;
 
 impl<'de> Deserialize<'de> for Arch {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        parse_checked(d, |text| match text {
-            "x86_64" | "default" => Ok(Arch::X86_64),
-            "aarch64" | "armv7l" | "riscv64" | "s390x" | "ppc64le" => Err(format!(
-                "arch: {text} guests are not supported by vmkeep yet: it boots guests of the host's architecture (x86_64); remove arch or set it to default"
+        parse_checked(d, |text| match Arch::from_name(text) {
+            Some(arch) => Ok(arch),
+            None if matches!(text, "armv7l" | "riscv64" | "s390x" | "ppc64le") => Err(format!(
+                "arch: {text} guests are not supported by vmkeep yet: it boots x86_64 and aarch64 guests; remove arch or set it to default, x86_64 or aarch64"
             )),
-            other => Err(format!(
-                "arch: {other:?} is not an architecture; use x86_64 or default"
+            None => Err(format!(
+                "arch: {text:?} is not an architecture; use x86_64, aarch64 or default"
             )),
         })
-    }
-}
-
-impl Arch {
-    pub fn qemu_binary(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "qemu-system-x86_64",
-        }
     }
 }
 
@@ -512,7 +502,7 @@ mod tests {
             ("stopTimeout: forever\n", "forever", "30s", 2),
             ("stopTimeout: 0s\n", "0s", "between 1s", 2),
             ("vmType: vz\n", "vz", "qemu", 2),
-            ("accel: hvf\n", "hvf", "auto", 2),
+            ("accel: whpx\n", "whpx", "`hvf`", 2),
             ("onHostShutdown: hibernate\n", "hibernate", "suspend", 2),
             ("kernel:\n  path: vmlinuz\n", "relative", "absolute", 3),
         ];
@@ -666,7 +656,8 @@ mod tests {
         for (yaml, says) in [
             ("vmType: vz\n", "QEMU only"),
             ("vmType: wsl2\n", "remove vmType"),
-            ("arch: aarch64\n", "arch: aarch64 guests are not supported"),
+            ("arch: riscv64\n", "arch: riscv64 guests are not supported"),
+            ("arch: mips\n", "use x86_64, aarch64 or default"),
         ] {
             let err = Config::parse(yaml).unwrap_err().to_string();
             assert!(err.contains(says) && err.contains("line 1"), "{err}");
@@ -675,6 +666,10 @@ mod tests {
             core(&Config::parse("vmType: default\narch: default\n").unwrap()),
             core(&Config::default())
         );
+        for arch in Arch::ALL {
+            let config = Config::parse(&format!("arch: {arch}\n")).unwrap();
+            assert_eq!(config.arch, arch);
+        }
     }
 
     #[test]
