@@ -138,6 +138,22 @@ fn show_renders_a_plist_that_parses_back() {
     );
 }
 
+#[test]
+fn suspend_at_host_shutdown_under_launchd_is_refused_naming_the_fix() {
+    let env = TestEnv::new();
+    env.create("mac", "onHostShutdown: suspend\n");
+    let show = autostart(&env, &["show", "mac", "--manager", "launchd"]);
+    assert_eq!(show.code(), Some(4), "{}", show.describe());
+    assert!(
+        show.stderr().contains("onHostShutdown: poweroff") && show.stderr().contains("launchd"),
+        "{}",
+        show.describe()
+    );
+    // systemd tells a host shutdown from a stop: the same config renders.
+    let unit = autostart(&env, &["show", "mac", "--manager", "systemd"]);
+    assert_eq!(unit.code(), Some(0), "{}", unit.describe());
+}
+
 // ------------------------------------------------------------ the verbs
 
 #[test]

@@ -28,6 +28,16 @@ pub enum AutostartError {
     )]
     UserForLogin { me: String },
 
+    /// launchd's SIGTERM at a shutdown looks like any other stop, so the
+    /// agent could never tell that it should suspend.
+    #[error(
+        "{name} has onHostShutdown: suspend, but under launchd nothing tells a host shutdown from a stop, \
+         so vmkeep cannot suspend it at shutdown (not supported on macOS yet); set onHostShutdown: poweroff in {}, \
+         or let `vmkeep daemon` run it (its own shutdown suspends)",
+        config.display()
+    )]
+    SuspendUnderLaunchd { name: String, config: PathBuf },
+
     #[error("there is no user {0:?}; name an existing user with --user")]
     NoSuchUser(String),
 

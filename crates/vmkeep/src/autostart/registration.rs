@@ -10,6 +10,7 @@ use super::error::AutostartError;
 use super::manager::{self, ServiceManager};
 use super::record::{self, Record};
 use super::{Condition, Domain, Inputs, Manager, Options, ServiceSpec};
+use crate::instance::config::OnHostShutdown;
 use crate::instance::home;
 use crate::instance::{Config, InstanceDir, InstanceName};
 use crate::notice::Notice;
@@ -118,6 +119,12 @@ pub fn plan(
         });
     }
     let config = Config::load(&dir.config())?;
+    if manager == Manager::Launchd && config.on_host_shutdown == OnHostShutdown::Suspend {
+        return Err(AutostartError::SuspendUnderLaunchd {
+            name: name.to_string(),
+            config: dir.config(),
+        });
+    }
     let exe = crate::os::process::current_exe()
         .and_then(std::fs::canonicalize)
         .map_err(AutostartError::io(

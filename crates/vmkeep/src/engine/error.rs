@@ -34,7 +34,9 @@ impl From<&AutostartError> for ErrorKind {
     fn from(error: &AutostartError) -> ErrorKind {
         match error {
             AutostartError::NoInstance { .. } => ErrorKind::NotFound,
-            AutostartError::Config(_) => ErrorKind::InvalidConfig,
+            AutostartError::Config(_) | AutostartError::SuspendUnderLaunchd { .. } => {
+                ErrorKind::InvalidConfig
+            }
             AutostartError::UnitStopped { .. } | AutostartError::DidNotComeUp { .. } => {
                 ErrorKind::StartFailed
             }
@@ -140,11 +142,6 @@ pub enum EngineError {
         attempts: usize,
     },
 
-    /// The config asks for what this host cannot do yet (`why` names the
-    /// setting and the fix).
-    #[error("{why}")]
-    NotOnThisHost { why: String },
-
     /// No ssh server to reach (`why` says so, naming the instance).
     #[error("{why}")]
     NoSsh { name: InstanceName, why: String },
@@ -242,7 +239,7 @@ impl EngineError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             EngineError::Lookup(LookupError::NotFound { .. }) => ErrorKind::NotFound,
-            EngineError::Config(_) | EngineError::NotOnThisHost { .. } => ErrorKind::InvalidConfig,
+            EngineError::Config(_) => ErrorKind::InvalidConfig,
             EngineError::Edit(e) => e.kind(),
             EngineError::Import(e) => e.kind(),
             EngineError::Create(e) if e.is_invalid_template() => ErrorKind::InvalidConfig,

@@ -12,7 +12,7 @@ use crate::autostart::hooks;
 use crate::engine::create::CreateError;
 use crate::hostagent::api::{ApiClient, ApiError};
 use crate::hostagent::report::Report;
-use crate::instance::config::{DEFAULT_TEMPLATE, OnHostShutdown, RunStrategy};
+use crate::instance::config::{DEFAULT_TEMPLATE, RunStrategy};
 use crate::instance::desired::{self, Desired};
 use crate::instance::home::{Home, LookupError};
 use crate::instance::pause::PauseReason;
@@ -127,16 +127,6 @@ pub fn start(
 /// is touched: `runStrategy: halted`, and a `disk:` smaller than the disk
 /// (never shrunk; a resume keeps the disk as it is, so only a fresh boot
 /// is checked).
-/// What `config` asks that only a Linux host does yet, if anything (pure;
-/// mounts are refused where their virtiofsd would be looked for).
-fn not_on_this_host(config: &Config, linux: bool) -> Option<String> {
-    (!linux && config.on_host_shutdown == OnHostShutdown::Suspend).then(|| {
-        "onHostShutdown: suspend needs systemd to tell a host shutdown from a stop, \
-         and this host has none: vmkeep cannot suspend VMs at shutdown here yet; set onHostShutdown: poweroff"
-            .to_string()
-    })
-}
-
 pub fn check_startable(dir: &InstanceDir, config: &Config) -> Result<(), EngineError> {
     let name = dir.name();
     if config.run_strategy == Some(RunStrategy::Halted) {
@@ -146,11 +136,6 @@ pub fn check_startable(dir: &InstanceDir, config: &Config) -> Result<(), EngineE
                 "{name} has runStrategy: halted, so it is kept stopped; change runStrategy in {} to start it",
                 dir.config().display()
             ),
-        });
-    }
-    if let Some(why) = not_on_this_host(config, cfg!(target_os = "linux")) {
-        return Err(EngineError::NotOnThisHost {
-            why: format!("{why}; fix it in {}", dir.config().display()),
         });
     }
     if dir.has_saved_state() || !dir.disk().is_file() {
@@ -511,22 +496,4 @@ fn follow_agent(
         ),
         log: dir.agent_log(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn suspend_at_host_shutdown_is_refused_only_off_linux() {
-        let mut config = Config::default();
-        assert_eq!(not_on_this_host(&config, false), None);
-        config.on_host_shutdown = OnHostShutdown::Suspend;
-        assert_eq!(not_on_this_host(&config, true), None);
-        let why = not_on_this_host(&config, false).unwrap();
-        assert!(
-            why.contains("onHostShutdown: suspend") && why.contains("onHostShutdown: poweroff"),
-            "{why}"
-        );
-    }
 }
