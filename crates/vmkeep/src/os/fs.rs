@@ -434,6 +434,43 @@ fn parent_of(path: &Path) -> io::Result<&Path> {
     }
 }
 
+/// Copy up to `len` bytes from `from` at `*from_at` to `to` at `*to_at`,
+/// advancing both; in the kernel where it can (`copy_file_range`).
+#[cfg(target_os = "linux")]
+fn copy_range(
+    from: &File,
+    from_at: &mut u64,
+    to: &File,
+    to_at: &mut u64,
+    len: usize,
+) -> io::Result<usize> {
+    Ok(rustix::fs::copy_file_range(
+        from,
+        Some(from_at),
+        to,
+        Some(to_at),
+        len,
+    )?)
+}
+
+/// [`copy_range`] through a buffer, where there is no `copy_file_range`.
+#[cfg(not(target_os = "linux"))]
+fn copy_range(
+    from: &File,
+    from_at: &mut u64,
+    to: &File,
+    to_at: &mut u64,
+    len: usize,
+) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len.min(1 << 20)];
+    let read = from.read_at(&mut buf, *from_at)?;
+    to.write_all_at(&buf[..read], *to_at)?;
+    *from_at += read as u64;
+    *to_at += read as u64;
+    Ok(read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,41 +571,4 @@ mod tests {
             0
         );
     }
-}
-
-/// Copy up to `len` bytes from `from` at `*from_at` to `to` at `*to_at`,
-/// advancing both; in the kernel where it can (`copy_file_range`).
-#[cfg(target_os = "linux")]
-fn copy_range(
-    from: &File,
-    from_at: &mut u64,
-    to: &File,
-    to_at: &mut u64,
-    len: usize,
-) -> io::Result<usize> {
-    Ok(rustix::fs::copy_file_range(
-        from,
-        Some(from_at),
-        to,
-        Some(to_at),
-        len,
-    )?)
-}
-
-/// [`copy_range`] through a buffer, where there is no `copy_file_range`.
-#[cfg(not(target_os = "linux"))]
-fn copy_range(
-    from: &File,
-    from_at: &mut u64,
-    to: &File,
-    to_at: &mut u64,
-    len: usize,
-) -> io::Result<usize> {
-    use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; len.min(1 << 20)];
-    let read = from.read_at(&mut buf, *from_at)?;
-    to.write_all_at(&buf[..read], *to_at)?;
-    *from_at += read as u64;
-    *to_at += read as u64;
-    Ok(read)
 }

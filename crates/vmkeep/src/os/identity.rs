@@ -140,7 +140,10 @@ pub fn groups_of(user: &str, gid: u32) -> Vec<u32> {
         groups.resize((count.max(0) as usize).max(groups.len() * 2), 0);
     }
     let mut out = vec![gid];
-    out.extend(groups.into_iter().map(|g| g as u32).filter(|g| *g != gid));
+    // gid_t is u32 already on Linux; macOS's int needs the cast.
+    #[allow(clippy::unnecessary_cast)]
+    let groups = groups.into_iter().map(|g| g as u32);
+    out.extend(groups.filter(|g| *g != gid));
     out
 }
 
