@@ -27,14 +27,47 @@ pub enum Firmware {
     /// QEMU's default for the machine (SeaBIOS on q35): nothing to pass.
     /// Direct kernel boot skips it; a cloud image's disk is booted by it.
     Builtin,
-    /// A UEFI firmware image given with `-bios`, from a Debian package,
-    /// for every boot (a direct kernel boot too: QEMU hands the kernel to
-    /// it, which starts it through its EFI stub).
+    /// A UEFI firmware image given with `-bios`, for every boot (a direct
+    /// kernel boot too: QEMU hands the kernel to it, which starts it
+    /// through its EFI stub). Where distributions put it, in order; the
+    /// Debian package that holds the first.
     Uefi {
-        path: &'static str,
+        candidates: &'static [&'static str],
         package: &'static str,
     },
 }
+
+impl Firmware {
+    /// The firmware image to pass: the first candidate installed, else the
+    /// first one (a launch refuses a missing one before QEMU runs).
+    pub fn image(self) -> Option<&'static str> {
+        match self {
+            Firmware::Builtin => None,
+            Firmware::Uefi { candidates, .. } => candidates
+                .iter()
+                .copied()
+                .find(|path| std::path::Path::new(path).is_file())
+                .or(candidates.first().copied()),
+        }
+    }
+
+    /// Whether the firmware can be had (always, for the builtin one).
+    pub fn is_installed(self) -> bool {
+        self.image()
+            .is_none_or(|path| std::path::Path::new(path).is_file())
+    }
+}
+
+/// AAVMF (EDK II for `virt`) as one image: Debian's and Ubuntu's
+/// qemu-efi-aarch64, Fedora's edk2-aarch64, Homebrew's qemu (Apple silicon,
+/// then Intel), QEMU's own install.
+const AARCH64_UEFI: &[&str] = &[
+    "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+    "/usr/share/edk2/aarch64/QEMU_EFI.fd",
+    "/opt/homebrew/share/qemu/edk2-aarch64-code.fd",
+    "/usr/local/share/qemu/edk2-aarch64-code.fd",
+    "/usr/share/qemu/edk2-aarch64-code.fd",
+];
 
 impl GuestArch {
     pub const ALL: [GuestArch; 2] = [GuestArch::X86_64, GuestArch::Aarch64];
@@ -132,14 +165,14 @@ impl GuestArch {
     /// ACPI `button` driver is built in, as on x86_64 (measured with
     /// linux-image-6.1.0-57-cloud-arm64: "ACPI: button: Power Button
     /// [PWRB]"). The firmware is AAVMF (EDK II for `virt`) as one read-only
-    /// image: its variables are not kept across boots, which neither a
+    /// image (see `AARCH64_UEFI`): its variables are not kept across boots, which neither a
     /// kernel handed over by QEMU nor the removable-media boot path of cloud
     /// images (\EFI\BOOT\BOOTAA64.EFI) needs.
     pub fn firmware(self) -> Firmware {
         match self {
             GuestArch::X86_64 => Firmware::Builtin,
             GuestArch::Aarch64 => Firmware::Uefi {
-                path: "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+                candidates: AARCH64_UEFI,
                 package: "qemu-efi-aarch64",
             },
         }
@@ -200,6 +233,10 @@ mod tests {
         assert_eq!(GuestArch::X86_64.console(), "ttyS0");
         assert_eq!(GuestArch::X86_64.emulated_cpu(), None);
         assert_eq!(GuestArch::X86_64.firmware(), Firmware::Builtin);
+        assert_eq!(GuestArch::X86_64.firmware().image(), None);
+        assert!(GuestArch::X86_64.firmware().is_installed());
+        let image = GuestArch::Aarch64.firmware().image().unwrap();
+        assert!(AARCH64_UEFI.contains(&image), "{image}");
         assert!(matches!(
             GuestArch::Aarch64.firmware(),
             Firmware::Uefi {

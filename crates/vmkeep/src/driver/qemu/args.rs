@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use super::accel::Accel;
 use super::usernet::NETDEV;
-use crate::guest_arch::{Firmware, GuestArch};
+use crate::guest_arch::GuestArch;
 use crate::instance::InstanceDir;
 
 /// Everything the command line depends on.
@@ -241,8 +241,8 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         // Else TCG keeps QEMU's default CPU model, the one measured here.
         args.extend(["-cpu".into(), cpu.into()]);
     }
-    if let Firmware::Uefi { path, .. } = spec.arch.firmware() {
-        args.extend(["-bios".into(), path.into()]);
+    if let Some(image) = spec.arch.firmware().image() {
+        args.extend(["-bios".into(), image.into()]);
     }
     if spec.incoming {
         // Paused after loading too (-S), so that the saved state can be

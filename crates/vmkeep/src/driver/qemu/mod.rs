@@ -39,11 +39,13 @@ pub enum QemuError {
     },
     /// The guest's architecture boots through a firmware that is not installed.
     #[error(
-        "an {arch} guest boots through the UEFI firmware {path}, which is not installed; install it (Debian/Ubuntu: sudo apt-get install {package})"
+        "an {arch} guest boots through UEFI firmware, and none is installed (looked for {}); install it \
+         (Debian/Ubuntu: sudo apt-get install {package}; Fedora: edk2-aarch64; macOS: Homebrew's qemu ships it)",
+        candidates.join(", ")
     )]
     FirmwareMissing {
         arch: crate::guest_arch::GuestArch,
-        path: &'static str,
+        candidates: &'static [&'static str],
         package: &'static str,
     },
     #[error("could not start {binary}: {source}")]
@@ -180,12 +182,16 @@ pub async fn launch(
         binary: binary.into(),
         package: spec.arch.qemu_package(),
     })?;
-    if let crate::guest_arch::Firmware::Uefi { path, package } = spec.arch.firmware()
-        && !Path::new(path).is_file()
+    let firmware = spec.arch.firmware();
+    if let crate::guest_arch::Firmware::Uefi {
+        candidates,
+        package,
+    } = firmware
+        && !firmware.is_installed()
     {
         return Err(QemuError::FirmwareMissing {
             arch: spec.arch,
-            path,
+            candidates,
             package,
         });
     }
