@@ -268,7 +268,7 @@ fn mount_rw(device: &str, formatted: bool, repaired: Option<FsckRun>) -> DataDis
         },
         Err(e) => DataDisk::MountFailed {
             device: device.into(),
-            error: e.to_string(),
+            error: sys::error_text(&e),
         },
     }
 }
@@ -311,7 +311,7 @@ fn grow_to_fill(device: &str, target: &Path) -> Option<Box<vmkeep_protocol::Grow
             Some(Box::new(vmkeep_protocol::Grown {
                 from_bytes: size.bytes(),
                 to_bytes: size.bytes(),
-                error: Some(e.to_string()),
+                error: Some(sys::error_text(&e)),
             }))
         }
     }

@@ -330,3 +330,34 @@ pub fn touch_mtime(dir: &std::os::fd::OwnedFd, name: &str) -> io::Result<()> {
     // SAFETY: name is NUL-terminated and times holds two timespecs.
     check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
 }
+
+/// An error as the host is told of it: the C library's text, except for the
+/// Linux errnos that musl (the agent's C library) has no text for, which it
+/// would call "No error information" (a damaged ext4 gives `EUCLEAN`).
+pub fn error_text(error: &io::Error) -> String {
+    let linux_text = match error.raw_os_error() {
+        Some(libc::EUCLEAN) => "Structure needs cleaning",
+        Some(libc::EREMOTEIO) => "Remote I/O error",
+        Some(libc::EMEDIUMTYPE) => "Wrong medium type",
+        Some(libc::ENOMEDIUM) => "No medium found",
+        _ => return error.to_string(),
+    };
+    let code = error.raw_os_error().unwrap_or_default();
+    format!("{linux_text} (os error {code})")
+}
+
+#[cfg(test)]
+mod error_text_tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_file_system_is_named_whatever_the_c_library() {
+        let unclean = io::Error::from_raw_os_error(libc::EUCLEAN);
+        assert_eq!(
+            error_text(&unclean),
+            "Structure needs cleaning (os error 117)"
+        );
+        let missing = io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(error_text(&missing), missing.to_string());
+    }
+}
