@@ -13,6 +13,7 @@
 pub mod container;
 pub mod host_user;
 pub mod http;
+pub mod second_qemu;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -26,6 +27,8 @@ pub struct TestEnv {
     tmpfs: bool,
     /// `vmkeep` runs as this user (else as the test).
     user: Option<host_user::HostUser>,
+    /// `VMKEEP_QEMU` for its commands (else the QEMU in PATH).
+    qemu: std::cell::RefCell<Option<PathBuf>>,
 }
 
 impl TestEnv {
@@ -38,6 +41,7 @@ impl TestEnv {
             home,
             tmpfs: false,
             user: None,
+            qemu: std::cell::RefCell::new(None),
         }
     }
 
@@ -49,6 +53,12 @@ impl TestEnv {
         host_user::give(env.home(), user);
         env.user = Some(user.clone());
         env
+    }
+
+    /// Run the next commands with `VMKEEP_QEMU` set to `qemu` (`None`: the
+    /// QEMU in PATH).
+    pub fn use_qemu(&self, qemu: Option<&Path>) {
+        *self.qemu.borrow_mut() = qemu.map(Path::to_path_buf);
     }
 
     /// The user `vmkeep` runs as, when not the test's own.
@@ -88,7 +98,11 @@ impl TestEnv {
             .env("VMKEEP_HOME", self.home())
             .env("VMKEEP_CACHE_DIR", shared_cache())
             .env_remove("VMKEEP_ACCEL")
+            .env_remove("VMKEEP_QEMU")
             .stdin(Stdio::null());
+        if let Some(qemu) = self.qemu.borrow().as_ref() {
+            command.env("VMKEEP_QEMU", qemu);
+        }
         if let Some(user) = &self.user {
             use std::os::unix::process::CommandExt;
             // std drops root's supplementary groups when it sets the uid.
