@@ -152,17 +152,33 @@ fn vm_qemu10_lifecycle_core_start_shell_mount_forward_adoption_suspend_with_a_mo
     assert_eq!(env.boot_id("c"), boot_id);
     forward_answers(port);
 
-    // Suspend with the mount (QEMU 8.2 and later migrate virtio-fs), a file
-    // held open in the share meanwhile; resume: the same guest, the share
-    // working, the file still open, the forward back.
-    let holder = env.shell(
-        "c",
-        "cd /mnt/rw && (exec 3</mnt/rw/from-host; exec sleep 100000) </dev/null >/dev/null 2>&1 & echo $!",
-    );
+    // Suspend with the mount (QEMU 8.2 and later migrate virtio-fs), files
+    // held open in the share meanwhile, one of them removed by the host
+    // while the VM is saved; resume: the same guest, the share working, the
+    // kept file still open, the forward back.
+    std::fs::write(src.join("doomed"), "removed while saved\n").unwrap();
+    let hold = |file: &str| {
+        env.shell(
+            "c",
+            &format!(
+                "cd /mnt/rw && (exec 3</mnt/rw/{file}; exec sleep 100000) </dev/null >/dev/null 2>&1 & echo $!"
+            ),
+        )
+    };
+    let holder = hold("from-host");
+    let doomed = hold("doomed");
     suspend(&env, "c");
     assert_eq!(record(&env, "c")["machine"]["shared_dirs"], 1);
     std::fs::write(src.join("while-saved"), "written while saved\n").unwrap();
+    std::fs::remove_file(src.join("doomed")).unwrap();
     resume(&env, "c");
+    // The removed one fails in the guest alone (virtiofsd's
+    // --migration-on-error=guest-error), not the resume.
+    let (code, stderr) = env.shell_status("c", &format!("cat /proc/{doomed}/fd/3"));
+    assert!(
+        code != Some(0) && stderr.contains("Input/output error"),
+        "{code:?} {stderr}"
+    );
     let qemu = runs_on_qemu10(&env, "c");
     assert_eq!(env.boot_id("c"), boot_id, "resumed, not rebooted");
     assert_eq!(

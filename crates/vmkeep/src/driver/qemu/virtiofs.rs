@@ -275,7 +275,7 @@ pub fn program(plan: &Plan, socket_fd: std::os::fd::RawFd) -> Program {
                 // A suspend (QEMU 8.2 and later) carries the paths of what
                 // the guest holds open into the saved state; one the host
                 // removed meanwhile fails that one file in the guest
-                // (ESTALE) instead of the whole resume.
+                // (EIO) instead of the whole resume.
                 "--migration-on-error=guest-error".into(),
             ];
             if !share.writable {
