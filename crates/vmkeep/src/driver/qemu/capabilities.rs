@@ -13,7 +13,7 @@
 //! | 8.0 | the C virtiofsd is gone | only the Rust virtiofsd serves shares |
 //! | 8.2 | vhost-user-fs migrates its back-end's state (the Rust virtiofsd's `--migration-mode`) | a VM with mounts can be suspended |
 //! | 9.0 | the `mapped-ram` migration capability (RAM at fixed offsets of a file) | known, not used yet (the RAM already lives in a shared file) |
-//! | 9.1 / 10.0 | the `compress` and `block` migration capabilities are gone | never used |
+//! | 10.0 | the `compress` and `block` migration capabilities are gone | never used |
 //!
 //! Machine types: a fresh boot asks for the unversioned alias `q35`, which
 //! each QEMU resolves to its newest (`pc-q35-7.2`, `pc-q35-10.0`). A saved
