@@ -13,12 +13,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::second_qemu::{self, command_line_of, executable_of};
-use common::{TestEnv, free_port, wait_until};
+use common::{TestEnv, free_port, http_get, wait_until};
 
 const BOOT: Duration = Duration::from_secs(120);
 const SHORT: Duration = Duration::from_secs(30);
@@ -53,23 +51,23 @@ fn record(env: &TestEnv, name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap()
 }
 
-/// What the guest's busybox httpd on the forwarded `port` serves, if the
-/// host's localhost port answers.
-fn served(port: u16) -> Option<String> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response.split_once("\r\n\r\n")?.1.trim().to_owned())
-}
-
+/// The guest's busybox httpd answers on the host's forwarded `port`.
 fn forward_answers(port: u16) {
     wait_until(SHORT, || {
-        (served(port).as_deref() == Some("served")).then_some(())
+        (http_get(port).as_deref() == Some("served")).then_some(())
     })
     .unwrap_or_else(|| panic!("host port {port} did not answer within {SHORT:?}"));
+}
+
+/// `args` fail with exit `code`, saying each of `says` (on stderr, returned).
+fn refused(env: &TestEnv, args: &[&str], code: i32, says: &[&str]) -> String {
+    let run = env.run_within(args, SHORT);
+    assert_eq!(run.code(), Some(code), "{}", run.describe());
+    let said = run.stderr();
+    for words in says {
+        assert!(said.contains(words), "{words:?} is not in: {said}");
+    }
+    said
 }
 
 /// Suspend `name`; the state is saved and nothing runs.
@@ -232,15 +230,16 @@ fn vm_qemu10_resumes_a_state_saved_on_7_2_and_7_2_refuses_one_saved_on_10() {
 
     // 7.2 cannot save a VM with a mount: refused, saying which QEMU can,
     // and the VM runs on.
-    let refused = env.run_within(&["suspend", "m"], SHORT);
-    assert_eq!(refused.code(), Some(7), "{}", refused.describe());
-    let said = refused.stderr();
-    assert!(
-        said.contains("its QEMU 7.2.")
-            && said.contains("cannot save a virtio-fs device (QEMU 8.2 and later can)")
-            && said.contains("VMKEEP_QEMU")
-            && said.contains("the VM runs on"),
-        "{said}"
+    let said = refused(
+        &env,
+        &["suspend", "m"],
+        7,
+        &[
+            "its QEMU 7.2.",
+            "cannot save a virtio-fs device (QEMU 8.2 and later can)",
+            "VMKEEP_QEMU",
+            "the VM runs on",
+        ],
     );
     assert!(!said.contains("QEMU 10"), "{said}");
     assert_eq!(env.status("m"), "Running");
@@ -274,15 +273,16 @@ fn vm_qemu10_resumes_a_state_saved_on_7_2_and_7_2_refuses_one_saved_on_10() {
     assert_eq!(saved["qemu"]["version"]["major"], 10);
     assert_eq!(saved["machine_type"], "pc-q35-7.2");
     env.use_qemu(None);
-    let refused = env.run_within(&["start", "x"], SHORT);
-    assert_eq!(refused.code(), Some(6), "{}", refused.describe());
-    let said = refused.stderr();
-    assert!(
-        said.contains("it was saved by QEMU 10.")
-            && said.contains("QEMU 7.2.")
-            && said.contains("is older")
-            && said.contains("vmkeep start --discard-state"),
-        "{said}"
+    refused(
+        &env,
+        &["start", "x"],
+        6,
+        &[
+            "it was saved by QEMU 10.",
+            "QEMU 7.2.",
+            "is older",
+            "vmkeep start --discard-state",
+        ],
     );
     assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
     assert_eq!(env.status("x"), "Suspended");

@@ -535,6 +535,21 @@ impl TestEnv {
 }
 
 /// A TCP port free on the host's loopback now.
+/// The body of `GET /index.html` from the host's localhost `port` (a
+/// guest's web server behind a port forward), if it answers.
+pub fn http_get(port: u16) -> Option<String> {
+    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    std::io::Write::write_all(&mut stream, b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .filter(|body| !body.is_empty())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .unwrap()

@@ -18,11 +18,18 @@ pub struct QemuBinary {
     pub path: PathBuf,
 }
 
+/// `VMKEEP_QEMU`, when set (for what runs vmkeep later: service units).
+pub fn override_path() -> Option<PathBuf> {
+    std::env::var_os(OVERRIDE_VAR)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// The QEMU to run for `name` (`qemu-system-x86_64`), from this process's
 /// environment.
 pub fn resolve(name: &str) -> Result<QemuBinary, QemuError> {
     resolve_from(
-        std::env::var_os(OVERRIDE_VAR),
+        override_path().map(PathBuf::into_os_string),
         std::env::var_os("PATH"),
         name,
     )
