@@ -59,6 +59,27 @@ fn forward_answers(port: u16) {
     .unwrap_or_else(|| panic!("host port {port} did not answer within {SHORT:?}"));
 }
 
+/// Through the share at /mnt/rw of VM `c`: the guest reads the host's
+/// `host_file` (holding `text`), and a file it writes, `guest_file`, is on
+/// the host.
+fn share_works_both_ways(
+    env: &TestEnv,
+    src: &std::path::Path,
+    host_file: &str,
+    text: &str,
+    guest_file: &str,
+) {
+    assert_eq!(env.shell("c", &format!("cat /mnt/rw/{host_file}")), text);
+    env.shell(
+        "c",
+        &format!("echo from the guest > /mnt/rw/{guest_file} && sync"),
+    );
+    assert_eq!(
+        std::fs::read_to_string(src.join(guest_file)).unwrap(),
+        "from the guest\n"
+    );
+}
+
 /// `args` fail with exit `code`, saying each of `says` (on stderr, returned).
 fn refused(env: &TestEnv, args: &[&str], code: i32, says: &[&str]) -> String {
     let run = env.run_within(args, SHORT);
@@ -122,15 +143,7 @@ fn vm_qemu10_lifecycle_core_start_shell_mount_forward_adoption_suspend_with_a_mo
     assert_eq!(env.shell_status("c", "exit 3").0, Some(3));
 
     // The mount, both ways (the Rust virtiofsd: QEMU 10 has no other).
-    assert_eq!(
-        env.shell("c", "cat /mnt/rw/from-host"),
-        "hello from the host"
-    );
-    env.shell("c", "echo from the guest > /mnt/rw/from-guest && sync");
-    assert_eq!(
-        std::fs::read_to_string(src.join("from-guest")).unwrap(),
-        "from the guest\n"
-    );
+    share_works_both_ways(&env, &src, "from-host", "hello from the host", "from-guest");
 
     // The port forward.
     env.shell(
@@ -184,15 +197,7 @@ fn vm_qemu10_lifecycle_core_start_shell_mount_forward_adoption_suspend_with_a_mo
         "hello from the host",
         "the file the guest held open in the share reads on"
     );
-    assert_eq!(
-        env.shell("c", "cat /mnt/rw/while-saved"),
-        "written while saved"
-    );
-    env.shell("c", "echo after the resume > /mnt/rw/after && sync");
-    assert_eq!(
-        std::fs::read_to_string(src.join("after")).unwrap(),
-        "after the resume\n"
-    );
+    share_works_both_ways(&env, &src, "while-saved", "written while saved", "after");
     forward_answers(port);
     assert_eq!(env.qemu("c").unwrap().pid(), qemu);
 
