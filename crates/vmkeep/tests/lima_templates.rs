@@ -751,7 +751,8 @@ fn a_lima_2_1_instance_with_one_disk_is_imported_as_the_base_of_an_overlay() {
     );
     assert!(run.output.status.success(), "{}", run.describe());
     assert!(
-        run.stderr().contains("disk: 256MiB as the Lima instance's disk is"),
+        run.stderr()
+            .contains("disk: 256MiB as the Lima instance's disk is"),
         "the disk's size kept: {}",
         run.describe()
     );

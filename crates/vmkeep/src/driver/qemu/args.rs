@@ -11,6 +11,9 @@ use crate::instance::InstanceDir;
 #[derive(Debug, Clone, PartialEq)]
 pub struct LaunchSpec {
     pub name: String,
+    /// The machine type: `q35` for a boot (QEMU's newest), the recorded
+    /// one (`pc-q35-7.2`) for a resume (see `capabilities`).
+    pub machine: String,
     pub accel: Accel,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -101,6 +104,7 @@ impl LaunchSpec {
     ) -> LaunchSpec {
         LaunchSpec {
             name: dir.name().to_string(),
+            machine: super::capabilities::BOOT_MACHINE.into(),
             accel,
             cpus,
             memory_mib,
@@ -139,7 +143,7 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         "-display".into(),
         "none".into(),
         "-machine".into(),
-        format!("q35,memory-backend={RAM_ID}"),
+        format!("{},memory-backend={RAM_ID}", spec.machine),
         "-accel".into(),
         spec.accel.as_str().into(),
         "-smp".into(),
@@ -317,6 +321,20 @@ mod tests {
         // -m must agree with the backend's size.
         assert_eq!(value_after(&args, "-m"), ["512M"]);
         assert!(!args.contains(&"-incoming".to_string()));
+    }
+
+    #[test]
+    fn a_resume_launches_the_machine_type_it_was_saved_under() {
+        let resuming = LaunchSpec {
+            machine: "pc-q35-7.2".into(),
+            incoming: true,
+            ..spec()
+        };
+        let args = text(&build(&resuming));
+        assert_eq!(
+            value_after(&args, "-machine"),
+            ["pc-q35-7.2,memory-backend=ram0"]
+        );
     }
 
     #[test]

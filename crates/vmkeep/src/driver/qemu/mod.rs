@@ -3,6 +3,8 @@
 
 pub mod accel;
 pub mod args;
+pub mod binary;
+pub mod capabilities;
 pub mod disk_image;
 pub mod pause;
 pub mod qmp;
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use self::args::LaunchSpec;
+use self::binary::QemuBinary;
 use self::qmp::{Qmp, QmpEvents};
 use super::{DriverError, Vm};
 use crate::instance::InstanceDir;
@@ -31,9 +34,14 @@ const QMP_ADOPT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error(
-        "{binary} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get install qemu-system-x86)"
+        "{binary} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get install qemu-system-x86), or point VMKEEP_QEMU at one"
     )]
     Missing { binary: String },
+    /// `VMKEEP_QEMU` names no usable QEMU.
+    #[error("VMKEEP_QEMU={}: {problem}; set it to the path of a qemu-system binary, or unset it to use the one in PATH", path.display())]
+    Override { path: PathBuf, problem: String },
+    #[error("cannot tell the version of {}: {problem}", binary.display())]
+    Version { binary: PathBuf, problem: String },
     #[error("could not start {binary}: {source}")]
     Spawn {
         binary: String,
@@ -142,16 +150,7 @@ impl Vm for QemuVm {
 
 /// Find a program in PATH.
 pub fn find_in_path(binary: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(binary))
-        .find(|candidate| {
-            use std::os::unix::fs::PermissionsExt;
-            candidate
-                .metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+    self::binary::find_in(std::env::var_os("PATH").as_deref(), binary)
 }
 
 /// Launch QEMU as our child in its own process group and connect QMP.
@@ -159,20 +158,18 @@ pub fn find_in_path(binary: &str) -> Option<PathBuf> {
 /// a cgroup of its own (see [`crate::os::cgroup`]), so that it outlives the
 /// unit of the host agent.
 pub async fn launch(
-    binary: &str,
+    binary: &QemuBinary,
     spec: &LaunchSpec,
     log_path: &Path,
     scope: Option<(&Placement, &Scope)>,
 ) -> Result<(QemuVm, QmpEvents), QemuError> {
-    let path = find_in_path(binary).ok_or_else(|| QemuError::Missing {
-        binary: binary.into(),
-    })?;
+    let path = &binary.path;
     let log = crate::os::fs::open_append(log_path).map_err(|source| QemuError::Log {
         path: log_path.into(),
         source,
     })?;
     let log_start = crate::os::fs::len_of(log_path);
-    let mut program = Program::new(&path, &args::build(spec));
+    let mut program = Program::new(path, &args::build(spec));
     if let Some((placement, scope)) = scope {
         program = cgroup::wrap(placement, scope, &program);
     }
