@@ -19,12 +19,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{TestEnv, free_port, host_user, wait_until};
+use common::{TestEnv, free_port, host_user, http_get, wait_until};
 use vmkeep::os::process::ProcessHandle;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -405,20 +404,6 @@ fn vm_as_a_user_limas_home_mount_is_read_and_written_both_ways() {
 }
 
 // ---- port forwards -----------------------------------------------------
-
-/// The body of `GET /` on the host's localhost port, if something answers.
-fn http_get(port: u16) -> Option<String> {
-    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.trim().to_string())
-        .filter(|body| !body.is_empty())
-}
 
 /// Nothing listens on the host's localhost port (connection refused).
 fn refused(port: u16) -> bool {

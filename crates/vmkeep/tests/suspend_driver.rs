@@ -97,7 +97,8 @@ async fn vm_save_cut_short_by_a_full_disk_leaves_no_state_and_the_guest_runs_on(
         image.base_cmdline(),
     );
     os::fs::create_reserved(&spec.ram_file, 256 << 20, 0o600).unwrap();
-    let (vm, _events) = qemu::launch("qemu-system-x86_64", &spec, &dir.qemu_log(), None)
+    let binary = qemu::binary::resolve(vmkeep::guest_arch::GuestArch::HOST).expect("QEMU in PATH");
+    let (vm, _events) = qemu::launch(&binary, &spec, &dir.qemu_log(), None)
         .await
         .expect("launch QEMU");
     let _guard = QemuGuard(&vm);

@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::driver::qemu::binary::OVERRIDE_VAR;
 use crate::instance::{InstanceDir, InstanceName};
 use crate::stop_ladder::Plan;
 use crate::timeouts;
@@ -205,6 +206,9 @@ pub struct Inputs {
     pub exe: PathBuf,
     /// Directory holding the QEMU binary, if it was found.
     pub qemu_dir: Option<PathBuf>,
+    /// `VMKEEP_QEMU` when the definition was made: the service runs that
+    /// QEMU too (a state saved on it must not meet an older one).
+    pub qemu: Option<PathBuf>,
     /// The user the VM runs as.
     pub user: String,
     /// The longest the VM may take to go at a host shutdown
@@ -353,6 +357,11 @@ impl ServiceSpec {
         let home = text_of("VMKEEP_HOME", &inputs.instances_root)?;
         let cache = text_of("VMKEEP_CACHE_DIR", &inputs.cache_root)?;
         let dir = text_of("the instance directory", inputs.instance.dir())?;
+        let qemu = inputs
+            .qemu
+            .as_deref()
+            .map(|qemu| text_of(OVERRIDE_VAR, qemu))
+            .transpose()?;
         let path = service_path(inputs.qemu_dir.as_deref());
         if path.contains(['\n', '\r']) {
             return Err(SpecError::Unrepresentable {
@@ -372,11 +381,14 @@ impl ServiceSpec {
                 inputs.instance.name().to_string(),
                 "--foreground".into(),
             ],
-            environment: vec![
+            environment: [
                 ("VMKEEP_HOME".into(), home),
                 ("VMKEEP_CACHE_DIR".into(), cache),
                 ("PATH".into(), path),
-            ],
+            ]
+            .into_iter()
+            .chain(qemu.map(|qemu| (OVERRIDE_VAR.into(), qemu)))
+            .collect(),
             log: format!("{dir}/{LOG_FILE}"),
             working_directory: dir,
             stop_timeout: service_stop_timeout(inputs.stop_timeout),
@@ -447,6 +459,7 @@ pub(crate) mod tests {
             cache_root: "/home/ann/.cache/vmkeep".into(),
             exe: "/opt/vmkeep/bin/vmkeep".into(),
             qemu_dir: Some("/opt/homebrew/bin".into()),
+            qemu: None,
             user: "ann".into(),
             stop_timeout: Duration::from_secs(stop),
             boot_timeout: Duration::from_secs(180),
@@ -520,6 +533,21 @@ pub(crate) mod tests {
         assert_eq!(spec.working_directory, "/home/ann/.vmkeep/dev");
         assert_eq!(spec.start_timeout, Duration::from_secs(240));
         assert!(spec.start_limit_interval >= spec.start_timeout * spec.start_limit_burst);
+        assert!(!env.contains_key("VMKEEP_QEMU"), "PATH's QEMU unless told");
+        // Enabled with VMKEEP_QEMU: the service runs that QEMU too.
+        let mut with_qemu = inputs(30);
+        with_qemu.qemu = Some("/opt/qemu-10/bin/qemu-system-x86_64".into());
+        let options = Options {
+            condition: Condition::Login,
+            keep_alive: true,
+        };
+        let spec = ServiceSpec::new(&with_qemu, options, Manager::Systemd).unwrap();
+        assert!(spec.environment.contains(&(
+            "VMKEEP_QEMU".into(),
+            "/opt/qemu-10/bin/qemu-system-x86_64".into()
+        )));
+        with_qemu.qemu = Some("qemu-10/bin/qemu-system-x86_64".into());
+        assert!(ServiceSpec::new(&with_qemu, options, Manager::Systemd).is_err());
     }
 
     #[test]

@@ -144,6 +144,7 @@ pub fn plan(
         cache_root,
         exe,
         qemu_dir,
+        qemu: crate::driver::qemu::binary::override_path(),
         user: user.name.clone(),
         stop_timeout: config.host_shutdown_deadline(),
         boot_timeout: config.boot_timeout.0,

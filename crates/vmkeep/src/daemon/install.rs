@@ -29,6 +29,7 @@ pub fn plan(home: &Home) -> Result<Install, DaemonError> {
         instances_root: home.root.clone(),
         cache_root: home::cache_root().map_err(EngineError::from)?,
         qemu_dir: sm::find_in_path("qemu-system-x86_64"),
+        qemu: crate::driver::qemu::binary::override_path(),
         longest_stop_timeout: longest_stop_timeout(home),
     };
     let home_dir = std::env::var_os("HOME")

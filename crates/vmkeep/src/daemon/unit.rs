@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::autostart::systemd::{exec_word, quoted, secs, specifiers};
 use crate::autostart::{RESTART_DELAY, service_path, service_stop_timeout};
+use crate::driver::qemu::binary::OVERRIDE_VAR;
 
 /// The daemon's log, in the instances' root: the unit's output goes there
 /// (`StandardOutput=append:`), and the daemon keeps it bounded itself
@@ -29,6 +30,8 @@ pub struct DaemonUnit {
     pub instances_root: PathBuf,
     pub cache_root: PathBuf,
     pub qemu_dir: Option<PathBuf>,
+    /// `VMKEEP_QEMU` at install: the daemon's VMs run that QEMU.
+    pub qemu: Option<PathBuf>,
     /// The longest host-shutdown deadline among supervised instances
     /// (`Config::host_shutdown_deadline`).
     pub longest_stop_timeout: Duration,
@@ -53,11 +56,18 @@ pub fn render(unit: &DaemonUnit) -> String {
     let _ = writeln!(w, "Type=simple");
     let exe = exec_word(&unit.exe.display().to_string());
     let _ = writeln!(w, "ExecStart={exe} daemon");
+    let qemu = unit
+        .qemu
+        .as_ref()
+        .map(|qemu| (OVERRIDE_VAR, qemu.display().to_string()));
     for (key, value) in [
         ("VMKEEP_HOME", home.clone()),
         ("VMKEEP_CACHE_DIR", unit.cache_root.display().to_string()),
         ("PATH", service_path(unit.qemu_dir.as_deref())),
-    ] {
+    ]
+    .into_iter()
+    .chain(qemu)
+    {
         let _ = writeln!(w, "Environment={}", quoted(&format!("{key}={value}")));
     }
     let log = specifiers(&format!("{home}/{LOG_FILE}"));
@@ -88,6 +98,7 @@ mod tests {
             instances_root: "/home/u/.vmkeep".into(),
             cache_root: "/home/u/.cache/vmkeep".into(),
             qemu_dir: Some("/usr/bin".into()),
+            qemu: None,
             longest_stop_timeout: Duration::from_secs(longest),
         }
     }
@@ -102,6 +113,15 @@ mod tests {
         );
         assert!(text.contains("Environment=\"VMKEEP_HOME=/home/u/.vmkeep\"\n"));
         assert!(text.contains("Environment=\"PATH=/usr/bin:"));
+        assert!(!text.contains("VMKEEP_QEMU"), "{text}");
+        let with_qemu = render(&DaemonUnit {
+            qemu: Some("/opt/q/qemu-system-x86_64".into()),
+            ..unit(30)
+        });
+        assert!(
+            with_qemu.contains("Environment=\"VMKEEP_QEMU=/opt/q/qemu-system-x86_64\"\n"),
+            "{with_qemu}"
+        );
         assert!(text.contains("KillMode=mixed\n"));
         assert!(text.contains("Restart=on-failure\n"));
     }

@@ -446,6 +446,7 @@ fn follow_agent(
         let Ok(line) = line else { break };
         match serde_json::from_str::<Report>(&line) {
             Ok(Report::Progress { message }) => notice.step(&message),
+            Ok(Report::Warning { message }) => notice.warn(&message),
             Ok(Report::Ready { info }) => {
                 return Ok(Followed::Done(Started::Running {
                     agent_pid: info.agent_pid,

@@ -83,11 +83,10 @@ pub enum LaunchError {
     #[error(transparent)]
     Qemu(#[from] QemuError),
 
-    #[error(
-        "{binary} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get \
-         install qemu-system-x86); the saved state is kept"
-    )]
-    NoQemuToResume { binary: &'static str },
+    /// No QEMU to resume a saved state with (not in PATH, or a bad
+    /// `VMKEEP_QEMU`).
+    #[error("{0}; the saved state is kept")]
+    NoQemuToResume(QemuError),
 
     /// The saved state does not fit this launch, or QEMU refused it.
     #[error("{}", error_chain(.0))]

@@ -9,7 +9,9 @@ use super::error::LaunchError;
 use super::{Agent, mounts};
 use crate::driver::Vm;
 use crate::driver::qemu::accel::{self, HostFacts};
-use crate::driver::qemu::args::LaunchSpec;
+use crate::driver::qemu::args::{LaunchSpec, ShareDevice};
+use crate::driver::qemu::binary::{self, QemuBinary};
+use crate::driver::qemu::capabilities::Capabilities;
 use crate::driver::qemu::qmp::QmpEvents;
 use crate::driver::qemu::snapshot;
 use crate::driver::qemu::{self, QemuError, QemuVm};
@@ -31,6 +33,11 @@ impl Agent<'_, '_> {
             }
             .into());
         }
+        // The one QEMU of this run: VMKEEP_QEMU, else PATH.
+        let qemu = binary::resolve(self.config.arch).map_err(|e| match saved {
+            Some(_) => LaunchError::NoQemuToResume(e),
+            None => LaunchError::Qemu(e),
+        })?;
         if saved.is_none() {
             self.fit_disk()?;
         }
@@ -47,8 +54,8 @@ impl Agent<'_, '_> {
             let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
                 .map_err(LaunchError::from)?;
             return match saved {
-                Some(saved) => self.resume(saved, spec, accel, why).await,
-                None => Ok(self.boot(spec, accel, why).await?),
+                Some(saved) => self.resume(saved, spec, &qemu, accel, why).await,
+                None => Ok(self.boot(spec, &qemu, accel, why).await?),
             };
         }
         let cache = home::cache_root().map_err(LaunchError::from)?;
@@ -103,14 +110,15 @@ impl Agent<'_, '_> {
             )
         };
         match saved {
-            Some(saved) => self.resume(saved, spec, accel, why).await,
-            None => Ok(self.boot(spec, accel, why).await?),
+            Some(saved) => self.resume(saved, spec, &qemu, accel, why).await,
+            None => Ok(self.boot(spec, &qemu, accel, why).await?),
         }
     }
 
     async fn boot(
         &mut self,
         mut spec: LaunchSpec,
+        qemu: &QemuBinary,
         accel: accel::Accel,
         why: String,
     ) -> Result<(QemuVm, QmpEvents), LaunchError> {
@@ -127,10 +135,8 @@ impl Agent<'_, '_> {
             }
         })?;
         // [mounts] virtiofsd first: QEMU connects to it as it starts.
-        let (shares, devices) = mounts::start(&self.dir, &self.config)?;
-        self.shares = shares;
-        spec.shares = devices;
-        let (vm, events) = match self.start_qemu(&spec).await {
+        spec.shares = self.start_shares(qemu)?;
+        let (vm, events) = match self.start_qemu(&spec, qemu).await {
             Ok(launched) => launched,
             Err(error) => {
                 mounts::abandon(&self.shares);
@@ -148,14 +154,31 @@ impl Agent<'_, '_> {
         Ok((vm, events))
     }
 
+    /// Start a virtiofsd for each shared directory of the config (none:
+    /// nothing to ask QEMU), before QEMU, which connects to them as it
+    /// starts; returns QEMU's devices for them.
+    pub(super) fn start_shares(
+        &mut self,
+        qemu: &QemuBinary,
+    ) -> Result<Vec<ShareDevice>, LaunchError> {
+        if mounts::resolve(&self.dir, &self.config)?.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Which virtiofsd goes with this QEMU is the QEMU version's call.
+        let (shares, devices) = mounts::start(&self.dir, &self.config, qemu.capabilities()?)?;
+        self.shares = shares;
+        Ok(devices)
+    }
+
     /// Launch QEMU for `spec` (in a scope of its own where systemd can give
-    /// one).
+    /// one). A QEMU older than vmkeep supports is said once, here, from
+    /// the version its QMP greeting gives.
     pub(super) async fn start_qemu(
         &mut self,
         spec: &LaunchSpec,
+        binary: &QemuBinary,
     ) -> Result<(QemuVm, QmpEvents), LaunchError> {
         let spec = spec.clone();
-        let binary = self.config.arch.qemu_binary();
         self.launched_at = Some(Instant::now());
         let log_path = self.dir.qemu_log();
         let scope = self.qemu_scope();
@@ -174,6 +197,11 @@ impl Agent<'_, '_> {
             None => qemu::launch(binary, &spec, &log_path, None).await,
         };
         let (vm, events) = launched?;
+        let capabilities = vm.qmp().qemu_version().map(Capabilities::of);
+        if let Some(warning) = capabilities.and_then(|c| c.warning(&binary.path)) {
+            tracing::warn!("{warning}");
+            self.reporter.warn(warning);
+        }
         if let Some((placement, scope)) = &scope {
             tracing::info!(
                 "QEMU pid {} runs in {} of {}{}",

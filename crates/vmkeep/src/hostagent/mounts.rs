@@ -17,6 +17,7 @@ use vmkeep_protocol::MountRequest;
 
 use super::error::MountsError;
 use crate::driver::qemu::args::ShareDevice;
+use crate::driver::qemu::capabilities::Capabilities;
 use crate::driver::qemu::virtiofs;
 use crate::instance::journal::{Event, Journal};
 use crate::instance::share_owner::Ids;
@@ -104,6 +105,7 @@ fn resolve_for(
 pub fn start(
     dir: &InstanceDir,
     config: &Config,
+    qemu: Capabilities,
 ) -> Result<(Shares, Vec<ShareDevice>), MountsError> {
     if config.raw.mounts.as_ref().is_none_or(|m| m.is_empty()) {
         return Ok((Shares::default(), Vec::new()));
@@ -121,6 +123,7 @@ pub fn start(
         &dir.config(),
         config.raw.mount_owner.as_ref(),
         guest_ids,
+        qemu,
     )?;
     let shim = super::binary::path().map_err(MountsError::Shim)?;
     let placement = cgroup::placement().ok();

@@ -17,6 +17,9 @@ use super::api::AgentInfo;
 pub enum Report {
     /// A step of the start, for the user to watch.
     Progress { message: String },
+    /// Something the user should know although the start goes on (an
+    /// unsupported QEMU).
+    Warning { message: String },
     /// The guest is ready. Final. (Boxed: far larger than the others.)
     Ready { info: Box<AgentInfo> },
     /// The start failed; the agent exits. Final.
@@ -27,7 +30,7 @@ pub enum Report {
 
 impl Report {
     pub fn is_final(&self) -> bool {
-        !matches!(self, Report::Progress { .. })
+        !matches!(self, Report::Progress { .. } | Report::Warning { .. })
     }
 }
 
@@ -38,6 +41,7 @@ fn tell_the_service_manager(report: &Report) {
     use crate::os::service_notify;
     match report {
         Report::Progress { message } => service_notify::status(message),
+        Report::Warning { message } => service_notify::status(&format!("warning: {message}")),
         Report::Ready { info } => service_notify::ready(&format!(
             "running (QEMU pid {})",
             info.qemu_pid.map(|p| p.to_string()).unwrap_or_default()
@@ -70,6 +74,7 @@ impl Reporter<'_> {
         if let Reporter::InProcess(notice) = self {
             match report {
                 Report::Progress { message } => notice.step(&message),
+                Report::Warning { message } => notice.warn(&message),
                 Report::Failed { error } => notice.warn(&error),
                 Report::Ready { .. } | Report::AlreadyRunning { .. } => {}
             }
@@ -94,6 +99,7 @@ impl Reporter<'_> {
             }
             Reporter::Terminal => match report {
                 Report::Progress { message } => eprintln!("{message}"),
+                Report::Warning { message } => eprintln!("warning: {message}"),
                 Report::Ready { info } => eprintln!(
                     "{} is running (host agent pid {}, QEMU pid {})",
                     info.name,
@@ -109,6 +115,12 @@ impl Reporter<'_> {
                 ),
             },
         }
+    }
+
+    pub fn warn(&mut self, message: impl Into<String>) {
+        self.send(Report::Warning {
+            message: message.into(),
+        });
     }
 
     pub fn progress(&mut self, message: impl Into<String>) {

@@ -11,13 +11,15 @@ use tokio::time::Instant;
 use super::api::SuspendDone;
 use super::api::{ErrorCode, Refusal};
 use super::error::{AdoptError, LaunchError};
-use super::{Agent, AgentOutcome, LaunchFailed, clock, error_chain};
+use super::{Agent, AgentOutcome, LaunchFailed, clock, error_chain, mounts};
 use crate::driver::Vm;
+use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::accel::Accel;
-use crate::driver::qemu::args::LaunchSpec;
+use crate::driver::qemu::args::{LaunchSpec, ShareDevice};
+use crate::driver::qemu::binary::QemuBinary;
+use crate::driver::qemu::capabilities;
 use crate::driver::qemu::qmp::QmpEvents;
 use crate::driver::qemu::snapshot::{self, SaveOptions, Settled, StateAfterFailure, StateRecord};
-use crate::driver::qemu::{QemuVm, find_in_path};
 use crate::instance::journal::{
     Event, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback,
 };
@@ -119,27 +121,44 @@ impl Agent<'_, '_> {
         &mut self,
         saved: StateRecord,
         mut spec: LaunchSpec,
+        qemu: &QemuBinary,
         accel: Accel,
         why: String,
     ) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
-        let binary_name = self.config.arch.qemu_binary();
-        let binary = find_in_path(binary_name).ok_or(LaunchError::NoQemuToResume {
-            binary: binary_name,
-        })?;
         // A state saved before every VM had a network device resumes
         // without one (no port forwards until the next boot).
         if !saved.machine.network {
             spec.network = false;
         }
-        let device_state = snapshot::check_resumable(&self.dir, &saved, &spec, &binary)
+        // The machine it was saved under (QEMU keeps old machine types: a
+        // state of QEMU 7.2's pc-q35-7.2 resumes on QEMU 10).
+        spec.machine = capabilities::machine_to_launch(&saved.machine_type);
+        // Its shares' devices, for the check; their virtiofsds start only
+        // once the state is found resumable.
+        spec.shares = mounts::resolve(&self.dir, &self.config)
+            .map_err(LaunchError::from)?
+            .iter()
+            .map(|share| ShareDevice {
+                tag: share.tag(),
+                socket: self.dir.share_socket(share.index),
+            })
+            .collect();
+        let device_state = snapshot::check_resumable(&self.dir, &saved, &spec, &qemu.path)
             .map_err(LaunchError::Resume)?;
+        spec.shares = self.start_shares(qemu)?;
         self.reporter.progress(format!(
             "resuming the state saved at {} with {why}",
             saved.saved_at
         ));
         spec.incoming = true;
         let launched = Instant::now();
-        let (vm, events) = self.start_qemu(&spec).await?;
+        let (vm, events) = match self.start_qemu(&spec, qemu).await {
+            Ok(launched) => launched,
+            Err(error) => {
+                mounts::abandon(&self.shares);
+                return Err(error.into());
+            }
+        };
         self.record(Event::Resuming {
             qemu_pid: vm.pid(),
             accel: accel.as_str().into(),

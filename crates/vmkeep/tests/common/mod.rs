@@ -14,6 +14,7 @@ pub mod container;
 pub mod guest_tools;
 pub mod host_user;
 pub mod http;
+pub mod second_qemu;
 pub mod terminal;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct TestEnv {
     tmpfs: bool,
     /// `vmkeep` runs as this user (else as the test).
     user: Option<host_user::HostUser>,
+    /// `VMKEEP_QEMU` for its commands (else the QEMU in PATH).
+    qemu: std::cell::RefCell<Option<PathBuf>>,
 }
 
 impl TestEnv {
@@ -40,6 +43,7 @@ impl TestEnv {
             home,
             tmpfs: false,
             user: None,
+            qemu: std::cell::RefCell::new(None),
         }
     }
 
@@ -51,6 +55,12 @@ impl TestEnv {
         host_user::give(env.home(), user);
         env.user = Some(user.clone());
         env
+    }
+
+    /// Run the next commands with `VMKEEP_QEMU` set to `qemu` (`None`: the
+    /// QEMU in PATH).
+    pub fn use_qemu(&self, qemu: Option<&Path>) {
+        *self.qemu.borrow_mut() = qemu.map(Path::to_path_buf);
     }
 
     /// The user `vmkeep` runs as, when not the test's own.
@@ -90,7 +100,11 @@ impl TestEnv {
             .env("VMKEEP_HOME", self.home())
             .env("VMKEEP_CACHE_DIR", shared_cache())
             .env_remove("VMKEEP_ACCEL")
+            .env_remove("VMKEEP_QEMU")
             .stdin(Stdio::null());
+        if let Some(qemu) = self.qemu.borrow().as_ref() {
+            command.env("VMKEEP_QEMU", qemu);
+        }
         if let Some(user) = &self.user {
             use std::os::unix::process::CommandExt;
             // std drops root's supplementary groups when it sets the uid.
@@ -543,6 +557,21 @@ impl TestEnv {
 }
 
 /// A TCP port free on the host's loopback now.
+/// The body of `GET /index.html` from the host's localhost `port` (a
+/// guest's web server behind a port forward), if it answers.
+pub fn http_get(port: u16) -> Option<String> {
+    let address = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port));
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    std::io::Write::write_all(&mut stream, b"GET /index.html HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .filter(|body| !body.is_empty())
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
         .unwrap()

@@ -15,6 +15,10 @@ pub struct LaunchSpec {
     /// The guest's architecture: machine type, CPU model and firmware
     /// come from it (`guest_arch`).
     pub arch: GuestArch,
+    /// The machine type a saved state was saved under, for its resume
+    /// (`pc-q35-7.2`; see `capabilities`); `None`: the architecture's own
+    /// alias (`q35`, `virt`), QEMU's newest.
+    pub machine: Option<String>,
     pub accel: Accel,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -106,6 +110,7 @@ impl LaunchSpec {
         LaunchSpec {
             name: dir.name().to_string(),
             arch: GuestArch::HOST,
+            machine: None,
             accel,
             cpus,
             memory_mib,
@@ -144,7 +149,10 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         "-display".into(),
         "none".into(),
         "-machine".into(),
-        format!("{},memory-backend={RAM_ID}", spec.arch.machine()),
+        format!(
+            "{},memory-backend={RAM_ID}",
+            spec.machine.as_deref().unwrap_or(spec.arch.machine())
+        ),
         "-accel".into(),
         spec.accel.as_str().into(),
         "-smp".into(),
@@ -345,6 +353,20 @@ mod tests {
         // -m must agree with the backend's size.
         assert_eq!(value_after(&args, "-m"), ["512M"]);
         assert!(!args.contains(&"-incoming".to_string()));
+    }
+
+    #[test]
+    fn a_resume_launches_the_machine_type_it_was_saved_under() {
+        let resuming = LaunchSpec {
+            machine: Some("pc-q35-7.2".into()),
+            incoming: true,
+            ..spec()
+        };
+        let args = text(&build(&resuming));
+        assert_eq!(
+            value_after(&args, "-machine"),
+            ["pc-q35-7.2,memory-backend=ram0"]
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 pub mod accel;
 pub mod args;
+pub mod binary;
+pub mod capabilities;
 pub mod disk_image;
 pub mod pause;
 pub mod qmp;
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use self::args::LaunchSpec;
+use self::binary::QemuBinary;
 use self::qmp::{Qmp, QmpEvents};
 use super::{DriverError, Vm};
 use crate::instance::InstanceDir;
@@ -31,7 +34,7 @@ const QMP_ADOPT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, thiserror::Error)]
 pub enum QemuError {
     #[error(
-        "{binary} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get install {package}; macOS: brew install qemu)"
+        "{binary} was not found in PATH; install it (Debian/Ubuntu: sudo apt-get install {package}; macOS: brew install qemu), or point VMKEEP_QEMU at one"
     )]
     Missing {
         binary: String,
@@ -48,6 +51,11 @@ pub enum QemuError {
         candidates: &'static [&'static str],
         package: &'static str,
     },
+    /// `VMKEEP_QEMU` names no usable QEMU.
+    #[error("VMKEEP_QEMU={}: {problem}; set it to the path of a qemu-system binary, or unset it to use the one in PATH", path.display())]
+    Override { path: PathBuf, problem: String },
+    #[error("cannot tell the version of {}: {problem}", binary.display())]
+    Version { binary: PathBuf, problem: String },
     #[error("could not start {binary}: {source}")]
     Spawn {
         binary: String,
@@ -156,16 +164,7 @@ impl Vm for QemuVm {
 
 /// Find a program in PATH.
 pub fn find_in_path(binary: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(binary))
-        .find(|candidate| {
-            use std::os::unix::fs::PermissionsExt;
-            candidate
-                .metadata()
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
+    self::binary::find_in(std::env::var_os("PATH").as_deref(), binary)
 }
 
 /// Launch QEMU as our child in its own process group and connect QMP.
@@ -173,15 +172,12 @@ pub fn find_in_path(binary: &str) -> Option<PathBuf> {
 /// a cgroup of its own (see [`crate::os::cgroup`]), so that it outlives the
 /// unit of the host agent.
 pub async fn launch(
-    binary: &str,
+    binary: &QemuBinary,
     spec: &LaunchSpec,
     log_path: &Path,
     scope: Option<(&Placement, &Scope)>,
 ) -> Result<(QemuVm, QmpEvents), QemuError> {
-    let path = find_in_path(binary).ok_or_else(|| QemuError::Missing {
-        binary: binary.into(),
-        package: spec.arch.qemu_package(),
-    })?;
+    let path = &binary.path;
     let firmware = spec.arch.firmware();
     if let crate::guest_arch::Firmware::Uefi {
         candidates,
@@ -200,7 +196,7 @@ pub async fn launch(
         source,
     })?;
     let log_start = crate::os::fs::len_of(log_path);
-    let mut program = Program::new(&path, &args::build(spec));
+    let mut program = Program::new(path, &args::build(spec));
     if let Some((placement, scope)) = scope {
         program = cgroup::wrap(placement, scope, &program);
     }

@@ -40,16 +40,23 @@
 //! - it holds the lock on `fsN.pid` that vmkeep's child took before exec
 //!   (see `os::confine`): that lock, not a pid, tells whether it lives, and
 //!   who it is, to a host agent adopting the VM and to `vmkeep list`.
-//! - QEMU 7.2 cannot migrate a vhost-user-fs device ("State blocked by
-//!   non-migratable device"), so a VM with shared directories cannot be
-//!   suspended (`snapshot::save` refuses first), and a vhost-user-fs device
-//!   does not reconnect: a virtiofsd that dies leaves its mount dead until
-//!   the VM restarts (shown in `list`).
+//! - which virtiofsd goes with which QEMU, and whether a VM with shares can
+//!   be suspended, is `capabilities`' decision: QEMU 7.2 cannot migrate a
+//!   vhost-user-fs device ("State blocked by non-migratable device"), so
+//!   there a VM with shared directories cannot be suspended
+//!   (`snapshot::save` refuses first); QEMU 8.2 and later migrate it with
+//!   the Rust virtiofsd's state in the stream (`--migration-mode`
+//!   find-paths, its default: the paths of what the guest holds open), and
+//!   the resumed QEMU connects to a fresh virtiofsd on the same directory.
+//!   The C virtiofsd serves only beside the QEMU that shipped it (before
+//!   8.0). A vhost-user-fs device does not reconnect: a virtiofsd that dies
+//!   leaves its mount dead until the VM restarts (shown in `list`).
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::capabilities::Capabilities;
 use crate::instance::InstanceDir;
 use crate::instance::share_owner::{self, Ids, MountOwner, OwnerFacts, ShareOwner};
 use crate::instance::shares::SharedDir;
@@ -163,6 +170,13 @@ pub enum VirtiofsError {
         CANDIDATES.join(", ")
     )]
     Missing,
+    #[error(
+        "mounts: the only virtiofsd here is QEMU {c}'s C one, which does not go with QEMU {qemu} (QEMU 8.0 dropped it, and it cannot be suspended with a VM); install the Rust virtiofsd (scripts/setup-host does, or: apt-get install virtiofsd on Debian 13, cargo install virtiofsd)"
+    )]
+    CBesideNewQemu {
+        c: String,
+        qemu: crate::driver::qemu::qmp::QemuVersion,
+    },
     #[error("{OVERRIDE_VAR}={}: {problem}", path.display())]
     Override { path: PathBuf, problem: String },
     #[error(
@@ -264,6 +278,11 @@ pub fn program(plan: &Plan, socket_fd: std::os::fd::RawFd) -> Program {
                 // ...and the owner's files are the guest user's.
                 format!("--translate-uid=host:{}:{}:1", owner.uid, guest.uid),
                 format!("--translate-gid=host:{}:{}:1", owner.gid, guest.gid),
+                // A suspend (QEMU 8.2 and later) carries the paths of what
+                // the guest holds open into the saved state; one the host
+                // removed meanwhile fails that one file in the guest
+                // (EIO) instead of the whole resume.
+                "--migration-on-error=guest-error".into(),
             ];
             if !share.writable {
                 args.push("--readonly".into());
@@ -337,6 +356,7 @@ pub fn choose(
     installed: &[Virtiofsd],
     share: &SharedDir,
     running_as: Ids,
+    qemu: Capabilities,
     config: &Path,
 ) -> Result<Virtiofsd, VirtiofsError> {
     if let Some(rust) = installed.iter().find(|d| d.is_rust()) {
@@ -356,6 +376,12 @@ pub fn choose(
     let Flavour::C { version } = &c.flavour else {
         unreachable!("no Rust virtiofsd among them");
     };
+    if !qemu.accepts_c_virtiofsd() {
+        return Err(VirtiofsError::CBesideNewQemu {
+            c: version.clone(),
+            qemu: qemu.version(),
+        });
+    }
     if !running_as.is_root() {
         return Err(VirtiofsError::NotRoot {
             qemu: version.clone(),
@@ -424,6 +450,7 @@ pub fn preflight(
     config: &Path,
     mount_owner: Option<&MountOwner>,
     guest: Ids,
+    qemu: Capabilities,
 ) -> Result<Vec<Plan>, VirtiofsError> {
     if shares.is_empty() {
         return Ok(Vec::new());
@@ -446,7 +473,7 @@ pub fn preflight(
             problem,
             config: config.to_path_buf(),
         };
-        let daemon = choose(&installed, share, running_as, config)?;
+        let daemon = choose(&installed, share, running_as, qemu, config)?;
         if !share.location.exists() {
             std::fs::create_dir_all(&share.location)
                 .map_err(|e| problem(format!("does not exist and cannot be created ({e})")))?;
@@ -647,6 +674,14 @@ mod tests {
         }
     }
 
+    fn q72() -> Capabilities {
+        Capabilities::of(crate::driver::qemu::qmp::QemuVersion {
+            major: 7,
+            minor: 2,
+            micro: 22,
+        })
+    }
+
     const ALICE: Ids = Ids {
         uid: 1000,
         gid: 1000,
@@ -689,6 +724,7 @@ mod tests {
                 "--translate-gid=squash-guest:0:1000:4294967295",
                 "--translate-uid=host:1000:0:1",
                 "--translate-gid=host:1000:0:1",
+                "--migration-on-error=guest-error",
             ]
         );
         let guest_user = Ids {
@@ -788,17 +824,17 @@ mod tests {
         for writable in [false, true] {
             for running in [Ids::ROOT, ALICE] {
                 assert_eq!(
-                    choose(&both, &share(writable), running, config).unwrap(),
+                    choose(&both, &share(writable), running, q72(), config).unwrap(),
                     rust()
                 );
             }
         }
         let only_c = [c()];
         assert_eq!(
-            choose(&only_c, &share(false), Ids::ROOT, config).unwrap(),
+            choose(&only_c, &share(false), Ids::ROOT, q72(), config).unwrap(),
             c()
         );
-        let err = choose(&only_c, &share(true), Ids::ROOT, config)
+        let err = choose(&only_c, &share(true), Ids::ROOT, q72(), config)
             .unwrap_err()
             .to_string();
         assert!(
@@ -807,7 +843,7 @@ mod tests {
                 && err.contains("install the Rust virtiofsd"),
             "{err}"
         );
-        let err = choose(&only_c, &share(false), ALICE, config)
+        let err = choose(&only_c, &share(false), ALICE, q72(), config)
             .unwrap_err()
             .to_string();
         assert!(
@@ -820,7 +856,7 @@ mod tests {
             },
             ..rust()
         };
-        let err = choose(&[old], &share(false), ALICE, config)
+        let err = choose(&[old], &share(false), ALICE, q72(), config)
             .unwrap_err()
             .to_string();
         assert!(
@@ -828,9 +864,27 @@ mod tests {
             "{err}"
         );
         assert!(matches!(
-            choose(&[], &share(false), ALICE, config),
+            choose(&[], &share(false), ALICE, q72(), config),
             Err(VirtiofsError::Missing)
         ));
+        // Beside QEMU 8 and later only the Rust one serves.
+        let q10 = Capabilities::of(crate::driver::qemu::qmp::QemuVersion {
+            major: 10,
+            minor: 0,
+            micro: 2,
+        });
+        assert_eq!(
+            choose(&both, &share(false), Ids::ROOT, q10, config).unwrap(),
+            rust()
+        );
+        let err = choose(&only_c, &share(false), Ids::ROOT, q10, config)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("QEMU 7.2.22's C one, which does not go with QEMU 10.0.2")
+                && err.contains("install the Rust virtiofsd"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -866,7 +920,7 @@ mod tests {
 
     #[test]
     fn nothing_is_needed_without_shares_and_a_missing_location_is_made() {
-        let none = preflight(&[], Path::new("/c"), None, Ids::ROOT).unwrap();
+        let none = preflight(&[], Path::new("/c"), None, Ids::ROOT, q72()).unwrap();
         assert!(none.is_empty());
         if find_installed().is_err() {
             eprintln!("no virtiofsd here; skipping the location checks");
@@ -884,6 +938,7 @@ mod tests {
             Path::new("/c"),
             None,
             Ids::ROOT,
+            q72(),
         ) {
             Ok(plans) => assert_eq!(plans[0].share, share),
             // Only the C virtiofsd, and not root: refused before anything.
@@ -897,7 +952,7 @@ mod tests {
             location: file,
             ..share
         };
-        let err = preflight(&[not_dir], Path::new("/c"), None, Ids::ROOT)
+        let err = preflight(&[not_dir], Path::new("/c"), None, Ids::ROOT, q72())
             .unwrap_err()
             .to_string();
         assert!(err.contains("is not a directory"), "{err}");

@@ -38,9 +38,6 @@ pub use self::save::{SaveError, SaveFailure, SaveOptions, Saved, StateAfterFailu
 use crate::instance::InstanceDir;
 use crate::os;
 
-/// The migration capability that leaves shared RAM out of the stream.
-const IGNORE_SHARED: &str = "x-ignore-shared";
-
 /// The hint every refused resume ends with.
 pub const CHOICES: &str = "either set back what changed (the config, or the QEMU it was saved with) \
      and start again, or discard the saved state and boot afresh with `vmkeep start --discard-state` \

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::driver::qemu::args::{self, LaunchSpec};
+use crate::driver::qemu::capabilities::Capabilities;
 use crate::driver::qemu::qmp::QemuVersion;
 use crate::os::fs::FileId;
 
@@ -50,8 +51,9 @@ pub struct StateRecord {
     pub guest_boot_id: Option<String>,
 }
 
-/// The QEMU that saved the state. Only the same QEMU version is trusted to
-/// load it.
+/// The QEMU that saved the state. Only the same QEMU version or a newer one
+/// loads it (`capabilities::Capabilities::loads_state_of`), under the
+/// machine type it was saved with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QemuBuild {
     pub version: QemuVersion,
@@ -84,9 +86,9 @@ pub struct MachineShape {
     pub seed: bool,
     /// A network device is attached.
     pub network: bool,
-    /// Shared directories attached (vhost-user-fs devices). QEMU 7.2 cannot
-    /// save a VM that has one, so a saved state has none; a record of an
-    /// older vmkeep, which had no such devices, reads as none.
+    /// Shared directories attached (vhost-user-fs devices). Only QEMU 8.2
+    /// and later can save a VM that has one; a record of an older vmkeep,
+    /// which had no such devices, reads as none.
     #[serde(default)]
     pub shared_dirs: u32,
 }
@@ -172,7 +174,8 @@ pub enum Mismatch {
     Format {
         found: u32,
     },
-    /// Another QEMU version would load it (or its version is unknown).
+    /// An older QEMU than the one that saved it would load it (or the
+    /// version of the one that would cannot be told).
     QemuVersion {
         saved: QemuVersion,
         now: Option<QemuVersion>,
@@ -208,7 +211,8 @@ impl fmt::Display for Mismatch {
             } => {
                 write!(
                     f,
-                    "it was saved by QEMU {saved}; QEMU {now} is installed now"
+                    "it was saved by QEMU {saved}, and QEMU {now}, the one found now, is older \
+                     (a saved state resumes only on the same QEMU or a newer one)"
                 )
             }
             Mismatch::QemuVersion { saved, now: None } => write!(
@@ -261,7 +265,10 @@ pub fn check(record: &StateRecord, present: &Present) -> Vec<Mismatch> {
         }];
     }
     let mut found = Vec::new();
-    if present.qemu_version != Some(record.qemu.version) {
+    let loads = present
+        .qemu_version
+        .is_some_and(|now| Capabilities::of(now).loads_state_of(record.qemu.version));
+    if !loads {
         found.push(Mismatch::QemuVersion {
             saved: record.qemu.version,
             now: present.qemu_version,
@@ -589,17 +596,17 @@ mod tests {
             (
                 Box::new(|p| {
                     p.qemu_version = Some(QemuVersion {
-                        major: 8,
-                        minor: 0,
-                        micro: 0,
+                        major: 7,
+                        minor: 2,
+                        micro: 1,
                     })
                 }),
                 Mismatch::QemuVersion {
                     saved: V72,
                     now: Some(QemuVersion {
-                        major: 8,
-                        minor: 0,
-                        micro: 0,
+                        major: 7,
+                        minor: 2,
+                        micro: 1,
                     }),
                 },
             ),
@@ -654,6 +661,34 @@ mod tests {
         );
         assert!(memory.is_recoverable());
         assert!(!Mismatch::DiskChanged.is_recoverable());
+    }
+
+    #[test]
+    fn a_state_saved_on_7_2_loads_on_10_but_not_the_reverse() {
+        let q10 = QemuVersion {
+            major: 10,
+            minor: 0,
+            micro: 2,
+        };
+        let mut newer = present();
+        newer.qemu_version = Some(q10);
+        assert_eq!(check(&record(), &newer), vec![]);
+        let mut saved_on_10 = record();
+        saved_on_10.qemu.version = q10;
+        let refused = check(&saved_on_10, &present());
+        assert_eq!(
+            refused,
+            vec![Mismatch::QemuVersion {
+                saved: q10,
+                now: Some(V72)
+            }]
+        );
+        assert_eq!(
+            refused[0].to_string(),
+            "it was saved by QEMU 10.0.2, and QEMU 7.2.22, the one found now, is older \
+             (a saved state resumes only on the same QEMU or a newer one)"
+        );
+        assert!(refused[0].is_recoverable());
     }
 
     #[test]

@@ -9,14 +9,15 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use super::record::{self, DeviceState, MachineShape, Mismatch, Present, StateRecord};
-use super::{CHOICES, IGNORE_SHARED, StateError, discard, sha256_hex};
+use super::{CHOICES, StateError, discard, sha256_hex};
 use crate::driver::qemu::args::LaunchSpec;
+use crate::driver::qemu::binary::QemuBinary;
+use crate::driver::qemu::capabilities::Capabilities;
 use crate::driver::qemu::qmp::{MigrationStatus, QemuVersion, QmpError, RunState};
 use crate::driver::qemu::{QemuVm, tail};
 use crate::instance::InstanceDir;
 use crate::os;
 use crate::os::process::ExitOutcome;
-use crate::os::tool::Tool;
 
 /// How long one QMP command of the resume may take.
 const QMP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,25 +143,12 @@ fn version_of(saved: &StateRecord, binary: &Path) -> Option<QemuVersion> {
     if unchanged {
         return Some(saved.qemu.version);
     }
-    let output = Tool::new(binary, "install QEMU")
-        .arg("--version")
-        .output()
-        .ok()?;
-    parse_version(&String::from_utf8_lossy(&output))
-}
-
-/// `QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)` -> 7.2.22.
-fn parse_version(text: &str) -> Option<QemuVersion> {
-    let rest = text.split("version ").nth(1)?;
-    let number = rest
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .next()?;
-    let mut parts = number.split('.').map(|p| p.parse::<u32>().ok());
-    Some(QemuVersion {
-        major: parts.next()??,
-        minor: parts.next()??,
-        micro: parts.next().flatten().unwrap_or(0),
-    })
+    QemuBinary {
+        path: binary.to_path_buf(),
+    }
+    .capabilities()
+    .ok()
+    .map(|caps| caps.version())
 }
 
 /// Load `device_state` into `vm` (launched from the checked spec with
@@ -184,7 +172,8 @@ pub async fn load_into(
         log_tail: tail(log, 8),
     };
     let qmp_error = |step| move |source| ResumeError::Qmp { step, source };
-    if qmp.qemu_version() != Some(saved.qemu.version) {
+    let now = qmp.qemu_version().map(Capabilities::of);
+    let Some(now) = now.filter(|now| now.loads_state_of(saved.qemu.version)) else {
         return Err(ResumeError::Incompatible {
             name: dir.name().to_string(),
             saved_at: saved.saved_at.clone(),
@@ -194,10 +183,12 @@ pub async fn load_into(
                 now: qmp.qemu_version(),
             }],
         });
+    };
+    for capability in now.save_capabilities() {
+        qmp.set_migration_capability(capability, true, QMP_TIMEOUT)
+            .await
+            .map_err(qmp_error("migrate-set-capabilities"))?;
     }
-    qmp.set_migration_capability(IGNORE_SHARED, true, QMP_TIMEOUT)
-        .await
-        .map_err(qmp_error("migrate-set-capabilities"))?;
     let socket = dir.migration_socket();
     let stream_error = |source| ResumeError::Stream {
         path: socket.clone(),
@@ -276,40 +267,4 @@ pub async fn load_into(
 
 fn exit_words(outcome: ExitOutcome) -> String {
     format!("QEMU exited: {outcome}")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn qemu_versions_are_read_from_version_output() {
-        assert_eq!(
-            parse_version(
-                "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022"
-            ),
-            Some(QemuVersion {
-                major: 7,
-                minor: 2,
-                micro: 22
-            })
-        );
-        assert_eq!(
-            parse_version("QEMU emulator version 9.1.0\n"),
-            Some(QemuVersion {
-                major: 9,
-                minor: 1,
-                micro: 0
-            })
-        );
-        assert_eq!(
-            parse_version("QEMU emulator version 8.2"),
-            Some(QemuVersion {
-                major: 8,
-                minor: 2,
-                micro: 0
-            })
-        );
-        assert_eq!(parse_version("something else"), None);
-    }
 }

@@ -11,10 +11,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Instant;
 
-use super::IGNORE_SHARED;
 use super::record::{self, DeviceState, MachineShape, QemuBuild, StateRecord};
 use crate::driver::qemu::QemuVm;
-use crate::driver::qemu::qmp::{MigrationStatus, QmpError};
+use crate::driver::qemu::capabilities::Capabilities;
+use crate::driver::qemu::qmp::{MigrationStatus, QemuVersion, QmpError};
 use crate::instance::InstanceDir;
 use crate::instance::config::ByteSize;
 use crate::os;
@@ -88,10 +88,10 @@ pub enum SaveFailure {
     )]
     RamNotInFile { ram_file: PathBuf },
     #[error(
-        "this VM shares {count} host director{} (mounts:), and QEMU {qemu} cannot save a virtio-fs device (it is not migratable before QEMU 8.2), so it cannot be suspended; stop it instead (`vmkeep stop`), or remove mounts from its config and restart it to suspend it later",
+        "this VM shares {count} host director{} (mounts:), and its QEMU {qemu} cannot save a virtio-fs device (QEMU 8.2 and later can), so it cannot be suspended; stop it instead (`vmkeep stop`), or run it on QEMU 8.2 or later (install one, or point VMKEEP_QEMU at one, and restart the VM), or remove mounts from its config and restart it",
         if *count == 1 { "y" } else { "ies" }
     )]
-    SharedDirectories { count: u32, qemu: String },
+    SharedDirectories { count: u32, qemu: QemuVersion },
     #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,
@@ -197,15 +197,16 @@ pub async fn save(
             after: StateAfterFailure::Gone { outcome },
         });
     };
+    let version = vm
+        .qmp
+        .qemu_version()
+        .ok_or_else(|| running(SaveFailure::NoVersion))?;
+    let capabilities = Capabilities::of(version);
     let shared_dirs = MachineShape::of_args(&args).shared_dirs;
-    if shared_dirs > 0 {
+    if shared_dirs > 0 && !capabilities.virtio_fs_migrates() {
         return Err(running(SaveFailure::SharedDirectories {
             count: shared_dirs,
-            qemu: vm
-                .qmp
-                .qemu_version()
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "7.2".into()),
+            qemu: version,
         }));
     }
     let ram_file = dir.guest_ram();
@@ -213,10 +214,6 @@ pub async fn save(
         return Err(running(SaveFailure::RamNotInFile { ram_file }));
     }
     check_space(dir, &ram_file, options.reserve_bytes).map_err(running)?;
-    let version = vm
-        .qmp
-        .qemu_version()
-        .ok_or_else(|| running(SaveFailure::NoVersion))?;
     let machine_type = vm
         .qmp
         .machine_type(QMP_TIMEOUT)
@@ -234,6 +231,7 @@ pub async fn save(
         kernel_cmdline: record::kernel_cmdline_of_args(&args),
         deadline: started + options.deadline,
         options: *options,
+        capabilities,
     };
     let socket = dir.migration_socket();
     let listener = os::socket::bind_private(&socket)
@@ -288,6 +286,7 @@ struct Prepared {
     kernel_cmdline: Option<String>,
     deadline: Instant,
     options: SaveOptions,
+    capabilities: Capabilities,
 }
 
 /// One save in progress, and what it must undo if it fails.
@@ -313,9 +312,11 @@ impl Attempt<'_> {
         let qmp = &self.vm.qmp;
         self.paused = true;
         qmp.pause(QMP_TIMEOUT).await.map_err(qmp_error("stop"))?;
-        qmp.set_migration_capability(IGNORE_SHARED, true, QMP_TIMEOUT)
-            .await
-            .map_err(qmp_error("migrate-set-capabilities"))?;
+        for capability in prepared.capabilities.save_capabilities() {
+            qmp.set_migration_capability(capability, true, QMP_TIMEOUT)
+                .await
+                .map_err(qmp_error("migrate-set-capabilities"))?;
+        }
         let uri = format!("unix:{}", self.dir.migration_socket().display());
         self.migrating = true;
         qmp.migrate(&uri, QMP_TIMEOUT)
