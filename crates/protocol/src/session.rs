@@ -235,6 +235,22 @@ pub struct OutputCredit {
     pub stderr: u64,
 }
 
+impl OutputCredit {
+    /// `bytes` more for `stream` alone.
+    pub fn of(stream: Stream, bytes: u64) -> OutputCredit {
+        match stream {
+            Stream::Stdout => OutputCredit {
+                stdout: bytes,
+                stderr: 0,
+            },
+            Stream::Stderr => OutputCredit {
+                stdout: 0,
+                stderr: bytes,
+            },
+        }
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

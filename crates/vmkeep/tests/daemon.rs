@@ -298,17 +298,12 @@ fn daemon_install_dry_run_prints_a_unit_that_systemd_accepts() {
         .flatten()
         .map(|e| e.path())
         .collect();
-    let run = env
-        .command(&["daemon", "install", "--dry-run"])
-        .env("HOME", env.home())
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
+    let run = env.run_env(
+        &["daemon", "install", "--dry-run"],
+        &[("HOME", env.home().as_os_str())],
     );
-    let text = String::from_utf8(run.stdout).unwrap();
+    assert!(run.output.status.success(), "{}", run.describe());
+    let text = run.stdout();
     assert!(
         text.contains(".config/systemd/user/vmkeep-daemon.service"),
         "{text}"

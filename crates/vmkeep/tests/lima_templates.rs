@@ -163,17 +163,12 @@ fn limas_own_default_mounts_win_where_lima_is_installed_and_vmkeeps_has_no_tmp_l
     let app = lima.path().join("app.yaml");
     std::fs::write(&app, "base: template:_default/mounts\n").unwrap();
     let stored = |templates: &Path| {
-        let run = env
-            .command(&["create", "--dry-run", app.to_str().unwrap()])
-            .env("LIMA_TEMPLATES_PATH", templates)
-            .output()
-            .unwrap();
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
+        let run = env.run_env(
+            &["create", "--dry-run", app.to_str().unwrap()],
+            &[("LIMA_TEMPLATES_PATH", templates.as_os_str())],
         );
-        String::from_utf8_lossy(&run.stdout).into_owned()
+        assert!(run.output.status.success(), "{}", run.describe());
+        run.stdout()
     };
     let with_lima = stored(lima.path());
     assert!(

@@ -166,17 +166,10 @@ impl Client {
                 self.out[i].extend_from_slice(&output.data);
                 if self.grant {
                     let len = output.data.len() as u64;
-                    let credit = match output.stream {
-                        Stream::Stdout => OutputCredit {
-                            stdout: len,
-                            stderr: 0,
-                        },
-                        Stream::Stderr => OutputCredit {
-                            stdout: 0,
-                            stderr: len,
-                        },
-                    };
-                    host.send(self.id, self.state.grant(credit));
+                    host.send(
+                        self.id,
+                        self.state.grant(OutputCredit::of(output.stream, len)),
+                    );
                 }
                 return;
             }

@@ -20,15 +20,19 @@ pub const CLOUD_CONFIG: &str = "cloud-config.yaml";
 
 /// Lima's home: `$LIMA_HOME`, else `~/.lima`; `None` without either.
 pub fn lima_home() -> Option<PathBuf> {
-    std::env::var_os(LIMA_HOME_ENV)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    let set = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    lima_home_from(
+        set(LIMA_HOME_ENV).map(PathBuf::from),
+        set("HOME").map(PathBuf::from),
+    )
+}
+
+/// Lima's home from the values of `$LIMA_HOME` (used when absolute) and
+/// `$HOME` (`~/.lima`).
+pub fn lima_home_from(lima_home: Option<PathBuf>, home: Option<PathBuf>) -> Option<PathBuf> {
+    lima_home
         .filter(|p| p.is_absolute())
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .filter(|v| !v.is_empty())
-                .map(|h| PathBuf::from(h).join(".lima"))
-        })
+        .or_else(|| home.map(|h| h.join(".lima")))
 }
 
 /// The instance directories of a Lima home, by name (Lima's own

@@ -58,10 +58,8 @@ pub fn template_dirs(env: &LookupEnv) -> Vec<PathBuf> {
         return std::env::split_paths(list).collect();
     }
     let mut dirs = Vec::new();
-    let lima_home = env
-        .lima_home
-        .clone()
-        .or_else(|| env.home.as_ref().map(|h| h.join(".lima")));
+    let lima_home =
+        crate::instance::lima_instance::lima_home_from(env.lima_home.clone(), env.home.clone());
     dirs.extend(lima_home.map(|h| h.join("_templates")));
     if let Some(limactl) = find_limactl(env.path.as_ref()) {
         let resolved = std::fs::canonicalize(&limactl).ok();

@@ -415,16 +415,7 @@ impl GuestSession {
 
     /// Output taken: grant as much again.
     pub fn grant(&self, stream: Stream, bytes: usize) {
-        let credit = match stream {
-            Stream::Stdout => OutputCredit {
-                stdout: bytes as u64,
-                stderr: 0,
-            },
-            Stream::Stderr => OutputCredit {
-                stdout: 0,
-                stderr: bytes as u64,
-            },
-        };
+        let credit = OutputCredit::of(stream, bytes as u64);
         {
             let mut state = self.slot.lock();
             if state.end.is_some() {
@@ -624,17 +615,7 @@ pub(crate) fn fuzz_deliveries(data: &[u8]) {
                 let len = data.len() as u64;
                 taken[stream.index()] += len;
                 granted[stream.index()] += len;
-                let credit = match stream {
-                    Stream::Stdout => OutputCredit {
-                        stdout: len,
-                        stderr: 0,
-                    },
-                    Stream::Stderr => OutputCredit {
-                        stdout: 0,
-                        stderr: len,
-                    },
-                };
-                let _ = state.rules.grant(credit);
+                let _ = state.rules.grant(OutputCredit::of(stream, len));
             }
             state.notices.pop_front();
         }
