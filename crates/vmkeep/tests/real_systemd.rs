@@ -306,6 +306,81 @@ fn vm_systemd_daemon_kill9_leaves_its_vms_running() {
 }
 
 #[test]
+fn vm_systemd_daemon_restart_keeps_its_vms_and_supervises_them_stop_stops_them() {
+    let Some(ct) = Container::boot() else { return };
+    ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
+    ct.ok_as(
+        USER,
+        "printf 'runStrategy: always\\n' >/tmp/always.yaml && \
+         vmkeep create r1 --template /tmp/always.yaml && vmkeep daemon install",
+        CMD,
+    );
+    wait_until(BOOT, || {
+        (ct.row(USER, "r1")["status"] == "Running").then_some(())
+    })
+    .expect("the daemon started r1");
+    let (boot, uptime) = boot_id_and_uptime(&ct, USER, "r1");
+    let row = ct.row(USER, "r1");
+    let qemu = pid_field(&row, "qemu_pid").expect("QEMU pid");
+    let daemon = main_pid(&ct, USER, "vmkeep-daemon.service");
+
+    // A restart of the unit (what a package upgrade does): the VM runs on.
+    ct.ok_as(USER, "systemctl --user restart vmkeep-daemon", CMD);
+    let new_daemon = main_pid(&ct, USER, "vmkeep-daemon.service");
+    assert!(new_daemon != 0 && new_daemon != daemon, "a new daemon");
+    let now = ct.row(USER, "r1");
+    assert_eq!(now["status"], "Running", "{now}");
+    assert_eq!(
+        pid_field(&now, "qemu_pid"),
+        Some(qemu),
+        "the same QEMU: {now}"
+    );
+    assert_eq!(now["agent_pid"], row["agent_pid"], "the same agent: {now}");
+    let (boot_now, uptime_now) = boot_id_and_uptime(&ct, USER, "r1");
+    assert_eq!(boot_now, boot, "r1 was not rebooted");
+    assert!(
+        uptime_now > uptime,
+        "uptime went on: {uptime} -> {uptime_now}"
+    );
+    let log = ct.ok_as(USER, "cat ~/.vmkeep/daemon.log", CMD).stdout;
+    assert!(
+        log.contains("for a restart of the daemon's unit: leaving every VM running"),
+        "{log}"
+    );
+
+    // The new daemon supervises it: a QEMU crash is restarted (runStrategy).
+    ct.ok_as(USER, &format!("kill -9 {qemu}"), CMD);
+    let mut last = serde_json::Value::Null;
+    let new_qemu = wait_until(BOOT, || {
+        last = ct.row(USER, "r1");
+        let pid = pid_field(&last, "qemu_pid")?;
+        (last["status"] == "Running" && pid != qemu).then_some(pid)
+    })
+    .unwrap_or_else(|| panic!("the new daemon did not restart r1 after its crash: {last}"));
+    assert_ne!(new_qemu, qemu);
+    let (boot_after_crash, _) = boot_id_and_uptime(&ct, USER, "r1");
+    assert_ne!(boot_after_crash, boot, "a fresh boot after the crash");
+    let events = ct.events(USER, "r1");
+    assert!(
+        events_named(&events, "restarting")
+            .any(|e| e["after"].as_str().is_some_and(|a| a.contains("crash"))),
+        "the daemon journaled the restart after the crash: {events:#?}"
+    );
+
+    // A stop of the unit stops the VM by its ladder.
+    ct.ok_as(USER, "systemctl --user stop vmkeep-daemon", BOOT);
+    let now = ct.row(USER, "r1");
+    assert_eq!(now["status"], "Stopped", "{now}");
+    let events = ct.events(USER, "r1");
+    let stopped = events_named(&events, "stopped").last().cloned();
+    assert_eq!(
+        stopped.as_ref().map(|e| e["by"].clone()),
+        Some(serde_json::json!("power-button")),
+        "{events:#?}"
+    );
+}
+
+#[test]
 fn vm_systemd_poweroff_stops_each_vm_by_its_ladder_and_boot_brings_them_back() {
     let Some(mut ct) = Container::boot() else {
         return;

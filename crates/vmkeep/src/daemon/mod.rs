@@ -14,7 +14,11 @@
 //! - An unwanted agent (`halted`, or `vmkeep stop` recorded) is asked to
 //!   stop (`engine::stop::ask_agent`), so it runs the stop ladder; a forced
 //!   stop (the engine's, in-process) comes only past `stop_ladder::force_after`.
-//! - On SIGTERM/SIGINT the daemon takes every supervised VM down at once
+//! - A SIGTERM for a restart of its own systemd unit (`systemctl restart`:
+//!   a `restart` job on the unit) leaves every VM running: the agents are
+//!   in scopes of their own, and the next daemon watches them again
+//!   ([`policy::at_exit`] decides).
+//! - On any other SIGTERM, and on SIGINT, the daemon takes every supervised VM down at once
 //!   (`engine::stop::shut_down`, one thread each) and waits for them
 //!   together: the slowest stop, not the sum. That is a host shutdown for
 //!   the VMs: those with `onHostShutdown: suspend` are suspended instead
@@ -33,7 +37,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::Instant;
 
 pub use self::error::DaemonError;
-use self::policy::{Action, Memory, RestartLimits, Seen};
+use self::policy::{Action, AtExit, Memory, RestartLimits, Seen, Termination};
 use crate::engine::agent::{self, Reports, Spawned};
 use crate::engine::stop::ForceCause;
 use crate::engine::{self, EngineError, Notice};
@@ -156,9 +160,65 @@ impl Daemon {
                 _ = interrupt.recv() => break "SIGINT",
             }
         };
-        tracing::info!("{why}: stopping every supervised VM");
-        self.stop_all().await;
+        let at_exit = match why {
+            "SIGTERM" => policy::at_exit(&self.termination().await),
+            _ => AtExit::StopAll { why: "interrupted" },
+        };
+        match at_exit {
+            AtExit::LeaveRunning => {
+                tracing::info!(
+                    "{why} for a restart of the daemon's unit: leaving every VM running, the next daemon takes them over"
+                );
+                self.finish_helpers().await;
+            }
+            AtExit::StopAll { why: because } => {
+                tracing::info!("{why} ({because}): stopping every supervised VM");
+                self.stop_all().await;
+            }
+        }
         Ok(0)
+    }
+
+    /// What a SIGTERM means: the job systemd runs on the daemon's unit,
+    /// and whether the host is going down, each asked in a bounded time (an
+    /// answer that does not come counts as unknown: a stop).
+    async fn termination(&self) -> Termination {
+        let limit = crate::timeouts::API_ANSWER;
+        let asked = tokio::task::spawn_blocking(os::service_manager::own_unit_job);
+        let unit_job = match tokio::time::timeout(limit, asked).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => Err("systemd did not say in time".into()),
+        };
+        let host_shutting_down = match unit_job {
+            Ok(Some(_)) => {
+                let asked = tokio::task::spawn_blocking(os::service_manager::host_shutting_down);
+                match tokio::time::timeout(limit, asked).await {
+                    Ok(Ok(Ok(down))) => Some(down),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        let seen = Termination {
+            unit_job,
+            host_shutting_down,
+            agents_outside: self.placement.is_some(),
+        };
+        tracing::info!(?seen, "SIGTERM");
+        seen
+    }
+
+    /// Let the stops the daemon runs itself (adopt-and-stop, force) finish
+    /// before it exits, so none is cut off half way.
+    async fn finish_helpers(&mut self) {
+        for watch in self.watches.values_mut() {
+            if let Some(helper) = watch.helper.take() {
+                while !helper.is_finished() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let _ = helper.join();
+            }
+        }
     }
 
     fn supervised(&self) -> Vec<(InstanceDir, Config, RunStrategy)> {

@@ -313,6 +313,60 @@ pub fn decide(memory: &mut Memory, seen: &Seen<'_>) -> Vec<Action> {
     actions
 }
 
+/// What the daemon saw when a SIGTERM came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Termination {
+    /// The job systemd runs on the daemon's own unit (`restart`, `stop`,
+    /// ...; `Ok(None)`: no job, a plain `kill`), or why it could not be
+    /// asked (not run by systemd).
+    pub unit_job: Result<Option<String>, String>,
+    /// The host (or the user's manager) is shutting down; `None`: unknown.
+    pub host_shutting_down: Option<bool>,
+    /// The host agents the daemon spawned live outside its cgroup (a scope
+    /// each), so they outlive its unit's stop.
+    pub agents_outside: bool,
+}
+
+/// What the daemon does with its VMs when it exits on a SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtExit {
+    /// Stop (or, at a host shutdown, suspend) every supervised VM, as its
+    /// ladder says: a stop of the daemon's unit, a host shutdown, a SIGTERM
+    /// from anything else.
+    StopAll { why: &'static str },
+    /// Leave them running: the unit is being restarted, and the next daemon
+    /// takes them over.
+    LeaveRunning,
+}
+
+/// Whether a SIGTERM stops the daemon's VMs. Only a restart of its own
+/// unit (`systemctl restart`, `try-restart`, `reload-or-restart`: systemd
+/// runs them as a `restart` job) leaves them running, and only when they
+/// are out of the unit's cgroup (else systemd kills them with it) and the
+/// host is not going down.
+pub fn at_exit(seen: &Termination) -> AtExit {
+    if seen.host_shutting_down == Some(true) {
+        return AtExit::StopAll {
+            why: "the host is shutting down",
+        };
+    }
+    match seen.unit_job.as_ref().map(Option::as_deref) {
+        Ok(Some("restart" | "try-restart")) if seen.agents_outside => AtExit::LeaveRunning,
+        Ok(Some("restart" | "try-restart")) => AtExit::StopAll {
+            why: "its unit restarts, but its host agents are in its cgroup, where systemd kills them",
+        },
+        Ok(Some(_)) => AtExit::StopAll {
+            why: "its unit is being stopped",
+        },
+        Ok(None) => AtExit::StopAll {
+            why: "a SIGTERM without a job on its unit",
+        },
+        Err(_) => AtExit::StopAll {
+            why: "not run by systemd",
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -721,5 +775,43 @@ mod tests {
             Verdict::StartAt(100 * S),
             "a failure long after the last ones starts afresh"
         );
+    }
+
+    #[test]
+    fn only_a_restart_of_its_unit_leaves_the_vms_running() {
+        let job = |kind: &str| Ok(Some(kind.to_string()));
+        let seen = |unit_job, host_shutting_down, agents_outside| Termination {
+            unit_job,
+            host_shutting_down,
+            agents_outside,
+        };
+        let stops = |seen: &Termination| matches!(at_exit(seen), AtExit::StopAll { .. });
+        // (observed, leaves them running)
+        let cases = [
+            (seen(job("restart"), Some(false), true), true),
+            (seen(job("try-restart"), Some(false), true), true),
+            // Whether the host goes down could not be told: a restart job
+            // is not what a shutdown queues.
+            (seen(job("restart"), None, true), true),
+            (seen(job("restart"), Some(true), true), false),
+            // Agents in the daemon's cgroup die with its unit: stop them
+            // by their ladder first.
+            (seen(job("restart"), Some(false), false), false),
+            (seen(job("stop"), Some(false), true), false),
+            (seen(job("stop"), Some(true), true), false),
+            (seen(job("start"), Some(false), true), false),
+            (seen(Ok(None), Some(false), true), false),
+            (seen(Err("not under systemd".into()), None, true), false),
+            (seen(Err("not under systemd".into()), None, false), false),
+        ];
+        for (seen, leaves) in cases {
+            assert_eq!(
+                at_exit(&seen) == AtExit::LeaveRunning,
+                leaves,
+                "{seen:?} -> {:?}",
+                at_exit(&seen)
+            );
+            assert_eq!(stops(&seen), !leaves);
+        }
     }
 }

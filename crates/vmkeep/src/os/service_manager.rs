@@ -182,6 +182,19 @@ impl Systemctl {
         Ok(state.trim() == "stopping")
     }
 
+    /// The type of the job systemd runs or has queued on `unit` now
+    /// (`restart`, `stop`, `start`, ...; `None`: no job), from `systemctl
+    /// list-jobs`. A process asks it of its own unit at its stop signal to
+    /// tell a `systemctl restart` (job `restart` while the old process is
+    /// stopped) from a `systemctl stop` or a shutdown (`stop`); systemd 252
+    /// shows it so, for the system and the user managers alike.
+    pub fn job_type(&self, unit: &str) -> Result<Option<String>, ToolError> {
+        self.tool()
+            .args(["list-jobs", "--no-legend", "--full", "--no-pager", unit])
+            .output_text()
+            .map(|text| job_type_in(&text, unit))
+    }
+
     pub fn show(&self, unit: &str) -> Result<UnitState, ToolError> {
         self.tool()
             .args([
@@ -192,6 +205,41 @@ impl Systemctl {
             .output_text()
             .map(|text| UnitState::parse(&text))
     }
+}
+
+/// The job type `systemctl list-jobs --no-legend` shows for `unit`: its rows
+/// are `ID UNIT TYPE STATE`, columns padded with spaces.
+pub fn job_type_in(list_jobs: &str, unit: &str) -> Option<String> {
+    list_jobs.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_id, name, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (name == unit).then(|| kind.to_string())
+    })
+}
+
+/// The job systemd runs on this process's own unit now (see
+/// [`Systemctl::job_type`]), asked of the manager that runs it: `Ok(None)`
+/// for no job. An error when this process is not in a unit of a manager it
+/// can ask (not under systemd, or started from a shell outside any service).
+pub fn own_unit_job() -> Result<Option<String>, String> {
+    if !systemd_running() {
+        return Err("systemd is not the init system".into());
+    }
+    let unit = super::cgroup::own_unit().ok_or("this process is in no systemd unit")?;
+    if !unit.ends_with(".service") {
+        return Err(format!("this process runs in {unit}, not in a service"));
+    }
+    let manager = match super::cgroup::placement() {
+        Ok(super::cgroup::Placement {
+            manager: super::cgroup::Manager::User { .. },
+            ..
+        }) => Systemctl::user(),
+        Ok(_) => Systemctl::system(),
+        Err(why) => return Err(format!("no manager to ask about {unit}: {}", why.0)),
+    };
+    manager
+        .job_type(&unit)
+        .map_err(|e| format!("{}: {e}", manager.describe_command()))
 }
 
 /// Whether the host is shutting down as this process's service manager sees
@@ -421,6 +469,27 @@ mod tests {
             ("exit-code", 5)
         );
         assert_eq!(UnitState::parse("garbage"), UnitState::default());
+    }
+
+    #[test]
+    fn the_job_type_comes_from_the_units_row_of_list_jobs() {
+        // What systemd 252 printed at a SIGTERM, during a restart and at a
+        // shutdown (columns padded).
+        let restart = "131 probe.service restart running\n";
+        assert_eq!(
+            job_type_in(restart, "probe.service").as_deref(),
+            Some("restart")
+        );
+        let shutdown = "49 systemd-exit.service start waiting\n\
+                        54 vmkeep-daemon.service stop  running\n\
+                        51 timers.target        stop  waiting\n";
+        assert_eq!(
+            job_type_in(shutdown, "vmkeep-daemon.service").as_deref(),
+            Some("stop")
+        );
+        assert_eq!(job_type_in(shutdown, "vmkeep-daemon"), None);
+        assert_eq!(job_type_in("", "probe.service"), None);
+        assert_eq!(job_type_in("probe.service\n", "probe.service"), None);
     }
 
     #[test]
