@@ -30,6 +30,9 @@ struct Row {
     disk: Option<String>,
     /// Loopback port forwarded to the guest's ssh (running cloud images).
     ssh_port: Option<u16>,
+    /// The QEMU binary it runs was replaced on disk since it started (its
+    /// path): the VM runs on the old code until `vmkeep upgrade --qemu NAME`.
+    qemu_replaced: Option<String>,
     dir: String,
     #[serde(skip)]
     config: Option<Config>,
@@ -202,6 +205,7 @@ fn row(home: &Home, name: &InstanceName, inspected: Inspected) -> Row {
         memory: None,
         disk: None,
         ssh_port: None,
+        qemu_replaced: None,
         dir: String::new(),
         config: None,
         ssh_config: String::new(),
@@ -231,6 +235,10 @@ fn row(home: &Home, name: &InstanceName, inspected: Inspected) -> Row {
     row.agent_pid = found.agent_pid;
     row.qemu_pid = found.qemu_pid;
     row.ssh_port = found.ssh_port;
+    row.qemu_replaced = found
+        .qemu_replaced
+        .as_ref()
+        .map(|path| path.display().to_string());
     match &found.status {
         Status::Broken(broken) => {
             row.reason = Some(Reason {
@@ -340,6 +348,9 @@ pub fn start_message(dir: &InstanceDir) -> Option<String> {
     (!text.trim().is_empty()).then_some(text)
 }
 
+/// What the table says of a VM whose QEMU binary was replaced on disk.
+const QEMU_REPLACED: &str = "was replaced on disk since this QEMU started";
+
 fn print_table(rows: &[Row]) {
     let width = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
     println!(
@@ -365,6 +376,12 @@ fn print_table(rows: &[Row]) {
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
         );
+        if let Some(path) = &row.qemu_replaced {
+            println!(
+                "{:width$}  note:   {} {QEMU_REPLACED}: run `vmkeep upgrade --qemu {}`",
+                "", path, row.name
+            );
+        }
         if let Some(reason) = &row.reason {
             println!("{:width$}  reason: {}", "", reason.message);
             if !reason.hint.is_empty() {

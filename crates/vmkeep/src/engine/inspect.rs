@@ -28,6 +28,9 @@ pub struct Inspection {
     pub config: Option<Config>,
     /// The loopback port forwarded to the guest's ssh (a running cloud image).
     pub ssh_port: Option<u16>,
+    /// The QEMU binary that runs was replaced on disk since it started
+    /// (its path): `vmkeep upgrade --qemu` moves the VM onto the new one.
+    pub qemu_replaced: Option<PathBuf>,
 }
 
 /// What a name of the home is.
@@ -87,6 +90,7 @@ pub fn inspect(home: &Home, name: &InstanceName) -> Option<Inspected> {
         qemu_pid: seen.qemu_pid,
         config,
         ssh_port,
+        qemu_replaced: seen.qemu_replaced,
     })))
 }
 

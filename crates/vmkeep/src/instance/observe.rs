@@ -56,6 +56,7 @@ pub fn observe_with_config(
                     Some(_) => shares_lost(dir, &runtime_files)?,
                     None => Vec::new(),
                 },
+                qemu_replaced: qemu_pid.and_then(os::process::program_replaced),
                 runtime_files,
                 last_event: journal::last(&dir.journal()).unwrap_or(None),
                 service_failure: None,

@@ -30,6 +30,10 @@ pub struct Observations {
     pub shares_lost: Vec<String>,
     /// A saved state (`vmkeep suspend`) waits to be resumed.
     pub saved_state: bool,
+    /// The QEMU binary that runs was replaced (or removed) on disk since
+    /// QEMU started: its path. Not a status (the VM runs on, on the old
+    /// code); `list` says so, and `vmkeep upgrade --qemu` moves it.
+    pub qemu_replaced: Option<std::path::PathBuf>,
 }
 
 /// A registered unit that systemd gave up on.
@@ -604,6 +608,7 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         | Event::UncleanEnd { .. }
         | Event::Booting { .. }
         | Event::Restarting { .. }
+        | Event::QemuUpgrade { .. }
         | Event::GaveUp { .. }
         | Event::DataDisk { .. }
         | Event::Rotated { .. }
@@ -631,6 +636,7 @@ mod tests {
             service_failure: None,
             shares_lost: vec![],
             saved_state: false,
+            qemu_replaced: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -205,6 +205,30 @@ pub fn pid_exists(pid: u32) -> bool {
 }
 
 /// Whether the process is stopped (SIGSTOP, a debugger): its state in
+/// The path of the program process `pid` runs, when that path no longer
+/// holds the file the process was started from: it was replaced on disk (a
+/// package upgrade writes a new file and renames it over the old one) or
+/// removed. `None` when it still does, or when it cannot be told (no
+/// `/proc`, the process is gone or is another user's).
+///
+/// `/proc/PID/exe` names the running file (the kernel appends
+/// ` (deleted)` once its name is gone) and `stat` through it gives that
+/// file's device and inode, whatever its name points at now.
+pub fn program_replaced(pid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+    let named = std::fs::read_link(&exe).ok()?;
+    let running = std::fs::metadata(&exe).ok()?;
+    let text = named.to_string_lossy();
+    let path = PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text));
+    let same = match std::fs::metadata(&path) {
+        Ok(now) => (now.dev(), now.ino()) == (running.dev(), running.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => return None,
+    };
+    (!same).then_some(path)
+}
+
 /// `/proc/PID/stat` is `T` or `t`. A stopped process answers nothing until
 /// it is continued.
 pub fn is_stopped(pid: u32) -> bool {
@@ -455,6 +479,28 @@ pub fn current_exe() -> io::Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_program_renamed_over_while_it_runs_is_seen_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("sleep");
+        std::fs::copy("/bin/sleep", &program).unwrap();
+        let mut child = Command::new(&program).arg("30").spawn().unwrap();
+        let pid = child.id();
+        let seen_before = program_replaced(pid);
+        // What a package upgrade does: a new file renamed over the old name.
+        let new = dir.path().join(".sleep.new");
+        std::fs::copy("/bin/sleep", &new).unwrap();
+        std::fs::rename(&new, &program).unwrap();
+        let seen_after = program_replaced(pid);
+        std::fs::remove_file(&program).unwrap();
+        let seen_removed = program_replaced(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(seen_before, None, "the file it started from is in place");
+        assert_eq!(seen_after.as_deref(), Some(program.as_path()));
+        assert_eq!(seen_removed.as_deref(), Some(program.as_path()));
+    }
 
     #[test]
     fn a_child_in_its_own_group_is_killed_and_reaped_through_its_pidfd() {
