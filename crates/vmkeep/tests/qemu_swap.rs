@@ -12,6 +12,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::TestEnv;
+use common::second_qemu::{self, executable_of};
 
 /// The host's QEMU (the one in PATH), resolved.
 fn host_qemu() -> PathBuf {
@@ -54,6 +55,10 @@ fn install_over(from: &Path, to: &Path) {
     std::fs::rename(&new, to).unwrap();
 }
 
+fn boot_id(env: &TestEnv, name: &str) -> String {
+    env.shell(name, "cat /proc/sys/kernel/random/boot_id")
+}
+
 #[test]
 fn vm_list_shows_a_vm_whose_qemu_was_replaced_on_disk() {
     let env = TestEnv::new();
@@ -83,4 +88,80 @@ fn vm_list_shows_a_vm_whose_qemu_was_replaced_on_disk() {
         "{table}"
     );
     env.ok(&["stop", "q"]);
+}
+
+#[test]
+fn vm_upgrade_qemu_moves_a_vm_from_72_onto_qemu10_same_boot() {
+    let env = TestEnv::new();
+    let qemu10 = second_qemu::qemu10();
+    assert_eq!(second_qemu::host_qemu_major(), 7, "the host's QEMU is 7.2");
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = copied_host_qemu(bin.path());
+    env.use_qemu(Some(&qemu));
+    env.create("u", "");
+    env.ok(&["start", "u"]);
+    let boot = boot_id(&env, "u");
+    // A process lives only in the guest's memory.
+    let sleeper = env.shell("u", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!");
+    let old_pid = env.qemu("u").expect("QEMU runs").pid();
+
+    // Nothing to move while its QEMU is the one installed.
+    let same = env.run(&["upgrade", "--qemu", "u"]);
+    assert_eq!(same.code(), Some(0), "{}", same.describe());
+    assert!(
+        same.stdout().contains("already runs"),
+        "{}",
+        same.describe()
+    );
+    assert_eq!(env.qemu("u").expect("QEMU runs").pid(), old_pid);
+
+    // The package upgrade: QEMU 10 (its wrapper, which execs the real
+    // binary with its data directories) renamed over the copy.
+    install_over(&qemu10, &qemu);
+    assert!(env.row("u")["qemu_replaced"].is_string());
+
+    let moved = env.ok(&["upgrade", "--qemu", "u"]);
+    eprintln!("{}", moved.describe());
+    assert!(
+        moved.stdout().contains("onto QEMU 10.") && moved.stdout().contains("paused for "),
+        "says what it did and how long the guest was paused: {}",
+        moved.describe()
+    );
+    let row = env.row("u");
+    assert_eq!(row["status"], "Running", "{row}");
+    assert_eq!(row["qemu_replaced"], serde_json::Value::Null, "{row}");
+    let new_pid = env.qemu("u").expect("QEMU runs").pid();
+    assert_ne!(new_pid, old_pid, "a new QEMU process");
+    let exe = executable_of(new_pid);
+    assert!(
+        exe.to_string_lossy().contains("qemu-10/root/"),
+        "runs {} instead of QEMU 10",
+        exe.display()
+    );
+    assert_eq!(boot_id(&env, "u"), boot, "the same guest boot");
+    assert_eq!(
+        env.shell("u", &format!("kill -0 {sleeper} && echo alive")),
+        "alive",
+        "the guest's processes live on"
+    );
+    let events = env.events("u");
+    assert!(
+        events.iter().any(|e| e["event"] == "qemu-upgrade"),
+        "journaled: {events:#?}"
+    );
+
+    // Back onto 7.2 is refused before anything is touched: a state saved by
+    // QEMU 10 does not load into 7.2. The VM runs on.
+    install_over(&host_qemu(), &qemu);
+    let refused = env.run(&["upgrade", "--qemu", "u"]);
+    assert_ne!(refused.code(), Some(0), "{}", refused.describe());
+    assert!(
+        refused.stderr().contains("older"),
+        "says why: {}",
+        refused.describe()
+    );
+    assert_eq!(env.status("u"), "Running");
+    assert_eq!(env.qemu("u").expect("QEMU runs").pid(), new_pid);
+    assert_eq!(boot_id(&env, "u"), boot);
+    env.ok(&["stop", "u"]);
 }

@@ -20,6 +20,8 @@ mod start;
 mod stop;
 // Minimal, for the suspend tests; see the file.
 mod suspend;
+// Only `--qemu` here; see the file.
+mod upgrade;
 mod util;
 
 use std::time::Duration;
@@ -76,6 +78,9 @@ pub enum Verb {
     Edit(EditArgs),
     /// Stop instances by their ladder, then start them again.
     Restart(RestartArgs),
+    /// `--qemu NAME...`: move running instances onto the QEMU installed now
+    /// (suspend, then resume on it: same guest boot, paused only for that).
+    Upgrade(UpgradeArgs),
     /// Copy a stopped instance into a new, independent one (own disk, name,
     /// ssh port; a fresh machine identity at its first boot).
     Clone(CloneArgs),
@@ -174,6 +179,18 @@ pub struct RestartArgs {
     /// Graceful-stop deadline, e.g. 10s or 2m (default: the instance's stopTimeout).
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// Move each running instance named onto the QEMU a start would launch
+    /// now (VMKEEP_QEMU, else PATH) through the suspend path; refused, the
+    /// VM running on, when its state would not load there.
+    #[arg(long)]
+    pub qemu: bool,
+    /// Instance names.
+    #[arg(required = true)]
+    pub names: Vec<InstanceName>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -468,6 +485,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Verb::Suspend(args) => suspend::run(args),
         Verb::Edit(args) => edit::run(args),
         Verb::Restart(args) => restart::run(args),
+        Verb::Upgrade(args) => upgrade::run(args),
         Verb::Clone(args) => clone::run(args),
         Verb::Import(args) => import::run(args),
     }

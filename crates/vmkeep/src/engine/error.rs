@@ -126,6 +126,11 @@ pub enum EngineError {
     #[error("{name} was not suspended: {reason}")]
     SuspendFailed { name: InstanceName, reason: String },
 
+    /// `upgrade --qemu` did not move it (it runs on its QEMU, or, when the
+    /// resume failed, its state is saved).
+    #[error("{name} was not moved onto the QEMU installed now: {reason}")]
+    QemuNotUpgraded { name: InstanceName, reason: String },
+
     /// QEMU paused it and it cannot run on yet (the cause lasts).
     #[error("{name} is paused and cannot run on yet: {reason}")]
     StillPaused { name: InstanceName, reason: String },
@@ -256,6 +261,7 @@ impl EngineError {
             EngineError::StillRunning { .. }
             | EngineError::Unkillable { .. }
             | EngineError::SuspendFailed { .. } => ErrorKind::StopFailed,
+            EngineError::QemuNotUpgraded { .. } => ErrorKind::WrongState,
             EngineError::Usage { .. } => ErrorKind::Usage,
             // The agent said the VM's state does not allow it now.
             EngineError::Agent(crate::hostagent::api::ApiError::Refused {

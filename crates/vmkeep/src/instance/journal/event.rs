@@ -166,6 +166,13 @@ pub enum Event {
         /// How precisely that was measured (half the best round trip).
         uncertainty_ms: f64,
     },
+    /// `vmkeep upgrade --qemu`: the state is saved, and the start that
+    /// follows resumes it on the QEMU installed now (`binary`).
+    QemuUpgrade {
+        from: String,
+        to: String,
+        binary: String,
+    },
     /// A saved state was deleted without being resumed.
     StateDiscarded {
         reason: String,
@@ -264,6 +271,7 @@ impl Event {
             Event::Continued { .. } => "continued",
             Event::GuestClockSet { .. } => "guest-clock-set",
             Event::StateDiscarded { .. } => "state-discarded",
+            Event::QemuUpgrade { .. } => "qemu-upgrade",
             Event::SharedDirLost { .. } => "shared-dir-lost",
             Event::Rotated { .. } => "rotated",
             Event::DiskGrown { .. } => "disk-grown",

@@ -97,6 +97,7 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::DataDisk { .. }
             | Event::Repaired { .. }
             | Event::Restarting { .. }
+            | Event::QemuUpgrade { .. }
             | Event::Rotated { .. }
             | Event::DiskGrown { .. }
             | Event::Unknown => continue,
