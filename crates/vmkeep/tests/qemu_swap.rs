@@ -165,3 +165,48 @@ fn vm_upgrade_qemu_moves_a_vm_from_72_onto_qemu10_same_boot() {
     assert_eq!(boot_id(&env, "u"), boot);
     env.ok(&["stop", "u"]);
 }
+
+#[test]
+fn vm_upgrade_qemu_without_room_for_the_state_is_refused_and_the_vm_runs_on() {
+    // RAM file (256 MiB, reserved at boot) + disk + logs, and a little more.
+    let env = TestEnv::on_small_tmpfs(330);
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = copied_host_qemu(bin.path());
+    env.use_qemu(Some(&qemu));
+    env.create("f", "");
+    env.ok(&["start", "f"]);
+    let boot = boot_id(&env, "f");
+    let old_pid = env.qemu("f").expect("QEMU runs").pid();
+    // The same QEMU reinstalled (a rebuild of the package): a new file.
+    install_over(&host_qemu(), &qemu);
+    assert!(env.row("f")["qemu_replaced"].is_string());
+    // Fill the file system but for 8 MiB.
+    let filler = env.home().join("filler");
+    let free = rustix::fs::statvfs(env.home()).unwrap();
+    let available = free.f_bavail * free.f_frsize;
+    let keep = 8 << 20;
+    assert!(available > keep, "the tmpfs has {available} bytes free");
+    vmkeep::os::fs::create_reserved(&filler, available - keep, 0o600).unwrap();
+
+    let refused = env.run(&["upgrade", "--qemu", "f"]);
+    assert_eq!(refused.code(), Some(7), "{}", refused.describe());
+    let said = refused.stderr();
+    assert!(
+        said.contains("free some space there") && said.contains("the VM runs on"),
+        "{said}"
+    );
+    assert_eq!(env.status("f"), "Running");
+    assert_eq!(env.qemu("f").expect("QEMU runs").pid(), old_pid);
+    assert_eq!(boot_id(&env, "f"), boot);
+    assert!(env.row("f")["qemu_replaced"].is_string(), "still flagged");
+
+    // With the space back it moves onto the new file.
+    std::fs::remove_file(&filler).unwrap();
+    env.ok(&["upgrade", "--qemu", "f"]);
+    let row = env.row("f");
+    assert_eq!(row["status"], "Running", "{row}");
+    assert_eq!(row["qemu_replaced"], serde_json::Value::Null, "{row}");
+    assert_ne!(env.qemu("f").expect("QEMU runs").pid(), old_pid);
+    assert_eq!(boot_id(&env, "f"), boot, "the same guest boot");
+    env.ok(&["stop", "f"]);
+}

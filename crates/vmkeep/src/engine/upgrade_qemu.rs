@@ -136,14 +136,11 @@ pub fn upgrade_qemu(
     ));
     let began = Instant::now();
     if let Err(e) = suspend(&dir, &SuspendOptions::default(), notice) {
-        // It runs on: the user still wants it running.
+        // It runs on (the error says so): the user still wants it running.
         if !dir.has_saved_state() {
             let _ = desired::write(&dir, Desired::Running);
         }
-        return Err(EngineError::QemuNotUpgraded {
-            name: name.clone(),
-            reason: format!("{e}; it runs on, on QEMU {from}"),
-        });
+        return Err(e);
     }
     let journaled = Journal::open(&dir.journal()).and_then(|mut journal| {
         journal.record(Event::QemuUpgrade {
