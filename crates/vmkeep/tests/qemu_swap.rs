@@ -154,7 +154,7 @@ fn vm_upgrade_qemu_moves_a_vm_from_72_onto_qemu10_same_boot() {
     // QEMU 10 does not load into 7.2. The VM runs on.
     install_over(&host_qemu(), &qemu);
     let refused = env.run(&["upgrade", "--qemu", "u"]);
-    assert_ne!(refused.code(), Some(0), "{}", refused.describe());
+    assert_eq!(refused.code(), Some(5), "{}", refused.describe());
     assert!(
         refused.stderr().contains("older"),
         "says why: {}",

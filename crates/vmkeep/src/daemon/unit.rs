@@ -1,6 +1,7 @@
 //! The daemon's own systemd unit, rendered purely. Same rules as the
 //! autostart units: absolute paths, the environment it needs, SIGTERM only
-//! to the daemon (`KillMode=mixed`; it stops every VM in parallel), and a
+//! to the daemon (`KillMode=mixed`; it stops every VM in parallel, unless
+//! the unit is restarting: `policy::at_exit`), and a
 //! stop timeout derived from the longest instance deadline. The host agents
 //! it spawns are not in its cgroup (each gets a scope ordered `Before=` this
 //! unit, see `os::cgroup`), so a daemon that dies leaves them running.
