@@ -47,6 +47,17 @@ fn copied_host_qemu(root: &Path) -> PathBuf {
     qemu
 }
 
+/// A new VM `name` started on a copy of the host's QEMU (in a temporary
+/// directory, kept as long as the first value lives); the copy's path.
+fn started_on_a_copy(env: &TestEnv, name: &str) -> (tempfile::TempDir, PathBuf) {
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = copied_host_qemu(bin.path());
+    env.use_qemu(Some(&qemu));
+    env.create(name, "");
+    env.ok(&["start", name]);
+    (bin, qemu)
+}
+
 /// Put a copy of `from` at `to` the way a package manager does: written
 /// beside it, then renamed over it (a running QEMU keeps its old file).
 fn install_over(from: &Path, to: &Path) {
@@ -55,18 +66,10 @@ fn install_over(from: &Path, to: &Path) {
     std::fs::rename(&new, to).unwrap();
 }
 
-fn boot_id(env: &TestEnv, name: &str) -> String {
-    env.shell(name, "cat /proc/sys/kernel/random/boot_id")
-}
-
 #[test]
 fn vm_list_shows_a_vm_whose_qemu_was_replaced_on_disk() {
     let env = TestEnv::new();
-    let bin = tempfile::tempdir().unwrap();
-    let qemu = copied_host_qemu(bin.path());
-    env.use_qemu(Some(&qemu));
-    env.create("q", "");
-    env.ok(&["start", "q"]);
+    let (_bin, qemu) = started_on_a_copy(&env, "q");
     let row = env.row("q");
     assert_eq!(row["status"], "Running", "{row}");
     assert_eq!(row["qemu_replaced"], serde_json::Value::Null, "{row}");
@@ -95,12 +98,8 @@ fn vm_upgrade_qemu_moves_a_vm_from_72_onto_qemu10_same_boot() {
     let env = TestEnv::new();
     let qemu10 = second_qemu::qemu10();
     assert_eq!(second_qemu::host_qemu_major(), 7, "the host's QEMU is 7.2");
-    let bin = tempfile::tempdir().unwrap();
-    let qemu = copied_host_qemu(bin.path());
-    env.use_qemu(Some(&qemu));
-    env.create("u", "");
-    env.ok(&["start", "u"]);
-    let boot = boot_id(&env, "u");
+    let (_bin, qemu) = started_on_a_copy(&env, "u");
+    let boot = env.boot_id("u");
     // A process lives only in the guest's memory.
     let sleeper = env.shell("u", "sleep 1000 </dev/null >/dev/null 2>&1 & echo $!");
     let old_pid = env.qemu("u").expect("QEMU runs").pid();
@@ -138,7 +137,7 @@ fn vm_upgrade_qemu_moves_a_vm_from_72_onto_qemu10_same_boot() {
         "runs {} instead of QEMU 10",
         exe.display()
     );
-    assert_eq!(boot_id(&env, "u"), boot, "the same guest boot");
+    assert_eq!(env.boot_id("u"), boot, "the same guest boot");
     assert_eq!(
         env.shell("u", &format!("kill -0 {sleeper} && echo alive")),
         "alive",
@@ -162,7 +161,7 @@ fn vm_upgrade_qemu_moves_a_vm_from_72_onto_qemu10_same_boot() {
     );
     assert_eq!(env.status("u"), "Running");
     assert_eq!(env.qemu("u").expect("QEMU runs").pid(), new_pid);
-    assert_eq!(boot_id(&env, "u"), boot);
+    assert_eq!(env.boot_id("u"), boot);
     env.ok(&["stop", "u"]);
 }
 
@@ -170,23 +169,14 @@ fn vm_upgrade_qemu_moves_a_vm_from_72_onto_qemu10_same_boot() {
 fn vm_upgrade_qemu_without_room_for_the_state_is_refused_and_the_vm_runs_on() {
     // RAM file (256 MiB, reserved at boot) + disk + logs, and a little more.
     let env = TestEnv::on_small_tmpfs(330);
-    let bin = tempfile::tempdir().unwrap();
-    let qemu = copied_host_qemu(bin.path());
-    env.use_qemu(Some(&qemu));
-    env.create("f", "");
-    env.ok(&["start", "f"]);
-    let boot = boot_id(&env, "f");
+    let (_bin, qemu) = started_on_a_copy(&env, "f");
+    let boot = env.boot_id("f");
     let old_pid = env.qemu("f").expect("QEMU runs").pid();
     // The same QEMU reinstalled (a rebuild of the package): a new file.
     install_over(&host_qemu(), &qemu);
     assert!(env.row("f")["qemu_replaced"].is_string());
     // Fill the file system but for 8 MiB.
-    let filler = env.home().join("filler");
-    let free = rustix::fs::statvfs(env.home()).unwrap();
-    let available = free.f_bavail * free.f_frsize;
-    let keep = 8 << 20;
-    assert!(available > keep, "the tmpfs has {available} bytes free");
-    vmkeep::os::fs::create_reserved(&filler, available - keep, 0o600).unwrap();
+    let filler = env.fill_leaving(8 << 20);
 
     let refused = env.run(&["upgrade", "--qemu", "f"]);
     assert_eq!(refused.code(), Some(7), "{}", refused.describe());
@@ -197,7 +187,7 @@ fn vm_upgrade_qemu_without_room_for_the_state_is_refused_and_the_vm_runs_on() {
     );
     assert_eq!(env.status("f"), "Running");
     assert_eq!(env.qemu("f").expect("QEMU runs").pid(), old_pid);
-    assert_eq!(boot_id(&env, "f"), boot);
+    assert_eq!(env.boot_id("f"), boot);
     assert!(env.row("f")["qemu_replaced"].is_string(), "still flagged");
 
     // With the space back it moves onto the new file.
@@ -207,6 +197,6 @@ fn vm_upgrade_qemu_without_room_for_the_state_is_refused_and_the_vm_runs_on() {
     assert_eq!(row["status"], "Running", "{row}");
     assert_eq!(row["qemu_replaced"], serde_json::Value::Null, "{row}");
     assert_ne!(env.qemu("f").expect("QEMU runs").pid(), old_pid);
-    assert_eq!(boot_id(&env, "f"), boot, "the same guest boot");
+    assert_eq!(env.boot_id("f"), boot, "the same guest boot");
     env.ok(&["stop", "f"]);
 }

@@ -265,23 +265,33 @@ fn vm_systemd_system_unit_for_root_survives_agent_kill9_and_restarts_after_a_qem
     );
 }
 
-#[test]
-fn vm_systemd_daemon_kill9_leaves_its_vms_running() {
-    let Some(ct) = Container::boot() else { return };
+/// The daemon's user unit installed for a lingering user, with `names`
+/// (`runStrategy: always`) running under it.
+fn daemon_unit_running(ct: &Container, names: &[&str]) {
     ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
+    let creates: String = names
+        .iter()
+        .map(|name| format!("vmkeep create {name} --template /tmp/always.yaml && "))
+        .collect();
     ct.ok_as(
         USER,
-        "printf 'runStrategy: always\\n' >/tmp/always.yaml && \
-         vmkeep create d1 --template /tmp/always.yaml && vmkeep create d2 --template /tmp/always.yaml && \
-         vmkeep daemon install",
+        &format!(
+            "printf 'runStrategy: always\\n' >/tmp/always.yaml && {creates}vmkeep daemon install"
+        ),
         CMD,
     );
-    for name in ["d1", "d2"] {
+    for name in names {
         wait_until(BOOT, || {
             (ct.row(USER, name)["status"] == "Running").then_some(())
         })
         .unwrap_or_else(|| panic!("the daemon did not start {name}"));
     }
+}
+
+#[test]
+fn vm_systemd_daemon_kill9_leaves_its_vms_running() {
+    let Some(ct) = Container::boot() else { return };
+    daemon_unit_running(&ct, &["d1", "d2"]);
     let before: Vec<_> = ["d1", "d2"]
         .iter()
         .map(|n| (boot_id_and_uptime(&ct, USER, n), ct.row(USER, n)))
@@ -308,17 +318,7 @@ fn vm_systemd_daemon_kill9_leaves_its_vms_running() {
 #[test]
 fn vm_systemd_daemon_restart_keeps_its_vms_and_supervises_them_stop_stops_them() {
     let Some(ct) = Container::boot() else { return };
-    ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
-    ct.ok_as(
-        USER,
-        "printf 'runStrategy: always\\n' >/tmp/always.yaml && \
-         vmkeep create r1 --template /tmp/always.yaml && vmkeep daemon install",
-        CMD,
-    );
-    wait_until(BOOT, || {
-        (ct.row(USER, "r1")["status"] == "Running").then_some(())
-    })
-    .expect("the daemon started r1");
+    daemon_unit_running(&ct, &["r1"]);
     let (boot, uptime) = boot_id_and_uptime(&ct, USER, "r1");
     let row = ct.row(USER, "r1");
     let qemu = pid_field(&row, "qemu_pid").expect("QEMU pid");

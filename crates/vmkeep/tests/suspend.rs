@@ -389,12 +389,7 @@ fn vm_suspend_that_would_not_fit_is_refused_and_the_vm_runs_on() {
     env.create("f", TINY);
     let guest = boot_and_prepare(&env, "f");
     // Fill the file system but for 8 MiB.
-    let filler = env.home().join("filler");
-    let free = rustix::fs::statvfs(env.home()).unwrap();
-    let available = free.f_bavail * free.f_frsize;
-    let keep = 8 << 20;
-    assert!(available > keep, "the tmpfs has {available} bytes free");
-    vmkeep::os::fs::create_reserved(&filler, available - keep, 0o600).unwrap();
+    let filler = env.fill_leaving(8 << 20);
 
     let run = env.run_within(&["suspend", "f"], SHORT);
     assert_eq!(run.code(), Some(7), "{}", run.describe());

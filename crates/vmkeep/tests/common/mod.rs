@@ -541,6 +541,20 @@ impl TestEnv {
         }
     }
 
+    /// Fill the home's file system but for `keep` bytes (a reserved file);
+    /// returns the filler's path.
+    pub fn fill_leaving(&self, keep: u64) -> PathBuf {
+        let filler = self.home().join("filler");
+        let free = rustix::fs::statvfs(self.home()).unwrap();
+        let available = free.f_bavail * free.f_frsize;
+        assert!(
+            available > keep,
+            "the file system has {available} bytes free"
+        );
+        vmkeep::os::fs::create_reserved(&filler, available - keep, 0o600).unwrap();
+        filler
+    }
+
     /// The guest's boot id (changes on every boot).
     pub fn boot_id(&self, name: &str) -> String {
         self.ok(&[
