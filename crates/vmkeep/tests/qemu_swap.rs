@@ -10,6 +10,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::TestEnv;
 use common::second_qemu::{self, executable_of};
@@ -199,4 +200,48 @@ fn vm_upgrade_qemu_without_room_for_the_state_is_refused_and_the_vm_runs_on() {
     assert_ne!(env.qemu("f").expect("QEMU runs").pid(), old_pid);
     assert_eq!(env.boot_id("f"), boot, "the same guest boot");
     env.ok(&["stop", "f"]);
+}
+
+#[test]
+fn vm_upgrade_qemu_of_a_daemon_vm_keeps_its_boot_and_the_daemon_supervises_it() {
+    let env = TestEnv::new();
+    let bin = tempfile::tempdir().unwrap();
+    let qemu = copied_host_qemu(bin.path());
+    env.use_qemu(Some(&qemu));
+    env.create("d", "runStrategy: always\n");
+    let mut daemon = env.spawn(&["daemon", "--restart-delay", "200ms"]);
+    env.wait_status("d", "Running", Duration::from_secs(150));
+    let boot = env.boot_id("d");
+    install_over(&host_qemu(), &qemu);
+
+    env.ok(&["upgrade", "--qemu", "d"]);
+    let row = env.row("d");
+    assert_eq!(row["status"], "Running", "{row}");
+    assert_eq!(row["qemu_replaced"], serde_json::Value::Null, "{row}");
+    assert_eq!(env.boot_id("d"), boot, "the same guest boot");
+    let events = env.events("d");
+    let moved = events
+        .iter()
+        .rposition(|e| e["event"] == "qemu-upgrade")
+        .expect("journaled");
+    let after: Vec<_> = events[moved..].iter().map(|e| &e["event"]).collect();
+    assert!(
+        after.iter().any(|e| *e == "resumed") && !after.iter().any(|e| *e == "booting"),
+        "resumed, not booted, and only once: {after:?}"
+    );
+
+    // The daemon supervises the resumed VM: a QEMU crash is restarted.
+    let restarts = env.count_events("d", "restarting");
+    env.qemu("d").unwrap().kill().unwrap();
+    env.wait_event("d", "restarting", restarts, Duration::from_secs(150));
+    env.wait_status("d", "Running", Duration::from_secs(150));
+    assert_ne!(env.boot_id("d"), boot, "a fresh boot after the crash");
+
+    // SAFETY: kill(2) of the daemon this test spawned and has not reaped.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGTERM) };
+    let run = std::mem::replace(&mut daemon, env.spawn(&["--version"]))
+        .wait_within(Duration::from_secs(150));
+    daemon.wait_within(Duration::from_secs(10));
+    assert_eq!(run.code(), Some(0), "daemon exit: {}", run.describe());
+    assert_eq!(env.status("d"), "Stopped");
 }
