@@ -381,6 +381,61 @@ fn vm_systemd_daemon_restart_keeps_its_vms_and_supervises_them_stop_stops_them()
 }
 
 #[test]
+fn vm_systemd_upgrade_qemu_of_a_user_unit_vm_resumes_it_through_its_unit() {
+    let Some(ct) = Container::boot() else { return };
+    ct.ok_as("root", &format!("loginctl enable-linger {USER}"), CMD);
+    // The unit runs a copy of the container's QEMU (its modules and firmware
+    // linked where a relocated QEMU looks), so the test can replace it.
+    let qemu = "/tmp/q/bin/qemu-system-x86_64";
+    ct.ok_as(
+        USER,
+        &format!(
+            "mkdir -p /tmp/q/bin /tmp/q/lib/x86_64-linux-gnu /tmp/q/share && \
+             ln -s /usr/lib/x86_64-linux-gnu/qemu /tmp/q/lib/x86_64-linux-gnu/qemu && \
+             ln -s /usr/share/qemu /tmp/q/share/qemu && ln -s /usr/share/seabios /tmp/q/share/seabios && \
+             cp /usr/bin/qemu-system-x86_64 {qemu} && \
+             export VMKEEP_QEMU={qemu} && vmkeep create web && vmkeep autostart enable web && \
+             vmkeep start web"
+        ),
+        BOOT,
+    );
+    let unit = "vmkeep-web.service";
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "active");
+    let (boot, uptime) = boot_id_and_uptime(&ct, USER, "web");
+    let row = ct.row(USER, "web");
+    let old_qemu = pid_field(&row, "qemu_pid").expect("QEMU pid");
+
+    // A package upgrade: a new file renamed over the old one.
+    ct.ok_as(
+        USER,
+        &format!("cp /usr/bin/qemu-system-x86_64 {qemu}.new && mv {qemu}.new {qemu}"),
+        CMD,
+    );
+    assert_eq!(ct.row(USER, "web")["qemu_replaced"], qemu);
+    ct.ok_as(
+        USER,
+        &format!("VMKEEP_QEMU={qemu} vmkeep upgrade --qemu web"),
+        BOOT,
+    );
+    let row = ct.row(USER, "web");
+    assert_eq!(row["status"], "Running", "{row}");
+    assert_eq!(row["qemu_replaced"], serde_json::Value::Null, "{row}");
+    assert_ne!(pid_field(&row, "qemu_pid"), Some(old_qemu), "a new QEMU");
+    assert_eq!(unit_property(&ct, USER, unit, "ActiveState"), "active");
+    assert_eq!(
+        pid_field(&row, "agent_pid"),
+        Some(main_pid(&ct, USER, unit)),
+        "the unit runs the resumed VM's agent"
+    );
+    let (boot_now, uptime_now) = boot_id_and_uptime(&ct, USER, "web");
+    assert_eq!(boot_now, boot, "the same guest boot");
+    assert!(
+        uptime_now > uptime,
+        "uptime went on: {uptime} -> {uptime_now}"
+    );
+}
+
+#[test]
 fn vm_systemd_poweroff_stops_each_vm_by_its_ladder_and_boot_brings_them_back() {
     let Some(mut ct) = Container::boot() else {
         return;
