@@ -152,9 +152,44 @@ impl Agent<'_, '_> {
         ));
         spec.incoming = true;
         let launched = Instant::now();
-        let (vm, events) = match self.start_qemu(&spec, qemu).await {
-            Ok(launched) => launched,
-            Err(error) => {
+        // A new memfd, filled from the saved RAM while QEMU starts; whole
+        // before the device state loads (QEMU reads the virtqueues' indices
+        // from guest memory while loading).
+        let ram = self.guest_ram(&mut spec)?;
+        let fill = {
+            let ram = ram.try_clone().map_err(|source| LaunchError::GuestRam {
+                mib: spec.memory_mib,
+                source,
+            })?;
+            let saved_ram = self.dir.guest_ram();
+            tokio::task::spawn_blocking(move || fill_ram(&saved_ram, ram.into()))
+        };
+        let started = self.start_qemu(&spec, qemu).await;
+        drop(ram);
+        let filled = fill
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| LaunchError::ResumeRam {
+                path: self.dir.guest_ram(),
+                source,
+            });
+        let (vm, events) = match (started, filled) {
+            (Ok(launched), Ok(copied)) => {
+                tracing::info!(
+                    bytes = copied.written,
+                    "guest RAM filled from the saved state"
+                );
+                launched
+            }
+            (Ok((vm, _)), Err(error)) => {
+                let _ = vm.kill();
+                mounts::abandon(&self.shares);
+                return Err(LaunchFailed {
+                    error,
+                    qemu_exit: Some(vm.exited().await),
+                });
+            }
+            (Err(error), _) => {
                 mounts::abandon(&self.shares);
                 return Err(error.into());
             }
@@ -252,4 +287,12 @@ impl Agent<'_, '_> {
         }
         None
     }
+}
+
+/// Fill a new guest RAM from the saved copy at `saved` (its data extents).
+fn fill_ram(saved: &std::path::Path, ram: std::fs::File) -> std::io::Result<os::memfd::Copied> {
+    let from = std::fs::File::open(saved)?;
+    let len = ram.metadata()?.len().min(from.metadata()?.len());
+    let never = std::sync::atomic::AtomicBool::new(false);
+    os::memfd::copy_extents(&from, &ram, len, &never)
 }

@@ -256,7 +256,8 @@ pub async fn load_into(
     }
     // From the first guest instruction on, RAM and disk change: the state
     // goes first, so that no crash can leave a stale one behind.
-    discard(dir, true).map_err(ResumeError::Retire)?;
+    // The saved RAM goes with it: the new memfd holds the RAM now.
+    discard(dir, false).map_err(ResumeError::Retire)?;
     qmp.cont(QMP_TIMEOUT)
         .await
         .map_err(ResumeError::NotContinued)?;
