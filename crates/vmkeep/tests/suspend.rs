@@ -181,7 +181,7 @@ fn suspend(env: &TestEnv, name: &str) -> Duration {
     let saved = last_event(env, name, "suspended");
     let state_bytes = saved["state_bytes"].as_u64().unwrap();
     eprintln!(
-        "suspend: {took:?} for the command, {:.1} ms pause -> durable, state {} KiB (RAM file {} MiB kept)",
+        "suspend: {took:?} for the command, {:.1} ms pause -> durable, state {} KiB (RAM {} MiB, the pages touched written beside it)",
         saved["secs"].as_f64().unwrap() * 1e3,
         state_bytes / 1024,
         saved["ram_bytes"].as_u64().unwrap() >> 20

@@ -256,11 +256,18 @@ pub async fn load_into(
     }
     // From the first guest instruction on, RAM and disk change: the state
     // goes first, so that no crash can leave a stale one behind.
-    // The saved RAM goes with it: the new memfd holds the RAM now.
-    discard(dir, false).map_err(ResumeError::Retire)?;
+    discard(dir, true).map_err(ResumeError::Retire)?;
     qmp.cont(QMP_TIMEOUT)
         .await
         .map_err(ResumeError::NotContinued)?;
+    // The saved RAM, no state's any more (the new memfd holds the RAM),
+    // goes off the way to ready.
+    let saved_ram = dir.guest_ram();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = os::fs::remove_file_if_exists(&saved_ram) {
+            tracing::warn!("cannot remove {}: {e}", saved_ram.display());
+        }
+    });
     Ok(Resumed {
         record: saved.clone(),
     })
