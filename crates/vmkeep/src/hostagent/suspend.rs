@@ -175,10 +175,7 @@ impl Agent<'_, '_> {
             });
         let (vm, events) = match (started, filled) {
             (Ok(launched), Ok(copied)) => {
-                tracing::info!(
-                    bytes = copied.written,
-                    "guest RAM filled from the saved state"
-                );
+                tracing::info!(bytes = copied, "guest RAM filled from the saved state");
                 launched
             }
             (Ok((vm, _)), Err(error)) => {
@@ -290,9 +287,8 @@ impl Agent<'_, '_> {
 }
 
 /// Fill a new guest RAM from the saved copy at `saved` (its data extents).
-fn fill_ram(saved: &std::path::Path, ram: std::fs::File) -> std::io::Result<os::memfd::Copied> {
+fn fill_ram(saved: &std::path::Path, ram: std::fs::File) -> std::io::Result<u64> {
     let from = std::fs::File::open(saved)?;
     let len = ram.metadata()?.len().min(from.metadata()?.len());
-    let never = std::sync::atomic::AtomicBool::new(false);
-    os::memfd::copy_extents(&from, &ram, len, &never)
+    os::memfd::fill_extents(&from, &ram, len)
 }
