@@ -451,6 +451,52 @@ fn vm_suspend_that_would_not_fit_is_refused_and_the_vm_runs_on() {
     env.run_within(&["stop", "f"], SHORT);
 }
 
+#[test]
+fn vm_suspend_of_an_adopted_qemu_saves_its_ram_found_from_qemus_pid() {
+    let env = TestEnv::new();
+    env.create("o", TINY);
+    let guest = boot_and_prepare(&env, "o");
+    // 16 MiB of the guest's memory whose contents must come back.
+    let sum = env.shell(
+        "o",
+        "mkdir -p /run/k && mount -t tmpfs -o size=20m k /run/k && \
+         dd if=/dev/urandom of=/run/k/f bs=1M count=16 2>/dev/null && md5sum < /run/k/f",
+    );
+    // The agent that made the memfd dies; the next one adopts QEMU and has
+    // only QEMU's pid to find the RAM by.
+    let qemu = env.qemu("o").expect("QEMU runs").pid();
+    let agent = env.agent("o").expect("the host agent runs");
+    agent.kill().unwrap();
+    assert!(agent.wait_timeout(Duration::from_secs(10)));
+    let start = env.run_within(&["start", "o"], SHORT);
+    assert_eq!(start.code(), Some(0), "{}", start.describe());
+    assert_eq!(env.qemu("o").unwrap().pid(), qemu, "adopted, not rebooted");
+    suspend(&env, "o");
+    let saved = env.instance_dir("o").join("guest-ram");
+    let on_disk = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&saved).unwrap().blocks() * 512
+    };
+    eprintln!("the RAM's copy takes {} MiB", on_disk >> 20);
+    assert!(
+        on_disk >= 16 << 20,
+        "the touched pages are saved: {on_disk}"
+    );
+    resume(&env, "o");
+    same_guest(&env, "o", &guest, Duration::ZERO);
+    assert_eq!(
+        env.shell("o", "md5sum < /run/k/f"),
+        sum,
+        "the same bytes came back"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || (!saved.exists()).then_some(())).is_some(),
+        "the RAM's copy goes once the guest runs again (in the background)"
+    );
+    env.run_within(&["stop", "o"], SHORT);
+    assert_eq!(env.runtime_files("o"), Vec::<String>::new());
+}
+
 /// Bytes the files of `dir` take on its disk (allocated blocks, as `du`).
 fn allocated_bytes(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
