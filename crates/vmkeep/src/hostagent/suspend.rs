@@ -166,6 +166,15 @@ impl Agent<'_, '_> {
         };
         let started = self.start_qemu(&spec, qemu).await;
         drop(ram);
+        let qemu_secs = launched.elapsed().as_secs_f64();
+        // Journaled while the fill may still run (its fsync off the way).
+        if let Ok((vm, _)) = &started {
+            self.record(Event::Resuming {
+                qemu_pid: vm.pid(),
+                accel: accel.as_str().into(),
+                saved_at: saved.saved_at.clone(),
+            });
+        }
         let filled = fill
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -174,9 +183,14 @@ impl Agent<'_, '_> {
                 source,
             });
         let (vm, events) = match (started, filled) {
-            (Ok(launched), Ok(copied)) => {
-                tracing::info!(bytes = copied, "guest RAM filled from the saved state");
-                launched
+            (Ok(launched_vm), Ok(copied)) => {
+                tracing::info!(
+                    bytes = copied,
+                    qemu_secs,
+                    filled_secs = launched.elapsed().as_secs_f64(),
+                    "guest RAM filled from the saved state"
+                );
+                launched_vm
             }
             (Ok((vm, _)), Err(error)) => {
                 let _ = vm.kill();
@@ -191,11 +205,6 @@ impl Agent<'_, '_> {
                 return Err(error.into());
             }
         };
-        self.record(Event::Resuming {
-            qemu_pid: vm.pid(),
-            accel: accel.as_str().into(),
-            saved_at: saved.saved_at.clone(),
-        });
         self.set_info(|info| {
             info.qemu_pid = Some(vm.pid());
             info.accel = Some(accel.as_str().into());
