@@ -88,18 +88,9 @@ const BLOCK: usize = 4096;
 /// zero (a hole) where nothing is written (a fresh memfd, or a new file
 /// of length `len`). Stops with `Interrupted` once `cancel` is set.
 pub fn copy_extents(from: &File, to: &File, len: u64, cancel: &AtomicBool) -> io::Result<Copied> {
-    use rustix::fs::SeekFrom;
     let mut copied = Copied::default();
     let mut buffer = vec![0u8; CHUNK];
-    let mut offset = 0u64;
-    while offset < len {
-        let data = match rustix::fs::seek(from.as_fd(), SeekFrom::Data(offset)) {
-            Ok(at) => at,
-            // No data after `offset`: the rest is a hole.
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let hole = rustix::fs::seek(from.as_fd(), SeekFrom::Hole(data))?.min(len);
+    for_each_extent(from, len, |data, hole| {
         let mut at = data;
         while at < hole {
             if cancel.load(Ordering::Relaxed) {
@@ -129,8 +120,8 @@ pub fn copy_extents(from: &File, to: &File, len: u64, cancel: &AtomicBool) -> io
             }
             at += n as u64;
         }
-        offset = hole;
-    }
+        Ok(())
+    })?;
     Ok(copied)
 }
 
@@ -139,18 +130,10 @@ pub fn copy_extents(from: &File, to: &File, len: u64, cancel: &AtomicBool) -> io
 /// one copy, from `from`'s page cache into the memfd, and no buffer of
 /// ours). For a resume: the saved copy has no zero blocks to skip.
 pub fn fill_extents(from: &File, to: &File, len: u64) -> io::Result<u64> {
-    use rustix::fs::SeekFrom;
     let mut filled = 0u64;
-    let mut offset = 0u64;
-    while offset < len {
-        let data = match rustix::fs::seek(from.as_fd(), SeekFrom::Data(offset)) {
-            Ok(at) => at,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let hole = rustix::fs::seek(from.as_fd(), SeekFrom::Hole(data))?.min(len);
+    for_each_extent(from, len, |data, hole| {
         // sendfile writes at the target's file offset.
-        rustix::fs::seek(to.as_fd(), SeekFrom::Start(data))?;
+        rustix::fs::seek(to.as_fd(), rustix::fs::SeekFrom::Start(data))?;
         let mut at = data;
         while at < hole {
             let count = (hole - at).min(1 << 30) as usize;
@@ -162,9 +145,32 @@ pub fn fill_extents(from: &File, to: &File, len: u64) -> io::Result<u64> {
             at += n as u64;
             filled += n as u64;
         }
+        Ok(())
+    })?;
+    Ok(filled)
+}
+
+/// Call `each(start, end)` for every data extent of the first `len` bytes
+/// of `file` (`SEEK_DATA`/`SEEK_HOLE`), in order.
+fn for_each_extent(
+    file: &File,
+    len: u64,
+    mut each: impl FnMut(u64, u64) -> io::Result<()>,
+) -> io::Result<()> {
+    use rustix::fs::SeekFrom;
+    let mut offset = 0u64;
+    while offset < len {
+        let data = match rustix::fs::seek(file.as_fd(), SeekFrom::Data(offset)) {
+            Ok(at) => at,
+            // No data after `offset`: the rest is a hole.
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let hole = rustix::fs::seek(file.as_fd(), SeekFrom::Hole(data))?.min(len);
+        each(data, hole)?;
         offset = hole;
     }
-    Ok(filled)
+    Ok(())
 }
 
 #[cfg(test)]
