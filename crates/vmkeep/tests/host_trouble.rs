@@ -63,7 +63,7 @@ fn last_of<'a>(events: &'a [serde_json::Value], kind: &str) -> Option<&'a serde_
 
 #[test]
 fn vm_trouble_a_full_host_disk_never_keeps_a_vm_from_stopping_and_start_says_why() {
-    // The guest's RAM (256 MiB) is reserved in the home at every boot.
+    // Room for the disk and logs (the guest RAM is a memfd: no space).
     let Some(env) = small_home(512) else {
         return;
     };

@@ -181,7 +181,7 @@ fn suspend(env: &TestEnv, name: &str) -> Duration {
     let saved = last_event(env, name, "suspended");
     let state_bytes = saved["state_bytes"].as_u64().unwrap();
     eprintln!(
-        "suspend: {took:?} for the command, {:.1} ms pause -> durable, state {} KiB (RAM file {} MiB kept)",
+        "suspend: {took:?} for the command, {:.1} ms pause -> durable, state {} KiB (RAM {} MiB, the pages touched written beside it)",
         saved["secs"].as_f64().unwrap() * 1e3,
         state_bytes / 1024,
         saved["ram_bytes"].as_u64().unwrap() >> 20
@@ -384,18 +384,26 @@ fn vm_suspend_with_qemu_killed_mid_save_leaves_a_whole_state_or_none() {
 
 #[test]
 fn vm_suspend_that_would_not_fit_is_refused_and_the_vm_runs_on() {
-    // RAM file (256 MiB, reserved at boot) + disk + logs, and a little more.
-    let env = TestEnv::on_small_tmpfs(330);
+    // A file system with room for the disk and logs but far less than the
+    // guest's 256 MiB of RAM: a start takes no space for the RAM (a memfd),
+    // a suspend needs what the guest touched (its data extents).
+    let env = TestEnv::on_small_tmpfs(320);
     env.create("f", TINY);
+    // Nearly full before the start: 48 MiB free.
+    let filler = env.fill_leaving(48 << 20);
     let guest = boot_and_prepare(&env, "f");
-    // Fill the file system but for 8 MiB.
-    let filler = env.fill_leaving(8 << 20);
+    // The guest touches 64 MiB more of its RAM (its own tmpfs).
+    env.shell(
+        "f",
+        "mkdir -p /run/t && mount -t tmpfs -o size=80m t /run/t && \
+         dd if=/dev/zero of=/run/t/fill bs=1M count=64 2>/dev/null && echo ok",
+    );
 
     let run = env.run_within(&["suspend", "f"], SHORT);
     assert_eq!(run.code(), Some(7), "{}", run.describe());
     let said = run.stderr();
     assert!(
-        said.contains("needs 32.0 MiB free on")
+        said.contains("saving the state needs")
             && said.contains(&env.home().display().to_string())
             && said.contains("free some space there"),
         "the error names the space needed, the file system and the fix: {said}"
@@ -405,18 +413,151 @@ fn vm_suspend_that_would_not_fit_is_refused_and_the_vm_runs_on() {
     same_guest(&env, "f", &guest, Duration::ZERO);
     assert_eq!(saved_state_files(&env, "f"), Vec::<String>::new());
     assert!(
-        last_event(&env, "f", "suspend-failed")["error"]
+        !common::names(&env.instance_dir("f"))
+            .iter()
+            .any(|n| n.contains("guest-ram")),
+        "no copy of the RAM was begun"
+    );
+    let failed = last_event(&env, "f", "suspend-failed");
+    assert!(
+        failed["error"]
             .as_str()
             .unwrap()
-            .contains("needs 32.0 MiB free")
+            .contains("saving the state needs"),
+        "{failed}"
+    );
+    // The guest never met the full disk either (no pause for it).
+    assert!(
+        !env.events("f").iter().any(|e| e["event"] == "paused"),
+        "{:?}",
+        env.events("f")
     );
 
-    // With the space back, the same VM suspends and resumes.
+    // With the space back, the same VM suspends and resumes, the pages it
+    // touched with it.
     std::fs::remove_file(&filler).unwrap();
     suspend(&env, "f");
     resume(&env, "f");
     same_guest(&env, "f", &guest, Duration::ZERO);
+    assert_eq!(
+        env.shell("f", "wc -c < /run/t/fill"),
+        (64u64 << 20).to_string()
+    );
     env.run_within(&["stop", "f"], SHORT);
+}
+
+#[test]
+fn vm_suspend_of_an_adopted_qemu_saves_its_ram_found_from_qemus_pid() {
+    let env = TestEnv::new();
+    env.create("o", TINY);
+    let guest = boot_and_prepare(&env, "o");
+    // 16 MiB of the guest's memory whose contents must come back.
+    let sum = env.shell(
+        "o",
+        "mkdir -p /run/k && mount -t tmpfs -o size=20m k /run/k && \
+         dd if=/dev/urandom of=/run/k/f bs=1M count=16 2>/dev/null && md5sum < /run/k/f",
+    );
+    // The agent that made the memfd dies; the next one adopts QEMU and has
+    // only QEMU's pid to find the RAM by.
+    let qemu = env.qemu("o").expect("QEMU runs").pid();
+    let agent = env.agent("o").expect("the host agent runs");
+    agent.kill().unwrap();
+    assert!(agent.wait_timeout(Duration::from_secs(10)));
+    let start = env.run_within(&["start", "o"], SHORT);
+    assert_eq!(start.code(), Some(0), "{}", start.describe());
+    assert_eq!(env.qemu("o").unwrap().pid(), qemu, "adopted, not rebooted");
+    suspend(&env, "o");
+    let saved = env.instance_dir("o").join("guest-ram");
+    let on_disk = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&saved).unwrap().blocks() * 512
+    };
+    eprintln!("the RAM's copy takes {} MiB", on_disk >> 20);
+    assert!(
+        on_disk >= 16 << 20,
+        "the touched pages are saved: {on_disk}"
+    );
+    resume(&env, "o");
+    same_guest(&env, "o", &guest, Duration::ZERO);
+    assert_eq!(
+        env.shell("o", "md5sum < /run/k/f"),
+        sum,
+        "the same bytes came back"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || (!saved.exists()).then_some(())).is_some(),
+        "the RAM's copy goes once the guest runs again (in the background)"
+    );
+    env.run_within(&["stop", "o"], SHORT);
+    assert_eq!(env.runtime_files("o"), Vec::<String>::new());
+}
+
+/// Bytes the files of `dir` take on its disk (allocated blocks, as `du`).
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    common::names(dir)
+        .iter()
+        .filter_map(|n| std::fs::symlink_metadata(dir.join(n)).ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn vm_guest_ram_churn_costs_the_host_disk_nothing() {
+    let env = TestEnv::new();
+    env.create("c", TINY);
+    env.run_within(&["start", "c"], BOOT);
+    let dir = env.instance_dir("c");
+    let before = allocated_bytes(&dir);
+    // The guest writes 3 x 64 MiB through a tmpfs of its own: RAM it
+    // dirties, nothing on its disk.
+    env.shell(
+        "c",
+        "mkdir -p /run/t && mount -t tmpfs -o size=80m t /run/t && \
+         for i in 1 2 3; do dd if=/dev/zero of=/run/t/churn bs=1M count=64 2>/dev/null; \
+         rm /run/t/churn; done; echo done",
+    );
+    // What the host would write back within its usual 30 s is forced now.
+    let status = std::process::Command::new("sync").status().unwrap();
+    assert!(status.success());
+    let after = allocated_bytes(&dir);
+    let names = common::names(&dir);
+    eprintln!(
+        "instance directory: {} KiB before the churn, {} KiB after ({names:?})",
+        before >> 10,
+        after >> 10
+    );
+    assert!(
+        !names.iter().any(|n| n.contains("guest-ram")),
+        "no RAM file: {names:?}"
+    );
+    assert!(
+        after < before + (8 << 20),
+        "192 MiB of guest memory churn took {} KiB of the host's disk",
+        (after - before) >> 10
+    );
+    // The RAM is QEMU's memfd, holding what the guest touched.
+    let qemu = env.qemu("c").expect("QEMU runs");
+    let memfd = std::fs::read_dir(format!("/proc/{}/fd", qemu.pid()))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .find(|e| {
+            std::fs::read_link(e.path())
+                .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:vmkeep-guest-ram"))
+        })
+        .expect("QEMU holds the guest's memfd");
+    let held = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(memfd.path()).unwrap().blocks() * 512
+    };
+    eprintln!("the memfd holds {} MiB", held >> 20);
+    assert!(
+        held >= 64 << 20,
+        "the guest's pages are in the memfd: {held}"
+    );
+    env.run_within(&["stop", "c"], SHORT);
+    assert_eq!(env.runtime_files("c"), Vec::<String>::new());
 }
 
 fn sha256_of(path: &Path) -> String {

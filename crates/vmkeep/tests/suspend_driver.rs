@@ -87,7 +87,7 @@ async fn vm_save_cut_short_by_a_full_disk_leaves_no_state_and_the_guest_runs_on(
         .status()
         .expect("run qemu-img");
     assert!(status.success());
-    let spec = LaunchSpec::for_instance(
+    let mut spec = LaunchSpec::for_instance(
         &dir,
         Accel::Tcg,
         1,
@@ -96,11 +96,14 @@ async fn vm_save_cut_short_by_a_full_disk_leaves_no_state_and_the_guest_runs_on(
         image.initrd.clone(),
         image.base_cmdline(),
     );
-    os::fs::create_reserved(&spec.ram_file, 256 << 20, 0o600).unwrap();
+    // The guest's RAM: a memfd QEMU inherits (as the host agent makes it).
+    let ram = os::memfd::create_guest_ram(256 << 20).unwrap();
+    spec.ram_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&ram));
     let binary = qemu::binary::resolve(vmkeep::guest_arch::GuestArch::HOST).expect("QEMU in PATH");
     let (vm, _events) = qemu::launch(&binary, &spec, &dir.qemu_log(), None)
         .await
         .expect("launch QEMU");
+    drop(ram);
     let _guard = QemuGuard(&vm);
     let (link, _) = guest_link::wait_ready(
         &dir.guest_socket(),
@@ -118,6 +121,7 @@ async fn vm_save_cut_short_by_a_full_disk_leaves_no_state_and_the_guest_runs_on(
     let no_check = SaveOptions {
         deadline: Duration::from_secs(20),
         reserve_bytes: 0,
+        check_space: false,
     };
     let failed = snapshot::save(&vm, &dir, &no_check)
         .await

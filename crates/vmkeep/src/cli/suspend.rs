@@ -22,7 +22,7 @@ pub fn run(args: SuspendArgs) -> Result<i32, CliError> {
         let done = suspend(&dir, &options, &notice)?;
         match done.state_bytes {
             Some(bytes) => println!(
-                "suspended {name} in {:.0} ms ({} KiB of device state; its memory stays in its RAM file); \
+                "suspended {name} in {:.0} ms ({} KiB of device state, and the memory its guest touched beside it); \
                  `vmkeep start {name}` resumes it",
                 done.took.as_secs_f64() * 1000.0,
                 bytes / 1024

@@ -26,11 +26,11 @@ use crate::timeouts;
 const MAX_ROUNDS: usize = 4;
 /// How long a host agent cleaning up after its QEMU exited may take.
 const CLEANUP_WAIT: Duration = Duration::from_secs(10);
-/// Space the host filesystem must have for a start beyond the guest's RAM:
-/// the agent's runtime files, journal and logs, and the guest's first writes.
-pub const MIN_FREE_TO_START: u64 = 64 * 1024 * 1024;
-/// Space a resume needs (its RAM file exists already): the agent's files.
-pub const MIN_FREE_TO_RESUME: u64 = 16 * 1024 * 1024;
+/// Space the host filesystem must have for a start: the agent's runtime
+/// files, journal and logs, and the guest's first writes. The guest's RAM
+/// takes none (a memfd; see `driver::qemu::args`), a resume none beyond
+/// this (its saved RAM is there already).
+pub const MIN_FREE_TO_START: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -192,17 +192,12 @@ fn create_default(home: &Home, name: &InstanceName) -> Result<bool, EngineError>
     }
 }
 
-/// Refuse to start on a host filesystem without room for it, naming it: a
-/// fresh boot reserves the guest's RAM there (see `driver::qemu::args`),
-/// and the agent's files and the guest's first writes need a little more.
-fn ensure_room(dir: &InstanceDir, config: &Config) -> Result<(), EngineError> {
+/// Refuse to start on a host filesystem without room for the agent's
+/// files, naming it.
+fn ensure_room(dir: &InstanceDir) -> Result<(), EngineError> {
     let space = os::fs::free_space(dir.dir())
         .map_err(EngineError::io("inspect the filesystem of", dir.dir()))?;
-    let needed = match dir.has_saved_state() {
-        // A saved state keeps its RAM file: nothing more to reserve.
-        true => MIN_FREE_TO_RESUME,
-        false => MIN_FREE_TO_START + (config.memory.0.mib() << 20),
-    };
+    let needed = MIN_FREE_TO_START;
     if space.available_bytes < needed {
         return Err(EngineError::NoRoom {
             name: dir.name().clone(),
@@ -369,7 +364,7 @@ fn boot(
     options: &StartOptions,
     notice: &dyn Notice,
 ) -> Result<Started, EngineError> {
-    ensure_room(dir, config)?;
+    ensure_room(dir)?;
     // Cloud images were fetched by `create`; only the tiny image is built here.
     if !config.is_cloud() {
         let kernel_override =

@@ -63,16 +63,16 @@ pub enum LaunchError {
     #[error("cannot grow the disk: {0}")]
     DiskImage(#[from] crate::driver::qemu::disk_image::DiskImageError),
 
-    #[error(
-        "cannot reserve {mib} MiB for the guest's RAM in {}: {source}; free some space there, \
-         or lower `memory` in {}",
-        ram_file.display(),
-        config.display()
-    )]
-    ReserveRam {
+    #[error("cannot read the saved guest RAM {}; the state is kept", path.display())]
+    ResumeRam {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot make a memfd of {mib} MiB for the guest's RAM: {source}")]
+    GuestRam {
         mib: u64,
-        ram_file: PathBuf,
-        config: PathBuf,
         #[source]
         source: std::io::Error,
     },

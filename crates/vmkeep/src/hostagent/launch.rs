@@ -1,5 +1,5 @@
 //! Launching QEMU: the accelerator, the image (a cloud image's spec, or the
-//! tiny image built here), the guest's RAM reserved on the host, the
+//! tiny image built here), the guest's RAM (a memfd QEMU inherits), the
 //! virtiofsds, QEMU in a scope of its own; a saved state is resumed instead
 //! of booted (`suspend`).
 
@@ -123,20 +123,14 @@ impl Agent<'_, '_> {
         why: String,
     ) -> Result<(QemuVm, QmpEvents), LaunchError> {
         self.reporter.progress(format!("booting QEMU with {why}"));
-        // Fresh RAM, its blocks reserved now: a guest must not meet a full
-        // disk as a SIGBUS in the middle of running.
-        let ram_bytes = spec.memory_mib << 20;
-        os::fs::create_reserved(&spec.ram_file, ram_bytes, 0o600).map_err(|source| {
-            LaunchError::ReserveRam {
-                mib: spec.memory_mib,
-                ram_file: spec.ram_file.clone(),
-                config: self.dir.config(),
-                source,
-            }
-        })?;
+        // Fresh RAM: a memfd QEMU inherits (no disk space, no writeback).
+        let ram = self.guest_ram(&mut spec)?;
         // [mounts] virtiofsd first: QEMU connects to it as it starts.
         spec.shares = self.start_shares(qemu)?;
-        let (vm, events) = match self.start_qemu(&spec, qemu).await {
+        let launched = self.start_qemu(&spec, qemu).await;
+        // QEMU holds it now; an agent that adopts QEMU finds it there.
+        drop(ram);
+        let (vm, events) = match launched {
             Ok(launched) => launched,
             Err(error) => {
                 mounts::abandon(&self.shares);
@@ -152,6 +146,23 @@ impl Agent<'_, '_> {
             info.accel = Some(accel.as_str().into());
         });
         Ok((vm, events))
+    }
+
+    /// A new memfd for the guest's RAM, of `spec`'s size, named in `spec`
+    /// for QEMU to inherit. The caller keeps it until QEMU was launched.
+    pub(super) fn guest_ram(
+        &self,
+        spec: &mut LaunchSpec,
+    ) -> Result<std::os::fd::OwnedFd, LaunchError> {
+        use std::os::fd::AsRawFd;
+        let ram = os::memfd::create_guest_ram(spec.memory_mib << 20).map_err(|source| {
+            LaunchError::GuestRam {
+                mib: spec.memory_mib,
+                source,
+            }
+        })?;
+        spec.ram_fd = Some(ram.as_raw_fd());
+        Ok(ram)
     }
 
     /// Start a virtiofsd for each shared directory of the config (none:

@@ -152,18 +152,59 @@ impl Agent<'_, '_> {
         ));
         spec.incoming = true;
         let launched = Instant::now();
-        let (vm, events) = match self.start_qemu(&spec, qemu).await {
-            Ok(launched) => launched,
-            Err(error) => {
+        // A new memfd, filled from the saved RAM while QEMU starts; whole
+        // before the device state loads (QEMU reads the virtqueues' indices
+        // from guest memory while loading).
+        let ram = self.guest_ram(&mut spec)?;
+        let fill = {
+            let ram = ram.try_clone().map_err(|source| LaunchError::GuestRam {
+                mib: spec.memory_mib,
+                source,
+            })?;
+            let saved_ram = self.dir.guest_ram();
+            tokio::task::spawn_blocking(move || fill_ram(&saved_ram, ram.into()))
+        };
+        let started = self.start_qemu(&spec, qemu).await;
+        drop(ram);
+        let qemu_secs = launched.elapsed().as_secs_f64();
+        // Journaled while the fill may still run (its fsync off the way).
+        if let Ok((vm, _)) = &started {
+            self.record(Event::Resuming {
+                qemu_pid: vm.pid(),
+                accel: accel.as_str().into(),
+                saved_at: saved.saved_at.clone(),
+            });
+        }
+        let filled = fill
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(|source| LaunchError::ResumeRam {
+                path: self.dir.guest_ram(),
+                source,
+            });
+        let (vm, events) = match (started, filled) {
+            (Ok(launched_vm), Ok(copied)) => {
+                tracing::info!(
+                    bytes = copied,
+                    qemu_secs,
+                    filled_secs = launched.elapsed().as_secs_f64(),
+                    "guest RAM filled from the saved state"
+                );
+                launched_vm
+            }
+            (Ok((vm, _)), Err(error)) => {
+                let _ = vm.kill();
+                mounts::abandon(&self.shares);
+                return Err(LaunchFailed {
+                    error,
+                    qemu_exit: Some(vm.exited().await),
+                });
+            }
+            (Err(error), _) => {
                 mounts::abandon(&self.shares);
                 return Err(error.into());
             }
         };
-        self.record(Event::Resuming {
-            qemu_pid: vm.pid(),
-            accel: accel.as_str().into(),
-            saved_at: saved.saved_at.clone(),
-        });
         self.set_info(|info| {
             info.qemu_pid = Some(vm.pid());
             info.accel = Some(accel.as_str().into());
@@ -252,4 +293,11 @@ impl Agent<'_, '_> {
         }
         None
     }
+}
+
+/// Fill a new guest RAM from the saved copy at `saved` (its data extents).
+fn fill_ram(saved: &std::path::Path, ram: std::fs::File) -> std::io::Result<u64> {
+    let from = std::fs::File::open(saved)?;
+    let len = ram.metadata()?.len().min(from.metadata()?.len());
+    os::memfd::fill_extents(&from, &ram, len)
 }

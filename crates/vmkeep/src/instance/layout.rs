@@ -23,9 +23,9 @@
 //!   qmp.sock    runtime     QMP
 //!   ga.sock     runtime     guest agent channel
 //!   mig.sock    runtime     QEMU's migration stream while saving or resuming
-//!   guest-ram               the guest's RAM (QEMU's memory backend file): made
-//!                           afresh at each boot, removed at stop, kept with a
-//!                           saved state
+//!   guest-ram               a suspended VM's RAM: the pages its guest touched
+//!                           (a sparse file; a running guest's RAM is a memfd,
+//!                           see driver::qemu::args), part of a saved state
 //!   saved-state.json        a suspended VM's state record (its presence is
 //!                           what makes a saved state; see driver::qemu::snapshot)
 //!   saved-state.bin         a suspended VM's device state (QEMU's migration stream)
@@ -211,7 +211,8 @@ impl InstanceDir {
     pub fn migration_socket(&self) -> PathBuf {
         self.dir.join(MIGRATION_SOCKET)
     }
-    /// The file that holds the guest's RAM (QEMU's memory backend).
+    /// A saved state's copy of the guest's RAM (QEMU's memory backend
+    /// file for a QEMU of an older vmkeep).
     pub fn guest_ram(&self) -> PathBuf {
         self.dir.join(GUEST_RAM)
     }

@@ -11,6 +11,7 @@ pub mod fs;
 pub mod identity;
 pub mod inotify;
 pub mod lock;
+pub mod memfd;
 pub mod process;
 #[cfg(target_os = "linux")]
 pub mod seccomp;

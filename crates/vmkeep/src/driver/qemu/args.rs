@@ -1,6 +1,7 @@
 //! The QEMU command line, built from a launch description (pure).
 
 use std::ffi::OsString;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use super::accel::Accel;
@@ -41,33 +42,34 @@ pub struct LaunchSpec {
     pub guest_socket: PathBuf,
     pub pid_file: PathBuf,
     pub serial_log: PathBuf,
-    /// The file that holds the guest's RAM (see [`MEMORY_BACKEND`]).
-    pub ram_file: PathBuf,
+    /// The descriptor of the memfd holding the guest's RAM, which QEMU
+    /// inherits under the same number (see [`MEMORY_BACKEND`]). `None`:
+    /// QEMU makes a memfd of its own (`memory-backend-memfd`), which no
+    /// suspend can reach.
+    pub ram_fd: Option<RawFd>,
     /// Start paused, waiting for a saved state over QMP (`-incoming defer
     /// -S`): how a suspended VM is resumed.
     pub incoming: bool,
 }
 
-/// The guest's RAM is a file in the instance directory, mapped shared
-/// (`memory-backend-file,share=on`). Chosen over an anonymous mapping and
-/// over a memfd because:
+/// The guest's RAM is a memfd the host agent makes
+/// (`os::memfd::create_guest_ram`) and QEMU inherits, named to QEMU as a
+/// file (`memory-backend-file,mem-path=/proc/self/fd/N,share=on`: the same
+/// route on QEMU 7.2 and 10). Chosen because:
 ///
-/// - suspend: with the `x-ignore-shared` migration capability QEMU skips
-///   shared RAM, so saving writes only the device state (~400 KiB for the
-///   tiny guest, not the ~100 MiB of RAM it touched) and resuming maps the
-///   same file again instead of reading RAM back through the stream;
-/// - virtiofs: vhost-user daemons need the guest RAM shared (`share=on`); a
-///   file serves that exactly as a memfd would.
-///
-/// What it costs (measured on the tiny guest, docs/suspend.md): disk space
-/// equal to the RAM size, reserved at boot (fallocate, so that a full disk
-/// never reaches the guest as a SIGBUS); page faults on a shared file
-/// mapping, about +0.4 s of QEMU system time per boot (2.56 -> 2.96 s of
-/// CPU to ready); and writeback: the host writes the pages the guest
-/// dirties to that file about 30 s later (128 MiB per boot of the tiny
-/// guest, then what it dirties: nothing when idle, up to its RAM size per
-/// half minute when it rewrites all of it), which an anonymous mapping or a
-/// memfd never does. Removing the file at stop takes a few ms.
+/// - the host never writes it to a disk while the VM runs (a file in the
+///   instance directory, what vmkeep used before, was written back page by
+///   page: 128 MiB per boot of the tiny guest, and whatever it dirtied
+///   since), and no disk space is taken for it until a suspend;
+/// - suspend: with the `x-ignore-shared` migration capability QEMU leaves
+///   shared RAM out of the migration stream, so the stream is only the
+///   device state (~400 KiB), and the RAM is copied by its data extents
+///   into a sparse file beside it (`snapshot::save`); a resume fills a new
+///   memfd from that file while QEMU starts;
+/// - virtiofs: vhost-user daemons need the guest RAM shared (`share=on`),
+///   which a memfd is;
+/// - an agent that adopts a QEMU finds the RAM from QEMU's pid alone:
+///   `/proc/PID/fd/N`, N read back from QEMU's command line.
 pub const MEMORY_BACKEND: &str = "memory-backend-file";
 
 /// One shared directory's device.
@@ -128,10 +130,33 @@ impl LaunchSpec {
             guest_socket: dir.guest_socket(),
             pid_file: dir.qemu_pid(),
             serial_log: dir.serial_log(),
-            ram_file: dir.guest_ram(),
+            ram_fd: None,
             incoming: false,
         }
     }
+}
+
+/// The path QEMU opens for its inherited RAM descriptor `fd`.
+pub fn ram_path(fd: RawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{fd}"))
+}
+
+/// The RAM descriptor a QEMU inherited, from its `-object` argument as
+/// [`build`] writes it (`mem-path=/proc/self/fd/N`).
+pub fn ram_fd_of_args<S: AsRef<str>>(args: &[S]) -> Option<RawFd> {
+    args.windows(2).find_map(|w| {
+        let object = w[1].as_ref();
+        if w[0].as_ref() != "-object"
+            || !object.starts_with(MEMORY_BACKEND)
+            || !object.ends_with("share=on")
+        {
+            return None;
+        }
+        object
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("mem-path=/proc/self/fd/"))
+            .and_then(|n| n.parse().ok())
+    })
 }
 
 /// Escape a value for QEMU's `key=value,...` option syntax (commas double).
@@ -160,11 +185,17 @@ pub fn build(spec: &LaunchSpec) -> Vec<OsString> {
         "-m".into(),
         format!("{}M", spec.memory_mib),
         "-object".into(),
-        format!(
-            "{MEMORY_BACKEND},id={RAM_ID},size={}M,mem-path={},share=on",
-            spec.memory_mib,
-            opt(&spec.ram_file)
-        ),
+        match spec.ram_fd {
+            Some(fd) => format!(
+                "{MEMORY_BACKEND},id={RAM_ID},size={}M,mem-path={},share=on",
+                spec.memory_mib,
+                ram_path(fd).display()
+            ),
+            None => format!(
+                "memory-backend-memfd,id={RAM_ID},size={}M,share=on",
+                spec.memory_mib
+            ),
+        },
         "-chardev".into(),
         format!("file,id=serial0,path={},append=on", opt(&spec.serial_log)),
         "-serial".into(),
@@ -343,13 +374,30 @@ mod tests {
     }
 
     #[test]
-    fn guest_ram_is_a_shared_file_in_the_instance_directory() {
-        let args = text(&build(&spec()));
+    fn guest_ram_is_the_inherited_memfd_named_as_a_shared_file() {
+        let args = text(&build(&LaunchSpec {
+            ram_fd: Some(7),
+            ..spec()
+        }));
         assert_eq!(value_after(&args, "-machine"), ["q35,memory-backend=ram0"]);
         assert_eq!(
             value_after(&args, "-object"),
-            ["memory-backend-file,id=ram0,size=512M,mem-path=/h/v/dev/guest-ram,share=on"]
+            ["memory-backend-file,id=ram0,size=512M,mem-path=/proc/self/fd/7,share=on"]
         );
+        assert_eq!(ram_fd_of_args(&args), Some(7));
+        // Without a descriptor QEMU makes its own memfd: nothing to find.
+        let own = text(&build(&spec()));
+        assert_eq!(
+            value_after(&own, "-object"),
+            ["memory-backend-memfd,id=ram0,size=512M,share=on"]
+        );
+        assert_eq!(ram_fd_of_args(&own), None);
+        // A RAM file of an older vmkeep is not a descriptor either.
+        let old = [
+            "-object",
+            "memory-backend-file,id=ram0,size=512M,mem-path=/h/v/dev/guest-ram,share=on",
+        ];
+        assert_eq!(ram_fd_of_args(&old), None);
         // -m must agree with the backend's size.
         assert_eq!(value_after(&args, "-m"), ["512M"]);
         assert!(!args.contains(&"-incoming".to_string()));

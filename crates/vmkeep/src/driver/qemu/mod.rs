@@ -200,10 +200,18 @@ pub async fn launch(
     if let Some((placement, scope)) = scope {
         program = cgroup::wrap(placement, scope, &program);
     }
+    // The guest's RAM descriptor goes to QEMU under its number (the spec
+    // names it `/proc/self/fd/N`); nothing else of ours does.
+    let holding = crate::os::confine::Holding {
+        inherit_fd: spec.ram_fd,
+        ..Default::default()
+    };
     let process =
-        process::spawn_in_own_group(&program, log).map_err(|source| QemuError::Spawn {
-            binary: program.path.to_string_lossy().into_owned(),
-            source,
+        crate::os::confine::spawn_in_own_group(&program, log, &holding).map_err(|source| {
+            QemuError::Spawn {
+                binary: program.path.to_string_lossy().into_owned(),
+                source,
+            }
         })?;
     let started = Instant::now();
     loop {

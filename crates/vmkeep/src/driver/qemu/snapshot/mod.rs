@@ -2,11 +2,12 @@
 //! instance directory, QEMU ended, and later a new QEMU carrying on from it
 //! (same boot, same processes, same RAM).
 //!
-//! The guest's RAM already lives in a file of the instance directory
-//! (`guest-ram`, see [`super::args::MEMORY_BACKEND`]), so a save writes only
-//! the device state: QEMU's migration stream with the `x-ignore-shared`
-//! capability, which leaves shared RAM out. A resume maps the same RAM file
-//! and loads the device state into a QEMU started with `-incoming defer`.
+//! The guest's RAM is a memfd shared with QEMU (see
+//! [`super::args::MEMORY_BACKEND`]), so QEMU's migration stream, with the
+//! `x-ignore-shared` capability, is only the device state; the RAM is
+//! copied by its data extents into a sparse file, `guest-ram`. A resume
+//! fills a new memfd from that file while QEMU starts, and loads the device
+//! state into a QEMU started with `-incoming defer`.
 //!
 //! A saved state is three files: `guest-ram`, `saved-state.bin` (the device
 //! state) and `saved-state.json` (the [`record::StateRecord`]). The record
@@ -169,7 +170,12 @@ pub async fn settle_adopted(vm: &super::QemuVm, dir: &InstanceDir) -> Result<Set
         .await
         .map_err(qmp_error("query-status"))?
         .status;
-    // A device state the dead agent was writing: never committed.
+    // `guest-ram` is this QEMU's RAM only for a QEMU of an older vmkeep;
+    // else it is a saved copy, which goes with its state.
+    let keep_ram = crate::os::process::command_line_of_live(&vm.process)
+        .map(|args| record::ram_of_args(&args, &dir.guest_ram()) == Some(record::RamOfQemu::File))
+        .unwrap_or(true);
+    // A device state (or RAM copy) the dead agent was writing: never committed.
     remove_unfinished(dir).map_err(|source| StateError::Remove {
         path: dir.saved_device_state(),
         source,
@@ -199,12 +205,12 @@ pub async fn settle_adopted(vm: &super::QemuVm, dir: &InstanceDir) -> Result<Set
                     _ => break,
                 }
             }
-            let discarded_state = discard(dir, true)?;
+            let discarded_state = discard(dir, keep_ram)?;
             vm.qmp.cont(T).await.map_err(qmp_error("cont"))?;
             Ok(Settled::Continued { discarded_state })
         }
         _ => Ok(Settled::Running {
-            discarded_state: discard(dir, true)?,
+            discarded_state: discard(dir, keep_ram)?,
         }),
     }
 }
@@ -212,15 +218,16 @@ pub async fn settle_adopted(vm: &super::QemuVm, dir: &InstanceDir) -> Result<Set
 /// Remove device-state files a save was writing when its agent died (the
 /// temporary names of `os::fs::temp_sibling`).
 fn remove_unfinished(dir: &InstanceDir) -> io::Result<()> {
-    let prefix = format!(
-        ".{}.tmp-",
-        dir.saved_device_state()
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    );
+    let prefixes = [dir.saved_device_state(), dir.guest_ram()].map(|path| {
+        format!(
+            ".{}.tmp-",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )
+    });
     for name in os::fs::entry_names(dir.dir())? {
-        if name.starts_with(&prefix) {
+        if prefixes.iter().any(|prefix| name.starts_with(prefix)) {
             os::fs::remove_file_if_exists(&dir.dir().join(name))?;
         }
     }

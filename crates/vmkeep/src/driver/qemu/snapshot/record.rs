@@ -140,8 +140,28 @@ pub fn kernel_cmdline_of_args<S: AsRef<str>>(args: &[S]) -> Option<String> {
         .map(|w| w[1].as_ref().to_owned())
 }
 
-/// Whether a QEMU's arguments put the guest's RAM in `ram_file`, shared:
-/// only then can a save leave the RAM out of the stream.
+/// Where a running QEMU keeps the guest's RAM, shared (only then can a
+/// save leave it out of the migration stream), from its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RamOfQemu {
+    /// A memfd it inherited as descriptor N (`mem-path=/proc/self/fd/N`).
+    Memfd(std::os::fd::RawFd),
+    /// The instance's `guest-ram` file (a QEMU started by an older vmkeep,
+    /// adopted): the RAM is on the disk already.
+    File,
+}
+
+/// Where a QEMU's arguments put the guest's RAM; `None` when no save can
+/// reach it.
+pub fn ram_of_args<S: AsRef<str>>(args: &[S], ram_file: &std::path::Path) -> Option<RamOfQemu> {
+    if let Some(fd) = args::ram_fd_of_args(args) {
+        return Some(RamOfQemu::Memfd(fd));
+    }
+    ram_in_shared_file(args, ram_file).then_some(RamOfQemu::File)
+}
+
+/// Whether a QEMU's arguments put the guest's RAM in `ram_file`, shared
+/// (as vmkeep did before the RAM became a memfd).
 pub fn ram_in_shared_file<S: AsRef<str>>(args: &[S], ram_file: &std::path::Path) -> bool {
     let wanted = format!(
         "mem-path={},",
@@ -522,14 +542,27 @@ mod tests {
             kernel_cmdline_of_args(&args).as_deref(),
             Some("console=ttyS0 quiet")
         );
-        assert!(ram_in_shared_file(&args, &spec.ram_file));
-        assert!(!ram_in_shared_file(
-            &args,
-            std::path::Path::new("/elsewhere")
-        ));
+        let ram_file = std::path::Path::new("/h/vm/guest-ram");
+        let with_fd: Vec<String> = args::build(&LaunchSpec {
+            ram_fd: Some(9),
+            ..spec.clone()
+        })
+        .into_iter()
+        .map(|a| a.into_string().unwrap())
+        .collect();
+        assert_eq!(ram_of_args(&with_fd, ram_file), Some(RamOfQemu::Memfd(9)));
+        // QEMU's own memfd: out of reach.
+        assert_eq!(ram_of_args(&args, ram_file), None);
+        // A QEMU of an older vmkeep, its RAM in the instance's file.
+        let file = [
+            "-object",
+            "memory-backend-file,id=ram0,size=256M,mem-path=/h/vm/guest-ram,share=on",
+        ];
+        assert_eq!(ram_of_args(&file, ram_file), Some(RamOfQemu::File));
+        assert_eq!(ram_of_args(&file, std::path::Path::new("/elsewhere")), None);
         // A QEMU launched before the RAM moved to a file cannot be saved.
         let old: Vec<&str> = vec!["qemu", "-m", "256M", "-accel", "tcg"];
-        assert!(!ram_in_shared_file(&old, &spec.ram_file));
+        assert_eq!(ram_of_args(&old, ram_file), None);
     }
 
     #[test]

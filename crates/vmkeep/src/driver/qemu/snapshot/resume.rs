@@ -260,6 +260,14 @@ pub async fn load_into(
     qmp.cont(QMP_TIMEOUT)
         .await
         .map_err(ResumeError::NotContinued)?;
+    // The saved RAM, no state's any more (the new memfd holds the RAM),
+    // goes off the way to ready.
+    let saved_ram = dir.guest_ram();
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = os::fs::remove_file_if_exists(&saved_ram) {
+            tracing::warn!("cannot remove {}: {e}", saved_ram.display());
+        }
+    });
     Ok(Resumed {
         record: saved.clone(),
     })

@@ -1,6 +1,8 @@
 //! Saving a running VM: pause, stream the device state into the instance
-//! directory, make everything durable, commit the record, end QEMU. Any
-//! failure before the commit lets the guest run on and leaves no state.
+//! directory while the guest's RAM (a memfd) is copied by its data extents
+//! into a sparse `guest-ram` beside it, make everything durable, commit the
+//! record, end QEMU. Any failure before the commit lets the guest run on
+//! and leaves no state.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::time::Instant;
 
-use super::record::{self, DeviceState, MachineShape, QemuBuild, StateRecord};
+use super::record::{self, DeviceState, MachineShape, QemuBuild, RamOfQemu, StateRecord};
 use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::capabilities::Capabilities;
 use crate::driver::qemu::qmp::{MigrationStatus, QemuVersion, QmpError};
@@ -34,13 +36,17 @@ pub struct SaveOptions {
     /// this; past it the save is abandoned and the guest runs on.
     pub deadline: Duration,
     /// Free space the device state may take. Checked before the guest is
-    /// paused, beyond the blocks the RAM file still lacks.
+    /// paused, beyond what the RAM's copy takes (the memfd's allocated
+    /// bytes: the pages the guest touched).
     pub reserve_bytes: u64,
+    /// Whether free space is checked before the pause at all (only a test
+    /// of a disk that fills during the save turns it off).
+    pub check_space: bool,
 }
 
 impl SaveOptions {
-    /// What the device state of a VM with its RAM in a file takes, with a
-    /// wide margin: the tiny guest writes ~400 KiB (device registers and the
+    /// What the device state of a VM with its RAM out of the stream takes,
+    /// with a wide margin: the tiny guest writes ~400 KiB (device registers and the
     /// firmware's ROMs, which are not shared RAM).
     pub const DEFAULT_RESERVE: u64 = 32 << 20;
 
@@ -48,6 +54,7 @@ impl SaveOptions {
         SaveOptions {
             deadline,
             reserve_bytes: SaveOptions::DEFAULT_RESERVE,
+            check_space: true,
         }
     }
 }
@@ -60,6 +67,9 @@ pub struct Saved {
     pub state_bytes: u64,
     /// Size of the RAM file kept.
     pub ram_bytes: u64,
+    /// Bytes of RAM written to it (the data the guest had touched; 0 for a
+    /// QEMU whose RAM already was in the file).
+    pub ram_written: u64,
     /// From the pause to the committed state.
     pub elapsed: Duration,
     /// How QEMU ended after the commit.
@@ -82,11 +92,14 @@ pub enum SaveFailure {
         available: u64,
     },
     #[error(
-        "this QEMU keeps the guest's RAM outside {} (it was started by an older vmkeep), so its \
-         state cannot be saved; stop and start the instance once, then suspend it",
+        "this QEMU keeps the guest's RAM where no save can reach it (neither a memfd it inherited \
+         nor {}: it was started by another vmkeep or by hand), so its state cannot be saved; stop \
+         and start the instance once, then suspend it",
         ram_file.display()
     )]
     RamNotInFile { ram_file: PathBuf },
+    #[error("cannot reach the guest's RAM")]
+    RamUnreachable(#[source] os::memfd::OpenError),
     #[error(
         "this VM shares {count} host director{} (mounts:), and its QEMU {qemu} cannot save a virtio-fs device (QEMU 8.2 and later can), so it cannot be suspended; stop it instead (`vmkeep stop`), or run it on QEMU 8.2 or later (install one, or point VMKEEP_QEMU at one, and restart the VM), or remove mounts from its config and restart it",
         if *count == 1 { "y" } else { "ies" }
@@ -210,10 +223,17 @@ pub async fn save(
         }));
     }
     let ram_file = dir.guest_ram();
-    if !record::ram_in_shared_file(&args, &ram_file) {
-        return Err(running(SaveFailure::RamNotInFile { ram_file }));
+    let ram = match record::ram_of_args(&args, &ram_file) {
+        Some(RamOfQemu::Memfd(fd)) => RamToSave::Memfd(
+            os::memfd::open_of_process(crate::driver::Vm::pid(vm), fd)
+                .map_err(|e| running(SaveFailure::RamUnreachable(e)))?,
+        ),
+        Some(RamOfQemu::File) => RamToSave::File,
+        None => return Err(running(SaveFailure::RamNotInFile { ram_file })),
+    };
+    if options.check_space {
+        check_space(dir, &ram, options.reserve_bytes).map_err(running)?;
     }
-    check_space(dir, &ram_file, options.reserve_bytes).map_err(running)?;
     let machine_type = vm
         .qmp
         .machine_type(QMP_TIMEOUT)
@@ -240,13 +260,18 @@ pub async fn save(
         vm,
         dir,
         temp: os::fs::temp_sibling(&dir.saved_device_state()),
+        ram_temp: os::fs::temp_sibling(&dir.guest_ram()),
+        ram: Some(ram),
+        ram_placed: false,
+        cancel: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        ram_copy: None,
         paused: false,
         migrating: false,
         placed: false,
     };
     let outcome = attempt.run(&prepared, listener).await;
     let _ = os::fs::remove_file_if_exists(&socket);
-    let (record, state_bytes) = match outcome {
+    let (record, state_bytes, ram_written) = match outcome {
         Ok(done) => done,
         Err(failure) => return Err(attempt.recover(failure).await),
     };
@@ -255,6 +280,7 @@ pub async fn save(
     let qemu_exit = end_qemu(vm).await;
     Ok(Saved {
         ram_bytes: record.ram.size,
+        ram_written,
         record,
         state_bytes,
         elapsed,
@@ -262,11 +288,28 @@ pub async fn save(
     })
 }
 
-/// Refuse before pausing anything when the device state might not fit.
-fn check_space(dir: &InstanceDir, ram_file: &Path, reserve: u64) -> Result<(), SaveFailure> {
-    let unallocated = os::fs::unallocated_bytes(ram_file).map_err(io_error("inspect", ram_file))?;
+/// Where the RAM to save is.
+enum RamToSave {
+    /// The guest's memfd (opened through QEMU's descriptor): copied out.
+    Memfd(std::fs::File),
+    /// Already in `guest-ram` (a QEMU of an older vmkeep): synced only.
+    File,
+}
+
+/// Refuse before pausing anything when the state might not fit: the
+/// device state's reserve and what the RAM's copy takes.
+fn check_space(dir: &InstanceDir, ram: &RamToSave, reserve: u64) -> Result<(), SaveFailure> {
+    let ram_file = dir.guest_ram();
+    let ram_needs = match ram {
+        RamToSave::Memfd(memfd) => {
+            os::memfd::allocated_bytes(memfd).map_err(io_error("inspect", &ram_file))?
+        }
+        RamToSave::File => {
+            os::fs::unallocated_bytes(&ram_file).map_err(io_error("inspect", &ram_file))?
+        }
+    };
     let space = os::fs::free_space(dir.dir()).map_err(io_error("inspect", dir.dir()))?;
-    let needed = reserve.saturating_add(unallocated);
+    let needed = reserve.saturating_add(ram_needs);
     if space.available_bytes < needed {
         return Err(SaveFailure::NotEnoughSpace {
             mount_point: space.mount_point,
@@ -295,6 +338,16 @@ struct Attempt<'a> {
     dir: &'a InstanceDir,
     /// The device state while it is written.
     temp: PathBuf,
+    /// The RAM's copy while it is written.
+    ram_temp: PathBuf,
+    /// The RAM to save (taken by the copy once it starts).
+    ram: Option<RamToSave>,
+    /// The RAM's copy was moved to `guest-ram`.
+    ram_placed: bool,
+    /// Tells a RAM copy still running that the save was abandoned.
+    cancel: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The RAM copy, while it runs.
+    ram_copy: Option<tokio::task::JoinHandle<std::io::Result<os::memfd::Copied>>>,
     paused: bool,
     /// A migration was started and may not be over.
     migrating: bool,
@@ -308,10 +361,19 @@ impl Attempt<'_> {
         &mut self,
         prepared: &Prepared,
         listener: UnixListener,
-    ) -> Result<(StateRecord, u64), SaveFailure> {
+    ) -> Result<(StateRecord, u64, u64), SaveFailure> {
         let qmp = &self.vm.qmp;
         self.paused = true;
         qmp.pause(QMP_TIMEOUT).await.map_err(qmp_error("stop"))?;
+        // From the pause on the RAM stays as it is (shared RAM is out of
+        // the migration stream): its copy runs beside the device state's.
+        if let Some(RamToSave::Memfd(memfd)) = self.ram.take() {
+            let temp = self.ram_temp.clone();
+            let cancel = self.cancel.clone();
+            self.ram_copy = Some(tokio::task::spawn_blocking(move || {
+                copy_ram(&memfd, &temp, &cancel)
+            }));
+        }
         for capability in prepared.capabilities.save_capabilities() {
             qmp.set_migration_capability(capability, true, QMP_TIMEOUT)
                 .await
@@ -349,8 +411,37 @@ impl Attempt<'_> {
         drop(file);
         let ram_file = self.dir.guest_ram();
         let disk = self.dir.disk();
-        os::fs::sync_file(&ram_file).map_err(io_error("sync", &ram_file))?;
         os::fs::sync_file(&disk).map_err(io_error("sync", &disk))?;
+        let ram_written = match self.ram_copy.take() {
+            Some(mut copy) => {
+                let copied = self
+                    .race(prepared, bytes, async {
+                        Ok((&mut copy)
+                            .await
+                            .unwrap_or_else(|e| Err(std::io::Error::other(e))))
+                    })
+                    .await;
+                if copied.is_err() {
+                    // Still running: `recover` stops it and waits.
+                    self.ram_copy = Some(copy);
+                }
+                let copied = copied?;
+                let copied = copied.map_err(io_error("write", &self.ram_temp))?;
+                self.ram_placed = true;
+                os::fs::rename(&self.ram_temp, &ram_file)
+                    .map_err(io_error("move into place", &ram_file))?;
+                tracing::info!(
+                    read = copied.read,
+                    written = copied.written,
+                    "guest RAM copied"
+                );
+                copied.written
+            }
+            None => {
+                os::fs::sync_file(&ram_file).map_err(io_error("sync", &ram_file))?;
+                0
+            }
+        };
         let identity = |path: &Path| {
             os::fs::file_id(path)
                 .map_err(io_error("inspect", path))?
@@ -383,7 +474,7 @@ impl Attempt<'_> {
         let record_path = self.dir.saved_state_record();
         os::fs::write_atomic(&record_path, &json, 0o600)
             .map_err(io_error("write", &record_path))?;
-        Ok((record, bytes))
+        Ok((record, bytes, ram_written))
     }
 
     /// Run `work` until it ends, QEMU exits, or the deadline passes.
@@ -468,7 +559,16 @@ impl Attempt<'_> {
                 };
             }
         }
-        let mut leftovers = vec![self.temp.clone()];
+        self.cancel
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(copy) = self.ram_copy.take() {
+            // It stops at its next block; then its file can go.
+            let _ = copy.await;
+        }
+        let mut leftovers = vec![self.temp.clone(), self.ram_temp.clone()];
+        if self.ram_placed {
+            leftovers.push(self.dir.guest_ram());
+        }
         if self.placed {
             // The record first: without it the rest is no state.
             leftovers.insert(0, self.dir.saved_state_record());
@@ -482,6 +582,21 @@ impl Attempt<'_> {
         let _ = os::fs::sync_dir(self.dir.dir());
         SaveError { failure, after }
     }
+}
+
+/// Copy the guest's RAM (paused) into a new sparse file `temp` of its
+/// size, by data extents, and make it durable.
+fn copy_ram(
+    memfd: &std::fs::File,
+    temp: &Path,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<os::memfd::Copied> {
+    let len = memfd.metadata()?.len();
+    let file = os::fs::create_private(temp)?;
+    file.set_len(len)?;
+    let copied = os::memfd::copy_extents(memfd, &file, len, cancel)?;
+    file.sync_all()?;
+    Ok(copied)
 }
 
 /// Copy the migration stream into `file` until QEMU closes it; returns the
