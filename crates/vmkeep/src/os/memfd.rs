@@ -22,6 +22,7 @@ pub const GUEST_RAM_NAME: &str = "vmkeep-guest-ram";
 /// A new memfd of exactly `size` bytes, close-on-exec (a child gets it only
 /// when asked: `confine::Holding::inherit_fd`), its size sealed so that no
 /// holder can shrink it under another's mapping.
+#[cfg(target_os = "linux")]
 pub fn create_guest_ram(size: u64) -> io::Result<OwnedFd> {
     use rustix::fs::{MemfdFlags, SealFlags};
     let fd = rustix::fs::memfd_create(
@@ -31,6 +32,28 @@ pub fn create_guest_ram(size: u64) -> io::Result<OwnedFd> {
     rustix::fs::ftruncate(&fd, size)?;
     rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
     Ok(fd)
+}
+
+/// Hosts without memfds (macOS, type-checked only): an unlinked file of
+/// exactly `size` bytes in the temporary directory, close-on-exec. Unlike
+/// a memfd, the kernel may write its pages back to that disk.
+#[cfg(not(target_os = "linux"))]
+pub fn create_guest_ram(size: u64) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let path =
+        std::env::temp_dir().join(format!("{GUEST_RAM_NAME}-{}-{nanos}", std::process::id()));
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    file.set_len(size)?;
+    Ok(file.into())
 }
 
 /// Why a process's descriptor is not a guest RAM.
@@ -49,6 +72,7 @@ pub enum OpenError {
 /// Open descriptor `fd` of process `pid` read-only, if it is a guest RAM
 /// memfd (its link names [`GUEST_RAM_NAME`]). The file opened is the
 /// memfd itself, whoever else holds it.
+#[cfg(target_os = "linux")]
 pub fn open_of_process(pid: u32, fd: RawFd) -> Result<File, OpenError> {
     let path = PathBuf::from(format!("/proc/{pid}/fd/{fd}"));
     let target = std::fs::read_link(&path).map_err(|source| OpenError::Open {
@@ -60,6 +84,19 @@ pub fn open_of_process(pid: u32, fd: RawFd) -> Result<File, OpenError> {
         return Err(OpenError::NotGuestRam { path, target });
     }
     File::open(&path).map_err(|source| OpenError::Open { path, source })
+}
+
+/// Hosts without `/proc` (macOS): another process's descriptor cannot be
+/// opened, so a VM's RAM cannot be saved from its QEMU's pid.
+#[cfg(not(target_os = "linux"))]
+pub fn open_of_process(pid: u32, fd: RawFd) -> Result<File, OpenError> {
+    Err(OpenError::Open {
+        path: PathBuf::from(format!("descriptor {fd} of process {pid}")),
+        source: io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this host has no /proc to reach a QEMU's guest RAM: suspend works on Linux hosts only",
+        ),
+    })
 }
 
 /// Bytes of memory the file holds (its allocated blocks): for a memfd, the
@@ -129,6 +166,7 @@ pub fn copy_extents(from: &File, to: &File, len: u64, cancel: &AtomicBool) -> io
 /// `from`'s data extents at the same offsets, in the kernel (`sendfile`:
 /// one copy, from `from`'s page cache into the memfd, and no buffer of
 /// ours). For a resume: the saved copy has no zero blocks to skip.
+#[cfg(target_os = "linux")]
 pub fn fill_extents(from: &File, to: &File, len: u64) -> io::Result<u64> {
     let mut filled = 0u64;
     for_each_extent(from, len, |data, hole| {
@@ -148,6 +186,13 @@ pub fn fill_extents(from: &File, to: &File, len: u64) -> io::Result<u64> {
         Ok(())
     })?;
     Ok(filled)
+}
+
+/// Hosts without `sendfile` between files (macOS): the same fill, through
+/// a buffer.
+#[cfg(not(target_os = "linux"))]
+pub fn fill_extents(from: &File, to: &File, len: u64) -> io::Result<u64> {
+    Ok(copy_extents(from, to, len, &AtomicBool::new(false))?.written)
 }
 
 /// Call `each(start, end)` for every data extent of the first `len` bytes

@@ -138,7 +138,11 @@ impl LaunchSpec {
 
 /// The path QEMU opens for its inherited RAM descriptor `fd`.
 pub fn ram_path(fd: RawFd) -> PathBuf {
-    PathBuf::from(format!("/proc/self/fd/{fd}"))
+    if cfg!(target_os = "linux") {
+        PathBuf::from(format!("/proc/self/fd/{fd}"))
+    } else {
+        PathBuf::from(format!("/dev/fd/{fd}"))
+    }
 }
 
 /// The RAM descriptor a QEMU inherited, from its `-object` argument as
@@ -154,7 +158,11 @@ pub fn ram_fd_of_args<S: AsRef<str>>(args: &[S]) -> Option<RawFd> {
         }
         object
             .split(',')
-            .find_map(|kv| kv.strip_prefix("mem-path=/proc/self/fd/"))
+            .find_map(|kv| {
+                let path = kv.strip_prefix("mem-path=")?;
+                path.strip_prefix("/proc/self/fd/")
+                    .or_else(|| path.strip_prefix("/dev/fd/"))
+            })
             .and_then(|n| n.parse().ok())
     })
 }
