@@ -20,6 +20,7 @@ mod start;
 mod stop;
 // Minimal, for the suspend tests; see the file.
 mod suspend;
+mod upgrade;
 mod util;
 
 use std::time::Duration;
@@ -34,7 +35,7 @@ use crate::instance::config::Timeout;
 /// Instances live in $VMKEEP_HOME (default ~/.vmkeep); downloads and built
 /// images in $VMKEEP_CACHE_DIR (default ~/.cache/vmkeep).
 #[derive(Debug, Parser)]
-#[command(name = "vmkeep", version, about, long_about = None, propagate_version = true)]
+#[command(name = "vmkeep", version = crate::formats::LONG_VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub verb: Verb,
@@ -71,6 +72,8 @@ pub enum Verb {
     Autostart(autostart::AutostartArgs),
     /// Save a running instance's state to disk and end its QEMU; `start` resumes it.
     Suspend(SuspendArgs),
+    /// Move running instances' host agents onto the vmkeep-hostagent installed now, in place (the VMs run on).
+    Upgrade(UpgradeArgs),
     /// Change an instance's config: Lima's edit flags, or $EDITOR on a copy
     /// (checked before it replaces vmkeep.yaml).
     Edit(EditArgs),
@@ -174,6 +177,19 @@ pub struct RestartArgs {
     /// Graceful-stop deadline, e.g. 10s or 2m (default: the instance's stopTimeout).
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub timeout: Option<Duration>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpgradeArgs {
+    /// Instance names (default: every running instance of VMKEEP_HOME);
+    /// several move in parallel.
+    pub names: Vec<InstanceName>,
+    /// How long each may take (default 2m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Print a JSON array, one object per instance with its exit code.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -466,6 +482,7 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Verb::Events(args) => events::run(args),
         Verb::Autostart(args) => autostart::run(args),
         Verb::Suspend(args) => suspend::run(args),
+        Verb::Upgrade(args) => upgrade::run(args),
         Verb::Edit(args) => edit::run(args),
         Verb::Restart(args) => restart::run(args),
         Verb::Clone(args) => clone::run(args),

@@ -30,6 +30,7 @@ pub mod shell;
 pub mod start;
 pub mod stop;
 pub mod suspend;
+pub mod upgrade;
 
 use std::time::{Duration, Instant};
 

@@ -114,7 +114,17 @@ impl ImageRecord {
 impl ImageRecord {
     /// Write the record to `path` (atomically).
     pub fn write(&self, path: &Path) -> Result<(), CloudError> {
-        let json = serde_json::to_vec_pretty(self).expect("the record serializes");
+        #[derive(Serialize)]
+        struct Versioned<'a> {
+            format: u32,
+            #[serde(flatten)]
+            record: &'a ImageRecord,
+        }
+        let versioned = Versioned {
+            format: crate::formats::IMAGE_RECORD.current,
+            record: self,
+        };
+        let json = serde_json::to_vec_pretty(&versioned).expect("the record serializes");
         os::fs::write_atomic(path, &json, 0o600).map_err(|source| CloudError::Io {
             action: "write",
             path: path.to_path_buf(),
@@ -129,6 +139,21 @@ impl ImageRecord {
             path: path.clone(),
             source,
         })?;
+        // `format` absent: version 1 (written before versions); newer: refused.
+        #[derive(Deserialize)]
+        struct FormatOnly {
+            #[serde(default = "crate::formats::unversioned")]
+            format: u32,
+        }
+        if let Ok(FormatOnly { format }) = serde_json::from_slice(&text) {
+            crate::formats::IMAGE_RECORD
+                .check(&path, Some(format))
+                .map_err(|e| CloudError::Io {
+                    action: "read",
+                    path: path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                })?;
+        }
         serde_json::from_slice(&text).map_err(|e| CloudError::Io {
             action: "parse",
             path,
