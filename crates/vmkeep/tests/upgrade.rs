@@ -42,16 +42,23 @@ impl Installed {
 
     /// `vmkeep` from this installation, in `env`'s home.
     fn vmkeep(&self, env: &TestEnv, args: &[&str]) -> std::process::Output {
-        Command::new(self.path("vmkeep"))
-            .args(args)
-            .env("VMKEEP_HOME", env.home())
-            .env("VMKEEP_CACHE_DIR", shared_cache())
-            .env_remove("VMKEEP_ACCEL")
-            .env_remove("VMKEEP_QEMU")
-            .stdin(std::process::Stdio::null())
+        vmkeep_in(self.dir.path(), env, args)
             .output()
             .expect("run the installed vmkeep")
     }
+}
+
+/// The `vmkeep` of `bin` (a directory of binaries), in `env`'s home.
+fn vmkeep_in(bin: &Path, env: &TestEnv, args: &[&str]) -> Command {
+    let mut command = Command::new(bin.join("vmkeep"));
+    command
+        .args(args)
+        .env("VMKEEP_HOME", env.home())
+        .env("VMKEEP_CACHE_DIR", shared_cache())
+        .env_remove("VMKEEP_ACCEL")
+        .env_remove("VMKEEP_QEMU")
+        .stdin(std::process::Stdio::null());
+    command
 }
 
 /// A binary of this build (beside the test's `vmkeep`).
@@ -271,4 +278,88 @@ fn an_instance_file_of_a_newer_format_lists_as_broken_and_is_never_misread() {
             .unwrap()
             .starts_with("{\"v\":99")
     );
+}
+
+/// HEAD's `vmkeep upgrade NAME --json`: its one row, required to say
+/// upgraded.
+fn upgrade_with_head(env: &TestEnv, name: &str) -> serde_json::Value {
+    let run = env.run(&["upgrade", name, "--json"]);
+    assert_eq!(run.code(), Some(0), "{}", run.describe());
+    let rows: serde_json::Value = serde_json::from_str(&run.stdout()).expect("JSON");
+    assert_eq!(rows[0]["upgraded"], true, "{rows}");
+    rows[0].clone()
+}
+
+/// After HEAD's upgrade, the agent of `name` is the same process, running
+/// HEAD's binary, with the same QEMU and the same boot; list and shell work.
+fn moved_onto_head(env: &TestEnv, name: &str, before: (u32, u32), boot: &str) {
+    assert_eq!(pids(env, name), before);
+    assert_eq!(
+        exe_of(before.0),
+        built("vmkeep-hostagent").display().to_string()
+    );
+    assert_eq!(env.status(name), "Running");
+    assert_eq!(env.boot_id(name), boot);
+    assert_eq!(env.shell(name, "echo across-builds"), "across-builds");
+}
+
+#[test]
+fn vm_upgrade_from_the_base_build_keeps_a_vm_it_started() {
+    let base = common::upgrade_base::binaries();
+    let env = TestEnv::new();
+    env.create("old", "");
+    let started = vmkeep_in(&base, &env, &["start", "old"]).output().unwrap();
+    assert!(started.status.success(), "{}", text(&started));
+    let before = pids(&env, "old");
+    assert_eq!(
+        exe_of(before.0),
+        base.join("vmkeep-hostagent").display().to_string()
+    );
+    // HEAD reads what the base wrote.
+    assert_eq!(env.status("old"), "Running");
+    let boot = env.boot_id("old");
+    let row = upgrade_with_head(&env, "old");
+    assert_eq!(row["agent_pid"], before.0, "{row}");
+    assert_eq!(row["qemu_pid"], before.1, "{row}");
+    moved_onto_head(&env, "old", before, &boot);
+    // And the base's vmkeep still reads what HEAD wrote meanwhile.
+    let listed = vmkeep_in(&base, &env, &["list", "--json"])
+        .output()
+        .unwrap();
+    assert!(listed.status.success(), "{}", text(&listed));
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("\"Running\""),
+        "{}",
+        text(&listed)
+    );
+    env.ok(&["suspend", "old"]);
+    env.ok(&["start", "old"]);
+    assert_eq!(env.boot_id("old"), boot, "the resume kept the boot");
+    env.ok(&["stop", "old"]);
+    assert_eq!(env.last_stopped("old")["reason"], "requested");
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
+}
+
+#[test]
+fn vm_upgrade_from_the_base_build_keeps_a_vm_its_daemon_runs() {
+    let base = common::upgrade_base::binaries();
+    let env = TestEnv::new();
+    env.create("kept", "runStrategy: always\n");
+    let mut daemon = vmkeep_in(&base, &env, &["daemon"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn the base daemon");
+    env.wait_status("kept", "Running", Duration::from_secs(150));
+    let before = pids(&env, "kept");
+    let boot = env.boot_id("kept");
+    upgrade_with_head(&env, "kept");
+    moved_onto_head(&env, "kept", before, &boot);
+    // The daemon saw no end of the run: it started nothing.
+    assert_eq!(env.count_events("kept", "booting"), 1);
+    assert_eq!(env.count_events("kept", "unclean-end"), 0);
+    // SAFETY: kill(2) of the daemon this test spawned and has not reaped.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
+    let _ = daemon.wait();
+    assert_eq!(env.wait_no_processes(Duration::from_secs(60)), vec![]);
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::{EngineError, Notice, observe_with_config, status};
-use crate::hostagent::api::{ApiClient, ApiError, ErrorCode, UpgradeRequest};
+use crate::hostagent::api::{ApiClient, ApiError, ErrorCode, UpgradeAccepted, UpgradeRequest};
 use crate::instance::journal::{self, Event, UpgradeSteps};
 use crate::instance::{InstanceDir, Status};
 use crate::os;
@@ -84,6 +84,25 @@ pub fn upgrade(
         None => crate::hostagent::binary::path().map_err(|e| not_upgraded(e.to_string()))?,
     };
     let binary = std::path::absolute(&binary).unwrap_or(binary);
+    let accepted = ask(dir, &binary, options, notice, &not_upgraded)?;
+    notice.step(&format!(
+        "{name}: {} -> {}: re-executing in place",
+        accepted.from, accepted.to
+    ));
+    wait_for_outcome(dir, agent_pid, &accepted, began + options.timeout, began)
+}
+
+/// Ask the agent to move onto `binary`; its acceptance. The runtime (and
+/// with it the connection) is gone when this returns, so that the agent's
+/// drain of its API before the exec does not wait for it.
+fn ask(
+    dir: &InstanceDir,
+    binary: &std::path::Path,
+    options: &UpgradeOptions,
+    notice: &dyn Notice,
+    not_upgraded: &dyn Fn(String) -> EngineError,
+) -> Result<UpgradeAccepted, EngineError> {
+    let name = dir.name();
     let client = ApiClient::new(&dir.api_socket());
     let runtime = super::runtime()?;
     let info = runtime
@@ -93,26 +112,39 @@ pub fn upgrade(
         return Err(not_upgraded(too_old()));
     }
     notice.step(&format!(
-        "{name}: moving host agent pid {agent_pid} onto {}",
+        "{name}: moving host agent pid {} onto {}",
+        info.agent_pid,
         binary.display()
     ));
     let request = UpgradeRequest {
-        binary: binary.clone(),
+        binary: binary.to_path_buf(),
     };
-    let accepted = match runtime.block_on(client.upgrade(&request, options.timeout)) {
-        Ok(accepted) => accepted,
+    match runtime.block_on(client.upgrade(&request, options.timeout)) {
+        Ok(accepted) => Ok(accepted),
         Err(ApiError::Refused {
             code: ErrorCode::NoRoute,
             ..
-        }) => return Err(not_upgraded(too_old())),
-        Err(ApiError::Refused { message, .. }) => return Err(not_upgraded(message)),
-        Err(e) => return Err(not_upgraded(e.to_string())),
+        }) => Err(not_upgraded(too_old())),
+        Err(ApiError::Refused { message, .. }) => Err(not_upgraded(message)),
+        Err(e) => Err(not_upgraded(e.to_string())),
+    }
+}
+
+/// The agent's journal record of how the upgrade went, polled until
+/// `deadline`.
+fn wait_for_outcome(
+    dir: &InstanceDir,
+    agent_pid: u32,
+    accepted: &UpgradeAccepted,
+    deadline: Instant,
+    began: Instant,
+) -> Result<Upgraded, EngineError> {
+    let name = dir.name();
+    let not_upgraded = |reason: String| EngineError::NotUpgraded {
+        name: name.clone(),
+        agent_pid,
+        reason,
     };
-    notice.step(&format!(
-        "{name}: {} -> {}: re-executing in place",
-        accepted.from, accepted.to
-    ));
-    let deadline = began + options.timeout;
     loop {
         let records = journal::tail(&dir.journal(), journal::LAST_RUN_BYTES).unwrap_or_default();
         let outcome = records
@@ -166,7 +198,7 @@ pub fn upgrade(
                 message: format!(
                     "the host agent of {name} (pid {agent_pid}) did not finish its upgrade within {} s; \
                      see `vmkeep events {name}` and its ha.log",
-                    options.timeout.as_secs()
+                    deadline.duration_since(began).as_secs()
                 ),
             });
         }

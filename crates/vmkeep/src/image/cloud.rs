@@ -470,6 +470,37 @@ mod tests {
     use crate::os::tool::Tool;
 
     #[test]
+    fn an_image_record_states_its_format_and_a_newer_one_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = InstanceDir::new(root.path(), "c".parse().unwrap()).unwrap();
+        std::fs::create_dir_all(dir.dir()).unwrap();
+        let record = ImageRecord {
+            location: "https://example.org/img.qcow2".into(),
+            base: "/cache/img.qcow2".into(),
+            base_format: "qcow2".into(),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            user: "ann".into(),
+            guest_user: None,
+            origin: None,
+        };
+        record.write(&dir.image_record()).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.image_record()).unwrap()).unwrap();
+        assert_eq!(json["format"], 1);
+        assert_eq!(ImageRecord::load(&dir).unwrap(), record);
+        // Written before versions: version 1.
+        json.as_object_mut().unwrap().remove("format");
+        std::fs::write(dir.image_record(), json.to_string()).unwrap();
+        assert_eq!(ImageRecord::load(&dir).unwrap(), record);
+        json["format"] = 2.into();
+        std::fs::write(dir.image_record(), json.to_string()).unwrap();
+        let refused = ImageRecord::load(&dir).unwrap_err().to_string();
+        assert!(refused.contains("image.json version 2"), "{refused}");
+    }
+
+    #[test]
     fn image_info_gives_format_and_size() {
         let json = br#"{"virtual-size": 2147483648, "filename": "d", "format": "qcow2"}"#;
         assert_eq!(parse_image_info(json).unwrap(), ("qcow2".into(), 2 << 30));

@@ -16,6 +16,7 @@ pub mod host_user;
 pub mod http;
 pub mod second_qemu;
 pub mod terminal;
+pub mod upgrade_base;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
