@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestEnv, VMKEEP, shared_cache};
+use common::{TestEnv, VMKEEP};
 
 /// vmkeep and vmkeep-hostagent, installed side by side in a directory.
 struct Installed {
@@ -50,15 +50,7 @@ impl Installed {
 
 /// The `vmkeep` of `bin` (a directory of binaries), in `env`'s home.
 fn vmkeep_in(bin: &Path, env: &TestEnv, args: &[&str]) -> Command {
-    let mut command = Command::new(bin.join("vmkeep"));
-    command
-        .args(args)
-        .env("VMKEEP_HOME", env.home())
-        .env("VMKEEP_CACHE_DIR", shared_cache())
-        .env_remove("VMKEEP_ACCEL")
-        .env_remove("VMKEEP_QEMU")
-        .stdin(std::process::Stdio::null());
-    command
+    env.command_of(&bin.join("vmkeep"), args)
 }
 
 /// A binary of this build (beside the test's `vmkeep`).
@@ -362,4 +354,44 @@ fn vm_upgrade_from_the_base_build_keeps_a_vm_its_daemon_runs() {
     unsafe { libc::kill(daemon.id() as i32, libc::SIGTERM) };
     let _ = daemon.wait();
     assert_eq!(env.wait_no_processes(Duration::from_secs(60)), vec![]);
+}
+
+#[test]
+fn vm_upgrade_of_an_agent_from_before_upgrades_is_refused_and_it_runs_on() {
+    let old = common::upgrade_base::binaries_of(&common::upgrade_base::before_upgrades());
+    let env = TestEnv::new();
+    env.create("older", "");
+    let started = vmkeep_in(&old, &env, &["start", "older"]).output().unwrap();
+    assert!(started.status.success(), "{}", text(&started));
+    let before = pids(&env, "older");
+    let boot = env.boot_id("older");
+    // HEAD reads what that build wrote, and talks to its agent.
+    assert_eq!(env.status("older"), "Running");
+    assert!(env.count_events("older", "running") >= 1);
+    let refused = env.run(&["upgrade", "older"]);
+    assert_eq!(refused.code(), Some(1), "{}", refused.describe());
+    assert!(
+        refused
+            .stderr()
+            .contains("too old to move in place; stop and start it"),
+        "{}",
+        refused.describe()
+    );
+    assert_eq!(pids(&env, "older"), before, "left alone");
+    assert_eq!(
+        exe_of(before.0),
+        old.join("vmkeep-hostagent").display().to_string()
+    );
+    assert_eq!(env.shell("older", "echo older-agent"), "older-agent");
+    env.ok(&["suspend", "older"]);
+    assert_eq!(env.status("older"), "Suspended");
+    env.ok(&["start", "older"]);
+    assert_eq!(
+        env.boot_id("older"),
+        boot,
+        "HEAD resumed the older build's state"
+    );
+    env.ok(&["stop", "older"]);
+    assert_eq!(env.last_stopped("older")["reason"], "requested");
+    assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::{Condition, Domain, Manager};
 use crate::formats;
 use crate::instance::InstanceDir;
+use crate::text::versioned_json;
 
 pub const FILE: &str = "autostart.json";
 
@@ -55,22 +56,12 @@ pub fn load(dir: &InstanceDir) -> io::Result<Option<Record>> {
     load_from(&path(dir))
 }
 
-/// The file's `format` field (absent: version 1, what vmkeep wrote before
-/// versions); a newer one is refused, never misread.
-#[derive(Deserialize)]
-struct FormatOnly {
-    #[serde(default = "formats::unversioned")]
-    format: u32,
-}
-
 fn load_from(path: &Path) -> io::Result<Option<Record>> {
     match std::fs::read(path) {
         Ok(bytes) => {
-            if let Ok(FormatOnly { format }) = serde_json::from_slice(&bytes) {
-                formats::AUTOSTART
-                    .check(path, Some(format))
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            }
+            // A newer format is refused, never misread.
+            versioned_json::check(formats::AUTOSTART, path, &bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
             parse(path, &bytes).map(Some)
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -91,17 +82,7 @@ fn parse(path: &Path, bytes: &[u8]) -> io::Result<Record> {
 
 /// Write the record with its format version (atomically).
 pub fn save(dir: &InstanceDir, record: &Record) -> io::Result<()> {
-    #[derive(Serialize)]
-    struct Versioned<'a> {
-        format: u32,
-        #[serde(flatten)]
-        record: &'a Record,
-    }
-    let versioned = Versioned {
-        format: formats::AUTOSTART.current,
-        record,
-    };
-    let mut bytes = serde_json::to_vec_pretty(&versioned).map_err(io::Error::other)?;
+    let mut bytes = versioned_json::to_vec(formats::AUTOSTART, record).map_err(io::Error::other)?;
     bytes.push(b'\n');
     crate::os::fs::write_atomic(&path(dir), &bytes, 0o600)
 }

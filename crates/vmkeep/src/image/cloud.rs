@@ -114,17 +114,8 @@ impl ImageRecord {
 impl ImageRecord {
     /// Write the record to `path` (atomically).
     pub fn write(&self, path: &Path) -> Result<(), CloudError> {
-        #[derive(Serialize)]
-        struct Versioned<'a> {
-            format: u32,
-            #[serde(flatten)]
-            record: &'a ImageRecord,
-        }
-        let versioned = Versioned {
-            format: crate::formats::IMAGE_RECORD.current,
-            record: self,
-        };
-        let json = serde_json::to_vec_pretty(&versioned).expect("the record serializes");
+        let json = crate::text::versioned_json::to_vec(crate::formats::IMAGE_RECORD, self)
+            .expect("the record serializes");
         os::fs::write_atomic(path, &json, 0o600).map_err(|source| CloudError::Io {
             action: "write",
             path: path.to_path_buf(),
@@ -139,21 +130,14 @@ impl ImageRecord {
             path: path.clone(),
             source,
         })?;
-        // `format` absent: version 1 (written before versions); newer: refused.
-        #[derive(Deserialize)]
-        struct FormatOnly {
-            #[serde(default = "crate::formats::unversioned")]
-            format: u32,
-        }
-        if let Ok(FormatOnly { format }) = serde_json::from_slice(&text) {
-            crate::formats::IMAGE_RECORD
-                .check(&path, Some(format))
-                .map_err(|e| CloudError::Io {
-                    action: "read",
-                    path: path.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                })?;
-        }
+        // A newer format is refused, never misread.
+        crate::text::versioned_json::check(crate::formats::IMAGE_RECORD, &path, &text).map_err(
+            |e| CloudError::Io {
+                action: "read",
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            },
+        )?;
         serde_json::from_slice(&text).map_err(|e| CloudError::Io {
             action: "parse",
             path,

@@ -95,7 +95,13 @@ impl TestEnv {
 
     /// A `vmkeep` command with this environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(VMKEEP);
+        self.command_of(Path::new(VMKEEP), args)
+    }
+
+    /// Another `vmkeep` binary (another build, an installed copy) with this
+    /// environment.
+    pub fn command_of(&self, vmkeep: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(vmkeep);
         command
             .args(args)
             .env("VMKEEP_HOME", self.home())

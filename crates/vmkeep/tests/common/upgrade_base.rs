@@ -43,13 +43,35 @@ pub fn commit() -> String {
     )
 }
 
+/// The last commit before upgrades in place: the parent of the commit that
+/// added `src/formats.rs` (its agents have no upgrade route).
+pub fn before_upgrades() -> String {
+    let added = git(
+        &crate_dir(),
+        &[
+            "log",
+            "--diff-filter=A",
+            "--format=%H",
+            "--",
+            "src/formats.rs",
+        ],
+    );
+    let first = added.lines().last().expect("a commit added src/formats.rs");
+    git(&crate_dir(), &["rev-parse", &format!("{first}^")])
+}
+
 /// The directory holding the base's `vmkeep` and `vmkeep-hostagent`,
 /// built if not cached yet.
 pub fn binaries() -> PathBuf {
-    let commit = commit();
+    binaries_of(&commit())
+}
+
+/// The binaries of `commit`, built into `target/upgrade-base/<commit>` if
+/// not cached yet.
+pub fn binaries_of(commit: &str) -> PathBuf {
     let toplevel = PathBuf::from(git(&crate_dir(), &["rev-parse", "--show-toplevel"]));
     let target = toplevel.join("target");
-    let root = target.join("upgrade-base").join(&commit);
+    let root = target.join("upgrade-base").join(commit);
     let bin = root.join("bin");
     let ready = |bin: &Path| bin.join("vmkeep").is_file() && bin.join("vmkeep-hostagent").is_file();
     if ready(&bin) {
@@ -79,7 +101,7 @@ pub fn binaries() -> PathBuf {
                 src.to_str().expect("a UTF-8 path"),
             ],
         );
-        git(&src, &["checkout", "--quiet", "--detach", &commit]);
+        git(&src, &["checkout", "--quiet", "--detach", commit]);
     }
     let base_target = root.join("target");
     seed(&target.join("debug"), &base_target.join("debug"));
