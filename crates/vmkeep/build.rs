@@ -37,6 +37,7 @@ fn main() {
             workspace.join(watched).display()
         );
     }
+    git_commit(&workspace);
     for (arch, env_suffix) in GUEST_ARCHES {
         let target = format!("{arch}-unknown-linux-musl");
         build_agent(&workspace, &target_dir, &target);
@@ -99,6 +100,37 @@ fn build_agent(workspace: &Path, target_dir: &Path, target: &str) {
         "building the static guest agent for {target} failed (see the output above); \
          if the target is missing, `rustup target add {target}` (scripts/setup-host does it)"
     );
+}
+
+/// The commit this build is of, for `--version` and the journal's
+/// `upgraded` records (`VMKEEP_GIT_COMMIT`): `git rev-parse` (uncommitted
+/// changes are not told); `unknown` outside a git checkout. Rebuilt when
+/// HEAD moves (the checkout's HEAD and the branch it names).
+fn git_commit(workspace: &Path) {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .current_dir(workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let commit = git(&["rev-parse", "--short=12", "HEAD"]);
+    if let Some(git_dir) = git(&["rev-parse", "--absolute-git-dir"]) {
+        let git_dir = PathBuf::from(git_dir);
+        println!("cargo:rerun-if-changed={}", git_dir.join("HEAD").display());
+        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"])
+            && let Some(common) = git(&["rev-parse", "--path-format=absolute", "--git-common-dir"])
+        {
+            println!(
+                "cargo:rerun-if-changed={}",
+                PathBuf::from(common).join(branch).display()
+            );
+        }
+    }
+    let text = commit.unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=VMKEEP_GIT_COMMIT={text}");
 }
 
 fn env(key: &str) -> String {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod daemon;
 pub mod driver;
 pub mod engine;
+pub mod formats;
 pub mod forwards;
 #[cfg(any(test, fuzzing))]
 pub mod fuzzing;

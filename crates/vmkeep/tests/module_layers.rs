@@ -22,6 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "timeouts",
             "logging",
             "guest_arch",
+            "formats",
         ],
     ),
     // The instance model and the pure decisions over it.

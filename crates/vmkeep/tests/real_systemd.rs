@@ -685,3 +685,89 @@ fn vm_systemd_on_host_shutdown_suspend_saves_at_poweroff_and_resumes_at_boot() {
         assert_eq!(alive.stdout.trim(), "kept", "{name}: {}", alive.describe());
     }
 }
+
+/// What `/proc/PID/exe` of `pid` (a pid of the container) names.
+fn exe_in(ct: &Container, pid: u32) -> String {
+    ct.ok_as("root", &format!("readlink /proc/{pid}/exe"), CMD)
+        .stdout
+        .trim()
+        .to_string()
+}
+
+/// Install `from`'s vmkeep and vmkeep-hostagent into `to` as a package
+/// would: each copied beside its place and renamed over it.
+fn install(from: &std::path::Path, to: &std::path::Path) {
+    for name in ["vmkeep", "vmkeep-hostagent"] {
+        let temp = to.join(format!(".{name}.new"));
+        std::fs::copy(from.join(name), &temp).expect("copy a binary");
+        std::fs::rename(&temp, to.join(name)).expect("install a binary");
+    }
+}
+
+#[test]
+fn vm_systemd_reload_moves_a_unit_the_base_build_started_onto_the_installed_build() {
+    if !common::container::can_run() {
+        return;
+    }
+    let base = common::upgrade_base::binaries();
+    let package = tempfile::Builder::new()
+        .prefix("vkpkg")
+        .tempdir_in("/tmp")
+        .expect("package dir");
+    install(&base, package.path());
+    let Some(ct) = Container::boot_binding(&[(package.path(), "/opt/pkg")]) else {
+        return;
+    };
+    ct.ok_as(
+        "root",
+        "/opt/pkg/vmkeep create web && /opt/pkg/vmkeep autostart enable web --condition boot",
+        CMD,
+    );
+    let unit = "vmkeep-root-web.service";
+    let unit_file =
+        std::fs::read_to_string(ct.host_path("/etc/systemd/system/vmkeep-root-web.service"))
+            .expect("the unit file");
+    assert!(
+        unit_file.contains("ExecReload=/opt/pkg/vmkeep upgrade web"),
+        "{unit_file}"
+    );
+    ct.ok_as("root", "/opt/pkg/vmkeep start web", BOOT);
+    let agent = main_pid(&ct, "root", unit);
+    let qemu = pid_field(&ct.row("root", "web"), "qemu_pid").expect("QEMU pid");
+    let (boot, uptime) = boot_id_and_uptime(&ct, "root", "web");
+    assert_eq!(exe_in(&ct, agent), "/opt/pkg/vmkeep-hostagent");
+
+    // The package is upgraded to this build: the agent's binary is gone.
+    let head = std::path::Path::new(common::VMKEEP).parent().unwrap();
+    install(head, package.path());
+    assert!(exe_in(&ct, agent).ends_with(" (deleted)"));
+
+    ct.ok_as("root", &format!("systemctl reload {unit}"), BOOT);
+    assert_eq!(main_pid(&ct, "root", unit), agent, "the same MainPID");
+    assert_eq!(unit_property(&ct, "root", unit, "ActiveState"), "active");
+    assert_eq!(
+        exe_in(&ct, agent),
+        "/opt/pkg/vmkeep-hostagent",
+        "the new binary"
+    );
+    assert_eq!(
+        pid_field(&ct.row("root", "web"), "qemu_pid"),
+        Some(qemu),
+        "the same QEMU"
+    );
+    let (boot_after, uptime_after) = boot_id_and_uptime(&ct, "root", "web");
+    assert_eq!(boot_after, boot, "the same boot");
+    assert!(uptime_after > uptime, "{uptime} -> {uptime_after}");
+    let events = ct.events("root", "web");
+    assert!(
+        events_named(&events, "upgraded").any(|e| e["pid"] == agent && e["qemu_pid"] == qemu),
+        "{events:#?}"
+    );
+    assert_eq!(
+        events_named(&events, "unclean-end").count(),
+        0,
+        "{events:#?}"
+    );
+    ct.ok_as("root", "vmkeep stop web", BOOT);
+    assert_eq!(unit_property(&ct, "root", unit, "ActiveState"), "inactive");
+}

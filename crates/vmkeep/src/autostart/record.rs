@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{Condition, Domain, Manager};
+use crate::formats;
 use crate::instance::InstanceDir;
+use crate::text::versioned_json;
 
 pub const FILE: &str = "autostart.json";
 
@@ -56,19 +58,31 @@ pub fn load(dir: &InstanceDir) -> io::Result<Option<Record>> {
 
 fn load_from(path: &Path) -> io::Result<Option<Record>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{} is not a valid autostart record: {e}", path.display()),
-            )
-        }),
+        Ok(bytes) => {
+            // A newer format is refused, never misread.
+            versioned_json::check(formats::AUTOSTART, path, &bytes)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            parse(path, &bytes).map(Some)
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
 }
 
+fn parse(path: &Path, bytes: &[u8]) -> io::Result<Record> {
+    {
+        serde_json::from_slice(bytes).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} is not a valid autostart record: {e}", path.display()),
+            )
+        })
+    }
+}
+
+/// Write the record with its format version (atomically).
 pub fn save(dir: &InstanceDir, record: &Record) -> io::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+    let mut bytes = versioned_json::to_vec(formats::AUTOSTART, record).map_err(io::Error::other)?;
     bytes.push(b'\n');
     crate::os::fs::write_atomic(&path(dir), &bytes, 0o600)
 }
@@ -107,5 +121,36 @@ mod tests {
         assert_eq!(load(&dir).unwrap(), Some(record));
         remove(&dir).unwrap();
         assert_eq!(load(&dir).unwrap(), None);
+    }
+
+    #[test]
+    fn a_record_states_its_format_and_a_newer_one_is_refused_not_misread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = InstanceDir::new(tmp.path(), "dev".parse().unwrap()).unwrap();
+        std::fs::create_dir(dir.dir()).unwrap();
+        let record = Record {
+            domain: None,
+            manager: Manager::Systemd,
+            condition: Condition::Login,
+            keep_alive: true,
+            service: "vmkeep-dev.service".into(),
+            path: "/home/ann/.config/systemd/user/vmkeep-dev.service".into(),
+            user: "ann".into(),
+            loaded: true,
+            enabled_at: "2025-01-01T00:00:00Z".into(),
+        };
+        save(&dir, &record).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path(&dir)).unwrap()).unwrap();
+        assert_eq!(json["format"], 1);
+        // Written before versions: version 1.
+        json.as_object_mut().unwrap().remove("format");
+        std::fs::write(path(&dir), json.to_string()).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(record));
+        json["format"] = 2.into();
+        std::fs::write(path(&dir), json.to_string()).unwrap();
+        let refused = load(&dir).unwrap_err().to_string();
+        assert!(refused.contains("autostart.json version 2"), "{refused}");
+        assert!(refused.contains("this vmkeep is older"), "{refused}");
     }
 }

@@ -18,6 +18,9 @@
 //! - Keep-alive: `Restart=on-failure`; the agent exits 0 after a requested
 //!   stop or a guest power-off, so only crashes and failed starts restart.
 //!   `RestartSec` is short: while no agent runs, the VM is unsupervised.
+//! - `ExecReload=vmkeep upgrade NAME`: `systemctl reload` moves the running
+//!   host agent onto the vmkeep installed now without stopping the VM (the
+//!   agent re-executes itself: `MainPID` is kept; see docs/upgrade.md).
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -62,6 +65,15 @@ pub fn render(spec: &ServiceSpec) -> String {
         .map(|a| exec_word(a))
         .collect();
     let _ = writeln!(w, "ExecStart={}", exec.join(" "));
+    // `systemctl reload`: the host agent (the main process) moves onto the
+    // binaries installed now, in place; same pid, the VM runs on.
+    if let Some(vmkeep) = exec.first() {
+        let _ = writeln!(
+            w,
+            "ExecReload={vmkeep} upgrade {}",
+            exec_word(spec.name.as_str())
+        );
+    }
     for (key, value) in &spec.environment {
         let _ = writeln!(w, "Environment={}", quoted(&format!("{key}={value}")));
     }
@@ -157,6 +169,7 @@ mod tests {
                 "Type=notify",
                 "NotifyAccess=main",
                 "ExecStart=/opt/vmkeep/bin/vmkeep start dev --foreground",
+                "ExecReload=/opt/vmkeep/bin/vmkeep upgrade dev",
                 "Environment=\"VMKEEP_HOME=/home/ann/.vmkeep\"",
                 "Environment=\"VMKEEP_CACHE_DIR=/home/ann/.cache/vmkeep\"",
                 "Environment=\"PATH=/opt/homebrew/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"",
@@ -239,6 +252,10 @@ mod tests {
         let unit = render(&odd);
         assert!(
             lines(&unit).contains(&"ExecStart=\"/opt/my apps/vm$$keep\" start dev --foreground"),
+            "{unit}"
+        );
+        assert!(
+            lines(&unit).contains(&"ExecReload=\"/opt/my apps/vm$$keep\" upgrade dev"),
             "{unit}"
         );
         assert!(

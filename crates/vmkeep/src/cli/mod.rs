@@ -20,7 +20,6 @@ mod start;
 mod stop;
 // Minimal, for the suspend tests; see the file.
 mod suspend;
-// Only `--qemu` here; see the file.
 mod upgrade;
 mod util;
 
@@ -36,7 +35,7 @@ use crate::instance::config::Timeout;
 /// Instances live in $VMKEEP_HOME (default ~/.vmkeep); downloads and built
 /// images in $VMKEEP_CACHE_DIR (default ~/.cache/vmkeep).
 #[derive(Debug, Parser)]
-#[command(name = "vmkeep", version, about, long_about = None, propagate_version = true)]
+#[command(name = "vmkeep", version = crate::formats::LONG_VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub verb: Verb,
@@ -73,14 +72,14 @@ pub enum Verb {
     Autostart(autostart::AutostartArgs),
     /// Save a running instance's state to disk and end its QEMU; `start` resumes it.
     Suspend(SuspendArgs),
+    /// Move running instances' host agents onto the vmkeep-hostagent installed now, in place (the VMs run on);
+    /// with `--qemu NAME...`, onto the QEMU installed now (suspend, then resume on it: same guest boot).
+    Upgrade(UpgradeArgs),
     /// Change an instance's config: Lima's edit flags, or $EDITOR on a copy
     /// (checked before it replaces vmkeep.yaml).
     Edit(EditArgs),
     /// Stop instances by their ladder, then start them again.
     Restart(RestartArgs),
-    /// `--qemu NAME...`: move running instances onto the QEMU installed now
-    /// (suspend, then resume on it: same guest boot, paused only for that).
-    Upgrade(UpgradeArgs),
     /// Copy a stopped instance into a new, independent one (own disk, name,
     /// ssh port; a fresh machine identity at its first boot).
     Clone(CloneArgs),
@@ -183,14 +182,21 @@ pub struct RestartArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct UpgradeArgs {
-    /// Move each running instance named onto the QEMU a start would launch
-    /// now (VMKEEP_QEMU, else PATH) through the suspend path; refused, the
-    /// VM running on, when its state would not load there.
-    #[arg(long)]
-    pub qemu: bool,
-    /// Instance names.
-    #[arg(required = true)]
+    /// Instance names (default: every running instance of VMKEEP_HOME);
+    /// several move in parallel.
     pub names: Vec<InstanceName>,
+    /// How long each may take (default 2m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+    /// Print a JSON array, one object per instance with its exit code.
+    #[arg(long)]
+    pub json: bool,
+    /// Move each instance named onto the QEMU a start would launch now
+    /// (VMKEEP_QEMU, else PATH) through the suspend path, instead of its
+    /// host agent onto the installed vmkeep; refused, the VM running on,
+    /// when its state would not load there.
+    #[arg(long, conflicts_with_all = ["timeout", "json"])]
+    pub qemu: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -483,9 +489,9 @@ pub fn run(cli: Cli) -> Result<i32, CliError> {
         Verb::Events(args) => events::run(args),
         Verb::Autostart(args) => autostart::run(args),
         Verb::Suspend(args) => suspend::run(args),
+        Verb::Upgrade(args) => upgrade::run(args),
         Verb::Edit(args) => edit::run(args),
         Verb::Restart(args) => restart::run(args),
-        Verb::Upgrade(args) => upgrade::run(args),
         Verb::Clone(args) => clone::run(args),
         Verb::Import(args) => import::run(args),
     }

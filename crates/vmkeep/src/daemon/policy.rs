@@ -303,7 +303,8 @@ pub fn decide(memory: &mut Memory, seen: &Seen<'_>) -> Vec<Action> {
             | Broken::ConfigInvalid { .. }
             | Broken::DiskMissing
             | Broken::DataDisk { .. }
-            | Broken::ServiceGaveUp { .. }),
+            | Broken::ServiceGaveUp { .. }
+            | Broken::FormatTooNew { .. }),
         ) => actions.push(Action::Report(format!(
             "{}; {}",
             other.message(),

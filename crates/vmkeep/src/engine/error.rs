@@ -104,6 +104,15 @@ pub enum EngineError {
     #[error("{message}")]
     WrongState { name: InstanceName, message: String },
 
+    /// `upgrade`: the agent did not move onto the new build; it runs on
+    /// with the old one and nothing was stopped.
+    #[error("{name} was not upgraded: {reason}; it runs on unchanged (host agent pid {agent_pid})")]
+    NotUpgraded {
+        name: InstanceName,
+        agent_pid: u32,
+        reason: String,
+    },
+
     #[error("{name} did not start: {reason}\n  host agent log: {log}")]
     StartFailed {
         name: InstanceName,
@@ -281,6 +290,7 @@ impl EngineError {
             | EngineError::Driver { .. }
             | EngineError::Snapshot { .. }
             | EngineError::Io { .. }
+            | EngineError::NotUpgraded { .. }
             | EngineError::CopyIn { .. }
             | EngineError::CopyOut { .. }
             | EngineError::HostPath { .. }

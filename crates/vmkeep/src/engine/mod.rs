@@ -30,6 +30,7 @@ pub mod shell;
 pub mod start;
 pub mod stop;
 pub mod suspend;
+pub mod upgrade;
 pub mod upgrade_qemu;
 
 use std::time::{Duration, Instant};

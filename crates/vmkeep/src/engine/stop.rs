@@ -395,6 +395,7 @@ pub fn adopt_and_stop(
         },
         repair_data: false,
         signals: false,
+        upgraded: None,
     };
     match hostagent::run(&options, &mut Reporter::InProcess(notice)) {
         AgentOutcome::StartFailed { error } => Err(EngineError::StillRunning {

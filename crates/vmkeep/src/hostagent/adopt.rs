@@ -24,7 +24,11 @@ impl Agent<'_, '_> {
                     vm.pid()
                 ));
                 if self.settle_adopted(&vm).await? {
-                    self.record(Event::Adopted { qemu_pid: vm.pid() });
+                    match &mut self.taking_over {
+                        // Journaled as `upgraded` once the guest is back.
+                        Some(over) => over.adopted = Some(std::time::SystemTime::now()),
+                        None => self.record(Event::Adopted { qemu_pid: vm.pid() }),
+                    }
                     self.set_info(|info| info.qemu_pid = Some(vm.pid()));
                     // The virtiofsds the dead agent started; one that
                     // ended meanwhile is journaled (and `list` shows it).

@@ -14,6 +14,7 @@ use super::api::AgentInfo;
 use super::inbox::Inbox;
 use super::report::{Report, Reporter};
 use super::server::{self, Shared};
+use super::upgrade::TakingOver;
 use super::{AgentOptions, AgentOutcome, LaunchFailed, Mode, bounded_logs, fail, mounts};
 use crate::driver::qemu::qmp::BlockIoError;
 use crate::driver::qemu::snapshot;
@@ -46,7 +47,13 @@ pub(super) async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_
         }
         (Err(e), Mode::Run) => return fail(reporter, e.to_string()),
     };
-    let mut lock = match HeldLock::try_acquire(&dir.agent_lock()) {
+    let taking_over = options.upgraded.clone().map(TakingOver::new);
+    let acquired = match &taking_over {
+        // The previous image of this process held it, and kept it across its exec.
+        Some(over) => HeldLock::inherited(over.handover.lock_fd, &dir.agent_lock()).map(Some),
+        None => HeldLock::try_acquire(&dir.agent_lock()),
+    };
+    let mut lock = match acquired {
         Ok(Some(lock)) => lock,
         Ok(None) => {
             let agent_pid = lock::holder(&dir.agent_lock())
@@ -63,7 +70,9 @@ pub(super) async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_
             );
         }
     };
-    let _ = lock.write_pid();
+    if taking_over.is_none() {
+        let _ = lock.write_pid();
+    }
     let journal = match Journal::open(&dir.journal()) {
         Ok(journal) => journal,
         Err(e) => {
@@ -92,6 +101,8 @@ pub(super) async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_
             started_at: now_rfc3339(),
             ready_at: None,
             guest: None,
+            api_version: crate::formats::AGENT_API.current,
+            build: Some(super::api::BuildInfo::this_build()),
         }),
         commands,
         guest: guest_rx.clone(),
@@ -120,6 +131,8 @@ pub(super) async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_
         last_io_error: None,
         pause_tx,
         guest_reset: Arc::new(AtomicBool::new(false)),
+        lock_fd: lock.raw_fd(),
+        taking_over,
     };
     let outcome = agent.run(options.mode).await;
     // [copyToHost] deleteOnStop: the VM is stopped (not suspended, not
@@ -169,6 +182,11 @@ pub(super) struct Agent<'r, 'n> {
     pub(super) pause_tx: watch::Sender<Option<PauseReason>>,
     /// QEMU reset the machine since the guest's boot id was last taken.
     pub(super) guest_reset: Arc<AtomicBool>,
+    /// The descriptor of the instance lock (kept across an upgrade's exec).
+    pub(super) lock_fd: i32,
+    /// This build is taking over from the previous one of this process
+    /// (`vmkeep upgrade`) until the guest is ready again.
+    pub(super) taking_over: Option<TakingOver>,
 }
 
 impl Agent<'_, '_> {
@@ -190,10 +208,17 @@ impl Agent<'_, '_> {
     }
 
     pub(super) async fn run(&mut self, mode: Mode) -> AgentOutcome {
-        let unfinished = self.unfinished_previous_run();
-        self.record(Event::Starting {
-            foreground: self.foreground,
-        });
+        // Taking over in place, the previous build's run goes on.
+        let unfinished = match self.taking_over {
+            Some(_) => None,
+            None => {
+                let unfinished = self.unfinished_previous_run();
+                self.record(Event::Starting {
+                    foreground: self.foreground,
+                });
+                unfinished
+            }
+        };
         if let Some(previous) = unfinished {
             // Its QEMU holds its pid-file lock while it lives.
             let qemu_survived = lock::holder(&self.dir.qemu_pid()).ok().flatten().is_some();
@@ -219,23 +244,15 @@ impl Agent<'_, '_> {
             Ok(adopted) => adopted,
             Err(error) => return self.fail(error.to_string()),
         };
-        match os::socket::bind_private(&self.dir.api_socket()) {
-            Ok(listener) => {
-                self.server = Some(tokio::spawn(server::serve(
-                    listener,
-                    self.shared.clone(),
-                    self.server_stop.subscribe(),
-                )))
-            }
-            Err(e) => {
-                return self.fail(format!(
-                    "cannot serve the API on {}: {e}",
-                    self.dir.api_socket().display()
-                ));
-            }
+        if let Err(e) = self.serve_api() {
+            return self.fail(e);
         }
         let (vm, events, launched_at) = match (adopted, mode) {
             (Some((vm, events)), _) => (vm, events, None),
+            // QEMU ended while the build was changing: nothing to take over.
+            (None, Mode::Run) if self.taking_over.is_some() => {
+                return self.fail("QEMU was gone when the new host agent build took over".into());
+            }
             (None, Mode::StopOnly { .. }) => return AgentOutcome::NothingToStop,
             (None, Mode::Run) => match self.launch().await {
                 Ok((vm, events)) => (vm, events, self.launched_at.or(Some(Instant::now()))),
@@ -273,6 +290,31 @@ impl Agent<'_, '_> {
         }
     }
 
+    /// Serve the API on `ha.sock` (again, after a failed upgrade).
+    pub(super) fn serve_api(&mut self) -> Result<(), String> {
+        self.server_stop.send_replace(false);
+        let listener = os::socket::bind_private(&self.dir.api_socket()).map_err(|e| {
+            format!(
+                "cannot serve the API on {}: {e}",
+                self.dir.api_socket().display()
+            )
+        })?;
+        self.server = Some(tokio::spawn(server::serve(
+            listener,
+            self.shared.clone(),
+            self.server_stop.subscribe(),
+        )));
+        Ok(())
+    }
+
+    /// Stop accepting API requests and let the answers in flight out.
+    pub(super) async fn stop_serving(&mut self) {
+        self.server_stop.send_replace(true);
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(server::DRAIN * 2, server).await;
+        }
+    }
+
     /// The last record of the previous run if that run never ended (its
     /// agent died without writing `stopped`).
     fn unfinished_previous_run(&self) -> Option<journal::Record> {
@@ -292,9 +334,7 @@ impl Agent<'_, '_> {
         for task in self.tasks.drain(..) {
             task.abort();
         }
-        if let Some(server) = self.server.take() {
-            let _ = tokio::time::timeout(server::DRAIN * 2, server).await;
-        }
+        self.stop_serving().await;
         // [mounts] virtiofsd ends with QEMU; its lock file goes after it.
         mounts::stop(&self.shares).await;
         if let Err(e) = self.remove_runtime_files() {

@@ -61,7 +61,57 @@ pub const SESSION: Route = Route {
     path: "/v1/session",
 };
 
-pub const ROUTES: [Route; 6] = [INFO, STOP, EXEC, SUSPEND, CONTINUE, SESSION];
+/// `POST` [`UpgradeRequest`] -> [`UpgradeAccepted`]: the agent checked the
+/// new binary and re-executes itself as it (same pid, QEMU untouched); the
+/// journal's `upgraded` (or `upgrade-failed`) record by the agent's pid says
+/// how it went. An error answer (409) when it will not move; it then runs
+/// on as it was. Since API version 2 (`crate::formats::AGENT_API`).
+pub const UPGRADE: Route = Route {
+    method: "POST",
+    path: "/v1/upgrade",
+};
+
+pub const ROUTES: [Route; 7] = [INFO, STOP, EXEC, SUSPEND, CONTINUE, SESSION, UPGRADE];
+
+/// A build of vmkeep, as the API and the journal say it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildInfo {
+    pub version: String,
+    pub commit: String,
+}
+
+impl BuildInfo {
+    pub fn this_build() -> BuildInfo {
+        BuildInfo {
+            version: crate::formats::BUILD.version.into(),
+            commit: crate::formats::BUILD.commit.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for BuildInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.version, self.commit)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeRequest {
+    /// The `vmkeep-hostagent` binary to move onto (absolute).
+    pub binary: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeAccepted {
+    /// The build that runs now.
+    pub from: BuildInfo,
+    /// The build of the binary it moves onto (as its `--check-formats` said).
+    pub to: BuildInfo,
+    /// When it was accepted (RFC 3339, the journal's clock): the outcome is
+    /// the first `upgraded` or `upgrade-failed` record of the agent's pid
+    /// from then.
+    pub accepted_at: String,
+}
 
 /// The answer to [`CONTINUE`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +136,12 @@ pub struct AgentInfo {
     pub ready_at: Option<String>,
     #[serde(default)]
     pub guest: Option<GuestInfo>,
+    /// The API version it speaks (`crate::formats::AGENT_API`; absent: 1).
+    #[serde(default = "crate::formats::unversioned")]
+    pub api_version: u32,
+    /// The build it runs (absent from agents of API version 1).
+    #[serde(default)]
+    pub build: Option<BuildInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -246,6 +302,15 @@ impl ApiClient {
     /// Let a paused guest run on.
     pub async fn continue_running(&self, timeout: Duration) -> Result<Continued, ApiError> {
         self.call(CONTINUE, None::<&()>, timeout).await
+    }
+
+    /// Ask the agent to move onto `request.binary` in place.
+    pub async fn upgrade(
+        &self,
+        request: &UpgradeRequest,
+        timeout: Duration,
+    ) -> Result<UpgradeAccepted, ApiError> {
+        self.call(UPGRADE, Some(request), timeout).await
     }
 
     pub async fn exec(

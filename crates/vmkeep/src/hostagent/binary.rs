@@ -13,6 +13,7 @@ use std::io;
 use std::path::PathBuf;
 
 use super::report::Reporter;
+use super::upgrade::{CHECK_FLAG, FLAG, Handover};
 use super::{AgentOptions, Mode};
 use crate::instance::InstanceName;
 use crate::instance::home;
@@ -24,10 +25,13 @@ use crate::os::process::Program;
 pub const FILE_NAME: &str = "vmkeep-hostagent";
 
 const USAGE: &str = "usage: vmkeep-hostagent NAME [--foreground] [--repair-data]
+       vmkeep-hostagent --check-formats | --version
 Runs the host agent of instance NAME until its VM stops. Started by
 `vmkeep start` and `vmkeep daemon`; not meant to be run by hand.
-  --foreground   report progress as text on stderr (default: JSON lines on stdout)
-  --repair-data  have the guest run `e2fsck -f -y` on the data disk before mounting it";
+  --foreground     report progress as text on stderr (default: JSON lines on stdout)
+  --repair-data    have the guest run `e2fsck -f -y` on the data disk before mounting it
+  --check-formats  print the build and the format versions it speaks (JSON), for `vmkeep upgrade`
+  --version        print the build";
 
 /// The option of `vmkeep start --repair-data`, passed on to the agent.
 pub const REPAIR_DATA: &str = "--repair-data";
@@ -108,8 +112,12 @@ pub enum Invocation {
         name: InstanceName,
         foreground: bool,
         repair_data: bool,
+        /// Handed over by this process's previous build (`vmkeep upgrade`).
+        upgraded: Option<Handover>,
     },
     Help,
+    CheckFormats,
+    Version,
 }
 
 /// Parse `NAME [--foreground]` (the arguments after the program name).
@@ -117,7 +125,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
     let mut name = None;
     let mut foreground = false;
     let mut repair_data = false;
-    for arg in args {
+    let mut upgraded = None;
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
         let arg = arg
             .into_string()
             .map_err(|arg| format!("argument {arg:?} is not valid UTF-8"))?;
@@ -125,6 +135,18 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
             "--foreground" => foreground = true,
             REPAIR_DATA => repair_data = true,
             "-h" | "--help" => return Ok(Invocation::Help),
+            CHECK_FLAG => return Ok(Invocation::CheckFormats),
+            "-V" | "--version" => return Ok(Invocation::Version),
+            FLAG => {
+                let handover = args
+                    .next()
+                    .and_then(|json| json.into_string().ok())
+                    .ok_or_else(|| format!("{FLAG} needs the handover (JSON)"))?;
+                upgraded = Some(
+                    serde_json::from_str::<Handover>(&handover)
+                        .map_err(|e| format!("invalid {FLAG} handover: {e}"))?,
+                );
+            }
             flag if flag.starts_with('-') => return Err(format!("unknown option {flag}")),
             word if name.is_none() => {
                 name = Some(
@@ -140,6 +162,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
             name,
             foreground,
             repair_data,
+            upgraded,
         }),
         None => Err("missing the instance name".into()),
     }
@@ -154,14 +177,31 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     if args.first().is_some_and(|a| a == os::confine::SHIM_FLAG) {
         return os::confine::run_shim(&args[1..]);
     }
-    let (name, foreground, repair_data) = match parse(args) {
+    let (name, foreground, repair_data, upgraded) = match parse(args) {
         Ok(Invocation::Run {
             name,
             foreground,
             repair_data,
-        }) => (name, foreground, repair_data),
+            upgraded,
+        }) => (name, foreground, repair_data, upgraded),
         Ok(Invocation::Help) => {
             println!("{USAGE}");
+            return 0;
+        }
+        Ok(Invocation::CheckFormats) => {
+            return match serde_json::to_string(&crate::formats::Spoken::this_build()) {
+                Ok(json) => {
+                    println!("{json}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            };
+        }
+        Ok(Invocation::Version) => {
+            println!("{FILE_NAME} {}", crate::formats::LONG_VERSION);
             return 0;
         }
         Err(problem) => {
@@ -184,11 +224,15 @@ pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
         mode: Mode::Run,
         repair_data,
         signals: true,
+        // The previous build's spawner heard its report long ago.
+        upgraded: upgraded.clone(),
     };
     let mut reporter = if foreground {
         Reporter::Terminal
     } else {
-        Reporter::Pipe { done: false }
+        Reporter::Pipe {
+            done: upgraded.is_some(),
+        }
     };
     let outcome = super::run(&options, &mut reporter);
     if let super::AgentOutcome::AlreadyRunning { .. } = outcome
@@ -219,6 +263,7 @@ mod tests {
                 name: name("dev"),
                 foreground: false,
                 repair_data: false,
+                upgraded: None,
             })
         );
         assert_eq!(
@@ -227,6 +272,7 @@ mod tests {
                 name: name("dev"),
                 foreground: true,
                 repair_data: false,
+                upgraded: None,
             })
         );
         assert_eq!(
@@ -235,6 +281,7 @@ mod tests {
                 name: name("dev"),
                 foreground: false,
                 repair_data: true,
+                upgraded: None,
             })
         );
         assert_eq!(parsed(&["dev", "--help"]), Ok(Invocation::Help));
@@ -251,10 +298,40 @@ mod tests {
                         name: name("web-1"),
                         foreground,
                         repair_data,
+                        upgraded: None,
                     })
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_upgrade_hands_its_lock_and_builds_over_on_the_command_line() {
+        let handover = Handover {
+            lock_fd: 7,
+            from: crate::hostagent::api::BuildInfo {
+                version: "0.1.0".into(),
+                commit: "abc".into(),
+            },
+            to: crate::hostagent::api::BuildInfo::this_build(),
+            checked_secs: 0.01,
+            exec_at_unix: 1.0,
+        };
+        let mut args = args(&name("dev"), true);
+        args.push(FLAG.into());
+        args.push(serde_json::to_string(&handover).unwrap());
+        assert_eq!(
+            parse(args.into_iter().map(OsString::from)),
+            Ok(Invocation::Run {
+                name: name("dev"),
+                foreground: true,
+                repair_data: false,
+                upgraded: Some(handover),
+            })
+        );
+        assert_eq!(parsed(&[CHECK_FLAG]), Ok(Invocation::CheckFormats));
+        assert!(parsed(&["dev", FLAG]).is_err());
+        assert!(parsed(&["dev", FLAG, "{}"]).is_err());
     }
 
     #[test]

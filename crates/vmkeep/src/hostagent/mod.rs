@@ -28,6 +28,7 @@ pub mod socket_forwards;
 pub mod stop_ladder;
 mod supervise;
 mod suspend;
+pub mod upgrade;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -65,6 +66,9 @@ pub struct AgentOptions {
     /// process. An agent run inside another vmkeep process leaves that
     /// process's signals alone.
     pub signals: bool,
+    /// This process's previous build handed its running agent over
+    /// (`vmkeep upgrade`): take its lock and adopt its VM.
+    pub upgraded: Option<upgrade::Handover>,
 }
 
 /// How the agent ended.

@@ -42,6 +42,8 @@ pub enum Command {
         cause: SuspendCause,
         answer: oneshot::Sender<Result<SuspendDone, Refusal>>,
     },
+    /// Move onto a new build in place (its binary checked already).
+    Upgrade(super::upgrade::Asked),
 }
 
 /// The longest deadline a request may ask for (the CLI allows an hour).
@@ -298,6 +300,33 @@ async fn handle(
             .await
         }
         api::CONTINUE => ask_main_loop(&shared, |answer| Command::Continue { answer }).await,
+        api::UPGRADE => {
+            let asked: api::UpgradeRequest = match serde_json::from_slice(&body) {
+                Ok(asked) => asked,
+                Err(e) => {
+                    return Ok(error(
+                        StatusCode::BAD_REQUEST,
+                        ErrorCode::BadRequest,
+                        format!("invalid upgrade request: {e}"),
+                    ));
+                }
+            };
+            // Checked here, so that the main loop goes on meanwhile.
+            match super::upgrade::check_binary(&asked.binary).await {
+                Err(why) => error(StatusCode::CONFLICT, ErrorCode::Failed, why),
+                Ok((to, checked)) => {
+                    ask_main_loop(&shared, |answer| {
+                        Command::Upgrade(super::upgrade::Asked {
+                            binary: asked.binary.clone(),
+                            to,
+                            checked,
+                            answer,
+                        })
+                    })
+                    .await
+                }
+            }
+        }
         api::EXEC => {
             let exec: ExecRequest = match serde_json::from_slice(&body) {
                 Ok(exec) => exec,

@@ -135,6 +135,12 @@ pub async fn stop<V: Vm>(
                         "the VM is being stopped",
                     )));
                 }
+                Incoming::Command(Command::Upgrade(asked)) => {
+                    let _ = asked.answer.send(Err(Refusal::new(
+                        ErrorCode::WrongState,
+                        "the VM is being stopped; there is nothing to upgrade",
+                    )));
+                }
             },
         }
     }

@@ -210,11 +210,16 @@ impl Agent<'_, '_> {
             vm.qmp().clone(),
             forwards::Setup::of(&self.config, crate::image::cloud::ssh_port(&self.dir)),
         )));
-        self.record(Event::Running {
-            qemu_pid: vm.pid(),
-            guest_boot_id: guest.boot_id.clone(),
-            boot_secs,
-        });
+        let record = match self.taking_over.take() {
+            // Moved onto this build in place: the run goes on.
+            Some(over) => over.upgraded(vm.pid(), Some(guest.boot_id.clone())),
+            None => Event::Running {
+                qemu_pid: vm.pid(),
+                guest_boot_id: guest.boot_id.clone(),
+                boot_secs,
+            },
+        };
+        self.record(record);
         self.set_info(|info| {
             info.phase = Phase::Running;
             info.ready_at = Some(now_rfc3339());
@@ -530,6 +535,22 @@ impl Agent<'_, '_> {
                     None
                 }
             },
+            Incoming::Command(Command::Upgrade(asked)) => {
+                match state {
+                    Supervised::Running => self.move_onto(asked).await,
+                    Supervised::Booting => {
+                        let _ = asked
+                            .answer
+                            .send(Err(super::upgrade::refusal_while("starting")));
+                    }
+                    Supervised::Paused { .. } => {
+                        let _ = asked
+                            .answer
+                            .send(Err(super::upgrade::refusal_while("paused by QEMU")));
+                    }
+                }
+                None
+            }
             Incoming::Command(Command::Continue { answer }) => {
                 let answered = self.continue_asked(vm, state).await;
                 let _ = answer.send(answered.map_err(Refusal::from));

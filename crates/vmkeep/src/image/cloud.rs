@@ -114,7 +114,8 @@ impl ImageRecord {
 impl ImageRecord {
     /// Write the record to `path` (atomically).
     pub fn write(&self, path: &Path) -> Result<(), CloudError> {
-        let json = serde_json::to_vec_pretty(self).expect("the record serializes");
+        let json = crate::text::versioned_json::to_vec(crate::formats::IMAGE_RECORD, self)
+            .expect("the record serializes");
         os::fs::write_atomic(path, &json, 0o600).map_err(|source| CloudError::Io {
             action: "write",
             path: path.to_path_buf(),
@@ -129,6 +130,14 @@ impl ImageRecord {
             path: path.clone(),
             source,
         })?;
+        // A newer format is refused, never misread.
+        crate::text::versioned_json::check(crate::formats::IMAGE_RECORD, &path, &text).map_err(
+            |e| CloudError::Io {
+                action: "read",
+                path: path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            },
+        )?;
         serde_json::from_slice(&text).map_err(|e| CloudError::Io {
             action: "parse",
             path,
@@ -443,6 +452,37 @@ pub fn ssh_config(host: &str, port: u16, user: &str, key: &Path) -> String {
 mod tests {
     use super::*;
     use crate::os::tool::Tool;
+
+    #[test]
+    fn an_image_record_states_its_format_and_a_newer_one_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = InstanceDir::new(root.path(), "c".parse().unwrap()).unwrap();
+        std::fs::create_dir_all(dir.dir()).unwrap();
+        let record = ImageRecord {
+            location: "https://example.org/img.qcow2".into(),
+            base: "/cache/img.qcow2".into(),
+            base_format: "qcow2".into(),
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+            user: "ann".into(),
+            guest_user: None,
+            origin: None,
+        };
+        record.write(&dir.image_record()).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.image_record()).unwrap()).unwrap();
+        assert_eq!(json["format"], 1);
+        assert_eq!(ImageRecord::load(&dir).unwrap(), record);
+        // Written before versions: version 1.
+        json.as_object_mut().unwrap().remove("format");
+        std::fs::write(dir.image_record(), json.to_string()).unwrap();
+        assert_eq!(ImageRecord::load(&dir).unwrap(), record);
+        json["format"] = 2.into();
+        std::fs::write(dir.image_record(), json.to_string()).unwrap();
+        let refused = ImageRecord::load(&dir).unwrap_err().to_string();
+        assert!(refused.contains("image.json version 2"), "{refused}");
+    }
 
     #[test]
     fn image_info_gives_format_and_size() {

@@ -61,6 +61,7 @@ pub fn observe_with_config(
                 last_event: journal::last(&dir.journal()).unwrap_or(None),
                 service_failure: None,
                 saved_state: dir.has_saved_state(),
+                too_new: too_new(dir),
             })
         },
         // No agent and no trace of one: a stopped instance as of the first
@@ -74,6 +75,14 @@ pub fn observe_with_config(
         ..seen
     };
     Ok((seen, loaded))
+}
+
+/// A file of the instance (its journal, its desired state) written in a
+/// format newer than this build reads: why, with the fix.
+fn too_new(dir: &InstanceDir) -> Option<String> {
+    journal::too_new(&dir.journal())
+        .or_else(|| super::desired::too_new(dir))
+        .map(|e| e.to_string())
 }
 
 /// The shared directories whose virtiofsd no longer holds its lock, as

@@ -34,6 +34,9 @@ pub struct Observations {
     /// QEMU started: its path. Not a status (the VM runs on, on the old
     /// code); `list` says so, and `vmkeep upgrade --qemu` moves it.
     pub qemu_replaced: Option<std::path::PathBuf>,
+    /// A file of the instance is in a format version newer than this build
+    /// reads (`crate::formats`): why, with the fix.
+    pub too_new: Option<String>,
 }
 
 /// A registered unit that systemd gave up on.
@@ -126,6 +129,13 @@ pub enum Broken {
     SharedDirsLost {
         mounts: Vec<String>,
     },
+    /// A newer vmkeep wrote a file of the instance in a format this one
+    /// does not read (`crate::formats::TooNew`): nothing of it is misread.
+    FormatTooNew {
+        message: String,
+        /// Its host agent or QEMU runs (a newer agent, most likely).
+        live: bool,
+    },
 }
 
 impl Broken {
@@ -143,6 +153,7 @@ impl Broken {
             Broken::GaveUp { .. } => "gave-up",
             Broken::DataDisk { .. } => "data-disk",
             Broken::SharedDirsLost { .. } => "shared-dirs-lost",
+            Broken::FormatTooNew { .. } => "format-too-new",
         }
     }
 
@@ -174,6 +185,7 @@ impl Broken {
                 "the daemon stopped restarting it after {failures} failed starts; last: {last_error}"
             ),
             Broken::DataDisk { problem } => problem.message(),
+            Broken::FormatTooNew { message, .. } => message.clone(),
             Broken::SharedDirsLost { mounts } => format!(
                 "it runs, but the virtiofsd of {} is gone: the guest cannot read or write {} until the VM restarts",
                 mounts.join(", "),
@@ -211,6 +223,9 @@ impl Broken {
                 "the host agent cleans up within a moment; then start again".into()
             }
             Broken::DataDisk { problem } => problem.hint(),
+            Broken::FormatTooNew { .. } => {
+                "use the newer vmkeep that wrote it (`vmkeep --version` says which this one is)".into()
+            }
             Broken::SharedDirsLost { .. } => {
                 "restart it: `vmkeep stop NAME && vmkeep start NAME` (QEMU cannot reconnect a shared directory); its log is fsN.log in the instance directory".into()
             }
@@ -224,6 +239,7 @@ impl Broken {
             | Broken::AgentUnresponsive { .. }
             | Broken::QemuGone { .. }
             | Broken::SharedDirsLost { .. } => true,
+            Broken::FormatTooNew { live, .. } => *live,
             Broken::ConfigMissing
             | Broken::ConfigInvalid { .. }
             | Broken::DiskMissing
@@ -243,7 +259,8 @@ impl Broken {
             | Broken::ConfigInvalid { .. }
             | Broken::DiskMissing
             | Broken::DataDisk { .. }
-            | Broken::SharedDirsLost { .. } => false,
+            | Broken::SharedDirsLost { .. }
+            | Broken::FormatTooNew { .. } => false,
             Broken::OrphanedQemu { .. }
             | Broken::StaleRuntimeFiles { .. }
             | Broken::AgentUnresponsive { .. }
@@ -365,9 +382,10 @@ impl Status {
             | Status::Paused(_)
             | Status::Stopping => RestartPlan::StopThenStart,
             Status::Broken(broken) => match broken {
-                Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing => {
-                    RestartPlan::Refuse
-                }
+                Broken::ConfigMissing
+                | Broken::ConfigInvalid { .. }
+                | Broken::DiskMissing
+                | Broken::FormatTooNew { .. } => RestartPlan::Refuse,
                 // A stop ends what runs; the start after it is a plain one
                 // (a lost shared directory is what a restart fixes).
                 Broken::OrphanedQemu { .. }
@@ -391,9 +409,10 @@ impl Status {
                 ClonePlan::RefuseLive
             }
             Status::Broken(broken) => match broken {
-                Broken::ConfigMissing | Broken::ConfigInvalid { .. } | Broken::DiskMissing => {
-                    ClonePlan::RefuseBroken
-                }
+                Broken::ConfigMissing
+                | Broken::ConfigInvalid { .. }
+                | Broken::DiskMissing
+                | Broken::FormatTooNew { .. } => ClonePlan::RefuseBroken,
                 Broken::OrphanedQemu { .. }
                 | Broken::AgentUnresponsive { .. }
                 | Broken::QemuGone { .. }
@@ -423,7 +442,8 @@ impl Status {
                 Broken::ConfigMissing
                 | Broken::ConfigInvalid { .. }
                 | Broken::DiskMissing
-                | Broken::SharedDirsLost { .. } => StartPlan::Refuse,
+                | Broken::SharedDirsLost { .. }
+                | Broken::FormatTooNew { .. } => StartPlan::Refuse,
                 Broken::AgentUnresponsive { .. } => StartPlan::ReplaceFrozenAgent,
                 Broken::QemuGone { .. } => StartPlan::WaitForCleanup,
                 // The guest looks at the data disk again (and changes nothing
@@ -451,6 +471,10 @@ impl Status {
                 Broken::OrphanedQemu { .. } => StopPlan::AdoptAndStop,
                 Broken::AgentUnresponsive { .. } => StopPlan::ReplaceFrozenAgent,
                 Broken::QemuGone { .. } | Broken::SharedDirsLost { .. } => StopPlan::AskAgent,
+                // A newer agent still takes a stop by its API (version 1's
+                // route, which every version keeps).
+                Broken::FormatTooNew { live: true, .. } => StopPlan::AskAgent,
+                Broken::FormatTooNew { live: false, .. } => StopPlan::NothingToStop,
                 Broken::ConfigMissing
                 | Broken::ConfigInvalid { .. }
                 | Broken::DiskMissing
@@ -503,6 +527,12 @@ impl Status {
 
 /// Derive the status from what was observed.
 pub fn derive(seen: &Observations) -> Status {
+    if let Some(message) = &seen.too_new {
+        return Status::Broken(Broken::FormatTooNew {
+            message: message.clone(),
+            live: seen.agent_pid.is_some() || seen.qemu_pid.is_some(),
+        });
+    }
     match (seen.agent_pid, seen.qemu_pid) {
         (Some(agent_pid), _) if seen.agent_frozen => Status::Broken(Broken::AgentUnresponsive {
             agent_pid,
@@ -587,6 +617,8 @@ fn phase_from_journal(last: Option<&Record>, agent_pid: u32) -> Phase {
         | Event::GuestRebooted { .. }
         | Event::GuestClockSet { .. }
         | Event::SharedDirLost { .. }
+        | Event::Upgraded { .. }
+        | Event::UpgradeFailed { .. }
         // A failed suspend leaves the VM running (or a stop follows).
         | Event::SuspendFailed { .. } => Phase::Running,
         // A refused data disk is journaled after the VM stopped.
@@ -637,6 +669,42 @@ mod tests {
             shares_lost: vec![],
             saved_state: false,
             qemu_replaced: None,
+            too_new: None,
+        }
+    }
+
+    #[test]
+    fn a_file_of_a_newer_format_is_broken_whatever_runs_and_only_a_live_one_is_stopped() {
+        for (agent_pid, qemu_pid, live) in [
+            (None, None, false),
+            (Some(10), Some(20), true),
+            (None, Some(20), true),
+        ] {
+            let seen = Observations {
+                agent_pid,
+                qemu_pid,
+                last_event: record(10, running_event()),
+                too_new: Some("events.jsonl is in version 2".into()),
+                ..stopped_instance()
+            };
+            let status = derive(&seen);
+            let Status::Broken(broken @ Broken::FormatTooNew { .. }) = &status else {
+                panic!("{status:?}");
+            };
+            assert_eq!(broken.code(), "format-too-new");
+            assert_eq!(broken.message(), "events.jsonl is in version 2");
+            assert!(!broken.repairable());
+            assert_eq!(status.has_live_processes(), live);
+            assert_eq!(status.start_plan(), StartPlan::Refuse);
+            assert_eq!(status.restart_plan(), RestartPlan::Refuse);
+            assert_eq!(
+                status.stop_plan(),
+                if live {
+                    StopPlan::AskAgent
+                } else {
+                    StopPlan::NothingToStop
+                }
+            );
         }
     }
 

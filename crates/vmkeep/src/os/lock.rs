@@ -114,6 +114,59 @@ impl HeldLock {
         &self.path
     }
 
+    /// Let the lock's descriptor survive an `execve` of this process (and
+    /// with it the lock: a POSIX lock belongs to the process, which an exec
+    /// keeps, and would only be dropped by the descriptor's close on exec).
+    /// Returns the descriptor's number, for the new image's
+    /// [`HeldLock::inherited`]. `keep = false` undoes it (the exec failed).
+    pub fn keep_across_exec(&self, keep: bool) -> io::Result<i32> {
+        let fd = self.raw_fd();
+        keep_across_exec(fd, keep)?;
+        Ok(fd)
+    }
+
+    /// The lock's descriptor number (for [`keep_across_exec`]).
+    pub fn raw_fd(&self) -> i32 {
+        std::os::fd::AsRawFd::as_raw_fd(&self.file)
+    }
+
+    /// The lock on `path` that this process's previous image held on
+    /// descriptor `fd` and kept across its exec
+    /// ([`HeldLock::keep_across_exec`]): checked to be `path`'s file and
+    /// held by this process, registered, and made close-on-exec again.
+    /// The lock is never let go in between.
+    pub fn inherited(fd: i32, path: &Path) -> io::Result<HeldLock> {
+        use std::os::fd::FromRawFd;
+        if fd < 3 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {fd} cannot be an inherited lock"),
+            ));
+        }
+        // Valid and open? (F_GETFD fails on a closed descriptor.)
+        // SAFETY: the number is only borrowed for the check.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        rustix::io::fcntl_getfd(borrowed)?;
+        // SAFETY: the descriptor is open and nothing else in this image
+        // owns it: it was handed over by the previous image for this.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let held = file.metadata()?;
+        let id = (held.dev(), held.ino());
+        let now = std::fs::metadata(path)?;
+        if (now.dev(), now.ino()) != id {
+            // Not ours to close: closing a descriptor of a locked file drops
+            // the lock, so keep it open and refuse.
+            std::mem::forget(file);
+            return Err(io::Error::other(format!(
+                "descriptor {fd} is not the lock file {}",
+                path.display()
+            )));
+        }
+        let lock = HeldLock::register(file, path, id);
+        lock.keep_across_exec(false)?;
+        Ok(lock)
+    }
+
     /// Remove the lock file while still holding the lock, then release it.
     /// A process waiting for the lock re-checks the path and locks the new file.
     pub fn remove(self) -> io::Result<()> {
@@ -130,6 +183,21 @@ impl Drop for HeldLock {
         }
         // Closing `file` (after this) releases the lock.
     }
+}
+
+/// Let descriptor `fd` (a [`HeldLock`]'s, by [`HeldLock::raw_fd`]) survive
+/// an `execve` of this process, or (`keep = false`) be closed by one again.
+pub fn keep_across_exec(fd: i32, keep: bool) -> io::Result<()> {
+    use rustix::io::{FdFlags, fcntl_getfd, fcntl_setfd};
+    // SAFETY: only borrowed for the two calls; the caller owns it.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let flags = fcntl_getfd(fd)?;
+    let flags = match keep {
+        true => flags - FdFlags::CLOEXEC,
+        false => flags | FdFlags::CLOEXEC,
+    };
+    fcntl_setfd(fd, flags)?;
+    Ok(())
 }
 
 /// No `O_TMPFILE` outside Linux: the file is created by name and locked

@@ -7,4 +7,5 @@
 pub mod chain;
 pub mod gotmpl;
 pub mod suggest;
+pub mod versioned_json;
 pub mod yaml_edit;

@@ -121,6 +121,8 @@ pub struct Container {
     rootfs: PathBuf,
     nspawn: Option<Child>,
     init: u32,
+    /// More host directories bound in, read-write: (host, inside).
+    binds: Vec<(PathBuf, String)>,
 }
 
 /// The state directories bound into the container: (host name, container path).
@@ -134,6 +136,12 @@ const PERSISTENT: [(&str, &str); 4] = [
 impl Container {
     /// Boot a fresh container; `None` (after saying so) when not root.
     pub fn boot() -> Option<Container> {
+        Container::boot_binding(&[])
+    }
+
+    /// [`Container::boot`] with more host directories bound in,
+    /// read-write: (host, inside).
+    pub fn boot_binding(binds: &[(&Path, &str)]) -> Option<Container> {
         if !can_run() {
             return None;
         }
@@ -167,6 +175,10 @@ impl Container {
             rootfs,
             nspawn: None,
             init: 0,
+            binds: binds
+                .iter()
+                .map(|(host, inside)| (host.to_path_buf(), inside.to_string()))
+                .collect(),
         };
         container.start();
         Some(container)
@@ -218,6 +230,9 @@ impl Container {
                 "--bind={}:{inside}",
                 self.state.path().join(name).display()
             ));
+        }
+        for (host, inside) in &self.binds {
+            command.arg(format!("--bind={}:{inside}", host.display()));
         }
         let log = std::fs::File::create(self.state.path().join("nspawn.log")).unwrap();
         command

@@ -16,6 +16,7 @@ pub mod host_user;
 pub mod http;
 pub mod second_qemu;
 pub mod terminal;
+pub mod upgrade_base;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -94,7 +95,13 @@ impl TestEnv {
 
     /// A `vmkeep` command with this environment.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(VMKEEP);
+        self.command_of(Path::new(VMKEEP), args)
+    }
+
+    /// Another `vmkeep` binary (another build, an installed copy) with this
+    /// environment.
+    pub fn command_of(&self, vmkeep: &Path, args: &[&str]) -> Command {
+        let mut command = Command::new(vmkeep);
         command
             .args(args)
             .env("VMKEEP_HOME", self.home())

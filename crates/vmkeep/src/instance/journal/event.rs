@@ -204,8 +204,40 @@ pub enum Event {
         from_bytes: u64,
         to_bytes: u64,
     },
+    /// The host agent moved onto another build in place (`vmkeep upgrade`):
+    /// it re-executed itself (same pid) and adopted its running QEMU and
+    /// guest (same QEMU pid, same boot). Written by the new build.
+    Upgraded {
+        /// The builds, as `version (commit)`.
+        from: String,
+        to: String,
+        qemu_pid: u32,
+        #[serde(default)]
+        guest_boot_id: Option<String>,
+        steps: UpgradeSteps,
+    },
+    /// An upgrade in place was accepted but the agent could not re-execute
+    /// (the exec failed): it runs on with the old build, nothing stopped.
+    UpgradeFailed {
+        to: String,
+        error: String,
+    },
     #[serde(other)]
     Unknown,
+}
+
+/// How long each step of an upgrade in place took (seconds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct UpgradeSteps {
+    /// The old build's check of the new binary (`--check-formats`).
+    pub checked_secs: f64,
+    /// From the accepted request to the new build's first instruction
+    /// (draining the API, the exec).
+    pub exec_secs: f64,
+    /// The new build reconnecting to QEMU (QMP) and its virtiofsds.
+    pub adopted_secs: f64,
+    /// Then the guest agent answering again, forwards and keepers back.
+    pub ready_secs: f64,
 }
 
 /// Who let a paused guest run on.
@@ -275,6 +307,8 @@ impl Event {
             Event::SharedDirLost { .. } => "shared-dir-lost",
             Event::Rotated { .. } => "rotated",
             Event::DiskGrown { .. } => "disk-grown",
+            Event::Upgraded { .. } => "upgraded",
+            Event::UpgradeFailed { .. } => "upgrade-failed",
             Event::Unknown => "unknown",
         }
     }

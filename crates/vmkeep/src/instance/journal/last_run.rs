@@ -90,7 +90,9 @@ pub fn last_run(records: &[Record]) -> (LastRun, Option<&Record>) {
             | Event::Paused { .. }
             | Event::Continued { .. }
             | Event::GuestClockSet { .. }
-            | Event::SharedDirLost { .. } => LastRun::Unclean,
+            | Event::SharedDirLost { .. }
+            | Event::Upgraded { .. }
+            | Event::UpgradeFailed { .. } => LastRun::Unclean,
             Event::StateDiscarded { .. }
             | Event::StartFailed { .. }
             | Event::UncleanEnd { .. }

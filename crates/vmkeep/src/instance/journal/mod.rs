@@ -39,8 +39,10 @@ use std::time::{Duration, SystemTime};
 
 pub use self::event::{
     ContinueCause, Event, Record, Repair, StopCause, StoppedReason, SuspendCause, SuspendFallback,
+    UpgradeSteps,
 };
 pub use self::last_run::{LastRun, last_run, stop_deadline};
+use crate::formats;
 use crate::os;
 use crate::os::lock::FileLock;
 
@@ -123,8 +125,7 @@ impl Journal {
             pid: std::process::id(),
             event,
         };
-        let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
-        line.push(b'\n');
+        let line = encode(&record)?;
         // Without the lock (it cannot be made, or its holder hangs) the
         // record still goes in, as before rotations existed.
         let held = FileLock::exclusive(&self.files.lock, LOCK_WAIT)
@@ -292,13 +293,64 @@ fn tail_of(file: &mut File, len: u64, max_bytes: u64) -> io::Result<Vec<Record>>
     Ok(parse_lines(body))
 }
 
-/// The readable records in `bytes` (whole lines of a journal), oldest first.
+/// The readable records in `bytes` (whole lines of a journal), oldest
+/// first. A line in a format version newer than this build's is skipped,
+/// never misread ([`too_new`] tells it).
 pub(crate) fn parse_lines(bytes: &[u8]) -> Vec<Record> {
+    lines(bytes)
+        .filter(|line| line_version(line) <= formats::JOURNAL.current)
+        .filter_map(|line| serde_json::from_slice(line).ok())
+        .collect()
+}
+
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
     bytes
         .split(|b| *b == b'\n')
         .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-        .filter_map(|line| serde_json::from_slice(line).ok())
-        .collect()
+}
+
+/// A line's format version (`v`; none is version 1).
+fn line_version(line: &[u8]) -> u32 {
+    #[derive(serde::Deserialize)]
+    struct Versioned {
+        #[serde(default = "formats::unversioned")]
+        v: u32,
+    }
+    serde_json::from_slice::<Versioned>(line)
+        .map(|versioned| versioned.v)
+        .unwrap_or(formats::UNVERSIONED)
+}
+
+/// One record as a journal line: its format version `v`, the record, a
+/// newline.
+pub(crate) fn encode(record: &Record) -> io::Result<Vec<u8>> {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        v: u32,
+        #[serde(flatten)]
+        record: &'a Record,
+    }
+    let mut line = serde_json::to_vec(&Line {
+        v: formats::JOURNAL.current,
+        record,
+    })
+    .map_err(io::Error::other)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// The journal's end holds a line of a newer format version than this
+/// build reads (a newer vmkeep wrote it): the error that says so.
+pub fn too_new(path: &Path) -> Option<formats::TooNew> {
+    let (_, current) = open_pair(path).ok()?;
+    let mut file = current?;
+    let len = file.metadata().ok()?.len();
+    let start = len.saturating_sub(16 * 1024);
+    file.seek(SeekFrom::Start(start)).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let newest = lines(&bytes).map(line_version).max()?;
+    formats::JOURNAL.check(path, Some(newest)).err()
 }
 
 #[cfg(test)]
@@ -567,5 +619,29 @@ mod tests {
         let silent: Record =
             serde_json::from_str(r#"{"ts":"t","pid":1,"event":"data-disk"}"#).unwrap();
         assert_eq!(silent.event, Event::DataDisk { disk: None });
+    }
+
+    #[test]
+    fn lines_state_their_version_and_a_newer_line_is_skipped_and_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut journal = Journal::open(&path).unwrap();
+        journal.record(Event::Adopted { qemu_pid: 9 }).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with(r#"{"v":1,"ts":"#), "{text}");
+        assert_eq!(too_new(&path), None);
+        // A line without `v` (vmkeep before versions) is version 1.
+        let old = r#"{"ts":"t","pid":1,"event":"adopted","qemu_pid":3}"#;
+        let newer = r#"{"v":2,"ts":"t","pid":1,"event":"adopted","qemu_pid":4}"#;
+        std::fs::write(&path, format!("{old}\n")).unwrap();
+        assert_eq!(read_all(&path).unwrap().len(), 1);
+        assert_eq!(too_new(&path), None);
+        std::fs::write(&path, format!("{old}\n{newer}\n")).unwrap();
+        let read = read_all(&path).unwrap();
+        assert_eq!(read.len(), 1, "the newer line is not misread");
+        assert_eq!(read[0].event, Event::Adopted { qemu_pid: 3 });
+        let refused = too_new(&path).unwrap().to_string();
+        assert!(refused.contains("events.jsonl version 2"), "{refused}");
+        assert!(refused.contains(&path.display().to_string()), "{refused}");
     }
 }

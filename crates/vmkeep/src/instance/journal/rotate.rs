@@ -73,8 +73,7 @@ pub fn rotate(files: &Files, _held: &FileLock, max_bytes: u64, until: Step) -> i
             carried: carry::carry(&carry::expand(both_files(&files.current)?)),
         },
     };
-    let mut line = serde_json::to_vec(&record).map_err(io::Error::other)?;
-    line.push(b'\n');
+    let line = super::encode(&record)?;
 
     let temp = os::fs::temp_sibling(&files.current);
     let written = (|| {

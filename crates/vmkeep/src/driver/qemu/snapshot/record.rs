@@ -19,7 +19,7 @@ use crate::os::fs::FileId;
 
 /// The record format this vmkeep writes and reads. Bump it when a record
 /// written by the new code could not be resumed by the old (or the reverse).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = crate::formats::SAVED_STATE.current;
 
 /// One saved state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
