@@ -316,7 +316,7 @@ fn vm_systemd_daemon_kill9_leaves_its_vms_running() {
 }
 
 #[test]
-fn vm_systemd_daemon_restart_keeps_its_vms_and_supervises_them_stop_stops_them() {
+fn vm_systemd_daemon_restart_and_reload_keep_its_vms_and_it_supervises_them_stop_stops_them() {
     let Some(ct) = Container::boot() else { return };
     daemon_unit_running(&ct, &["r1"]);
     let (boot, uptime) = boot_id_and_uptime(&ct, USER, "r1");
@@ -346,6 +346,39 @@ fn vm_systemd_daemon_restart_keeps_its_vms_and_supervises_them_stop_stops_them()
     assert!(
         log.contains("for a restart of the daemon's unit: leaving every VM running"),
         "{log}"
+    );
+
+    // A reload of the unit (`ExecReload=vmkeep upgrade`): every agent, then
+    // the daemon, move in place onto the vmkeep installed; the main pid is
+    // kept and the VM runs on.
+    ct.ok_as(USER, "systemctl --user reload vmkeep-daemon", CMD);
+    assert_eq!(
+        main_pid(&ct, USER, "vmkeep-daemon.service"),
+        new_daemon,
+        "the same main pid after a reload"
+    );
+    assert_eq!(
+        unit_property(&ct, USER, "vmkeep-daemon.service", "ActiveState"),
+        "active"
+    );
+    let cmdline = ct
+        .ok_as(
+            USER,
+            &format!("tr '\\0' ' ' < /proc/{new_daemon}/cmdline"),
+            CMD,
+        )
+        .stdout;
+    assert!(cmdline.contains("--generation 1"), "{cmdline}");
+    let now = ct.row(USER, "r1");
+    assert_eq!(pid_field(&now, "qemu_pid"), Some(qemu), "{now}");
+    assert_eq!(now["agent_pid"], row["agent_pid"], "{now}");
+    assert_eq!(boot_id_and_uptime(&ct, USER, "r1").0, boot);
+    let log = ct.ok_as(USER, "cat ~/.vmkeep/daemon.log", CMD).stdout;
+    assert!(log.contains("daemon upgraded in place"), "{log}");
+    let events = ct.events(USER, "r1");
+    assert!(
+        events_named(&events, "upgraded").count() == 1,
+        "the reload moved r1's agent too: {events:#?}"
     );
 
     // The new daemon supervises it: a QEMU crash is restarted (runStrategy).

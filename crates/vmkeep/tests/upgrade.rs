@@ -395,3 +395,100 @@ fn vm_upgrade_of_an_agent_from_before_upgrades_is_refused_and_it_runs_on() {
     assert_eq!(env.last_stopped("older")["reason"], "requested");
     assert_eq!(env.wait_no_processes(Duration::from_secs(5)), vec![]);
 }
+
+/// A daemon this test spawned, killed by its pid if the test ends early.
+struct DaemonGuard(std::process::Child);
+
+impl Drop for DaemonGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn vm_upgrade_moves_the_daemon_in_place_and_it_supervises_on() {
+    let installed = Installed::new();
+    let env = TestEnv::new();
+    env.create("sup", "runStrategy: always\n");
+    let log = std::fs::File::create(env.home().join("test-daemon.log")).unwrap();
+    let mut daemon = DaemonGuard(
+        vmkeep_in(installed.dir.path(), &env, &["daemon"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the installed daemon"),
+    );
+    let daemon_pid = daemon.0.id();
+    env.wait_status("sup", "Running", Duration::from_secs(150));
+    let before = pids(&env, "sup");
+    let boot = env.boot_id("sup");
+    let daemon_log = || std::fs::read_to_string(env.home().join("test-daemon.log")).unwrap();
+
+    // A broken vmkeep installed where the daemon was started from: refused
+    // at once, the daemon runs on, on its old code.
+    let broken = env.home().join("broken-vmkeep");
+    std::fs::write(&broken, "#!/bin/sh\nexit 3\n").unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    installed.put(&broken, "vmkeep");
+    let refused = env.run(&["upgrade"]);
+    assert_eq!(refused.code(), Some(1), "{}", refused.describe());
+    assert!(
+        refused
+            .stderr()
+            .contains(&format!("the daemon (pid {daemon_pid}) was not upgraded"))
+            && refused.stderr().contains("--version failed"),
+        "{}",
+        refused.describe()
+    );
+    assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon runs on");
+    assert!(
+        exe_of(daemon_pid).ends_with(" (deleted)"),
+        "still the old code: {}",
+        exe_of(daemon_pid)
+    );
+    // The agent moved all the same (no name: every running instance).
+    assert_eq!(pids(&env, "sup"), before);
+
+    // The real one installed: the daemon becomes it, same pid.
+    installed.put(&built("vmkeep"), "vmkeep");
+    let moved = env.ok(&["upgrade"]);
+    assert!(
+        moved.stdout().contains(&format!(
+            "upgraded the daemon in place (pid {daemon_pid} kept"
+        )),
+        "{}",
+        moved.describe()
+    );
+    assert!(daemon.0.try_wait().unwrap().is_none(), "the daemon lives");
+    assert_eq!(
+        exe_of(daemon_pid),
+        installed.path("vmkeep").display().to_string(),
+        "the daemon runs the installed binary now"
+    );
+    assert_eq!(pids(&env, "sup"), before, "the VM ran on untouched");
+    assert_eq!(env.boot_id("sup"), boot);
+    assert!(
+        daemon_log().contains("daemon upgraded in place"),
+        "{}",
+        daemon_log()
+    );
+    // Nothing was stopped or started meanwhile.
+    assert_eq!(env.count_events("sup", "booting"), 1);
+    assert_eq!(env.count_events("sup", "unclean-end"), 0);
+
+    // It supervises on: a QEMU crash is restarted by the upgraded daemon.
+    let restarts = env.count_events("sup", "restarting");
+    env.qemu("sup").unwrap().kill().unwrap();
+    env.wait_event("sup", "restarting", restarts, Duration::from_secs(150));
+    env.wait_status("sup", "Running", Duration::from_secs(150));
+
+    // Its SIGTERM (no systemd here) still stops every VM.
+    // SAFETY: kill(2) of the daemon this test spawned and has not reaped.
+    unsafe { libc::kill(daemon_pid as i32, libc::SIGTERM) };
+    let _ = daemon.0.wait();
+    assert_eq!(env.status("sup"), "Stopped");
+    assert_eq!(env.wait_no_processes(Duration::from_secs(60)), vec![]);
+}

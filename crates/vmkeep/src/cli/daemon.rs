@@ -40,6 +40,8 @@ pub fn run(args: DaemonArgs) -> Result<i32, CliError> {
                     backoff_max: args.restart_delay_max,
                 },
                 tick: Duration::from_millis(250),
+                inherited_lock: args.inherited_lock,
+                generation: args.generation,
             };
             Ok(daemon::run(&options)?)
         }

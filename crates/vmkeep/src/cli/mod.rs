@@ -408,6 +408,12 @@ pub struct DaemonArgs {
     /// Longest delay between restarts.
     #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_duration)]
     pub restart_delay_max: Duration,
+    /// Internal: the daemon's lock, kept across its in-place upgrade.
+    #[arg(long, hide = true, value_name = "FD")]
+    pub inherited_lock: Option<i32>,
+    /// Internal: how many in-place upgrades this daemon went through.
+    #[arg(long, hide = true, default_value_t = 0, value_name = "N")]
+    pub generation: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,7 +1,8 @@
 //! `vmkeep upgrade [NAME...] [--timeout D] [--json]`: arguments and
 //! printing; the work is `engine::upgrade`. Without names: every running
-//! instance of the home, in parallel. `vmkeep upgrade --qemu NAME...`: the
-//! work is `engine::upgrade_qemu`.
+//! instance of the home, in parallel, then the home's daemon if one runs
+//! (`engine::upgrade_daemon`). `vmkeep upgrade --qemu NAME...`: the work
+//! is `engine::upgrade_qemu`.
 
 use serde::Serialize;
 
@@ -9,6 +10,7 @@ use super::progress::Lines;
 use super::{CliError, ExitCode, UpgradeArgs};
 use crate::engine::inspect::{Inspected, inspect_all};
 use crate::engine::upgrade::{UpgradeOptions, Upgraded, upgrade};
+use crate::engine::upgrade_daemon::upgrade_daemon;
 use crate::engine::upgrade_qemu::{QemuUpgrade, upgrade_qemu};
 use crate::instance::journal::UpgradeSteps;
 use crate::instance::{Home, InstanceName, Status};
@@ -80,22 +82,44 @@ pub fn run(args: UpgradeArgs) -> Result<i32, CliError> {
             })
             .collect()
     });
-    let codes: Vec<ExitCode> = outcomes
+    let mut codes: Vec<ExitCode> = outcomes
         .iter()
         .filter_map(|(_, outcome)| outcome.as_ref().err().map(CliError::exit_code))
         .collect();
+    // The daemon after its VMs' agents (it watches them, and they it not),
+    // and only when no instance was named.
+    let daemon = match args.names.is_empty() {
+        true => Some(upgrade_daemon(&home)),
+        false => None,
+    };
+    if let Some(Err(_)) = &daemon {
+        codes.push(ExitCode::Failure);
+    }
     if args.json {
-        let rows: Vec<Row> = outcomes.iter().map(|(n, o)| row(n, o)).collect();
+        let mut rows: Vec<Row> = outcomes.iter().map(|(n, o)| row(n, o)).collect();
+        if let Some(daemon) = &daemon {
+            rows.extend(daemon_row(daemon));
+        }
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         if outcomes.is_empty() {
-            println!("no instance is running; nothing to upgrade");
+            println!("no instance is running; no host agent to upgrade");
         }
         for (name, outcome) in &outcomes {
             match outcome {
                 Ok(done) => println!("{}", summary(name, done)),
                 Err(e) => eprintln!("error: {e}"),
             }
+        }
+        match &daemon {
+            Some(Ok(Some(moved))) => println!(
+                "upgraded the daemon in place (pid {} kept, upgrade {}): now {}",
+                moved.pid,
+                moved.generation,
+                crate::formats::BUILD
+            ),
+            Some(Err(e)) => eprintln!("error: {e}"),
+            Some(Ok(None)) | None => {}
         }
     }
     match codes.as_slice() {
@@ -210,4 +234,31 @@ fn run_qemu(args: UpgradeArgs) -> Result<i32, CliError> {
         return Ok(ExitCode::Success as i32);
     }
     super::util::for_each_in_parallel(&args.names, one)
+}
+
+/// The daemon's row of `--json`, if a daemon runs.
+fn daemon_row(
+    daemon: &Result<
+        Option<crate::engine::upgrade_daemon::DaemonUpgraded>,
+        crate::engine::upgrade_daemon::DaemonNotUpgraded,
+    >,
+) -> Option<Row> {
+    let (upgraded, exit_code, error, pid) = match daemon {
+        Ok(None) => return None,
+        Ok(Some(moved)) => (true, ExitCode::Success, None, moved.pid),
+        Err(e) => (false, ExitCode::Failure, Some(e.to_string()), e.pid),
+    };
+    Some(Row {
+        name: "(daemon)".into(),
+        upgraded,
+        exit_code: exit_code as i32,
+        error,
+        from: None,
+        to: upgraded.then(|| crate::formats::BUILD.to_string()),
+        agent_pid: Some(pid),
+        qemu_pid: None,
+        guest_boot_id: None,
+        steps: None,
+        secs: None,
+    })
 }

@@ -28,6 +28,7 @@
 pub mod error;
 pub mod install;
 pub mod policy;
+mod reexec;
 pub mod unit;
 
 use std::collections::BTreeMap;
@@ -53,7 +54,7 @@ use crate::os::process::ProcessHandle;
 use crate::{notice, os};
 
 /// The daemon's lock (and pid) file, in the instances root.
-pub const DAEMON_LOCK: &str = "daemon.pid";
+pub const DAEMON_LOCK: &str = crate::engine::upgrade_daemon::DAEMON_LOCK;
 
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
@@ -61,6 +62,11 @@ pub struct DaemonOptions {
     pub limits: RestartLimits,
     /// How often instances are looked at.
     pub tick: Duration,
+    /// The lock the daemon's previous image held, kept across its exec
+    /// (an in-place upgrade, see `reexec`).
+    pub inherited_lock: Option<i32>,
+    /// How many in-place upgrades this daemon went through.
+    pub generation: u64,
 }
 
 /// What the daemon knows about one supervised instance.
@@ -82,28 +88,71 @@ pub fn run(options: &DaemonOptions) -> Result<i32, DaemonError> {
     let root = &options.home.root;
     os::fs::create_private_dir_all(root).map_err(EngineError::io("create", root))?;
     let lock_path = root.join(DAEMON_LOCK);
-    let Some(mut lock) =
-        HeldLock::try_acquire(&lock_path).map_err(EngineError::io("lock", &lock_path))?
-    else {
-        let pid = os::lock::holder(&lock_path)
-            .map_err(EngineError::io("inspect", &lock_path))?
-            .map(|p| p.as_raw_nonzero().get().to_string())
-            .unwrap_or_else(|| "?".into());
-        return Err(DaemonError::AlreadyRunning {
-            root: root.clone(),
-            pid,
-        });
+    let mut lock = match options.inherited_lock {
+        Some(fd) => {
+            let lock = HeldLock::inherited(fd, &lock_path)
+                .map_err(EngineError::io("take over the lock", &lock_path))?;
+            tracing::info!(
+                build = %crate::formats::BUILD,
+                generation = options.generation,
+                "daemon upgraded in place: now running this build"
+            );
+            lock
+        }
+        None => {
+            let Some(lock) =
+                HeldLock::try_acquire(&lock_path).map_err(EngineError::io("lock", &lock_path))?
+            else {
+                let pid = os::lock::holder(&lock_path)
+                    .map_err(EngineError::io("inspect", &lock_path))?
+                    .map(|p| p.as_raw_nonzero().get().to_string())
+                    .unwrap_or_else(|| "?".into());
+                return Err(DaemonError::AlreadyRunning {
+                    root: root.clone(),
+                    pid,
+                });
+            };
+            lock
+        }
     };
     lock.write_pid()
         .map_err(EngineError::io("write", &lock_path))?;
+    // The binary to become at an upgrade: the path this image was run from
+    // (read now, while it names a file; once replaced on disk, this
+    // process's own link would say "(deleted)").
+    let exe = os::process::current_exe()
+        .map_err(EngineError::process("cannot find the daemon's own binary"))?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(EngineError::process("cannot start an async runtime"))?;
-    let result = runtime.block_on(Daemon::new(options.clone())?.run());
-    lock.remove()
-        .map_err(EngineError::io("remove", &lock_path))?;
-    result
+    loop {
+        let daemon = Daemon::new(options.clone(), exe.clone())?;
+        match runtime.block_on(daemon.run())? {
+            Ended::Exit(code) => {
+                lock.remove()
+                    .map_err(EngineError::io("remove", &lock_path))?;
+                return Ok(code);
+            }
+            Ended::Upgrade => {
+                let error = reexec::exec(&exe, &args, &lock, options.generation);
+                // Only on failure: the daemon goes on, on this build.
+                tracing::warn!(
+                    exe = %exe.display(),
+                    "daemon upgrade failed: {error}; running on, on this build"
+                );
+            }
+        }
+    }
+}
+
+/// How a daemon's run ended.
+enum Ended {
+    /// Exit with this code.
+    Exit(i32),
+    /// Become the installed binary (SIGHUP), its check passed.
+    Upgrade,
 }
 
 struct Daemon {
@@ -112,10 +161,12 @@ struct Daemon {
     placement: Option<os::cgroup::Placement>,
     began: Instant,
     watches: BTreeMap<InstanceName, Watch>,
+    /// The daemon's own binary, checked at SIGHUP before it becomes it.
+    exe: std::path::PathBuf,
 }
 
 impl Daemon {
-    fn new(options: DaemonOptions) -> Result<Daemon, DaemonError> {
+    fn new(options: DaemonOptions, exe: std::path::PathBuf) -> Result<Daemon, DaemonError> {
         // Fail now, not at the first spawn, if the agent binary is missing.
         agent::check_binary()?;
         Ok(Daemon {
@@ -129,6 +180,7 @@ impl Daemon {
             },
             began: Instant::now(),
             watches: BTreeMap::new(),
+            exe,
         })
     }
 
@@ -136,10 +188,13 @@ impl Daemon {
         self.began.elapsed()
     }
 
-    async fn run(mut self) -> Result<i32, DaemonError> {
+    async fn run(mut self) -> Result<Ended, DaemonError> {
         let signals = || EngineError::process("cannot install signal handlers");
         let mut terminate = signal(SignalKind::terminate()).map_err(signals())?;
         let mut interrupt = signal(SignalKind::interrupt()).map_err(signals())?;
+        // SIGHUP: move onto the installed binary (`vmkeep upgrade`,
+        // `systemctl reload`); the VMs run on.
+        let mut hangup = signal(SignalKind::hangup()).map_err(signals())?;
         let mut ticks = tokio::time::interval(self.options.tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tracing::info!(root = %self.options.home.root.display(), "daemon supervising");
@@ -158,6 +213,28 @@ impl Daemon {
                 }
                 _ = terminate.recv() => break "SIGTERM",
                 _ = interrupt.recv() => break "SIGINT",
+                _ = hangup.recv() => {
+                    let exe = self.exe.clone();
+                    let checked = tokio::task::spawn_blocking(move || {
+                        crate::engine::upgrade_daemon::check_binary(&exe)
+                    })
+                    .await
+                    .unwrap_or_else(|_| Err("the check panicked".into()));
+                    match checked {
+                        Ok(version) => {
+                            tracing::info!(
+                                from = %crate::formats::BUILD,
+                                to = %version,
+                                "SIGHUP: upgrading the daemon in place (its VMs run on)"
+                            );
+                            self.finish_helpers().await;
+                            return Ok(Ended::Upgrade);
+                        }
+                        Err(why) => tracing::warn!(
+                            "SIGHUP: not upgrading the daemon: {why}; running on, on this build"
+                        ),
+                    }
+                }
             }
         };
         let at_exit = match why {
@@ -176,7 +253,7 @@ impl Daemon {
                 self.stop_all().await;
             }
         }
-        Ok(0)
+        Ok(Ended::Exit(0))
     }
 
     /// What a SIGTERM means: the job systemd runs on the daemon's unit,

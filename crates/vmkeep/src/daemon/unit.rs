@@ -18,7 +18,7 @@ use crate::driver::qemu::binary::OVERRIDE_VAR;
 /// (`StandardOutput=append:`), and the daemon keeps it bounded itself
 /// (`os::capped`: cut past `VMKEEP_LOG_MAX`, its newest quarter kept in
 /// `daemon.log.1`), which an `O_APPEND` writer such as systemd survives.
-pub const LOG_FILE: &str = "daemon.log";
+pub const LOG_FILE: &str = crate::engine::upgrade_daemon::DAEMON_LOG;
 
 /// The unit's file name.
 pub const UNIT_NAME: &str = "vmkeep-daemon.service";
@@ -57,6 +57,9 @@ pub fn render(unit: &DaemonUnit) -> String {
     let _ = writeln!(w, "Type=simple");
     let exe = exec_word(&unit.exe.display().to_string());
     let _ = writeln!(w, "ExecStart={exe} daemon");
+    // `systemctl reload`: every running host agent of the home, then the
+    // daemon itself (SIGHUP, same main pid), onto the vmkeep installed now.
+    let _ = writeln!(w, "ExecReload={exe} upgrade");
     let qemu = unit
         .qemu
         .as_ref()
@@ -109,7 +112,8 @@ mod tests {
         let text = render(&unit(30));
         assert!(text.starts_with("# managed by vmkeep: daemon for /home/u/.vmkeep\n"));
         assert!(
-            text.contains("ExecStart=\"/opt/vm keep/vmkeep\" daemon\n"),
+            text.contains("ExecStart=\"/opt/vm keep/vmkeep\" daemon\n")
+                && text.contains("ExecReload=\"/opt/vm keep/vmkeep\" upgrade\n"),
             "{text}"
         );
         assert!(text.contains("Environment=\"VMKEEP_HOME=/home/u/.vmkeep\"\n"));

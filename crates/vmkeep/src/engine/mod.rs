@@ -31,6 +31,7 @@ pub mod start;
 pub mod stop;
 pub mod suspend;
 pub mod upgrade;
+pub mod upgrade_daemon;
 pub mod upgrade_qemu;
 
 use std::time::{Duration, Instant};

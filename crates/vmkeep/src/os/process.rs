@@ -204,7 +204,6 @@ pub fn pid_exists(pid: u32) -> bool {
     });
 }
 
-/// Whether the process is stopped (SIGSTOP, a debugger): its state in
 /// The path of the program process `pid` runs, when that path no longer
 /// holds the file the process was started from: it was replaced on disk (a
 /// package upgrade writes a new file and renames it over the old one) or
@@ -229,6 +228,36 @@ pub fn program_replaced(pid: u32) -> Option<PathBuf> {
     (!same).then_some(path)
 }
 
+/// The path process `pid` was started from (`/proc/PID/exe`, less the
+/// ` (deleted)` the kernel appends once that name is gone): where its
+/// program is installed, whatever file is there now. `None` without /proc.
+pub fn program_path(pid: u32) -> Option<PathBuf> {
+    let named = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let text = named.to_string_lossy();
+    Some(PathBuf::from(
+        text.strip_suffix(" (deleted)").unwrap_or(&text),
+    ))
+}
+
+/// Whether process `pid` catches SIGHUP (a handler is installed: the
+/// `SigCgt` mask of `/proc/PID/status`); `None` when that cannot be read
+/// (no such process, or no /proc: macOS).
+pub fn catches_hangup(pid: u32) -> Option<bool> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    caught_mask_has(&status, libc::SIGHUP)
+}
+
+/// Whether the `SigCgt:` mask of a `/proc/PID/status` text has `signal`.
+fn caught_mask_has(status: &str, signal: i32) -> Option<bool> {
+    let mask = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))?
+        .trim();
+    let mask = u64::from_str_radix(mask, 16).ok()?;
+    Some(mask & (1u64 << (signal - 1)) != 0)
+}
+
+/// Whether the process is stopped (SIGSTOP, a debugger): its state in
 /// `/proc/PID/stat` is `T` or `t`. A stopped process answers nothing until
 /// it is continued.
 pub fn is_stopped(pid: u32) -> bool {
@@ -479,6 +508,17 @@ pub fn current_exe() -> io::Result<std::path::PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_caught_signal_is_read_from_the_sigcgt_mask() {
+        let status = "Name:\tvmkeep\nSigIgn:\t0000000000001000\nSigCgt:\t0000000180004003\n";
+        assert_eq!(caught_mask_has(status, libc::SIGHUP), Some(true));
+        assert_eq!(caught_mask_has(status, libc::SIGINT), Some(true));
+        assert_eq!(caught_mask_has(status, libc::SIGTERM), Some(true));
+        assert_eq!(caught_mask_has(status, libc::SIGQUIT), Some(false));
+        assert_eq!(caught_mask_has("Name:\tx\n", libc::SIGHUP), None);
+        assert!(catches_hangup(std::process::id()).is_some());
+    }
 
     #[test]
     fn a_program_renamed_over_while_it_runs_is_seen_replaced() {
