@@ -103,7 +103,12 @@ pub fn run(args: UpgradeArgs) -> Result<i32, CliError> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         if outcomes.is_empty() {
-            println!("no instance is running; no host agent to upgrade");
+            match &daemon {
+                Some(Ok(Some(_))) | Some(Err(_)) => {
+                    println!("no instance is running; no host agent to upgrade")
+                }
+                Some(Ok(None)) | None => println!("no instance is running; nothing to upgrade"),
+            }
         }
         for (name, outcome) in &outcomes {
             match outcome {
