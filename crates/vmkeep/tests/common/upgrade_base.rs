@@ -2,7 +2,8 @@
 //! changed a wire or disk format, which is the last commit that touched
 //! `src/formats.rs` (every format version lives there, and the file changes
 //! only with a version: see its module doc). Built once from git and cached
-//! in `target/upgrade-base/<commit>/bin`.
+//! in `target/upgrade-base/<commit>/bin`: only the two binaries are kept
+//! once built, the build's checkout and target directory are removed.
 //!
 //! The build: a `git clone --shared` of the repository checked out at the
 //! commit (read-only on the repository), then `cargo build --bins -p vmkeep`
@@ -127,6 +128,15 @@ pub fn binaries_of(commit: &str) -> PathBuf {
             .expect("copy a base binary");
     }
     std::fs::rename(&staged, &bin).expect("put the base binaries in place");
+    // Only the two binaries are kept: the build's target directory (a copy
+    // of this checkout's, 5-7 GiB) and the checkout would otherwise stay on
+    // the disk for good, once per base, and a suite run on a nearly full
+    // disk would fail building for want of that space.
+    for built in [&base_target, &src] {
+        if let Err(e) = std::fs::remove_dir_all(built) {
+            eprintln!("removing {} after the base build: {e}", built.display());
+        }
+    }
     bin
 }
 
