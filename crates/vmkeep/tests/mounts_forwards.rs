@@ -105,6 +105,13 @@ fn read_and_written_both_ways(env: &TestEnv) {
     env.create("m", &mounts_yaml(&src));
     env.run_within(&["start", "m"], BOOT);
     assert_eq!(env.status("m"), "Running");
+    // The share owner's groups are looked up by the sandbox shim, not by
+    // the host agent, which then would hold the C library's NSS modules
+    // (~0.5 MiB resident) for the VM's life (docs/memory.md).
+    let agent = env.agent("m").expect("the host agent runs").pid();
+    let maps = std::fs::read_to_string(format!("/proc/{agent}/maps")).unwrap();
+    let nss: Vec<&str> = maps.lines().filter(|l| l.contains("libnss_")).collect();
+    assert!(nss.is_empty(), "the host agent maps NSS modules: {nss:?}");
 
     // Host -> guest, on both mounts.
     assert_eq!(

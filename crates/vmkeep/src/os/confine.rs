@@ -56,7 +56,41 @@ pub struct Identity {
     pub uid: u32,
     pub gid: u32,
     /// Supplementary groups (the primary one may be among them).
-    pub groups: Vec<u32>,
+    pub groups: Groups,
+}
+
+/// The supplementary groups of an [`Identity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Groups {
+    /// These.
+    These(Vec<u32>),
+    /// The user database's, looked up by the shim: those of the user with
+    /// the identity's uid when its primary group is the identity's gid,
+    /// else that gid alone. The shim asks, not the host agent: a lookup
+    /// loads the C library's NSS modules into the process that makes it
+    /// for the rest of its life (~0.5 MiB resident, docs/memory.md), and
+    /// the shim becomes the daemon while the agent lives on.
+    OfTheUser,
+}
+
+/// How [`Groups::OfTheUser`] reads on the shim's command line.
+const GROUPS_OF_THE_USER: &str = "@user";
+
+impl Identity {
+    /// The supplementary groups to set (asking the user database for
+    /// [`Groups::OfTheUser`]).
+    #[cfg(target_os = "linux")]
+    fn groups_to_set(&self) -> Vec<u32> {
+        match &self.groups {
+            Groups::These(groups) => groups.clone(),
+            Groups::OfTheUser => match super::identity::user_by_uid(self.uid) {
+                Ok(Some(user)) if user.gid == self.gid => {
+                    super::identity::groups_of(&user.name, self.gid)
+                }
+                _ => vec![self.gid],
+            },
+        }
+    }
 }
 
 /// What the shim does right before it becomes the program.
@@ -91,8 +125,14 @@ impl Sandbox {
             args.push(arg);
         }
         if let Some(id) = &self.identity {
-            let groups: Vec<String> = id.groups.iter().map(u32::to_string).collect();
-            args.push(format!("{RUN_AS}{}:{}:{}", id.uid, id.gid, groups.join(",")).into());
+            let groups = match &id.groups {
+                Groups::These(groups) => {
+                    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+                    groups.join(",")
+                }
+                Groups::OfTheUser => GROUPS_OF_THE_USER.to_owned(),
+            };
+            args.push(format!("{RUN_AS}{}:{}:{groups}", id.uid, id.gid).into());
         }
         if self.no_privileged_files {
             args.push(NO_PRIVILEGED_FILES.into());
@@ -165,6 +205,7 @@ impl Sandbox {
         } else {
             None
         };
+        let identity = self.identity.as_ref().map(|id| (id, id.groups_to_set()));
         if let Some(tree) = &self.read_only_tree {
             let tree = c_path(tree)?;
             let uid = rustix::process::geteuid();
@@ -173,8 +214,8 @@ impl Sandbox {
             }
             read_only_mount_namespace(&tree, has_mounts_below(self.read_only_tree.as_deref()))?;
         }
-        if let Some(id) = &self.identity {
-            switch_identity(id)?;
+        if let Some((id, groups)) = &identity {
+            switch_identity(id, groups)?;
         }
         if let Some(filter) = &filter {
             super::seccomp::install(filter).map_err(io::Error::other)?;
@@ -184,17 +225,21 @@ impl Sandbox {
 }
 
 fn parse_identity(text: &str) -> Result<Identity, String> {
-    let bad = || format!("{RUN_AS}{text}: expected UID:GID:GROUP,GROUP...");
+    let bad = || {
+        format!("{RUN_AS}{text}: expected UID:GID:GROUP,GROUP... or UID:GID:{GROUPS_OF_THE_USER}")
+    };
     let mut parts = text.splitn(3, ':');
     let number = |part: Option<&str>| part.and_then(|p| p.parse::<u32>().ok()).ok_or_else(bad);
     let uid = number(parts.next())?;
     let gid = number(parts.next())?;
     let groups = match parts.next() {
-        None | Some("") => Vec::new(),
-        Some(list) => list
-            .split(',')
-            .map(|g| g.parse::<u32>().map_err(|_| bad()))
-            .collect::<Result<_, _>>()?,
+        None | Some("") => Groups::These(Vec::new()),
+        Some(GROUPS_OF_THE_USER) => Groups::OfTheUser,
+        Some(list) => Groups::These(
+            list.split(',')
+                .map(|g| g.parse::<u32>().map_err(|_| bad()))
+                .collect::<Result<_, _>>()?,
+        ),
     };
     Ok(Identity { uid, gid, groups })
 }
@@ -340,8 +385,8 @@ fn read_only_mount_namespace(tree: &CString, mounts_below: bool) -> io::Result<(
 
 #[cfg(target_os = "linux")]
 /// Become `id` for good (real, effective and saved ids), groups first.
-fn switch_identity(id: &Identity) -> io::Result<()> {
-    let groups: Vec<libc::gid_t> = id.groups.clone();
+fn switch_identity(id: &Identity, groups: &[u32]) -> io::Result<()> {
+    let groups: Vec<libc::gid_t> = groups.to_vec();
     // SAFETY: groups points to groups.len() gids; the id calls take numbers.
     unsafe {
         check(libc::setgroups(groups.len(), groups.as_ptr()).into())?;
@@ -471,7 +516,7 @@ mod tests {
             identity: Some(Identity {
                 uid: 1000,
                 gid: 100,
-                groups: vec![100, 27],
+                groups: Groups::These(vec![100, 27]),
             }),
             no_privileged_files: true,
         };
@@ -481,6 +526,17 @@ mod tests {
         assert_eq!(wrapped.args[0], SHIM_FLAG);
         let (parsed, inner) = Sandbox::parse(&wrapped.args[1..]).unwrap();
         assert_eq!(parsed, sandbox);
+        let of_the_user = Sandbox {
+            identity: Some(Identity {
+                uid: 1000,
+                gid: 100,
+                groups: Groups::OfTheUser,
+            }),
+            ..sandbox.clone()
+        };
+        let wrapped_for_user = of_the_user.wrap(Path::new("/s"), &program);
+        let (parsed, _) = Sandbox::parse(&wrapped_for_user.args[1..]).unwrap();
+        assert_eq!(parsed, of_the_user, "the groups left to the shim");
         assert_eq!(inner.path, program.path);
         assert_eq!(inner.args, program.args, "a -- of the program's is its own");
         let empty = Sandbox::default();
@@ -504,6 +560,6 @@ mod tests {
             assert!(err.contains(problem), "{bad:?}: {err}");
         }
         let (sandbox, _) = Sandbox::parse(&args(&["--as=5:6:", "--", "x"])).unwrap();
-        assert_eq!(sandbox.identity.unwrap().groups, Vec::<u32>::new());
+        assert_eq!(sandbox.identity.unwrap().groups, Groups::These(Vec::new()));
     }
 }

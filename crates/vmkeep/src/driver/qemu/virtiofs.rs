@@ -61,7 +61,7 @@ use crate::instance::InstanceDir;
 use crate::instance::share_owner::{self, Ids, MountOwner, OwnerFacts, ShareOwner};
 use crate::instance::shares::SharedDir;
 use crate::os::cgroup::{self, Placement, Scope};
-use crate::os::confine::{self, Holding, Identity, Sandbox};
+use crate::os::confine::{self, Groups, Holding, Identity, Sandbox};
 use crate::os::identity;
 use crate::os::process::{self, ProcessHandle, Program};
 
@@ -295,8 +295,9 @@ pub fn program(plan: &Plan, socket_fd: std::os::fd::RawFd) -> Program {
 
 /// What runs around virtiofsd (pure): the filter always, the read-only
 /// namespace for a read-only share, the owner's identity when vmkeep runs
-/// as root and the owner is not root (`groups`: the owner's groups).
-pub fn sandbox(plan: &Plan, groups: Vec<u32>) -> Sandbox {
+/// as root and the owner is not root (with the owner's groups, which the
+/// shim looks up: see [`Groups::OfTheUser`]).
+pub fn sandbox(plan: &Plan) -> Sandbox {
     let owner = plan.owner.ids;
     let switch = plan.running_as.is_root() && !owner.is_root();
     Sandbox {
@@ -304,7 +305,7 @@ pub fn sandbox(plan: &Plan, groups: Vec<u32>) -> Sandbox {
         identity: switch.then_some(Identity {
             uid: owner.uid,
             gid: owner.gid,
-            groups,
+            groups: Groups::OfTheUser,
         }),
         no_privileged_files: true,
     }
@@ -538,8 +539,7 @@ pub fn start(
     let listener = listen(&socket)?;
     let log = crate::os::fs::open_append(&log_path).map_err(spawn_err)?;
     let logged_before = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let groups = owner_groups(plan.owner.ids);
-    let mut program = sandbox(plan, groups).wrap(shim, &program(plan, listener.as_raw_fd()));
+    let mut program = sandbox(plan).wrap(shim, &program(plan, listener.as_raw_fd()));
     if let Some((placement, scope)) = scope {
         program = cgroup::wrap(placement, scope, &program);
     }
@@ -572,15 +572,6 @@ pub fn start(
             return Ok(process);
         }
         std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-/// The groups of the share owner `ids` (its primary group and the
-/// supplementary ones of the user with that uid, if it has a name).
-fn owner_groups(ids: Ids) -> Vec<u32> {
-    match identity::user_by_uid(ids.uid) {
-        Ok(Some(user)) if user.gid == ids.gid => identity::groups_of(&user.name, ids.gid),
-        _ => vec![ids.gid],
     }
 }
 
@@ -770,7 +761,7 @@ mod tests {
 
     #[test]
     fn the_sandbox_filters_always_drops_root_and_is_read_only_when_asked() {
-        let as_root = sandbox(&plan(rust(), true, Ids::ROOT, Ids::ROOT), vec![1000, 27]);
+        let as_root = sandbox(&plan(rust(), true, Ids::ROOT, Ids::ROOT));
         assert!(as_root.no_privileged_files);
         assert_eq!(as_root.read_only_tree, None);
         assert_eq!(
@@ -778,15 +769,15 @@ mod tests {
             Some(Identity {
                 uid: 1000,
                 gid: 1000,
-                groups: vec![1000, 27]
+                groups: Groups::OfTheUser
             })
         );
-        let as_alice = sandbox(&plan(rust(), false, ALICE, Ids::ROOT), vec![]);
+        let as_alice = sandbox(&plan(rust(), false, ALICE, Ids::ROOT));
         assert_eq!(as_alice.identity, None, "no switch for a normal user");
         assert_eq!(as_alice.read_only_tree, Some("/home/a,b".into()));
         let mut root_owned = plan(c(), false, Ids::ROOT, Ids::ROOT);
         root_owned.owner.ids = Ids::ROOT;
-        assert_eq!(sandbox(&root_owned, vec![0]).identity, None);
+        assert_eq!(sandbox(&root_owned).identity, None);
     }
 
     #[test]
