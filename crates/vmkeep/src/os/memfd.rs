@@ -140,7 +140,7 @@ pub fn copy_extents(from: &File, to: &File, len: u64, cancel: &AtomicBool) -> io
             // Runs of non-zero blocks written at once.
             let mut start = None;
             for (i, block) in chunk.chunks(BLOCK).enumerate() {
-                let zero = block.iter().all(|&b| b == 0);
+                let zero = is_zero(block);
                 match (zero, start) {
                     (false, None) => start = Some(i * BLOCK),
                     (true, Some(s)) => {
@@ -160,6 +160,19 @@ pub fn copy_extents(from: &File, to: &File, len: u64, cancel: &AtomicBool) -> io
         Ok(())
     })?;
     Ok(copied)
+}
+
+/// Whether `block` is all zero bytes, 8 at a time: as fast whatever the
+/// optimisation level (the release profile optimises for size, which
+/// leaves a byte loop unvectorised: 1.2-1.3 GB/s against 12-16 GB/s for
+/// this, measured on the 2-core machine; docs/memory.md).
+fn is_zero(block: &[u8]) -> bool {
+    let words = block.chunks_exact(8);
+    let rest = words.remainder();
+    words.fold(0u64, |any, w| {
+        any | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+    }) == 0
+        && rest.iter().all(|&b| b == 0)
 }
 
 /// Fill `to` (a fresh memfd, all holes) from the first `len` bytes of
@@ -221,6 +234,21 @@ fn for_each_extent(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_block_is_zero_only_when_every_byte_is() {
+        assert!(is_zero(&[0u8; BLOCK]));
+        assert!(is_zero(&[0u8; 13]), "a tail shorter than a word");
+        assert!(is_zero(&[]));
+        for at in [0, 7, 8, BLOCK - 1] {
+            let mut block = [0u8; BLOCK];
+            block[at] = 1;
+            assert!(!is_zero(&block), "a one at {at}");
+        }
+        let mut odd = [0u8; 13];
+        odd[12] = 0x80;
+        assert!(!is_zero(&odd), "a one in the tail");
+    }
 
     #[test]
     fn a_guest_ram_keeps_its_size_and_copies_by_extents_both_ways() {
