@@ -39,17 +39,22 @@ impl Drop for Sockets {
     }
 }
 
-/// Serve `forwards` until the agent ends; `user` is whom the relays run as.
-pub async fn keep(
-    forwards: Vec<SocketForward>,
-    guest: watch::Receiver<Option<GuestLink>>,
-    user: Option<String>,
-) {
-    if forwards.is_empty() {
-        return;
-    }
-    let mut listeners = JoinSet::new();
-    let mut made = Sockets(Vec::new());
+/// The forwards' host sockets, bound and listening. They are bound before
+/// the start is reported ready (`vmkeep start` returns), so that a client
+/// connecting right after it is served, not refused by a socket not made
+/// yet or by the one a killed agent left behind.
+pub struct Bound {
+    listeners: Vec<(tokio::net::UnixListener, SocketForward)>,
+    made: Sockets,
+}
+
+/// Bind the host socket of each of `forwards` (one that cannot be bound is
+/// logged and left out: the VM runs on without it).
+pub fn bind(forwards: Vec<SocketForward>) -> Bound {
+    let mut bound = Bound {
+        listeners: Vec::new(),
+        made: Sockets(Vec::new()),
+    };
     for forward in forwards {
         match crate::os::socket::bind_owner_only(&forward.host) {
             Ok(listener) => {
@@ -58,8 +63,8 @@ pub async fn keep(
                     forward.host.display(),
                     forward.guest
                 );
-                made.0.push(forward.host.clone());
-                listeners.spawn(serve(listener, forward, guest.clone(), user.clone()));
+                bound.made.0.push(forward.host.clone());
+                bound.listeners.push((listener, forward));
             }
             Err(e) => tracing::warn!(
                 "cannot forward {} to the guest's {}: {e}",
@@ -68,8 +73,21 @@ pub async fn keep(
             ),
         }
     }
-    while listeners.join_next().await.is_some() {}
-    drop(made);
+    bound
+}
+
+impl Bound {
+    /// Serve the sockets until the agent ends; `user` is whom the relays
+    /// run as.
+    pub async fn keep(self, guest: watch::Receiver<Option<GuestLink>>, user: Option<String>) {
+        let Bound { listeners, made } = self;
+        let mut serving = JoinSet::new();
+        for (listener, forward) in listeners {
+            serving.spawn(serve(listener, forward, guest.clone(), user.clone()));
+        }
+        while serving.join_next().await.is_some() {}
+        drop(made);
+    }
 }
 
 /// Accept connections on one forward's socket and relay each.

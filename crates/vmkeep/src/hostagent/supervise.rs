@@ -149,11 +149,14 @@ impl Agent<'_, '_> {
             self.dir.dir(),
             &guest_user,
         ) {
-            Ok(forwards) => self.tasks.push(tokio::spawn(socket_forwards::keep(
-                forwards,
-                self.guest_rx.clone(),
-                self.config.is_cloud().then(|| guest_user.name.clone()),
-            ))),
+            Ok(forwards) => {
+                // Bound here, served by a task: listening before ready.
+                let bound = socket_forwards::bind(forwards);
+                self.tasks.push(tokio::spawn(bound.keep(
+                    self.guest_rx.clone(),
+                    self.config.is_cloud().then(|| guest_user.name.clone()),
+                )));
+            }
             Err(e) => tracing::warn!("socket forwards not applied: {e}"),
         }
         // A reset before this boot was ready says nothing of the next one.
