@@ -7,6 +7,15 @@
 //! runs. `vmkeep start` and `vmkeep daemon` spawn it;
 //! `vmkeep start --foreground` (what service units run) becomes it by exec,
 //! keeping its pid.
+//!
+//! Two builds of it exist: the dynamic one that `cargo build` and
+//! `cargo install --path crates/vmkeep` put beside `vmkeep`, and the static
+//! one that `scripts/install` puts there on Linux (musl, no download client:
+//! `--no-default-features`), which maps no C library and no loader
+//! (docs/memory.md). Either way the sandbox shim of virtiofsd is the
+//! `vmkeep` binary beside it ([`shim_path`]), which runs on the host's own C
+//! library: the shim asks the user database (NSS: LDAP, sssd,
+//! systemd-homed) for a share owner's groups, which musl cannot.
 
 use std::ffi::OsString;
 use std::io;
@@ -23,6 +32,9 @@ use crate::os::process::Program;
 
 /// The file name; it sits next to the `vmkeep` binary.
 pub const FILE_NAME: &str = "vmkeep-hostagent";
+
+/// The file name of the CLI beside the agent, which runs the sandbox shim.
+pub const CLI_FILE_NAME: &str = "vmkeep";
 
 const USAGE: &str = "usage: vmkeep-hostagent NAME [--foreground] [--repair-data]
        vmkeep-hostagent --check-formats | --version
@@ -47,12 +59,51 @@ pub fn path() -> io::Result<PathBuf> {
         Err(io::Error::new(
             io::ErrorKind::NotFound,
             format!(
-                "the host agent binary {} is missing; install both binaries side by side \
-                 (`cargo install --path crates/vmkeep` does, as does `cargo build`)",
+                "the host agent binary {} is missing; install both binaries side by side: \
+                 `scripts/install` does (a static agent on Linux), as do \
+                 `cargo install --path crates/vmkeep` and `cargo build` (a dynamic agent)",
                 agent.display()
             ),
         ))
     }
+}
+
+/// The `vmkeep` binary beside the running agent, which runs the sandbox
+/// shim of virtiofsd (`vmkeep --sandboxed ...`, see `os::confine`), or an
+/// error saying how to put it there.
+pub fn shim_path() -> io::Result<PathBuf> {
+    let exe = os::process::current_exe()?;
+    let cli = exe.with_file_name(CLI_FILE_NAME);
+    if cli.is_file() {
+        Ok(cli)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} is missing beside the host agent {}; it runs the sandbox of virtiofsd: \
+                 install both binaries side by side (`scripts/install` does)",
+                cli.display(),
+                exe.display()
+            ),
+        ))
+    }
+}
+
+/// The agent asked to be the sandbox shim: an agent of a build before the
+/// shim moved to `vmkeep` runs its own file's path as the shim, and after an
+/// upgrade in place that file is this build. So the shim's command line is
+/// passed on, by exec, to the `vmkeep` beside it; returns only on failure.
+fn forward_shim(args: &[OsString]) -> i32 {
+    let cli = match shim_path() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("vmkeep sandbox: {e}");
+            return 127;
+        }
+    };
+    let e = os::process::exec_replace(&cli, args);
+    eprintln!("vmkeep sandbox: cannot run {}: {e}", cli.display());
+    127
 }
 
 /// The arguments that run the agent of `name`.
@@ -172,10 +223,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Invocation, Str
 /// for a bad command line, as for `vmkeep`).
 pub fn main(args: impl IntoIterator<Item = OsString>) -> i32 {
     let args: Vec<OsString> = args.into_iter().collect();
-    // The agent re-executes itself as the sandbox of the daemons it starts
-    // (virtiofsd): see `os::confine`.
+    // The shim of a previous build's agent (see `forward_shim`).
     if args.first().is_some_and(|a| a == os::confine::SHIM_FLAG) {
-        return os::confine::run_shim(&args[1..]);
+        return forward_shim(&args);
     }
     let (name, foreground, repair_data, upgraded) = match parse(args) {
         Ok(Invocation::Run {

@@ -131,8 +131,8 @@ pub enum MountsError {
     #[error(transparent)]
     Virtiofs(#[from] VirtiofsError),
 
-    /// The sandbox virtiofsd runs in is the agent's own binary.
-    #[error("cannot find the host agent's binary to sandbox virtiofsd: {0}")]
+    /// The sandbox virtiofsd runs in is the `vmkeep` binary beside the agent.
+    #[error("cannot find the binary that sandboxes virtiofsd: {0}")]
     Shim(#[source] std::io::Error),
 
     #[error("the guest could not mount the shared directory {share}: {source}")]

@@ -125,7 +125,7 @@ pub fn start(
         guest_ids,
         qemu,
     )?;
-    let shim = super::binary::path().map_err(MountsError::Shim)?;
+    let shim = super::binary::shim_path().map_err(MountsError::Shim)?;
     let placement = cgroup::placement().ok();
     let mut shares = Shares::default();
     let mut devices = Vec::new();

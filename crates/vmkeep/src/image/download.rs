@@ -76,6 +76,13 @@ pub enum DownloadError {
     TooLarge { location: Location, limit: u64 },
     #[error("cache {path}: {source}; check the permissions and free space of the cache")]
     Cache { path: PathBuf, source: io::Error },
+    /// Only a build without the `downloads` feature (the static host agent,
+    /// which never downloads) says this.
+    #[error(
+        "{location}: this build of vmkeep has no http(s) client (built without the \
+         `downloads` feature, as the static host agent is); download with the `vmkeep` binary"
+    )]
+    NotBuilt { location: Location },
 }
 
 /// Progress of one fetch, shown by the caller (a bar on a terminal).
@@ -382,6 +389,7 @@ fn read_error(
 
 /// The TLS stack of downloads: rustls with its bundled roots on Linux, the
 /// platform's own TLS and trust store on macOS (see Cargo.toml).
+#[cfg(feature = "downloads")]
 fn tls_config() -> ureq::tls::TlsConfig {
     let config = ureq::tls::TlsConfig::builder();
     #[cfg(target_os = "macos")]
@@ -391,8 +399,22 @@ fn tls_config() -> ureq::tls::TlsConfig {
     config.build()
 }
 
+/// A build without the `downloads` feature: no http(s) client.
+#[cfg(not(feature = "downloads"))]
+fn http_get(
+    location: &Location,
+    _url: &str,
+    _from: u64,
+    _stall: Duration,
+) -> Result<Opened, DownloadError> {
+    Err(DownloadError::NotBuilt {
+        location: location.clone(),
+    })
+}
+
 /// GET `url` from byte `from`; returns the body, the full size when known,
 /// and the offset the body starts at (0 when the server ignored the range).
+#[cfg(feature = "downloads")]
 fn http_get(
     location: &Location,
     url: &str,

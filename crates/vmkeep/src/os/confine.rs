@@ -10,10 +10,14 @@
 //! written somewhere. Only async-signal-safe calls run there; every path is
 //! a C string made before the fork.
 //!
-//! **Sandbox**, applied by the host agent's binary re-executed as a shim
-//! (`vmkeep-hostagent --sandboxed ... -- PROGRAM ARGS`) right before it
-//! becomes the daemon, after any wrapper (`systemd-run --scope`) has done
-//! its part as the user who runs vmkeep. In this order:
+//! **Sandbox**, applied by the `vmkeep` binary beside the host agent run as
+//! a shim (`vmkeep --sandboxed ... -- PROGRAM ARGS`, handled before the
+//! command-line parser) right before it becomes the daemon, after any
+//! wrapper (`systemd-run --scope`) has done its part as the user who runs
+//! vmkeep. It is `vmkeep`, not the agent, because the agent may be a static
+//! musl build, whose user database is /etc/passwd and /etc/group alone, and
+//! the shim looks up a share owner's groups through the host C library's
+//! NSS (LDAP, sssd, systemd-homed). In this order:
 //!
 //! 1. optionally, a mount namespace of the daemon's own in which one
 //!    directory tree is bind-mounted onto itself **read-only**, recursively
@@ -116,7 +120,7 @@ impl Sandbox {
         self == &Sandbox::default()
     }
 
-    /// `program` run through the shim at `shim` (the host agent's binary).
+    /// `program` run through the shim at `shim` (the `vmkeep` binary).
     pub fn wrap(&self, shim: &Path, program: &Program) -> Program {
         let mut args: Vec<OsString> = vec![SHIM_FLAG.into()];
         if let Some(tree) = &self.read_only_tree {

@@ -15,6 +15,7 @@ pub mod guest_tools;
 pub mod host_user;
 pub mod http;
 pub mod second_qemu;
+pub mod static_agent;
 pub mod terminal;
 pub mod upgrade_base;
 

@@ -515,7 +515,7 @@ pub fn preflight(
 }
 
 /// Start the virtiofsd of `plan` through the sandbox shim at `shim` (the
-/// host agent's own binary: see `os::confine`), in its own process group
+/// `vmkeep` binary beside the host agent: see `os::confine`), in its own process group
 /// and, under systemd, its own scope, so that it outlives the host agent as
 /// QEMU does, and wait until it listens.
 pub fn start(
