@@ -8,10 +8,12 @@
 //! built for `<arch>-unknown-linux-musl`, static, and linked by the Rust
 //! toolchain's own `rust-lld` with musl's self-contained C runtime: no C
 //! toolchain of any target is needed, only the two rustup targets
-//! (scripts/setup-host adds them). Passing `--target` explicitly keeps the
-//! flags away from build scripts and proc macros. The agents get their own
-//! target directory so they never wait on the lock of the build that runs
-//! this script.
+//! (scripts/setup-host adds them): see static_musl.rs. The agents get their
+//! own target directory so they never wait on the lock of the build that
+//! runs this script.
+
+#[path = "static_musl.rs"]
+mod static_musl;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,6 +33,7 @@ fn main() {
         "crates/protocol/src",
         "crates/protocol/Cargo.toml",
         "Cargo.lock",
+        "crates/vmkeep/static_musl.rs",
     ] {
         println!(
             "cargo:rerun-if-changed={}",
@@ -61,40 +64,15 @@ fn main() {
 }
 
 fn build_agent(workspace: &Path, target_dir: &Path, target: &str) {
-    let mut build = Command::new(env("CARGO"));
-    build
-        .current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "-p",
-            "vmkeep-guest",
-            "--target",
-            target,
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            [
-                "-Ctarget-feature=+crt-static",
-                "-Clinker=rust-lld",
-                "-Clinker-flavor=ld.lld",
-            ]
-            .join("\x1f"),
-        );
-    for inherited in [
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        build.env_remove(inherited);
-    }
-    let status = build.status().expect("run cargo to build the guest agent");
+    let status = static_musl::cargo_build(
+        &env("CARGO"),
+        workspace,
+        target_dir,
+        target,
+        &["--release", "--locked", "-p", "vmkeep-guest"],
+    )
+    .status()
+    .expect("run cargo to build the guest agent");
     assert!(
         status.success(),
         "building the static guest agent for {target} failed (see the output above); \

@@ -16,52 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use common::{TestEnv, VMKEEP, free_port, http_get, second_qemu, static_agent, wait_until};
+use common::installed::{Installed, built, text};
+use common::{TestEnv, free_port, http_get, second_qemu, static_agent, wait_until};
 
 const SHORT: Duration = Duration::from_secs(30);
-
-/// `vmkeep` and a host agent installed side by side in a directory.
-struct Installed {
-    dir: tempfile::TempDir,
-}
-
-impl Installed {
-    fn with_agent(agent: &Path) -> Installed {
-        let installed = Installed {
-            dir: tempfile::tempdir().expect("install dir"),
-        };
-        installed.put(Path::new(VMKEEP), "vmkeep");
-        installed.put(agent, "vmkeep-hostagent");
-        installed
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Install `from` as `name`: copied beside it and renamed over it.
-    fn put(&self, from: &Path, name: &str) {
-        let temp = self.path(&format!(".{name}.new"));
-        std::fs::copy(from, &temp).expect("copy the binary");
-        std::fs::rename(&temp, self.path(name)).expect("install the binary");
-    }
-
-    /// The installed `vmkeep`, in `env`'s home, to completion.
-    fn vmkeep(&self, env: &TestEnv, args: &[&str]) -> Output {
-        env.command_of(&self.path("vmkeep"), args)
-            .output()
-            .expect("run the installed vmkeep")
-    }
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
 
 fn ok(output: Output) -> Output {
     assert!(output.status.success(), "{}", text(&output));
@@ -213,8 +171,7 @@ fn vm_static_agent_runs_a_mount_and_a_forward_through_suspend_and_resume() {
 
 #[test]
 fn vm_static_agent_is_what_a_running_dynamic_agent_upgrades_onto() {
-    let dynamic = Path::new(VMKEEP).with_file_name("vmkeep-hostagent");
-    let installed = Installed::with_agent(&dynamic);
+    let installed = Installed::with_agent(&built("vmkeep-hostagent"));
     let env = TestEnv::new();
     let (_share_guard, share) = share_with_a_file(&env);
     let port = free_port();

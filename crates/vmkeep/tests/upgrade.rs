@@ -12,60 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestEnv, VMKEEP};
-
-/// vmkeep and vmkeep-hostagent, installed side by side in a directory.
-struct Installed {
-    dir: tempfile::TempDir,
-}
-
-impl Installed {
-    fn new() -> Installed {
-        let installed = Installed {
-            dir: tempfile::tempdir().expect("install dir"),
-        };
-        installed.put(&built("vmkeep"), "vmkeep");
-        installed.put(&built("vmkeep-hostagent"), "vmkeep-hostagent");
-        installed
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Install `from` as `name`: copied beside it and renamed over it.
-    fn put(&self, from: &Path, name: &str) {
-        let temp = self.path(&format!(".{name}.new"));
-        std::fs::copy(from, &temp).expect("copy the binary");
-        std::fs::rename(&temp, self.path(name)).expect("install the binary");
-    }
-
-    /// `vmkeep` from this installation, in `env`'s home.
-    fn vmkeep(&self, env: &TestEnv, args: &[&str]) -> std::process::Output {
-        vmkeep_in(self.dir.path(), env, args)
-            .output()
-            .expect("run the installed vmkeep")
-    }
-}
-
-/// The `vmkeep` of `bin` (a directory of binaries), in `env`'s home.
-fn vmkeep_in(bin: &Path, env: &TestEnv, args: &[&str]) -> Command {
-    env.command_of(&bin.join("vmkeep"), args)
-}
-
-/// A binary of this build (beside the test's `vmkeep`).
-fn built(name: &str) -> PathBuf {
-    Path::new(VMKEEP).with_file_name(name)
-}
-
-fn text(output: &std::process::Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
+use common::TestEnv;
+use common::installed::{Installed, built, text, vmkeep_in};
 
 /// What `/proc/PID/exe` names.
 fn exe_of(pid: u32) -> String {

@@ -14,6 +14,7 @@ pub mod container;
 pub mod guest_tools;
 pub mod host_user;
 pub mod http;
+pub mod installed;
 pub mod second_qemu;
 pub mod static_agent;
 pub mod terminal;

@@ -9,8 +9,10 @@
 //! so when only the workspace's crates changed. Concurrent tests wait for
 //! one another's build (cargo's lock on the target directory).
 
+#[path = "../../static_musl.rs"]
+mod static_musl;
+
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -31,11 +33,12 @@ fn build() -> PathBuf {
     let target_dir = workspace.join("target").join("static-agent");
     let target = target();
     let began = Instant::now();
-    let mut build = Command::new(env!("CARGO"));
-    build
-        .current_dir(&workspace)
-        .args([
-            "build",
+    let mut build = static_musl::cargo_build(
+        env!("CARGO"),
+        &workspace,
+        &target_dir,
+        &target,
+        &[
             "--locked",
             "--profile",
             "static-test",
@@ -44,30 +47,8 @@ fn build() -> PathBuf {
             "--bin",
             "vmkeep-hostagent",
             "--no-default-features",
-            "--target",
-            &target,
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env(
-            "CARGO_ENCODED_RUSTFLAGS",
-            [
-                "-Ctarget-feature=+crt-static",
-                "-Clinker=rust-lld",
-                "-Clinker-flavor=ld.lld",
-            ]
-            .join("\x1f"),
-        );
-    for inherited in [
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WRAPPER",
-        "RUSTC_WORKSPACE_WRAPPER",
-    ] {
-        build.env_remove(inherited);
-    }
+        ],
+    );
     let status = build.status().expect("run cargo for the static agent");
     assert!(
         status.success(),
