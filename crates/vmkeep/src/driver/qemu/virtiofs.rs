@@ -515,9 +515,9 @@ pub fn preflight(
 }
 
 /// Start the virtiofsd of `plan` through the sandbox shim at `shim` (the
-/// `vmkeep` binary beside the host agent: see `os::confine`), in its own process group
-/// and, under systemd, its own scope, so that it outlives the host agent as
-/// QEMU does, and wait until it listens.
+/// `vmkeep` binary beside the host agent: see `os::confine`), in its own
+/// process group and, under systemd, its own scope, so that it outlives the
+/// host agent as QEMU does, and wait until it listens.
 pub fn start(
     plan: &Plan,
     dir: &InstanceDir,
