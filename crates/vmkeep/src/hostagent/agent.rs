@@ -125,6 +125,7 @@ pub(super) async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_
         server_stop,
         clock_nudge: Arc::new(Notify::new()),
         resumed: false,
+        resume_steps: None,
         launched_at: None,
         guest_shutdown: false,
         shares: mounts::Shares::default(),
@@ -170,6 +171,8 @@ pub(super) struct Agent<'r, 'n> {
     pub(super) clock_nudge: Arc<Notify>,
     /// This run resumed a saved state rather than booting.
     pub(super) resumed: bool,
+    /// The resume's steps so far, said in the log once the guest is ready.
+    pub(super) resume_steps: Option<crate::driver::qemu::snapshot::Steps>,
     /// When this agent launched its QEMU (what `boot_secs` counts from).
     pub(super) launched_at: Option<Instant>,
     /// QEMU reported a shutdown the guest asked for.

@@ -24,6 +24,7 @@ use crate::os::process::ExitOutcome;
 
 impl Agent<'_, '_> {
     pub(super) async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        let began = Instant::now();
         // Never boot a disk whose saved state exists: its RAM would no
         // longer match the disk. An unreadable record fails the start too.
         let saved = snapshot::load(&self.dir).map_err(LaunchError::SavedState)?;
@@ -54,7 +55,7 @@ impl Agent<'_, '_> {
             let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
                 .map_err(LaunchError::from)?;
             return match saved {
-                Some(saved) => self.resume(saved, spec, &qemu, accel, why).await,
+                Some(saved) => self.resume(saved, spec, &qemu, accel, why, began).await,
                 None => Ok(self.boot(spec, &qemu, accel, why).await?),
             };
         }
@@ -110,7 +111,7 @@ impl Agent<'_, '_> {
             )
         };
         match saved {
-            Some(saved) => self.resume(saved, spec, &qemu, accel, why).await,
+            Some(saved) => self.resume(saved, spec, &qemu, accel, why, began).await,
             None => Ok(self.boot(spec, &qemu, accel, why).await?),
         }
     }

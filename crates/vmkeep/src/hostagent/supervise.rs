@@ -112,10 +112,16 @@ impl Agent<'_, '_> {
     ) -> Option<AgentOutcome> {
         // Ready means a right clock too: the resumed guest's is behind by
         // the whole suspended time. (Journaled once the start is reported.)
+        if let Some(steps) = &mut self.resume_steps {
+            steps.ended("guest answered");
+        }
         let clock_step = match self.resumed {
             true => self.correct_clock_now(&link).await,
             false => None,
         };
+        if let Some(steps) = &mut self.resume_steps {
+            steps.ended("clock checked");
+        }
         let boot_secs = began.elapsed().as_secs_f64();
         let _ = self.guest_tx.send(Some(link.clone()));
         // A resumed guest's data disk was accepted when it booted.
@@ -223,6 +229,10 @@ impl Agent<'_, '_> {
             },
         };
         self.record(record);
+        if let Some(mut steps) = self.resume_steps.take() {
+            steps.ended("running journaled");
+            tracing::info!("resume steps (ms): {}", steps.summary());
+        }
         self.set_info(|info| {
             info.phase = Phase::Running;
             info.ready_at = Some(now_rfc3339());

@@ -124,7 +124,10 @@ impl Agent<'_, '_> {
         qemu: &QemuBinary,
         accel: Accel,
         why: String,
+        began: Instant,
     ) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        let mut steps = snapshot::Steps::new(began);
+        steps.ended("prepared");
         // A state saved before every VM had a network device resumes
         // without one (no port forwards until the next boot).
         if !saved.machine.network {
@@ -145,7 +148,9 @@ impl Agent<'_, '_> {
             .collect();
         let device_state = snapshot::check_resumable(&self.dir, &saved, &spec, &qemu.path)
             .map_err(LaunchError::Resume)?;
+        steps.ended("checked");
         spec.shares = self.start_shares(qemu)?;
+        steps.ended("shares started");
         self.reporter.progress(format!(
             "resuming the state saved at {} with {why}",
             saved.saved_at
@@ -162,10 +167,14 @@ impl Agent<'_, '_> {
                 source,
             })?;
             let saved_ram = self.dir.guest_ram();
-            tokio::task::spawn_blocking(move || fill_ram(&saved_ram, ram.into()))
+            tokio::task::spawn_blocking(move || {
+                fill_ram(&saved_ram, ram.into()).map(|bytes| (bytes, Instant::now()))
+            })
         };
+        steps.ended("fill began");
         let started = self.start_qemu(&spec, qemu).await;
         drop(ram);
+        steps.ended("qemu answering");
         let qemu_secs = launched.elapsed().as_secs_f64();
         // Journaled while the fill may still run (its fsync off the way).
         if let Ok((vm, _)) = &started {
@@ -183,7 +192,8 @@ impl Agent<'_, '_> {
                 source,
             });
         let (vm, events) = match (started, filled) {
-            (Ok(launched_vm), Ok(copied)) => {
+            (Ok(launched_vm), Ok((copied, filled_at))) => {
+                steps.ended_at("ram filled", filled_at);
                 tracing::info!(
                     bytes = copied,
                     qemu_secs,
@@ -210,13 +220,25 @@ impl Agent<'_, '_> {
             info.accel = Some(accel.as_str().into());
         });
         let log = self.dir.qemu_log();
-        match snapshot::load_into(&vm, &self.dir, &saved, &device_state, LOAD_TIMEOUT, &log).await {
+        let loaded = snapshot::load_into(
+            &vm,
+            &self.dir,
+            &saved,
+            &device_state,
+            LOAD_TIMEOUT,
+            &log,
+            &mut steps,
+        )
+        .await;
+        match loaded {
             Ok(_) => {
                 self.resumed = true;
                 self.record(Event::Resumed {
                     qemu_pid: vm.pid(),
                     secs: launched.elapsed().as_secs_f64(),
                 });
+                steps.ended("resumed journaled");
+                self.resume_steps = Some(steps);
                 Ok((vm, events))
             }
             Err(error) => {

@@ -28,6 +28,7 @@
 pub mod record;
 mod resume;
 mod save;
+mod steps;
 
 use std::io;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ use self::record::RecordParseError;
 pub use self::record::{Mismatch, StateRecord};
 pub use self::resume::{ResumeError, Resumed, check_resumable, load_into};
 pub use self::save::{SaveError, SaveFailure, SaveOptions, Saved, StateAfterFailure, save};
+pub use self::steps::Steps;
 use crate::instance::InstanceDir;
 use crate::os;
 
