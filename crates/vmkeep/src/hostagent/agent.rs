@@ -126,6 +126,8 @@ pub(super) async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_
         clock_nudge: Arc::new(Notify::new()),
         resumed: false,
         resume_steps: None,
+        early_fill: None,
+        began: Instant::now(),
         launched_at: None,
         guest_shutdown: false,
         shares: mounts::Shares::default(),
@@ -173,6 +175,10 @@ pub(super) struct Agent<'r, 'n> {
     pub(super) resumed: bool,
     /// The resume's steps so far, said in the log once the guest is ready.
     pub(super) resume_steps: Option<crate::driver::qemu::snapshot::Steps>,
+    /// When this agent began (what a resume's steps count from).
+    pub(super) began: Instant,
+    /// The guest RAM's fill begun at the start of the run, for the resume.
+    pub(super) early_fill: Option<super::suspend::RamFill>,
     /// When this agent launched its QEMU (what `boot_secs` counts from).
     pub(super) launched_at: Option<Instant>,
     /// QEMU reported a shutdown the guest asked for.
@@ -211,6 +217,9 @@ impl Agent<'_, '_> {
     }
 
     pub(super) async fn run(&mut self, mode: Mode) -> AgentOutcome {
+        if mode == Mode::Run && self.taking_over.is_none() && !self.repair_data {
+            self.begin_fill();
+        }
         // Taking over in place, the previous build's run goes on.
         let unfinished = match self.taking_over {
             Some(_) => None,
@@ -247,6 +256,10 @@ impl Agent<'_, '_> {
             Ok(adopted) => adopted,
             Err(error) => return self.fail(error.to_string()),
         };
+        if adopted.is_some() {
+            // The QEMU runs on: no resume to fill a RAM for.
+            self.early_fill = None;
+        }
         if let Err(e) = self.serve_api() {
             return self.fail(e);
         }

@@ -24,6 +24,7 @@ use crate::driver::Vm;
 use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::pause::{self, PauseFacts};
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
+use crate::driver::qemu::snapshot;
 use crate::hostagent::api::{self, GuestInfo};
 use crate::instance::config::{ByteSize, OnHostShutdown};
 use crate::instance::journal::{
@@ -229,9 +230,9 @@ impl Agent<'_, '_> {
             },
         };
         self.record(record);
-        if let Some(mut steps) = self.resume_steps.take() {
+        let mut resume_steps = self.resume_steps.take();
+        if let Some(steps) = &mut resume_steps {
             steps.ended("running journaled");
-            tracing::info!("resume steps (ms): {}", steps.summary());
         }
         self.set_info(|info| {
             info.phase = Phase::Running;
@@ -249,6 +250,10 @@ impl Agent<'_, '_> {
         });
         if let Some(before) = clock_step {
             clock::journal_step(&self.dir.journal(), &before);
+        }
+        if let Some(steps) = resume_steps {
+            tracing::info!("resume steps (ms): {}", steps.summary());
+            snapshot::remove_saved_ram(&self.dir);
         }
         *state = Supervised::Running;
         None

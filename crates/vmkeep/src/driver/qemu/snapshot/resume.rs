@@ -270,17 +270,23 @@ pub async fn load_into(
         .await
         .map_err(ResumeError::NotContinued)?;
     steps.ended("cont");
-    // The saved RAM, no state's any more (the new memfd holds the RAM),
-    // goes off the way to ready.
+    // The saved RAM is no state's any more (the new memfd holds the RAM):
+    // the caller removes it with [`remove_saved_ram`] once the guest is
+    // ready (freeing its pages takes CPU the guest's first steps need);
+    // left behind by a crash, `remove_unclaimed` sweeps it.
+    Ok(Resumed {
+        record: saved.clone(),
+    })
+}
+
+/// Remove the saved RAM of a resumed state, in the background.
+pub fn remove_saved_ram(dir: &InstanceDir) {
     let saved_ram = dir.guest_ram();
     tokio::task::spawn_blocking(move || {
         if let Err(e) = os::fs::remove_file_if_exists(&saved_ram) {
             tracing::warn!("cannot remove {}: {e}", saved_ram.display());
         }
     });
-    Ok(Resumed {
-        record: saved.clone(),
-    })
 }
 
 fn exit_words(outcome: ExitOutcome) -> String {
