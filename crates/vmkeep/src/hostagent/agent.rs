@@ -205,6 +205,16 @@ impl Agent<'_, '_> {
         }
     }
 
+    /// Journal a progress event of a start without waiting for it to be
+    /// durable (it is with the next [`Agent::record`], at the latest the
+    /// start's `running` or its failure): no crash safety depends on it,
+    /// and its fsync would sit on the way to ready.
+    pub(super) fn record_deferred(&mut self, event: Event) {
+        if let Err(e) = self.journal.record_deferred(event) {
+            tracing::warn!("cannot write the journal: {e}");
+        }
+    }
+
     pub(super) fn set_info(&self, update: impl FnOnce(&mut AgentInfo)) {
         update(&mut self.shared.info.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -270,7 +280,12 @@ impl Agent<'_, '_> {
                 return self.fail("QEMU was gone when the new host agent build took over".into());
             }
             (None, Mode::StopOnly { .. }) => return AgentOutcome::NothingToStop,
-            (None, Mode::Run) => match self.launch().await {
+            (None, Mode::Run) => match {
+                let launched = self.launch().await;
+                // Taken by a resume; any other fill stops (an early failure).
+                self.early_fill = None;
+                launched
+            } {
                 Ok((vm, events)) => (vm, events, self.launched_at.or(Some(Instant::now()))),
                 Err(LaunchFailed { error, qemu_exit }) => {
                     let error = error.to_string();

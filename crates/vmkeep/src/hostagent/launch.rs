@@ -28,6 +28,10 @@ impl Agent<'_, '_> {
         // Never boot a disk whose saved state exists: its RAM would no
         // longer match the disk. An unreadable record fails the start too.
         let saved = snapshot::load(&self.dir).map_err(LaunchError::SavedState)?;
+        if saved.is_none() {
+            // A boot: a fill begun for a state gone since stops.
+            self.early_fill = None;
+        }
         if saved.is_some() && self.repair_data {
             return Err(LaunchError::RepairSuspended {
                 name: self.dir.name().clone(),

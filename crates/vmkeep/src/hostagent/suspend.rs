@@ -192,9 +192,10 @@ impl Agent<'_, '_> {
         drop(ram);
         steps.ended("qemu answering");
         let qemu_secs = launched.elapsed().as_secs_f64();
-        // Journaled while the fill may still run (its fsync off the way).
+        // The fill has often ended by now: no fsync here (the next durable
+        // record takes this one along).
         if let Ok((vm, _)) = &started {
-            self.record(Event::Resuming {
+            self.record_deferred(Event::Resuming {
                 qemu_pid: vm.pid(),
                 accel: accel.as_str().into(),
                 saved_at: saved.saved_at.clone(),
@@ -216,7 +217,7 @@ impl Agent<'_, '_> {
                 tracing::info!(
                     bytes = copied,
                     qemu_secs,
-                    filled_secs = launched.elapsed().as_secs_f64(),
+                    filled_secs = filled_at.saturating_duration_since(launched).as_secs_f64(),
                     "guest RAM filled from the saved state"
                 );
                 launched_vm
@@ -252,7 +253,8 @@ impl Agent<'_, '_> {
         match loaded {
             Ok(_) => {
                 self.resumed = true;
-                self.record(Event::Resumed {
+                // The guest runs: nothing between it and the guest link.
+                self.record_deferred(Event::Resumed {
                     qemu_pid: vm.pid(),
                     secs: launched.elapsed().as_secs_f64(),
                 });
