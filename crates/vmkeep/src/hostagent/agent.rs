@@ -235,7 +235,9 @@ impl Agent<'_, '_> {
             Some(_) => None,
             None => {
                 let unfinished = self.unfinished_previous_run();
-                self.record(Event::Starting {
+                // Durable with the start's next durable record (its
+                // booting, running or failure): off a resume's way.
+                self.record_deferred(Event::Starting {
                     foreground: self.foreground,
                 });
                 unfinished
