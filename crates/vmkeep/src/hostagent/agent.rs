@@ -282,12 +282,7 @@ impl Agent<'_, '_> {
                 return self.fail("QEMU was gone when the new host agent build took over".into());
             }
             (None, Mode::StopOnly { .. }) => return AgentOutcome::NothingToStop,
-            (None, Mode::Run) => match {
-                let launched = self.launch().await;
-                // Taken by a resume; any other fill stops (an early failure).
-                self.early_fill = None;
-                launched
-            } {
+            (None, Mode::Run) => match self.launch().await {
                 Ok((vm, events)) => (vm, events, self.launched_at.or(Some(Instant::now()))),
                 Err(LaunchFailed { error, qemu_exit }) => {
                     let error = error.to_string();

@@ -24,6 +24,14 @@ use crate::os::process::ExitOutcome;
 
 impl Agent<'_, '_> {
     pub(super) async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        let launched = self.boot_or_resume().await;
+        // Taken by a resume; any other fill (a start that failed first)
+        // stops.
+        self.early_fill = None;
+        launched
+    }
+
+    async fn boot_or_resume(&mut self) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
         let began = Instant::now();
         // Never boot a disk whose saved state exists: its RAM would no
         // longer match the disk. An unreadable record fails the start too.
