@@ -125,6 +125,9 @@ pub(super) async fn run_async(options: &AgentOptions, reporter: &mut Reporter<'_
         server_stop,
         clock_nudge: Arc::new(Notify::new()),
         resumed: false,
+        resume_steps: None,
+        early_fill: None,
+        began: Instant::now(),
         launched_at: None,
         guest_shutdown: false,
         shares: mounts::Shares::default(),
@@ -170,6 +173,12 @@ pub(super) struct Agent<'r, 'n> {
     pub(super) clock_nudge: Arc<Notify>,
     /// This run resumed a saved state rather than booting.
     pub(super) resumed: bool,
+    /// The resume's steps so far, said in the log once the guest is ready.
+    pub(super) resume_steps: Option<crate::driver::qemu::snapshot::Steps>,
+    /// When this agent began (what a resume's steps count from).
+    pub(super) began: Instant,
+    /// The guest RAM's fill begun at the start of the run, for the resume.
+    pub(super) early_fill: Option<super::suspend::RamFill>,
     /// When this agent launched its QEMU (what `boot_secs` counts from).
     pub(super) launched_at: Option<Instant>,
     /// QEMU reported a shutdown the guest asked for.
@@ -196,6 +205,16 @@ impl Agent<'_, '_> {
         }
     }
 
+    /// Journal a progress event of a start without waiting for it to be
+    /// durable (it is with the next [`Agent::record`], at the latest the
+    /// start's `running` or its failure): no crash safety depends on it,
+    /// and its fsync would sit on the way to ready.
+    pub(super) fn record_deferred(&mut self, event: Event) {
+        if let Err(e) = self.journal.record_deferred(event) {
+            tracing::warn!("cannot write the journal: {e}");
+        }
+    }
+
     pub(super) fn set_info(&self, update: impl FnOnce(&mut AgentInfo)) {
         update(&mut self.shared.info.lock().unwrap_or_else(|e| e.into_inner()));
     }
@@ -208,12 +227,17 @@ impl Agent<'_, '_> {
     }
 
     pub(super) async fn run(&mut self, mode: Mode) -> AgentOutcome {
+        if mode == Mode::Run && self.taking_over.is_none() && !self.repair_data {
+            self.begin_fill();
+        }
         // Taking over in place, the previous build's run goes on.
         let unfinished = match self.taking_over {
             Some(_) => None,
             None => {
                 let unfinished = self.unfinished_previous_run();
-                self.record(Event::Starting {
+                // Durable with the start's next durable record (its
+                // booting, running or failure): off a resume's way.
+                self.record_deferred(Event::Starting {
                     foreground: self.foreground,
                 });
                 unfinished
@@ -244,6 +268,10 @@ impl Agent<'_, '_> {
             Ok(adopted) => adopted,
             Err(error) => return self.fail(error.to_string()),
         };
+        if adopted.is_some() {
+            // The QEMU runs on: no resume to fill a RAM for.
+            self.early_fill = None;
+        }
         if let Err(e) = self.serve_api() {
             return self.fail(e);
         }

@@ -24,9 +24,22 @@ use crate::os::process::ExitOutcome;
 
 impl Agent<'_, '_> {
     pub(super) async fn launch(&mut self) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        let launched = self.boot_or_resume().await;
+        // Taken by a resume; any other fill (a start that failed first)
+        // stops.
+        self.early_fill = None;
+        launched
+    }
+
+    async fn boot_or_resume(&mut self) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        let began = Instant::now();
         // Never boot a disk whose saved state exists: its RAM would no
         // longer match the disk. An unreadable record fails the start too.
         let saved = snapshot::load(&self.dir).map_err(LaunchError::SavedState)?;
+        if saved.is_none() {
+            // A boot: a fill begun for a state gone since stops.
+            self.early_fill = None;
+        }
         if saved.is_some() && self.repair_data {
             return Err(LaunchError::RepairSuspended {
                 name: self.dir.name().clone(),
@@ -54,7 +67,7 @@ impl Agent<'_, '_> {
             let spec = crate::image::cloud::launch_spec(&self.dir, &self.config, accel)
                 .map_err(LaunchError::from)?;
             return match saved {
-                Some(saved) => self.resume(saved, spec, &qemu, accel, why).await,
+                Some(saved) => self.resume(saved, spec, &qemu, accel, why, began).await,
                 None => Ok(self.boot(spec, &qemu, accel, why).await?),
             };
         }
@@ -110,7 +123,7 @@ impl Agent<'_, '_> {
             )
         };
         match saved {
-            Some(saved) => self.resume(saved, spec, &qemu, accel, why).await,
+            Some(saved) => self.resume(saved, spec, &qemu, accel, why, began).await,
             None => Ok(self.boot(spec, &qemu, accel, why).await?),
         }
     }

@@ -24,6 +24,7 @@ use crate::driver::Vm;
 use crate::driver::qemu::QemuVm;
 use crate::driver::qemu::pause::{self, PauseFacts};
 use crate::driver::qemu::qmp::{QmpEvent, QmpEvents};
+use crate::driver::qemu::snapshot;
 use crate::hostagent::api::{self, GuestInfo};
 use crate::instance::config::{ByteSize, OnHostShutdown};
 use crate::instance::journal::{
@@ -112,10 +113,16 @@ impl Agent<'_, '_> {
     ) -> Option<AgentOutcome> {
         // Ready means a right clock too: the resumed guest's is behind by
         // the whole suspended time. (Journaled once the start is reported.)
+        if let Some(steps) = &mut self.resume_steps {
+            steps.ended("guest answered");
+        }
         let clock_step = match self.resumed {
             true => self.correct_clock_now(&link).await,
             false => None,
         };
+        if let Some(steps) = &mut self.resume_steps {
+            steps.ended("clock checked");
+        }
         let boot_secs = began.elapsed().as_secs_f64();
         let _ = self.guest_tx.send(Some(link.clone()));
         // A resumed guest's data disk was accepted when it booted.
@@ -223,6 +230,10 @@ impl Agent<'_, '_> {
             },
         };
         self.record(record);
+        let mut resume_steps = self.resume_steps.take();
+        if let Some(steps) = &mut resume_steps {
+            steps.ended("running journaled");
+        }
         self.set_info(|info| {
             info.phase = Phase::Running;
             info.ready_at = Some(now_rfc3339());
@@ -239,6 +250,10 @@ impl Agent<'_, '_> {
         });
         if let Some(before) = clock_step {
             clock::journal_step(&self.dir.journal(), &before);
+        }
+        if let Some(steps) = resume_steps {
+            tracing::info!("resume steps (ms): {}", steps.summary());
+            snapshot::remove_saved_ram(&self.dir);
         }
         *state = Supervised::Running;
         None

@@ -3,6 +3,8 @@
 //! of booting when a saved state exists, and putting right a QEMU that a
 //! dead predecessor left mid-save or mid-resume.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -124,7 +126,11 @@ impl Agent<'_, '_> {
         qemu: &QemuBinary,
         accel: Accel,
         why: String,
+        began: Instant,
     ) -> Result<(QemuVm, QmpEvents), LaunchFailed> {
+        let mut steps = snapshot::Steps::new(self.began);
+        steps.ended_at("launch began", began);
+        steps.ended("resume began");
         // A state saved before every VM had a network device resumes
         // without one (no port forwards until the next boot).
         if !saved.machine.network {
@@ -133,6 +139,34 @@ impl Agent<'_, '_> {
         // The machine it was saved under (QEMU keeps old machine types: a
         // state of QEMU 7.2's pc-q35-7.2 resumes on QEMU 10).
         spec.machine = capabilities::machine_to_launch(&saved.machine_type);
+        // The new memfd, filled from the saved RAM since the agent began
+        // (`begin_fill`; or from now on if its size was not the one to
+        // launch): beside the agent's start, the checks, the virtiofsds'
+        // start and QEMU's (the fill is the longest step of a resume);
+        // whole before the device state loads (QEMU reads the virtqueues'
+        // indices from guest memory while loading). A resume that fails
+        // before it is awaited stops it.
+        let early = self
+            .early_fill
+            .take()
+            .filter(|fill| fill.mib == spec.memory_mib);
+        let RamFill {
+            ram,
+            fill,
+            stop: fill_stop,
+            began: fill_began,
+            ..
+        } = match early {
+            Some(fill) => fill,
+            None => {
+                start_fill(&self.dir, spec.memory_mib).map_err(|source| LaunchError::GuestRam {
+                    mib: spec.memory_mib,
+                    source,
+                })?
+            }
+        };
+        spec.ram_fd = Some(std::os::fd::AsRawFd::as_raw_fd(&ram));
+        steps.ended_at("fill began", fill_began);
         // Its shares' devices, for the check; their virtiofsds start only
         // once the state is found resumable.
         spec.shares = mounts::resolve(&self.dir, &self.config)
@@ -145,35 +179,30 @@ impl Agent<'_, '_> {
             .collect();
         let device_state = snapshot::check_resumable(&self.dir, &saved, &spec, &qemu.path)
             .map_err(LaunchError::Resume)?;
+        steps.ended("checked");
         spec.shares = self.start_shares(qemu)?;
+        steps.ended("shares started");
         self.reporter.progress(format!(
             "resuming the state saved at {} with {why}",
             saved.saved_at
         ));
         spec.incoming = true;
         let launched = Instant::now();
-        // A new memfd, filled from the saved RAM while QEMU starts; whole
-        // before the device state loads (QEMU reads the virtqueues' indices
-        // from guest memory while loading).
-        let ram = self.guest_ram(&mut spec)?;
-        let fill = {
-            let ram = ram.try_clone().map_err(|source| LaunchError::GuestRam {
-                mib: spec.memory_mib,
-                source,
-            })?;
-            let saved_ram = self.dir.guest_ram();
-            tokio::task::spawn_blocking(move || fill_ram(&saved_ram, ram.into()))
-        };
         let started = self.start_qemu(&spec, qemu).await;
         drop(ram);
+        steps.ended("qemu answering");
         let qemu_secs = launched.elapsed().as_secs_f64();
-        // Journaled while the fill may still run (its fsync off the way).
+        // The fill has often ended by now: no fsync here (the next durable
+        // record takes this one along).
         if let Ok((vm, _)) = &started {
-            self.record(Event::Resuming {
+            self.record_deferred(Event::Resuming {
                 qemu_pid: vm.pid(),
                 accel: accel.as_str().into(),
                 saved_at: saved.saved_at.clone(),
             });
+        }
+        if started.is_err() {
+            drop(fill_stop);
         }
         let filled = fill
             .await
@@ -183,11 +212,12 @@ impl Agent<'_, '_> {
                 source,
             });
         let (vm, events) = match (started, filled) {
-            (Ok(launched_vm), Ok(copied)) => {
+            (Ok(launched_vm), Ok((copied, filled_at))) => {
+                steps.ended_at("ram filled", filled_at);
                 tracing::info!(
                     bytes = copied,
                     qemu_secs,
-                    filled_secs = launched.elapsed().as_secs_f64(),
+                    filled_secs = filled_at.saturating_duration_since(launched).as_secs_f64(),
                     "guest RAM filled from the saved state"
                 );
                 launched_vm
@@ -210,13 +240,26 @@ impl Agent<'_, '_> {
             info.accel = Some(accel.as_str().into());
         });
         let log = self.dir.qemu_log();
-        match snapshot::load_into(&vm, &self.dir, &saved, &device_state, LOAD_TIMEOUT, &log).await {
+        let loaded = snapshot::load_into(
+            &vm,
+            &self.dir,
+            &saved,
+            &device_state,
+            LOAD_TIMEOUT,
+            &log,
+            &mut steps,
+        )
+        .await;
+        match loaded {
             Ok(_) => {
                 self.resumed = true;
-                self.record(Event::Resumed {
+                // The guest runs: nothing between it and the guest link.
+                self.record_deferred(Event::Resumed {
                     qemu_pid: vm.pid(),
                     secs: launched.elapsed().as_secs_f64(),
                 });
+                steps.ended("resumed journaled");
+                self.resume_steps = Some(steps);
                 Ok((vm, events))
             }
             Err(error) => {
@@ -296,8 +339,71 @@ impl Agent<'_, '_> {
 }
 
 /// Fill a new guest RAM from the saved copy at `saved` (its data extents).
-fn fill_ram(saved: &std::path::Path, ram: std::fs::File) -> std::io::Result<u64> {
+fn fill_ram(
+    saved: &std::path::Path,
+    ram: std::fs::File,
+    stop: &AtomicBool,
+) -> std::io::Result<u64> {
     let from = std::fs::File::open(saved)?;
     let len = ram.metadata()?.len().min(from.metadata()?.len());
-    os::memfd::fill_extents(&from, &ram, len)
+    os::memfd::fill_extents(&from, &ram, len, stop)
+}
+
+/// A new guest RAM being filled from the saved one in a blocking thread.
+pub(super) struct RamFill {
+    /// The memfd (QEMU inherits it).
+    ram: std::os::fd::OwnedFd,
+    mib: u64,
+    /// Bytes filled and when the fill ended.
+    fill: tokio::task::JoinHandle<std::io::Result<(u64, Instant)>>,
+    stop: StopOnDrop,
+    began: Instant,
+}
+
+/// Begin filling a new guest RAM of `mib` MiB from `dir`'s saved RAM.
+fn start_fill(dir: &crate::instance::InstanceDir, mib: u64) -> std::io::Result<RamFill> {
+    let began = Instant::now();
+    let ram = os::memfd::create_guest_ram(mib << 20)?;
+    let theirs = ram.try_clone()?;
+    let stop = StopOnDrop::default();
+    let flag = Arc::clone(&stop.0);
+    let saved_ram = dir.guest_ram();
+    let fill = tokio::task::spawn_blocking(move || {
+        fill_ram(&saved_ram, theirs.into(), &flag).map(|bytes| (bytes, Instant::now()))
+    });
+    Ok(RamFill {
+        ram,
+        mib,
+        fill,
+        stop,
+        began,
+    })
+}
+
+impl Agent<'_, '_> {
+    /// At the very start of a run whose instance has a saved state: begin
+    /// filling the guest's RAM (of the configured size) at once, so that
+    /// the fill overlaps the whole start; [`Agent::resume`] takes it, and
+    /// dropping it (an adopted QEMU, a failed start) stops it.
+    pub(super) fn begin_fill(&mut self) {
+        if !snapshot::exists(&self.dir) {
+            return;
+        }
+        match start_fill(&self.dir, self.config.memory.0.mib()) {
+            Ok(fill) => self.early_fill = Some(fill),
+            // Tried again, and said, by the resume.
+            Err(e) => tracing::debug!("cannot begin the guest RAM's fill yet: {e}"),
+        }
+    }
+}
+
+/// A flag set when it is dropped: a fill begun for a resume that failed
+/// before waiting for it stops at its next piece.
+#[derive(Default)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }

@@ -178,16 +178,28 @@ fn is_zero(block: &[u8]) -> bool {
 /// Fill `to` (a fresh memfd, all holes) from the first `len` bytes of
 /// `from`'s data extents at the same offsets, in the kernel (`sendfile`:
 /// one copy, from `from`'s page cache into the memfd, and no buffer of
-/// ours). For a resume: the saved copy has no zero blocks to skip.
+/// ours); holes stay holes. For a resume: the saved copy has no zero blocks
+/// to skip. Stops with `Interrupted` once `cancel` is set (looked at every
+/// [`FILL_PIECE`]).
+///
+/// The fastest of the ways measured for ~120 MiB from the page cache
+/// (2026-12-07, 15 rounds interleaved, medians): `sendfile` 82 ms, the
+/// same after an `fallocate` 79 ms, `pwrite` from a mapping of the saved
+/// file 83 ms, a mapping of the memfd populated by `MADV_POPULATE_WRITE`
+/// and `pread` into it 138 ms (the populate zeroes every page, which the
+/// memfd's write path skips for a page written whole).
 #[cfg(target_os = "linux")]
-pub fn fill_extents(from: &File, to: &File, len: u64) -> io::Result<u64> {
+pub fn fill_extents(from: &File, to: &File, len: u64, cancel: &AtomicBool) -> io::Result<u64> {
     let mut filled = 0u64;
     for_each_extent(from, len, |data, hole| {
         // sendfile writes at the target's file offset.
         rustix::fs::seek(to.as_fd(), rustix::fs::SeekFrom::Start(data))?;
         let mut at = data;
         while at < hole {
-            let count = (hole - at).min(1 << 30) as usize;
+            if cancel.load(Ordering::Relaxed) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let count = (hole - at).min(FILL_PIECE) as usize;
             let mut from_at = at;
             let n = rustix::fs::sendfile(to.as_fd(), from.as_fd(), Some(&mut from_at), count)?;
             if n == 0 {
@@ -201,11 +213,15 @@ pub fn fill_extents(from: &File, to: &File, len: u64) -> io::Result<u64> {
     Ok(filled)
 }
 
-/// Hosts without `sendfile` between files (macOS): the same fill, through
-/// a buffer.
+/// The most [`fill_extents`] copies between two looks at its `cancel`
+/// (the same speed as one call per extent, measured).
+#[cfg(target_os = "linux")]
+const FILL_PIECE: u64 = 8 << 20;
+
+/// Hosts without memfds (macOS): the same fill, through a buffer.
 #[cfg(not(target_os = "linux"))]
-pub fn fill_extents(from: &File, to: &File, len: u64) -> io::Result<u64> {
-    Ok(copy_extents(from, to, len, &AtomicBool::new(false))?.written)
+pub fn fill_extents(from: &File, to: &File, len: u64, cancel: &AtomicBool) -> io::Result<u64> {
+    Ok(copy_extents(from, to, len, cancel)?.written)
 }
 
 /// Call `each(start, end)` for every data extent of the first `len` bytes
@@ -278,7 +294,14 @@ mod tests {
         );
 
         let back: File = create_guest_ram(8 << 20).unwrap().into();
-        assert_eq!(fill_extents(&saved, &back, 8 << 20).unwrap(), 8192 + 4096);
+        assert_eq!(
+            fill_extents(&saved, &back, 8 << 20, &never).unwrap(),
+            8192 + 4096
+        );
+        assert!(
+            allocated_bytes(&back).unwrap() <= 64 << 10,
+            "the holes stay holes in the filled memfd"
+        );
         let mut a = vec![0u8; 8 << 20];
         let mut b = vec![0u8; 8 << 20];
         ram.read_exact_at(&mut a, 0).unwrap();
@@ -288,6 +311,10 @@ mod tests {
         let cancelled = AtomicBool::new(true);
         let error = copy_extents(&ram, &saved, 8 << 20, &cancelled).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::Interrupted);
+        let again: File = create_guest_ram(8 << 20).unwrap().into();
+        let error = fill_extents(&saved, &again, 8 << 20, &cancelled).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::Interrupted, "a stopped fill");
+        assert_eq!(allocated_bytes(&again).unwrap(), 0, "stopped before a byte");
     }
 
     #[test]

@@ -28,6 +28,9 @@ use crate::os::process::{self, ExitOutcome, ProcessHandle, Program};
 const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a launched QEMU may take to open its QMP socket.
 const QMP_APPEAR_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a launched QEMU's QMP socket is tried until it answers: a
+/// resume waits for it (at 5 ms, 2.5 ms of a ~120 ms resume on average).
+const QMP_APPEAR_POLL: Duration = Duration::from_millis(1);
 /// How long an existing QEMU may take to answer QMP before it counts as hung.
 const QMP_ADOPT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -247,7 +250,7 @@ pub async fn launch(
                     error: error.to_string(),
                 });
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(_) => tokio::time::sleep(QMP_APPEAR_POLL).await,
         }
     }
 }

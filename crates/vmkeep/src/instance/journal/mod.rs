@@ -96,6 +96,8 @@ pub struct Journal {
     files: Files,
     file: File,
     max_bytes: u64,
+    /// Lines appended by [`Journal::record_deferred`] not synced yet.
+    unsynced: bool,
 }
 
 impl Journal {
@@ -114,12 +116,37 @@ impl Journal {
             files: Files::of(path),
             file,
             max_bytes,
+            unsynced: false,
         })
     }
 
-    /// Append one event as a single line and make it durable; rotate the
-    /// journal if that took it past its cap.
+    /// Append one event as a single line and make it durable (with every
+    /// line appended before it); rotate the journal if that took it past
+    /// its cap.
     pub fn record(&mut self, event: Event) -> io::Result<Record> {
+        self.append(event, true)
+    }
+
+    /// Append one event as a single line, at once visible to every reader,
+    /// but durable only at the next [`Journal::record`] or
+    /// [`Journal::sync`] (a host crash before it may lose the line; a
+    /// killed process does not). For the progress events of a start, which
+    /// no crash safety depends on, so that a start pays one fsync at its
+    /// end instead of one per event (see docs/suspend.md).
+    pub fn record_deferred(&mut self, event: Event) -> io::Result<Record> {
+        self.append(event, false)
+    }
+
+    /// Make every line appended so far durable (nothing to do if it is).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, event: Event, durable: bool) -> io::Result<Record> {
         let record = Record {
             ts: now(),
             pid: std::process::id(),
@@ -133,11 +160,17 @@ impl Journal {
             .flatten();
         self.follow_rotation()?;
         self.file.write_all(&line)?;
-        self.file.sync_data()?;
+        self.unsynced = true;
+        if durable {
+            self.sync()?;
+        }
         os::fs::reserve_after_end(&self.file, RESERVE);
         if let Some(held) = &held
             && self.file.metadata()?.len() > self.max_bytes
         {
+            // A rotation moves the file aside: its lines are made durable
+            // first.
+            self.sync()?;
             // The record is durable already; a rotation that cannot be made
             // now (no room for the new file) is tried at the next record.
             if let Ok(rotate::Rotated::Yes) =
@@ -156,10 +189,21 @@ impl Journal {
         let same = std::fs::metadata(&self.files.current)
             .is_ok_and(|now| (now.dev(), now.ino()) == (ours.dev(), ours.ino()));
         if !same {
+            // What this writer appended before goes durable with its file.
+            self.sync()?;
             self.file = os::fs::open_append(&self.files.current)?;
             os::fs::reserve_after_end(&self.file, RESERVE);
         }
         Ok(())
+    }
+}
+
+impl Drop for Journal {
+    /// Deferred lines go durable at the latest when their writer goes.
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            tracing::warn!("cannot sync the journal: {e}");
+        }
     }
 }
 
@@ -424,21 +468,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn records_round_trip_and_the_last_one_is_found_from_the_tail() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("events.jsonl");
-        let mut journal = Journal::open(&path).unwrap();
-        journal
-            .record(Event::Starting { foreground: false })
-            .unwrap();
-        for _ in 0..500 {
-            journal
-                .record(Event::StopStep {
+    /// `steps` stop steps appended by `append`, then a durable `stopped`
+    /// (returned).
+    fn steps_then_stopped(
+        journal: &mut Journal,
+        steps: usize,
+        append: fn(&mut Journal, Event) -> io::Result<Record>,
+    ) -> Event {
+        for _ in 0..steps {
+            append(
+                journal,
+                Event::StopStep {
                     step: Step::PowerButton,
                     at_secs: 0.5,
-                })
-                .unwrap();
+                },
+            )
+            .unwrap();
         }
         let stopped = Event::Stopped {
             reason: StoppedReason::Requested,
@@ -447,6 +492,39 @@ mod tests {
             qemu_exit: "exit code 0".into(),
         };
         journal.record(stopped.clone()).unwrap();
+        stopped
+    }
+
+    #[test]
+    fn deferred_records_are_read_at_once_and_kept_across_a_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut journal = Journal::open_capped(&path, 4096).unwrap();
+        journal
+            .record_deferred(Event::Starting { foreground: false })
+            .unwrap();
+        assert_eq!(
+            last(&path).unwrap().unwrap().event,
+            Event::Starting { foreground: false },
+            "visible before it is synced"
+        );
+        journal.sync().unwrap();
+        journal.sync().unwrap();
+        let stopped = steps_then_stopped(&mut journal, 100, Journal::record_deferred);
+        assert!(dir.path().join("events.jsonl.1").exists(), "rotated");
+        assert_eq!(last(&path).unwrap().unwrap().event, stopped);
+        assert!(!journal.unsynced);
+    }
+
+    #[test]
+    fn records_round_trip_and_the_last_one_is_found_from_the_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let mut journal = Journal::open(&path).unwrap();
+        journal
+            .record(Event::Starting { foreground: false })
+            .unwrap();
+        let stopped = steps_then_stopped(&mut journal, 500, Journal::record);
         let all = read_all(&path).unwrap();
         assert_eq!(all.len(), 502);
         assert_eq!(all[0].event, Event::Starting { foreground: false });

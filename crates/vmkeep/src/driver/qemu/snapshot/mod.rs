@@ -28,14 +28,16 @@
 pub mod record;
 mod resume;
 mod save;
+mod steps;
 
 use std::io;
 use std::path::PathBuf;
 
 use self::record::RecordParseError;
 pub use self::record::{Mismatch, StateRecord};
-pub use self::resume::{ResumeError, Resumed, check_resumable, load_into};
+pub use self::resume::{ResumeError, Resumed, check_resumable, load_into, remove_saved_ram};
 pub use self::save::{SaveError, SaveFailure, SaveOptions, Saved, StateAfterFailure, save};
+pub use self::steps::Steps;
 use crate::instance::InstanceDir;
 use crate::os;
 

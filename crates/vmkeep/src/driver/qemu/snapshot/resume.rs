@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+use super::Steps;
 use super::record::{self, DeviceState, MachineShape, Mismatch, Present, StateRecord};
 use super::{CHOICES, StateError, discard, sha256_hex};
 use crate::driver::qemu::args::LaunchSpec;
@@ -162,6 +163,7 @@ pub async fn load_into(
     device_state: &[u8],
     deadline: Duration,
     log: &Path,
+    steps: &mut Steps,
 ) -> Result<Resumed, ResumeError> {
     let until = Instant::now() + deadline;
     let qmp = &vm.qmp;
@@ -189,6 +191,7 @@ pub async fn load_into(
             .await
             .map_err(qmp_error("migrate-set-capabilities"))?;
     }
+    steps.ended("capabilities set");
     let socket = dir.migration_socket();
     let stream_error = |source| ResumeError::Stream {
         path: socket.clone(),
@@ -198,6 +201,7 @@ pub async fn load_into(
     qmp.migrate_incoming(&format!("unix:{}", socket.display()), QMP_TIMEOUT)
         .await
         .map_err(qmp_error("migrate-incoming"))?;
+    steps.ended("incoming");
 
     let loading = async {
         let mut stream = tokio::net::UnixStream::connect(&socket)
@@ -205,6 +209,7 @@ pub async fn load_into(
             .map_err(stream_error)?;
         stream.write_all(device_state).await.map_err(stream_error)?;
         stream.shutdown().await.map_err(stream_error)?;
+        let streamed = Instant::now();
         loop {
             let state = qmp
                 .query_status(QMP_TIMEOUT)
@@ -212,16 +217,18 @@ pub async fn load_into(
                 .map_err(qmp_error("query-status"))?
                 .status;
             if state != RunState::InMigrate {
-                break Ok::<RunState, ResumeError>(state);
+                break Ok::<(RunState, Instant), ResumeError>((state, streamed));
             }
             tokio::time::sleep(POLL).await;
         }
     };
-    let state = tokio::select! {
+    let (state, streamed) = tokio::select! {
         state = loading => state?,
         outcome = vm.process.exited() => return Err(refused(exit_words(outcome))),
         () = tokio::time::sleep_until(until) => return Err(ResumeError::Timeout { after: deadline }),
     };
+    steps.ended_at("device state streamed", streamed);
+    steps.ended("loaded");
     let _ = os::fs::remove_file_if_exists(&socket);
     let migration = qmp
         .query_migrate(QMP_TIMEOUT)
@@ -256,21 +263,30 @@ pub async fn load_into(
     }
     // From the first guest instruction on, RAM and disk change: the state
     // goes first, so that no crash can leave a stale one behind.
+    steps.ended("load checked");
     discard(dir, true).map_err(ResumeError::Retire)?;
+    steps.ended("state retired");
     qmp.cont(QMP_TIMEOUT)
         .await
         .map_err(ResumeError::NotContinued)?;
-    // The saved RAM, no state's any more (the new memfd holds the RAM),
-    // goes off the way to ready.
+    steps.ended("cont");
+    // The saved RAM is no state's any more (the new memfd holds the RAM):
+    // the caller removes it with [`remove_saved_ram`] once the guest is
+    // ready (freeing its pages takes CPU the guest's first steps need);
+    // left behind by a crash, `remove_unclaimed` sweeps it.
+    Ok(Resumed {
+        record: saved.clone(),
+    })
+}
+
+/// Remove the saved RAM of a resumed state, in the background.
+pub fn remove_saved_ram(dir: &InstanceDir) {
     let saved_ram = dir.guest_ram();
     tokio::task::spawn_blocking(move || {
         if let Err(e) = os::fs::remove_file_if_exists(&saved_ram) {
             tracing::warn!("cannot remove {}: {e}", saved_ram.display());
         }
     });
-    Ok(Resumed {
-        record: saved.clone(),
-    })
 }
 
 fn exit_words(outcome: ExitOutcome) -> String {
