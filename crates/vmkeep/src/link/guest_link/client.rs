@@ -218,6 +218,21 @@ impl GuestLink {
                     table.deliver(id, event);
                     Incoming::Ignore
                 }
+                // A watch's answer is the newest report too, in the order
+                // the lines came: a report the guest sent before it (still
+                // queued across a suspend, or by the watch of a previous
+                // host) is older than this snapshot and must not win over
+                // it, which it did as the receiver's unseen value.
+                Incoming::Response {
+                    id,
+                    payload: Reply::Ports(listening),
+                } => {
+                    ports_tx.send_replace(Some(listening.clone()));
+                    Incoming::Response {
+                        id,
+                        payload: Reply::Ports(listening),
+                    }
+                }
                 Incoming::Response { id, payload } => Incoming::Response { id, payload },
                 Incoming::Ignore => Incoming::Ignore,
                 Incoming::PeerRestarted => Incoming::PeerRestarted,

@@ -521,3 +521,64 @@ fn a_hostile_info_fails_its_request_and_a_hostile_ready_is_skipped() {
     let ready = sort_line(&line(&FromGuest::Ready(hostile))).unwrap_err();
     assert_eq!(ready.id, None);
 }
+
+#[tokio::test]
+async fn a_port_report_sent_before_a_watchs_answer_never_wins_over_it() {
+    use vmkeep_protocol::{ListenSocket, Proto};
+    let listening = |ports: &[u16]| Listening {
+        sockets: ports
+            .iter()
+            .map(|&port| ListenSocket {
+                proto: Proto::Tcp,
+                ip: "0.0.0.0".into(),
+                port,
+            })
+            .collect(),
+        truncated: false,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = socket_in(&dir);
+    let listener = UnixListener::bind(&path).unwrap();
+    let (newer_tx, newer_rx) = tokio::sync::oneshot::channel::<()>();
+    let guest = tokio::spawn(async move {
+        let mut guest = FakeGuest::new(listener.accept().await.unwrap().0);
+        let hello = guest.recv().await.unwrap();
+        guest
+            .answer(
+                &hello,
+                Reply::Hello {
+                    ready: true,
+                    info: info(),
+                },
+            )
+            .await;
+        let watch = guest.recv().await.unwrap();
+        assert_eq!(watch.op, Op::WatchPorts);
+        // Queued before the watch was read (as across a resume): older.
+        guest.send(&FromGuest::Ports(listening(&[]))).await;
+        guest.answer(&watch, Reply::Ports(listening(&[8080]))).await;
+        newer_rx.await.unwrap();
+        guest
+            .send(&FromGuest::Ports(listening(&[8080, 9090])))
+            .await;
+        assert!(guest.recv().await.is_none());
+    });
+
+    let (link, _, _events) = GuestLink::connect(&path, T).await.unwrap();
+    let mut reports = link.port_reports();
+    assert_eq!(link.watch_ports(T).await.unwrap(), listening(&[8080]));
+    assert_eq!(
+        reports.borrow_and_update().clone(),
+        Some(listening(&[8080])),
+        "the newest the host knows is the watch's answer, not the report before it"
+    );
+    newer_tx.send(()).unwrap();
+    reports.changed().await.unwrap();
+    assert_eq!(
+        reports.borrow_and_update().clone(),
+        Some(listening(&[8080, 9090])),
+        "a report after the answer is newer"
+    );
+    drop(link);
+    guest.await.unwrap();
+}
