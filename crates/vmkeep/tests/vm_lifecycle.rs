@@ -13,11 +13,17 @@ const BOOT: Duration = Duration::from_secs(120);
 fn vm_start_shell_stop_restart_keeps_data_and_delete_removes_everything() {
     let env = TestEnv::new();
 
-    let start = env.ok(&["start"]);
+    let (start, pipe_ended) = start_with_a_callers_pipe(&env, &["start"]);
+    assert_eq!(start.code(), Some(0), "{}", start.describe());
     assert!(
         start.stdout().contains("default is running"),
         "{}",
         start.describe()
+    );
+    assert!(
+        pipe_ended,
+        "a pipe its caller left open is held by the VM's processes: {:?}",
+        env.processes()
     );
     assert_eq!(env.status("default"), "Running");
     let row = env
@@ -94,6 +100,45 @@ fn vm_start_shell_stop_restart_keeps_data_and_delete_removes_everything() {
     env.ok(&["delete", "default"]);
     assert!(!env.instance_dir("default").exists());
     assert_eq!(env.status("default"), "Absent");
+}
+
+/// `vmkeep ARGS` run as a shell leaves its commands: a pipe of its
+/// caller's open beyond its standard streams (descriptor 9, not
+/// close-on-exec). Returns the run, and whether that pipe reached its end
+/// within 5 s of the run's (no process `vmkeep` started keeps it, so a
+/// caller waiting for its end is not kept waiting as long as the VM runs).
+fn start_with_a_callers_pipe(env: &TestEnv, args: &[&str]) -> (common::Run, bool) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+    let caller_end = write.as_raw_fd();
+    let mut command = env.command(args);
+    // SAFETY: dup2 is async-signal-safe; the descriptor is open until the
+    // spawn returned.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(caller_end, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().expect("run vmkeep");
+    drop(write);
+    let mut poll = libc::pollfd {
+        fd: read.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd of ours.
+    let ready = unsafe { libc::poll(&mut poll, 1, 5000) };
+    let mut byte = [0u8; 1];
+    let ended = ready == 1 && rustix::io::read(&read, &mut byte) == Ok(0);
+    let run = common::Run {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        output,
+    };
+    (run, ended)
 }
 
 fn qemu_count(env: &TestEnv) -> usize {

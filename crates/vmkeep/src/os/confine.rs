@@ -42,6 +42,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
+use super::child_fds::{self, ChildFds};
 use super::process::{ProcessHandle, Program};
 
 /// What the child does before it becomes the program (or its wrapper).
@@ -430,7 +431,8 @@ fn hold(lock: Option<&CString>, inherit: Option<std::os::fd::RawFd>) -> io::Resu
 
 /// Spawn `program` as our child in its own process group (as
 /// `process::spawn_in_own_group` does for QEMU), holding what `holding`
-/// says, its output appended to `log`.
+/// says, its output appended to `log`, nothing else of ours or of our
+/// caller's, in a descriptor table grown for its life (`child_fds`).
 pub fn spawn_in_own_group(
     program: &Program,
     log: File,
@@ -440,11 +442,16 @@ pub fn spawn_in_own_group(
     let mut command = program.command();
     let stderr = log.try_clone()?;
     command.stdout(log).stderr(stderr).process_group(0);
+    let fds = ChildFds::with_slots(child_fds::SERVER_SLOTS);
     // SAFETY: the closure only makes async-signal-safe system calls on
     // memory prepared before the fork.
     unsafe {
         let inherit = holding.inherit_fd;
-        command.pre_exec(move || hold(lock.as_ref(), inherit));
+        command.pre_exec(move || {
+            // First: what `hold` passes on is not closed at exec.
+            fds.apply()?;
+            hold(lock.as_ref(), inherit)
+        });
     }
     let child = command.spawn()?;
     super::process::handle_of_child(child.id())

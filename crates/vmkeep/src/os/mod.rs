@@ -5,6 +5,7 @@
 
 pub mod capped;
 pub mod cgroup;
+pub mod child_fds;
 pub mod confine;
 pub mod exit_watch;
 pub mod fs;

@@ -437,17 +437,19 @@ pub(super) fn handle_of_child(pid: u32) -> io::Result<ProcessHandle> {
 }
 
 /// Spawn `program` detached from our terminal: its own session, stdin from
-/// /dev/null, stdout to `stdout`, stderr appended to `log`. Returns its handle;
+/// /dev/null, stdout to `stdout`, stderr appended to `log`, nothing else of
+/// its caller's (see `child_fds`). Returns its handle;
 /// it stays our child until we exit.
 pub fn spawn_detached(program: &Program, stdout: Output, log: File) -> io::Result<ProcessHandle> {
     let mut command = program.command();
     command.stdout(stdout).stderr(log);
-    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    let fds = super::child_fds::ChildFds::with_slots(super::child_fds::AGENT_SLOTS);
+    // SAFETY: setsid and `apply` are async-signal-safe and touch no memory
+    // of ours.
     unsafe {
-        command.pre_exec(|| {
-            rustix::process::setsid()
-                .map(|_| ())
-                .map_err(io::Error::from)
+        command.pre_exec(move || {
+            rustix::process::setsid().map_err(io::Error::from)?;
+            fds.apply()
         });
     }
     let child = command.spawn()?;
